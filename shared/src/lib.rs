@@ -1,0 +1,14 @@
+//! What the vault and accounts-api must agree on, and nothing else: the vault's wire types,
+//! domain newtypes, secret types, and the TLS/PKI helpers both sides use for mutual TLS.
+
+pub mod domain;
+pub mod pki;
+pub mod secret;
+pub mod tls;
+pub mod vault_api;
+
+pub use domain::{
+    AccountId, CardBrand, Currency, Expiry, FieldError, Last4, MaskedEmail, PaymentMethodId,
+    PaymentType, StoreId,
+};
+pub use secret::{PaymentToken, SecretString};

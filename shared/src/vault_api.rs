@@ -1,0 +1,163 @@
+//! The vault's HTTP API, as both sides see it (JSON over mTLS, camelCase).
+//!
+//! Paths are a contract with the accounts-api, the tests and operators' scripts:
+//! - `POST   /v1/payment-methods`                          store (201 new, 200 already stored)
+//! - `GET    /v1/payment-methods/{id}?store=S`             masked view
+//! - `GET    /v1/payment-methods?store=S&account=A`        `{paymentMethods: [...]}`
+//! - `DELETE /v1/payment-methods/{id}?store=S`             204, data key destroyed
+//! - `DELETE /v1/accounts/{account}/payment-methods?store=S` `{erased: n}`
+//! - `POST   /v1/payment-methods/{id}/charge`              renewals identity only
+//! - `GET    /v1/health`
+//!
+//! Request types hold raw JSON scalars; the vault parses them into domain types so that a 422
+//! can name the exact field. No response type can hold a token: the only type that carries one
+//! is [`StorePaymentMethodRequest`].
+
+use crate::secret::PaymentToken;
+use serde::{Deserialize, Serialize};
+
+pub const PATH_PAYMENT_METHODS: &str = "/v1/payment-methods";
+pub const PATH_HEALTH: &str = "/v1/health";
+
+/// Largest request body the vault reads (16 KiB); anything bigger is answered 413 unread.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// `POST /v1/payment-methods`. Card: `brand`, `last4`, `expMonth`, `expYear` required.
+/// PayPal: `email` (the payer address, which the vault masks and never returns in clear).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorePaymentMethodRequest {
+    pub store: String,
+    pub account: String,
+    pub token: PaymentToken,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp_month: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp_year: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl std::fmt::Debug for StorePaymentMethodRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorePaymentMethodRequest")
+            .field("store", &self.store)
+            .field("account", &self.account)
+            .field("token", &self.token)
+            .field("type", &self.kind)
+            .field("brand", &self.brand)
+            .field("last4", &self.last4)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The masked view of a stored payment method: everything a page or API may show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentMethodView {
+    pub id: String,
+    pub store: String,
+    pub account: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp_month: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp_year: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked_email: Option<String>,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentMethodList {
+    pub payment_methods: Vec<PaymentMethodView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ErasedResponse {
+    pub erased: u64,
+}
+
+/// `?store=S` on single-record routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreQuery {
+    pub store: String,
+}
+
+/// `?store=S&account=A` on the list route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub store: String,
+    pub account: String,
+}
+
+/// `POST /v1/payment-methods/{id}/charge` (renewals identity only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChargeRequest {
+    pub store: String,
+    /// Minor units (cents).
+    pub amount: i64,
+    pub currency: String,
+    /// One key per subscription period: the same key never becomes two processor charges.
+    pub idempotency_key: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChargeStatus {
+    Succeeded,
+    Declined,
+    /// Transient: nothing was paid, the same idempotency key may be retried.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChargeOutcome {
+    pub status: ChargeStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor_reference: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub status: String,
+}
+
+/// Every vault error body: `{"error": {"code": "...", "message": "...", "field": "..."}}`.
+/// `code` is stable for clients to match on; `message` is fixed text, never request data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}

@@ -1,0 +1,1 @@
+//! Helpers to run the real `vault` binary (filled in with the vault core).
