@@ -91,8 +91,14 @@ impl PaymentMethodId {
     pub fn parse(value: &str) -> Result<Self, FieldError> {
         let ok = value.len() == 35
             && value.starts_with("pm_")
-            && value[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if ok { Ok(Self(value.to_owned())) } else { Err(FieldError::new("id", "is not a payment method id")) }
+            && value[3..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(FieldError::new("id", "is not a payment method id"))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -189,7 +195,10 @@ impl CardBrand {
 
     /// Case-insensitive; accepts the common long spellings processors use.
     pub fn parse(value: &str) -> Result<Self, FieldError> {
-        let v = value.trim().to_ascii_lowercase().replace([' ', '_', '-'], "");
+        let v = value
+            .trim()
+            .to_ascii_lowercase()
+            .replace([' ', '_', '-'], "");
         Ok(match v.as_str() {
             "visa" => Self::Visa,
             "mastercard" | "mc" => Self::Mastercard,
@@ -268,9 +277,15 @@ impl Expiry {
             return Err(FieldError::new("expMonth", "must be 1 to 12"));
         }
         if !(2000..=2099).contains(&year) {
-            return Err(FieldError::new("expYear", "must be a four-digit year 2000 to 2099"));
+            return Err(FieldError::new(
+                "expYear",
+                "must be a four-digit year 2000 to 2099",
+            ));
         }
-        Ok(Self { month: month as u8, year: year as u16 })
+        Ok(Self {
+            month: month as u8,
+            year: year as u16,
+        })
     }
     pub fn month(self) -> u8 {
         self.month
@@ -300,7 +315,11 @@ impl MaskedEmail {
         let err = FieldError::new("email", "must be an email address");
         let (local, domain) = email.trim().rsplit_once('@').ok_or(err.clone())?;
         let first = local.chars().next().ok_or(err.clone())?;
-        if domain.is_empty() || !domain.contains('.') || email.len() > 254 || domain.contains(char::is_whitespace) {
+        if domain.is_empty()
+            || !domain.contains('.')
+            || email.len() > 254
+            || domain.contains(char::is_whitespace)
+        {
             return Err(err);
         }
         Ok(Self(format!("{first}***@{}", domain.to_ascii_lowercase())))
@@ -314,7 +333,9 @@ impl TryFrom<String> for MaskedEmail {
     /// Accepts only an already-masked value (as the vault returns it).
     fn try_from(value: String) -> Result<Self, FieldError> {
         match value.split_once("***@") {
-            Some((first, domain)) if first.chars().count() == 1 && !domain.is_empty() => Ok(Self(value)),
+            Some((first, domain)) if first.chars().count() == 1 && !domain.is_empty() => {
+                Ok(Self(value))
+            }
             _ => Err(FieldError::new("maskedEmail", "must be a masked email")),
         }
     }
@@ -341,10 +362,34 @@ pub struct Currency {
 /// Currencies accepted for charges. Deliberately a closed list: an unknown code is a client error,
 /// not something to forward to a processor.
 const CURRENCIES: &[(&str, u8)] = &[
-    ("USD", 2), ("EUR", 2), ("GBP", 2), ("CAD", 2), ("AUD", 2), ("NZD", 2), ("CHF", 2),
-    ("SEK", 2), ("NOK", 2), ("DKK", 2), ("PLN", 2), ("CZK", 2), ("HUF", 2), ("JPY", 0),
-    ("KRW", 0), ("CNY", 2), ("HKD", 2), ("SGD", 2), ("INR", 2), ("BRL", 2), ("MXN", 2),
-    ("ZAR", 2), ("ILS", 2), ("TRY", 2), ("AED", 2), ("SAR", 2), ("RUB", 2), ("TWD", 2),
+    ("USD", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("CAD", 2),
+    ("AUD", 2),
+    ("NZD", 2),
+    ("CHF", 2),
+    ("SEK", 2),
+    ("NOK", 2),
+    ("DKK", 2),
+    ("PLN", 2),
+    ("CZK", 2),
+    ("HUF", 2),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("CNY", 2),
+    ("HKD", 2),
+    ("SGD", 2),
+    ("INR", 2),
+    ("BRL", 2),
+    ("MXN", 2),
+    ("ZAR", 2),
+    ("ILS", 2),
+    ("TRY", 2),
+    ("AED", 2),
+    ("SAR", 2),
+    ("RUB", 2),
+    ("TWD", 2),
 ];
 
 impl Currency {
@@ -355,9 +400,15 @@ impl Currency {
             .find(|(c, _)| *c == upper)
             .map(|(c, e)| {
                 let b = c.as_bytes();
-                Self { code: [b[0], b[1], b[2]], exponent: *e }
+                Self {
+                    code: [b[0], b[1], b[2]],
+                    exponent: *e,
+                }
             })
-            .ok_or(FieldError::new("currency", "is not a supported ISO 4217 currency"))
+            .ok_or(FieldError::new(
+                "currency",
+                "is not a supported ISO 4217 currency",
+            ))
     }
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.code).unwrap_or("XXX")
@@ -385,19 +436,32 @@ mod tests {
 
     #[test]
     fn last4_accepts_only_four_digits() {
-        assert_eq!(Last4::parse("4242").map(|l| l.to_string()), Ok("4242".to_string()));
+        assert_eq!(
+            Last4::parse("4242").map(|l| l.to_string()),
+            Ok("4242".to_string())
+        );
         for bad in ["424", "42424", "42a2", "", "４２４２"] {
-            assert_eq!(Last4::parse(bad).map_err(|e| e.field), Err("last4"), "{bad}");
+            assert_eq!(
+                Last4::parse(bad).map_err(|e| e.field),
+                Err("last4"),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn expiry_rejects_impossible_months_and_two_digit_years() {
         assert!(Expiry::parse(12, 2030).is_ok());
-        assert_eq!(Expiry::parse(13, 2030).map_err(|e| e.field), Err("expMonth"));
+        assert_eq!(
+            Expiry::parse(13, 2030).map_err(|e| e.field),
+            Err("expMonth")
+        );
         assert_eq!(Expiry::parse(0, 2030).map_err(|e| e.field), Err("expMonth"));
         assert_eq!(Expiry::parse(1, 30).map_err(|e| e.field), Err("expYear"));
-        assert_eq!(Expiry::parse(3, 2031).map(Expiry::mm_yy), Ok("03/31".to_string()));
+        assert_eq!(
+            Expiry::parse(3, 2031).map(Expiry::mm_yy),
+            Ok("03/31".to_string())
+        );
     }
 
     #[test]
@@ -423,7 +487,10 @@ mod tests {
     fn brands_parse_case_insensitively_and_unknown_brands_are_refused() {
         assert_eq!(CardBrand::parse("VISA"), Ok(CardBrand::Visa));
         assert_eq!(CardBrand::parse("American Express"), Ok(CardBrand::Amex));
-        assert_eq!(CardBrand::parse("bitcoin").map_err(|e| e.field), Err("brand"));
+        assert_eq!(
+            CardBrand::parse("bitcoin").map_err(|e| e.field),
+            Err("brand")
+        );
         for b in CardBrand::ALL {
             assert_eq!(CardBrand::parse(b.as_str()), Ok(b));
         }

@@ -2,6 +2,7 @@
 //! domain newtypes, secret types, and the TLS/PKI helpers both sides use for mutual TLS.
 
 pub mod domain;
+pub mod durable;
 pub mod pki;
 pub mod secret;
 pub mod tls;

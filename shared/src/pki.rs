@@ -24,9 +24,15 @@ pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// An issued certificate and its private key (PEM). No `Debug`: the key is secret.
@@ -38,8 +44,16 @@ pub struct IssuedCert {
 impl IssuedCert {
     /// Writes `<dir>/<stem>.pem` (0644) and `<dir>/<stem>.key` (0600).
     pub fn write(&self, dir: &Path, stem: &str) -> Result<(), PkiError> {
-        write_file(&dir.join(format!("{stem}.pem")), self.cert_pem.as_bytes(), 0o644)?;
-        write_file(&dir.join(format!("{stem}.key")), self.key_pem.as_bytes(), 0o600)
+        write_file(
+            &dir.join(format!("{stem}.pem")),
+            self.cert_pem.as_bytes(),
+            0o644,
+        )?;
+        write_file(
+            &dir.join(format!("{stem}.key")),
+            self.key_pem.as_bytes(),
+            0o600,
+        )
     }
 }
 
@@ -55,8 +69,12 @@ impl DevCa {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.distinguished_name.push(DnType::OrganizationName, "Strongroom dev");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Strongroom dev");
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -65,13 +83,19 @@ impl DevCa {
         params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
         params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
         let cert = params.self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads a CA from its certificate and key PEM (to issue more client certificates later).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
-        Ok(Self { issuer: Issuer::from_ca_cert_pem(cert_pem, key)?, cert_pem: cert_pem.to_owned() })
+        Ok(Self {
+            issuer: Issuer::from_ca_cert_pem(cert_pem, key)?,
+            cert_pem: cert_pem.to_owned(),
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -83,20 +107,38 @@ impl DevCa {
     }
 
     /// A server certificate for `localhost` and `127.0.0.1` (plus `extra_names`), valid 2 years.
-    pub fn issue_server(&self, common_name: &str, extra_names: &[String]) -> Result<IssuedCert, PkiError> {
-        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        extra_names: &[String],
+    ) -> Result<IssuedCert, PkiError> {
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         names.extend(extra_names.iter().cloned());
         let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.sign(params, OffsetDateTime::now_utc() - Duration::hours(1), OffsetDateTime::now_utc() + Duration::days(730))
+        self.sign(
+            params,
+            OffsetDateTime::now_utc() - Duration::hours(1),
+            OffsetDateTime::now_utc() + Duration::days(730),
+        )
     }
 
     /// A client certificate whose Common Name is the identity, valid 2 years.
     pub fn issue_client(&self, identity: &str) -> Result<IssuedCert, PkiError> {
         let now = OffsetDateTime::now_utc();
-        self.issue_client_valid(identity, now - Duration::hours(1), now + Duration::days(730))
+        self.issue_client_valid(
+            identity,
+            now - Duration::hours(1),
+            now + Duration::days(730),
+        )
     }
 
     /// A client certificate with an explicit validity window (tests use it for expired certs).
@@ -123,7 +165,10 @@ impl DevCa {
         params.not_after = not_after;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: Zeroizing::new(key.serialize_pem()) })
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
     }
 }
 
@@ -147,7 +192,10 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<bool, PkiError> {
 
 /// Creates a directory (and parents) readable by the owner only.
 pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    let err = |source| PkiError::Write { path: dir.display().to_string(), source };
+    let err = |source| PkiError::Write {
+        path: dir.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(err)?;
     set_mode(dir, 0o700).map_err(err)
 }
@@ -156,7 +204,10 @@ pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
 /// world-readable.
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     use std::io::Write;
-    let err = |source| PkiError::Write { path: path.display().to_string(), source };
+    let err = |source| PkiError::Write {
+        path: path.display().to_string(),
+        source,
+    };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -189,11 +240,20 @@ mod tests {
     fn dev_pki_writes_owner_only_keys_and_client_identities_parse_back() {
         let dir = std::env::temp_dir().join(format!("pki-test-{}", uuid::Uuid::new_v4()));
         assert!(matches!(ensure_dev_pki(&dir), Ok(true)));
-        assert!(matches!(ensure_dev_pki(&dir), Ok(false)), "second call must not regenerate");
+        assert!(
+            matches!(ensure_dev_pki(&dir), Ok(false)),
+            "second call must not regenerate"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for f in ["ca.key", "vault.key", "accounts.key", "renewals.key", "admin.key"] {
+            for f in [
+                "ca.key",
+                "vault.key",
+                "accounts.key",
+                "renewals.key",
+                "admin.key",
+            ] {
                 let mode = std::fs::metadata(dir.join(f)).map(|m| m.permissions().mode() & 0o777);
                 assert_eq!(mode.ok(), Some(0o600), "{f}");
             }
@@ -201,7 +261,10 @@ mod tests {
         for id in CLIENT_IDENTITIES {
             let certs = crate::tls::load_certs(&dir.join(format!("{id}.pem")));
             let der = certs.ok().and_then(|c| c.into_iter().next());
-            assert_eq!(der.and_then(|d| crate::tls::certificate_identity(&d)), Some(id.to_string()));
+            assert_eq!(
+                der.and_then(|d| crate::tls::certificate_identity(&d)),
+                Some(id.to_string())
+            );
         }
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -31,10 +31,7 @@ impl SecretString {
     pub fn parse_token(value: String) -> Result<Self, crate::domain::FieldError> {
         let secret = Self::new(value);
         let s = secret.expose_secret();
-        if s.is_empty()
-            || s.len() > MAX_TOKEN_LEN
-            || !s.bytes().all(|b| b.is_ascii_graphic())
-        {
+        if s.is_empty() || s.len() > MAX_TOKEN_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(crate::domain::FieldError::new(
                 "token",
                 "must be 1 to 512 printable characters",

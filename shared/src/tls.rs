@@ -49,7 +49,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .collect::<Result<Vec<_>, _>>()
         .map_err(read)?;
     if certs.is_empty() {
-        return Err(TlsError::Empty { path: path.to_owned(), what: "certificate" });
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "certificate",
+        });
     }
     Ok(certs)
 }
@@ -57,17 +60,23 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// Reads the private key in a PEM file. The error text never includes file contents.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            TlsError::Empty { path: path.to_owned(), what: "private key" }
-        }
-        other => TlsError::Read { path: path.to_owned(), reason: other.to_string() },
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            path: path.to_owned(),
+            what: "private key",
+        },
+        other => TlsError::Read {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
     })
 }
 
 fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in load_certs(ca)? {
-        store.add(cert).map_err(|e| TlsError::Config(e.to_string()))?;
+        store
+            .add(cert)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
     }
     Ok(Arc::new(store))
 }
@@ -113,7 +122,12 @@ pub fn mtls_client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
 /// that its first DNS subject-alternative name. `None` if the DER does not parse.
 pub fn certificate_identity(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    if let Some(cn) = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
+    if let Some(cn) = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
         return Some(cn.to_owned());
     }
     let san = cert.subject_alternative_name().ok().flatten()?;
