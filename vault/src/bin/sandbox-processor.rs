@@ -1,0 +1,289 @@
+//! `sandbox-processor`: a local stand-in for a Stripe-compatible payment processor.
+//!
+//! It speaks the same wire format as the vault's Stripe connector (form-encoded
+//! `POST /v1/payment_intents`, bearer secret key, `Idempotency-Key` header) so that developers and
+//! tests exercise the real connector code. Test tokens are a contract:
+//! - `tok_decline_insufficient_funds…`, `tok_decline_expired_card…`, `tok_decline_do_not_honor…`
+//!   → 402 card_error with that decline code;
+//! - `tok_fail_5xx…` → 500; `tok_fail_timeout…` → answers only after `--timeout-delay-ms`;
+//! - anything else → a succeeded payment intent.
+//!
+//! Idempotency follows Stripe: a repeated key with the same parameters replays the first answer
+//! (and is not a new charge); with different parameters it is refused with 400. Transient 5xx
+//! answers are not stored, so a retry with the same key is attempted again.
+//!
+//! `GET /_sandbox/charges` lists every charge it received (idempotency key, amount, currency,
+//! payment method, customer, outcome), plus replay counts, for tests to read. The sandbox is the
+//! processor: it is the one party allowed to see tokens. It binds loopback only by default.
+
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone)]
+struct App {
+    secret_key: Arc<shared::SecretString>,
+    timeout_delay: Duration,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Final answers by idempotency key: replayed verbatim on a retry.
+    by_key: HashMap<String, (ChargeParams, u16, serde_json::Value)>,
+    /// Every distinct charge attempt that reached a final answer, in arrival order.
+    charges: Vec<ChargeRecord>,
+    /// Requests answered from `by_key` instead of charging again.
+    replays: u64,
+    /// Requests answered with a transient failure (5xx or delayed).
+    transient_failures: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct ChargeParams {
+    amount: i64,
+    currency: String,
+    payment_method: String,
+    #[serde(default)]
+    customer: Option<String>,
+    #[serde(default)]
+    off_session: Option<String>,
+    #[serde(default)]
+    confirm: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChargeRecord {
+    id: String,
+    idempotency_key: Option<String>,
+    amount: i64,
+    currency: String,
+    payment_method: String,
+    customer: Option<String>,
+    status: String,
+    decline_code: Option<String>,
+}
+
+fn parse_args() -> Result<(SocketAddr, String, Duration), String> {
+    let mut listen: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "bad default")?;
+    let mut secret =
+        std::env::var("SANDBOX_SECRET_KEY").unwrap_or_else(|_| "sk_test_sandbox".into());
+    let mut delay = Duration::from_secs(30);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--listen" => listen = value()?.parse().map_err(|_| "--listen: not an address")?,
+            "--secret-key" => secret = value()?,
+            "--timeout-delay-ms" => {
+                delay = Duration::from_millis(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--timeout-delay-ms: not a number")?,
+                )
+            }
+            "-h" | "--help" => {
+                return Err("usage: sandbox-processor [--listen 127.0.0.1:0] [--secret-key KEY | env SANDBOX_SECRET_KEY] [--timeout-delay-ms 30000]".into());
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok((listen, secret, delay))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let (listen, secret, delay) = match parse_args() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let app = App {
+        secret_key: Arc::new(shared::SecretString::new(secret)),
+        timeout_delay: delay,
+        ledger: Arc::new(Mutex::new(Ledger::default())),
+    };
+    let router = Router::new()
+        .route("/v1/payment_intents", post(create_payment_intent))
+        .route("/_sandbox/charges", get(list_charges))
+        .with_state(app);
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot bind {listen}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!("SANDBOX_LISTENING {addr}");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        eprintln!("server error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn stripe_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"type": kind, "code": code, "message": message}});
+    (status, Json(body)).into_response()
+}
+
+async fn create_payment_intent(
+    State(app): State<App>,
+    headers: HeaderMap,
+    form: Result<Form<ChargeParams>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !bearer.is_some_and(|b| app.secret_key.ct_eq(b)) {
+        return stripe_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "api_key_invalid",
+            "Invalid API key provided.",
+        );
+    }
+    let Ok(Form(params)) = form else {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "parameter_missing",
+            "amount, currency and payment_method are required.",
+        );
+    };
+    if params.amount <= 0 {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "amount_too_small",
+            "Amount must be positive.",
+        );
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+
+    if let Some(k) = &key {
+        let mut ledger = app.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((first, status, body)) = ledger.by_key.get(k).cloned() {
+            if first != params {
+                return stripe_error(
+                    StatusCode::BAD_REQUEST,
+                    "idempotency_error",
+                    "idempotency_key_in_use",
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                );
+            }
+            ledger.replays += 1;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return (status, [("idempotent-replayed", "true")], Json(body)).into_response();
+        }
+    }
+
+    let pm = params.payment_method.as_str();
+    if pm.starts_with("tok_fail_5xx") {
+        app.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .transient_failures += 1;
+        return stripe_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "processing_error",
+            "An error occurred while processing your request.",
+        );
+    }
+    if pm.starts_with("tok_fail_timeout") {
+        app.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .transient_failures += 1;
+        tokio::time::sleep(app.timeout_delay).await;
+        return stripe_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "api_error",
+            "timeout",
+            "The request timed out.",
+        );
+    }
+    let decline = ["insufficient_funds", "expired_card", "do_not_honor"]
+        .into_iter()
+        .find(|code| pm.starts_with(&format!("tok_decline_{code}")));
+
+    let id = format!("pi_{}", uuid::Uuid::new_v4().simple());
+    let intent = serde_json::json!({
+        "id": id,
+        "object": "payment_intent",
+        "amount": params.amount,
+        "currency": params.currency.to_ascii_lowercase(),
+        "customer": params.customer,
+        "description": params.description,
+        "status": if decline.is_some() { "requires_payment_method" } else { "succeeded" },
+    });
+    let (status, body) = match decline {
+        None => (StatusCode::OK, intent),
+        Some(code) => (
+            StatusCode::PAYMENT_REQUIRED,
+            serde_json::json!({"error": {
+                "type": "card_error",
+                "code": if code == "expired_card" { "expired_card" } else { "card_declined" },
+                "decline_code": code,
+                "message": "Your card was declined.",
+                "payment_intent": intent,
+            }}),
+        ),
+    };
+    let mut ledger = app.ledger.lock().unwrap_or_else(|e| e.into_inner());
+    ledger.charges.push(ChargeRecord {
+        id,
+        idempotency_key: key.clone(),
+        amount: params.amount,
+        currency: params.currency.clone(),
+        payment_method: params.payment_method.clone(),
+        customer: params.customer.clone(),
+        status: if decline.is_some() {
+            "declined".into()
+        } else {
+            "succeeded".into()
+        },
+        decline_code: decline.map(str::to_owned),
+    });
+    if let Some(k) = key {
+        ledger
+            .by_key
+            .insert(k, (params, status.as_u16(), body.clone()));
+    }
+    (status, Json(body)).into_response()
+}
+
+async fn list_charges(State(app): State<App>) -> Json<serde_json::Value> {
+    let ledger = app.ledger.lock().unwrap_or_else(|e| e.into_inner());
+    Json(serde_json::json!({
+        "charges": ledger.charges,
+        "replays": ledger.replays,
+        "transientFailures": ledger.transient_failures,
+    }))
+}
