@@ -1,0 +1,238 @@
+//! The three commands: `init`, `serve`, `audit verify`.
+//!
+//! Output contract: `serve` prints exactly one stdout line, `VAULT_LISTENING <addr>`, once the
+//! listener accepts connections; every log line goes to stderr. `init` prints paths, never keys.
+//! Exit codes: 0 success; 1 refused or failed (clear message on stderr); 2 `audit verify` found
+//! a broken chain.
+
+use crate::api::AppState;
+use crate::config::{Config, FileConfig, Overrides};
+use crate::core::VaultCore;
+use crate::keys;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "vault", about = "Strongroom payment-token vault (mTLS only)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create DIR/vault.toml, a dev PKI under DIR/pki, and the master and fingerprint keys.
+    /// Existing files are kept.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run the vault.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen address (overrides VAULT_LISTEN and the file); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Audit log commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain. Run it on a stopped vault: sled locks its data folder.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing();
+    let result = match cli.command {
+        Command::Init { dir } => init(&dir).map(|()| ExitCode::SUCCESS),
+        Command::Serve { config, listen } => {
+            serve(&config, listen.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { config },
+        } => audit_verify(&config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vault: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// `vault init --dir DIR`: idempotent; never overwrites a key, certificate or config.
+pub fn init(dir: &Path) -> CliResult<()> {
+    shared::pki::create_private_dir(dir)?;
+    let dir = std::path::absolute(dir)?;
+    let config_path = dir.join("vault.toml");
+    let defaults = FileConfig::defaults();
+    let status = |created: bool| if created { "created" } else { "kept" };
+    let config_created = if config_path.exists() {
+        false
+    } else {
+        shared::pki::write_file(&config_path, defaults.to_toml()?.as_bytes(), 0o600)?;
+        true
+    };
+    let pki_dir = dir.join("pki");
+    let pki_created = shared::pki::ensure_dev_pki(&pki_dir)?;
+    let master = dir.join(&defaults.master_key_file);
+    let master_created = keys::ensure_master_file(&master)?;
+    let fp = dir.join(&defaults.fingerprint_key_file);
+    let fp_created = keys::ensure_fingerprint_file(&fp)?;
+    println!(
+        "config: {} ({})",
+        config_path.display(),
+        status(config_created)
+    );
+    println!("pki: {} ({})", pki_dir.display(), status(pki_created));
+    println!(
+        "master key: {} ({})",
+        master.display(),
+        status(master_created)
+    );
+    println!("fingerprint key: {} ({})", fp.display(), status(fp_created));
+    println!("data: {}", dir.join(&defaults.data_dir).display());
+    println!("start with: vault serve --config {}", config_path.display());
+    Ok(())
+}
+
+/// Everything `serve` checks and loads before it listens. Public so tests and the benchmark can
+/// run the real server in-process.
+pub struct Prepared {
+    pub config: Config,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+/// Loads the config and TLS material, refusing missing TLS files or group/other-readable keys.
+pub fn prepare(config_path: &Path, listen: Option<&str>) -> CliResult<Prepared> {
+    shared::tls::install_crypto_provider();
+    let config = Config::load(config_path, Overrides::from_env(), listen)?;
+    for (what, p) in [
+        ("TLS CA", &config.tls.ca),
+        ("TLS certificate", &config.tls.cert),
+        ("TLS key", &config.tls.key),
+    ] {
+        if !p.exists() {
+            return Err(format!(
+                "{what} {} is missing; refusing to start without TLS material",
+                p.display()
+            )
+            .into());
+        }
+    }
+    keys::check_owner_only(&config.tls.key)?;
+    let tls = shared::tls::mtls_server_config(&config.tls)?;
+    Ok(Prepared { config, tls })
+}
+
+/// Opens the data folder and keys and starts serving on `listener`. Needs a tokio runtime.
+pub async fn start(
+    prepared: Prepared,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> CliResult<crate::server::Running> {
+    let core = VaultCore::open(&prepared.config, true)?;
+    let state = Arc::new(AppState {
+        core,
+        permissions: prepared.config.permissions.clone(),
+    });
+    Ok(crate::server::run(
+        state,
+        prepared.tls,
+        &prepared.config.limits,
+        listener,
+        shutdown,
+    )
+    .await?)
+}
+
+fn serve(config_path: &Path, listen: Option<&str>) -> CliResult<()> {
+    crate::hardening::disable_core_dumps()
+        .map_err(|e| format!("cannot turn core dumps off: {e}"))?;
+    let prepared = prepare(config_path, listen)?;
+    let listener = std::net::TcpListener::bind(prepared.config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", prepared.config.listen))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let running = start(prepared, listener, shutdown_signal()).await?;
+        tracing::info!(addr = %running.addr, "vault listening (mTLS)");
+        println!("VAULT_LISTENING {}", running.addr);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        running.task.await??;
+        tracing::info!("vault stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// `vault audit verify --config FILE`.
+fn audit_verify(config_path: &Path) -> CliResult<ExitCode> {
+    let config = Config::load(config_path, Overrides::from_env(), None)?;
+    if !config.data_dir.is_dir() {
+        return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
+    }
+    let db = crate::store::open_db(
+        &config.data_dir,
+        config.storage.cache_capacity_bytes,
+        config.storage.flush_every_ms,
+    )?;
+    match crate::store::verify_audit_db(&db)? {
+        crate::audit::Verdict::Ok { entries } => {
+            println!("audit chain: {entries} entries ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        crate::audit::Verdict::Broken { position, reason } => {
+            println!("audit chain BROKEN at entry {position}: {reason}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! `vault.toml`: what the vault listens on, where its data, keys and TLS material live, which
+//! client identity may do what, and its resource limits.
+//!
+//! Layering: the file, then environment variables, then command-line flags. Paths in the file are
+//! relative to the file's own folder (so a vault folder can be moved as a whole); paths from the
+//! environment are relative to the working directory, like any other command-line path.
+//!
+//! Environment overrides: `VAULT_LISTEN`, `VAULT_DATA_DIR`, `VAULT_MASTER_KEY_FILE`,
+//! `VAULT_FINGERPRINT_KEY_FILE`, and the key material itself via `VAULT_MASTER_KEY` /
+//! `VAULT_FINGERPRINT_KEY` (instead of the files; see `keys`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// What a client identity may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Store payment methods.
+    Store,
+    /// Read masked views.
+    Read,
+    /// Delete payment methods (crypto-shredding).
+    Delete,
+    /// Charge a stored token (a later issue; reserved so configs stay stable).
+    Charge,
+    /// Audit operations.
+    Audit,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Store => "store",
+            Self::Read => "read",
+            Self::Delete => "delete",
+            Self::Charge => "charge",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// CA that client certificates must chain to.
+    pub ca: PathBuf,
+    /// The vault's server certificate.
+    pub cert: PathBuf,
+    /// Its private key (must be owner-only).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body; bigger is answered 413 without being read.
+    pub max_body_bytes: usize,
+    /// Concurrent connections; beyond it new connections are closed at once.
+    pub max_connections: usize,
+    /// Time allowed for a TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// Time allowed to receive a request's headers (also bounds idle keep-alive connections
+    /// waiting for their next request).
+    pub header_read_timeout_secs: u64,
+    /// Time allowed for a whole request, body and handler included.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: shared::vault_api::MAX_BODY_BYTES,
+            max_connections: 512,
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 30,
+            request_timeout_secs: 15,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// sled page cache bound in bytes. Keeps resident memory flat as records grow.
+    pub cache_capacity_bytes: u64,
+    /// sled's background flush interval. Writes are flushed explicitly before they are
+    /// acknowledged; this only bounds how long read-audit entries wait for the next flush.
+    pub flush_every_ms: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 16 * 1024 * 1024,
+            flush_every_ms: 500,
+        }
+    }
+}
+
+/// The file as written and read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub master_key_file: PathBuf,
+    pub fingerprint_key_file: PathBuf,
+    pub tls: TlsPaths,
+    pub permissions: BTreeMap<String, Vec<Permission>>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+impl FileConfig {
+    /// The defaults `vault init` writes: everything inside the vault folder.
+    pub fn defaults() -> Self {
+        let mut permissions = BTreeMap::new();
+        permissions.insert(
+            "accounts".to_owned(),
+            vec![Permission::Store, Permission::Read, Permission::Delete],
+        );
+        permissions.insert(
+            "renewals".to_owned(),
+            vec![Permission::Read, Permission::Charge],
+        );
+        permissions.insert("admin".to_owned(), vec![Permission::Audit]);
+        Self {
+            listen: "127.0.0.1:8443".to_owned(),
+            data_dir: "data".into(),
+            master_key_file: "master.key".into(),
+            fingerprint_key_file: "fingerprint.key".into(),
+            tls: TlsPaths {
+                ca: "pki/ca.pem".into(),
+                cert: "pki/vault.pem".into(),
+                key: "pki/vault.key".into(),
+            },
+            permissions,
+            limits: Limits::default(),
+            storage: Storage::default(),
+        }
+    }
+
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let body = toml::to_string_pretty(self).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Ok(format!(
+            "# Strongroom vault configuration, written by `vault init`.\n\
+             # Relative paths are relative to this file's folder.\n\
+             # Environment overrides: VAULT_LISTEN, VAULT_DATA_DIR, VAULT_MASTER_KEY_FILE,\n\
+             # VAULT_FINGERPRINT_KEY_FILE, VAULT_MASTER_KEY, VAULT_FINGERPRINT_KEY.\n\n{body}"
+        ))
+    }
+}
+
+/// Where the keys come from after layering.
+pub enum KeySource {
+    File(PathBuf),
+    /// The value of an environment variable (key material; never printed).
+    Env(zeroize::Zeroizing<String>),
+}
+
+/// The resolved configuration the vault runs with: absolute paths, overrides applied.
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub master_key: KeySource,
+    pub fingerprint_key: KeySource,
+    pub tls: shared::tls::TlsFiles,
+    pub permissions: BTreeMap<String, Vec<Permission>>,
+    pub limits: Limits,
+    pub storage: Storage,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid listen address {0:?}")]
+    Listen(String),
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
+}
+
+/// Overrides that come from the environment (collected by `main`, injectable in tests).
+#[derive(Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub master_key_file: Option<PathBuf>,
+    pub fingerprint_key_file: Option<PathBuf>,
+    pub master_key: Option<zeroize::Zeroizing<String>>,
+    pub fingerprint_key: Option<zeroize::Zeroizing<String>>,
+}
+
+impl Overrides {
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Self {
+            listen: var("VAULT_LISTEN"),
+            data_dir: var("VAULT_DATA_DIR").map(PathBuf::from),
+            master_key_file: var("VAULT_MASTER_KEY_FILE").map(PathBuf::from),
+            fingerprint_key_file: var("VAULT_FINGERPRINT_KEY_FILE").map(PathBuf::from),
+            master_key: var("VAULT_MASTER_KEY").map(zeroize::Zeroizing::new),
+            fingerprint_key: var("VAULT_FINGERPRINT_KEY").map(zeroize::Zeroizing::new),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, then applies `overrides` (environment) and `listen_flag` (command line).
+    pub fn load(
+        path: &Path,
+        overrides: Overrides,
+        listen_flag: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let base = absolute(
+            path.parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        );
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let listen_text = listen_flag
+            .map(str::to_owned)
+            .or(overrides.listen)
+            .unwrap_or(file.listen);
+        let listen = listen_text
+            .parse()
+            .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let key_source = |env: Option<zeroize::Zeroizing<String>>,
+                          file_override: Option<PathBuf>,
+                          in_file: &Path| {
+            match (env, file_override) {
+                (Some(v), _) => KeySource::Env(v),
+                (None, Some(p)) => KeySource::File(absolute(p)),
+                (None, None) => KeySource::File(resolve(&base, in_file)),
+            }
+        };
+        let master_key = key_source(
+            overrides.master_key,
+            overrides.master_key_file,
+            &file.master_key_file,
+        );
+        let fingerprint_key = key_source(
+            overrides.fingerprint_key,
+            overrides.fingerprint_key_file,
+            &file.fingerprint_key_file,
+        );
+        if file.limits.max_connections == 0 || file.limits.max_body_bytes == 0 {
+            return Err(ConfigError::Parse("limits must be positive".into()));
+        }
+        Ok(Self {
+            listen,
+            data_dir: overrides
+                .data_dir
+                .map(absolute)
+                .unwrap_or_else(|| resolve(&base, &file.data_dir)),
+            master_key,
+            fingerprint_key,
+            tls: shared::tls::TlsFiles {
+                ca: resolve(&base, &file.tls.ca),
+                cert: resolve(&base, &file.tls.cert),
+                key: resolve(&base, &file.tls.key),
+            },
+            permissions: file.permissions,
+            limits: file.limits,
+            storage: file.storage,
+        })
+    }
+
+    /// Permissions of a verified client identity; `None` for an identity the config does not name.
+    pub fn permissions_of(&self, identity: &str) -> Option<&[Permission]> {
+        self.permissions.get(identity).map(Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_in_the_file_are_relative_to_its_folder_and_flags_beat_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.toml");
+        std::fs::write(&path, FileConfig::defaults().to_toml().unwrap()).unwrap();
+        let env = Overrides {
+            listen: Some("127.0.0.1:9000".into()),
+            ..Overrides::default()
+        };
+        let cfg = Config::load(&path, env, Some("127.0.0.1:0")).unwrap();
+        assert_eq!(cfg.listen.port(), 0);
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+        assert_eq!(cfg.tls.key, dir.path().join("pki/vault.key"));
+        assert!(
+            matches!(cfg.master_key, KeySource::File(ref p) if *p == dir.path().join("master.key"))
+        );
+        assert_eq!(
+            cfg.permissions_of("accounts"),
+            Some(&[Permission::Store, Permission::Read, Permission::Delete][..])
+        );
+        assert_eq!(cfg.permissions_of("stranger"), None);
+        let env = Overrides {
+            listen: Some("127.0.0.1:9000".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(Config::load(&path, env, None).unwrap().listen.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.toml");
+        let text = FileConfig::defaults()
+            .to_toml()
+            .unwrap()
+            .replace("listen =", "listn =");
+        std::fs::write(&path, text).unwrap();
+        assert!(Config::load(&path, Overrides::default(), None).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! The vault's core operations, independent of HTTP: open a data folder with its keys (refusing
+//! a wrong key), store a token sealed, read masked views, delete, and open a token in memory
+//! (for the charge flow of a later issue, and for tests that prove tampering fails).
+//!
+//! Invariants: a token is in clear only inside `store_payment_method` (sealed and fingerprinted,
+//! then dropped, zeroized) and inside the value `reveal_token` returns (zeroizing); nothing here
+//! logs request data.
+
+use crate::audit::AuditDraft;
+use crate::config::{Config, KeySource};
+use crate::crypto::{CryptoError, Fingerprinter, Keyring, SecretKey};
+use crate::keys::{self, KeyError};
+use crate::store::{RecordStore, SledStore, StoreError, Stored, StoredRecord};
+use shared::domain::{
+    AccountId, CardBrand, Expiry, Last4, MaskedEmail, PaymentMethodId, PaymentType, StoreId,
+};
+use shared::secret::PaymentToken;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("crypto failure: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error(
+        "master key version {0} does not match the key this data folder was written with; \
+         refusing to start (check VAULT_MASTER_KEY / the master key file)"
+    )]
+    WrongMasterKey(u32),
+    #[error(
+        "fingerprint key does not match the key this data folder was written with; refusing to \
+         start (check VAULT_FINGERPRINT_KEY / the fingerprint key file)"
+    )]
+    WrongFingerprintKey,
+    #[error(
+        "data folder holds records but no key-check value for master key version {0}; refusing \
+         to start"
+    )]
+    UnknownKeyVersion(u32),
+}
+
+/// The parsed, validated contents of a store request (everything but the token).
+#[derive(Debug, Clone)]
+pub struct NewPaymentMethod {
+    pub store: StoreId,
+    pub account: AccountId,
+    pub kind: PaymentType,
+    pub brand: Option<CardBrand>,
+    pub last4: Option<Last4>,
+    pub expiry: Option<Expiry>,
+    pub masked_email: Option<MaskedEmail>,
+}
+
+/// Keys plus storage: everything the API needs.
+pub struct VaultCore {
+    keyring: Keyring,
+    fingerprinter: Fingerprinter,
+    store: Arc<SledStore>,
+}
+
+fn load_keyring(src: &KeySource) -> Result<Keyring, KeyError> {
+    match src {
+        KeySource::File(p) => keys::load_master_file(p),
+        KeySource::Env(v) => keys::parse_master_env(v),
+    }
+}
+
+fn load_fingerprint(src: &KeySource) -> Result<SecretKey, KeyError> {
+    match src {
+        KeySource::File(p) => keys::load_fingerprint_file(p),
+        KeySource::Env(v) => keys::parse_fingerprint_env(v),
+    }
+}
+
+fn kcv_key(version: u32) -> String {
+    format!("kcv/master/{version}")
+}
+const FINGERPRINT_CHECK_KEY: &str = "kcv/fingerprint";
+
+impl VaultCore {
+    /// Loads the keys named by `config` and opens its data folder. `group_commit` needs a tokio
+    /// runtime (the server); synchronous tools pass `false`.
+    pub fn open(config: &Config, group_commit: bool) -> Result<Self, CoreError> {
+        let keyring = load_keyring(&config.master_key)?;
+        let fp_key = load_fingerprint(&config.fingerprint_key)?;
+        shared::pki::create_private_dir(&config.data_dir).map_err(|e| StoreError::Locked {
+            path: format!("{} ({e})", config.data_dir.display()),
+        })?;
+        let db = crate::store::open_db(
+            &config.data_dir,
+            config.storage.cache_capacity_bytes,
+            config.storage.flush_every_ms,
+        )?;
+        let store = SledStore::new(db, group_commit)?;
+        Self::with_store(keyring, Fingerprinter::new(&fp_key), store)
+    }
+
+    /// Checks (or, on a fresh folder, records) the key-check values, so that a wrong key is a
+    /// clear refusal at start and never garbage later.
+    pub fn with_store(
+        keyring: Keyring,
+        fingerprinter: Fingerprinter,
+        store: SledStore,
+    ) -> Result<Self, CoreError> {
+        let has_records = store.record_count() > 0;
+        for kek in keyring.versions() {
+            match store.meta_get(&kcv_key(kek.version))? {
+                Some(kcv) if Keyring::verify_key_check(kek, &kcv) => {}
+                Some(_) => return Err(CoreError::WrongMasterKey(kek.version)),
+                None if has_records => return Err(CoreError::UnknownKeyVersion(kek.version)),
+                None => store.meta_put(&kcv_key(kek.version), &Keyring::key_check_value(kek)?)?,
+            }
+        }
+        let check = fingerprinter.check_value();
+        match store.meta_get(FINGERPRINT_CHECK_KEY)? {
+            Some(v) if v.as_slice() == check.as_slice() => {}
+            Some(_) => return Err(CoreError::WrongFingerprintKey),
+            None => store.meta_put(FINGERPRINT_CHECK_KEY, &check)?,
+        }
+        Ok(Self {
+            keyring,
+            fingerprinter,
+            store: Arc::new(store),
+        })
+    }
+
+    pub fn store(&self) -> &SledStore {
+        &self.store
+    }
+
+    /// Seals and stores a token, or finds the record already holding it for this store+account.
+    #[tracing::instrument(skip_all)]
+    pub fn store_payment_method(
+        &self,
+        new: &NewPaymentMethod,
+        token: &PaymentToken,
+        audit: AuditDraft,
+    ) -> Result<Stored, CoreError> {
+        let token_bytes = token.expose_secret().as_bytes();
+        let fingerprint =
+            self.fingerprinter
+                .fingerprint(new.store.as_str(), new.account.as_str(), token_bytes);
+        let id = PaymentMethodId::generate();
+        // Sealed before the transaction (which may retry); wasted only on a dedupe hit.
+        let sealed = self
+            .keyring
+            .seal_token(new.store.as_str(), id.as_str(), token_bytes)?;
+        let created = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let record = StoredRecord {
+            v: 1,
+            id: id.as_str().to_owned(),
+            store: new.store.as_str().to_owned(),
+            account: new.account.as_str().to_owned(),
+            kind: new.kind.as_str().to_owned(),
+            brand: new.brand.map(|b| b.as_str().to_owned()),
+            last4: new.last4.map(|l| l.as_str().to_owned()),
+            exp_month: new.expiry.map(Expiry::month),
+            exp_year: new.expiry.map(Expiry::year),
+            masked_email: new.masked_email.as_ref().map(|m| m.as_str().to_owned()),
+            created,
+            key_version: sealed.key_version,
+            wrapped_dek: hex::encode(&sealed.wrapped_dek),
+            sealed_token: hex::encode(&sealed.ciphertext),
+            fingerprint: hex::encode(fingerprint),
+        };
+        Ok(self.store.insert(record, fingerprint, audit)?)
+    }
+
+    /// A record if it exists and belongs to `store` (another store's record is "not found").
+    pub fn get(
+        &self,
+        store: &StoreId,
+        id: &PaymentMethodId,
+    ) -> Result<Option<StoredRecord>, CoreError> {
+        Ok(self
+            .store
+            .get(id.as_str())?
+            .filter(|r| r.store == store.as_str()))
+    }
+
+    pub fn list(
+        &self,
+        store: &StoreId,
+        account: &AccountId,
+    ) -> Result<Vec<StoredRecord>, CoreError> {
+        Ok(self.store.list(store.as_str(), account.as_str())?)
+    }
+
+    /// Opens a record's token in memory. Fails on any mismatch between the record and its
+    /// ciphertext (moved, edited, other key).
+    #[tracing::instrument(skip_all)]
+    pub fn reveal_token(
+        &self,
+        store: &StoreId,
+        id: &PaymentMethodId,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, CoreError> {
+        let Some(record) = self.get(store, id)? else {
+            return Ok(None);
+        };
+        let sealed = record.sealed()?;
+        // The binding uses the ids the caller asked for, not the ones stored in the record.
+        Ok(Some(self.keyring.open_token(
+            store.as_str(),
+            id.as_str(),
+            &sealed,
+        )?))
+    }
+}

@@ -1,0 +1,18 @@
+//! Strongroom vault: the only process that holds payment tokens in clear.
+//!
+//! Layout: `config` (vault.toml + env), `keys` (key files), `crypto` (envelope encryption,
+//! fingerprints), `store` (sled behind the `RecordStore` seam), `audit` (hash chain), `core`
+//! (operations independent of HTTP), `api` (routes, identity, authorisation), `server` (mTLS
+//! listener), `cli` (init / serve / audit verify), `hardening` (core dumps off).
+//! `main` only parses arguments and calls into `cli`; tests and the benchmark run the same code.
+
+pub mod api;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod crypto;
+pub mod hardening;
+pub mod keys;
+pub mod server;
+pub mod store;

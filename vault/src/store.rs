@@ -1,0 +1,509 @@
+//! Record storage behind a seam (`RecordStore`), with the sled implementation.
+//!
+//! sled layout (one `Db`, five trees):
+//! - `records`:      record id → [`StoredRecord`] JSON (masked view fields + sealed token)
+//! - `fingerprints`: keyed fingerprint (32 bytes) → record id; dedupe without decryption
+//! - `by_account`:   `store \0 account \0 id` → empty; lists and erasure per account
+//! - `audit`:        sequence number (u64 BE) → [`AuditEntry`] JSON
+//! - `meta`:         key-check values for the master and fingerprint keys
+//!
+//! Invariants:
+//! - A record and its index entries (and, for writes, the request's audit entry) change together
+//!   in one sled transaction: no half-written record, no dangling index.
+//! - Store and account ids are 1–64 chars of `A-Za-z0-9_-` (parsed newtypes), so the `\0`
+//!   separator in `by_account` keys cannot be forged.
+//! - Audit appends hold one mutex (the chain head), so sequence numbers are dense and linear.
+//! - Callers acknowledge a write only after [`RecordStore::durable`] resolves (group commit).
+
+use crate::audit::{self, AuditDraft, AuditEntry};
+use crate::crypto::SealedToken;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("data folder {path} is in use by another process (is the vault running?)")]
+    Locked { path: String },
+    #[error("flush to disk failed: {0}")]
+    Flush(String),
+    #[error("internal lock poisoned")]
+    Poisoned,
+}
+
+/// One stored payment method: the masked fields in clear, the token sealed.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoredRecord {
+    /// Record format version.
+    pub v: u8,
+    pub id: String,
+    pub store: String,
+    pub account: String,
+    pub kind: String,
+    pub brand: Option<String>,
+    pub last4: Option<String>,
+    pub exp_month: Option<u8>,
+    pub exp_year: Option<u16>,
+    pub masked_email: Option<String>,
+    pub created: String,
+    /// Master-key version that wraps the data key.
+    pub key_version: u32,
+    /// `nonce || ciphertext || tag` of the data key under the master key (hex).
+    pub wrapped_dek: String,
+    /// `nonce || ciphertext || tag` of the token under the data key (hex).
+    pub sealed_token: String,
+    /// Keyed fingerprint (hex), to remove its index entry on delete.
+    pub fingerprint: String,
+}
+
+impl StoredRecord {
+    pub fn view(&self) -> shared::vault_api::PaymentMethodView {
+        shared::vault_api::PaymentMethodView {
+            id: self.id.clone(),
+            store: self.store.clone(),
+            account: self.account.clone(),
+            kind: self.kind.clone(),
+            brand: self.brand.clone(),
+            last4: self.last4.clone(),
+            exp_month: self.exp_month,
+            exp_year: self.exp_year,
+            masked_email: self.masked_email.clone(),
+            created: self.created.clone(),
+        }
+    }
+
+    /// The sealed token as the crypto layer reads it. Decode failures are errors, never panics.
+    pub fn sealed(&self) -> Result<SealedToken, StoreError> {
+        Ok(SealedToken {
+            key_version: self.key_version,
+            wrapped_dek: hex::decode(&self.wrapped_dek)
+                .map_err(|_| StoreError::Corrupt("wrapped key"))?,
+            ciphertext: hex::decode(&self.sealed_token)
+                .map_err(|_| StoreError::Corrupt("sealed token"))?,
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt("record"))
+    }
+}
+
+/// Result of a store request.
+pub enum Stored {
+    Created(StoredRecord),
+    /// The same token was already stored for this store and account.
+    Existing(StoredRecord),
+}
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The seam handlers talk to. A networked backend (PostgreSQL) would implement the same contract:
+/// each write and its audit entry in one transaction, dedupe enforced inside it.
+pub trait RecordStore: Send + Sync {
+    /// Inserts `record` unless its fingerprint is already indexed; appends the audit entry
+    /// (outcome 201 or 200) in the same transaction.
+    fn insert(
+        &self,
+        record: StoredRecord,
+        fingerprint: [u8; 32],
+        audit: AuditDraft,
+    ) -> Result<Stored, StoreError>;
+    fn get(&self, id: &str) -> Result<Option<StoredRecord>, StoreError>;
+    fn list(&self, store: &str, account: &str) -> Result<Vec<StoredRecord>, StoreError>;
+    /// Removes the record (and with it its wrapped data key) if it belongs to `store`.
+    /// Appends the audit entry (204 or 404) in the same transaction. Returns whether it existed.
+    fn delete(&self, store: &str, id: &str, audit: AuditDraft) -> Result<bool, StoreError>;
+    /// Removes every record of one account; returns how many.
+    fn erase_account(
+        &self,
+        store: &str,
+        account: &str,
+        audit: AuditDraft,
+    ) -> Result<u64, StoreError>;
+    /// Appends one audit entry (for requests that write nothing else).
+    fn append_audit(&self, audit: AuditDraft) -> Result<(), StoreError>;
+    /// Resolves once every write made before the call is on disk.
+    fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Head of the audit chain: last sequence number and hash.
+struct ChainHead {
+    seq: u64,
+    hash: [u8; 32],
+}
+
+pub struct SledStore {
+    db: sled::Db,
+    records: sled::Tree,
+    fingerprints: sled::Tree,
+    by_account: sled::Tree,
+    audit: sled::Tree,
+    meta: sled::Tree,
+    head: Mutex<ChainHead>,
+    commit: Option<shared::durable::GroupCommit>,
+}
+
+fn account_prefix(store: &str, account: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(store.len() + account.len() + 2);
+    k.extend_from_slice(store.as_bytes());
+    k.push(0);
+    k.extend_from_slice(account.as_bytes());
+    k.push(0);
+    k
+}
+
+fn account_key(store: &str, account: &str, id: &str) -> Vec<u8> {
+    let mut k = account_prefix(store, account);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+/// Opens a sled folder with a bounded cache. A folder held by a running vault is reported as
+/// such (sled locks it) instead of as an opaque I/O error.
+pub fn open_db(
+    path: &Path,
+    cache_capacity: u64,
+    flush_every_ms: u64,
+) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_capacity)
+        .flush_every_ms(Some(flush_every_ms.max(1)))
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(ref io)
+                if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) =>
+            {
+                StoreError::Locked {
+                    path: path.display().to_string(),
+                }
+            }
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked {
+                path: path.display().to_string(),
+            },
+            other => StoreError::Sled(other),
+        })
+}
+
+/// Walks the audit chain of an open `Db` (works even when the last entry is damaged, where
+/// `SledStore::new` refuses).
+pub fn verify_audit_db(db: &sled::Db) -> Result<audit::Verdict, StoreError> {
+    let tree = db.open_tree("audit")?;
+    audit::verify(tree.iter().map(|r| {
+        r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .map_err(StoreError::Sled)
+    }))
+}
+
+impl SledStore {
+    /// Wraps an open `Db`. Group commit needs a tokio runtime: pass `with_group_commit = false`
+    /// from synchronous tools (audit verify, tests), where `durable` then flushes inline.
+    pub fn new(db: sled::Db, with_group_commit: bool) -> Result<Self, StoreError> {
+        let audit = db.open_tree("audit")?;
+        let head = match audit.last()? {
+            None => ChainHead {
+                seq: 0,
+                hash: audit::GENESIS,
+            },
+            Some((_, v)) => {
+                let e: AuditEntry = serde_json::from_slice(&v)
+                    .map_err(|_| StoreError::Corrupt("last audit entry"))?;
+                let hash = e
+                    .hash_bytes()
+                    .ok_or(StoreError::Corrupt("last audit entry"))?;
+                ChainHead { seq: e.seq, hash }
+            }
+        };
+        let commit = with_group_commit.then(|| shared::durable::GroupCommit::start(db.clone()));
+        Ok(Self {
+            records: db.open_tree("records")?,
+            fingerprints: db.open_tree("fingerprints")?,
+            by_account: db.open_tree("by_account")?,
+            meta: db.open_tree("meta")?,
+            audit,
+            head: Mutex::new(head),
+            commit,
+            db,
+        })
+    }
+
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Reads a `meta` value.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Writes a `meta` value and flushes it.
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(key, value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Number of stored records.
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Walks the audit chain.
+    pub fn verify_audit(&self) -> Result<audit::Verdict, StoreError> {
+        verify_audit_db(&self.db)
+    }
+
+    /// Runs `f` with the chain head locked; `f` gets the next entry builder and must return the
+    /// entry it wrote, if any, so the head advances only after a successful commit.
+    fn with_head<T>(
+        &self,
+        f: impl FnOnce(&ChainHead) -> Result<(T, Option<AuditEntry>), StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut head = self.head.lock().map_err(|_| StoreError::Poisoned)?;
+        let (out, entry) = f(&head)?;
+        if let Some(e) = entry {
+            head.seq = e.seq;
+            head.hash = e.hash_bytes().ok_or(StoreError::Corrupt("audit hash"))?;
+        }
+        Ok(out)
+    }
+}
+
+fn entry_bytes(e: &AuditEntry) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(e).map_err(|_| StoreError::Corrupt("audit encode"))
+}
+
+impl RecordStore for SledStore {
+    fn insert(
+        &self,
+        record: StoredRecord,
+        fingerprint: [u8; 32],
+        draft: AuditDraft,
+    ) -> Result<Stored, StoreError> {
+        let value =
+            serde_json::to_vec(&record).map_err(|_| StoreError::Corrupt("record encode"))?;
+        let akey = account_key(&record.store, &record.account, &record.id);
+        self.with_head(|head| {
+            let trees = (
+                &self.records,
+                &self.fingerprints,
+                &self.by_account,
+                &self.audit,
+            );
+            let (result, entry) = trees
+                .transaction(|(records, fps, by_account, audit_tree)| {
+                    // Dedupe inside the transaction: two concurrent stores of one token cannot
+                    // both create a record.
+                    if let Some(existing_id) = fps.get(fingerprint)? {
+                        let Some(bytes) = records.get(&existing_id)? else {
+                            return abort(StoreError::Corrupt("fingerprint index points nowhere"));
+                        };
+                        let existing = match StoredRecord::decode(&bytes) {
+                            Ok(r) => r,
+                            Err(e) => return abort(e),
+                        };
+                        let mut d = draft.clone();
+                        d.outcome = 200;
+                        d.record = Some(existing.id.clone());
+                        let entry = AuditEntry::next(head.seq, &head.hash, &d);
+                        let eb = match entry_bytes(&entry) {
+                            Ok(b) => b,
+                            Err(e) => return abort(e),
+                        };
+                        audit_tree.insert(&audit::key(entry.seq), eb)?;
+                        return Ok((Stored::Existing(existing), entry));
+                    }
+                    records.insert(record.id.as_bytes(), value.as_slice())?;
+                    fps.insert(&fingerprint, record.id.as_bytes())?;
+                    by_account.insert(akey.as_slice(), &[][..])?;
+                    let mut d = draft.clone();
+                    d.outcome = 201;
+                    d.record = Some(record.id.clone());
+                    let entry = AuditEntry::next(head.seq, &head.hash, &d);
+                    let eb = match entry_bytes(&entry) {
+                        Ok(b) => b,
+                        Err(e) => return abort(e),
+                    };
+                    audit_tree.insert(&audit::key(entry.seq), eb)?;
+                    Ok((Stored::Created(record.clone()), entry))
+                })
+                .map_err(tx_err)?;
+            Ok((result, Some(entry)))
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let Some(v) = self.records.get(id)? else {
+            return Ok(None);
+        };
+        let r = StoredRecord::decode(&v)?;
+        // A record value moved under another key is corrupt, not a different record.
+        if r.id != id {
+            return Err(StoreError::Corrupt("record id does not match its key"));
+        }
+        Ok(Some(r))
+    }
+
+    fn list(&self, store: &str, account: &str) -> Result<Vec<StoredRecord>, StoreError> {
+        let prefix = account_prefix(store, account);
+        let mut out = Vec::new();
+        for item in self.by_account.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let id = k
+                .get(prefix.len()..)
+                .ok_or(StoreError::Corrupt("account index key"))?;
+            if let Some(v) = self.records.get(id)? {
+                out.push(StoredRecord::decode(&v)?);
+            }
+        }
+        out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn delete(&self, store: &str, id: &str, draft: AuditDraft) -> Result<bool, StoreError> {
+        self.with_head(|head| {
+            let trees = (
+                &self.records,
+                &self.fingerprints,
+                &self.by_account,
+                &self.audit,
+            );
+            let (found, entry) = trees
+                .transaction(|(records, fps, by_account, audit_tree)| {
+                    let existing = match records.get(id.as_bytes())? {
+                        Some(bytes) => match StoredRecord::decode(&bytes) {
+                            Ok(r) => Some(r),
+                            Err(e) => return abort(e),
+                        },
+                        None => None,
+                    };
+                    // Another store's record is answered exactly like a missing one.
+                    let existing = existing.filter(|r| r.store == store);
+                    let mut d = draft.clone();
+                    d.record = Some(id.to_owned());
+                    d.outcome = if existing.is_some() { 204 } else { 404 };
+                    if let Some(r) = &existing {
+                        // Removing the record removes its wrapped data key: crypto-shredding.
+                        records.remove(id.as_bytes())?;
+                        if let Ok(fp) = hex::decode(&r.fingerprint) {
+                            fps.remove(fp)?;
+                        }
+                        by_account.remove(account_key(&r.store, &r.account, &r.id))?;
+                    }
+                    let entry = AuditEntry::next(head.seq, &head.hash, &d);
+                    let eb = match entry_bytes(&entry) {
+                        Ok(b) => b,
+                        Err(e) => return abort(e),
+                    };
+                    audit_tree.insert(&audit::key(entry.seq), eb)?;
+                    Ok((existing.is_some(), entry))
+                })
+                .map_err(tx_err)?;
+            Ok((found, Some(entry)))
+        })
+    }
+
+    fn erase_account(
+        &self,
+        store: &str,
+        account: &str,
+        draft: AuditDraft,
+    ) -> Result<u64, StoreError> {
+        // sled transactions cannot iterate, so collect the ids first; each is re-checked inside
+        // the transaction. A record stored concurrently with the erase may survive it (the
+        // caller sees it in the next list); none is ever half-removed.
+        let prefix = account_prefix(store, account);
+        let mut ids = Vec::new();
+        for item in self.by_account.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let id = k
+                .get(prefix.len()..)
+                .ok_or(StoreError::Corrupt("account index key"))?;
+            ids.push(id.to_vec());
+        }
+        self.with_head(|head| {
+            let trees = (
+                &self.records,
+                &self.fingerprints,
+                &self.by_account,
+                &self.audit,
+            );
+            let (n, entry) = trees
+                .transaction(|(records, fps, by_account, audit_tree)| {
+                    let mut n = 0u64;
+                    for id in &ids {
+                        let Some(bytes) = records.get(id)? else {
+                            continue;
+                        };
+                        let r = match StoredRecord::decode(&bytes) {
+                            Ok(r) => r,
+                            Err(e) => return abort(e),
+                        };
+                        if r.store != store || r.account != account {
+                            continue;
+                        }
+                        records.remove(id.as_slice())?;
+                        if let Ok(fp) = hex::decode(&r.fingerprint) {
+                            fps.remove(fp)?;
+                        }
+                        by_account.remove(account_key(&r.store, &r.account, &r.id))?;
+                        n += 1;
+                    }
+                    let mut d = draft.clone();
+                    d.outcome = 200;
+                    let entry = AuditEntry::next(head.seq, &head.hash, &d);
+                    let eb = match entry_bytes(&entry) {
+                        Ok(b) => b,
+                        Err(e) => return abort(e),
+                    };
+                    audit_tree.insert(&audit::key(entry.seq), eb)?;
+                    Ok((n, entry))
+                })
+                .map_err(tx_err)?;
+            Ok((n, Some(entry)))
+        })
+    }
+
+    fn append_audit(&self, draft: AuditDraft) -> Result<(), StoreError> {
+        self.with_head(|head| {
+            let entry = AuditEntry::next(head.seq, &head.hash, &draft);
+            self.audit
+                .insert(audit::key(entry.seq), entry_bytes(&entry)?)?;
+            Ok(((), Some(entry)))
+        })
+    }
+
+    fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            match &self.commit {
+                Some(gc) => gc
+                    .commit()
+                    .await
+                    .map_err(|e| StoreError::Flush(e.to_string())),
+                None => self.db.flush().map(|_| ()).map_err(StoreError::Sled),
+            }
+        })
+    }
+}
