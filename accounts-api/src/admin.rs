@@ -1,0 +1,106 @@
+//! The local admin channel: `store create` must work while the server holds sled's folder lock,
+//! so the running server listens on an owner-only Unix socket (`DATA/accounts/admin.sock`, 0600,
+//! inside a 0700 folder) and the CLI asks it. With no server running, the CLI opens sled itself.
+//! One JSON line in, one JSON line out.
+
+use crate::auth::create_store;
+use crate::storage::{SledStorage, Storage};
+use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+pub fn socket_path(accounts_dir: &Path) -> PathBuf {
+    accounts_dir.join("admin.sock")
+}
+
+/// Creates `dir` (and parents) and restricts it to the owner.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Binds the admin socket and serves it until the runtime ends.
+pub fn serve(accounts_dir: &Path, storage: Arc<dyn Storage>) -> std::io::Result<()> {
+    let path = socket_path(accounts_dir);
+    // A stale socket from a killed process: we hold sled's lock, so nobody else is serving it.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let storage = Arc::clone(&storage);
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                if BufReader::new(r).read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let answer = handle(storage.as_ref(), &line).await;
+                let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn handle(storage: &dyn Storage, line: &str) -> Value {
+    let req: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    match (
+        req.get("op").and_then(Value::as_str),
+        req.get("name").and_then(Value::as_str),
+    ) {
+        (Some("store.create"), Some(name)) => match create_store(storage, name) {
+            Ok(created) => match storage.durable().await {
+                Ok(()) => {
+                    tracing::info!(store = %created.store, "store created over the admin socket");
+                    created.to_json()
+                }
+                Err(e) => json!({"error": e.to_string()}),
+            },
+            Err(e) => json!({"error": e.to_string()}),
+        },
+        _ => json!({"error": "unknown request"}),
+    }
+}
+
+/// `store create`: asks the running server, or opens the database directly if none runs.
+pub async fn create_store_cli(data: &Path, name: &str) -> Result<Value, String> {
+    let dir = crate::config::accounts_dir(data);
+    match UnixStream::connect(socket_path(&dir)).await {
+        Ok(stream) => {
+            let (r, mut w) = stream.into_split();
+            let req = json!({"op": "store.create", "name": name});
+            w.write_all(format!("{req}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            BufReader::new(r)
+                .read_line(&mut line)
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: Value =
+                serde_json::from_str(&line).map_err(|_| "bad answer from the server".to_owned())?;
+            match v.get("error") {
+                Some(e) => Err(e.as_str().unwrap_or("error").to_owned()),
+                None => Ok(v),
+            }
+        }
+        Err(_) => {
+            private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let storage = SledStorage::open(&dir.join("db")).map_err(|e| {
+                format!(
+                    "cannot open the database (is a server running without its admin socket?): {e}"
+                )
+            })?;
+            let created = create_store(&storage, name).map_err(|e| e.to_string())?;
+            storage.durable().await.map_err(|e| e.to_string())?;
+            Ok(created.to_json())
+        }
+    }
+}

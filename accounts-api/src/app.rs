@@ -1,0 +1,259 @@
+//! Application state, the router, and the request plumbing every handler shares: HTTP Basic
+//! authentication, body reading (413/400 in the envelope), and Idempotency-Key handling.
+
+use crate::error::{ApiError, ErrorKind};
+use crate::model::IdempotencyRecord;
+use crate::storage::Storage;
+use crate::vault::VaultClient;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// Largest request body accepted (64 KiB); larger → 413 in the envelope.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Number of idempotency lock shards. A request holding a key locks its shard for the duration
+/// of the request (including the vault call), so two requests with one key never both execute;
+/// two different keys share a shard only by hash collision, which at most serialises them.
+const LOCK_SHARDS: usize = 4096;
+
+pub struct AppState {
+    pub storage: Arc<dyn Storage>,
+    pub vault: VaultClient,
+    locks: Vec<Arc<Mutex<()>>>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn new(storage: Arc<dyn Storage>, vault: VaultClient) -> SharedState {
+        let locks = (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect();
+        Arc::new(Self {
+            storage,
+            vault,
+            locks,
+        })
+    }
+}
+
+/// All routes, one module per resource, merged here.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .merge(crate::routes::accounts::router())
+        .merge(crate::routes::orders::router())
+        .merge(crate::routes::subscriptions::router())
+        .merge(crate::routes::payment_methods::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    ApiError::new("request", ErrorKind::NotFound("path", "no such route")).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    let body = serde_json::json!({"action": "request", "result": "error",
+        "error": {"method": "not allowed on this path"}});
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+/// Serves `router` on an already-bound listener until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: SharedState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Without it small keep-alive responses wait on delayed ACK (RUST-NOTES trap 3).
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A JSON success answer.
+pub fn ok(body: Value) -> Response {
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// The caller's store, from HTTP Basic credentials; 401 otherwise.
+pub fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: &'static str,
+) -> Result<String, ApiError> {
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match crate::auth::authenticate(state.storage.as_ref(), h) {
+        Ok(Some(store)) => Ok(store),
+        Ok(None) => Err(ApiError::new(action, ErrorKind::Unauthorized)),
+        Err(e) => Err(e.into_api(action)),
+    }
+}
+
+/// The body bytes, or 413/400 in the envelope.
+pub fn body_bytes(
+    body: Result<Bytes, BytesRejection>,
+    action: &'static str,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(action, ErrorKind::TooLarge)
+        } else {
+            ApiError::new(action, ErrorKind::BadJson)
+        }
+    })
+}
+
+/// Parses a JSON object body; anything else is 400.
+pub fn json_object(body: &[u8], action: &'static str) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(ApiError::new(action, ErrorKind::BadJson)),
+    }
+}
+
+/// An Idempotency-Key being served: holds the key's lock until dropped.
+pub struct Idempotent {
+    key: String,
+    request_hash: String,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl Idempotent {
+    /// The record to write in the same transaction as the change.
+    pub fn record(&self, status: StatusCode, body: &Value) -> (String, IdempotencyRecord) {
+        (
+            self.key.clone(),
+            IdempotencyRecord {
+                request_hash: self.request_hash.clone(),
+                status: status.as_u16(),
+                body: body.to_string(),
+            },
+        )
+    }
+}
+
+pub enum IdempotencyStart {
+    /// The key was seen with the same request: answer what was answered then.
+    Replay(Response),
+    /// Execute the request (`None`: no key was sent).
+    Execute(Option<Idempotent>),
+}
+
+/// Starts Idempotency-Key handling for a mutating request. The request is identified by a keyed
+/// hash (HMAC-SHA256 under an installation key) of method, path and body: the body may hold a
+/// payment token, so neither it nor an unkeyed hash of it is stored.
+pub async fn idempotency(
+    state: &AppState,
+    store: &str,
+    headers: &HeaderMap,
+    method_path: &str,
+    body: &[u8],
+    action: &'static str,
+) -> Result<IdempotencyStart, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(IdempotencyStart::Execute(None));
+    };
+    let key = match raw.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            k.to_owned()
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                action,
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            ));
+        }
+    };
+    let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.storage.request_hash_key());
+    let mut ctx = ring::hmac::Context::with_key(&hmac_key);
+    ctx.update(method_path.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(body);
+    let request_hash = hex::encode(ctx.sign().as_ref());
+
+    let shard = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (store, &key).hash(&mut h);
+        (h.finish() as usize) % state.locks.len()
+    };
+    let guard = Arc::clone(&state.locks[shard]).lock_owned().await;
+    match state.storage.idempotency(store, &key) {
+        Err(e) => Err(e.into_api(action)),
+        Ok(Some(rec)) if rec.request_hash == request_hash => {
+            let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
+            let mut resp = (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                rec.body,
+            )
+                .into_response();
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(IdempotencyStart::Replay(resp))
+        }
+        Ok(Some(_)) => Err(ApiError::new(action, ErrorKind::IdempotencyMismatch)),
+        Ok(None) => Ok(IdempotencyStart::Execute(Some(Idempotent {
+            key,
+            request_hash,
+            _guard: guard,
+        }))),
+    }
+}
+
+/// Page/limit query parameters (page from 1, limit default 50, at most 1000).
+pub fn paging(
+    q: &std::collections::HashMap<String, String>,
+    action: &'static str,
+) -> Result<(usize, usize), ApiError> {
+    let page = match q.get("page") {
+        None => 1,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|p| *p >= 1)
+            .ok_or_else(|| ApiError::invalid(action, "page", "must be a positive integer"))?,
+    };
+    let limit = match q.get("limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::invalid(action, "limit", "must be 1 to 1000"))?,
+    };
+    Ok((page, limit))
+}
+
+/// `{ids, page, limit, nextPage, total}` for a page of ids.
+pub fn page_body(
+    action: &str,
+    key: &str,
+    ids: Vec<String>,
+    page: usize,
+    limit: usize,
+    total: usize,
+) -> Value {
+    let next = if page.saturating_mul(limit) < total {
+        Value::from(page + 1)
+    } else {
+        Value::Null
+    };
+    serde_json::json!({"action": action, "result": "success", key: ids, "page": page,
+        "limit": limit, "nextPage": next, "total": total})
+}

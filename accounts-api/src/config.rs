@@ -1,0 +1,117 @@
+//! Production configuration: a TOML file, then environment overrides.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! data = "/var/lib/strongroom"        # accounts-api keeps its state in DATA/accounts
+//! [vault]
+//! addr = "127.0.0.1:8443"
+//! server_name = "localhost"           # name in the vault's certificate
+//! ca = "pki/ca.pem"                   # relative paths are relative to this file
+//! cert = "pki/accounts.pem"
+//! key = "pki/accounts.key"
+//! ```
+//! Overrides: `STRONGROOM_LISTEN`, `STRONGROOM_DATA`, `STRONGROOM_VAULT_ADDR`,
+//! `STRONGROOM_VAULT_SERVER_NAME`, `STRONGROOM_VAULT_CA`, `STRONGROOM_VAULT_CERT`,
+//! `STRONGROOM_VAULT_KEY`.
+
+use crate::vault::VaultConfig;
+use serde::Deserialize;
+use shared::tls::TlsFiles;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data: Option<PathBuf>,
+    vault: Option<VaultFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VaultFile {
+    addr: Option<String>,
+    server_name: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The data folder; accounts-api's own state is under `data/accounts`.
+    pub data: PathBuf,
+    pub vault: VaultConfig,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let v = file.vault.unwrap_or_default();
+        let listen = env("STRONGROOM_LISTEN")
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let addr = env("STRONGROOM_VAULT_ADDR")
+            .or(v.addr)
+            .ok_or("vault.addr is required")?;
+        let need = |envname: &str, val: Option<PathBuf>, what: &str| -> Result<PathBuf, String> {
+            env(envname)
+                .map(PathBuf::from)
+                .or(val.map(rel))
+                .ok_or(format!("vault.{what} is required"))
+        };
+        Ok(Self {
+            listen: listen
+                .parse()
+                .map_err(|_| format!("listen: not an address: {listen}"))?,
+            data: env("STRONGROOM_DATA")
+                .map(PathBuf::from)
+                .or(file.data.map(rel))
+                .ok_or("data is required")?,
+            vault: VaultConfig {
+                addr: addr
+                    .parse()
+                    .map_err(|_| format!("vault.addr: not an address: {addr}"))?,
+                server_name: env("STRONGROOM_VAULT_SERVER_NAME")
+                    .or(v.server_name)
+                    .unwrap_or_else(|| "localhost".into()),
+                tls: TlsFiles {
+                    ca: need("STRONGROOM_VAULT_CA", v.ca, "ca")?,
+                    cert: need("STRONGROOM_VAULT_CERT", v.cert, "cert")?,
+                    key: need("STRONGROOM_VAULT_KEY", v.key, "key")?,
+                },
+            },
+        })
+    }
+
+    /// Only the data folder (for `store create --config`), without requiring the vault part.
+    pub fn data_folder(path: &Path) -> Result<PathBuf, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        env("STRONGROOM_DATA")
+            .map(PathBuf::from)
+            .or(file
+                .data
+                .map(|p| if p.is_absolute() { p } else { base.join(p) }))
+            .ok_or_else(|| "data is required".into())
+    }
+}
+
+/// `DATA/accounts`: the folder accounts-api owns (sled database and admin socket).
+pub fn accounts_dir(data: &Path) -> PathBuf {
+    data.join("accounts")
+}

@@ -1,0 +1,174 @@
+//! The one place where failures become HTTP answers.
+//!
+//! Every answer, success or error, uses FastSpring's envelope: `{"action": "...", "result":
+//! "error", "error": {"<field>": "<message>"}}`. Messages are fixed text or ids the caller already
+//! owns; never request data that could be a secret, never an internal path or a stack trace. A
+//! 5xx body is generic and the detail goes to the log.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// What went wrong, independent of the route.
+#[derive(Debug)]
+pub enum ErrorKind {
+    /// The body is not JSON (400).
+    BadJson,
+    /// No or wrong HTTP Basic credentials (401).
+    Unauthorized,
+    /// Unknown id, or an id of another store (404). (field, message)
+    NotFound(&'static str, &'static str),
+    /// One or more fields failed validation (422). (field path, fixed message)
+    Invalid(Vec<(String, &'static str)>),
+    /// A uniqueness rule or state rule refused the change (409). (field, message)
+    Conflict(&'static str, String),
+    /// The same Idempotency-Key was used with a different request (409).
+    IdempotencyMismatch,
+    /// The body is larger than the limit (413).
+    TooLarge,
+    /// The vault could not be reached or failed (503 with Retry-After).
+    VaultUnavailable,
+    /// Anything else (500, generic body; detail logged where it happened).
+    Internal,
+}
+
+/// An error answer for one route: `action` is FastSpring's action name (`account.create`, …).
+#[derive(Debug)]
+pub struct ApiError {
+    pub action: &'static str,
+    pub kind: ErrorKind,
+}
+
+impl ApiError {
+    pub fn new(action: &'static str, kind: ErrorKind) -> Self {
+        Self { action, kind }
+    }
+    pub fn invalid(action: &'static str, field: impl Into<String>, message: &'static str) -> Self {
+        Self::new(action, ErrorKind::Invalid(vec![(field.into(), message)]))
+    }
+    pub fn not_found(action: &'static str, field: &'static str) -> Self {
+        Self::new(action, ErrorKind::NotFound(field, "not found"))
+    }
+    pub fn internal(action: &'static str) -> Self {
+        Self::new(action, ErrorKind::Internal)
+    }
+    pub fn status(&self) -> StatusCode {
+        match &self.kind {
+            ErrorKind::BadJson => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::NotFound(..) => StatusCode::NOT_FOUND,
+            ErrorKind::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Conflict(..) | ErrorKind::IdempotencyMismatch => StatusCode::CONFLICT,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::VaultUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+    fn fields(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: &str| {
+            m.insert(k.to_owned(), Value::String(v.to_owned()));
+        };
+        match &self.kind {
+            ErrorKind::BadJson => put("request", "malformed JSON"),
+            ErrorKind::Unauthorized => put("authorization", "missing or invalid credentials"),
+            ErrorKind::NotFound(f, msg) => put(f, msg),
+            ErrorKind::Invalid(list) => {
+                for (f, msg) in list {
+                    put(f, msg);
+                }
+            }
+            ErrorKind::Conflict(f, msg) => put(f, msg),
+            ErrorKind::IdempotencyMismatch => put(
+                "idempotencyKey",
+                "key already used with a different request",
+            ),
+            ErrorKind::TooLarge => put("request", "body too large"),
+            ErrorKind::VaultUnavailable => put("vault", "temporarily unavailable, retry later"),
+            ErrorKind::Internal => put("request", "internal error"),
+        }
+        m
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({"action": self.action, "result": "error", "error": self.fields()});
+        let mut resp = (status, axum::Json(body)).into_response();
+        match self.kind {
+            ErrorKind::Unauthorized => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"strongroom\""),
+                );
+            }
+            ErrorKind::VaultUnavailable => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Storage-layer failures; handlers turn them into [`ApiError`]s with their action.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The normalised email is already used by this account in the store.
+    #[error("email already used by account {0}")]
+    EmailTaken(String),
+    /// The custom lookup key is already used by this account in the store.
+    #[error("custom id already used by account {0}")]
+    CustomTaken(String),
+    /// Lost a checkout race: the email index points to this (winning) account.
+    #[error("email now belongs to account {0}")]
+    EmailRace(String),
+    /// The record does not exist in this store.
+    #[error("not found")]
+    NotFound,
+    /// A state rule refused the change (fixed text).
+    #[error("conflict: {0}")]
+    State(&'static str),
+    /// sled or serialization failed; detail for the log only.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+impl From<sled::Error> for StorageError {
+    fn from(e: sled::Error) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+impl From<serde_json::Error> for StorageError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+
+impl StorageError {
+    /// Maps a storage failure to the answer of `action`; backend detail goes to the log here.
+    pub fn into_api(self, action: &'static str) -> ApiError {
+        match self {
+            Self::EmailTaken(id) => ApiError::new(
+                action,
+                ErrorKind::Conflict("email", format!("email already exists, /accounts/{id}")),
+            ),
+            Self::CustomTaken(id) => ApiError::new(
+                action,
+                ErrorKind::Conflict("custom", format!("custom already exists, /accounts/{id}")),
+            ),
+            Self::EmailRace(_) => {
+                tracing::error!("unresolved checkout race reached the handler");
+                ApiError::internal(action)
+            }
+            Self::NotFound => ApiError::not_found(action, "id"),
+            Self::State(msg) => ApiError::new(action, ErrorKind::Conflict("state", msg.to_owned())),
+            Self::Backend(detail) => {
+                tracing::error!(%detail, action, "storage failure");
+                ApiError::internal(action)
+            }
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! Stored records and the parsing of client input into them.
+//!
+//! Records are what the storage layer keeps (JSON in sled); none of them can hold a payment
+//! token — the only token-bearing type is the checkout request in `routes::orders`, which hands
+//! the token to the vault or drops it. Input parsing collects every invalid field so one 422
+//! names them all; messages are fixed text, never the rejected value.
+
+use crate::iso;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Collected validation failures: (wire field name, fixed message).
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<(String, &'static str)>);
+
+impl Problems {
+    pub fn add(&mut self, field: impl Into<String>, msg: &'static str) {
+        self.0.push((field.into(), msg));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Reads an optional string field: absent or null → `None`; anything else not a string → a
+/// problem. Trimmed; longer than `max` characters → a problem.
+pub fn opt_str(
+    obj: &Map<String, Value>,
+    key: &str,
+    field: &str,
+    max: usize,
+    p: &mut Problems,
+) -> Option<String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let t = s.trim();
+            if t.chars().count() > max {
+                p.add(field, "is too long");
+                None
+            } else {
+                Some(t.to_owned())
+            }
+        }
+        Some(_) => {
+            p.add(field, "must be a string");
+            None
+        }
+    }
+}
+
+/// Like [`opt_str`] but the field must be present and non-empty.
+pub fn req_str(
+    obj: &Map<String, Value>,
+    key: &str,
+    field: &str,
+    max: usize,
+    p: &mut Problems,
+) -> Option<String> {
+    let present = matches!(obj.get(key), Some(v) if !v.is_null());
+    match opt_str(obj, key, field, max, p) {
+        Some(s) if !s.is_empty() => Some(s),
+        Some(_) => {
+            p.add(field, "is required");
+            None
+        }
+        None => {
+            if !present {
+                p.add(field, "is required");
+            }
+            None
+        }
+    }
+}
+
+/// An optional JSON object field.
+pub fn opt_obj<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    field: &str,
+    p: &mut Problems,
+) -> Option<&'a Map<String, Value>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(_) => {
+            p.add(field, "must be an object");
+            None
+        }
+    }
+}
+
+/// Lower-cased, trimmed email if it looks like an address (one `@`, a dotted domain, no spaces).
+/// The normalised form is the uniqueness key within a store.
+pub fn normalise_email(value: &str) -> Option<String> {
+    let v = value.trim().to_lowercase();
+    let (local, domain) = v.split_once('@')?;
+    let ok = !local.is_empty()
+        && v.len() <= 254
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/');
+    ok.then_some(v)
+}
+
+/// `lookup.custom`: at least 4 (at most 64) characters of `A-Za-z0-9_-`.
+pub fn custom_id(value: &str) -> Option<String> {
+    let ok = (4..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    ok.then(|| value.to_owned())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Contact {
+    pub first: String,
+    pub last: String,
+    pub email: String,
+    pub company: Option<String>,
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Address {
+    pub address_line1: Option<String>,
+    pub address_line2: Option<String>,
+    pub city: Option<String>,
+    pub region: Option<String>,
+    pub postal_code: Option<String>,
+}
+
+/// A saved payment method as accounts-api keeps it: the vault's id and the masked view only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentMethodRef {
+    pub id: String,
+    pub kind: String,
+    pub brand: Option<String>,
+    pub last4: Option<String>,
+    pub exp_month: Option<u8>,
+    pub exp_year: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountRecord {
+    pub id: String,
+    pub store: String,
+    /// FastSpring's `lookup.global`: a second, independent random id.
+    pub global: String,
+    pub contact: Contact,
+    pub address: Option<Address>,
+    pub country: Option<String>,
+    pub language: Option<String>,
+    pub custom: Option<String>,
+    pub orders: Vec<String>,
+    pub subscriptions: Vec<String>,
+    pub payment_methods: Vec<PaymentMethodRef>,
+    pub created: i64,
+}
+
+impl AccountRecord {
+    pub fn email_key(&self) -> String {
+        normalise_email(&self.contact.email).unwrap_or_else(|| self.contact.email.to_lowercase())
+    }
+}
+
+/// The fields of `POST /accounts` and `POST /accounts/{id}`; `None` means "not given".
+#[derive(Debug, Default)]
+pub struct AccountInput {
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub email: Option<String>,
+    pub company: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<Address>,
+    pub country: Option<String>,
+    pub language: Option<String>,
+    pub custom: Option<String>,
+}
+
+/// Parses an account body. `create` makes `contact.first/last/email` required.
+pub fn parse_account(body: &Map<String, Value>, create: bool) -> Result<AccountInput, Problems> {
+    let mut p = Problems::default();
+    let mut input = AccountInput::default();
+    let contact = opt_obj(body, "contact", "contact", &mut p);
+    match contact {
+        Some(c) => {
+            let get = |k: &str, p: &mut Problems| {
+                if create {
+                    req_str(c, k, k, 255, p)
+                } else {
+                    opt_str(c, k, k, 255, p)
+                }
+            };
+            input.first = get("first", &mut p);
+            input.last = get("last", &mut p);
+            if !create {
+                for k in ["first", "last", "email"] {
+                    if matches!(c.get(k), Some(Value::String(s)) if s.trim().is_empty()) {
+                        p.add(k, "must not be empty");
+                    }
+                }
+            }
+            input.email = get("email", &mut p).and_then(|e| match normalise_email(&e) {
+                Some(_) => Some(e),
+                None => {
+                    p.add("email", "is not a valid email address");
+                    None
+                }
+            });
+            input.company = opt_str(c, "company", "company", 255, &mut p);
+            input.phone = opt_str(c, "phone", "phone", 255, &mut p);
+        }
+        None if create => {
+            for k in ["first", "last", "email"] {
+                p.add(k, "is required");
+            }
+        }
+        None => {}
+    }
+    input.address = opt_obj(body, "address", "address", &mut p).map(|a| parse_address(a, &mut p));
+    input.country = opt_str(body, "country", "country", 2, &mut p).and_then(|c| {
+        iso::country(&c).or_else(|| {
+            p.add(
+                "country",
+                "country invalid: must be an ISO 3166-1 alpha-2 code",
+            );
+            None
+        })
+    });
+    input.language = opt_str(body, "language", "language", 2, &mut p).and_then(|l| {
+        iso::language(&l).or_else(|| {
+            p.add("language", "language is invalid: must be an ISO 639-1 code");
+            None
+        })
+    });
+    if let Some(lookup) = opt_obj(body, "lookup", "lookup", &mut p) {
+        input.custom = opt_str(lookup, "custom", "custom", 64, &mut p).and_then(|c| {
+            custom_id(&c).or_else(|| {
+                p.add(
+                    "custom",
+                    "custom invalid: at least 4 characters of A-Z a-z 0-9 _ -",
+                );
+                None
+            })
+        });
+    }
+    if p.is_empty() { Ok(input) } else { Err(p) }
+}
+
+pub fn parse_address(a: &Map<String, Value>, p: &mut Problems) -> Address {
+    let mut f = |k: &str| opt_str(a, k, k, 255, p).filter(|s| !s.is_empty());
+    Address {
+        address_line1: f("addressLine1"),
+        address_line2: f("addressLine2"),
+        city: f("city"),
+        region: f("region"),
+        postal_code: f("postalCode"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IntervalUnit {
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+impl IntervalUnit {
+    pub fn parse(v: &str) -> Option<Self> {
+        Some(match v {
+            "day" => Self::Day,
+            "week" => Self::Week,
+            "month" => Self::Month,
+            "year" => Self::Year,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+            Self::Year => "year",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderItem {
+    pub product: String,
+    pub quantity: u32,
+    /// Unit price in minor units of the order currency.
+    pub price: i64,
+    /// The subscription created for this item, if it is a subscription item.
+    pub subscription: Option<String>,
+}
+
+/// `payment{type, creditCard, cardEnding}` as FastSpring shows it; masked only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPayment {
+    pub kind: String,
+    pub brand: Option<String>,
+    pub last4: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderRecord {
+    pub id: String,
+    pub reference: String,
+    pub store: String,
+    pub account: String,
+    pub customer: Contact,
+    pub address: Option<Address>,
+    pub country: Option<String>,
+    pub language: Option<String>,
+    pub currency: String,
+    pub items: Vec<OrderItem>,
+    /// Sum of quantity × price, minor units.
+    pub total: i64,
+    pub payment: OrderPayment,
+    /// Whether the token was saved in the vault (the subscriptions renew automatically).
+    pub payment_method: Option<String>,
+    pub completed: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SubState {
+    Active,
+    Canceled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionRecord {
+    pub id: String,
+    pub store: String,
+    pub account: String,
+    pub order: String,
+    pub product: String,
+    pub quantity: u32,
+    pub price: i64,
+    pub currency: String,
+    pub interval_unit: IntervalUnit,
+    pub interval_length: u32,
+    pub state: SubState,
+    pub auto_renew: bool,
+    /// The vault payment method that renewals charge; `None` means manual renewal.
+    pub payment_method: Option<String>,
+    pub payment_kind: String,
+    pub brand: Option<String>,
+    pub last4: Option<String>,
+    pub expiry: Option<String>,
+    pub begin: i64,
+    pub next: i64,
+    pub canceled: Option<i64>,
+}
+
+/// What a mutating request answered, kept under its Idempotency-Key so a retry gets the same
+/// answer. Holds a keyed hash of the request, never the request itself (it may carry a token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub status: u16,
+    pub body: String,
+}
+
+/// An event row written in the same transaction as the change it describes (the seam for
+/// webhooks and the events API of a later issue).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub created: i64,
+    pub live: bool,
+    pub processed: bool,
+    pub data: Value,
+}
+
+impl EventRecord {
+    pub fn new(kind: &str, data: Value) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            kind: kind.to_owned(),
+            created: now_ms(),
+            live: false,
+            processed: false,
+            data,
+        }
+    }
+}
+
+/// A store (tenant) and the hash of its API password.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoreRecord {
+    pub id: String,
+    pub name: String,
+    pub username: String,
+    /// Hex of the per-store random salt.
+    pub salt: String,
+    /// Hex of SHA-256(salt ‖ password); see `auth` for why a fast hash is right here.
+    pub password_hash: String,
+    pub created: i64,
+}
+
+impl std::fmt::Debug for StoreRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreRecord")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A fresh FastSpring-style id: 22 characters of base64url (a random UUID).
+pub fn new_id() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+/// Adds `length` units to a millisecond timestamp (calendar months/years clamp the day).
+pub fn add_interval(ms: i64, unit: IntervalUnit, length: u32) -> i64 {
+    use time::{Duration, OffsetDateTime};
+    let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return ms;
+    };
+    let n = i64::from(length);
+    let out = match unit {
+        IntervalUnit::Day => t.checked_add(Duration::days(n)),
+        IntervalUnit::Week => t.checked_add(Duration::weeks(n)),
+        IntervalUnit::Month | IntervalUnit::Year => {
+            let months = if unit == IntervalUnit::Year {
+                n * 12
+            } else {
+                n
+            };
+            let total = i64::from(t.year()) * 12 + i64::from(u8::from(t.month())) - 1 + months;
+            let year = (total / 12) as i32;
+            let month =
+                time::Month::try_from((total % 12 + 1) as u8).unwrap_or(time::Month::January);
+            let day = t.day().min(month.length(year));
+            time::Date::from_calendar_date(year, month, day)
+                .ok()
+                .map(|d| t.replace_date(d))
+        }
+    };
+    out.map(|o| (o.unix_timestamp_nanos() / 1_000_000) as i64)
+        .unwrap_or(ms)
+}
+
+/// Minor units → the decimal number FastSpring shows (`14.95`).
+pub fn to_major(minor: i64, exponent: u8) -> f64 {
+    minor as f64 / 10f64.powi(i32::from(exponent))
+}
+
+/// A decimal price → minor units; refuses negatives, absurd amounts and sub-minor precision.
+pub fn to_minor(price: f64, exponent: u8) -> Option<i64> {
+    if !price.is_finite() || !(0.0..=1e9).contains(&price) {
+        return None;
+    }
+    let scaled = price * 10f64.powi(i32::from(exponent));
+    let rounded = scaled.round();
+    ((scaled - rounded).abs() < 1e-6).then_some(rounded as i64)
+}
+
+/// `MM/DD/YY`, FastSpring's `*Display` date form.
+pub fn display_date(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(|t| format!("{}/{}/{:02}", u8::from(t.month()), t.day(), t.year() % 100))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_obvious_garbage_is_refused() {
+        assert_eq!(
+            normalise_email(" Jane@Example.COM ").as_deref(),
+            Some("jane@example.com")
+        );
+        for bad in [
+            "",
+            "jane",
+            "jane@",
+            "@x.com",
+            "a b@x.com",
+            "a@x",
+            "a@@x.com",
+            "a/b@x.com",
+        ] {
+            assert_eq!(normalise_email(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn monthly_intervals_clamp_to_the_end_of_shorter_months() {
+        // 2027-01-31T00:00Z + 1 month = 2027-02-28
+        let jan31 = 1_801_353_600_000;
+        assert_eq!(display_date(jan31), "1/31/27");
+        assert_eq!(
+            display_date(add_interval(jan31, IntervalUnit::Month, 1)),
+            "2/28/27"
+        );
+        assert_eq!(
+            display_date(add_interval(jan31, IntervalUnit::Year, 1)),
+            "1/31/28"
+        );
+        assert_eq!(
+            display_date(add_interval(jan31, IntervalUnit::Week, 1)),
+            "2/7/27"
+        );
+    }
+
+    #[test]
+    fn prices_convert_to_minor_units_only_when_exact() {
+        assert_eq!(to_minor(14.95, 2), Some(1495));
+        assert_eq!(to_minor(1000.0, 0), Some(1000));
+        assert_eq!(to_minor(1.005, 2), None);
+        assert_eq!(to_minor(-1.0, 2), None);
+        assert_eq!(to_minor(f64::NAN, 2), None);
+    }
+
+    #[test]
+    fn account_create_names_every_missing_and_invalid_field() {
+        let body = serde_json::json!({"contact": {"first": "", "email": "nope"}, "country": "XX",
+            "language": "english", "lookup": {"custom": "ab"}});
+        let Value::Object(m) = body else {
+            unreachable!()
+        };
+        let errs = parse_account(&m, true)
+            .err()
+            .map(|p| p.0)
+            .unwrap_or_default();
+        let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
+        for f in ["first", "last", "email", "country", "language", "custom"] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+}

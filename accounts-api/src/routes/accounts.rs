@@ -1,0 +1,319 @@
+//! `/accounts`: create, read, partial update and lookup, in FastSpring's shapes.
+
+use crate::app::{
+    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, page_body,
+    paging,
+};
+use crate::error::{ApiError, ErrorKind};
+use crate::model::{
+    AccountInput, AccountRecord, Address, Contact, EventRecord, SubState, new_id, normalise_email,
+    now_ms, parse_account,
+};
+use crate::storage::{Extras, Index};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/accounts", get(lookup).post(create))
+        .route("/accounts/{id}", get(read).post(update))
+}
+
+fn address_json(a: &Option<Address>) -> Value {
+    match a {
+        Some(a) => json!({"addressLine1": a.address_line1, "addressLine2": a.address_line2,
+            "city": a.city, "region": a.region, "postalCode": a.postal_code}),
+        None => json!({}),
+    }
+}
+
+pub fn contact_json(c: &Contact) -> Value {
+    json!({"first": c.first, "last": c.last, "email": c.email, "company": c.company, "phone": c.phone})
+}
+
+/// FastSpring's account object (`GET /accounts/{id}` and lookups).
+pub fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Value {
+    let now = time::OffsetDateTime::now_utc();
+    let active = a
+        .payment_methods
+        .iter()
+        .filter(|p| match (p.exp_year, p.exp_month) {
+            (Some(y), Some(m)) => (i32::from(y), m) >= (now.year(), u8::from(now.month())),
+            _ => true,
+        })
+        .count();
+    let subscribed = a.subscriptions.iter().any(|s| {
+        matches!(state.storage.subscription(&a.store, s), Ok(Some(r)) if r.state == SubState::Active)
+    });
+    json!({
+        "id": a.id, "account": a.id, "action": action, "result": "success",
+        "contact": contact_json(&a.contact),
+        "address": address_json(&a.address),
+        "language": a.language, "country": a.country,
+        "lookup": {"global": a.global, "custom": a.custom},
+        // The account page (single sign-on) lives under this path.
+        "url": format!("/account/{}", a.global),
+        "payment": {"methods": a.payment_methods.len(), "active": active},
+        "orders": a.orders, "subscriptions": a.subscriptions,
+        // Renewal charges are recorded here by the renewal job.
+        "charges": [],
+        "subscribed": subscribed,
+    })
+}
+
+fn apply(a: &mut AccountRecord, input: &AccountInput) {
+    if let Some(v) = &input.first {
+        a.contact.first = v.clone();
+    }
+    if let Some(v) = &input.last {
+        a.contact.last = v.clone();
+    }
+    if let Some(v) = &input.email {
+        a.contact.email = v.clone();
+    }
+    if let Some(v) = &input.company {
+        a.contact.company = (!v.is_empty()).then(|| v.clone());
+    }
+    if let Some(v) = &input.phone {
+        a.contact.phone = (!v.is_empty()).then(|| v.clone());
+    }
+    if let Some(new) = &input.address {
+        // Partial inside the address too: only the given lines change.
+        let cur = a.address.get_or_insert_with(Address::default);
+        let merge = |cur: &mut Option<String>, new: &Option<String>| {
+            if new.is_some() {
+                cur.clone_from(new);
+            }
+        };
+        merge(&mut cur.address_line1, &new.address_line1);
+        merge(&mut cur.address_line2, &new.address_line2);
+        merge(&mut cur.city, &new.city);
+        merge(&mut cur.region, &new.region);
+        merge(&mut cur.postal_code, &new.postal_code);
+    }
+    if input.country.is_some() {
+        a.country.clone_from(&input.country);
+    }
+    if input.language.is_some() {
+        a.language.clone_from(&input.language);
+    }
+    if input.custom.is_some() {
+        a.custom.clone_from(&input.custom);
+    }
+}
+
+async fn create(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "account.create";
+    let store = authorize(&state, &headers, ACTION)?;
+    let body = body_bytes(body, ACTION)?;
+    let idem = match idempotency(&state, &store, &headers, "POST /accounts", &body, ACTION).await? {
+        IdempotencyStart::Replay(r) => return Ok(r),
+        IdempotencyStart::Execute(i) => i,
+    };
+    let obj = json_object(&body, ACTION)?;
+    let input =
+        parse_account(&obj, true).map_err(|p| ApiError::new(ACTION, ErrorKind::Invalid(p.0)))?;
+    let mut account = AccountRecord {
+        id: new_id(),
+        store: store.clone(),
+        global: new_id(),
+        contact: Contact {
+            first: String::new(),
+            last: String::new(),
+            email: String::new(),
+            company: None,
+            phone: None,
+        },
+        address: None,
+        country: None,
+        language: None,
+        custom: None,
+        orders: vec![],
+        subscriptions: vec![],
+        payment_methods: vec![],
+        created: now_ms(),
+    };
+    apply(&mut account, &input);
+    let resp = json!({"account": account.id, "action": ACTION, "result": "success"});
+    let extras = Extras {
+        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
+        events: vec![EventRecord::new(
+            "account.created",
+            json!({"account": account.id}),
+        )],
+    };
+    state
+        .storage
+        .create_account(&account, &extras)
+        .map_err(|e| e.into_api(ACTION))?;
+    state
+        .storage
+        .durable()
+        .await
+        .map_err(|e| e.into_api(ACTION))?;
+    Ok(ok(resp))
+}
+
+async fn read(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "account.get";
+    let store = authorize(&state, &headers, ACTION)?;
+    let account = state
+        .storage
+        .account(&store, &id)
+        .map_err(|e| e.into_api(ACTION))?
+        .ok_or_else(|| {
+            ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
+        })?;
+    Ok(ok(
+        json!({"accounts": [account_json(&state, &account, ACTION)]}),
+    ))
+}
+
+async fn update(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "account.update";
+    let store = authorize(&state, &headers, ACTION)?;
+    let body = body_bytes(body, ACTION)?;
+    let idem = match idempotency(
+        &state,
+        &store,
+        &headers,
+        &format!("POST /accounts/{id}"),
+        &body,
+        ACTION,
+    )
+    .await?
+    {
+        IdempotencyStart::Replay(r) => return Ok(r),
+        IdempotencyStart::Execute(i) => i,
+    };
+    let obj = json_object(&body, ACTION)?;
+    let input =
+        parse_account(&obj, false).map_err(|p| ApiError::new(ACTION, ErrorKind::Invalid(p.0)))?;
+    let resp = json!({"account": id, "action": ACTION, "result": "success"});
+    let extras = Extras {
+        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
+        events: vec![EventRecord::new("account.updated", json!({"account": id}))],
+    };
+    state
+        .storage
+        .update_account(&store, &id, &|a| apply(a, &input), &extras)
+        .map_err(|e| match e {
+            crate::error::StorageError::NotFound => {
+                ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
+            }
+            other => other.into_api(ACTION),
+        })?;
+    state
+        .storage
+        .durable()
+        .await
+        .map_err(|e| e.into_api(ACTION))?;
+    Ok(ok(resp))
+}
+
+/// `GET /accounts?email=|custom=|global=|orderId=|orderReference=|subscriptionId=`; without a
+/// filter, a page of ids.
+async fn lookup(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let store = authorize(&state, &headers, "account.lookup")?;
+    const FILTERS: [&str; 7] = [
+        "email",
+        "custom",
+        "global",
+        "orderId",
+        "orderID",
+        "orderReference",
+        "subscriptionId",
+    ];
+    let given: Vec<&str> = FILTERS
+        .iter()
+        .copied()
+        .filter(|f| q.contains_key(*f))
+        .collect();
+    for k in q.keys() {
+        if !FILTERS.contains(&k.as_str()) && k != "page" && k != "limit" {
+            return Err(ApiError::new(
+                "account.lookup",
+                ErrorKind::Invalid(vec![(k.clone(), "Unrecognized Key")]),
+            ));
+        }
+    }
+    if given.is_empty() {
+        const ACTION: &str = "account.getall";
+        let (page, limit) = paging(&q, ACTION)?;
+        let (ids, total) = state
+            .storage
+            .list_accounts(&store, (page - 1).saturating_mul(limit), limit)
+            .map_err(|e| e.into_api(ACTION))?;
+        return Ok(ok(page_body(ACTION, "accounts", ids, page, limit, total)));
+    }
+    const ACTION: &str = "account.lookup";
+    if given.len() > 1 {
+        return Err(ApiError::invalid(
+            ACTION,
+            given[1],
+            "Only one condition can be specified",
+        ));
+    }
+    let field = given[0];
+    let value = q.get(field).map(String::as_str).unwrap_or_default();
+    let s = &state.storage;
+    let found: Result<Option<String>, _> = match field {
+        "email" => match normalise_email(value) {
+            Some(e) => s.account_by(&store, Index::Email, &e),
+            None => Ok(None),
+        },
+        "custom" => s.account_by(&store, Index::Custom, value),
+        "global" => s.account_by(&store, Index::Global, value),
+        "orderId" | "orderID" => s.order(&store, value).map(|o| o.map(|o| o.account)),
+        "orderReference" => match s.order_by_reference(&store, value) {
+            Ok(Some(oid)) => s.order(&store, &oid).map(|o| o.map(|o| o.account)),
+            other => other,
+        },
+        _ => s.subscription(&store, value).map(|o| o.map(|o| o.account)),
+    };
+    let account = match found.map_err(|e| e.into_api(ACTION))? {
+        Some(id) => s.account(&store, &id).map_err(|e| e.into_api(ACTION))?,
+        None => None,
+    };
+    let Some(account) = account else {
+        let f: &'static str = match field {
+            "email" => "email",
+            "custom" => "custom",
+            "global" => "global",
+            "orderReference" => "orderReference",
+            "subscriptionId" => "subscriptionId",
+            _ => "orderId",
+        };
+        return Err(ApiError::new(
+            ACTION,
+            ErrorKind::NotFound(f, "Account not found"),
+        ));
+    };
+    Ok(ok(
+        json!({"action": ACTION, "result": "success", "accounts": [account_json(&state, &account, ACTION)]}),
+    ))
+}

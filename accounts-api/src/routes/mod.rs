@@ -1,0 +1,6 @@
+//! One module per HTTP resource, each exposing its `router()`; merged in `app::router`.
+
+pub mod accounts;
+pub mod orders;
+pub mod payment_methods;
+pub mod subscriptions;

@@ -1,0 +1,281 @@
+//! `/subscriptions`: read one, list (by account or all), cancel (`DELETE`), resume (`POST` with
+//! `deactivation: null`).
+
+use crate::app::{
+    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, page_body,
+    paging,
+};
+use crate::error::{ApiError, ErrorKind, StorageError};
+use crate::model::{EventRecord, SubState, SubscriptionRecord, display_date, now_ms, to_major};
+use crate::storage::Extras;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Value, json};
+use shared::{CardBrand, Currency};
+use std::collections::HashMap;
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/subscriptions", get(list))
+        .route("/subscriptions/{id}", get(read).delete(cancel).post(resume))
+}
+
+/// FastSpring's subscription object.
+pub fn subscription_json(s: &SubscriptionRecord, action: &str) -> Value {
+    let exp = Currency::parse(&s.currency)
+        .map(|c| c.exponent())
+        .unwrap_or(2);
+    let method = match (s.payment_kind.as_str(), s.auto_renew) {
+        ("card", _) => "CREDIT_CARD",
+        ("paypal", _) => "PAYPAL",
+        _ => "UNKNOWN",
+    };
+    let card_type = s
+        .brand
+        .as_deref()
+        .and_then(|b| CardBrand::parse(b).ok())
+        .map(|b| b.as_str().to_ascii_uppercase());
+    json!({
+        "id": s.id, "subscription": s.id, "action": action, "result": "success",
+        "active": true, "state": match s.state { SubState::Active => "active", SubState::Canceled => "canceled" },
+        "live": false, "account": s.account, "product": s.product, "quantity": s.quantity,
+        "price": to_major(s.price, exp), "currency": s.currency,
+        "autoRenew": s.auto_renew,
+        "paymentMethod": method,
+        // Strongroom extension: the vault id renewals charge (null: manual renewal).
+        "paymentMethodId": s.payment_method,
+        "cardType": card_type, "cardEnding": s.last4, "expiry": s.expiry,
+        "intervalUnit": s.interval_unit.as_str(), "intervalLength": s.interval_length,
+        "begin": s.begin, "beginDisplay": display_date(s.begin),
+        "next": s.next, "nextDisplay": display_date(s.next),
+        "nextChargeDate": s.next, "nextChargeCurrency": s.currency,
+        "nextChargeTotal": to_major(s.price * i64::from(s.quantity), exp),
+        "canceledDate": s.canceled,
+        "deactivationDate": s.canceled.map(|_| s.next),
+        "order": s.order,
+    })
+}
+
+fn not_found(action: &'static str) -> ApiError {
+    ApiError::new(
+        action,
+        ErrorKind::NotFound("subscription", "Subscription not found"),
+    )
+}
+
+fn map_err(e: StorageError, action: &'static str) -> ApiError {
+    match e {
+        StorageError::NotFound => not_found(action),
+        StorageError::State(msg) => {
+            ApiError::new(action, ErrorKind::Conflict("subscription", msg.to_owned()))
+        }
+        other => other.into_api(action),
+    }
+}
+
+async fn read(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "subscription.get";
+    let store = authorize(&state, &headers, ACTION)?;
+    let s = state
+        .storage
+        .subscription(&store, &id)
+        .map_err(|e| e.into_api(ACTION))?
+        .ok_or_else(|| not_found(ACTION))?;
+    Ok(ok(subscription_json(&s, ACTION)))
+}
+
+async fn list(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "subscription.getall";
+    let store = authorize(&state, &headers, ACTION)?;
+    if let Some(account) = q.get("accountId") {
+        let a = state
+            .storage
+            .account(&store, account)
+            .map_err(|e| e.into_api(ACTION))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ACTION,
+                    ErrorKind::NotFound("accountId", "account not found"),
+                )
+            })?;
+        let mut subs = Vec::new();
+        for id in &a.subscriptions {
+            if let Some(s) = state
+                .storage
+                .subscription(&store, id)
+                .map_err(|e| e.into_api(ACTION))?
+            {
+                subs.push(subscription_json(&s, "subscription.get"));
+            }
+        }
+        return Ok(ok(
+            json!({"action": ACTION, "result": "success", "subscriptions": subs}),
+        ));
+    }
+    let (page, limit) = paging(&q, ACTION)?;
+    let (ids, total) = state
+        .storage
+        .list_subscriptions(&store, (page - 1).saturating_mul(limit), limit)
+        .map_err(|e| e.into_api(ACTION))?;
+    Ok(ok(page_body(
+        ACTION,
+        "subscriptions",
+        ids,
+        page,
+        limit,
+        total,
+    )))
+}
+
+async fn cancel(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "subscription.cancel";
+    let store = authorize(&state, &headers, ACTION)?;
+    let idem = match idempotency(
+        &state,
+        &store,
+        &headers,
+        &format!("DELETE /subscriptions/{id}"),
+        b"",
+        ACTION,
+    )
+    .await?
+    {
+        IdempotencyStart::Replay(r) => return Ok(r),
+        IdempotencyStart::Execute(i) => i,
+    };
+    let resp =
+        json!({"subscriptions": [{"subscription": id, "action": ACTION, "result": "success"}]});
+    let extras = Extras {
+        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
+        events: vec![EventRecord::new(
+            "subscription.canceled",
+            json!({"subscription": id}),
+        )],
+    };
+    let now = now_ms();
+    state
+        .storage
+        .update_subscriptions(
+            &store,
+            std::slice::from_ref(&id),
+            &|s| {
+                if s.state == SubState::Canceled {
+                    return Err(StorageError::State("the subscription is already canceled"));
+                }
+                s.state = SubState::Canceled;
+                s.canceled = Some(now);
+                Ok(())
+            },
+            &extras,
+        )
+        .map_err(|e| map_err(e, ACTION))?;
+    state
+        .storage
+        .durable()
+        .await
+        .map_err(|e| e.into_api(ACTION))?;
+    Ok(ok(resp))
+}
+
+async fn resume(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "subscription.update";
+    let store = authorize(&state, &headers, ACTION)?;
+    let body = body_bytes(body, ACTION)?;
+    let idem = match idempotency(
+        &state,
+        &store,
+        &headers,
+        &format!("POST /subscriptions/{id}"),
+        &body,
+        ACTION,
+    )
+    .await?
+    {
+        IdempotencyStart::Replay(r) => return Ok(r),
+        IdempotencyStart::Execute(i) => i,
+    };
+    let obj = json_object(&body, ACTION)?;
+    let Some(Value::Array(list)) = obj.get("subscriptions") else {
+        return Err(ApiError::invalid(
+            ACTION,
+            "subscriptions",
+            "is required and must be an array",
+        ));
+    };
+    let mut ids = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let sid = item.get("subscription").and_then(Value::as_str);
+        match (sid, item.get("deactivation")) {
+            (Some(sid), Some(Value::Null)) => ids.push(sid.to_owned()),
+            (None, _) => {
+                return Err(ApiError::invalid(
+                    ACTION,
+                    format!("subscriptions[{i}].subscription"),
+                    "is required",
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    ACTION,
+                    format!("subscriptions[{i}].deactivation"),
+                    "must be null to resume",
+                ));
+            }
+        }
+    }
+    if ids.is_empty() {
+        ids.push(id.clone());
+    }
+    let resp = json!({"subscriptions": ids.iter().map(|s| json!({"subscription": s, "action": ACTION, "result": "success"})).collect::<Vec<_>>()});
+    let extras = Extras {
+        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
+        events: ids
+            .iter()
+            .map(|s| EventRecord::new("subscription.resumed", json!({"subscription": s})))
+            .collect(),
+    };
+    state
+        .storage
+        .update_subscriptions(
+            &store,
+            &ids,
+            &|s| {
+                if s.state != SubState::Canceled {
+                    return Err(StorageError::State("the subscription is not canceled"));
+                }
+                s.state = SubState::Active;
+                s.canceled = None;
+                Ok(())
+            },
+            &extras,
+        )
+        .map_err(|e| map_err(e, ACTION))?;
+    state
+        .storage
+        .durable()
+        .await
+        .map_err(|e| e.into_api(ACTION))?;
+    Ok(ok(resp))
+}
