@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod accounts;
 pub mod vault;
 
 /// Path of a binary built from this workspace (`target/<profile>/<name>`). `cargo test
@@ -53,7 +54,9 @@ pub struct Service {
 impl Service {
     /// Starts `cmd` with piped stdout/stderr.
     pub fn spawn(name: &str, mut cmd: Command) -> Service {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
         let echo = std::env::var_os("STRONGROOM_TEST_ECHO").is_some();
@@ -90,7 +93,11 @@ impl Service {
                 cv.notify_all();
             });
         }
-        Service { child, output, name: name.to_owned() }
+        Service {
+            child,
+            output,
+            name: name.to_owned(),
+        }
     }
 
     /// Waits until a line starting with `prefix` appears; returns the rest of that line.
@@ -108,17 +115,28 @@ impl Service {
                 panic!(
                     "{}: no line starting {prefix:?} ({}); output so far:\n{}",
                     self.name,
-                    if guard.closed_streams >= 2 { "process exited" } else { "timed out" },
+                    if guard.closed_streams >= 2 {
+                        "process exited"
+                    } else {
+                        "timed out"
+                    },
                     guard.text
                 );
             }
-            guard = cv.wait_timeout(guard, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            guard = cv
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
     /// Everything the process has printed so far (stdout and stderr interleaved by line).
     pub fn output(&self) -> String {
-        self.output.0.lock().map(|o| o.text.clone()).unwrap_or_default()
+        self.output
+            .0
+            .lock()
+            .map(|o| o.text.clone())
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -165,7 +183,9 @@ pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {

@@ -799,6 +799,7 @@ async fn complete(
                 return Ok(ok(resp));
             }
             Err(StorageError::EmailRace(winner)) => {
+                tracing::debug!(store = %store, "checkout lost the race for its email; redoing with the winner");
                 // Lost the race for this email: the fresh account id never came to exist, so a
                 // token stored under it is an orphan — delete it, then redo with the winner.
                 if let (true, Some(pm)) = (create, &pm) {

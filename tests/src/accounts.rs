@@ -1,0 +1,269 @@
+//! Helpers for the accounts-api end-to-end tests: start the whole system through
+//! `accounts-api dev --data TMP --port 0` (which runs `vault init` and starts the real `vault`
+//! binary), parse its `STRONGROOM_READY {json}` line, and talk to both services.
+
+use crate::{Service, bin_path, run, temp_dir};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Store credentials as `store create` and the READY line print them.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub store: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl Credentials {
+    pub fn from_json(v: &Value) -> Credentials {
+        let s = |k: &str| {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("{k} missing in {v}"))
+                .to_owned()
+        };
+        Credentials {
+            store: s("store"),
+            username: s("username"),
+            password: s("password"),
+        }
+    }
+}
+
+/// A running `accounts-api dev` system in its own temporary data folder.
+pub struct System {
+    pub service: Service,
+    pub api: String,
+    pub demo: Credentials,
+    pub vault_addr: String,
+    pub vault_pid: u32,
+    pub data: tempfile::TempDir,
+    pub http: reqwest::Client,
+    stopped: bool,
+}
+
+/// Starts `accounts-api dev` on a fresh data folder with debug logging everywhere (so secret
+/// scans of the logs see as much as possible).
+pub fn start_system() -> System {
+    shared::tls::install_crypto_provider();
+    let data = temp_dir("strongroom-accounts-");
+    let mut cmd = Command::new(bin_path("accounts-api"));
+    cmd.arg("dev")
+        .arg("--data")
+        .arg(data.path())
+        .arg("--port")
+        .arg("0")
+        .env("RUST_LOG", "debug")
+        .env("VAULT_LOG", "debug");
+    let service = Service::spawn("accounts-api dev", cmd);
+    let line = service.wait_for_line("STRONGROOM_READY ", Duration::from_secs(60));
+    let ready: Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("READY json {line:?}: {e}"));
+    System {
+        api: ready["api"].as_str().unwrap_or_default().to_owned(),
+        demo: Credentials::from_json(&ready),
+        vault_addr: ready["vault"].as_str().unwrap_or_default().to_owned(),
+        vault_pid: ready["vaultPid"].as_u64().unwrap_or_default() as u32,
+        service,
+        data,
+        http: http_client(),
+        stopped: false,
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    shared::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|e| panic!("reqwest: {e}"))
+}
+
+/// `accounts-api store create --name NAME --data DIR` → the printed credentials.
+pub fn create_store(data: &Path, name: &str) -> Credentials {
+    let mut cmd = Command::new(bin_path("accounts-api"));
+    cmd.arg("store")
+        .arg("create")
+        .arg("--name")
+        .arg(name)
+        .arg("--data")
+        .arg(data);
+    let (ok, out, err) = run(cmd);
+    assert!(ok, "store create failed:\n{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "store create must print exactly one line: {out}"
+    );
+    Credentials::from_json(&serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{out}: {e}")))
+}
+
+/// One HTTP answer: status, headers, raw body and the body as JSON (Null if not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+/// Sends a request to accounts-api with Basic credentials (or none) and an optional key.
+pub async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    creds: Option<&Credentials>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    idempotency_key: Option<&str>,
+) -> Answer {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(c) = creds {
+        req = req.basic_auth(&c.username, Some(&c.password));
+    }
+    if let Some(k) = idempotency_key {
+        req = req.header("Idempotency-Key", k);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request {path}: {e}"));
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        text,
+        json,
+    }
+}
+
+impl System {
+    pub async fn call(
+        &self,
+        creds: &Credentials,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        call(&self.http, &self.api, Some(creds), method, path, body, None).await
+    }
+
+    pub async fn call_with_key(
+        &self,
+        creds: &Credentials,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        key: &str,
+    ) -> Answer {
+        call(
+            &self.http,
+            &self.api,
+            Some(creds),
+            method,
+            path,
+            body,
+            Some(key),
+        )
+        .await
+    }
+
+    pub fn vault_dir(&self) -> PathBuf {
+        self.data.path().join("vault")
+    }
+
+    pub fn accounts_dir(&self) -> PathBuf {
+        self.data.path().join("accounts")
+    }
+
+    /// The payment methods the vault holds for (store, account), asked over mTLS as `accounts`.
+    pub async fn vault_payment_methods(&self, store: &str, account: &str) -> Vec<Value> {
+        let pki = self.vault_dir().join("pki");
+        let client = crate::vault::mtls_client(
+            &pki.join("ca.pem"),
+            &pki.join("accounts.pem"),
+            &pki.join("accounts.key"),
+        );
+        let url = format!(
+            "https://{}/v1/payment-methods?store={store}&account={account}",
+            self.vault_addr
+        );
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("vault list: {e}"));
+        assert!(resp.status().is_success(), "vault list: {}", resp.status());
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        v["paymentMethods"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Everything both services printed (the vault's log goes through the dev process).
+    pub fn logs(&self) -> String {
+        self.service.output()
+    }
+
+    /// Graceful stop (SIGTERM, as Ctrl-C would); returns whether the process exited in time.
+    pub fn stop(&mut self) -> bool {
+        if self.stopped {
+            return true;
+        }
+        self.stopped = true;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.service.pid().to_string())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let exited = self.service.wait(Duration::from_secs(15)).is_some();
+        if !exited {
+            self.service.kill();
+        }
+        exited
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A checkout body (`POST /orders`) for one item.
+pub fn order_body(
+    email: &str,
+    token: &str,
+    subscription: bool,
+    presented: bool,
+    accepted: bool,
+) -> Value {
+    let mut item = json!({"product": "pro-plan", "quantity": 1, "price": 14.95, "currency": "USD"});
+    if subscription {
+        item["subscription"] = json!({"intervalUnit": "month", "intervalLength": 1});
+    }
+    json!({
+        "customer": {"first": "Jane", "last": "Doe", "email": email},
+        "country": "US",
+        "language": "en",
+        "items": [item],
+        "payment": {"token": token, "type": "card", "brand": "visa", "last4": "4242",
+            "expMonth": 12, "expYear": 2030},
+        "consent": {"presented": presented, "accepted": accepted},
+    })
+}
+
+/// A token no test shares: processor-like prefix plus random hex.
+pub fn unique_token() -> String {
+    format!("tok_test_{}", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,382 @@
+//! Checkout completion against the real binaries: account find-or-create (also under 20
+//! concurrent first orders), store isolation, the consent matrix with secret scans, and saved
+//! payment methods.
+
+use serde_json::{Value, json};
+use tests::accounts::{create_store, order_body, start_system, unique_token};
+use tests::{all_files, contains_bytes};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_order_creates_the_account_second_joins_it_and_another_store_gets_its_own() {
+    let sys = start_system();
+    let demo = sys.demo.clone();
+    let first = sys
+        .call(
+            &demo,
+            "POST",
+            "/orders",
+            Some(&order_body(
+                "Jane@Example.com",
+                &unique_token(),
+                false,
+                false,
+                false,
+            )),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.json["result"], "success");
+    assert_eq!(first.json["completed"], true);
+    let account = first.json["account"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!account.is_empty());
+    assert_eq!(first.json["payment"]["cardEnding"], "4242");
+    assert_eq!(first.json["payment"]["creditCard"], "Visa");
+
+    let second = sys
+        .call(
+            &demo,
+            "POST",
+            "/orders",
+            Some(&order_body(
+                " jane@example.COM",
+                &unique_token(),
+                false,
+                false,
+                false,
+            )),
+        )
+        .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(
+        second.json["account"],
+        account.as_str(),
+        "same email, same store: same account"
+    );
+    assert_ne!(second.json["id"], first.json["id"]);
+
+    let got = sys
+        .call(&demo, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    assert_eq!(got.status, 200);
+    let orders = got.json["accounts"][0]["orders"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(orders.len(), 2);
+
+    // A second store, created over the admin socket while the server runs.
+    let other = create_store(sys.data.path(), "Other Shop");
+    assert_ne!(other.store, demo.store);
+    let third = sys
+        .call(
+            &other,
+            "POST",
+            "/orders",
+            Some(&order_body(
+                "jane@example.com",
+                &unique_token(),
+                false,
+                false,
+                false,
+            )),
+        )
+        .await;
+    assert_eq!(third.status, 200, "{}", third.text);
+    assert_ne!(
+        third.json["account"],
+        account.as_str(),
+        "another store: another account"
+    );
+    // And neither store sees the other's records.
+    let cross = sys
+        .call(&other, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    assert_eq!(cross.status, 404);
+    let order_id = first.json["id"].as_str().unwrap_or_default();
+    assert_eq!(
+        sys.call(&other, "GET", &format!("/orders/{order_id}"), None)
+            .await
+            .status,
+        404
+    );
+    let own = sys
+        .call(&demo, "GET", &format!("/orders/{order_id}"), None)
+        .await;
+    assert_eq!(own.status, 200);
+    assert_eq!(own.json["account"], account.as_str());
+    assert_eq!(own.json["reference"], first.json["reference"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_first_orders_with_one_email_make_exactly_one_account() {
+    let sys = start_system();
+    let demo = sys.demo.clone();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let http = sys.http.clone();
+        let api = sys.api.clone();
+        let demo = demo.clone();
+        // Half of them save a card, so the vault-then-transaction path races too.
+        let body = order_body(
+            "race@example.com",
+            &unique_token(),
+            i % 2 == 0,
+            false,
+            false,
+        );
+        tasks.push(tokio::spawn(async move {
+            tests::accounts::call(
+                &http,
+                &api,
+                Some(&demo),
+                "POST",
+                "/orders",
+                Some(&body),
+                None,
+            )
+            .await
+        }));
+    }
+    let mut accounts = std::collections::HashSet::new();
+    for t in tasks {
+        let a = t.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.status, 200, "{}", a.text);
+        accounts.insert(a.json["account"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    let all = sys.call(&demo, "GET", "/accounts", None).await;
+    assert_eq!(all.json["total"], 1, "{}", all.text);
+    let account = accounts.into_iter().next().unwrap_or_default();
+    let got = sys
+        .call(&demo, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    assert_eq!(
+        got.json["accounts"][0]["orders"].as_array().map(Vec::len),
+        Some(20)
+    );
+    assert_eq!(
+        got.json["accounts"][0]["subscriptions"]
+            .as_array()
+            .map(Vec::len),
+        Some(10)
+    );
+    // Ten distinct tokens saved, all under the one account.
+    assert_eq!(
+        sys.vault_payment_methods(&demo.store, &account).await.len(),
+        10
+    );
+    assert_eq!(got.json["accounts"][0]["payment"]["methods"], 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_matrix_saves_the_token_only_for_consenting_subscriptions_and_leaves_no_trace_otherwise()
+ {
+    let mut sys = start_system();
+    let demo = sys.demo.clone();
+    // (subscription, presented, accepted, expect saved)
+    let cases = [
+        (false, false, false, false),
+        (false, true, true, false),
+        (false, true, false, false),
+        (true, false, false, true),
+        (true, true, true, true),
+        (true, true, false, false),
+    ];
+    let mut tokens = Vec::new();
+    let mut responses = String::new();
+    for (i, (sub, presented, accepted, saved)) in cases.into_iter().enumerate() {
+        let token = unique_token();
+        let email = format!("consent{i}@example.com");
+        let a = sys
+            .call(
+                &demo,
+                "POST",
+                "/orders",
+                Some(&order_body(&email, &token, sub, presented, accepted)),
+            )
+            .await;
+        assert_eq!(a.status, 200, "case {i}: {}", a.text);
+        responses.push_str(&a.text);
+        let account = a.json["account"].as_str().unwrap_or_default().to_owned();
+        let in_vault = sys.vault_payment_methods(&demo.store, &account).await;
+        assert_eq!(
+            in_vault.len(),
+            usize::from(saved),
+            "case {i}: vault holds {in_vault:?}"
+        );
+        let acc = sys
+            .call(&demo, "GET", &format!("/accounts/{account}"), None)
+            .await;
+        responses.push_str(&acc.text);
+        assert_eq!(
+            acc.json["accounts"][0]["payment"]["methods"],
+            u64::from(saved),
+            "case {i}"
+        );
+        let pms = sys
+            .call(
+                &demo,
+                "GET",
+                &format!("/accounts/{account}/payment-methods"),
+                None,
+            )
+            .await;
+        responses.push_str(&pms.text);
+        assert_eq!(
+            pms.json["paymentMethods"].as_array().map(Vec::len),
+            Some(usize::from(saved)),
+            "case {i}"
+        );
+        if sub {
+            let sid = a.json["items"][0]["subscription"]
+                .as_str()
+                .unwrap_or_default();
+            let s = sys
+                .call(&demo, "GET", &format!("/subscriptions/{sid}"), None)
+                .await;
+            responses.push_str(&s.text);
+            assert_eq!(s.json["autoRenew"], saved, "case {i}: {}", s.text);
+            assert_eq!(s.json["paymentMethodId"].is_string(), saved, "case {i}");
+        } else {
+            assert_eq!(a.json["items"][0]["subscription"], Value::Null);
+        }
+        tokens.push((token, saved));
+    }
+    assert!(sys.stop(), "dev process did not stop on SIGTERM");
+    let logs = sys.logs();
+    assert!(logs.contains("vault"), "vault logs were not captured");
+    let accounts_files = all_files(&sys.accounts_dir());
+    let vault_files = all_files(&sys.vault_dir());
+    assert!(!accounts_files.is_empty() && !vault_files.is_empty());
+    for (token, saved) in &tokens {
+        let t = token.as_bytes();
+        assert!(
+            !contains_bytes(logs.as_bytes(), t),
+            "token in the logs (saved={saved})"
+        );
+        assert!(
+            !contains_bytes(responses.as_bytes(), t),
+            "token in a response"
+        );
+        for (path, bytes) in &accounts_files {
+            assert!(
+                !contains_bytes(bytes, t),
+                "token in accounts-api file {}",
+                path.display()
+            );
+        }
+        // Saved tokens are encrypted in the vault; dropped ones never reached it.
+        for (path, bytes) in &vault_files {
+            assert!(
+                !contains_bytes(bytes, t),
+                "token in clear in vault file {}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_payment_methods_show_brand_last_four_and_expiry_only_and_removal_makes_renewal_manual()
+ {
+    let sys = start_system();
+    let demo = sys.demo.clone();
+    let token = unique_token();
+    let o = sys
+        .call(
+            &demo,
+            "POST",
+            "/orders",
+            Some(&order_body("pm@example.com", &token, true, true, true)),
+        )
+        .await;
+    assert_eq!(o.status, 200, "{}", o.text);
+    let account = o.json["account"].as_str().unwrap_or_default().to_owned();
+    let list = sys
+        .call(
+            &demo,
+            "GET",
+            &format!("/accounts/{account}/payment-methods"),
+            None,
+        )
+        .await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let pms = list.json["paymentMethods"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(pms.len(), 1);
+    let pm = &pms[0];
+    assert_eq!(pm["brand"], "Visa");
+    assert_eq!(pm["last4"], "4242");
+    assert_eq!(pm["expiry"], "12/30");
+    let keys: Vec<&String> = pm
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    for k in &keys {
+        assert!(
+            ["id", "type", "brand", "last4", "expiry", "maskedEmail"].contains(&k.as_str()),
+            "unexpected field {k}"
+        );
+    }
+    assert!(!list.text.contains(&token));
+
+    // The same token again for the same account: the vault recognises it, still one method.
+    let again = sys
+        .call(
+            &demo,
+            "POST",
+            "/orders",
+            Some(&order_body("pm@example.com", &token, true, false, false)),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(
+        sys.vault_payment_methods(&demo.store, &account).await.len(),
+        1
+    );
+
+    // Another store cannot see or remove it.
+    let other = create_store(sys.data.path(), "Nosy");
+    let pm_id = pm["id"].as_str().unwrap_or_default();
+    let path = format!("/accounts/{account}/payment-methods/{pm_id}");
+    assert_eq!(sys.call(&other, "DELETE", &path, None).await.status, 404);
+    assert_eq!(
+        sys.call(
+            &other,
+            "GET",
+            &format!("/accounts/{account}/payment-methods"),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+
+    let removed = sys.call(&demo, "DELETE", &path, None).await;
+    assert_eq!(removed.status, 200, "{}", removed.text);
+    assert!(
+        sys.vault_payment_methods(&demo.store, &account)
+            .await
+            .is_empty()
+    );
+    let sid = o.json["items"][0]["subscription"]
+        .as_str()
+        .unwrap_or_default();
+    let s = sys
+        .call(&demo, "GET", &format!("/subscriptions/{sid}"), None)
+        .await;
+    assert_eq!(s.json["autoRenew"], false, "{}", s.text);
+    assert_eq!(s.json["paymentMethodId"], Value::Null);
+    let acc = sys
+        .call(&demo, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    assert_eq!(
+        acc.json["accounts"][0]["payment"],
+        json!({"methods": 0, "active": 0})
+    );
+}
