@@ -53,7 +53,33 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
+}
+
+/// Most a refused body is read (and discarded) so the client sees the 413 instead of a reset.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Answers 413 in the envelope for a declared Content-Length over the limit. The body is drained
+/// (up to [`DRAIN_LIMIT`]) first: closing a connection with unread bytes makes the kernel send a
+/// reset, and the client would lose the answer. Bodies without a length hit the extractor limit.
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES => {
+            if n <= DRAIN_LIMIT {
+                let _ = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT).await;
+            }
+            let mut resp = ApiError::new("request", ErrorKind::TooLarge).into_response();
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn not_found() -> Response {
