@@ -75,7 +75,8 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
                 let _ = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT).await;
             }
             let mut resp = ApiError::new("request", ErrorKind::TooLarge).into_response();
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             resp
         }
         _ => next.run(req).await,
