@@ -1,0 +1,324 @@
+//! `vault-bench`: throughput and latency figures for issue 2 (a benchmark, not a test).
+//!
+//! Run: `cargo build --release -p vault --bins && ./target/release/vault-bench`
+//! (options: `--seconds N` per load phase, default 4; `--records N` for the RSS fill, default
+//! 100000). It prints:
+//! 1. seal/open per second in-process (envelope encryption of a 32-byte token);
+//! 2. durable store and masked read against a real `vault serve` process over mTLS with
+//!    HTTP/1.1 keep-alive, at concurrency 1 and 32: ops/s, p50, p99;
+//! 3. the vault process's resident memory (VmRSS) after the given number of stored records.
+//!
+//! The load generator runs on the same 2 cores as the vault, so the figures are a floor.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use vault::crypto::{Kek, Keyring, SecretKey};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
+    let mut seconds = 4u64;
+    let mut records = 100_000u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).ok_or("--seconds N")?,
+            "--records" => records = args.next().and_then(|v| v.parse().ok()).ok_or("--records N")?,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    shared::tls::install_crypto_provider();
+    seal_open_in_process()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(over_mtls(Duration::from_secs(seconds), records))
+}
+
+fn seal_open_in_process() -> Result<(), BoxError> {
+    let ring = Keyring::new(vec![Kek { version: 1, key: SecretKey::generate()? }]).ok_or("keyring")?;
+    let token = b"tok_0123456789abcdef0123456789ab"; // 32 bytes
+    let n = 100_000u32;
+    let start = Instant::now();
+    let mut sealed = Vec::with_capacity(1000);
+    for i in 0..n {
+        let s = ring.seal_token("store-1", "pm_0123456789abcdef0123456789abcdef", token)?;
+        if i < 1000 {
+            sealed.push(s);
+        }
+    }
+    let seal_rate = f64::from(n) / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..n {
+        let s = &sealed[(i % 1000) as usize];
+        let t = ring.open_token("store-1", "pm_0123456789abcdef0123456789abcdef", s)?;
+        if t.len() != token.len() {
+            return Err("open returned the wrong length".into());
+        }
+    }
+    let open_rate = f64::from(n) / start.elapsed().as_secs_f64();
+    println!("in-process (32-byte token, fresh DEK + 2x AES-256-GCM per seal):");
+    println!("  seal  {seal_rate:>10.0} ops/s");
+    println!("  open  {open_rate:>10.0} ops/s");
+    Ok(())
+}
+
+/// The real vault, started from the binary next to this one.
+struct VaultChild {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for VaultChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_vault(dir: &Path) -> Result<VaultChild, BoxError> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("vault");
+    if !bin.exists() {
+        return Err(format!("{} missing: cargo build --release -p vault --bins", bin.display()).into());
+    }
+    let status = Command::new(&bin).arg("init").arg("--dir").arg(dir).stdout(Stdio::null()).status()?;
+    if !status.success() {
+        return Err("vault init failed".into());
+    }
+    let mut child = Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(dir.join("vault.toml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("VAULT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line.strip_prefix("VAULT_LISTENING ").ok_or("no VAULT_LISTENING line")?.trim().parse()?;
+    Ok(VaultChild { child, addr })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Sender, BoxError> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Store,
+    Read,
+}
+
+/// Sends one request on a keep-alive connection; returns the status.
+async fn request(sender: &mut Sender, op: Op, n: u64, read_path: &str) -> Result<u16, BoxError> {
+    sender.ready().await?;
+    let req = match op {
+        Op::Store => {
+            let body = format!(
+                r#"{{"store":"bench","account":"acct{}","token":"tok_bench_{n:016x}_{:08x}","type":"card","brand":"visa","last4":"4242","expMonth":12,"expYear":2030}}"#,
+                n % 1000,
+                n.wrapping_mul(0x9e37_79b9) as u32
+            );
+            Request::post("/v1/payment-methods")
+                .header(HOST, "localhost")
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))?
+        }
+        Op::Read => Request::get(read_path).header(HOST, "localhost").body(Full::new(Bytes::new()))?,
+    };
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await?;
+    Ok(status)
+}
+
+struct PhaseResult {
+    ops: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+/// Runs `concurrency` keep-alive connections doing `op` until `duration` passes or `limit`
+/// requests were sent in total.
+async fn phase(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    op: Op,
+    concurrency: usize,
+    duration: Duration,
+    limit: u64,
+    counter: Arc<AtomicU64>,
+    read_path: Arc<String>,
+) -> Result<PhaseResult, BoxError> {
+    let mut senders = Vec::new();
+    for _ in 0..concurrency {
+        senders.push(connect(addr, tls.clone()).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for mut sender in senders {
+        let counter = counter.clone();
+        let sent = sent.clone();
+        let read_path = read_path.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < limit {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                let status = request(&mut sender, op, n, &read_path).await?;
+                lat.push(t.elapsed());
+                let expected = match op {
+                    Op::Store => 201,
+                    Op::Read => 200,
+                };
+                if status != expected {
+                    return Err::<Vec<Duration>, BoxError>(format!("unexpected status {status}").into());
+                }
+            }
+            Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    Ok(PhaseResult { ops: latencies.len() as u64, elapsed, latencies })
+}
+
+fn pct(lat: &[Duration], p: f64) -> f64 {
+    if lat.is_empty() {
+        return 0.0;
+    }
+    let idx = ((lat.len() as f64 - 1.0) * p).round() as usize;
+    lat[idx.min(lat.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, concurrency: usize, r: &PhaseResult) {
+    println!(
+        "  {name:<16} c={concurrency:<3} {:>8.0} ops/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests)",
+        r.ops as f64 / r.elapsed.as_secs_f64(),
+        pct(&r.latencies, 0.50),
+        pct(&r.latencies, 0.99),
+        r.ops
+    );
+}
+
+async fn over_mtls(duration: Duration, records: u64) -> Result<(), BoxError> {
+    let tmp = std::env::temp_dir().join(format!("vault-bench-{}", std::process::id()));
+    let result = over_mtls_in(&tmp, duration, records).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+async fn over_mtls_in(dir: &Path, duration: Duration, records: u64) -> Result<(), BoxError> {
+    let vault = start_vault(dir)?;
+    let pki: PathBuf = dir.join("pki");
+    let files = shared::tls::TlsFiles {
+        ca: pki.join("ca.pem"),
+        cert: pki.join("accounts.pem"),
+        key: pki.join("accounts.key"),
+    };
+    let tls = Arc::new(shared::tls::mtls_client_config(&files)?);
+    let counter = Arc::new(AtomicU64::new(0));
+    println!("over mTLS, HTTP/1.1 keep-alive, load generator on the same machine:");
+
+    // One record to read back.
+    let mut s = connect(vault.addr, tls.clone()).await?;
+    let req = Request::post("/v1/payment-methods")
+        .header(HOST, "localhost")
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"store":"bench","account":"reader","token":"tok_bench_read_target","type":"card","brand":"visa","last4":"4242","expMonth":12,"expYear":2030}"#,
+        )))?;
+    let body = s.send_request(req).await?.into_body().collect().await?.to_bytes();
+    let view: serde_json::Value = serde_json::from_slice(&body)?;
+    let id = view["id"].as_str().ok_or("no id")?;
+    let read_path = Arc::new(format!("/v1/payment-methods/{id}?store=bench"));
+
+    for c in [1usize, 32] {
+        let r = phase(vault.addr, tls.clone(), Op::Store, c, duration, u64::MAX, counter.clone(), read_path.clone()).await?;
+        report("durable store", c, &r);
+    }
+    for c in [1usize, 32] {
+        let r = phase(vault.addr, tls.clone(), Op::Read, c, duration, u64::MAX, counter.clone(), read_path.clone()).await?;
+        report("masked read", c, &r);
+    }
+
+    let stored = counter.load(Ordering::Relaxed) + 1;
+    let rss_before = rss_kib(vault.child.id()).unwrap_or(0);
+    if stored < records {
+        let fill_start = Instant::now();
+        let r = phase(
+            vault.addr,
+            tls.clone(),
+            Op::Store,
+            32,
+            Duration::from_secs(3600),
+            records - stored,
+            counter.clone(),
+            read_path.clone(),
+        )
+        .await?;
+        println!(
+            "  filled to {records} records ({} more in {:.1} s, {:.0} ops/s)",
+            r.ops,
+            fill_start.elapsed().as_secs_f64(),
+            r.ops as f64 / r.elapsed.as_secs_f64()
+        );
+        let r = phase(vault.addr, tls.clone(), Op::Read, 32, duration, u64::MAX, counter.clone(), read_path.clone()).await?;
+        report("masked read@100k", 32, &r);
+    }
+    // Let sled's background work settle before sampling.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = rss_kib(vault.child.id()).ok_or("cannot read VmRSS")?;
+    println!("vault process resident memory:");
+    println!("  before fill {:>6.1} MiB", rss_before as f64 / 1024.0);
+    println!("  at {records} records {:>6.1} MiB (VmRSS)", rss as f64 / 1024.0);
+    let du: u64 = tests_du(&dir.join("data"));
+    println!("  data folder on disk {:>6.1} MiB", du as f64 / (1024.0 * 1024.0));
+    Ok(())
+}
+
+fn tests_du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
