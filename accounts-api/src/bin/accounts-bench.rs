@@ -1,1 +1,206 @@
-fn main() {}
+//! End-to-end benchmark: starts the whole system (`accounts-api dev` from the same build folder,
+//! which starts the real vault), then measures at concurrency 32
+//! 1. checkout completions per second — new customer, subscription item, consent given, so each
+//!    completion stores the token in the vault (durable there) and writes the account, order,
+//!    subscription and indexes in one transaction (durable here) before the 2xx;
+//! 2. `GET /accounts/{id}` per second.
+//!
+//! Run: `cargo build --release -p vault -p accounts-api && ./target/release/accounts-bench`
+//! (`BENCH_SECONDS`, default 10, sets each phase's length).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary: failing loudly is right
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const CONCURRENCY: usize = 32;
+
+struct Target {
+    api: String,
+    user: String,
+    pass: String,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, mut lat: Vec<Duration>, errors: usize, elapsed: Duration) {
+    lat.sort();
+    println!(
+        "{name:<28} {:>9.0} ops/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ok, {} errors, {:.1} s)",
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.50).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.len(),
+        errors,
+        elapsed.as_secs_f64()
+    );
+}
+
+/// Runs `make(worker, i)` requests from `CONCURRENCY` workers for `secs`; returns latencies of
+/// 2xx answers, the error count and the elapsed time.
+async fn phase<F, Fut>(secs: u64, make: F) -> (Vec<Duration>, usize, Duration, Vec<Value>)
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, String>> + Send,
+{
+    let make = Arc::new(make);
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let (make, stop) = (Arc::clone(&make), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errs, mut out) = (Vec::new(), 0usize, Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match make(w, i).await {
+                    Ok(v) => {
+                        lat.push(t.elapsed());
+                        if out.len() < 100 {
+                            out.push(v);
+                        }
+                    }
+                    Err(e) => {
+                        if errs == 0 {
+                            eprintln!("error: {e}");
+                        }
+                        errs += 1;
+                    }
+                }
+                i += 1;
+            }
+            (lat, errs, out)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut lat, mut errs, mut out) = (Vec::new(), 0, Vec::new());
+    for t in tasks {
+        let (l, e, o) = t.await.unwrap();
+        lat.extend(l);
+        errs += e;
+        out.extend(o);
+    }
+    (lat, errs, start.elapsed(), out)
+}
+
+#[tokio::main]
+async fn main() {
+    shared::tls::install_crypto_provider();
+    let secs: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let exe = std::env::current_exe()
+        .unwrap()
+        .with_file_name("accounts-api");
+    assert!(
+        exe.exists(),
+        "{} missing: cargo build --release -p vault -p accounts-api",
+        exe.display()
+    );
+    let data =
+        std::env::temp_dir().join(format!("accounts-bench-{}", uuid::Uuid::new_v4().simple()));
+    let mut child = Command::new(&exe)
+        .arg("dev")
+        .arg("--data")
+        .arg(&data)
+        .arg("--port")
+        .arg("0")
+        .env("RUST_LOG", "warn")
+        .env("VAULT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = loop {
+        let line = lines.next().expect("dev exited before READY").unwrap();
+        if let Some(j) = line.strip_prefix("STRONGROOM_READY ") {
+            break serde_json::from_str(j).unwrap();
+        }
+    };
+    let target = Arc::new(Target {
+        api: ready["api"].as_str().unwrap().to_owned(),
+        user: ready["username"].as_str().unwrap().to_owned(),
+        pass: ready["password"].as_str().unwrap().to_owned(),
+    });
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY * 2)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    println!(
+        "accounts-bench: concurrency {CONCURRENCY}, {secs} s per phase, system at {}",
+        target.api
+    );
+
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let (t, h, r) = (Arc::clone(&target), http.clone(), run_id.clone());
+    let (lat, errs, elapsed, created) = phase(secs, move |w, i| {
+        let (t, h) = (Arc::clone(&t), h.clone());
+        let body = json!({
+            "customer": {"first": "Bench", "last": "User", "email": format!("b{w}-{i}-{r}@example.com")},
+            "country": "US",
+            "items": [{"product": "pro", "quantity": 1, "price": 9.99, "currency": "USD",
+                "subscription": {"intervalUnit": "month", "intervalLength": 1}}],
+            "payment": {"token": format!("tok_bench_{r}_{w}_{i}"), "type": "card", "brand": "visa",
+                "last4": "4242", "expMonth": 12, "expYear": 2031},
+            "consent": {"presented": true, "accepted": true},
+        });
+        async move {
+            let resp = h.post(format!("{}/orders", t.api)).basic_auth(&t.user, Some(&t.pass)).json(&body).send().await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            resp.json::<Value>().await.map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    report("checkout completions", lat, errs, elapsed);
+
+    let ids: Arc<Vec<String>> = Arc::new(
+        created
+            .iter()
+            .filter_map(|v| v["account"].as_str().map(str::to_owned))
+            .collect(),
+    );
+    assert!(!ids.is_empty(), "no account was created");
+    let (t, h) = (Arc::clone(&target), http.clone());
+    let (lat, errs, elapsed, _) = phase(secs, move |w, i| {
+        let (t, h) = (Arc::clone(&t), h.clone());
+        let id = ids[(w * 7919 + i) % ids.len()].clone();
+        async move {
+            let resp = h
+                .get(format!("{}/accounts/{id}", t.api))
+                .basic_auth(&t.user, Some(&t.pass))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok(Value::Null)
+        }
+    })
+    .await;
+    report("GET /accounts/{id}", lat, errs, elapsed);
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data);
+}
