@@ -122,6 +122,8 @@ pub fn authenticate(
         return Ok(None);
     };
     let Some(store) = storage.store_by_username(user)? else {
+        // Same work as a known user, so timing does not tell which usernames exist.
+        let _ = hash(&[0u8; 16], password);
         return Ok(None);
     };
     let (Ok(salt), Ok(expected)) = (hex::decode(&store.salt), hex::decode(&store.password_hash))

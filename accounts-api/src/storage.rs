@@ -559,3 +559,134 @@ impl Storage for SledStorage {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::model::{Contact, OrderPayment, new_id};
+    use std::sync::Arc;
+
+    fn account(store: &str, email: &str, custom: Option<&str>) -> AccountRecord {
+        AccountRecord {
+            id: new_id(),
+            store: store.into(),
+            global: new_id(),
+            contact: Contact {
+                first: "F".into(),
+                last: "L".into(),
+                email: email.into(),
+                company: None,
+                phone: None,
+            },
+            address: None,
+            country: None,
+            language: None,
+            custom: custom.map(str::to_owned),
+            orders: vec![],
+            subscriptions: vec![],
+            payment_methods: vec![],
+            created: 0,
+        }
+    }
+
+    fn order(store: &str, account: &str) -> OrderRecord {
+        OrderRecord {
+            id: new_id(),
+            reference: new_id(),
+            store: store.into(),
+            account: account.into(),
+            customer: Contact {
+                first: "F".into(),
+                last: "L".into(),
+                email: "x@y.co".into(),
+                company: None,
+                phone: None,
+            },
+            address: None,
+            country: None,
+            language: None,
+            currency: "USD".into(),
+            items: vec![],
+            total: 0,
+            payment: OrderPayment {
+                kind: "card".into(),
+                brand: None,
+                last4: None,
+            },
+            payment_method: None,
+            completed: 0,
+        }
+    }
+
+    #[test]
+    fn concurrent_creates_with_one_email_or_custom_id_let_exactly_one_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SledStorage::open(dir.path()).unwrap());
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    let email = if i % 2 == 0 {
+                        "same@example.com".to_owned()
+                    } else {
+                        format!("u{i}@example.com")
+                    };
+                    s.create_account(&account("st", &email, Some("custom-1")), &Extras::default())
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        assert!(results.iter().all(|r| matches!(
+            r,
+            Ok(()) | Err(StorageError::EmailTaken(_) | StorageError::CustomTaken(_))
+        )));
+        let (ids, total) = s.list_accounts("st", 0, 100).unwrap();
+        assert_eq!(
+            (ids.len(), total),
+            (1, 1),
+            "one custom id per store: only one account exists"
+        );
+        // Other stores are separate namespaces.
+        s.create_account(
+            &account("other", "same@example.com", Some("custom-1")),
+            &Extras::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_checkout_that_lost_the_email_race_writes_nothing_and_names_the_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStorage::open(dir.path()).unwrap();
+        let winner = account("st", "race@example.com", None);
+        let loser = account("st", "race@example.com", None);
+        let c = |a: &AccountRecord| Checkout {
+            store: "st".into(),
+            account_id: a.id.clone(),
+            email_key: Some("race@example.com".into()),
+            create: Some(a.clone()),
+            order: order("st", &a.id),
+            subscriptions: vec![],
+            payment_method: None,
+        };
+        s.complete_checkout(&c(&winner), &Extras::default())
+            .unwrap();
+        let lost = c(&loser);
+        match s.complete_checkout(&lost, &Extras::default()) {
+            Err(StorageError::EmailRace(id)) => assert_eq!(id, winner.id),
+            other => panic!("expected EmailRace, got {other:?}"),
+        }
+        assert!(
+            s.order("st", &lost.order.id).unwrap().is_none(),
+            "nothing half-written"
+        );
+        assert!(s.account("st", &loser.id).unwrap().is_none());
+        assert_eq!(s.list_accounts("st", 0, 10).unwrap().1, 1);
+    }
+}

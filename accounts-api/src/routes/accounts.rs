@@ -12,7 +12,7 @@ use crate::model::{
 use crate::storage::{Extras, Index};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -236,9 +236,16 @@ async fn update(
 async fn lookup(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let store = authorize(&state, &headers, "account.lookup")?;
+    let Ok(Query(q)) = query else {
+        return Err(ApiError::invalid(
+            "account.lookup",
+            "query",
+            "malformed query string",
+        ));
+    };
     const FILTERS: [&str; 7] = [
         "email",
         "custom",

@@ -440,9 +440,6 @@ fn parse(mut obj: Map<String, Value>) -> (Option<SecretString>, Result<CheckoutI
             (false, false)
         }
     };
-    if token.is_none() && obj.get("payment").is_none() {
-        // "payment is required" already reported.
-    }
     match (p.is_empty(), currency, payment, token.is_some()) {
         (true, Some(currency), Some(payment), true) => (
             token,

@@ -10,7 +10,7 @@ use crate::model::{EventRecord, SubState, SubscriptionRecord, display_date, now_
 use crate::storage::Extras;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -96,10 +96,13 @@ async fn read(
 async fn list(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.getall";
     let store = authorize(&state, &headers, ACTION)?;
+    let Ok(Query(q)) = query else {
+        return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
+    };
     if let Some(account) = q.get("accountId") {
         let a = state
             .storage
