@@ -39,7 +39,8 @@ pub struct System {
     pub demo: Credentials,
     pub vault_addr: String,
     pub vault_pid: u32,
-    pub data: tempfile::TempDir,
+    /// Shared so a test can start a second system on the same folder after stopping the first.
+    pub data: std::sync::Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
     stopped: bool,
 }
@@ -47,8 +48,12 @@ pub struct System {
 /// Starts `accounts-api dev` on a fresh data folder with debug logging everywhere (so secret
 /// scans of the logs see as much as possible).
 pub fn start_system() -> System {
+    start_system_in(std::sync::Arc::new(temp_dir("strongroom-accounts-")))
+}
+
+/// Starts `accounts-api dev` on an existing data folder (e.g. to restart on it).
+pub fn start_system_in(data: std::sync::Arc<tempfile::TempDir>) -> System {
     shared::tls::install_crypto_provider();
-    let data = temp_dir("strongroom-accounts-");
     let mut cmd = Command::new(bin_path("accounts-api"));
     cmd.arg("dev")
         .arg("--data")

@@ -115,19 +115,17 @@ async fn twenty_concurrent_first_orders_with_one_email_make_exactly_one_account(
     let sys = start_system();
     let demo = sys.demo.clone();
     let mut tasks = Vec::new();
-    for i in 0..20 {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    for _ in 0..20 {
         let http = sys.http.clone();
         let api = sys.api.clone();
         let demo = demo.clone();
-        // Half of them save a card, so the vault-then-transaction path races too.
-        let body = order_body(
-            "race@example.com",
-            &unique_token(),
-            i % 2 == 0,
-            false,
-            false,
-        );
+        let barrier = std::sync::Arc::clone(&barrier);
+        // Every one saves a card: the vault call between resolving the account and the
+        // transaction keeps them in flight together, so most lose the race and redo.
+        let body = order_body("race@example.com", &unique_token(), true, false, false);
         tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
             tests::accounts::call(
                 &http,
                 &api,
@@ -161,14 +159,14 @@ async fn twenty_concurrent_first_orders_with_one_email_make_exactly_one_account(
         got.json["accounts"][0]["subscriptions"]
             .as_array()
             .map(Vec::len),
-        Some(10)
+        Some(20)
     );
-    // Ten distinct tokens saved, all under the one account.
+    // Twenty distinct tokens saved, all under the one account.
     assert_eq!(
         sys.vault_payment_methods(&demo.store, &account).await.len(),
-        10
+        20
     );
-    assert_eq!(got.json["accounts"][0]["payment"]["methods"], 10);
+    assert_eq!(got.json["accounts"][0]["payment"]["methods"], 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,5 +376,65 @@ async fn saved_payment_methods_show_brand_last_four_and_expiry_only_and_removal_
     assert_eq!(
         acc.json["accounts"][0]["payment"],
         json!({"methods": 0, "active": 0})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_stops_both_processes_and_a_restart_keeps_the_demo_credentials_and_the_data() {
+    let mut sys = start_system();
+    let demo = sys.demo.clone();
+    let o = sys
+        .call(
+            &demo,
+            "POST",
+            "/orders",
+            Some(&order_body(
+                "keep@example.com",
+                &unique_token(),
+                true,
+                false,
+                false,
+            )),
+        )
+        .await;
+    assert_eq!(o.status, 200, "{}", o.text);
+    let account = o.json["account"].as_str().unwrap_or_default().to_owned();
+    let vault_pid = sys.vault_pid;
+    assert!(std::path::Path::new(&format!("/proc/{vault_pid}")).exists());
+    assert!(sys.stop(), "dev did not stop on SIGTERM");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{vault_pid}")).exists(),
+        "the vault child outlived dev"
+    );
+
+    let data = std::sync::Arc::clone(&sys.data);
+    drop(sys);
+    let again = tests::accounts::start_system_in(data);
+    assert_eq!(again.demo.store, demo.store);
+    assert_eq!(again.demo.username, demo.username);
+    assert_eq!(again.demo.password, demo.password);
+    let got = again
+        .call(&demo, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(
+        again
+            .vault_payment_methods(&demo.store, &account)
+            .await
+            .len(),
+        1
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(again.accounts_dir().join("dev-store.json"))
+            .map(|m| m.permissions())
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert_eq!(mode & 0o077, 0, "dev credentials file must be owner-only");
+    let sock = std::fs::metadata(again.accounts_dir().join("admin.sock"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&sock.permissions()) & 0o077,
+        0,
+        "admin socket must be owner-only"
     );
 }
