@@ -173,6 +173,7 @@ pub async fn start(
 }
 
 fn serve(config_path: &Path, listen: Option<&str>) -> CliResult<()> {
+    crate::hardening::cap_malloc_arenas()?;
     crate::hardening::disable_core_dumps()
         .map_err(|e| format!("cannot turn core dumps off: {e}"))?;
     let prepared = prepare(config_path, listen)?;

@@ -32,19 +32,36 @@ fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).ok_or("--seconds N")?,
-            "--records" => records = args.next().and_then(|v| v.parse().ok()).ok_or("--records N")?,
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--seconds N")?
+            }
+            "--records" => {
+                records = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--records N")?
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     shared::tls::install_crypto_provider();
     seal_open_in_process()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    store_in_process()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(over_mtls(Duration::from_secs(seconds), records))
 }
 
 fn seal_open_in_process() -> Result<(), BoxError> {
-    let ring = Keyring::new(vec![Kek { version: 1, key: SecretKey::generate()? }]).ok_or("keyring")?;
+    let ring = Keyring::new(vec![Kek {
+        version: 1,
+        key: SecretKey::generate()?,
+    }])
+    .ok_or("keyring")?;
     let token = b"tok_0123456789abcdef0123456789ab"; // 32 bytes
     let n = 100_000u32;
     let start = Instant::now();
@@ -71,6 +88,68 @@ fn seal_open_in_process() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The storage path without HTTP: sealed record + indexes + audit entry in one sled transaction,
+/// and what one flush costs on this disk.
+fn store_in_process() -> Result<(), BoxError> {
+    use shared::domain::{AccountId, CardBrand, Expiry, Last4, PaymentType, StoreId};
+    let dir = std::env::temp_dir().join(format!("vault-bench-inproc-{}", std::process::id()));
+    let db = vault::store::open_db(&dir, 16 << 20, 500)?;
+    let store = vault::store::SledStore::new(db, false)?;
+    let ring = Keyring::new(vec![Kek {
+        version: 1,
+        key: SecretKey::generate()?,
+    }])
+    .ok_or("keyring")?;
+    let fp = vault::crypto::Fingerprinter::new(&SecretKey::generate()?);
+    let core = vault::core::VaultCore::with_store(ring, fp, store)?;
+    let new = vault::core::NewPaymentMethod {
+        store: StoreId::parse("bench")?,
+        account: AccountId::parse("acct")?,
+        kind: PaymentType::Card,
+        brand: Some(CardBrand::Visa),
+        last4: Some(Last4::parse("4242")?),
+        expiry: Some(Expiry::parse(12, 2030)?),
+        masked_email: None,
+    };
+    let n = 20_000u32;
+    let start = Instant::now();
+    for i in 0..n {
+        let token = shared::secret::PaymentToken::new(format!("tok_inproc_{i:08}"));
+        let draft = vault::audit::AuditDraft {
+            identity: "bench".into(),
+            operation: "store".into(),
+            ..Default::default()
+        };
+        core.store_payment_method(&new, &token, draft)?;
+    }
+    let rate = f64::from(n) / start.elapsed().as_secs_f64();
+    let mut flushes = Vec::new();
+    for i in 0..50u32 {
+        let token = shared::secret::PaymentToken::new(format!("tok_flush_{i:08}"));
+        let draft = vault::audit::AuditDraft {
+            identity: "bench".into(),
+            operation: "store".into(),
+            ..Default::default()
+        };
+        core.store_payment_method(&new, &token, draft)?;
+        let t = Instant::now();
+        core.store().db().flush()?;
+        flushes.push(t.elapsed());
+    }
+    flushes.sort_unstable();
+    println!(
+        "  store txn {rate:>10.0} ops/s (seal + fingerprint + 4-tree sled transaction, no flush)"
+    );
+    println!(
+        "  flush     p50 {:.2} ms, p99 {:.2} ms (one sled flush = fsync after one record)",
+        pct(&flushes, 0.5),
+        pct(&flushes, 0.99)
+    );
+    drop(core);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// The real vault, started from the binary next to this one.
 struct VaultChild {
     child: Child,
@@ -88,9 +167,18 @@ fn start_vault(dir: &Path) -> Result<VaultChild, BoxError> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("vault");
     if !bin.exists() {
-        return Err(format!("{} missing: cargo build --release -p vault --bins", bin.display()).into());
+        return Err(format!(
+            "{} missing: cargo build --release -p vault --bins",
+            bin.display()
+        )
+        .into());
     }
-    let status = Command::new(&bin).arg("init").arg("--dir").arg(dir).stdout(Stdio::null()).status()?;
+    let status = Command::new(&bin)
+        .arg("init")
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()?;
     if !status.success() {
         return Err("vault init failed".into());
     }
@@ -105,7 +193,11 @@ fn start_vault(dir: &Path) -> Result<VaultChild, BoxError> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line.strip_prefix("VAULT_LISTENING ").ok_or("no VAULT_LISTENING line")?.trim().parse()?;
+    let addr = line
+        .strip_prefix("VAULT_LISTENING ")
+        .ok_or("no VAULT_LISTENING line")?
+        .trim()
+        .parse()?;
     Ok(VaultChild { child, addr })
 }
 
@@ -121,7 +213,9 @@ async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Sen
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
-    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     Ok(sender)
@@ -148,7 +242,9 @@ async fn request(sender: &mut Sender, op: Op, n: u64, read_path: &str) -> Result
                 .header(CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body)))?
         }
-        Op::Read => Request::get(read_path).header(HOST, "localhost").body(Full::new(Bytes::new()))?,
+        Op::Read => Request::get(read_path)
+            .header(HOST, "localhost")
+            .body(Full::new(Bytes::new()))?,
     };
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
@@ -164,16 +260,27 @@ struct PhaseResult {
 
 /// Runs `concurrency` keep-alive connections doing `op` until `duration` passes or `limit`
 /// requests were sent in total.
-async fn phase(
+/// Where the load goes.
+#[derive(Clone)]
+struct Target {
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
+    read_path: Arc<String>,
+}
+
+async fn phase(
+    target: &Target,
     op: Op,
     concurrency: usize,
     duration: Duration,
     limit: u64,
     counter: Arc<AtomicU64>,
-    read_path: Arc<String>,
 ) -> Result<PhaseResult, BoxError> {
+    let Target {
+        addr,
+        tls,
+        read_path,
+    } = target.clone();
     let mut senders = Vec::new();
     for _ in 0..concurrency {
         senders.push(connect(addr, tls.clone()).await?);
@@ -198,7 +305,9 @@ async fn phase(
                     Op::Read => 200,
                 };
                 if status != expected {
-                    return Err::<Vec<Duration>, BoxError>(format!("unexpected status {status}").into());
+                    return Err::<Vec<Duration>, BoxError>(
+                        format!("unexpected status {status}").into(),
+                    );
                 }
             }
             Ok(lat)
@@ -210,7 +319,11 @@ async fn phase(
     }
     let elapsed = start.elapsed();
     latencies.sort_unstable();
-    Ok(PhaseResult { ops: latencies.len() as u64, elapsed, latencies })
+    Ok(PhaseResult {
+        ops: latencies.len() as u64,
+        elapsed,
+        latencies,
+    })
 }
 
 fn pct(lat: &[Duration], p: f64) -> f64 {
@@ -247,7 +360,9 @@ async fn over_mtls_in(dir: &Path, duration: Duration, records: u64) -> Result<()
         key: pki.join("accounts.key"),
     };
     let tls = Arc::new(shared::tls::mtls_client_config(&files)?);
+    // Numbers new tokens; reads use their own counter so the fill knows how many were stored.
     let counter = Arc::new(AtomicU64::new(0));
+    let read_counter = Arc::new(AtomicU64::new(0));
     println!("over mTLS, HTTP/1.1 keep-alive, load generator on the same machine:");
 
     // One record to read back.
@@ -258,17 +373,36 @@ async fn over_mtls_in(dir: &Path, duration: Duration, records: u64) -> Result<()
         .body(Full::new(Bytes::from_static(
             br#"{"store":"bench","account":"reader","token":"tok_bench_read_target","type":"card","brand":"visa","last4":"4242","expMonth":12,"expYear":2030}"#,
         )))?;
-    let body = s.send_request(req).await?.into_body().collect().await?.to_bytes();
+    let body = s
+        .send_request(req)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
     let view: serde_json::Value = serde_json::from_slice(&body)?;
     let id = view["id"].as_str().ok_or("no id")?;
     let read_path = Arc::new(format!("/v1/payment-methods/{id}?store=bench"));
+    let target = Target {
+        addr: vault.addr,
+        tls: tls.clone(),
+        read_path,
+    };
 
     for c in [1usize, 32] {
-        let r = phase(vault.addr, tls.clone(), Op::Store, c, duration, u64::MAX, counter.clone(), read_path.clone()).await?;
+        let r = phase(&target, Op::Store, c, duration, u64::MAX, counter.clone()).await?;
         report("durable store", c, &r);
     }
     for c in [1usize, 32] {
-        let r = phase(vault.addr, tls.clone(), Op::Read, c, duration, u64::MAX, counter.clone(), read_path.clone()).await?;
+        let r = phase(
+            &target,
+            Op::Read,
+            c,
+            duration,
+            u64::MAX,
+            read_counter.clone(),
+        )
+        .await?;
         report("masked read", c, &r);
     }
 
@@ -277,14 +411,12 @@ async fn over_mtls_in(dir: &Path, duration: Duration, records: u64) -> Result<()
     if stored < records {
         let fill_start = Instant::now();
         let r = phase(
-            vault.addr,
-            tls.clone(),
+            &target,
             Op::Store,
             32,
             Duration::from_secs(3600),
             records - stored,
             counter.clone(),
-            read_path.clone(),
         )
         .await?;
         println!(
@@ -293,17 +425,31 @@ async fn over_mtls_in(dir: &Path, duration: Duration, records: u64) -> Result<()
             fill_start.elapsed().as_secs_f64(),
             r.ops as f64 / r.elapsed.as_secs_f64()
         );
-        let r = phase(vault.addr, tls.clone(), Op::Read, 32, duration, u64::MAX, counter.clone(), read_path.clone()).await?;
-        report("masked read@100k", 32, &r);
+        let r = phase(
+            &target,
+            Op::Read,
+            32,
+            duration,
+            u64::MAX,
+            read_counter.clone(),
+        )
+        .await?;
+        report("masked read", 32, &r);
     }
     // Let sled's background work settle before sampling.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss = rss_kib(vault.child.id()).ok_or("cannot read VmRSS")?;
     println!("vault process resident memory:");
     println!("  before fill {:>6.1} MiB", rss_before as f64 / 1024.0);
-    println!("  at {records} records {:>6.1} MiB (VmRSS)", rss as f64 / 1024.0);
+    println!(
+        "  at {records} records {:>6.1} MiB (VmRSS)",
+        rss as f64 / 1024.0
+    );
     let du: u64 = tests_du(&dir.join("data"));
-    println!("  data folder on disk {:>6.1} MiB", du as f64 / (1024.0 * 1024.0));
+    println!(
+        "  data folder on disk {:>6.1} MiB",
+        du as f64 / (1024.0 * 1024.0)
+    );
     Ok(())
 }
 
@@ -311,7 +457,9 @@ fn tests_du(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             match e.metadata() {
                 Ok(m) if m.is_dir() => stack.push(e.path()),
