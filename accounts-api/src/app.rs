@@ -28,6 +28,7 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub vault: VaultClient,
     locks: Vec<Arc<Mutex<()>>>,
+    auth: crate::auth::AuthCache,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -39,6 +40,7 @@ impl AppState {
             storage,
             vault,
             locks,
+            auth: crate::auth::AuthCache::default(),
         })
     }
 }
@@ -123,7 +125,7 @@ pub fn authorize(
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match crate::auth::authenticate(state.storage.as_ref(), h) {
+    match crate::auth::authenticate(state.storage.as_ref(), &state.auth, h) {
         Ok(Some(store)) => Ok(store),
         Ok(None) => Err(ApiError::new(action, ErrorKind::Unauthorized)),
         Err(e) => Err(e.into_api(action)),

@@ -100,9 +100,53 @@ pub fn create_store(storage: &dyn Storage, name: &str) -> Result<NewStore, Stora
     })
 }
 
+/// A store's verifier, decoded once. Store records never change after creation (there is no
+/// credential rotation yet; adding one must evict the username here).
+struct Verifier {
+    store: String,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// Caches decoded verifiers by username so authentication (every request) costs one SHA-256
+/// and a map lookup instead of two database reads and a JSON parse.
+#[derive(Default)]
+pub struct AuthCache(
+    std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Verifier>>>,
+);
+
+impl AuthCache {
+    fn verifier(
+        &self,
+        storage: &dyn Storage,
+        user: &str,
+    ) -> Result<Option<std::sync::Arc<Verifier>>, StorageError> {
+        if let Some(v) = self.0.read().ok().and_then(|m| m.get(user).cloned()) {
+            return Ok(Some(v));
+        }
+        let Some(store) = storage.store_by_username(user)? else {
+            return Ok(None);
+        };
+        let (Ok(salt), Ok(hash)) = (hex::decode(&store.salt), hex::decode(&store.password_hash))
+        else {
+            return Ok(None);
+        };
+        let v = std::sync::Arc::new(Verifier {
+            store: store.id,
+            salt,
+            hash,
+        });
+        if let Ok(mut m) = self.0.write() {
+            m.insert(user.to_owned(), std::sync::Arc::clone(&v));
+        }
+        Ok(Some(v))
+    }
+}
+
 /// The store an `Authorization: Basic …` header authenticates, or `None`.
 pub fn authenticate(
     storage: &dyn Storage,
+    cache: &AuthCache,
     header: Option<&str>,
 ) -> Result<Option<String>, StorageError> {
     let Some(encoded) = header.and_then(|h| {
@@ -121,15 +165,11 @@ pub fn authenticate(
     let Some((user, password)) = text.split_once(':') else {
         return Ok(None);
     };
-    let Some(store) = storage.store_by_username(user)? else {
+    let Some(v) = cache.verifier(storage, user)? else {
         // Same work as a known user, so timing does not tell which usernames exist.
         let _ = hash(&[0u8; 16], password);
         return Ok(None);
     };
-    let (Ok(salt), Ok(expected)) = (hex::decode(&store.salt), hex::decode(&store.password_hash))
-    else {
-        return Ok(None);
-    };
-    let ok: bool = hash(&salt, password).ct_eq(expected.as_slice()).into();
-    Ok(ok.then_some(store.id))
+    let ok: bool = hash(&v.salt, password).ct_eq(v.hash.as_slice()).into();
+    Ok(ok.then(|| v.store.clone()))
 }
