@@ -56,3 +56,36 @@ async fn audit_verify_passes_after_a_run_and_reports_one_flipped_byte() {
     assert!(!ok, "tampering not detected: {out}");
     assert!(out.contains("BROKEN at entry 3"), "{out}");
 }
+
+#[tokio::test]
+async fn the_admin_identity_verifies_the_chain_of_a_running_vault_and_others_may_not() {
+    let dir = temp_dir("vault-audit");
+    let v = start_vault(dir.path());
+    let c = v.client("accounts");
+    for i in 0..3 {
+        let body = card_body("s1", "a1", &format!("tok_live_audit_{i}"));
+        let resp = c
+            .post(v.url("/v1/payment-methods"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    let resp = c.get(v.url("/v1/audit/verify")).send().await.unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        403,
+        "accounts lacks the audit permission"
+    );
+    let resp = v
+        .client("admin")
+        .get(v.url("/v1/audit/verify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    // 3 stores + the refused verify; the admin's own request is audited after it answers.
+    assert_eq!(body, serde_json::json!({"entries": 4, "ok": true}));
+}

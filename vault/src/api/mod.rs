@@ -9,6 +9,7 @@
 //! `PaymentMethodView`, `PaymentMethodList`, `ErasedResponse` or `ErrorBody`.
 
 pub mod accounts;
+pub mod audit_log;
 pub mod error;
 pub mod health;
 pub mod payment_methods;
@@ -104,6 +105,7 @@ pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
         .merge(payment_methods::router())
         .merge(accounts::router())
         .merge(health::router())
+        .merge(audit_log::router())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             limits.max_body_bytes,
