@@ -15,17 +15,53 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// The `vault` binary next to our own executable. `cargo run -p accounts-api` builds only this
+/// package, so on a fresh checkout the vault may not be built yet: then, if we can find the
+/// workspace we were built from, build it with the same cargo and profile (cargo has already
+/// released its build lock when it runs us) before giving up with a clear message.
 fn vault_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let vault = exe.with_file_name("vault");
     if vault.exists() {
-        Ok(vault)
-    } else {
-        Err(format!(
-            "{} is missing: build it with `cargo build -p vault` (same profile)",
-            vault.display()
-        ))
+        return Ok(vault);
     }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf);
+    let profile = exe
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|p| p.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    if let Some(ws) = workspace.filter(|w| w.join("vault").join("Cargo.toml").exists()) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!("accounts-api dev: building the vault binary ({profile}) first");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(&ws)
+            .arg("build")
+            .arg("-p")
+            .arg("vault")
+            .arg("--bin")
+            .arg("vault");
+        if profile != "debug" {
+            cmd.arg("--profile").arg(if profile == "release" {
+                "release"
+            } else {
+                profile.as_str()
+            });
+        }
+        // Its output would interleave with ours on stdout: send it to stderr.
+        cmd.stdout(std::process::Stdio::null());
+        let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+        if ok && vault.exists() {
+            return Ok(vault);
+        }
+    }
+    Err(format!(
+        "{} is missing: build it with `cargo build -p vault` (same profile)",
+        vault.display()
+    ))
 }
 
 async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value, String> {
