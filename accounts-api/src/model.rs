@@ -431,10 +431,12 @@ pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// A fresh FastSpring-style id: 22 characters of base64url (a random UUID).
+/// A fresh FastSpring-style id: 22 characters of base64url of a UUIDv7. The leading time bits
+/// make consecutive inserts land next to each other in sled (appends instead of random pages);
+/// the 74 random bits keep ids unguessable, and every lookup is scoped by store anyway.
 pub fn new_id() -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::now_v7().as_bytes())
 }
 
 /// Adds `length` units to a millisecond timestamp (calendar months/years clamp the day).
