@@ -180,7 +180,16 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
     });
     println!("STRONGROOM_READY {ready}");
     tracing::info!(api = %local, vault = %addr, "strongroom dev system ready");
-    let served = crate::app::run(listener, state, crate::shutdown_signal()).await;
+    let server = crate::app::run(listener, state, crate::shutdown_signal());
+    tokio::pin!(server);
+    let served = tokio::select! {
+        r = &mut server => r,
+        status = child.wait() => {
+            // Say so loudly, but keep serving: vault calls answer 503 until it is restarted.
+            tracing::error!(?status, "the vault process exited; calls that need it answer 503");
+            server.await
+        }
+    };
     let _ = child.kill().await;
     served.map_err(|e| e.to_string())
 }

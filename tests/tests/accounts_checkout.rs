@@ -438,3 +438,61 @@ async fn dev_stops_both_processes_and_a_restart_keeps_the_demo_credentials_and_t
         "admin socket must be owner-only"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_dev_vault_gone_saving_checkouts_answer_503_and_others_still_complete() {
+    let sys = start_system();
+    let demo = sys.demo.clone();
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(sys.vault_pid.to_string())
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sys.logs().contains("the vault process exited") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        sys.logs().contains("the vault process exited"),
+        "dev did not notice"
+    );
+    let saving = sys
+        .call(
+            &demo,
+            "POST",
+            "/orders",
+            Some(&order_body(
+                "gone@example.com",
+                &unique_token(),
+                true,
+                true,
+                true,
+            )),
+        )
+        .await;
+    assert_eq!(saving.status, 503, "{}", saving.text);
+    assert!(saving.headers.get("retry-after").is_some());
+    assert_eq!(
+        sys.call(&demo, "GET", "/accounts?email=gone@example.com", None)
+            .await
+            .status,
+        404,
+        "nothing written"
+    );
+    // No token to save: the vault is not needed, the order completes (manual renewal).
+    let manual = sys
+        .call(
+            &demo,
+            "POST",
+            "/orders",
+            Some(&order_body(
+                "gone@example.com",
+                &unique_token(),
+                true,
+                true,
+                false,
+            )),
+        )
+        .await;
+    assert_eq!(manual.status, 200, "{}", manual.text);
+    assert_eq!(manual.json["autoRenew"], false);
+}
