@@ -56,7 +56,35 @@ pub fn router(state: SharedState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::map_response(envelope_rejections))
         .with_state(state)
+}
+
+/// Extractor rejections (a path segment that is not valid UTF-8 after percent-decoding, …)
+/// answer in plain text; rewrite any non-JSON error into the envelope with fixed text, so every
+/// error a client sees has the same shape and never echoes the request.
+async fn envelope_rejections(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let body = serde_json::json!({"action": "request", "result": "error",
+        "error": {"request": status.canonical_reason().unwrap_or("error")}});
+    let mut out = (status, axum::Json(body)).into_response();
+    for name in [
+        header::WWW_AUTHENTICATE,
+        header::RETRY_AFTER,
+        header::CONNECTION,
+    ] {
+        if let Some(v) = resp.headers().get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
 }
 
 /// Most a refused body is read (and discarded) so the client sees the 413 instead of a reset.

@@ -450,6 +450,10 @@ async fn malformed_json_is_400_and_oversized_bodies_are_413_in_the_envelope() {
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         assert_eq!(v["result"], "error", "{v}");
     }
+    // A path that is not UTF-8 after percent-decoding: still the envelope, never plain text.
+    let bad_path = sys.call(&sys.demo, "GET", "/accounts/%FF%FE", None).await;
+    assert_eq!(bad_path.status, 400);
+    assert_eq!(bad_path.json["result"], "error", "{}", bad_path.text);
     assert_eq!(account_total(&sys).await, 0);
 }
 
