@@ -115,3 +115,35 @@ impl Config {
 pub fn accounts_dir(data: &Path) -> PathBuf {
     data.join("accounts")
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file_and_missing_vault_fields_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("accounts.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:0\"\ndata = \"state\"\n[vault]\naddr = \"127.0.0.1:8443\"\n\
+             ca = \"pki/ca.pem\"\ncert = \"/abs/accounts.pem\"\nkey = \"pki/accounts.key\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&file).unwrap();
+        assert_eq!(cfg.data, dir.path().join("state"));
+        assert_eq!(cfg.vault.tls.ca, dir.path().join("pki/ca.pem"));
+        assert_eq!(cfg.vault.tls.cert, PathBuf::from("/abs/accounts.pem"));
+        assert_eq!(cfg.vault.server_name, "localhost");
+        assert_eq!(
+            Config::data_folder(&file).unwrap(),
+            dir.path().join("state")
+        );
+
+        std::fs::write(&file, "data = \"x\"\n[vault]\naddr = \"127.0.0.1:1\"\n").unwrap();
+        assert!(Config::load(&file).unwrap_err().contains("vault.ca"));
+        std::fs::write(&file, "data = \"x\"\nsurprise = 1\n").unwrap();
+        assert!(Config::load(&file).is_err(), "unknown keys are refused");
+    }
+}
