@@ -94,7 +94,7 @@ pub struct Storage {
 impl Default for Storage {
     fn default() -> Self {
         Self {
-            cache_capacity_bytes: 16 * 1024 * 1024,
+            cache_capacity_bytes: 4 * 1024 * 1024,
             flush_every_ms: 500,
         }
     }

@@ -227,8 +227,26 @@ enum Op {
     Read,
 }
 
-/// Sends one request on a keep-alive connection; returns the status.
-async fn request(sender: &mut Sender, op: Op, n: u64, read_path: &str) -> Result<u16, BoxError> {
+/// Sends one request on a keep-alive connection; returns the status. Store responses add their
+/// id to `ids`; reads spread over those ids (so the 100k-record reads are not one hot record).
+async fn request(
+    sender: &mut Sender,
+    op: Op,
+    n: u64,
+    ids: &std::sync::Mutex<Vec<String>>,
+) -> Result<u16, BoxError> {
+    let read_path = match op {
+        Op::Read => {
+            let ids = ids.lock().map_err(|_| "poisoned")?;
+            // Multiplicative hash: consecutive n hit scattered records.
+            let i = (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as usize % ids.len().max(1);
+            format!(
+                "/v1/payment-methods/{}?store=bench",
+                ids.get(i).map(String::as_str).unwrap_or("none")
+            )
+        }
+        Op::Store => String::new(),
+    };
     sender.ready().await?;
     let req = match op {
         Op::Store => {
@@ -242,14 +260,25 @@ async fn request(sender: &mut Sender, op: Op, n: u64, read_path: &str) -> Result
                 .header(CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body)))?
         }
-        Op::Read => Request::get(read_path)
+        Op::Read => Request::get(read_path.as_str())
             .header(HOST, "localhost")
             .body(Full::new(Bytes::new()))?,
     };
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
-    resp.into_body().collect().await?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    if let (Op::Store, Some(id)) = (op, extract_id(&body)) {
+        ids.lock().map_err(|_| "poisoned")?.push(id);
+    }
     Ok(status)
+}
+
+/// The `id` of a masked view, without a full JSON parse on the load generator's hot path.
+fn extract_id(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"id\":\"")? + 6;
+    let len = text.get(start..)?.find('"')?;
+    text.get(start..start + len).map(str::to_owned)
 }
 
 struct PhaseResult {
@@ -265,7 +294,7 @@ struct PhaseResult {
 struct Target {
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
-    read_path: Arc<String>,
+    ids: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 async fn phase(
@@ -276,11 +305,7 @@ async fn phase(
     limit: u64,
     counter: Arc<AtomicU64>,
 ) -> Result<PhaseResult, BoxError> {
-    let Target {
-        addr,
-        tls,
-        read_path,
-    } = target.clone();
+    let Target { addr, tls, ids } = target.clone();
     let mut senders = Vec::new();
     for _ in 0..concurrency {
         senders.push(connect(addr, tls.clone()).await?);
@@ -292,13 +317,13 @@ async fn phase(
     for mut sender in senders {
         let counter = counter.clone();
         let sent = sent.clone();
-        let read_path = read_path.clone();
+        let ids = ids.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < limit {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
-                let status = request(&mut sender, op, n, &read_path).await?;
+                let status = request(&mut sender, op, n, &ids).await?;
                 lat.push(t.elapsed());
                 let expected = match op {
                     Op::Store => 201,
@@ -382,11 +407,11 @@ async fn over_mtls_in(dir: &Path, duration: Duration, records: u64) -> Result<()
         .to_bytes();
     let view: serde_json::Value = serde_json::from_slice(&body)?;
     let id = view["id"].as_str().ok_or("no id")?;
-    let read_path = Arc::new(format!("/v1/payment-methods/{id}?store=bench"));
+    let ids = Arc::new(std::sync::Mutex::new(vec![id.to_owned()]));
     let target = Target {
         addr: vault.addr,
         tls: tls.clone(),
-        read_path,
+        ids,
     };
 
     for c in [1usize, 32] {
