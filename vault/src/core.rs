@@ -36,11 +36,6 @@ pub enum CoreError {
          start (check VAULT_FINGERPRINT_KEY / the fingerprint key file)"
     )]
     WrongFingerprintKey,
-    #[error(
-        "data folder holds records but no key-check value for master key version {0}; refusing \
-         to start"
-    )]
-    UnknownKeyVersion(u32),
 }
 
 /// The parsed, validated contents of a store request (everything but the token).
@@ -109,19 +104,17 @@ impl VaultCore {
         Self::with_store(keyring, Fingerprinter::new(&fp_key), store)
     }
 
-    /// Checks (or, on a fresh folder, records) the key-check values, so that a wrong key is a
-    /// clear refusal at start and never garbage later.
+    /// Checks (or, for a fresh folder or a newly added key version, records) the key-check
+    /// values, so that a wrong key is a clear refusal at start and never garbage later.
     pub fn with_store(
         keyring: Keyring,
         fingerprinter: Fingerprinter,
         store: SledStore,
     ) -> Result<Self, CoreError> {
-        let has_records = store.record_count() > 0;
         for kek in keyring.versions() {
             match store.meta_get(&kcv_key(kek.version))? {
                 Some(kcv) if Keyring::verify_key_check(kek, &kcv) => {}
                 Some(_) => return Err(CoreError::WrongMasterKey(kek.version)),
-                None if has_records => return Err(CoreError::UnknownKeyVersion(kek.version)),
                 None => store.meta_put(&kcv_key(kek.version), &Keyring::key_check_value(kek)?)?,
             }
         }
@@ -220,5 +213,92 @@ impl VaultCore {
             id.as_str(),
             &sealed,
         )?))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::crypto::Kek;
+
+    fn kek(version: u32, byte: u8) -> Kek {
+        Kek {
+            version,
+            key: SecretKey::from_slice(&[byte; 32]).unwrap(),
+        }
+    }
+
+    fn open(dir: &std::path::Path, keks: Vec<Kek>, fp_byte: u8) -> Result<VaultCore, CoreError> {
+        let store =
+            SledStore::new(crate::store::open_db(dir, 1 << 20, 500).unwrap(), false).unwrap();
+        let fp = Fingerprinter::new(&SecretKey::from_slice(&[fp_byte; 32]).unwrap());
+        VaultCore::with_store(Keyring::new(keks).unwrap(), fp, store)
+    }
+
+    fn new_card() -> NewPaymentMethod {
+        NewPaymentMethod {
+            store: StoreId::parse("s1").unwrap(),
+            account: AccountId::parse("a1").unwrap(),
+            kind: PaymentType::Card,
+            brand: Some(CardBrand::Visa),
+            last4: Some(Last4::parse("4242").unwrap()),
+            expiry: Some(Expiry::parse(1, 2031).unwrap()),
+            masked_email: None,
+        }
+    }
+
+    fn stored_id(s: Stored) -> PaymentMethodId {
+        let r = match s {
+            Stored::Created(r) | Stored::Existing(r) => r,
+        };
+        PaymentMethodId::parse(&r.id).unwrap()
+    }
+
+    #[test]
+    fn a_new_master_key_version_seals_new_records_and_old_ones_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreId::parse("s1").unwrap();
+        let old_id = {
+            let core = open(dir.path(), vec![kek(1, 1)], 9).unwrap();
+            let s = core.store_payment_method(
+                &new_card(),
+                &PaymentToken::new("tok_v1".into()),
+                AuditDraft::default(),
+            );
+            stored_id(s.unwrap())
+        };
+        let core = open(dir.path(), vec![kek(1, 1), kek(2, 2)], 9).unwrap();
+        let s = core.store_payment_method(
+            &new_card(),
+            &PaymentToken::new("tok_v2".into()),
+            AuditDraft::default(),
+        );
+        let new_id = stored_id(s.unwrap());
+        assert_eq!(core.get(&store, &new_id).unwrap().unwrap().key_version, 2);
+        assert_eq!(
+            core.reveal_token(&store, &old_id)
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"tok_v1"
+        );
+        assert_eq!(
+            core.reveal_token(&store, &new_id)
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"tok_v2"
+        );
+        drop(core);
+        // Version 1 with a different key is still refused.
+        assert!(matches!(
+            open(dir.path(), vec![kek(1, 3), kek(2, 2)], 9),
+            Err(CoreError::WrongMasterKey(1))
+        ));
+        assert!(matches!(
+            open(dir.path(), vec![kek(1, 1), kek(2, 2)], 8),
+            Err(CoreError::WrongFingerprintKey)
+        ));
     }
 }

@@ -507,3 +507,119 @@ impl RecordStore for SledStore {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, account: &str) -> StoredRecord {
+        StoredRecord {
+            v: 1,
+            id: id.to_owned(),
+            store: "s1".into(),
+            account: account.into(),
+            kind: "card".into(),
+            brand: Some("visa".into()),
+            last4: Some("4242".into()),
+            exp_month: Some(12),
+            exp_year: Some(2030),
+            masked_email: None,
+            created: "2026-01-01T00:00:00Z".into(),
+            key_version: 1,
+            wrapped_dek: "00".into(),
+            sealed_token: "00".into(),
+            fingerprint: hex::encode([id.len() as u8; 32]),
+        }
+    }
+
+    fn draft() -> AuditDraft {
+        AuditDraft {
+            identity: "accounts".into(),
+            operation: "store".into(),
+            ..AuditDraft::default()
+        }
+    }
+
+    fn open(dir: &Path) -> SledStore {
+        SledStore::new(open_db(dir, 1 << 20, 500).unwrap(), false).unwrap()
+    }
+
+    #[test]
+    fn a_second_insert_with_the_same_fingerprint_returns_the_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let fp = [7u8; 32];
+        assert!(matches!(
+            s.insert(record("pm_a", "a1"), fp, draft()).unwrap(),
+            Stored::Created(_)
+        ));
+        match s.insert(record("pm_b", "a1"), fp, draft()).unwrap() {
+            Stored::Existing(r) => assert_eq!(r.id, "pm_a"),
+            Stored::Created(_) => panic!("duplicate created"),
+        }
+        assert_eq!(s.record_count(), 1);
+    }
+
+    #[test]
+    fn delete_removes_record_and_indexes_and_respects_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let r = record("pm_a", "a1");
+        let fp: [u8; 32] = hex::decode(&r.fingerprint).unwrap().try_into().unwrap();
+        s.insert(r, fp, draft()).unwrap();
+        assert!(
+            !s.delete("s2", "pm_a", draft()).unwrap(),
+            "another store's delete must miss"
+        );
+        assert!(s.delete("s1", "pm_a", draft()).unwrap());
+        assert!(s.get("pm_a").unwrap().is_none());
+        assert!(s.list("s1", "a1").unwrap().is_empty());
+        // The fingerprint index entry went with it: the same token can be stored anew.
+        assert!(matches!(
+            s.insert(record("pm_c", "a1"), fp, draft()).unwrap(),
+            Stored::Created(_)
+        ));
+    }
+
+    #[test]
+    fn erase_account_removes_only_that_accounts_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.insert(record("pm_a", "a1"), [1; 32], draft()).unwrap();
+        s.insert(record("pm_bb", "a1"), [2; 32], draft()).unwrap();
+        s.insert(record("pm_ccc", "a10"), [3; 32], draft()).unwrap();
+        assert_eq!(s.erase_account("s1", "a1", draft()).unwrap(), 2);
+        assert_eq!(
+            s.list("s1", "a10").unwrap().len(),
+            1,
+            "prefix a1 must not match account a10"
+        );
+    }
+
+    #[test]
+    fn the_audit_chain_continues_across_a_reopen_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            s.append_audit(draft()).unwrap();
+            s.insert(record("pm_a", "a1"), [1; 32], draft()).unwrap();
+            s.db().flush().unwrap();
+        }
+        let s = open(dir.path());
+        s.append_audit(draft()).unwrap();
+        assert_eq!(s.verify_audit().unwrap(), audit::Verdict::Ok { entries: 3 });
+    }
+
+    #[test]
+    fn a_record_value_under_the_wrong_key_is_reported_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.insert(record("pm_a", "a1"), [1; 32], draft()).unwrap();
+        let v = s.records.get("pm_a").unwrap().unwrap();
+        s.records.insert("pm_z", v).unwrap();
+        assert!(matches!(s.get("pm_z"), Err(StoreError::Corrupt(_))));
+        s.records.insert("pm_y", &b"{not json"[..]).unwrap();
+        assert!(matches!(s.get("pm_y"), Err(StoreError::Corrupt(_))));
+    }
+}
