@@ -496,3 +496,44 @@ async fn with_the_dev_vault_gone_saving_checkouts_answer_503_and_others_still_co
     assert_eq!(manual.status, 200, "{}", manual.text);
     assert_eq!(manual.json["autoRenew"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paypal_subscription_saves_a_method_shown_with_a_masked_email_only() {
+    let sys = start_system();
+    let demo = sys.demo.clone();
+    let token = unique_token();
+    let mut body = order_body("payer@example.com", &token, true, false, false);
+    body["payment"] =
+        json!({"token": token, "type": "paypal", "email": "Payer.Person@Example.com"});
+    let o = sys.call(&demo, "POST", "/orders", Some(&body)).await;
+    assert_eq!(o.status, 200, "{}", o.text);
+    assert_eq!(o.json["payment"]["type"], "paypal");
+    let account = o.json["account"].as_str().unwrap_or_default();
+    let list = sys
+        .call(
+            &demo,
+            "GET",
+            &format!("/accounts/{account}/payment-methods"),
+            None,
+        )
+        .await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.json["paymentMethods"][0]["type"], "paypal");
+    assert_eq!(
+        list.json["paymentMethods"][0]["maskedEmail"],
+        "p***@example.com"
+    );
+    assert!(
+        !list.text.contains("Payer.Person"),
+        "clear payer email shown: {}",
+        list.text
+    );
+    let sid = o.json["items"][0]["subscription"]
+        .as_str()
+        .unwrap_or_default();
+    let s = sys
+        .call(&demo, "GET", &format!("/subscriptions/{sid}"), None)
+        .await;
+    assert_eq!(s.json["paymentMethod"], "PAYPAL");
+    assert_eq!(s.json["autoRenew"], true);
+}
