@@ -314,3 +314,123 @@ pub fn page_body(
     serde_json::json!({"action": action, "result": "success", key: ids, "page": page,
         "limit": limit, "nextPage": next, "total": total})
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    //! The router in-process (`oneshot`), next to the real-port tests in `tests/`: a vault
+    //! address where nothing listens stands in for "vault down".
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use base64::Engine;
+    use tower::ServiceExt;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        state: SharedState,
+        auth: String,
+    }
+
+    fn fixture() -> Fixture {
+        shared::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        shared::pki::ensure_dev_pki(&pki).unwrap();
+        let vault = crate::vault::VaultConfig {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            server_name: "localhost".into(),
+            tls: shared::tls::TlsFiles {
+                ca: pki.join("ca.pem"),
+                cert: pki.join("accounts.pem"),
+                key: pki.join("accounts.key"),
+            },
+        };
+        let storage: Arc<dyn Storage> =
+            Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
+        let created = crate::auth::create_store(storage.as_ref(), "Test").unwrap();
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                created.username,
+                created.password.expose_secret()
+            ))
+        );
+        let state = AppState::new(storage, VaultClient::new(&vault).unwrap());
+        Fixture {
+            _dir: dir,
+            state,
+            auth,
+        }
+    }
+
+    async fn send(
+        f: &Fixture,
+        method: &str,
+        uri: &str,
+        body: &str,
+        auth: bool,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if auth {
+            req = req.header(header::AUTHORIZATION, &f.auth);
+        }
+        let resp = router(Arc::clone(&f.state))
+            .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_error_is_the_envelope_and_vault_down_is_503_with_nothing_written() {
+        let f = fixture();
+        let (s, h, v) = send(&f, "GET", "/accounts", "", false).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(h.contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(v["result"], "error");
+
+        let order = serde_json::json!({
+            "customer": {"first": "A", "last": "B", "email": "a@example.com"},
+            "items": [{"product": "p", "quantity": 1, "price": 5, "currency": "EUR",
+                "subscription": {"intervalUnit": "week", "intervalLength": 2}}],
+            "payment": {"token": "tok_oneshot_secret", "type": "card", "brand": "mastercard",
+                "last4": "5454", "expMonth": 1, "expYear": 2099},
+            "consent": {"presented": false, "accepted": false}});
+        let (s, h, v) = send(&f, "POST", "/orders", &order.to_string(), true).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(h.contains_key(header::RETRY_AFTER));
+        assert!(!v.to_string().contains("tok_oneshot_secret"));
+        let (_, _, all) = send(&f, "GET", "/accounts", "", true).await;
+        assert_eq!(all["total"], 0, "nothing written");
+
+        // Without a subscription the token is dropped and the vault is not needed.
+        let mut one_off = order.clone();
+        one_off["items"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("subscription");
+        let (s, _, v) = send(&f, "POST", "/orders", &one_off.to_string(), true).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["payment"]["creditCard"], "Mastercard");
+        assert_eq!(v["total"], 5.0);
+
+        let (s, _, v) = send(&f, "GET", "/nowhere", "", true).await;
+        assert_eq!(
+            (s, v["result"].as_str()),
+            (StatusCode::NOT_FOUND, Some("error"))
+        );
+        let (s, _, v) = send(&f, "POST", "/accounts", "{not json", true).await;
+        assert_eq!(
+            (s, v["result"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("error"))
+        );
+    }
+}
