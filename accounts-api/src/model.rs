@@ -163,7 +163,24 @@ pub struct AccountRecord {
     pub orders: Vec<String>,
     pub subscriptions: Vec<String>,
     pub payment_methods: Vec<PaymentMethodRef>,
+    /// Successful charges (checkout orders now; renewals add theirs), FastSpring's `charges[]`.
+    #[serde(default)]
+    pub charges: Vec<ChargeRecord>,
     pub created: i64,
+}
+
+/// One charge on an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChargeRecord {
+    pub currency: String,
+    /// Minor units.
+    pub total: i64,
+    pub status: String,
+    pub order: Option<String>,
+    pub order_reference: Option<String>,
+    pub subscription: Option<String>,
+    pub timestamp: i64,
 }
 
 impl AccountRecord {

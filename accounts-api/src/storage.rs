@@ -450,6 +450,15 @@ impl Storage for SledStorage {
             tx.insert(rk, c.order.id.as_bytes())?;
             tx_put(tx, &key("o", store, &c.order.id), &c.order)?;
             account.orders.push(c.order.id.clone());
+            account.charges.push(crate::model::ChargeRecord {
+                currency: c.order.currency.clone(),
+                total: c.order.total,
+                status: "successful".into(),
+                order: Some(c.order.id.clone()),
+                order_reference: Some(c.order.reference.clone()),
+                subscription: None,
+                timestamp: c.order.completed,
+            });
             for s in &c.subscriptions {
                 tx_put(tx, &key("b", store, &s.id), s)?;
                 account.subscriptions.push(s.id.clone());
@@ -588,6 +597,7 @@ mod tests {
             orders: vec![],
             subscriptions: vec![],
             payment_methods: vec![],
+            charges: vec![],
             created: 0,
         }
     }

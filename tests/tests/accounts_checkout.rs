@@ -66,6 +66,16 @@ async fn first_order_creates_the_account_second_joins_it_and_another_store_gets_
         .cloned()
         .unwrap_or_default();
     assert_eq!(orders.len(), 2);
+    let charges = got.json["accounts"][0]["charges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(charges.len(), 2, "{}", got.text);
+    assert_eq!(charges[0]["order"], first.json["id"]);
+    assert_eq!(charges[0]["orderReference"], first.json["reference"]);
+    assert_eq!(charges[0]["total"], 14.95);
+    assert_eq!(charges[0]["currency"], "USD");
+    assert_eq!(charges[0]["status"], "successful");
 
     // A second store, created over the admin socket while the server runs.
     let other = create_store(sys.data.path(), "Other Shop");

@@ -62,8 +62,14 @@ pub fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Val
         "url": format!("/account/{}", a.global),
         "payment": {"methods": a.payment_methods.len(), "active": active},
         "orders": a.orders, "subscriptions": a.subscriptions,
-        // Renewal charges are recorded here by the renewal job.
-        "charges": [],
+        "charges": a.charges.iter().map(|c| {
+            let exp = shared::Currency::parse(&c.currency).map(|x| x.exponent()).unwrap_or(2);
+            json!({"currency": c.currency, "total": crate::model::to_major(c.total, exp),
+                "status": c.status, "order": c.order, "orderReference": c.order_reference,
+                "subscription": c.subscription, "timestamp": c.timestamp,
+                "timestampInSeconds": c.timestamp / 1000,
+                "timestampDisplay": crate::model::display_date(c.timestamp)})
+        }).collect::<Vec<_>>(),
         "subscribed": subscribed,
     })
 }
@@ -142,6 +148,7 @@ async fn create(
         orders: vec![],
         subscriptions: vec![],
         payment_methods: vec![],
+        charges: vec![],
         created: now_ms(),
     };
     apply(&mut account, &input);

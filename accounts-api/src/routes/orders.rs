@@ -719,6 +719,7 @@ async fn complete(
                 orders: vec![],
                 subscriptions: vec![],
                 payment_methods: vec![],
+                charges: vec![],
                 created: now,
             }
         });
