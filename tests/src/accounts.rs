@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// Store credentials as `store create` and the READY line print them.
-#[derive(Debug, Clone)]
+/// Store credentials as `store create` and the READY line print them. No `Debug`: it holds the
+/// store's API password.
+#[derive(Clone)]
 pub struct Credentials {
     pub store: String,
     pub username: String,
