@@ -123,20 +123,128 @@ async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
-/// Serves `router` on an already-bound listener until `shutdown` resolves.
+/// Most simultaneous client connections; beyond it new connections are closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A client must finish sending request headers within this time (also bounds idle keep-alive),
+/// so slow or silent connections cannot pin resources.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `router` on an already-bound listener until `shutdown` resolves, then drains in-flight
+/// requests for up to 10 s.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: SharedState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        // Without it small keep-alive responses wait on delayed ACK (RUST-NOTES trap 3).
-        let _ = tcp.set_nodelay(true);
+    let handle = axum_server::Handle::new();
+    let acceptor = conn::CappedNoDelay::new(MAX_CONNECTIONS);
+    let mut server = axum_server::from_tcp(listener.into_std()?)?
+        .acceptor(acceptor)
+        .handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+    let server = server.http1_only();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    server.serve(router(state).into_make_service()).await
+}
+
+mod conn {
+    //! Accepted connections: TCP_NODELAY (without it small keep-alive answers wait on delayed
+    //! ACK, RUST-NOTES trap 3) and a cap on simultaneous connections (a permit per connection,
+    //! released when it closes).
+    use axum_server::accept::Accept;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::TcpStream;
+    use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+    #[derive(Clone)]
+    pub struct CappedNoDelay {
+        permits: Arc<Semaphore>,
+    }
+
+    impl CappedNoDelay {
+        pub fn new(max: usize) -> Self {
+            Self {
+                permits: Arc::new(Semaphore::new(max)),
+            }
+        }
+    }
+
+    pub struct CappedStream {
+        inner: TcpStream,
+        _permit: OwnedSemaphorePermit,
+    }
+
+    impl AsyncRead for CappedStream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CappedStream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+    }
+
+    impl<S> Accept<TcpStream, S> for CappedNoDelay {
+        type Stream = CappedStream;
+        type Service = S;
+        type Future = std::future::Ready<io::Result<(CappedStream, S)>>;
+
+        fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+            let result = match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(permit) => stream.set_nodelay(true).map(|()| {
+                    (
+                        CappedStream {
+                            inner: stream,
+                            _permit: permit,
+                        },
+                        service,
+                    )
+                }),
+                Err(_) => {
+                    tracing::warn!("connection cap reached; closing a new connection");
+                    Err(io::Error::other("connection cap reached"))
+                }
+            };
+            std::future::ready(result)
+        }
+    }
 }
 
 /// A JSON success answer.
