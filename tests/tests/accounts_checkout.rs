@@ -184,12 +184,16 @@ async fn consent_matrix_saves_the_token_only_for_consenting_subscriptions_and_le
  {
     let mut sys = start_system();
     let demo = sys.demo.clone();
-    // (subscription, presented, accepted, expect saved)
+    // (subscription, presented, accepted, expect saved). "Not presented" is sent both with
+    // accepted=false and accepted=true: an unshown box cannot be refused, so both consent —
+    // the three consenting subscription cases; every one-off order drops the token.
     let cases = [
         (false, false, false, false),
+        (false, false, true, false),
         (false, true, true, false),
         (false, true, false, false),
         (true, false, false, true),
+        (true, false, true, true),
         (true, true, true, true),
         (true, true, false, false),
     ];
