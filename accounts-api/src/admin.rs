@@ -1,9 +1,12 @@
 //! The local admin channel: `store create` must work while the server holds sled's folder lock,
 //! so the running server listens on an owner-only Unix socket (`DATA/accounts/admin.sock`, 0600,
 //! inside a 0700 folder) and the CLI asks it. With no server running, the CLI opens sled itself.
-//! One JSON line in, one JSON line out.
+//! One JSON line in, one JSON line out. Operations: `store.create`, `webhook.add`,
+//! `webhook.list`, `webhook.remove` (the webhook secret travels only over this owner-only
+//! socket and is never echoed back).
 
 use crate::auth::create_store;
+use crate::eventstore::EventStore;
 use crate::storage::{SledStorage, Storage};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
@@ -23,7 +26,11 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Binds the admin socket and serves it until the runtime ends.
-pub fn serve(accounts_dir: &Path, storage: Arc<dyn Storage>) -> std::io::Result<()> {
+pub fn serve(
+    accounts_dir: &Path,
+    storage: Arc<dyn Storage>,
+    events: Arc<dyn EventStore>,
+) -> std::io::Result<()> {
     let path = socket_path(accounts_dir);
     // A stale socket from a killed process: we hold sled's lock, so nobody else is serving it.
     let _ = std::fs::remove_file(&path);
@@ -35,13 +42,14 @@ pub fn serve(accounts_dir: &Path, storage: Arc<dyn Storage>) -> std::io::Result<
                 continue;
             };
             let storage = Arc::clone(&storage);
+            let events = Arc::clone(&events);
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
                 if BufReader::new(r).read_line(&mut line).await.is_err() {
                     return;
                 }
-                let answer = handle(storage.as_ref(), &line).await;
+                let answer = handle(storage.as_ref(), events.as_ref(), &line).await;
                 let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
             });
         }
@@ -49,8 +57,15 @@ pub fn serve(accounts_dir: &Path, storage: Arc<dyn Storage>) -> std::io::Result<
     Ok(())
 }
 
-async fn handle(storage: &dyn Storage, line: &str) -> Value {
+async fn handle(storage: &dyn Storage, events: &dyn EventStore, line: &str) -> Value {
     let req: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    if let Some(op) = req
+        .get("op")
+        .and_then(Value::as_str)
+        .filter(|op| op.starts_with("webhook."))
+    {
+        return webhook_op(storage, events, op, &req).await;
+    }
     match (
         req.get("op").and_then(Value::as_str),
         req.get("name").and_then(Value::as_str),
@@ -66,6 +81,87 @@ async fn handle(storage: &dyn Storage, line: &str) -> Value {
             Err(e) => json!({"error": e.to_string()}),
         },
         _ => json!({"error": "unknown request"}),
+    }
+}
+
+/// `webhook add|list|remove` for one store.
+async fn webhook_op(
+    storage: &dyn Storage,
+    events: &dyn EventStore,
+    op: &str,
+    req: &Value,
+) -> Value {
+    let s = |k: &str| req.get(k).and_then(Value::as_str);
+    let Some(store) = s("store") else {
+        return json!({"error": "store is required"});
+    };
+    match storage.store(store) {
+        Ok(Some(_)) => {}
+        Ok(None) => return json!({"error": "no such store"}),
+        Err(e) => return json!({"error": e.to_string()}),
+    }
+    let answer = match op {
+        "webhook.add" => match crate::webhooks::add(
+            events,
+            store,
+            s("url").unwrap_or_default(),
+            s("hmacSecret").map(str::to_owned),
+        ) {
+            Ok(h) => h.to_json(),
+            Err(e) => return json!({"error": e.to_string()}),
+        },
+        "webhook.list" => match events.webhooks(store) {
+            Ok(hooks) => {
+                json!({"webhooks": hooks.iter().map(crate::model::WebhookRecord::to_json).collect::<Vec<_>>()})
+            }
+            Err(e) => return json!({"error": e.to_string()}),
+        },
+        "webhook.remove" => {
+            match crate::webhooks::remove(events, store, s("id").unwrap_or_default()) {
+                Ok(true) => json!({"removed": s("id")}),
+                Ok(false) => return json!({"error": "no such webhook"}),
+                Err(e) => return json!({"error": e.to_string()}),
+            }
+        }
+        _ => return json!({"error": "unknown request"}),
+    };
+    match storage.durable().await {
+        Ok(()) => answer,
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
+/// Sends one request to the running server's admin socket, or (none running) answers it with
+/// the database opened here.
+pub async fn request(data: &Path, req: Value) -> Result<Value, String> {
+    let dir = crate::config::accounts_dir(data);
+    let v = match UnixStream::connect(socket_path(&dir)).await {
+        Ok(stream) => {
+            let (r, mut w) = stream.into_split();
+            w.write_all(format!("{req}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            BufReader::new(r)
+                .read_line(&mut line)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::from_str::<Value>(&line)
+                .map_err(|_| "bad answer from the server".to_owned())?
+        }
+        Err(_) => {
+            private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let storage = SledStorage::open(&dir.join("db")).map_err(|e| {
+                format!(
+                    "cannot open the database (is a server running without its admin socket?): {e}"
+                )
+            })?;
+            handle(&storage, &storage, &req.to_string()).await
+        }
+    };
+    match v.get("error") {
+        Some(e) => Err(e.as_str().unwrap_or("error").to_owned()),
+        None => Ok(v),
     }
 }
 

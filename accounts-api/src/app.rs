@@ -26,6 +26,9 @@ const LOCK_SHARDS: usize = 4096;
 
 pub struct AppState {
     pub storage: Arc<dyn Storage>,
+    /// Events, webhooks, sign-in links and sessions (same database as `storage`).
+    pub events: Arc<dyn crate::eventstore::EventStore>,
+    pub settings: crate::settings::Settings,
     pub vault: VaultClient,
     locks: Vec<Arc<Mutex<()>>>,
     auth: crate::auth::AuthCache,
@@ -34,10 +37,17 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    pub fn new(storage: Arc<dyn Storage>, vault: VaultClient) -> SharedState {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        events: Arc<dyn crate::eventstore::EventStore>,
+        settings: crate::settings::Settings,
+        vault: VaultClient,
+    ) -> SharedState {
         let locks = (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect();
         Arc::new(Self {
             storage,
+            events,
+            settings,
             vault,
             locks,
             auth: crate::auth::AuthCache::default(),
@@ -52,6 +62,9 @@ pub fn router(state: SharedState) -> Router {
         .merge(crate::routes::orders::router())
         .merge(crate::routes::subscriptions::router())
         .merge(crate::routes::payment_methods::router())
+        .merge(crate::routes::events::router())
+        .merge(crate::routes::webhooks::router())
+        .merge(crate::routes::account_pages::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -10,11 +10,14 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod eventstore;
 pub mod iso;
 pub mod model;
 pub mod routes;
+pub mod settings;
 pub mod storage;
 pub mod vault;
+pub mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,13 +27,18 @@ use std::sync::Arc;
 pub fn build(data: &Path, vault: &vault::VaultConfig) -> Result<app::SharedState, String> {
     let dir = config::accounts_dir(data);
     admin::private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let storage: Arc<dyn storage::Storage> = Arc::new(
+    let sled = Arc::new(
         storage::SledStorage::open(&dir.join("db"))
             .map_err(|e| format!("cannot open the database: {e}"))?,
     );
+    let storage: Arc<dyn storage::Storage> = sled.clone();
+    let events: Arc<dyn eventstore::EventStore> = sled;
     let client = vault::VaultClient::new(vault)?;
-    admin::serve(&dir, Arc::clone(&storage)).map_err(|e| format!("admin socket: {e}"))?;
-    Ok(app::AppState::new(storage, client))
+    admin::serve(&dir, Arc::clone(&storage), Arc::clone(&events))
+        .map_err(|e| format!("admin socket: {e}"))?;
+    let settings = settings::Settings::from_env();
+    webhooks::spawn_dispatcher(Arc::clone(&events), settings.clone())?;
+    Ok(app::AppState::new(storage, events, settings, client))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

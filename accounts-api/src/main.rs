@@ -33,6 +33,89 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Webhooks of a store (works while the server runs, over its admin socket).
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The store id.
+    #[arg(long)]
+    store: String,
+    #[arg(long, conflicts_with = "config")]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Adds a webhook URL; prints it as JSON. The HMAC secret, if any, is read from the first
+    /// line of standard input with `--secret-stdin` (never from the command line, which other
+    /// users can see in the process list).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        secret_stdin: bool,
+    },
+    /// Lists the store's webhooks (never their secrets).
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Removes a webhook and its pending deliveries.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn data_of(data: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, String> {
+    Ok(match (data, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => accounts_api::config::Config::data_folder(&c)?,
+        (None, None) => PathBuf::from("./data"),
+    })
+}
+
+async fn webhook(cmd: WebhookCommand) -> Result<(), String> {
+    let (target, req) = match cmd {
+        WebhookCommand::Add {
+            target,
+            url,
+            secret_stdin,
+        } => {
+            let mut req = serde_json::json!({"op": "webhook.add", "url": url});
+            if secret_stdin {
+                let mut line = zeroize::Zeroizing::new(String::new());
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| format!("reading the secret from stdin: {e}"))?;
+                req["hmacSecret"] =
+                    serde_json::Value::String(line.trim_end_matches(['\r', '\n']).to_owned());
+            }
+            (target, req)
+        }
+        WebhookCommand::List { target } => (target, serde_json::json!({"op": "webhook.list"})),
+        WebhookCommand::Remove { target, id } => (
+            target,
+            serde_json::json!({"op": "webhook.remove", "id": id}),
+        ),
+    };
+    let mut req = req;
+    req["store"] = serde_json::Value::String(target.store.clone());
+    let data = data_of(target.data, target.config)?;
+    let answer = accounts_api::admin::request(&data, req).await?;
+    println!("{answer}");
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -88,6 +171,7 @@ async fn main() -> std::process::ExitCode {
         Command::Store {
             command: StoreCommand::Create { name, data, config },
         } => store_create(name, data, config).await,
+        Command::Webhook { command } => webhook(command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -407,6 +407,9 @@ pub struct EventRecord {
     pub live: bool,
     pub processed: bool,
     pub data: Value,
+    /// When it was marked processed (ms); drives `GET /events/processed?days=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed_at: Option<i64>,
 }
 
 impl EventRecord {
@@ -418,8 +421,87 @@ impl EventRecord {
             live: false,
             processed: false,
             data,
+            processed_at: None,
         }
     }
+
+    /// The event as the events API and webhook deliveries show it (FastSpring's shape).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"id": self.id, "type": self.kind, "created": self.created,
+            "live": self.live, "processed": self.processed, "data": self.data})
+    }
+}
+
+/// Event types. Emitting one is a one-liner: push `EventRecord::new(event_type::X, data)` into
+/// the `Extras` of the storage call that makes the change, so it commits in the same
+/// transaction (and, if the store has webhooks, lands in their outbox in that transaction too).
+pub mod event_type {
+    pub const ACCOUNT_CREATED: &str = "account.created";
+    pub const ACCOUNT_UPDATED: &str = "account.updated";
+    pub const ORDER_COMPLETED: &str = "order.completed";
+    pub const SUBSCRIPTION_ACTIVATED: &str = "subscription.activated";
+    pub const SUBSCRIPTION_CANCELED: &str = "subscription.canceled";
+    pub const SUBSCRIPTION_RESUMED: &str = "subscription.resumed";
+    pub const SUBSCRIPTION_CHARGE_COMPLETED: &str = "subscription.charge.completed";
+    pub const SUBSCRIPTION_CHARGE_FAILED: &str = "subscription.charge.failed";
+    pub const SUBSCRIPTION_PAYMENT_REMINDER: &str = "subscription.payment.reminder";
+    pub const SUBSCRIPTION_DEACTIVATED: &str = "subscription.deactivated";
+    pub const PAYMENT_METHOD_REMOVED: &str = "payment-method.removed";
+}
+
+/// A webhook endpoint of a store. No `Debug` derive: it holds the HMAC secret, which is kept
+/// in clear because signing needs it (README, security model) and is never returned or logged.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub id: String,
+    pub url: String,
+    pub secret: Option<shared::SecretString>,
+    pub created: i64,
+}
+
+impl std::fmt::Debug for WebhookRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRecord")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("signed", &self.secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookRecord {
+    /// The public view: never the secret, only whether there is one.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"id": self.id, "url": self.url, "signed": self.secret.is_some(),
+            "created": self.created})
+    }
+}
+
+/// Delivery state of one event for one webhook (the durable outbox row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxState {
+    /// Failed delivery attempts so far.
+    pub attempts: u32,
+    /// Not before this time (ms).
+    pub due: i64,
+}
+
+/// A one-time sign-in link, stored under the SHA-256 of its token (the token itself is not kept).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SsoTokenRecord {
+    pub store: String,
+    pub account: String,
+    pub expires: i64,
+}
+
+/// An account-page session, stored under the SHA-256 of its cookie value.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub store: String,
+    pub account: String,
+    pub expires: i64,
+    /// The CSRF token every form of this session carries.
+    pub csrf: shared::SecretString,
 }
 
 /// A store (tenant) and the hash of its API password.

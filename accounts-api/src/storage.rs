@@ -13,7 +13,8 @@
 //! `s/{store}` store · `u/{username}` store id · `a/{store}/{id}` account ·
 //! `e/{store}/{email}`, `c/{store}/{custom}`, `g/{store}/{global}` account indexes ·
 //! `o/{store}/{id}` order · `r/{store}/{reference}` order id · `b/{store}/{id}` subscription ·
-//! `i/{store}/{key}` idempotency record · `v/{store}/{event id}` event · `m/…` metadata.
+//! `i/{store}/{key}` idempotency record · `v/{store}/{event id}` event · `m/…` metadata ·
+//! `wh/`, `wo/`, `sso/`, `ses/`: webhooks, outbox, sign-in links, sessions (see `eventstore`).
 
 use crate::error::StorageError;
 use crate::model::{
@@ -197,6 +198,26 @@ fn tx_extras(tx: &TransactionalTree, store: &str, extras: &Extras) -> TxResult<(
     for ev in &extras.events {
         tx_put(tx, &key("v", store, &ev.id), ev)?;
     }
+    if !extras.events.is_empty() {
+        // The webhook outbox is filled in the same transaction as the events, so an event that
+        // committed is always delivered (or left unprocessed after the last retry), even across
+        // a crash. Reading the store's webhook list here also makes a concurrent change of it
+        // conflict with this transaction instead of racing it.
+        let hooks: Vec<crate::model::WebhookRecord> =
+            tx_get(tx, crate::eventstore::webhooks_key(store).as_bytes())?.unwrap_or_default();
+        for hook in &hooks {
+            for ev in &extras.events {
+                tx_put(
+                    tx,
+                    crate::eventstore::outbox_key(store, &hook.id, &ev.id).as_bytes(),
+                    &crate::model::OutboxState {
+                        attempts: 0,
+                        due: 0,
+                    },
+                )?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -251,6 +272,12 @@ impl SledStorage {
             flusher,
             hash_key,
         })
+    }
+
+    /// The single tree, for the other storage traits implemented on this type
+    /// (`eventstore`).
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
     }
 
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StorageError> {

@@ -54,8 +54,19 @@ pub fn start_system() -> System {
 
 /// Starts `accounts-api dev` on an existing data folder (e.g. to restart on it).
 pub fn start_system_in(data: std::sync::Arc<tempfile::TempDir>) -> System {
+    start_system_with_env(data, &[])
+}
+
+/// Like [`start_system_in`], with extra environment (e.g. `STRONGROOM_SSO_TTL_SECS`).
+pub fn start_system_with_env(
+    data: std::sync::Arc<tempfile::TempDir>,
+    env: &[(&str, &str)],
+) -> System {
     shared::tls::install_crypto_provider();
     let mut cmd = Command::new(bin_path("accounts-api"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     cmd.arg("dev")
         .arg("--data")
         .arg(data.path())

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod accounts;
+pub mod receiver;
 pub mod vault;
 
 /// Path of a binary built from this workspace (`target/<profile>/<name>`). `cargo test

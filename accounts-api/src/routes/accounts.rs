@@ -74,7 +74,7 @@ pub fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Val
     })
 }
 
-fn apply(a: &mut AccountRecord, input: &AccountInput) {
+pub(crate) fn apply(a: &mut AccountRecord, input: &AccountInput) {
     if let Some(v) = &input.first {
         a.contact.first = v.clone();
     }

@@ -1,0 +1,791 @@
+//! Single sign-on and the customer's account page.
+//!
+//! `GET /accounts/{id}/authenticate` (merchant, Basic auth) issues a one-time link
+//! `{base}/account/sso/{token}`: 256 random bits from the system RNG, stored only as their
+//! SHA-256, valid for `STRONGROOM_SSO_TTL_SECS` (5 min by default), consumed in a transaction the
+//! first time it is opened. Opening it creates a session (another 256-bit random value in an
+//! HttpOnly, SameSite=Strict cookie, `Secure` when the public URL is https; stored hashed; fixed
+//! lifetime) and answers 303 to `/account`. A used, expired or unknown link gets a refusal page
+//! (410) and no session.
+//!
+//! `/account` is server-rendered HTML with no script and a strict Content-Security-Policy; every
+//! string that came from a user or merchant goes through [`esc`]. Every form is a POST carrying
+//! the session's CSRF token; a POST without the right one answers 403 and changes nothing.
+//! Every change writes its event in the same transaction as the change, like the API does.
+
+use crate::app::{SharedState, authorize};
+use crate::error::{ApiError, StorageError};
+use crate::model::{
+    AccountRecord, EventRecord, SessionRecord, SsoTokenRecord, SubState, display_date, event_type,
+    now_ms, to_major,
+};
+use crate::storage::Extras;
+use axum::Router;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use serde_json::{Map, Value, json};
+use shared::{CardBrand, Currency, SecretString};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+const COOKIE: &str = "sr_session";
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/accounts/{id}/authenticate", get(authenticate))
+        .route("/account/sso/{token}", get(open_link))
+        .route("/account", get(account_page))
+        .route("/account/style.css", get(stylesheet))
+        .route("/account/profile", post(update_profile))
+        .route("/account/subscriptions/{id}/cancel", post(cancel))
+        .route("/account/subscriptions/{id}/resume", post(resume))
+        .route("/account/payment-methods/{pm}/remove", post(remove_card))
+        .route("/account/logout", post(logout))
+}
+
+/// 256 bits from the system RNG, base64url.
+fn random_token() -> Option<SecretString> {
+    let mut b = zeroize::Zeroizing::new([0u8; 32]);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), b.as_mut()).ok()?;
+    Some(SecretString::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b.as_ref()),
+    ))
+}
+
+/// What is stored instead of a link token or session id.
+fn hash(secret: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+/// HTML-escapes text for element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The link base: the configured public URL, else `http://` + a well-formed Host header.
+fn base_url(state: &SharedState, headers: &HeaderMap) -> Option<String> {
+    if let Some(u) = &state.settings.public_url {
+        return Some(u.clone());
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    ok.then(|| format!("http://{host}"))
+}
+
+async fn authenticate(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "account.authenticate.get";
+    let store = authorize(&state, &headers, ACTION)?;
+    let account = state
+        .storage
+        .account(&store, &id)
+        .map_err(|e| e.into_api(ACTION))?;
+    if account.is_none() {
+        let body = json!({"accounts": [{"action": ACTION, "account": id, "result": "error",
+            "error": {"account": "Not found"}}]});
+        return Ok((StatusCode::NOT_FOUND, axum::Json(body)).into_response());
+    }
+    let base = base_url(&state, &headers)
+        .ok_or_else(|| ApiError::invalid(ACTION, "host", "missing or malformed Host header"))?;
+    let token = random_token().ok_or_else(|| ApiError::internal(ACTION))?;
+    let expires = now_ms() + state.settings.sso_ttl.as_millis() as i64;
+    state
+        .events
+        .put_sso_token(
+            &hash(token.expose_secret()),
+            &SsoTokenRecord {
+                store: store.clone(),
+                account: id.clone(),
+                expires,
+            },
+        )
+        .map_err(|e| e.into_api(ACTION))?;
+    state
+        .storage
+        .durable()
+        .await
+        .map_err(|e| e.into_api(ACTION))?;
+    // The one place the token leaves the process: in this answer, to the merchant.
+    let url = format!("{base}/account/sso/{}", token.expose_secret());
+    let body = json!({"accounts": [{"action": ACTION, "result": "success", "account": id,
+        "url": url, "expires": expires}]});
+    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Headers of every HTML answer: no script, styles only from us, forms only to us, no framing,
+/// no referrer (a sign-in URL never leaks to another site), never cached.
+fn html(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn layout(title: &str, content: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><link rel=\"stylesheet\" href=\"/account/style.css\"></head>\
+         <body><main>{content}</main></body></html>\n",
+        esc(title)
+    )
+}
+
+/// A page that explains a refusal; never shows account data.
+fn refusal(status: StatusCode, title: &str, message: &str) -> Response {
+    html(
+        status,
+        layout(
+            title,
+            &format!(
+                "<h1>{}</h1><p class=\"notice\">{}</p>",
+                esc(title),
+                esc(message)
+            ),
+        ),
+    )
+}
+
+fn link_refused() -> Response {
+    refusal(
+        StatusCode::GONE,
+        "This sign-in link is not valid",
+        "The link was already used, has expired, or is not a link we issued. \
+         Links work once and only for a few minutes: ask for a new one.",
+    )
+}
+
+fn session_cookie(state: &SharedState, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if state.settings.secure_cookies() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let c = format!(
+        "{COOKIE}={value}; Path=/account; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    );
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("sr_session=; Max-Age=0"))
+}
+
+async fn open_link(State(state): State<SharedState>, Path(token): Path<String>) -> Response {
+    let token = SecretString::new(token);
+    // Well-formed tokens only (43 base64url characters); anything else was not issued here.
+    let t = token.expose_secret();
+    if t.len() != 43
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return link_refused();
+    }
+    let rec = match state.events.take_sso_token(&hash(t)) {
+        Ok(Some(r)) => r,
+        Ok(None) => return link_refused(),
+        Err(e) => {
+            tracing::error!(error = %e, "sign-in link lookup failed");
+            return refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "Please try again later.",
+            );
+        }
+    };
+    if rec.expires <= now_ms() {
+        return link_refused();
+    }
+    // The account may have gone since the link was issued.
+    if !matches!(state.storage.account(&rec.store, &rec.account), Ok(Some(_))) {
+        return link_refused();
+    }
+    let (Some(session), Some(csrf)) = (random_token(), random_token()) else {
+        return refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "Please try again later.",
+        );
+    };
+    let ttl = state.settings.session_ttl.as_millis() as i64;
+    let stored = state.events.put_session(
+        &hash(session.expose_secret()),
+        &SessionRecord {
+            store: rec.store.clone(),
+            account: rec.account.clone(),
+            expires: now_ms() + ttl,
+            csrf,
+        },
+    );
+    if stored.is_err() || state.storage.durable().await.is_err() {
+        return refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "Please try again later.",
+        );
+    }
+    tracing::info!(store = %rec.store, account = %rec.account, "account page session opened");
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_static("/account"));
+    h.insert(
+        header::SET_COOKIE,
+        session_cookie(&state, session.expose_secret(), ttl / 1000),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// The session of the request: (cookie hash, record). Expired sessions are deleted here.
+fn session(state: &SharedState, headers: &HeaderMap) -> Option<(String, SessionRecord)> {
+    let value = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| SecretString::new(v.to_owned()))?;
+    let h = hash(value.expose_secret());
+    let rec = state.events.session(&h).ok().flatten()?;
+    if rec.expires <= now_ms() {
+        let _ = state.events.delete_session(&h);
+        return None;
+    }
+    Some((h, rec))
+}
+
+fn signed_out() -> Response {
+    refusal(
+        StatusCode::UNAUTHORIZED,
+        "You are not signed in",
+        "Your session has ended or you signed out. Open a new sign-in link from the store.",
+    )
+}
+
+fn csrf_refused() -> Response {
+    refusal(
+        StatusCode::FORBIDDEN,
+        "Request refused",
+        "This form was not sent from your current account page. Nothing was changed; \
+         reload the page and try again.",
+    )
+}
+
+fn failed() -> Response {
+    refusal(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        "Nothing was changed. Please try again later.",
+    )
+}
+
+/// The session and account for a form post, after checking its CSRF token.
+fn form_session(
+    state: &SharedState,
+    headers: &HeaderMap,
+    form: &Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Result<(String, SessionRecord, AccountRecord), Response> {
+    let Some((h, sess)) = session(state, headers) else {
+        return Err(signed_out());
+    };
+    let given = match form {
+        Ok(Form(f)) => f.get("csrf").map(String::as_str).unwrap_or_default(),
+        Err(_) => "",
+    };
+    if given.is_empty() || !sess.csrf.ct_eq(given) {
+        return Err(csrf_refused());
+    }
+    match state.storage.account(&sess.store, &sess.account) {
+        Ok(Some(a)) => Ok((h, sess, a)),
+        Ok(None) => Err(signed_out()),
+        Err(_) => Err(failed()),
+    }
+}
+
+fn back_to_account() -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static("/account"));
+    resp
+}
+
+async fn committed(state: &SharedState) -> Response {
+    match state.storage.durable().await {
+        Ok(()) => back_to_account(),
+        Err(_) => failed(),
+    }
+}
+
+async fn stylesheet() -> Response {
+    const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
+main{max-width:52rem;margin:0 auto;padding:1.5rem}section{background:#fff;border:1px solid #dde1e7;\
+border-radius:8px;padding:1rem 1.25rem;margin:1rem 0}h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:0}\
+table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #eef0f3}\
+label{display:block;margin:.4rem 0}input[type=text],input[type=email]{width:100%;max-width:24rem;padding:.3rem}\
+button{padding:.35rem .8rem;border-radius:5px;border:1px solid #9aa3b2;background:#fff;cursor:pointer}\
+button.danger{border-color:#c0392b;color:#c0392b}.notice{padding:.8rem;background:#fff4e5;border-radius:6px}\
+form.inline{display:inline}.muted{color:#677}";
+    let mut resp = CSS.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+fn money(minor: i64, currency: &str) -> String {
+    let exp = Currency::parse(currency).map(|c| c.exponent()).unwrap_or(2);
+    format!(
+        "{:.*} {}",
+        usize::from(exp),
+        to_major(minor, exp),
+        esc(currency)
+    )
+}
+
+fn csrf_field(sess: &SessionRecord) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(sess.csrf.expose_secret())
+    )
+}
+
+fn opt(s: &Option<String>) -> String {
+    esc(s.as_deref().unwrap_or_default())
+}
+
+async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    let Some((_, sess)) = session(&state, &headers) else {
+        return signed_out();
+    };
+    let a = match state.storage.account(&sess.store, &sess.account) {
+        Ok(Some(a)) => a,
+        Ok(None) => return signed_out(),
+        Err(_) => return failed(),
+    };
+    let csrf = csrf_field(&sess);
+    let c = &a.contact;
+    let addr = a.address.clone().unwrap_or_default();
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<h1>Your account</h1><p class=\"muted\">{} {} · {}</p>",
+        esc(&c.first),
+        esc(&c.last),
+        esc(&c.email)
+    );
+    // Contact and address.
+    let field = |name: &str, label: &str, value: String, kind: &str| {
+        format!(
+            "<label>{label}<br><input type=\"{kind}\" name=\"{name}\" id=\"{name}\" value=\"{value}\"></label>"
+        )
+    };
+    let _ = write!(
+        out,
+        "<section><h2>Contact details and address</h2>\
+         <form method=\"post\" action=\"/account/profile\">{csrf}{}{}{}{}{}{}{}{}{}{}{}\
+         <button type=\"submit\" id=\"save-profile\">Save</button></form></section>",
+        field("first", "First name", esc(&c.first), "text"),
+        field("last", "Last name", esc(&c.last), "text"),
+        field("email", "Email", esc(&c.email), "email"),
+        field("phone", "Phone", opt(&c.phone), "text"),
+        field("company", "Company", opt(&c.company), "text"),
+        field("addressLine1", "Address", opt(&addr.address_line1), "text"),
+        field(
+            "addressLine2",
+            "Address (line 2)",
+            opt(&addr.address_line2),
+            "text"
+        ),
+        field("city", "City", opt(&addr.city), "text"),
+        field("region", "Region", opt(&addr.region), "text"),
+        field("postalCode", "Postal code", opt(&addr.postal_code), "text"),
+        field("country", "Country (ISO code)", opt(&a.country), "text"),
+    );
+    // Saved payment methods: brand, last four and expiry only.
+    out.push_str("<section><h2>Saved payment methods</h2>");
+    if a.payment_methods.is_empty() {
+        out.push_str("<p class=\"muted\" id=\"no-payment-methods\">No saved payment methods.</p>");
+    } else {
+        out.push_str("<table><tr><th>Card</th><th>Number</th><th>Expires</th><th></th></tr>");
+        for pm in &a.payment_methods {
+            let brand = pm
+                .brand
+                .as_deref()
+                .map(|b| {
+                    CardBrand::parse(b)
+                        .map(|b| b.display_name().to_owned())
+                        .unwrap_or_else(|_| b.to_owned())
+                })
+                .unwrap_or_else(|| pm.kind.clone());
+            let expiry = match (pm.exp_month, pm.exp_year) {
+                (Some(m), Some(y)) => format!("{m:02}/{:02}", y % 100),
+                _ => String::new(),
+            };
+            let _ = write!(
+                out,
+                "<tr class=\"payment-method\"><td>{}</td><td>•••• {}</td><td>{}</td><td>\
+                 <form class=\"inline\" method=\"post\" action=\"/account/payment-methods/{}/remove\">{csrf}\
+                 <button class=\"danger\" type=\"submit\">Remove</button></form></td></tr>",
+                esc(&brand),
+                opt(&pm.last4),
+                esc(&expiry),
+                esc(&pm.id)
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+    // Subscriptions.
+    out.push_str("<section><h2>Subscriptions</h2>");
+    if a.subscriptions.is_empty() {
+        out.push_str("<p class=\"muted\">No subscriptions.</p>");
+    } else {
+        out.push_str(
+            "<table><tr><th>Product</th><th>State</th><th>Renewal</th><th>Next charge</th><th></th></tr>",
+        );
+        for sid in &a.subscriptions {
+            let Ok(Some(s)) = state.storage.subscription(&a.store, sid) else {
+                continue;
+            };
+            let (label, action) = match s.state {
+                SubState::Active => ("Cancel", "cancel"),
+                SubState::Canceled => ("Resume", "resume"),
+            };
+            let _ = write!(
+                out,
+                "<tr class=\"subscription\"><td>{}</td><td>{}</td><td>{}</td><td>{} · {}</td><td>\
+                 <form class=\"inline\" method=\"post\" action=\"/account/subscriptions/{}/{action}\">{csrf}\
+                 <button type=\"submit\">{label}</button></form></td></tr>",
+                esc(&s.product),
+                match s.state {
+                    SubState::Active => "active",
+                    SubState::Canceled => "canceled",
+                },
+                if s.auto_renew { "automatic" } else { "manual" },
+                esc(&display_date(s.next)),
+                money(s.price * i64::from(s.quantity), &s.currency),
+                esc(&s.id),
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+    // Orders.
+    out.push_str("<section><h2>Orders</h2>");
+    if a.orders.is_empty() {
+        out.push_str("<p class=\"muted\">No orders.</p>");
+    } else {
+        out.push_str("<table><tr><th>Reference</th><th>Date</th><th>Total</th></tr>");
+        for oid in a.orders.iter().rev() {
+            let Ok(Some(o)) = state.storage.order(&a.store, oid) else {
+                continue;
+            };
+            let _ = write!(
+                out,
+                "<tr class=\"order\"><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&o.reference),
+                esc(&display_date(o.completed)),
+                money(o.total, &o.currency)
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+    let _ = write!(
+        out,
+        "<form method=\"post\" action=\"/account/logout\">{csrf}\
+         <button type=\"submit\" id=\"logout\">Sign out</button></form>"
+    );
+    html(StatusCode::OK, layout("Your account", &out))
+}
+
+async fn update_profile(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let (_, sess, account) = match form_session(&state, &headers, &form) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Ok(Form(f)) = form else {
+        return csrf_refused();
+    };
+    // The same parsing and rules as `POST /accounts/{id}`: build its body from the form.
+    let pick = |keys: &[&str]| -> Map<String, Value> {
+        keys.iter()
+            .filter_map(|k| f.get(*k).map(|v| (k.to_string(), Value::String(v.clone()))))
+            .collect()
+    };
+    let mut body = Map::new();
+    body.insert(
+        "contact".into(),
+        Value::Object(pick(&["first", "last", "email", "phone", "company"])),
+    );
+    body.insert(
+        "address".into(),
+        Value::Object(pick(&[
+            "addressLine1",
+            "addressLine2",
+            "city",
+            "region",
+            "postalCode",
+        ])),
+    );
+    if let Some(c) = f.get("country").filter(|c| !c.trim().is_empty()) {
+        body.insert(
+            "country".into(),
+            Value::String(c.trim().to_ascii_uppercase()),
+        );
+    }
+    let input = match crate::model::parse_account(&body, false) {
+        Ok(i) => i,
+        Err(p) => {
+            let fields: Vec<String> = p.0.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+            return refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Please check your details",
+                &format!("Nothing was saved. {}", fields.join("; ")),
+            );
+        }
+    };
+    let extras = Extras {
+        idempotency: None,
+        events: vec![EventRecord::new(
+            event_type::ACCOUNT_UPDATED,
+            json!({"account": account.id}),
+        )],
+    };
+    match state.storage.update_account(
+        &sess.store,
+        &account.id,
+        &|a| crate::routes::accounts::apply(a, &input),
+        &extras,
+    ) {
+        Ok(_) => committed(&state).await,
+        Err(StorageError::EmailTaken(_)) => refusal(
+            StatusCode::CONFLICT,
+            "Please check your details",
+            "Nothing was saved: that email address belongs to another account.",
+        ),
+        Err(_) => failed(),
+    }
+}
+
+async fn set_subscription(
+    state: &SharedState,
+    headers: &HeaderMap,
+    id: &str,
+    form: &Result<Form<HashMap<String, String>>, FormRejection>,
+    cancel: bool,
+) -> Response {
+    let (_, sess, account) = match form_session(state, headers, form) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !account.subscriptions.iter().any(|s| s == id) {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such subscription on your account.",
+        );
+    }
+    let kind = if cancel {
+        event_type::SUBSCRIPTION_CANCELED
+    } else {
+        event_type::SUBSCRIPTION_RESUMED
+    };
+    let extras = Extras {
+        idempotency: None,
+        events: vec![EventRecord::new(
+            kind,
+            json!({"subscription": id, "account": account.id}),
+        )],
+    };
+    let now = now_ms();
+    let r = state.storage.update_subscriptions(
+        &sess.store,
+        &[id.to_owned()],
+        &|s| {
+            match (cancel, s.state) {
+                (true, SubState::Active) => {
+                    s.state = SubState::Canceled;
+                    s.canceled = Some(now);
+                }
+                (false, SubState::Canceled) => {
+                    s.state = SubState::Active;
+                    s.canceled = None;
+                }
+                _ => return Err(StorageError::State("no change")),
+            }
+            Ok(())
+        },
+        &extras,
+    );
+    match r {
+        Ok(_) => committed(state).await,
+        // Already in the wanted state (a double click): nothing to do, no event.
+        Err(StorageError::State(_)) => back_to_account(),
+        Err(_) => failed(),
+    }
+}
+
+async fn cancel(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    set_subscription(&state, &headers, &id, &form, true).await
+}
+
+async fn resume(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    set_subscription(&state, &headers, &id, &form, false).await
+}
+
+async fn remove_card(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(pm): Path<String>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let (_, sess, account) = match form_session(&state, &headers, &form) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !account.payment_methods.iter().any(|p| p.id == pm) {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no such payment method on your account.",
+        );
+    }
+    // Vault first (it crypto-shreds the token); if it is down nothing changes here.
+    match state.vault.delete(&sess.store, &pm).await {
+        Ok(()) | Err(crate::vault::VaultError::NotFound) => {}
+        Err(_) => {
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Please try again shortly",
+                "The card could not be removed right now. Nothing was changed.",
+            );
+        }
+    }
+    let extras = Extras {
+        idempotency: None,
+        events: vec![EventRecord::new(
+            event_type::PAYMENT_METHOD_REMOVED,
+            json!({"account": account.id, "paymentMethod": pm}),
+        )],
+    };
+    match state
+        .storage
+        .remove_payment_method(&sess.store, &account.id, &pm, &extras)
+    {
+        Ok(()) => {
+            tracing::info!(store = %sess.store, account = %account.id, payment_method = %pm, "payment method removed from the account page");
+            committed(&state).await
+        }
+        Err(_) => failed(),
+    }
+}
+
+async fn logout(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let (h, _, _) = match form_session(&state, &headers, &form) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if state.events.delete_session(&h).is_err() || state.storage.durable().await.is_err() {
+        return failed();
+    }
+    let mut resp = refusal(
+        StatusCode::OK,
+        "You are signed out",
+        "You can close this window.",
+    );
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_special_characters_are_escaped() {
+        assert_eq!(
+            esc("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+    }
+
+    #[test]
+    fn link_tokens_are_256_bit_and_distinct() {
+        let a = random_token().map(|t| t.expose_secret().to_owned());
+        let b = random_token().map(|t| t.expose_secret().to_owned());
+        assert_eq!(a.as_ref().map(String::len), Some(43));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,155 @@
+//! `/events`: FastSpring's pull API over the event rows that every change writes in its own
+//! transaction. `GET /events/unprocessed?begin=MS[&limit=N]`, `GET /events/processed?days=N`,
+//! `GET /events/{id}` and `POST /events/{id}` with `{"processed": true|false}`.
+
+use crate::app::{SharedState, authorize, body_bytes, json_object, ok};
+use crate::error::{ApiError, ErrorKind, StorageError};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// Most events in one answer; `more: true` says there are others (ask again with a later
+/// `begin`, or mark these processed first).
+const MAX_LIMIT: usize = 1000;
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/events/unprocessed", get(unprocessed))
+        .route("/events/processed", get(processed))
+        .route("/events/{id}", get(read).post(update))
+}
+
+fn query(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    action: &'static str,
+) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|_| ApiError::invalid(action, "query", "malformed query string"))
+}
+
+fn limit(q: &HashMap<String, String>, action: &'static str) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(MAX_LIMIT),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::invalid(action, "limit", "must be 1 to 1000")),
+    }
+}
+
+fn list_body(events: Vec<crate::model::EventRecord>, more: bool) -> Value {
+    json!({"action": "events.get", "result": "success", "page": null, "limit": null,
+        "nextPage": null, "total": events.len(), "more": more,
+        "events": events.iter().map(crate::model::EventRecord::to_json).collect::<Vec<_>>()})
+}
+
+async fn unprocessed(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "events.get";
+    let store = authorize(&state, &headers, ACTION)?;
+    let q = query(q, ACTION)?;
+    let begin =
+        match q.get("begin") {
+            None => 0,
+            Some(v) => v.parse::<i64>().ok().filter(|b| *b >= 0).ok_or_else(|| {
+                ApiError::invalid(ACTION, "begin", "must be a time in milliseconds")
+            })?,
+        };
+    let limit = limit(&q, ACTION)?;
+    let (events, more) = state
+        .events
+        .events(&store, begin, false, limit)
+        .map_err(|e| e.into_api(ACTION))?;
+    Ok(ok(list_body(events, more)))
+}
+
+async fn processed(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "events.get";
+    let store = authorize(&state, &headers, ACTION)?;
+    let q = query(q, ACTION)?;
+    let days = match q.get("days") {
+        None => 1,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|d| (1..=3650).contains(d))
+            .ok_or_else(|| ApiError::invalid(ACTION, "days", "must be 1 to 3650"))?,
+    };
+    let limit = limit(&q, ACTION)?;
+    let begin = crate::model::now_ms() - days * 86_400_000;
+    let (events, more) = state
+        .events
+        .events(&store, begin, true, limit)
+        .map_err(|e| e.into_api(ACTION))?;
+    Ok(ok(list_body(events, more)))
+}
+
+fn not_found(action: &'static str) -> ApiError {
+    ApiError::new(action, ErrorKind::NotFound("event", "event not found"))
+}
+
+async fn read(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "event.get";
+    let store = authorize(&state, &headers, ACTION)?;
+    let ev = state
+        .events
+        .event(&store, &id)
+        .map_err(|e| e.into_api(ACTION))?
+        .ok_or_else(|| not_found(ACTION))?;
+    let mut body = ev.to_json();
+    body["action"] = json!(ACTION);
+    body["result"] = json!("success");
+    Ok(ok(body))
+}
+
+async fn update(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "event.update";
+    let store = authorize(&state, &headers, ACTION)?;
+    let body = body_bytes(body, ACTION)?;
+    let obj = json_object(&body, ACTION)?;
+    let Some(processed) = obj.get("processed").and_then(Value::as_bool) else {
+        return Err(ApiError::invalid(
+            ACTION,
+            "processed",
+            "is required and must be true or false",
+        ));
+    };
+    let ev = state
+        .events
+        .set_processed(&store, &id, processed)
+        .map_err(|e| match e {
+            StorageError::NotFound => not_found(ACTION),
+            other => other.into_api(ACTION),
+        })?;
+    state
+        .storage
+        .durable()
+        .await
+        .map_err(|e| e.into_api(ACTION))?;
+    Ok(ok(
+        json!({"action": ACTION, "result": "success", "id": ev.id, "processed": ev.processed}),
+    ))
+}

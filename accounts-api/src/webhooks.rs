@@ -1,0 +1,400 @@
+//! Webhooks: configuration rules and the delivery loop over the durable outbox.
+//!
+//! Every event row is written with one outbox row per webhook of its store, in the same
+//! transaction (`storage::tx_extras`). This loop reads due rows, posts them per webhook as
+//! `{"events":[…]}` (oldest first, at most [`BATCH`] per post) and settles them:
+//! - `200` → every event in the post is marked processed;
+//! - `202` → only the event ids listed in the body (one per line) are marked processed; the
+//!   others stay unprocessed for the pull API and are not re-sent (the receiver answered them);
+//! - anything else, a timeout or a refused connection → the same events are retried with
+//!   exponential backoff (base × 2^(attempt−1), at most an hour). After the last attempt the
+//!   rows are dropped and the events stay unprocessed for `GET /events/unprocessed`.
+//!
+//! Delivery is at least once: the settling write happens after the receiver answered, so a
+//! crash in between re-sends the post after restart (receivers dedupe by event id).
+//!
+//! Signatures: with a secret, `X-FS-Signature` = base64(HMAC-SHA256(secret, raw body)), as
+//! FastSpring sends it. Against replay (FastSpring's signature has none) every post also carries
+//! `X-Strongroom-Timestamp` (unix seconds) and `X-Strongroom-Signature` =
+//! base64(HMAC-SHA256(secret, timestamp + "." + body)); a receiver that checks it and refuses
+//! old timestamps cannot be fed a recorded post again. The secret never reaches a log.
+
+use crate::error::StorageError;
+use crate::eventstore::{EventStore, OutboxItem};
+use crate::model::{OutboxState, WebhookRecord, new_id, now_ms};
+use crate::settings::Settings;
+use base64::Engine;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most events in one post.
+pub const BATCH: usize = 100;
+/// Longest accepted secret (FastSpring's limit) and URL.
+pub const MAX_SECRET: usize = 100;
+pub const MAX_URL: usize = 2048;
+/// How often the loop looks for due rows.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Why a webhook could not be added; each names the wire field.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("url: must be an absolute http or https URL without credentials")]
+    Url,
+    #[error("hmacSecret: must be 1 to 100 characters")]
+    Secret,
+    #[error("url: a webhook with this URL already exists")]
+    Duplicate,
+    #[error("url: no webhook with this URL")]
+    Unknown,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl HookError {
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Secret => "hmacSecret",
+            _ => "url",
+        }
+    }
+}
+
+/// Only absolute http(s) URLs with a host and without user:password (which would be a secret in
+/// a field we show back).
+pub fn parse_url(url: &str) -> Result<String, HookError> {
+    let u = reqwest::Url::parse(url.trim()).map_err(|_| HookError::Url)?;
+    let ok = matches!(u.scheme(), "http" | "https")
+        && u.host_str().is_some_and(|h| !h.is_empty())
+        && u.username().is_empty()
+        && u.password().is_none()
+        && u.as_str().len() <= MAX_URL;
+    if ok {
+        Ok(u.to_string())
+    } else {
+        Err(HookError::Url)
+    }
+}
+
+fn parse_secret(secret: Option<String>) -> Result<Option<shared::SecretString>, HookError> {
+    match secret {
+        None => Ok(None),
+        Some(s) => {
+            let s = shared::SecretString::new(s);
+            let n = s.expose_secret().chars().count();
+            if n == 0 || n > MAX_SECRET {
+                return Err(HookError::Secret);
+            }
+            Ok(Some(s))
+        }
+    }
+}
+
+/// Adds a webhook to a store (URL unique per store).
+pub fn add(
+    events: &dyn EventStore,
+    store: &str,
+    url: &str,
+    secret: Option<String>,
+) -> Result<WebhookRecord, HookError> {
+    let url = parse_url(url)?;
+    let secret = parse_secret(secret)?;
+    if events.webhooks(store)?.iter().any(|h| h.url == url) {
+        return Err(HookError::Duplicate);
+    }
+    let hook = WebhookRecord {
+        id: new_id(),
+        url: url.clone(),
+        secret,
+        created: now_ms(),
+    };
+    let h = hook.clone();
+    events.update_webhooks(store, &move |hooks| {
+        if hooks.iter().any(|x| x.url == url) {
+            return Err(StorageError::State("duplicate webhook url"));
+        }
+        hooks.push(h.clone());
+        Ok(())
+    })?;
+    Ok(hook)
+}
+
+/// Replaces the secret of the store's webhook with this URL (FastSpring's `POST /webhooks/keys`).
+pub fn rotate(
+    events: &dyn EventStore,
+    store: &str,
+    url: &str,
+    secret: String,
+) -> Result<WebhookRecord, HookError> {
+    let url = parse_url(url)?;
+    let secret = parse_secret(Some(secret))?;
+    let hooks = events.update_webhooks(
+        store,
+        &|hooks| match hooks.iter_mut().find(|h| h.url == url) {
+            Some(h) => {
+                h.secret.clone_from(&secret);
+                Ok(())
+            }
+            None => Err(StorageError::NotFound),
+        },
+    );
+    match hooks {
+        Ok(hooks) => hooks
+            .into_iter()
+            .find(|h| h.url == url)
+            .ok_or(HookError::Unknown),
+        Err(StorageError::NotFound) => Err(HookError::Unknown),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a webhook and its pending deliveries; false if the store has no such webhook.
+pub fn remove(events: &dyn EventStore, store: &str, id: &str) -> Result<bool, StorageError> {
+    let before = events.webhooks(store)?.len();
+    let after = events.update_webhooks(store, &|hooks| {
+        hooks.retain(|h| h.id != id);
+        Ok(())
+    })?;
+    if after.len() == before {
+        return Ok(false);
+    }
+    events.clear_outbox(store, id)?;
+    Ok(true)
+}
+
+fn sign(secret: &shared::SecretString, parts: &[&[u8]]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose_secret().as_bytes());
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    for p in parts {
+        ctx.update(p);
+    }
+    base64::engine::general_purpose::STANDARD.encode(ctx.sign().as_ref())
+}
+
+/// Delay before attempt `attempts + 1` after `attempts` failures.
+pub fn backoff(base: Duration, attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(20);
+    base.saturating_mul(factor).min(Duration::from_secs(3600))
+}
+
+/// Starts the delivery loop (and the sweeper of expired links and sessions) on the runtime.
+pub fn spawn_dispatcher(events: Arc<dyn EventStore>, settings: Settings) -> Result<(), String> {
+    shared::tls::install_crypto_provider();
+    let http = reqwest::Client::builder()
+        .timeout(settings.webhook_timeout)
+        .connect_timeout(settings.webhook_timeout.min(Duration::from_secs(5)))
+        // A receiver answers; it does not send us elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("webhook client: {e}"))?;
+    tokio::spawn(async move {
+        let mut last_sweep = 0i64;
+        loop {
+            tokio::time::sleep(TICK).await;
+            let now = now_ms();
+            if now - last_sweep > 60_000 {
+                last_sweep = now;
+                let ev = Arc::clone(&events);
+                let _ = tokio::task::spawn_blocking(move || ev.sweep_expired(now)).await;
+            }
+            let ev = Arc::clone(&events);
+            let due = match tokio::task::spawn_blocking(move || ev.outbox_due(now, 10_000)).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "webhook outbox unreadable");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if due.is_empty() {
+                continue;
+            }
+            // Group per (store, webhook); ids are time-ordered, so each group is oldest first.
+            let mut groups: BTreeMap<(String, String), Vec<OutboxItem>> = BTreeMap::new();
+            for item in due {
+                groups
+                    .entry((item.store.clone(), item.hook.clone()))
+                    .or_default()
+                    .push(item);
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for ((store, hook), mut items) in groups {
+                items.sort_by(|a, b| a.event.cmp(&b.event));
+                items.truncate(BATCH);
+                let (events, http, settings) =
+                    (Arc::clone(&events), http.clone(), settings.clone());
+                set.spawn(async move {
+                    deliver(events.as_ref(), &http, &settings, &store, &hook, items).await;
+                });
+            }
+            // Wait for this round, so a slow post is never sent twice in parallel.
+            while set.join_next().await.is_some() {}
+        }
+    });
+    Ok(())
+}
+
+/// Posts one batch to one webhook and settles it.
+async fn deliver(
+    events: &dyn EventStore,
+    http: &reqwest::Client,
+    settings: &Settings,
+    store: &str,
+    hook_id: &str,
+    items: Vec<OutboxItem>,
+) {
+    let ids: Vec<String> = items.iter().map(|i| i.event.clone()).collect();
+    let hook = match events.webhooks(store) {
+        Ok(hooks) => hooks.into_iter().find(|h| h.id == hook_id),
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks unreadable");
+            return;
+        }
+    };
+    let Some(hook) = hook else {
+        let _ = events.outbox_settle(store, hook_id, &ids, &[]);
+        return;
+    };
+    let mut bodies = Vec::with_capacity(ids.len());
+    let mut sent = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Ok(Some(ev)) = events.event(store, id) {
+            bodies.push(ev.to_json());
+            sent.push(id.clone());
+        }
+    }
+    if sent.is_empty() {
+        let _ = events.outbox_settle(store, hook_id, &ids, &[]);
+        return;
+    }
+    let body = serde_json::json!({ "events": bodies }).to_string();
+    let ts = (now_ms() / 1000).to_string();
+    let mut req = http
+        .post(&hook.url)
+        .header("content-type", "application/json")
+        .header("x-strongroom-timestamp", &ts);
+    if let Some(secret) = &hook.secret {
+        req = req
+            .header("x-fs-signature", sign(secret, &[body.as_bytes()]))
+            .header(
+                "x-strongroom-signature",
+                sign(secret, &[ts.as_bytes(), b".", body.as_bytes()]),
+            );
+    }
+    let outcome = match req.body(body).send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            match status {
+                200 => Ok(sent.clone()),
+                202 => {
+                    let text = resp.text().await.unwrap_or_default();
+                    let listed: HashSet<&str> = text.lines().map(str::trim).collect();
+                    Ok(sent
+                        .iter()
+                        .filter(|id| listed.contains(id.as_str()))
+                        .cloned()
+                        .collect())
+                }
+                other => Err(format!("status {other}")),
+            }
+        }
+        Err(e) => Err(if e.is_timeout() {
+            "timeout".to_owned()
+        } else if e.is_connect() {
+            "connect".to_owned()
+        } else {
+            "transport".to_owned()
+        }),
+    };
+    let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0) + 1;
+    let result = match outcome {
+        Ok(processed) => {
+            tracing::info!(
+                store,
+                webhook = hook_id,
+                events = sent.len(),
+                processed = processed.len(),
+                "webhook delivered"
+            );
+            events.outbox_settle(store, hook_id, &ids, &processed)
+        }
+        Err(why) if attempts >= settings.webhook_max_attempts => {
+            tracing::warn!(
+                store,
+                webhook = hook_id,
+                events = sent.len(),
+                attempts,
+                why,
+                "webhook delivery gave up; the events stay unprocessed for the events API"
+            );
+            events.outbox_settle(store, hook_id, &ids, &[])
+        }
+        Err(why) => {
+            let delay = backoff(settings.webhook_retry_base, attempts);
+            tracing::info!(
+                store,
+                webhook = hook_id,
+                events = sent.len(),
+                attempts,
+                why,
+                retry_in_ms = delay.as_millis() as u64,
+                "webhook delivery failed; will retry"
+            );
+            events.outbox_retry(
+                store,
+                hook_id,
+                &ids,
+                &OutboxState {
+                    attempts,
+                    due: now_ms() + delay.as_millis() as i64,
+                },
+            )
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "webhook outbox update failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_absolute_http_and_https_urls_without_credentials_are_accepted() {
+        for good in ["http://127.0.0.1:9/hook", "https://example.com/x?y=1"] {
+            assert!(parse_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "ftp://example.com/",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "example.com/hook",
+            "https://user:pw@example.com/",
+            "",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signature_is_base64_of_hmac_sha256_over_the_raw_body() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let s = shared::SecretString::new("Jefe".into());
+        let expected = base64::engine::general_purpose::STANDARD.encode(
+            hex::decode("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+                .unwrap_or_default(),
+        );
+        assert_eq!(sign(&s, &[b"what do ya want for nothing?"]), expected);
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_is_capped() {
+        let b = Duration::from_millis(100);
+        assert_eq!(backoff(b, 1), Duration::from_millis(100));
+        assert_eq!(backoff(b, 2), Duration::from_millis(200));
+        assert_eq!(backoff(b, 4), Duration::from_millis(800));
+        assert_eq!(backoff(b, 60), Duration::from_secs(3600));
+    }
+}
