@@ -1,0 +1,386 @@
+//! Webhooks against the real binaries and a real HTTP receiver in the test: signed delivery,
+//! 200 and 202 semantics, retries while the receiver is down, no event lost across an
+//! accounts-api restart, URL validation, and configuration by API and by CLI while the server
+//! runs. The secret never comes back in an answer and never reaches a log.
+
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use tests::accounts::{System, order_body, start_system_with_env, unique_token};
+use tests::receiver::{Receiver, Reply};
+use tests::{bin_path, run, temp_dir};
+
+/// Fast retries for the tests (production default: 5 s base, 10 attempts).
+const FAST: &[(&str, &str)] = &[
+    ("STRONGROOM_WEBHOOK_RETRY_BASE_MS", "200"),
+    ("STRONGROOM_WEBHOOK_MAX_ATTEMPTS", "50"),
+];
+
+fn fresh(env: &[(&str, &str)]) -> System {
+    start_system_with_env(Arc::new(temp_dir("strongroom-hooks-")), env)
+}
+
+async fn add_hook(sys: &System, url: &str, secret: Option<&str>) -> Value {
+    let mut body = json!({ "url": url });
+    if let Some(s) = secret {
+        body["hmacSecret"] = json!(s);
+    }
+    let a = sys.call(&sys.demo, "POST", "/webhooks", Some(&body)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.json
+}
+
+async fn checkout(sys: &System, email: &str) -> Value {
+    let a = sys
+        .call(
+            &sys.demo,
+            "POST",
+            "/orders",
+            Some(&order_body(email, &unique_token(), false, false, false)),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.json
+}
+
+async fn unprocessed_ids(sys: &System) -> Vec<String> {
+    let a = sys
+        .call(&sys.demo, "GET", "/events/unprocessed?begin=0", None)
+        .await;
+    a.json["events"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|e| e["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_url_that_is_not_http_or_https_is_refused_with_422() {
+    let sys = fresh(&[]);
+    for bad in [
+        "ftp://example.com/hook",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "not a url",
+        "https://user:pw@example.com/",
+    ] {
+        let a = sys
+            .call(&sys.demo, "POST", "/webhooks", Some(&json!({"url": bad})))
+            .await;
+        assert_eq!(a.status, 422, "{bad}: {}", a.text);
+        assert!(a.json["error"]["url"].is_string(), "{}", a.text);
+    }
+    let long = "x".repeat(101);
+    let a = sys
+        .call(
+            &sys.demo,
+            "POST",
+            "/webhooks",
+            Some(&json!({"url": "https://example.com/h", "hmacSecret": long})),
+        )
+        .await;
+    assert_eq!(a.status, 422, "{}", a.text);
+    let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
+    assert_eq!(list.json["webhooks"], json!([]), "nothing was added");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
+    let sys = fresh(FAST);
+    let secret = "whsec-test-3f9c1d0b7a";
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        Some(secret),
+        Reply::Ok,
+    )
+    .await;
+    let hook = add_hook(&sys, &rx.url(), Some(secret)).await;
+    assert_eq!(hook["webhook"]["signed"], true);
+    assert!(
+        !hook.to_string().contains(secret),
+        "the secret is never returned"
+    );
+    let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
+    assert!(!list.text.contains(secret), "{}", list.text);
+    assert_eq!(list.json["webhooks"][0]["url"], rx.url());
+
+    let order = checkout(&sys, "hooked@example.com").await;
+    rx.wait_until(Duration::from_secs(15), "two events", |p| {
+        p.iter().flat_map(|p| p.event_ids()).count() >= 2
+    })
+    .await;
+    let posts = rx.posts();
+    for p in &posts {
+        assert_eq!(
+            p.signature_valid,
+            Some(true),
+            "X-FS-Signature verifies: {}",
+            p.body
+        );
+        assert_eq!(
+            p.timestamp_signature_valid,
+            Some(true),
+            "timestamped signature verifies"
+        );
+    }
+    let events: Vec<Value> = posts
+        .iter()
+        .flat_map(|p| p.json["events"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, vec!["account.created", "order.completed"]);
+    assert_eq!(events[1]["data"]["order"], order["id"]);
+    // 200: all processed (the settling write follows the answer; give it a moment).
+    let mut left = unprocessed_ids(&sys).await;
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = unprocessed_ids(&sys).await;
+    }
+    assert!(left.is_empty(), "still unprocessed: {left:?}");
+    // Nothing is re-sent after a 200.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rx.event_ids().len(), 2);
+    assert!(!sys.logs().contains(secret), "the secret reached a log");
+
+    // Rotating the secret (FastSpring's POST /webhooks/keys) signs later posts with the new one.
+    let rot = sys
+        .call(
+            &sys.demo,
+            "POST",
+            "/webhooks/keys",
+            Some(&json!({"url": rx.url(), "hmacSecret": "rotated-secret-value"})),
+        )
+        .await;
+    assert_eq!(rot.status, 200, "{}", rot.text);
+    assert_eq!(rot.json["action"], "webhooks.update");
+    checkout(&sys, "hooked@example.com").await;
+    rx.wait_until(Duration::from_secs(15), "the next post", |p| {
+        p.len() >= 2 && p.iter().flat_map(|p| p.event_ids()).count() >= 3
+    })
+    .await;
+    let last = rx.posts().pop().unwrap_or_else(|| unreachable!());
+    assert_eq!(
+        last.signature_valid,
+        Some(false),
+        "old secret no longer verifies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_202_with_event_ids_marks_only_the_listed_events_processed() {
+    let sys = fresh(FAST);
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        None,
+        Reply::Fail,
+    )
+    .await;
+    // Find the ids first (receiver failing), then acknowledge only the order.completed.
+    add_hook(&sys, &rx.url(), None).await;
+    checkout(&sys, "partial@example.com").await;
+    rx.wait_until(Duration::from_secs(15), "a first attempt", |p| {
+        !p.is_empty()
+    })
+    .await;
+    let first = rx.posts()[0].json["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(first.len(), 2);
+    let order_completed = first
+        .iter()
+        .find(|e| e["type"] == "order.completed")
+        .and_then(|e| e["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let account_created = first
+        .iter()
+        .find(|e| e["type"] == "account.created")
+        .and_then(|e| e["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    rx.set_reply(Reply::Partial(vec![order_completed.clone()]));
+    let n = rx.posts().len();
+    rx.wait_until(
+        Duration::from_secs(15),
+        "a retried post answered 202",
+        |p| p.len() > n,
+    )
+    .await;
+    // Same event ids on the retry.
+    assert_eq!(rx.posts()[n].event_ids().len(), 2);
+    let mut left = unprocessed_ids(&sys).await;
+    for _ in 0..50 {
+        if left.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = unprocessed_ids(&sys).await;
+    }
+    assert_eq!(
+        left,
+        vec![account_created],
+        "only the acknowledged event is processed"
+    );
+    // The unlisted one stays for the pull API and is not re-sent.
+    let n = rx.posts().len();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(rx.posts().len(), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a_restart() {
+    let data = Arc::new(temp_dir("strongroom-hooks-restart-"));
+    let mut sys = start_system_with_env(Arc::clone(&data), FAST);
+    // A port with nobody listening yet.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .unwrap_or_else(|_| unreachable!());
+    add_hook(&sys, &format!("http://{addr}/hook"), Some("restart-secret")).await;
+    checkout(&sys, "down1@example.com").await;
+    checkout(&sys, "down2@example.com").await;
+    let expected = unprocessed_ids(&sys).await;
+    assert_eq!(expected.len(), 4);
+    // Let some attempts fail, then crash the server (SIGKILL, no goodbye).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        sys.logs().contains("will retry"),
+        "attempts were made and failed"
+    );
+    // Its vault child would outlive a SIGKILL of the dev process: kill it too, and wait.
+    let vault_pid = sys.vault_pid;
+    sys.service.kill();
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(vault_pid.to_string())
+        .status();
+    for _ in 0..100 {
+        if !std::path::Path::new(&format!("/proc/{vault_pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(sys);
+
+    let sys = start_system_with_env(Arc::clone(&data), FAST);
+    let rx = Receiver::start(addr, Some("restart-secret"), Reply::Ok).await;
+    rx.wait_until(
+        Duration::from_secs(20),
+        "every event after the restart",
+        |p| {
+            let got: std::collections::HashSet<String> =
+                p.iter().flat_map(|p| p.event_ids()).collect();
+            expected.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    assert!(rx.posts().iter().all(|p| p.signature_valid == Some(true)));
+    let mut left = unprocessed_ids(&sys).await;
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = unprocessed_ids(&sys).await;
+    }
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_last_retry_events_stay_unprocessed_for_the_pull_api() {
+    let sys = fresh(&[
+        ("STRONGROOM_WEBHOOK_RETRY_BASE_MS", "100"),
+        ("STRONGROOM_WEBHOOK_MAX_ATTEMPTS", "3"),
+    ]);
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        None,
+        Reply::Fail,
+    )
+    .await;
+    add_hook(&sys, &rx.url(), None).await;
+    checkout(&sys, "giveup@example.com").await;
+    rx.wait_until(Duration::from_secs(15), "three attempts", |p| p.len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.posts().len(), 3, "no attempt after the last");
+    assert_eq!(unprocessed_ids(&sys).await.len(), 2);
+    assert!(sys.logs().contains("gave up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_adds_lists_and_removes_webhooks_while_the_server_runs() {
+    let sys = fresh(FAST);
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        Some("cli-secret-1234"),
+        Reply::Ok,
+    )
+    .await;
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new(bin_path("accounts-api"));
+        cmd.arg("webhook")
+            .args(args)
+            .arg("--store")
+            .arg(&sys.demo.store)
+            .arg("--data")
+            .arg(sys.data.path());
+        match stdin {
+            None => run(cmd),
+            Some(input) => {
+                use std::io::Write;
+                cmd.stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{e}"));
+                if let Some(mut s) = child.stdin.take() {
+                    let _ = s.write_all(input.as_bytes());
+                }
+                let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+                (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+        }
+    };
+    let (ok, out, err) = cli(
+        &["add", "--url", &rx.url(), "--secret-stdin"],
+        Some("cli-secret-1234\n"),
+    );
+    assert!(ok, "{out}{err}");
+    assert!(!out.contains("cli-secret-1234"), "{out}");
+    let added: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+    assert_eq!(added["signed"], true, "{out}");
+    let (ok, out, err) = cli(&["add", "--url", "gopher://example.com/"], None);
+    assert!(!ok && out.is_empty(), "{out}{err}");
+    let (ok, out, _) = cli(&["list"], None);
+    assert!(
+        ok && out.contains(&rx.url()) && !out.contains("cli-secret-1234"),
+        "{out}"
+    );
+
+    checkout(&sys, "cli@example.com").await;
+    rx.wait_until(Duration::from_secs(15), "a signed post", |p| !p.is_empty())
+        .await;
+    assert_eq!(rx.posts()[0].signature_valid, Some(true));
+
+    let id = added["id"].as_str().unwrap_or_default();
+    let (ok, out, err) = cli(&["remove", "--id", id], None);
+    assert!(ok, "{out}{err}");
+    let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
+    assert_eq!(list.json["webhooks"], json!([]));
+}
