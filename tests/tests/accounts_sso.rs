@@ -1,0 +1,446 @@
+//! Single sign-on and the account page against the real binaries: one-time links (replayed,
+//! expired, tampered → refusal page, no session), the session cookie's attributes, the strict
+//! CSP, HTML escaping, CSRF on every form (missing or wrong → 403 with nothing changed), changes
+//! that emit their events, logout and session expiry.
+
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tests::accounts::{System, create_store, order_body, start_system_with_env, unique_token};
+use tests::temp_dir;
+
+fn fresh(env: &[(&str, &str)]) -> System {
+    start_system_with_env(Arc::new(temp_dir("strongroom-sso-")), env)
+}
+
+/// A client that does not follow redirects and keeps no cookies (the tests handle both).
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A saving subscription checkout; returns (account id, order answer).
+async fn customer(sys: &System, email: &str, first: &str) -> (String, Value) {
+    let mut body = order_body(email, &unique_token(), true, true, true);
+    body["customer"]["first"] = json!(first);
+    let a = sys.call(&sys.demo, "POST", "/orders", Some(&body)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    (
+        a.json["account"].as_str().unwrap_or_default().to_owned(),
+        a.json,
+    )
+}
+
+async fn sso_url(sys: &System, account: &str) -> String {
+    let a = sys
+        .call(
+            &sys.demo,
+            "GET",
+            &format!("/accounts/{account}/authenticate"),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let item = &a.json["accounts"][0];
+    assert_eq!(item["action"], "account.authenticate.get");
+    assert_eq!(item["result"], "success");
+    assert_eq!(item["account"], account);
+    assert!(item["expires"].as_i64().is_some());
+    item["url"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Opens the link; returns (status, the `name=value` of the session cookie if one was set,
+/// Set-Cookie header, body).
+async fn open(url: &str) -> (u16, Option<String>, String, String) {
+    let r = browser()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = r.status().as_u16();
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let cookie = set
+        .split(';')
+        .next()
+        .filter(|c| c.starts_with("sr_session=") && c.len() > 11)
+        .map(str::to_owned);
+    (status, cookie, set, r.text().await.unwrap_or_default())
+}
+
+async fn page(sys: &System, cookie: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = browser()
+        .get(format!("{}/account", sys.api))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (s, h) = (r.status().as_u16(), r.headers().clone());
+    (s, h, r.text().await.unwrap_or_default())
+}
+
+async fn post_form(sys: &System, cookie: &str, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+    let body: String = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let r = browser()
+        .post(format!("{}{path}", sys.api))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The CSRF token in the page's forms.
+fn csrf(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html
+        .find(marker)
+        .map(|i| i + marker.len())
+        .unwrap_or_else(|| panic!("no csrf field in {html}"));
+    html[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn event_types(sys: &System) -> Vec<String> {
+    let a = sys
+        .call(&sys.demo, "GET", "/events/unprocessed?begin=0", None)
+        .await;
+    a.json["events"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|e| e["type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticate_answers_404_for_an_unknown_or_another_stores_account() {
+    let sys = fresh(&[]);
+    let (account, _) = customer(&sys, "sso404@example.com", "Ann").await;
+    let unknown = sys
+        .call(&sys.demo, "GET", "/accounts/nope/authenticate", None)
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    assert_eq!(unknown.json["accounts"][0]["result"], "error");
+    let other = create_store(sys.data.path(), "Other");
+    let foreign = sys
+        .call(
+            &other,
+            "GET",
+            &format!("/accounts/{account}/authenticate"),
+            None,
+        )
+        .await;
+    assert_eq!(foreign.status, 404, "{}", foreign.text);
+    assert!(!foreign.text.contains("/account/sso/"));
+    let anon = tests::accounts::call(
+        &sys.http,
+        &sys.api,
+        None,
+        "GET",
+        &format!("/accounts/{account}/authenticate"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(anon.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_link_opens_once_with_a_strict_cookie_and_a_replayed_or_tampered_link_is_refused()
+{
+    let sys = fresh(&[]);
+    let (account, _) = customer(&sys, "once@example.com", "Jane").await;
+    let url = sso_url(&sys, &account).await;
+    let token = url.rsplit('/').next().unwrap_or_default().to_owned();
+    assert_eq!(token.len(), 43, "256 bits in base64url");
+
+    // Tampered (one character changed) → refused, no session; the real link still works after.
+    let mut t: Vec<char> = token.chars().collect();
+    t[10] = if t[10] == 'A' { 'B' } else { 'A' };
+    let tampered: String = t.into_iter().collect();
+    let (status, cookie, _, body) = open(&url.replace(&token, &tampered)).await;
+    assert_eq!(status, 410);
+    assert!(cookie.is_none());
+    assert!(body.contains("not valid") && !body.contains("once@example.com"));
+
+    let (status, cookie, set, _) = open(&url).await;
+    assert_eq!(status, 303);
+    let cookie = cookie.unwrap_or_else(|| panic!("no session cookie: {set}"));
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/account", "Max-Age="] {
+        assert!(set.contains(attr), "{attr} missing: {set}");
+    }
+    assert!(!set.contains("Secure"), "plain http here: no Secure flag");
+    assert!(
+        !cookie.contains(&token),
+        "the session is not the link token"
+    );
+
+    let (status, headers, html) = page(&sys, &cookie).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("once@example.com"));
+    assert!(html.contains("4242"), "the card's last four");
+    assert!(
+        !html.contains(&token),
+        "the token never appears in the page"
+    );
+    assert!(!html.contains("<script"), "no script");
+    let csp = headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    for d in [
+        "default-src 'none'",
+        "style-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(d), "{d} missing in {csp}");
+    }
+    assert_eq!(
+        headers.get("referrer-policy").and_then(|v| v.to_str().ok()),
+        Some("no-referrer")
+    );
+
+    // Replay → refused, no new session.
+    let (status, again, _, body) = open(&url).await;
+    assert_eq!(status, 410);
+    assert!(again.is_none());
+    assert!(!body.contains("once@example.com") && !body.contains("4242"));
+
+    // No cookie or a made-up one → not signed in.
+    let (status, _, body) = page(&sys, "sr_session=made-up").await;
+    assert_eq!(status, 401);
+    assert!(!body.contains("once@example.com"));
+    // Tokens never reach the logs.
+    assert!(!sys.logs().contains(&token));
+    assert!(
+        !sys.logs()
+            .contains(cookie.trim_start_matches("sr_session="))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_link_is_refused_and_sessions_expire() {
+    let sys = fresh(&[
+        ("STRONGROOM_SSO_TTL_SECS", "1"),
+        ("STRONGROOM_SESSION_TTL_SECS", "2"),
+    ]);
+    let (account, _) = customer(&sys, "expiry@example.com", "Eve").await;
+    let stale = sso_url(&sys, &account).await;
+    let fresh_url = sso_url(&sys, &account).await;
+    let (status, cookie, _, _) = open(&fresh_url).await;
+    assert_eq!(status, 303);
+    let cookie = cookie.unwrap_or_default();
+    assert_eq!(page(&sys, &cookie).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (status, none, _, body) = open(&stale).await;
+    assert_eq!(status, 410, "expired link refused");
+    assert!(none.is_none() && !body.contains("expiry@example.com"));
+    let (status, _, body) = page(&sys, &cookie).await;
+    assert_eq!(status, 401, "the session expired");
+    assert!(!body.contains("expiry@example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
+    let sys = fresh(&[]);
+    let (account, order) = customer(&sys, "csrf@example.com", "Carl").await;
+    let sub = order["items"][0]["subscription"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, cookie, _, _) = open(&sso_url(&sys, &account).await).await;
+    let cookie = cookie.unwrap_or_default();
+    let (_, _, html) = page(&sys, &cookie).await;
+    let token = csrf(&html);
+    let before_events = event_types(&sys).await;
+    let before = sys
+        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    let pm = sys
+        .call(
+            &sys.demo,
+            "GET",
+            &format!("/accounts/{account}/payment-methods"),
+            None,
+        )
+        .await;
+    let pm = pm.json["paymentMethods"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!pm.is_empty());
+
+    // A second session's token is not this session's token.
+    let (_, other_cookie, _, _) = open(&sso_url(&sys, &account).await).await;
+    let other_token = csrf(&page(&sys, &other_cookie.unwrap_or_default()).await.2);
+    assert_ne!(other_token, token);
+
+    for bad in [None, Some(""), Some("forged"), Some(other_token.as_str())] {
+        let mut profile = vec![("phone", "+1 555 0199"), ("first", "Mallory")];
+        if let Some(b) = bad {
+            profile.push(("csrf", b));
+        }
+        let targets = [
+            ("/account/profile".to_owned(), profile.clone()),
+            (
+                format!("/account/subscriptions/{sub}/cancel"),
+                profile[2..].to_vec(),
+            ),
+            (
+                format!("/account/payment-methods/{pm}/remove"),
+                profile[2..].to_vec(),
+            ),
+            ("/account/logout".to_owned(), profile[2..].to_vec()),
+        ];
+        for (path, form) in targets {
+            let (status, _) = post_form(&sys, &cookie, &path, &form).await;
+            assert_eq!(status, 403, "{path} with csrf {bad:?}");
+        }
+    }
+    let after = sys
+        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    assert_eq!(before.json, after.json, "nothing changed");
+    assert_eq!(event_types(&sys).await, before_events, "no event");
+    assert_eq!(
+        sys.vault_payment_methods(&sys.demo.store, &account)
+            .await
+            .len(),
+        1,
+        "card still in the vault"
+    );
+    assert_eq!(page(&sys, &cookie).await.0, 200, "still signed in");
+
+    // With the right token each form works and emits its event.
+    let (status, _) = post_form(
+        &sys,
+        &cookie,
+        "/account/profile",
+        &[("csrf", &token), ("phone", "+1 555 0123")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, _) = post_form(
+        &sys,
+        &cookie,
+        &format!("/account/subscriptions/{sub}/cancel"),
+        &[("csrf", &token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let s = sys
+        .call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
+        .await;
+    assert_eq!(s.json["state"], "canceled");
+    let (status, _) = post_form(
+        &sys,
+        &cookie,
+        &format!("/account/subscriptions/{sub}/resume"),
+        &[("csrf", &token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, _) = post_form(
+        &sys,
+        &cookie,
+        &format!("/account/payment-methods/{pm}/remove"),
+        &[("csrf", &token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert!(
+        sys.vault_payment_methods(&sys.demo.store, &account)
+            .await
+            .is_empty(),
+        "crypto-shredded in the vault"
+    );
+    let s = sys
+        .call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
+        .await;
+    assert_eq!(s.json["state"], "active");
+    assert_eq!(
+        s.json["autoRenew"], false,
+        "manual renewal without the card"
+    );
+    let a = sys
+        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    assert_eq!(a.json["accounts"][0]["contact"]["phone"], "+1 555 0123");
+    let events = event_types(&sys).await;
+    assert_eq!(
+        events[before_events.len()..].to_vec(),
+        vec![
+            "account.updated",
+            "subscription.canceled",
+            "subscription.resumed",
+            "payment-method.removed"
+        ]
+    );
+
+    // Logout ends the session.
+    let (status, body) = post_form(&sys, &cookie, "/account/logout", &[("csrf", &token)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(page(&sys, &cookie).await.0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_html_special_characters_are_escaped_on_the_page() {
+    let sys = fresh(&[]);
+    let evil = "<script>alert(1)</script>\"'&";
+    let (account, _) = customer(&sys, "xss@example.com", evil).await;
+    let upd = sys
+        .call(
+            &sys.demo,
+            "POST",
+            &format!("/accounts/{account}"),
+            Some(
+                &json!({"contact": {"company": "<img src=x onerror=alert(2)>"},
+                "address": {"city": "\"><b>bold</b>"}}),
+            ),
+        )
+        .await;
+    assert_eq!(upd.status, 200, "{}", upd.text);
+    let (_, cookie, _, _) = open(&sso_url(&sys, &account).await).await;
+    let (status, _, html) = page(&sys, &cookie.unwrap_or_default()).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("<script>alert(1)"), "{html}");
+    assert!(!html.contains("<img src=x"), "{html}");
+    assert!(!html.contains("<b>bold</b>"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"),
+        "{html}"
+    );
+    assert!(html.contains("&lt;img src=x onerror=alert(2)&gt;"));
+}
