@@ -207,11 +207,30 @@ async fn a_customer_signs_in_with_the_link_edits_the_phone_removes_the_card_and_
         .unwrap_or_else(|| panic!("no webdriver session: {created}"))
         .to_owned();
     let d = Driver {
-        http,
-        base,
-        session,
+        http: http.clone(),
+        base: base.clone(),
+        session: session.clone(),
     };
+    // The steps run in their own task so that, pass or fail, the browser session is closed
+    // afterwards (chromedriver then stops Chromium; killing chromedriver alone would orphan it).
+    let outcome = tokio::spawn(async move { browse(d, sys, sso, token, account).await }).await;
+    let _ = http
+        .delete(format!("{base}/session/{session}"))
+        .send()
+        .await;
+    drop(profile);
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
 
+async fn browse(
+    d: Driver,
+    sys: tests::accounts::System,
+    sso: String,
+    token: String,
+    account: String,
+) {
     // 1. The link signs in and lands on the account page.
     d.goto(&sso).await;
     assert!(
@@ -276,11 +295,5 @@ async fn a_customer_signs_in_with_the_link_edits_the_phone_removes_the_card_and_
     assert!(html.contains("This sign-in link is not valid"), "{html}");
     assert!(!html.contains("browser@example.com"));
     d.screenshot(&artifacts_dir().join("sign-in-link-refused.png"))
-        .await;
-
-    let _ = d
-        .http
-        .delete(format!("{}/session/{}", d.base, d.session))
-        .send()
         .await;
 }
