@@ -80,6 +80,17 @@ async fn concurrent_first_orders_emit_exactly_one_account_created_and_one_order_
         assert!(e.get(k).is_some(), "{k} missing in {e}");
     }
     assert_eq!(e["processed"], false);
+    // The data is the object itself, as FastSpring sends it.
+    assert_eq!(e["data"]["contact"]["email"], "race@example.com");
+    assert_eq!(completed[0]["data"]["completed"], true);
+    assert!(completed[0]["data"]["reference"].is_string());
+    assert_eq!(completed[0]["data"]["payment"]["cardEnding"], "4242");
+    let activated = of_type(&events, "subscription.activated");
+    assert_eq!(activated[0]["data"]["state"], "active");
+    assert!(
+        !events.iter().any(|e| e.to_string().contains("tok_test_")),
+        "no token in any event"
+    );
     assert_eq!(e["live"], false);
     assert!(e["created"].as_i64().unwrap_or_default() >= started - 1000);
     // Ids are unique and the list is oldest first.

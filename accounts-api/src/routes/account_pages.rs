@@ -331,21 +331,21 @@ fn form_session(
     state: &SharedState,
     headers: &HeaderMap,
     form: &Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Result<(String, SessionRecord, AccountRecord), Response> {
+) -> Result<(String, SessionRecord, AccountRecord), Box<Response>> {
     let Some((h, sess)) = session(state, headers) else {
-        return Err(signed_out());
+        return Err(Box::new(signed_out()));
     };
     let given = match form {
         Ok(Form(f)) => f.get("csrf").map(String::as_str).unwrap_or_default(),
         Err(_) => "",
     };
     if given.is_empty() || !sess.csrf.ct_eq(given) {
-        return Err(csrf_refused());
+        return Err(Box::new(csrf_refused()));
     }
     match state.storage.account(&sess.store, &sess.account) {
         Ok(Some(a)) => Ok((h, sess, a)),
-        Ok(None) => Err(signed_out()),
-        Err(_) => Err(failed()),
+        Ok(None) => Err(Box::new(signed_out())),
+        Err(_) => Err(Box::new(failed())),
     }
 }
 
@@ -558,7 +558,7 @@ async fn update_profile(
 ) -> Response {
     let (_, sess, account) = match form_session(&state, &headers, &form) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(Form(f)) = form else {
         return csrf_refused();
@@ -633,7 +633,7 @@ async fn set_subscription(
 ) -> Response {
     let (_, sess, account) = match form_session(state, headers, form) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !account.subscriptions.iter().any(|s| s == id) {
         return refusal(
@@ -708,7 +708,7 @@ async fn remove_card(
 ) -> Response {
     let (_, sess, account) = match form_session(&state, &headers, &form) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !account.payment_methods.iter().any(|p| p.id == pm) {
         return refusal(
@@ -754,7 +754,7 @@ async fn logout(
 ) -> Response {
     let (h, _, _) = match form_session(&state, &headers, &form) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if state.events.delete_session(&h).is_err() || state.storage.durable().await.is_err() {
         return failed();

@@ -74,6 +74,14 @@ pub fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Val
     })
 }
 
+/// The `data` of `account.created`: the account as it was created (FastSpring sends the
+/// account object).
+pub fn account_event_data(a: &AccountRecord) -> Value {
+    json!({"id": a.id, "account": a.id, "contact": contact_json(&a.contact),
+        "address": address_json(&a.address), "language": a.language, "country": a.country,
+        "lookup": {"global": a.global, "custom": a.custom}})
+}
+
 pub(crate) fn apply(a: &mut AccountRecord, input: &AccountInput) {
     if let Some(v) = &input.first {
         a.contact.first = v.clone();
@@ -157,7 +165,7 @@ async fn create(
         idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
         events: vec![EventRecord::new(
             "account.created",
-            json!({"account": account.id}),
+            account_event_data(&account),
         )],
     };
     state

@@ -757,21 +757,27 @@ async fn complete(
         };
         let resp = order_json(&order, ACTION);
         let mut events = Vec::new();
-        if create {
+        if let Some(a) = &new_account {
             events.push(EventRecord::new(
                 "account.created",
-                json!({"account": account_id}),
+                crate::routes::accounts::account_event_data(a),
             ));
         }
-        events.push(EventRecord::new(
-            "order.completed",
-            json!({"order": order_id, "account": account_id}),
-        ));
+        // FastSpring's event data is the object itself: the order, each subscription.
+        let mut order_data = order_json(&order, "order.completed");
+        if let Some(m) = order_data.as_object_mut() {
+            m.remove("action");
+            m.remove("result");
+        }
+        events.push(EventRecord::new("order.completed", order_data));
         for s in &subs {
-            events.push(EventRecord::new(
-                "subscription.activated",
-                json!({"subscription": s.id, "account": account_id}),
-            ));
+            let mut data =
+                crate::routes::subscriptions::subscription_json(s, "subscription.activated");
+            if let Some(m) = data.as_object_mut() {
+                m.remove("action");
+                m.remove("result");
+            }
+            events.push(EventRecord::new("subscription.activated", data));
         }
         let extras = Extras {
             idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
