@@ -231,8 +231,17 @@ async fn browse(
     token: String,
     account: String,
 ) {
-    // 1. The link signs in and lands on the account page.
-    d.goto(&sso).await;
+    // 1. The link, clicked on another site (as in a merchant's page or a webmail), signs in and
+    //    lands on the account page.
+    d.goto(&format!(
+        "data:text/html,<a id=\"go\" href=\"{}\">Manage your account</a>",
+        sso.replace(':', "%3A").replace('/', "%2F")
+    ))
+    .await;
+    let go = d.element("#go").await;
+    d.call("POST", &format!("/element/{go}/click"), Some(json!({})))
+        .await;
+    d.source_containing("Your account").await;
     assert!(
         d.current_url().await.ends_with("/account"),
         "{}",

@@ -416,6 +416,40 @@ async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_followed_from_another_site_sets_the_session_and_moves_on_without_a_redirect() {
+    let sys = fresh(&[]);
+    let (account, _) = customer(&sys, "crosssite@example.com", "Cy").await;
+    let url = sso_url(&sys, &account).await;
+    let token = url.rsplit('/').next().unwrap_or_default().to_owned();
+    let r = browser()
+        .get(&url)
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A 303 would lose the SameSite=Strict cookie on a cross-site chain: a page of ours instead.
+    assert_eq!(r.status().as_u16(), 200);
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        set.starts_with("sr_session=") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let body = r.text().await.unwrap_or_default();
+    assert!(
+        body.contains("http-equiv=\"refresh\" content=\"0;url=/account\""),
+        "{body}"
+    );
+    assert!(!body.contains(&token) && !body.contains("crosssite@example.com"));
+    let cookie = set.split(';').next().unwrap_or_default().to_owned();
+    assert_eq!(page(&sys, &cookie).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_with_html_special_characters_are_escaped_on_the_page() {
     let sys = fresh(&[]);
     let evil = "<script>alert(1)</script>\"'&";

@@ -27,8 +27,15 @@ fn vault_unit_confines_the_process_to_its_data_folder() {
     ] {
         assert!(unit.contains(directive), "vault unit lacks {directive:?}");
     }
-    let writable: Vec<&str> = unit.lines().filter(|l| l.starts_with("ReadWritePaths=")).collect();
-    assert_eq!(writable, ["ReadWritePaths=/var/lib/strongroom-vault"], "only the data folder is writable");
+    let writable: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ReadWritePaths="))
+        .collect();
+    assert_eq!(
+        writable,
+        ["ReadWritePaths=/var/lib/strongroom-vault"],
+        "only the data folder is writable"
+    );
 }
 
 #[test]
@@ -41,7 +48,10 @@ fn both_units_pass_systemd_analyze_verify() {
     let dir = tests::temp_dir("units");
     for (rel, bin) in [
         ("vault/deploy/strongroom-vault.service", "vault"),
-        ("accounts-api/deploy/strongroom-accounts-api.service", "accounts-api"),
+        (
+            "accounts-api/deploy/strongroom-accounts-api.service",
+            "accounts-api",
+        ),
     ] {
         // Point ExecStart at the binary this build produced so verify can check it exists.
         let unit = workspace_file(rel).replace(
@@ -58,8 +68,18 @@ fn both_units_pass_systemd_analyze_verify() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
     // verify exits 0 on some warnings; treat any line about our units as a failure.
-    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("strongroom-")).collect();
-    assert!(ours.is_empty(), "systemd-analyze complained:\n{}", ours.join("\n"));
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("strongroom-"))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze complained:\n{}",
+        ours.join("\n")
+    );
 }

@@ -212,7 +212,11 @@ fn session_cookie(state: &SharedState, value: &str, max_age: i64) -> HeaderValue
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("sr_session=; Max-Age=0"))
 }
 
-async fn open_link(State(state): State<SharedState>, Path(token): Path<String>) -> Response {
+async fn open_link(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
     let token = SecretString::new(token);
     // Well-formed tokens only (43 base64url characters); anything else was not issued here.
     let t = token.expose_secret();
@@ -267,9 +271,31 @@ async fn open_link(State(state): State<SharedState>, Path(token): Path<String>) 
         );
     }
     tracing::info!(store = %rec.store, account = %rec.account, "account page session opened");
-    let mut resp = StatusCode::SEE_OTHER.into_response();
+    // A link followed from another site (the merchant's page, a webmail) is a cross-site
+    // navigation, and browsers do not send a SameSite=Strict cookie anywhere along a redirect
+    // chain that started cross-site: a 303 would land on "not signed in" with the link already
+    // spent. Then the answer is a page of ours that moves on to /account by itself (meta
+    // refresh, no script) — a same-site navigation, which carries the cookie.
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("cross-site"));
+    let mut resp = if cross_site {
+        html(
+            StatusCode::OK,
+            layout(
+                "Signing you in",
+                "<meta http-equiv=\"refresh\" content=\"0;url=/account\">\
+                 <h1>Signing you in…</h1><p><a href=\"/account\">Continue to your account</a></p>",
+            ),
+        )
+    } else {
+        let mut r = StatusCode::SEE_OTHER.into_response();
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/account"));
+        r
+    };
     let h = resp.headers_mut();
-    h.insert(header::LOCATION, HeaderValue::from_static("/account"));
     h.insert(
         header::SET_COOKIE,
         session_cookie(&state, session.expose_secret(), ttl / 1000),
