@@ -78,11 +78,12 @@ pub fn router(state: SharedState) -> Router {
 /// error a client sees has the same shape and never echoes the request.
 async fn envelope_rejections(resp: Response) -> Response {
     let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    // JSON is already the envelope; HTML is a deliberate page of the customer-facing account
+    // pages (`routes::account_pages`), which answer refusals as pages.
+    let is_answer = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+    });
+    if !(status.is_client_error() || status.is_server_error()) || is_answer {
         return resp;
     }
     let body = serde_json::json!({"action": "request", "result": "error",
