@@ -468,8 +468,9 @@ mod tests {
                 key: pki.join("accounts.key"),
             },
         };
-        let storage: Arc<dyn Storage> =
-            Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
+        let sled = Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
+        let storage: Arc<dyn Storage> = sled.clone();
+        let events: Arc<dyn crate::eventstore::EventStore> = sled;
         let created = crate::auth::create_store(storage.as_ref(), "Test").unwrap();
         let auth = format!(
             "Basic {}",
@@ -479,7 +480,12 @@ mod tests {
                 created.password.expose_secret()
             ))
         );
-        let state = AppState::new(storage, VaultClient::new(&vault).unwrap());
+        let state = AppState::new(
+            storage,
+            events,
+            crate::settings::Settings::default(),
+            VaultClient::new(&vault).unwrap(),
+        );
         Fixture {
             _dir: dir,
             state,
