@@ -79,13 +79,13 @@ pub trait EventStore: Send + Sync + 'static {
         events: &[String],
         processed: &[String],
     ) -> Result<(), StorageError>;
-    /// Records a failed attempt: the rows of `events` get `attempts` and `due`.
+    /// Records a failed attempt: each listed row gets its new state (rows that no longer exist
+    /// stay gone).
     fn outbox_retry(
         &self,
         store: &str,
         hook: &str,
-        events: &[String],
-        state: &OutboxState,
+        rows: &[(String, OutboxState)],
     ) -> Result<(), StorageError>;
 
     fn put_sso_token(&self, hash: &str, rec: &SsoTokenRecord) -> Result<(), StorageError>;
@@ -282,13 +282,14 @@ impl EventStore for SledStorage {
         &self,
         store: &str,
         hook: &str,
-        events: &[String],
-        state: &OutboxState,
+        rows: &[(String, OutboxState)],
     ) -> Result<(), StorageError> {
-        let v = encode(state)?;
+        let encoded = rows
+            .iter()
+            .map(|(e, st)| Ok((outbox_key(store, hook, e), encode(st)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
         let r = self.tree().transaction(|tx| {
-            for e in events {
-                let k = outbox_key(store, hook, e);
+            for (k, v) in &encoded {
                 // Only rows that still exist (the webhook may have been removed meanwhile).
                 if tx.get(k.as_bytes())?.is_some() {
                     tx.insert(k.as_bytes(), v.clone())?;

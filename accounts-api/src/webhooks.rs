@@ -307,7 +307,6 @@ async fn deliver(
             "transport".to_owned()
         }),
     };
-    let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0) + 1;
     let result = match outcome {
         Ok(processed) => {
             tracing::info!(
@@ -319,37 +318,48 @@ async fn deliver(
             );
             events.outbox_settle(store, hook_id, &ids, &processed)
         }
-        Err(why) if attempts >= settings.webhook_max_attempts => {
-            tracing::warn!(
-                store,
-                webhook = hook_id,
-                events = sent.len(),
-                attempts,
-                why,
-                "webhook delivery gave up; the events stay unprocessed for the events API"
-            );
-            events.outbox_settle(store, hook_id, &ids, &[])
-        }
         Err(why) => {
-            let delay = backoff(settings.webhook_retry_base, attempts);
-            tracing::info!(
-                store,
-                webhook = hook_id,
-                events = sent.len(),
-                attempts,
-                why,
-                retry_in_ms = delay.as_millis() as u64,
-                "webhook delivery failed; will retry"
-            );
-            events.outbox_retry(
-                store,
-                hook_id,
-                &ids,
-                &OutboxState {
-                    attempts,
-                    due: now_ms() + delay.as_millis() as i64,
-                },
-            )
+            // Each event keeps its own attempt count: one that joined this post late is not
+            // given up early because an older one in the same post has failed more often.
+            let now = now_ms();
+            let mut exhausted = Vec::new();
+            let mut retry = Vec::new();
+            for item in &items {
+                let attempts = item.attempts + 1;
+                if attempts >= settings.webhook_max_attempts {
+                    exhausted.push(item.event.clone());
+                } else {
+                    let delay = backoff(settings.webhook_retry_base, attempts);
+                    retry.push((
+                        item.event.clone(),
+                        OutboxState {
+                            attempts,
+                            due: now + delay.as_millis() as i64,
+                        },
+                    ));
+                }
+            }
+            if !retry.is_empty() {
+                tracing::info!(
+                    store,
+                    webhook = hook_id,
+                    events = retry.len(),
+                    why,
+                    "webhook delivery failed; will retry"
+                );
+            }
+            if !exhausted.is_empty() {
+                tracing::warn!(
+                    store,
+                    webhook = hook_id,
+                    events = exhausted.len(),
+                    why,
+                    "webhook delivery gave up; the events stay unprocessed for the events API"
+                );
+            }
+            events
+                .outbox_retry(store, hook_id, &retry)
+                .and_then(|()| events.outbox_settle(store, hook_id, &exhausted, &[]))
         }
     };
     if let Err(e) = result {
