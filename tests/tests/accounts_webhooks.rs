@@ -240,14 +240,13 @@ async fn a_202_with_event_ids_marks_only_the_listed_events_processed() {
 async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a_restart() {
     let data = Arc::new(temp_dir("strongroom-hooks-restart-"));
     let mut sys = start_system_with_env(Arc::clone(&data), FAST);
-    // A port with nobody listening yet.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-        l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
-    };
-    let addr: SocketAddr = format!("127.0.0.1:{port}")
-        .parse()
-        .unwrap_or_else(|_| unreachable!());
+    // A port with nobody listening yet: bound (so no other process is handed it, e.g. the
+    // restarted server) but not listening, so connections to it are refused.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    reserved
+        .bind("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr: SocketAddr = reserved.local_addr().unwrap_or_else(|e| panic!("{e}"));
     add_hook(&sys, &format!("http://{addr}/hook"), Some("restart-secret")).await;
     checkout(&sys, "down1@example.com").await;
     checkout(&sys, "down2@example.com").await;
@@ -275,6 +274,7 @@ async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a
     drop(sys);
 
     let sys = start_system_with_env(Arc::clone(&data), FAST);
+    drop(reserved);
     let rx = Receiver::start(addr, Some("restart-secret"), Reply::Ok).await;
     rx.wait_until(
         Duration::from_secs(20),
