@@ -106,6 +106,7 @@ async fn webhook_op(
             store,
             s("url").unwrap_or_default(),
             s("hmacSecret").map(str::to_owned),
+            None,
         ) {
             Ok(h) => h.to_json(),
             Err(e) => return json!({"error": e.to_string()}),
@@ -117,7 +118,7 @@ async fn webhook_op(
             Err(e) => return json!({"error": e.to_string()}),
         },
         "webhook.remove" => {
-            match crate::webhooks::remove(events, store, s("id").unwrap_or_default()) {
+            match crate::webhooks::remove(events, store, s("id").unwrap_or_default(), None) {
                 Ok(true) => json!({"removed": s("id")}),
                 Ok(false) => return json!({"error": "no such webhook"}),
                 Err(e) => return json!({"error": e.to_string()}),

@@ -13,7 +13,8 @@
 
 use crate::error::StorageError;
 use crate::model::{
-    EventRecord, OutboxState, SessionRecord, SsoTokenRecord, WebhookRecord, now_ms,
+    EventRecord, IdempotencyRecord, OutboxState, SessionRecord, SsoTokenRecord, WebhookRecord,
+    now_ms,
 };
 use crate::storage::SledStorage;
 use serde::de::DeserializeOwned;
@@ -36,6 +37,9 @@ pub struct OutboxItem {
     pub attempts: u32,
 }
 
+/// An Idempotency-Key answer to record in the same transaction as the change.
+pub type Idem<'a> = Option<&'a (String, IdempotencyRecord)>;
+
 /// Mutation of a store's webhook list inside a transaction; an `Err` aborts it.
 pub type WebhooksChange<'a> =
     &'a (dyn Fn(&mut Vec<WebhookRecord>) -> Result<(), StorageError> + Sync);
@@ -57,6 +61,7 @@ pub trait EventStore: Send + Sync + 'static {
         store: &str,
         id: &str,
         processed: bool,
+        idem: Idem<'_>,
     ) -> Result<EventRecord, StorageError>;
 
     fn webhooks(&self, store: &str) -> Result<Vec<WebhookRecord>, StorageError>;
@@ -64,6 +69,7 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         store: &str,
         change: WebhooksChange<'_>,
+        idem: Idem<'_>,
     ) -> Result<Vec<WebhookRecord>, StorageError>;
     /// Drops every outbox row of one webhook (it was removed).
     fn clear_outbox(&self, store: &str, hook: &str) -> Result<(), StorageError>;
@@ -117,6 +123,13 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
     Ok(serde_json::to_vec(v)?)
 }
 
+/// The idempotency row (`i/{store}/{key}`, as `storage` keeps them), encoded outside the
+/// transaction closure.
+fn idem_row(store: &str, idem: Idem<'_>) -> Result<Option<(String, Vec<u8>)>, StorageError> {
+    idem.map(|(key, rec)| Ok((format!("i/{store}/{key}"), encode(rec)?)))
+        .transpose()
+}
+
 impl SledStorage {
     fn typed<T: DeserializeOwned>(&self, k: &str) -> Result<Option<T>, StorageError> {
         match self.tree().get(k.as_bytes())? {
@@ -166,9 +179,14 @@ impl EventStore for SledStorage {
         store: &str,
         id: &str,
         processed: bool,
+        idem: Idem<'_>,
     ) -> Result<EventRecord, StorageError> {
         let k = format!("v/{store}/{id}");
+        let idem = idem_row(store, idem)?;
         let r = self.tree().transaction(|tx| {
+            if let Some((ik, iv)) = &idem {
+                tx.insert(ik.as_bytes(), iv.clone())?;
+            }
             let Some(v) = tx.get(k.as_bytes())? else {
                 return abort(StorageError::NotFound);
             };
@@ -194,9 +212,14 @@ impl EventStore for SledStorage {
         &self,
         store: &str,
         change: WebhooksChange<'_>,
+        idem: Idem<'_>,
     ) -> Result<Vec<WebhookRecord>, StorageError> {
         let k = webhooks_key(store);
+        let idem = idem_row(store, idem)?;
         let r = self.tree().transaction(|tx| {
+            if let Some((ik, iv)) = &idem {
+                tx.insert(ik.as_bytes(), iv.clone())?;
+            }
             let mut hooks: Vec<WebhookRecord> = match tx.get(k.as_bytes())? {
                 Some(v) => decode(&v).map_err(ConflictableTransactionError::Abort)?,
                 None => Vec::new(),

@@ -96,6 +96,7 @@ pub fn add(
     store: &str,
     url: &str,
     secret: Option<String>,
+    idem: Option<&crate::app::Idempotent>,
 ) -> Result<WebhookRecord, HookError> {
     let url = parse_url(url)?;
     let secret = parse_secret(secret)?;
@@ -109,14 +110,34 @@ pub fn add(
         created: now_ms(),
     };
     let h = hook.clone();
-    events.update_webhooks(store, &move |hooks| {
-        if hooks.iter().any(|x| x.url == url) {
-            return Err(StorageError::State("duplicate webhook url"));
-        }
-        hooks.push(h.clone());
-        Ok(())
-    })?;
+    let record = idem.map(|i| i.record(axum::http::StatusCode::OK, &created_answer(&hook)));
+    events.update_webhooks(
+        store,
+        &move |hooks| {
+            if hooks.iter().any(|x| x.url == url) {
+                return Err(StorageError::State("duplicate webhook url"));
+            }
+            hooks.push(h.clone());
+            Ok(())
+        },
+        record.as_ref(),
+    )?;
     Ok(hook)
+}
+
+/// The answer to `POST /webhooks`.
+pub fn created_answer(hook: &WebhookRecord) -> serde_json::Value {
+    serde_json::json!({"action": "webhooks.create", "result": "success", "webhook": hook.to_json()})
+}
+
+/// The answer to `POST /webhooks/keys`.
+pub fn rotated_answer(url: &str) -> serde_json::Value {
+    serde_json::json!({"url": url, "action": "webhooks.update", "result": "success"})
+}
+
+/// The answer to `DELETE /webhooks/{id}`.
+pub fn removed_answer(id: &str) -> serde_json::Value {
+    serde_json::json!({"action": "webhooks.delete", "result": "success", "id": id})
 }
 
 /// Replaces the secret of the store's webhook with this URL (FastSpring's `POST /webhooks/keys`).
@@ -125,9 +146,11 @@ pub fn rotate(
     store: &str,
     url: &str,
     secret: String,
+    idem: Option<&crate::app::Idempotent>,
 ) -> Result<WebhookRecord, HookError> {
     let url = parse_url(url)?;
     let secret = parse_secret(Some(secret))?;
+    let record = idem.map(|i| i.record(axum::http::StatusCode::OK, &rotated_answer(&url)));
     let hooks = events.update_webhooks(
         store,
         &|hooks| match hooks.iter_mut().find(|h| h.url == url) {
@@ -137,6 +160,7 @@ pub fn rotate(
             }
             None => Err(StorageError::NotFound),
         },
+        record.as_ref(),
     );
     match hooks {
         Ok(hooks) => hooks
@@ -149,17 +173,33 @@ pub fn rotate(
 }
 
 /// Removes a webhook and its pending deliveries; false if the store has no such webhook.
-pub fn remove(events: &dyn EventStore, store: &str, id: &str) -> Result<bool, StorageError> {
-    let before = events.webhooks(store)?.len();
-    let after = events.update_webhooks(store, &|hooks| {
-        hooks.retain(|h| h.id != id);
-        Ok(())
-    })?;
-    if after.len() == before {
-        return Ok(false);
+pub fn remove(
+    events: &dyn EventStore,
+    store: &str,
+    id: &str,
+    idem: Option<&crate::app::Idempotent>,
+) -> Result<bool, StorageError> {
+    let record = idem.map(|i| i.record(axum::http::StatusCode::OK, &removed_answer(id)));
+    let r = events.update_webhooks(
+        store,
+        &|hooks| {
+            let before = hooks.len();
+            hooks.retain(|h| h.id != id);
+            if hooks.len() == before {
+                return Err(StorageError::NotFound);
+            }
+            Ok(())
+        },
+        record.as_ref(),
+    );
+    match r {
+        Ok(_) => {
+            events.clear_outbox(store, id)?;
+            Ok(true)
+        }
+        Err(StorageError::NotFound) => Ok(false),
+        Err(e) => Err(e),
     }
-    events.clear_outbox(store, id)?;
-    Ok(true)
 }
 
 fn sign(secret: &shared::SecretString, parts: &[&[u8]]) -> String {

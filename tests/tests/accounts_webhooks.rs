@@ -384,3 +384,55 @@ async fn the_cli_adds_lists_and_removes_webhooks_while_the_server_runs() {
     let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
     assert_eq!(list.json["webhooks"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_calls_retried_with_an_idempotency_key_answer_the_same_and_change_nothing_twice() {
+    let sys = fresh(&[]);
+    let body = json!({"url": "https://hooks.example.com/fs", "hmacSecret": "idem-secret"});
+    let first = sys
+        .call_with_key(&sys.demo, "POST", "/webhooks", Some(&body), "hook-create-1")
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let again = sys
+        .call_with_key(&sys.demo, "POST", "/webhooks", Some(&body), "hook-create-1")
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.json, first.json, "the first answer, replayed");
+    assert!(!again.text.contains("idem-secret"));
+    let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
+    assert_eq!(list.json["webhooks"].as_array().map(Vec::len), Some(1));
+    // The same key with another body is refused.
+    let other = json!({"url": "https://hooks.example.com/other"});
+    let clash = sys
+        .call_with_key(
+            &sys.demo,
+            "POST",
+            "/webhooks",
+            Some(&other),
+            "hook-create-1",
+        )
+        .await;
+    assert_eq!(clash.status, 409, "{}", clash.text);
+    // Without a key a second identical create is a conflict (one URL per store).
+    let dup = sys.call(&sys.demo, "POST", "/webhooks", Some(&body)).await;
+    assert_eq!(dup.status, 409, "{}", dup.text);
+
+    let id = first.json["webhook"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let path = format!("/webhooks/{id}");
+    let del = sys
+        .call_with_key(&sys.demo, "DELETE", &path, None, "hook-del-1")
+        .await;
+    assert_eq!(del.status, 200, "{}", del.text);
+    let del2 = sys
+        .call_with_key(&sys.demo, "DELETE", &path, None, "hook-del-1")
+        .await;
+    assert_eq!(
+        (del2.status, del2.json.clone()),
+        (del.status, del.json.clone())
+    );
+    let gone = sys.call(&sys.demo, "DELETE", &path, None).await;
+    assert_eq!(gone.status, 404);
+}

@@ -2,7 +2,9 @@
 //! transaction. `GET /events/unprocessed?begin=MS[&limit=N]`, `GET /events/processed?days=N`,
 //! `GET /events/{id}` and `POST /events/{id}` with `{"processed": true|false}`.
 
-use crate::app::{SharedState, authorize, body_bytes, json_object, ok};
+use crate::app::{
+    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
+};
 use crate::error::{ApiError, ErrorKind, StorageError};
 use axum::Router;
 use axum::body::Bytes;
@@ -129,6 +131,19 @@ async fn update(
     const ACTION: &str = "event.update";
     let store = authorize(&state, &headers, ACTION)?;
     let body = body_bytes(body, ACTION)?;
+    let idem = match idempotency(
+        &state,
+        &store,
+        &headers,
+        &format!("POST /events/{id}"),
+        &body,
+        ACTION,
+    )
+    .await?
+    {
+        IdempotencyStart::Replay(r) => return Ok(r),
+        IdempotencyStart::Execute(i) => i,
+    };
     let obj = json_object(&body, ACTION)?;
     let Some(processed) = obj.get("processed").and_then(Value::as_bool) else {
         return Err(ApiError::invalid(
@@ -137,9 +152,13 @@ async fn update(
             "is required and must be true or false",
         ));
     };
-    let ev = state
+    let resp = json!({"action": ACTION, "result": "success", "id": id, "processed": processed});
+    let record = idem
+        .as_ref()
+        .map(|i| i.record(axum::http::StatusCode::OK, &resp));
+    state
         .events
-        .set_processed(&store, &id, processed)
+        .set_processed(&store, &id, processed, record.as_ref())
         .map_err(|e| match e {
             StorageError::NotFound => not_found(ACTION),
             other => other.into_api(ACTION),
@@ -149,7 +168,5 @@ async fn update(
         .durable()
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(
-        json!({"action": ACTION, "result": "success", "id": ev.id, "processed": ev.processed}),
-    ))
+    Ok(ok(resp))
 }

@@ -3,8 +3,11 @@
 //! `POST /webhooks` `{"url", "hmacSecret"?}` adds one, `DELETE /webhooks/{id}` removes one and
 //! its pending deliveries, and FastSpring's `POST /webhooks/keys` `{"url", "hmacSecret"}`
 //! replaces the secret of the webhook with that URL. URLs must be http or https (else 422).
+//! `Idempotency-Key` is honoured on the three mutating calls, like everywhere in the API.
 
-use crate::app::{SharedState, authorize, body_bytes, json_object, ok};
+use crate::app::{
+    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
+};
 use crate::error::{ApiError, ErrorKind};
 use crate::webhooks::HookError;
 use axum::Router;
@@ -44,12 +47,8 @@ fn hook_error(e: HookError, action: &'static str) -> ApiError {
 }
 
 /// `(url, hmacSecret)` from the body; the secret must be a string when present.
-fn fields(
-    body: Result<Bytes, BytesRejection>,
-    action: &'static str,
-) -> Result<(String, Option<String>), ApiError> {
-    let body = body_bytes(body, action)?;
-    let obj = json_object(&body, action)?;
+fn fields(body: &[u8], action: &'static str) -> Result<(String, Option<String>), ApiError> {
+    let obj = json_object(body, action)?;
     let url = match obj.get("url") {
         Some(Value::String(u)) => u.clone(),
         _ => return Err(ApiError::invalid(action, "url", "A URL is required")),
@@ -80,8 +79,13 @@ async fn create(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.create";
     let store = authorize(&state, &headers, ACTION)?;
-    let (url, secret) = fields(body, ACTION)?;
-    let hook = crate::webhooks::add(state.events.as_ref(), &store, &url, secret)
+    let body = body_bytes(body, ACTION)?;
+    let idem = match idempotency(&state, &store, &headers, "POST /webhooks", &body, ACTION).await? {
+        IdempotencyStart::Replay(r) => return Ok(r),
+        IdempotencyStart::Execute(i) => i,
+    };
+    let (url, secret) = fields(&body, ACTION)?;
+    let hook = crate::webhooks::add(state.events.as_ref(), &store, &url, secret, idem.as_ref())
         .map_err(|e| hook_error(e, ACTION))?;
     state
         .storage
@@ -89,9 +93,7 @@ async fn create(
         .await
         .map_err(|e| e.into_api(ACTION))?;
     tracing::info!(store = %store, webhook = %hook.id, "webhook added");
-    Ok(ok(
-        json!({"action": ACTION, "result": "success", "webhook": hook.to_json()}),
-    ))
+    Ok(ok(crate::webhooks::created_answer(&hook)))
 }
 
 async fn rotate(
@@ -101,7 +103,21 @@ async fn rotate(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.update";
     let store = authorize(&state, &headers, ACTION)?;
-    let (url, secret) = fields(body, ACTION)?;
+    let body = body_bytes(body, ACTION)?;
+    let idem = match idempotency(
+        &state,
+        &store,
+        &headers,
+        "POST /webhooks/keys",
+        &body,
+        ACTION,
+    )
+    .await?
+    {
+        IdempotencyStart::Replay(r) => return Ok(r),
+        IdempotencyStart::Execute(i) => i,
+    };
+    let (url, secret) = fields(&body, ACTION)?;
     let Some(secret) = secret else {
         return Err(ApiError::invalid(
             ACTION,
@@ -109,16 +125,14 @@ async fn rotate(
             "A HMAC Secret is required",
         ));
     };
-    let hook = crate::webhooks::rotate(state.events.as_ref(), &store, &url, secret)
+    let hook = crate::webhooks::rotate(state.events.as_ref(), &store, &url, secret, idem.as_ref())
         .map_err(|e| hook_error(e, ACTION))?;
     state
         .storage
         .durable()
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(
-        json!({"url": hook.url, "action": ACTION, "result": "success"}),
-    ))
+    Ok(ok(crate::webhooks::rotated_answer(&hook.url)))
 }
 
 async fn remove(
@@ -128,7 +142,20 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.delete";
     let store = authorize(&state, &headers, ACTION)?;
-    let removed = crate::webhooks::remove(state.events.as_ref(), &store, &id)
+    let idem = match idempotency(
+        &state,
+        &store,
+        &headers,
+        &format!("DELETE /webhooks/{id}"),
+        b"",
+        ACTION,
+    )
+    .await?
+    {
+        IdempotencyStart::Replay(r) => return Ok(r),
+        IdempotencyStart::Execute(i) => i,
+    };
+    let removed = crate::webhooks::remove(state.events.as_ref(), &store, &id, idem.as_ref())
         .map_err(|e| e.into_api(ACTION))?;
     if !removed {
         return Err(ApiError::new(
@@ -141,5 +168,5 @@ async fn remove(
         .durable()
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(json!({"action": ACTION, "result": "success", "id": id})))
+    Ok(ok(crate::webhooks::removed_answer(&id)))
 }
