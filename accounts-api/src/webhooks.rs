@@ -33,6 +33,8 @@ pub const BATCH: usize = 100;
 /// Longest accepted secret (FastSpring's limit) and URL.
 pub const MAX_SECRET: usize = 100;
 pub const MAX_URL: usize = 2048;
+/// Most posts in flight at once (each to a different webhook).
+const MAX_IN_FLIGHT: usize = 64;
 /// How often the loop looks for due rows.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -230,6 +232,7 @@ pub fn spawn_dispatcher(events: Arc<dyn EventStore>, settings: Settings) -> Resu
         .map_err(|e| format!("webhook client: {e}"))?;
     tokio::spawn(async move {
         let mut last_sweep = 0i64;
+        let in_flight: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Arc::default();
         loop {
             tokio::time::sleep(TICK).await;
             let now = now_ms();
@@ -258,18 +261,33 @@ pub fn spawn_dispatcher(events: Arc<dyn EventStore>, settings: Settings) -> Resu
                     .or_default()
                     .push(item);
             }
-            let mut set = tokio::task::JoinSet::new();
             for ((store, hook), mut items) in groups {
+                // One post at a time per webhook (never the same events twice in parallel),
+                // without a slow receiver holding up the other webhooks.
+                let key = (store.clone(), hook.clone());
+                match in_flight.lock() {
+                    Ok(mut busy) => {
+                        if busy.len() >= MAX_IN_FLIGHT || !busy.insert(key.clone()) {
+                            continue;
+                        }
+                    }
+                    Err(_) => continue,
+                }
                 items.sort_by(|a, b| a.event.cmp(&b.event));
                 items.truncate(BATCH);
-                let (events, http, settings) =
-                    (Arc::clone(&events), http.clone(), settings.clone());
-                set.spawn(async move {
+                let (events, http, settings, in_flight) = (
+                    Arc::clone(&events),
+                    http.clone(),
+                    settings.clone(),
+                    Arc::clone(&in_flight),
+                );
+                tokio::spawn(async move {
                     deliver(events.as_ref(), &http, &settings, &store, &hook, items).await;
+                    if let Ok(mut busy) = in_flight.lock() {
+                        busy.remove(&key);
+                    }
                 });
             }
-            // Wait for this round, so a slow post is never sent twice in parallel.
-            while set.join_next().await.is_some() {}
         }
     });
     Ok(())
