@@ -158,9 +158,12 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> CliResult<crate::server::Running> {
     let core = VaultCore::open(&prepared.config, true)?;
+    let processor = build_processor(&prepared.config.processor)?;
     let state = Arc::new(AppState {
         core,
         permissions: prepared.config.permissions.clone(),
+        processor,
+        charge_locks: Default::default(),
     });
     Ok(crate::server::run(
         state,
@@ -170,6 +173,38 @@ pub async fn start(
         shutdown,
     )
     .await?)
+}
+
+/// The processor connector from `[processor]`: `None` without a base URL (charging off). The
+/// secret key comes from the environment or an owner-only file, and is held as a secret.
+fn build_processor(
+    settings: &crate::config::ProcessorSettings,
+) -> CliResult<Option<Arc<dyn crate::processor::Processor>>> {
+    let Some(url) = &settings.base_url else {
+        tracing::info!("no [processor] base_url: the charge route answers 503");
+        return Ok(None);
+    };
+    let key = match &settings.secret_key {
+        crate::config::KeySource::Env(v) => shared::SecretString::new(v.as_str().to_owned()),
+        crate::config::KeySource::File(p) => {
+            if !p.exists() {
+                return Err(format!(
+                    "processor secret key file {} is missing (or set VAULT_PROCESSOR_SECRET_KEY)",
+                    p.display()
+                )
+                .into());
+            }
+            keys::check_owner_only(p)?;
+            let text = zeroize::Zeroizing::new(std::fs::read_to_string(p)?);
+            shared::SecretString::new(text.trim().to_owned())
+        }
+    };
+    if key.expose_secret().is_empty() {
+        return Err("the processor secret key is empty".into());
+    }
+    let connector = crate::processor::StripeConnector::new(url, key, settings.timeout)?;
+    tracing::info!(processor = %url, "processor connector configured");
+    Ok(Some(Arc::new(connector)))
 }
 
 fn serve(config_path: &Path, listen: Option<&str>) -> CliResult<()> {

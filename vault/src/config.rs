@@ -7,7 +7,9 @@
 //!
 //! Environment overrides: `VAULT_LISTEN`, `VAULT_DATA_DIR`, `VAULT_MASTER_KEY_FILE`,
 //! `VAULT_FINGERPRINT_KEY_FILE`, and the key material itself via `VAULT_MASTER_KEY` /
-//! `VAULT_FINGERPRINT_KEY` (instead of the files; see `keys`).
+//! `VAULT_FINGERPRINT_KEY` (instead of the files; see `keys`). The payment processor (`[processor]`):
+//! `VAULT_PROCESSOR_URL`, `VAULT_PROCESSOR_SECRET_KEY_FILE`, `VAULT_PROCESSOR_SECRET_KEY` (the key
+//! itself) and `VAULT_PROCESSOR_TIMEOUT_MS`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -100,6 +102,38 @@ impl Default for Storage {
     }
 }
 
+/// `[processor]`: the Stripe-compatible endpoint the charge route calls. Without a `base_url`
+/// the vault runs without charging (the charge route answers 503).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorFile {
+    /// `https://api.stripe.com`, or `http://127.0.0.1:PORT` for the local sandbox (plain http is
+    /// refused for anything but loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// File holding the processor secret key (must be owner-only).
+    pub secret_key_file: PathBuf,
+    /// Whole-call timeout; a timed-out charge is `failed` (retryable), never paid.
+    pub timeout_ms: u64,
+}
+
+impl Default for ProcessorFile {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            secret_key_file: "processor.key".into(),
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The resolved processor settings.
+pub struct ProcessorSettings {
+    pub base_url: Option<String>,
+    pub secret_key: KeySource,
+    pub timeout: std::time::Duration,
+}
+
 /// The file as written and read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +148,8 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub storage: Storage,
+    #[serde(default)]
+    pub processor: ProcessorFile,
 }
 
 impl FileConfig {
@@ -142,6 +178,7 @@ impl FileConfig {
             permissions,
             limits: Limits::default(),
             storage: Storage::default(),
+            processor: ProcessorFile::default(),
         }
     }
 
@@ -151,7 +188,9 @@ impl FileConfig {
             "# Strongroom vault configuration, written by `vault init`.\n\
              # Relative paths are relative to this file's folder.\n\
              # Environment overrides: VAULT_LISTEN, VAULT_DATA_DIR, VAULT_MASTER_KEY_FILE,\n\
-             # VAULT_FINGERPRINT_KEY_FILE, VAULT_MASTER_KEY, VAULT_FINGERPRINT_KEY.\n\n{body}"
+             # VAULT_FINGERPRINT_KEY_FILE, VAULT_MASTER_KEY, VAULT_FINGERPRINT_KEY,\n\
+             # VAULT_PROCESSOR_URL, VAULT_PROCESSOR_SECRET_KEY_FILE, VAULT_PROCESSOR_SECRET_KEY,\n\
+             # VAULT_PROCESSOR_TIMEOUT_MS. Without [processor] base_url charging is off.\n\n{body}"
         ))
     }
 }
@@ -173,6 +212,7 @@ pub struct Config {
     pub permissions: BTreeMap<String, Vec<Permission>>,
     pub limits: Limits,
     pub storage: Storage,
+    pub processor: ProcessorSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +246,10 @@ pub struct Overrides {
     pub fingerprint_key_file: Option<PathBuf>,
     pub master_key: Option<zeroize::Zeroizing<String>>,
     pub fingerprint_key: Option<zeroize::Zeroizing<String>>,
+    pub processor_url: Option<String>,
+    pub processor_secret_key_file: Option<PathBuf>,
+    pub processor_secret_key: Option<zeroize::Zeroizing<String>>,
+    pub processor_timeout_ms: Option<String>,
 }
 
 impl Overrides {
@@ -218,6 +262,10 @@ impl Overrides {
             fingerprint_key_file: var("VAULT_FINGERPRINT_KEY_FILE").map(PathBuf::from),
             master_key: var("VAULT_MASTER_KEY").map(zeroize::Zeroizing::new),
             fingerprint_key: var("VAULT_FINGERPRINT_KEY").map(zeroize::Zeroizing::new),
+            processor_url: var("VAULT_PROCESSOR_URL"),
+            processor_secret_key_file: var("VAULT_PROCESSOR_SECRET_KEY_FILE").map(PathBuf::from),
+            processor_secret_key: var("VAULT_PROCESSOR_SECRET_KEY").map(zeroize::Zeroizing::new),
+            processor_timeout_ms: var("VAULT_PROCESSOR_TIMEOUT_MS"),
         }
     }
 }
@@ -271,6 +319,27 @@ impl Config {
             overrides.fingerprint_key_file,
             &file.fingerprint_key_file,
         );
+        let processor_secret = key_source(
+            overrides.processor_secret_key,
+            overrides.processor_secret_key_file,
+            &file.processor.secret_key_file,
+        );
+        let timeout_ms = match overrides.processor_timeout_ms {
+            Some(t) => t.parse::<u64>().map_err(|_| {
+                ConfigError::Parse("VAULT_PROCESSOR_TIMEOUT_MS must be a number".into())
+            })?,
+            None => file.processor.timeout_ms,
+        };
+        if timeout_ms == 0 {
+            return Err(ConfigError::Parse(
+                "processor timeout must be positive".into(),
+            ));
+        }
+        let processor = ProcessorSettings {
+            base_url: overrides.processor_url.or(file.processor.base_url),
+            secret_key: processor_secret,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+        };
         if file.limits.max_connections == 0 || file.limits.max_body_bytes == 0 {
             return Err(ConfigError::Parse("limits must be positive".into()));
         }
@@ -290,6 +359,7 @@ impl Config {
             permissions: file.permissions,
             limits: file.limits,
             storage: file.storage,
+            processor,
         })
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Layout: `config` (vault.toml + env), `keys` (key files), `crypto` (envelope encryption,
 //! fingerprints), `store` (sled behind the `RecordStore` seam), `audit` (hash chain), `core`
-//! (operations independent of HTTP), `api` (routes, identity, authorisation), `server` (mTLS
+//! (operations independent of HTTP), `api` (routes, identity, authorisation), `processor` (payment-processor connectors), `server` (mTLS
 //! listener), `cli` (init / serve / audit verify), `hardening` (core dumps off).
 //! `main` only parses arguments and calls into `cli`; tests and the benchmark run the same code.
 
@@ -14,5 +14,6 @@ pub mod core;
 pub mod crypto;
 pub mod hardening;
 pub mod keys;
+pub mod processor;
 pub mod server;
 pub mod store;

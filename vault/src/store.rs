@@ -6,6 +6,8 @@
 //! - `by_account`:   `store \0 account \0 id` → empty; lists and erasure per account
 //! - `audit`:        sequence number (u64 BE) → [`AuditEntry`] JSON
 //! - `meta`:         key-check values for the master and fingerprint keys
+//! - `charges`:      `store \0 idempotency key` → [`ChargeEntry`] JSON (the exactly-once ledger
+//!   of the charge route: intent written and flushed before the processor call, outcome after)
 //!
 //! Invariants:
 //! - A record and its index entries (and, for writes, the request's audit entry) change together
@@ -96,6 +98,33 @@ impl StoredRecord {
     }
 }
 
+/// One charge in the ledger. `status` is `pending` from the moment the intent is recorded until
+/// the processor answered; `succeeded`/`declined` are final (replayed, never re-sent), `failed`
+/// is retryable with the same processor idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChargeEntry {
+    pub v: u8,
+    pub payment_method: String,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub reference: Option<String>,
+    /// Processor calls made for this key (replays of a final outcome are not calls).
+    pub attempts: u32,
+    pub created: String,
+    pub updated: String,
+}
+
+fn charge_key(store: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(store.len() + key.len() + 1);
+    k.extend_from_slice(store.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 /// Result of a store request.
 pub enum Stored {
     Created(StoredRecord),
@@ -148,6 +177,7 @@ pub struct SledStore {
     by_account: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
+    charges: sled::Tree,
     head: Mutex<ChainHead>,
     commit: Option<shared::durable::GroupCommit>,
 }
@@ -242,6 +272,7 @@ impl SledStore {
             fingerprints: db.open_tree("fingerprints")?,
             by_account: db.open_tree("by_account")?,
             meta: db.open_tree("meta")?,
+            charges: db.open_tree("charges")?,
             audit,
             head: Mutex::new(head),
             commit,
@@ -262,6 +293,29 @@ impl SledStore {
     pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.meta.insert(key, value)?;
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// The ledger entry for (store, idempotency key), if any.
+    pub fn charge_get(&self, store: &str, key: &str) -> Result<Option<ChargeEntry>, StoreError> {
+        match self.charges.get(charge_key(store, key))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("charge entry")),
+        }
+    }
+
+    /// Writes the ledger entry for (store, idempotency key). Callers serialise per key and wait
+    /// for [`RecordStore::durable`] before acting on it.
+    pub fn charge_put(
+        &self,
+        store: &str,
+        key: &str,
+        entry: &ChargeEntry,
+    ) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(entry).map_err(|_| StoreError::Corrupt("charge encode"))?;
+        self.charges.insert(charge_key(store, key), v)?;
         Ok(())
     }
 

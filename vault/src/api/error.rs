@@ -22,6 +22,8 @@ pub mod code {
     pub const TIMEOUT: &str = "timeout";
     pub const BAD_REQUEST: &str = "bad_request";
     pub const INTERNAL: &str = "internal_error";
+    pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
+    pub const PROCESSOR_NOT_CONFIGURED: &str = "processor_not_configured";
 }
 
 #[derive(Debug)]
@@ -40,6 +42,10 @@ pub enum ApiError {
     Forbidden,
     /// Body larger than the limit.
     TooLarge,
+    /// An idempotency key reused with a different payment method, amount or currency.
+    IdempotencyConflict,
+    /// The charge route is called but no processor is configured.
+    NoProcessor,
     /// Anything else; detail logged, never returned.
     Internal,
 }
@@ -54,6 +60,8 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::IdempotencyConflict => StatusCode::CONFLICT,
+            Self::NoProcessor => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,6 +110,16 @@ impl IntoResponse for ApiError {
                 None,
             ),
             Self::TooLarge => body(code::BODY_TOO_LARGE, "request body is too large", None),
+            Self::IdempotencyConflict => body(
+                code::IDEMPOTENCY_CONFLICT,
+                "this idempotency key was used for a different charge",
+                Some("idempotencyKey"),
+            ),
+            Self::NoProcessor => body(
+                code::PROCESSOR_NOT_CONFIGURED,
+                "no payment processor is configured",
+                None,
+            ),
             Self::Internal => body(code::INTERNAL, "internal error", None),
         };
         (status, Json(b)).into_response()

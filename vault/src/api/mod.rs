@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod audit_log;
+pub mod charges;
 pub mod error;
 pub mod health;
 pub mod payment_methods;
@@ -31,6 +32,10 @@ use std::time::Duration;
 pub struct AppState {
     pub core: VaultCore,
     pub permissions: BTreeMap<String, Vec<Permission>>,
+    /// The connector the charge route calls; `None`: charging is off (503).
+    pub processor: Option<Arc<dyn crate::processor::Processor>>,
+    /// Per-idempotency-key serialisation of charges (sharded).
+    pub charge_locks: charges::ChargeLocks,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -103,6 +108,7 @@ impl AuditNote {
 pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
     Router::new()
         .merge(payment_methods::router())
+        .merge(charges::router())
         .merge(accounts::router())
         .merge(health::router())
         .merge(audit_log::router())

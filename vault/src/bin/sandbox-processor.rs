@@ -6,6 +6,7 @@
 //! - `tok_decline_insufficient_funds…`, `tok_decline_expired_card…`, `tok_decline_do_not_honor…`
 //!   → 402 card_error with that decline code;
 //! - `tok_fail_5xx…` → 500; `tok_fail_timeout…` → answers only after `--timeout-delay-ms`;
+//! - `tok_fail_malformed…` → 200 with a body that is not a payment intent (connector tests);
 //! - anything else → a succeeded payment intent.
 //!
 //! Idempotency follows Stripe: a repeated key with the same parameters replays the first answer
@@ -15,6 +16,10 @@
 //! `GET /_sandbox/charges` lists every charge it received (idempotency key, amount, currency,
 //! payment method, customer, outcome), plus replay counts, for tests to read. The sandbox is the
 //! processor: it is the one party allowed to see tokens. It binds loopback only by default.
+//!
+//! `--delay-ms N` (or env `SANDBOX_CHARGE_DELAY_MS`) makes every charge take N ms before it is
+//! decided and recorded; like a real processor, a charge that arrived is completed even if the
+//! caller goes away meanwhile (crash tests kill the caller mid-charge).
 
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -31,6 +36,7 @@ use std::time::Duration;
 struct App {
     secret_key: Arc<shared::SecretString>,
     timeout_delay: Duration,
+    charge_delay: Duration,
     ledger: Arc<Mutex<Ledger>>,
 }
 
@@ -44,6 +50,8 @@ struct Ledger {
     replays: u64,
     /// Requests answered with a transient failure (5xx or delayed).
     transient_failures: u64,
+    /// Keys whose first request is still being decided: a concurrent repeat gets Stripe's 409.
+    in_flight: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -74,11 +82,19 @@ struct ChargeRecord {
     decline_code: Option<String>,
 }
 
-fn parse_args() -> Result<(SocketAddr, String, Duration), String> {
+type Args = (SocketAddr, String, Duration, Duration);
+
+fn parse_args() -> Result<Args, String> {
     let mut listen: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "bad default")?;
     let mut secret =
         std::env::var("SANDBOX_SECRET_KEY").unwrap_or_else(|_| "sk_test_sandbox".into());
     let mut delay = Duration::from_secs(30);
+    let mut charge_delay = Duration::from_millis(
+        std::env::var("SANDBOX_CHARGE_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
@@ -92,18 +108,22 @@ fn parse_args() -> Result<(SocketAddr, String, Duration), String> {
                         .map_err(|_| "--timeout-delay-ms: not a number")?,
                 )
             }
+            "--delay-ms" => {
+                charge_delay =
+                    Duration::from_millis(value()?.parse().map_err(|_| "--delay-ms: not a number")?)
+            }
             "-h" | "--help" => {
-                return Err("usage: sandbox-processor [--listen 127.0.0.1:0] [--secret-key KEY | env SANDBOX_SECRET_KEY] [--timeout-delay-ms 30000]".into());
+                return Err("usage: sandbox-processor [--listen 127.0.0.1:0] [--secret-key KEY | env SANDBOX_SECRET_KEY] [--timeout-delay-ms 30000] [--delay-ms 0 | env SANDBOX_CHARGE_DELAY_MS]".into());
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok((listen, secret, delay))
+    Ok((listen, secret, delay, charge_delay))
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let (listen, secret, delay) = match parse_args() {
+    let (listen, secret, delay, charge_delay) = match parse_args() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("{e}");
@@ -113,6 +133,7 @@ async fn main() {
     let app = App {
         secret_key: Arc::new(shared::SecretString::new(secret)),
         timeout_delay: delay,
+        charge_delay,
         ledger: Arc::new(Mutex::new(Ledger::default())),
     };
     let router = Router::new()
@@ -150,6 +171,20 @@ fn stripe_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Re
 
 async fn create_payment_intent(
     State(app): State<App>,
+    headers: HeaderMap,
+    form: Result<Form<ChargeParams>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    // Decided in its own task: a caller that disconnects (or is killed) does not cancel a charge
+    // the processor already received.
+    let task = tokio::spawn(decide(app, headers, form));
+    match task.await {
+        Ok(r) => r,
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn decide(
+    app: App,
     headers: HeaderMap,
     form: Result<Form<ChargeParams>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -201,9 +236,43 @@ async fn create_payment_intent(
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             return (status, [("idempotent-replayed", "true")], Json(body)).into_response();
         }
+        if !ledger.in_flight.insert(k.clone()) {
+            return stripe_error(
+                StatusCode::CONFLICT,
+                "idempotency_error",
+                "idempotency_key_in_use",
+                "There is currently another in-progress request using this Idempotent Key.",
+            );
+        }
     }
+    let response = decide_new(&app, key.clone(), params).await;
+    if let Some(k) = &key {
+        app.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .in_flight
+            .remove(k);
+    }
+    response
+}
 
+async fn decide_new(app: &App, key: Option<String>, params: ChargeParams) -> Response {
+    if !app.charge_delay.is_zero() {
+        tokio::time::sleep(app.charge_delay).await;
+    }
     let pm = params.payment_method.as_str();
+    if pm.starts_with("tok_fail_malformed") {
+        app.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .transient_failures += 1;
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "{\"id\": \"pi_",
+        )
+            .into_response();
+    }
     if pm.starts_with("tok_fail_5xx") {
         app.ledger
             .lock()
