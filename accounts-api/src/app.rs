@@ -30,6 +30,8 @@ pub struct AppState {
     pub events: Arc<dyn crate::eventstore::EventStore>,
     pub settings: crate::settings::Settings,
     pub vault: VaultClient,
+    /// The renewal job's vault client (`renewals` identity); `None`: renewals are off.
+    pub renewals: Option<crate::renewals::Renewals>,
     locks: Vec<Arc<Mutex<()>>>,
     auth: crate::auth::AuthCache,
 }
@@ -43,12 +45,24 @@ impl AppState {
         settings: crate::settings::Settings,
         vault: VaultClient,
     ) -> SharedState {
+        Self::with_renewals(storage, events, settings, vault, None)
+    }
+
+    /// Like [`AppState::new`], with the renewal job's own vault client.
+    pub fn with_renewals(
+        storage: Arc<dyn Storage>,
+        events: Arc<dyn crate::eventstore::EventStore>,
+        settings: crate::settings::Settings,
+        vault: VaultClient,
+        renewals: Option<VaultClient>,
+    ) -> SharedState {
         let locks = (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect();
         Arc::new(Self {
             storage,
             events,
             settings,
             vault,
+            renewals: renewals.map(crate::renewals::Renewals::new),
             locks,
             auth: crate::auth::AuthCache::default(),
         })

@@ -9,10 +9,15 @@
 //! ca = "pki/ca.pem"                   # relative paths are relative to this file
 //! cert = "pki/accounts.pem"
 //! key = "pki/accounts.key"
+//! [renewals]                          # the renewal job (off without this section)
+//! cert = "pki/renewals.pem"           # its own client identity at the vault
+//! key = "pki/renewals.key"
+//! interval_secs = 60                  # periodic run; 0 = on demand only
 //! ```
 //! Overrides: `STRONGROOM_LISTEN`, `STRONGROOM_DATA`, `STRONGROOM_VAULT_ADDR`,
 //! `STRONGROOM_VAULT_SERVER_NAME`, `STRONGROOM_VAULT_CA`, `STRONGROOM_VAULT_CERT`,
-//! `STRONGROOM_VAULT_KEY`.
+//! `STRONGROOM_VAULT_KEY`, `STRONGROOM_RENEWALS_CERT`, `STRONGROOM_RENEWALS_KEY`,
+//! `STRONGROOM_RENEWALS_INTERVAL_SECS`.
 
 use crate::vault::VaultConfig;
 use serde::Deserialize;
@@ -26,6 +31,37 @@ struct FileConfig {
     listen: Option<String>,
     data: Option<PathBuf>,
     vault: Option<VaultFile>,
+    renewals: Option<RenewalsFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RenewalsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    interval_secs: Option<u64>,
+}
+
+/// The renewal job: its client certificate at the vault and how often it runs.
+#[derive(Debug, Clone)]
+pub struct RenewalsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `None`: only on demand (`POST /subscriptions/charge`).
+    pub interval: Option<std::time::Duration>,
+}
+
+impl RenewalsConfig {
+    /// The interval from `STRONGROOM_RENEWALS_INTERVAL_SECS`, else `default_secs` (0 = off).
+    pub fn interval_from_env(default_secs: u64) -> Result<Option<std::time::Duration>, String> {
+        let secs = match env("STRONGROOM_RENEWALS_INTERVAL_SECS") {
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| "STRONGROOM_RENEWALS_INTERVAL_SECS: not a number".to_owned())?,
+            None => default_secs,
+        };
+        Ok((secs > 0).then(|| std::time::Duration::from_secs(secs)))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -44,6 +80,7 @@ pub struct Config {
     /// The data folder; accounts-api's own state is under `data/accounts`.
     pub data: PathBuf,
     pub vault: VaultConfig,
+    pub renewals: Option<RenewalsConfig>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -59,6 +96,24 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let v = file.vault.unwrap_or_default();
+        let r = file.renewals;
+        let renewals = match r {
+            None if env("STRONGROOM_RENEWALS_CERT").is_none() => None,
+            r => {
+                let r = r.unwrap_or_default();
+                let path = |envname: &str, val: Option<PathBuf>, what: &str| {
+                    env(envname)
+                        .map(PathBuf::from)
+                        .or(val.map(rel))
+                        .ok_or(format!("renewals.{what} is required"))
+                };
+                Some(RenewalsConfig {
+                    cert: path("STRONGROOM_RENEWALS_CERT", r.cert, "cert")?,
+                    key: path("STRONGROOM_RENEWALS_KEY", r.key, "key")?,
+                    interval: RenewalsConfig::interval_from_env(r.interval_secs.unwrap_or(60))?,
+                })
+            }
+        };
         let listen = env("STRONGROOM_LISTEN")
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -92,6 +147,7 @@ impl Config {
                     key: need("STRONGROOM_VAULT_KEY", v.key, "key")?,
                 },
             },
+            renewals,
         })
     }
 

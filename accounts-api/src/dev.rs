@@ -5,6 +5,12 @@
 //! accounts-api on `DATA/accounts`, creates a demo store on first use — dev mode only, its
 //! credentials kept in `DATA/accounts/dev-store.json` (0600) so later runs print the same ones —
 //! and prints one line `STRONGROOM_READY {json}`.
+//!
+//! Payments: unless `VAULT_PROCESSOR_URL` is set (then the vault inherits it and
+//! `VAULT_PROCESSOR_SECRET_KEY[_FILE]` and charges that endpoint), dev also starts the
+//! `sandbox-processor` binary from the same build, with a fresh random secret key handed to both
+//! children through their environment, and points the vault at it. The renewal job runs with the
+//! `renewals` certificate of the dev PKI every `STRONGROOM_RENEWALS_INTERVAL_SECS` (default 60).
 
 use crate::vault::VaultConfig;
 use serde_json::{Value, json};
@@ -43,7 +49,9 @@ fn vault_binary() -> Result<PathBuf, String> {
             .arg("-p")
             .arg("vault")
             .arg("--bin")
-            .arg("vault");
+            .arg("vault")
+            .arg("--bin")
+            .arg("sandbox-processor");
         if profile != "debug" {
             cmd.arg("--profile").arg(if profile == "release" {
                 "release"
@@ -62,6 +70,57 @@ fn vault_binary() -> Result<PathBuf, String> {
         "{} is missing: build it with `cargo build -p vault` (same profile)",
         vault.display()
     ))
+}
+
+/// Starts `sandbox-processor` (next to the vault binary) with `secret` as its key; returns the
+/// child and its address.
+async fn start_sandbox(
+    vault_bin: &Path,
+    secret: &str,
+) -> Result<(tokio::process::Child, String), String> {
+    let bin = vault_bin.with_file_name("sandbox-processor");
+    if !bin.exists() {
+        return Err(format!(
+            "{} is missing: build it with `cargo build -p vault` (same profile)",
+            bin.display()
+        ));
+    }
+    let mut child = tokio::process::Command::new(&bin)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("SANDBOX_SECRET_KEY", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("sandbox-processor: {e}"))?;
+    let stdout = child.stdout.take().ok_or("sandbox stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(a) = line.strip_prefix("SANDBOX_LISTENING ") {
+                return Some(a.trim().to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or("the sandbox processor did not start (no SANDBOX_LISTENING line)")?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr))
+}
+
+fn random_secret() -> Result<zeroize::Zeroizing<String>, String> {
+    let mut b = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| "no system randomness")?;
+    Ok(zeroize::Zeroizing::new(format!(
+        "sk_test_{}",
+        hex::encode(b)
+    )))
 }
 
 async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value, String> {
@@ -118,7 +177,27 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
             return Err(format!("vault init failed: {status}"));
         }
     }
-    let mut child = tokio::process::Command::new(&vault_bin)
+    // A real processor from the environment, or the local sandbox.
+    let external = std::env::var("VAULT_PROCESSOR_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let mut sandbox = None;
+    let mut vault_cmd = tokio::process::Command::new(&vault_bin);
+    let processor = match external {
+        Some(url) => url,
+        None => {
+            let secret = random_secret()?;
+            let (child, addr) = start_sandbox(&vault_bin, &secret).await?;
+            sandbox = Some(child);
+            let url = format!("http://{addr}");
+            vault_cmd
+                .env("VAULT_PROCESSOR_URL", &url)
+                .env("VAULT_PROCESSOR_SECRET_KEY", secret.as_str());
+            url
+        }
+    };
+    let sandbox_pid = sandbox.as_ref().and_then(tokio::process::Child::id);
+    let mut child = vault_cmd
         .arg("serve")
         .arg("--config")
         .arg(&vault_toml)
@@ -164,7 +243,12 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
             key: pki.join("accounts.key"),
         },
     };
-    let state = crate::build(&data, &vault_cfg)?;
+    let renewals = crate::config::RenewalsConfig {
+        cert: pki.join("renewals.pem"),
+        key: pki.join("renewals.key"),
+        interval: crate::config::RenewalsConfig::interval_from_env(60)?,
+    };
+    let state = crate::build_with_renewals(&data, &vault_cfg, Some(&renewals))?;
     let demo = demo_store(&state, &crate::config::accounts_dir(&data)).await?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -177,6 +261,8 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
         "password": demo.get("password"),
         "vault": addr,
         "vaultPid": vault_pid,
+        "processor": processor,
+        "processorPid": sandbox_pid,
     });
     println!("STRONGROOM_READY {ready}");
     tracing::info!(api = %local, vault = %addr, "strongroom dev system ready");
@@ -191,5 +277,8 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
         }
     };
     let _ = child.kill().await;
+    if let Some(mut s) = sandbox {
+        let _ = s.kill().await;
+    }
     served.map_err(|e| e.to_string())
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod eventstore;
 pub mod iso;
 pub mod model;
+pub mod renewals;
 pub mod routes;
 pub mod settings;
 pub mod storage;
@@ -25,6 +26,16 @@ use std::sync::Arc;
 /// Opens the data folder (`data/accounts`), connects the vault client, and starts the admin
 /// socket. Must run inside a tokio runtime.
 pub fn build(data: &Path, vault: &vault::VaultConfig) -> Result<app::SharedState, String> {
+    build_with_renewals(data, vault, None)
+}
+
+/// [`build`] plus the renewal job: its own vault client (the `renewals` certificate) and, when
+/// `interval` is given, a periodic run (the first at once, resuming interrupted charges).
+pub fn build_with_renewals(
+    data: &Path,
+    vault: &vault::VaultConfig,
+    renewals: Option<&config::RenewalsConfig>,
+) -> Result<app::SharedState, String> {
     let dir = config::accounts_dir(data);
     admin::private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let sled = Arc::new(
@@ -34,11 +45,33 @@ pub fn build(data: &Path, vault: &vault::VaultConfig) -> Result<app::SharedState
     let storage: Arc<dyn storage::Storage> = sled.clone();
     let events: Arc<dyn eventstore::EventStore> = sled;
     let client = vault::VaultClient::new(vault)?;
+    let renewals_client = match renewals {
+        Some(r) => {
+            let cfg = vault::VaultConfig {
+                tls: shared::tls::TlsFiles {
+                    ca: vault.tls.ca.clone(),
+                    cert: r.cert.clone(),
+                    key: r.key.clone(),
+                },
+                ..vault.clone()
+            };
+            // Longer than the vault's processor timeout: a slow processor is an answer.
+            Some(vault::VaultClient::with_timeout(
+                &cfg,
+                std::time::Duration::from_secs(30),
+            )?)
+        }
+        None => None,
+    };
     admin::serve(&dir, Arc::clone(&storage), Arc::clone(&events))
         .map_err(|e| format!("admin socket: {e}"))?;
     let settings = settings::Settings::from_env();
     webhooks::spawn_dispatcher(Arc::clone(&events), settings.clone())?;
-    Ok(app::AppState::new(storage, events, settings, client))
+    let state = app::AppState::with_renewals(storage, events, settings, client, renewals_client);
+    if let Some(interval) = renewals.and_then(|r| r.interval) {
+        renewals::spawn_periodic(Arc::clone(&state), interval);
+    }
+    Ok(state)
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

@@ -133,7 +133,7 @@ enum StoreCommand {
 
 async fn serve(config: PathBuf) -> Result<(), String> {
     let cfg = accounts_api::config::Config::load(&config)?;
-    let state = accounts_api::build(&cfg.data, &cfg.vault)?;
+    let state = accounts_api::build_with_renewals(&cfg.data, &cfg.vault, cfg.renewals.as_ref())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("bind {}: {e}", cfg.listen))?;

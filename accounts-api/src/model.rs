@@ -359,6 +359,8 @@ pub struct OrderRecord {
 pub enum SubState {
     Active,
     Canceled,
+    /// Renewal failed on every retry of the schedule; no more charges.
+    Deactivated,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -385,6 +387,44 @@ pub struct SubscriptionRecord {
     pub begin: i64,
     pub next: i64,
     pub canceled: Option<i64>,
+    /// Renewal bookkeeping (absent in records written before renewals existed).
+    #[serde(default)]
+    pub renewal: RenewalState,
+}
+
+/// What the renewal job keeps on a subscription.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewalState {
+    /// A charge whose intent is recorded but whose outcome is not (yet): resumed with the same
+    /// key after a crash or a transient failure.
+    pub pending: Option<PendingCharge>,
+    /// The last decline code (`insufficient_funds`, `expired_card`, …), cleared by a success.
+    pub decline_reason: Option<String>,
+    /// Declines in the current period.
+    pub failed_attempts: u32,
+    /// When the next retry after a decline is due (ms).
+    pub retry_at: Option<i64>,
+    /// The saved card expires before the next charge date.
+    pub card_expiring: bool,
+    /// The period (`next`) the expiring event was emitted for.
+    pub expiring_notified: Option<i64>,
+    /// The period (`next`) a manual-renewal reminder was emitted for.
+    pub reminded: Option<i64>,
+    /// Time of the last successful charge (ms).
+    pub last_charged: Option<i64>,
+}
+
+/// An intent recorded before the vault is called.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCharge {
+    pub key: String,
+    /// The period start (`next` when the charge began).
+    pub period: i64,
+    pub amount: i64,
+    pub currency: String,
+    pub started: i64,
 }
 
 /// What a mutating request answered, kept under its Idempotency-Key so a retry gets the same

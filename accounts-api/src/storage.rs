@@ -75,6 +75,16 @@ pub struct Checkout {
 /// Mutation of a subscription inside a transaction; an `Err` aborts everything.
 pub type SubscriptionChange<'a> =
     &'a (dyn Fn(&mut SubscriptionRecord) -> Result<(), StorageError> + Sync);
+/// A renewal step: changes a subscription and its account together and returns the events that
+/// describe it (written in the same transaction). An `Err` aborts everything. May run more than
+/// once (transaction retries), so it must not have side effects.
+pub type RenewalChange<'a> = &'a (
+        dyn Fn(
+    &mut SubscriptionRecord,
+    &mut AccountRecord,
+) -> Result<Vec<EventRecord>, StorageError>
+            + Sync
+    );
 /// Mutation of an account inside a transaction.
 pub type AccountChange<'a> = &'a (dyn Fn(&mut AccountRecord) + Sync);
 
@@ -144,6 +154,18 @@ pub trait Storage: Send + Sync + 'static {
         change: SubscriptionChange<'_>,
         extras: &Extras,
     ) -> Result<Vec<SubscriptionRecord>, StorageError>;
+    /// Every subscription of every store that `keep` selects (the renewal job's scan).
+    fn scan_subscriptions(
+        &self,
+        keep: &(dyn Fn(&SubscriptionRecord) -> bool + Sync),
+    ) -> Result<Vec<SubscriptionRecord>, StorageError>;
+    /// Applies one renewal step to a subscription and its account, with its events, atomically.
+    fn apply_renewal(
+        &self,
+        store: &str,
+        id: &str,
+        change: RenewalChange<'_>,
+    ) -> Result<SubscriptionRecord, StorageError>;
     /// Forgets a payment method of an account; subscriptions that used it become manual-renewal.
     fn remove_payment_method(
         &self,
@@ -552,6 +574,57 @@ impl Storage for SledStorage {
             }
             tx_extras(tx, store, extras)?;
             Ok(out)
+        });
+        finish(r)
+    }
+
+    fn scan_subscriptions(
+        &self,
+        keep: &(dyn Fn(&SubscriptionRecord) -> bool + Sync),
+    ) -> Result<Vec<SubscriptionRecord>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"b/") {
+            let (_, v) = kv?;
+            let s: SubscriptionRecord = serde_json::from_slice(&v)?;
+            if keep(&s) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply_renewal(
+        &self,
+        store: &str,
+        id: &str,
+        change: RenewalChange<'_>,
+    ) -> Result<SubscriptionRecord, StorageError> {
+        let r = self.tree.transaction(|tx| {
+            let sk = key("b", store, id);
+            let Some(mut sub) = tx_get::<SubscriptionRecord>(tx, &sk)? else {
+                return abort(StorageError::NotFound);
+            };
+            let ak = key("a", store, &sub.account);
+            let Some(mut account) = tx_get::<AccountRecord>(tx, &ak)? else {
+                return abort(StorageError::NotFound);
+            };
+            let events = match change(&mut sub, &mut account) {
+                Ok(e) => e,
+                Err(e) => return abort(e),
+            };
+            tx_put(tx, &sk, &sub)?;
+            tx_put(tx, &ak, &account)?;
+            // Events go through the same path as every other change (event rows + webhook
+            // outbox in this transaction).
+            tx_extras(
+                tx,
+                store,
+                &Extras {
+                    idempotency: None,
+                    events,
+                },
+            )?;
+            Ok(sub)
         });
         finish(r)
     }

@@ -44,6 +44,12 @@ pub struct VaultClient {
 
 impl VaultClient {
     pub fn new(cfg: &VaultConfig) -> Result<Self, String> {
+        Self::with_timeout(cfg, Duration::from_secs(10))
+    }
+
+    /// Like [`VaultClient::new`] with another whole-request timeout (the renewals client waits
+    /// longer than the vault's processor timeout, so a slow processor is an answer, not a guess).
+    pub fn with_timeout(cfg: &VaultConfig, timeout: Duration) -> Result<Self, String> {
         shared::tls::install_crypto_provider();
         let tls = mtls_client_config(&cfg.tls).map_err(|e| e.to_string())?;
         let http = reqwest::Client::builder()
@@ -56,7 +62,7 @@ impl VaultClient {
             .pool_max_idle_per_host(128)
             .pool_idle_timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
+            .timeout(timeout)
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self {
@@ -157,6 +163,31 @@ impl VaultClient {
             .await
             .map_err(Self::unavailable)?;
         Self::check(resp).await.map(|_| ())
+    }
+
+    /// Charges a stored payment method (only the `renewals` identity may). The outcome is the
+    /// vault's; a 4xx names its field in `Rejected`, a 404 is `NotFound`.
+    pub async fn charge(
+        &self,
+        payment_method: &str,
+        req: &shared::vault_api::ChargeRequest,
+    ) -> Result<shared::vault_api::ChargeOutcome, VaultError> {
+        let resp = self
+            .http
+            // Payment-method ids are `pm_` + hex: nothing to escape.
+            .post(format!(
+                "{}{PATH_PAYMENT_METHODS}/{payment_method}/charge",
+                self.base
+            ))
+            .json(req)
+            .send()
+            .await
+            .map_err(Self::unavailable)?;
+        Self::check(resp)
+            .await?
+            .json()
+            .await
+            .map_err(Self::unavailable)
     }
 
     pub async fn health(&self) -> Result<(), VaultError> {

@@ -96,6 +96,8 @@ impl StripeConnector {
         let endpoint = base
             .join("/v1/payment_intents")
             .map_err(|_| ProcessorConfigError::BadUrl)?;
+        // reqwest is built without a default rustls provider.
+        shared::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))

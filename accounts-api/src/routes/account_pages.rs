@@ -526,7 +526,8 @@ async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> R
                 continue;
             };
             let (label, action) = match s.state {
-                SubState::Active => ("Cancel", "cancel"),
+                // A deactivated subscription (renewal failed) can still be canceled for good.
+                SubState::Active | SubState::Deactivated => ("Cancel", "cancel"),
                 SubState::Canceled => ("Resume", "resume"),
             };
             let _ = write!(
@@ -538,6 +539,7 @@ async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> R
                 match s.state {
                     SubState::Active => "active",
                     SubState::Canceled => "canceled",
+                    SubState::Deactivated => "deactivated",
                 },
                 if s.auto_renew { "automatic" } else { "manual" },
                 esc(&display_date(s.next)),

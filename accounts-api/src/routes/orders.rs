@@ -690,6 +690,7 @@ async fn complete(
                     begin: now,
                     next: add_interval(now, unit, len),
                     canceled: None,
+                    renewal: Default::default(),
                 });
             }
             items.push(OrderItem {

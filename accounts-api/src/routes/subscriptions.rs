@@ -22,6 +22,10 @@ use std::collections::HashMap;
 pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/subscriptions", get(list))
+        .route(
+            "/subscriptions/charge",
+            axum::routing::post(crate::renewals::charge_route),
+        )
         .route("/subscriptions/{id}", get(read).delete(cancel).post(resume))
 }
 
@@ -42,7 +46,8 @@ pub fn subscription_json(s: &SubscriptionRecord, action: &str) -> Value {
         .map(|b| b.as_str().to_ascii_uppercase());
     json!({
         "id": s.id, "subscription": s.id, "action": action, "result": "success",
-        "active": true, "state": match s.state { SubState::Active => "active", SubState::Canceled => "canceled" },
+        "active": s.state != SubState::Deactivated,
+        "state": match s.state { SubState::Active => "active", SubState::Canceled => "canceled", SubState::Deactivated => "deactivated" },
         "live": false, "account": s.account, "product": s.product, "quantity": s.quantity,
         "price": to_major(s.price, exp), "currency": s.currency,
         "autoRenew": s.auto_renew,
@@ -58,6 +63,12 @@ pub fn subscription_json(s: &SubscriptionRecord, action: &str) -> Value {
         "canceledDate": s.canceled,
         "deactivationDate": s.canceled.map(|_| s.next),
         "order": s.order,
+        // Renewal state (Strongroom extension): the last decline code, the next retry after a
+        // decline, and whether the saved card expires before the next charge.
+        "declineReason": s.renewal.decline_reason,
+        "failedAttempts": s.renewal.failed_attempts,
+        "nextRetry": s.renewal.retry_at,
+        "cardExpiring": s.renewal.card_expiring,
     })
 }
 

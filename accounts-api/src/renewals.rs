@@ -1,0 +1,562 @@
+//! The renewal job: charges due automatic subscriptions through the vault (as the `renewals`
+//! identity), reminds manual ones, flags cards that expire before the next charge.
+//!
+//! Exactly once per period, across crashes:
+//! 1. under a per-subscription lock, the intent (`renewal.pending`: idempotency key, period,
+//!    amount) is written and flushed before the vault is called;
+//! 2. the vault charges with that key (its own ledger plus the processor's idempotency make a
+//!    repeated key one charge);
+//! 3. the outcome is written in one transaction with the subscription, the account's
+//!    `charges[]` and the events. A crash between 1 and 3 leaves `pending`; every run (the first
+//!    one right after start) resumes pending intents with the same key.
+//!
+//! Keys: `{subscription}:{period}` for the first attempt of a period, `…:{n}` for retry `n`
+//! after a decline (a declined key is final in the vault and at the processor). A success ends
+//! the period, so no period is ever paid twice.
+//!
+//! Declines retry 1, 3 and 5 days after the due date ([`RETRY_DAYS`]); the decline after the
+//! last retry deactivates the subscription. Transient failures (`failed`, vault unreachable) keep
+//! the intent and retry with the same key on the next run.
+//!
+//! Time is a parameter (`now`, ms) of [`run_due`] and [`renew_one`], so schedules are testable
+//! without waiting.
+
+use crate::app::{AppState, SharedState, authorize, body_bytes, json_object, ok};
+use crate::error::{ApiError, StorageError};
+use crate::model::{
+    ChargeRecord, EventRecord, PendingCharge, RenewalState, SubState, SubscriptionRecord,
+    add_interval, now_ms, to_major,
+};
+use crate::vault::{VaultClient, VaultError};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{Value, json};
+use shared::vault_api::{ChargeRequest, ChargeStatus};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+pub const DAY_MS: i64 = 86_400_000;
+/// Retries after a decline, in days after the due date. The decline after the last one
+/// deactivates the subscription.
+pub const RETRY_DAYS: [i64; 3] = [1, 3, 5];
+/// Manual-renewal reminders go out this long before the due date.
+pub const REMIND_AHEAD_MS: i64 = 3 * DAY_MS;
+/// Charges the job runs at once.
+pub const CONCURRENCY: usize = 32;
+const LOCK_SHARDS: usize = 1024;
+const ACTION: &str = "subscription.charge";
+
+/// The renewal job's own vault client (`renewals` certificate) and per-subscription locks.
+pub struct Renewals {
+    client: VaultClient,
+    locks: Vec<Arc<Mutex<()>>>,
+}
+
+impl Renewals {
+    pub fn new(client: VaultClient) -> Self {
+        Self {
+            client,
+            locks: (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect(),
+        }
+    }
+
+    fn lock_for(&self, store: &str, id: &str) -> Arc<Mutex<()>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (store, id).hash(&mut h);
+        Arc::clone(&self.locks[(h.finish() as usize) % self.locks.len()])
+    }
+}
+
+/// What one renewal step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Charged,
+    Declined {
+        reason: String,
+        deactivated: bool,
+    },
+    /// Transient: nothing paid; the intent stays and is retried with the same key.
+    Failed {
+        reason: String,
+    },
+    Reminded,
+    /// Nothing to do now.
+    Skipped,
+    /// Refused before any charge (fixed codes: `NOT_FOUND`, `SUBSCRIPTION_NOT_ACTIVE`, …).
+    Refused(&'static str),
+}
+
+impl Outcome {
+    /// FastSpring's per-item answer of `POST /subscriptions/charge`.
+    pub fn item(&self, id: &str) -> Value {
+        let err = |code: String| {
+            json!({"subscription": id, "action": ACTION, "result": "error",
+                "error": {"subscription": code}})
+        };
+        match self {
+            Self::Charged => json!({"subscription": id, "action": ACTION, "result": "success"}),
+            Self::Declined { reason, .. } | Self::Failed { reason } => {
+                err(reason.to_ascii_uppercase())
+            }
+            Self::Reminded => err("MANUAL_RENEWAL".into()),
+            Self::Skipped => err("NOTHING_DUE".into()),
+            Self::Refused(code) => err((*code).to_owned()),
+        }
+    }
+}
+
+/// Counts of one [`run_due`] pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunSummary {
+    pub examined: usize,
+    pub charged: usize,
+    pub declined: usize,
+    pub deactivated: usize,
+    pub failed: usize,
+    pub reminded: usize,
+    pub errors: usize,
+}
+
+fn automatic(s: &SubscriptionRecord) -> bool {
+    s.auto_renew && s.payment_method.is_some()
+}
+
+/// End of the card's validity (first instant of the month after `MM/YY`), ms.
+fn card_valid_until(expiry: &str) -> Option<i64> {
+    let (m, y) = expiry.split_once('/')?;
+    let month: u8 = m.parse().ok()?;
+    let year: i32 = 2000 + y.parse::<i32>().ok()?;
+    let (ny, nm) = if month >= 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    let d = time::Date::from_calendar_date(ny, time::Month::try_from(nm).ok()?, 1).ok()?;
+    Some(d.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+/// Whether the saved card expires before the next charge date.
+fn card_expiring(s: &SubscriptionRecord) -> bool {
+    automatic(s)
+        && s.payment_kind == "card"
+        && s.expiry
+            .as_deref()
+            .and_then(card_valid_until)
+            .is_some_and(|until| until <= s.next)
+}
+
+fn expiry_needs_update(s: &SubscriptionRecord) -> bool {
+    let expiring = card_expiring(s);
+    expiring != s.renewal.card_expiring || (expiring && s.renewal.expiring_notified != Some(s.next))
+}
+
+/// Whether a run at `now` has work for this subscription.
+pub fn has_work(s: &SubscriptionRecord, now: i64) -> bool {
+    if s.state != SubState::Active {
+        return false;
+    }
+    if s.renewal.pending.is_some() || expiry_needs_update(s) {
+        return true;
+    }
+    if automatic(s) {
+        s.next <= now && s.renewal.retry_at.is_none_or(|t| t <= now)
+    } else {
+        s.next - REMIND_AHEAD_MS <= now && s.renewal.reminded != Some(s.next)
+    }
+}
+
+fn charge_key(s: &SubscriptionRecord) -> String {
+    match s.renewal.failed_attempts {
+        0 => format!("{}:{}", s.id, s.next),
+        n => format!("{}:{}:{n}", s.id, s.next),
+    }
+}
+
+fn money(amount: i64, currency: &str) -> f64 {
+    let exp = shared::Currency::parse(currency)
+        .map(|c| c.exponent())
+        .unwrap_or(2);
+    to_major(amount, exp)
+}
+
+/// One pass: every subscription with work at `now`, [`CONCURRENCY`] at a time.
+pub async fn run_due(state: &SharedState, now: i64) -> Result<RunSummary, StorageError> {
+    let due = state.storage.scan_subscriptions(&|s| has_work(s, now))?;
+    let mut summary = RunSummary {
+        examined: due.len(),
+        ..RunSummary::default()
+    };
+    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut set = tokio::task::JoinSet::new();
+    for s in due {
+        let Ok(permit) = Arc::clone(&sem).acquire_owned().await else {
+            break;
+        };
+        let st = Arc::clone(state);
+        set.spawn(async move {
+            let r = renew_one(&st, &s.store, &s.id, now, false).await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(o)) => match o {
+                Outcome::Charged => summary.charged += 1,
+                Outcome::Declined { deactivated, .. } => {
+                    summary.declined += 1;
+                    if deactivated {
+                        summary.deactivated += 1;
+                    }
+                }
+                Outcome::Failed { .. } => summary.failed += 1,
+                Outcome::Reminded => summary.reminded += 1,
+                Outcome::Skipped | Outcome::Refused(_) => {}
+            },
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "renewal step failed");
+                summary.errors += 1;
+            }
+            Err(_) => summary.errors += 1,
+        }
+    }
+    Ok(summary)
+}
+
+/// Runs [`run_due`] every `interval` (the first pass at once: it resumes pending intents).
+pub fn spawn_periodic(state: SharedState, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match run_due(&state, now_ms()).await {
+                Ok(s) if s.examined > 0 => tracing::info!(
+                    examined = s.examined,
+                    charged = s.charged,
+                    declined = s.declined,
+                    deactivated = s.deactivated,
+                    failed = s.failed,
+                    reminded = s.reminded,
+                    errors = s.errors,
+                    "renewal run"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "renewal run failed"),
+            }
+        }
+    });
+}
+
+/// One renewal step for one subscription at `now`. `on_demand` (`POST /subscriptions/charge`)
+/// charges the upcoming period even before it is due and ignores the retry wait.
+pub async fn renew_one(
+    state: &AppState,
+    store: &str,
+    id: &str,
+    now: i64,
+    on_demand: bool,
+) -> Result<Outcome, StorageError> {
+    let Some(renewals) = state.renewals.as_ref() else {
+        return Ok(Outcome::Refused("RENEWALS_DISABLED"));
+    };
+    let lock = renewals.lock_for(store, id);
+    let _guard = lock.lock().await;
+    let Some(mut sub) = state.storage.subscription(store, id)? else {
+        return Ok(Outcome::Refused("NOT_FOUND"));
+    };
+    if sub.state != SubState::Active {
+        return Ok(if on_demand {
+            Outcome::Refused("SUBSCRIPTION_NOT_ACTIVE")
+        } else {
+            Outcome::Skipped
+        });
+    }
+    if expiry_needs_update(&sub) {
+        sub = flag_expiry(state, store, id).await?;
+    }
+
+    let pending = match sub.renewal.pending.clone() {
+        Some(p) => p,
+        None if !automatic(&sub) => {
+            let reminder_due = on_demand || sub.next - REMIND_AHEAD_MS <= now;
+            if reminder_due && sub.renewal.reminded != Some(sub.next) {
+                remind(state, store, id).await?;
+            }
+            return Ok(if on_demand || reminder_due {
+                Outcome::Reminded
+            } else {
+                Outcome::Skipped
+            });
+        }
+        None => {
+            let due = sub.next <= now && sub.renewal.retry_at.is_none_or(|t| t <= now);
+            if !due && !on_demand {
+                return Ok(Outcome::Skipped);
+            }
+            if on_demand && sub.renewal.last_charged.is_some_and(|t| now - t < DAY_MS) {
+                return Ok(Outcome::Refused(
+                    "Only 1 successful rebill per day allowed.",
+                ));
+            }
+            let p = PendingCharge {
+                key: charge_key(&sub),
+                period: sub.next,
+                amount: sub.price.saturating_mul(i64::from(sub.quantity)),
+                currency: sub.currency.clone(),
+                started: now,
+            };
+            let intent = p.clone();
+            state.storage.apply_renewal(store, id, &|s, _| {
+                if s.state != SubState::Active || s.renewal.pending.is_some() {
+                    return Err(StorageError::State("the subscription changed meanwhile"));
+                }
+                s.renewal.pending = Some(intent.clone());
+                Ok(vec![])
+            })?;
+            // The intent is on disk before the vault hears of the charge.
+            state.storage.durable().await?;
+            p
+        }
+    };
+
+    let Some(pm) = sub.payment_method.clone() else {
+        // The card was removed while a charge was pending: nothing can be charged.
+        return settle_decline(state, store, id, &pending, "payment_method_missing", now).await;
+    };
+    let req = ChargeRequest {
+        store: store.to_owned(),
+        amount: pending.amount,
+        currency: pending.currency.clone(),
+        idempotency_key: pending.key.clone(),
+        description: Some(format!("Renewal of subscription {id}")),
+    };
+    match renewals.client.charge(&pm, &req).await {
+        Ok(o) => match o.status {
+            ChargeStatus::Succeeded => {
+                settle_success(state, store, id, &pending, o.processor_reference, now).await
+            }
+            ChargeStatus::Declined => {
+                let reason = o.reason.unwrap_or_else(|| "card_declined".into());
+                settle_decline(state, store, id, &pending, &reason, now).await
+            }
+            ChargeStatus::Failed => Ok(Outcome::Failed {
+                reason: o.reason.unwrap_or_else(|| "processor_unavailable".into()),
+            }),
+        },
+        Err(VaultError::NotFound) => {
+            settle_decline(state, store, id, &pending, "payment_method_missing", now).await
+        }
+        Err(VaultError::Unavailable(_)) => Ok(Outcome::Failed {
+            reason: "vault_unavailable".into(),
+        }),
+        Err(VaultError::Rejected { status, field }) => {
+            // Our request is wrong (it will not fix itself): keep the intent for an operator.
+            tracing::error!(
+                status,
+                ?field,
+                subscription = id,
+                "vault refused a renewal charge"
+            );
+            Ok(Outcome::Failed {
+                reason: "vault_rejected".into(),
+            })
+        }
+    }
+}
+
+async fn flag_expiry(
+    state: &AppState,
+    store: &str,
+    id: &str,
+) -> Result<SubscriptionRecord, StorageError> {
+    let s = state.storage.apply_renewal(store, id, &|s, _| {
+        let expiring = card_expiring(s);
+        s.renewal.card_expiring = expiring;
+        if expiring && s.renewal.expiring_notified != Some(s.next) {
+            s.renewal.expiring_notified = Some(s.next);
+            return Ok(vec![EventRecord::new(
+                "subscription.card.expiring",
+                json!({"subscription": s.id, "account": s.account, "expiry": s.expiry,
+                    "nextChargeDate": s.next}),
+            )]);
+        }
+        Ok(vec![])
+    })?;
+    state.storage.durable().await?;
+    Ok(s)
+}
+
+async fn remind(state: &AppState, store: &str, id: &str) -> Result<(), StorageError> {
+    state.storage.apply_renewal(store, id, &|s, _| {
+        if s.renewal.reminded == Some(s.next) {
+            return Ok(vec![]);
+        }
+        s.renewal.reminded = Some(s.next);
+        Ok(vec![EventRecord::new(
+            "subscription.payment.reminder",
+            json!({"subscription": s.id, "account": s.account,
+                "currency": s.currency,
+                "total": money(s.price.saturating_mul(i64::from(s.quantity)), &s.currency),
+                "nextChargeDate": s.next}),
+        )])
+    })?;
+    state.storage.durable().await?;
+    Ok(())
+}
+
+fn still_pending(s: &SubscriptionRecord, p: &PendingCharge) -> Result<(), StorageError> {
+    if s.renewal.pending.as_ref() == Some(p) {
+        Ok(())
+    } else {
+        Err(StorageError::State("the pending charge changed meanwhile"))
+    }
+}
+
+async fn settle_success(
+    state: &AppState,
+    store: &str,
+    id: &str,
+    p: &PendingCharge,
+    reference: Option<String>,
+    now: i64,
+) -> Result<Outcome, StorageError> {
+    state.storage.apply_renewal(store, id, &|s, account| {
+        still_pending(s, p)?;
+        s.next = add_interval(p.period, s.interval_unit, s.interval_length);
+        s.renewal = RenewalState {
+            last_charged: Some(now),
+            expiring_notified: s.renewal.expiring_notified,
+            ..RenewalState::default()
+        };
+        s.renewal.card_expiring = card_expiring(s);
+        account.charges.push(ChargeRecord {
+            currency: p.currency.clone(),
+            total: p.amount,
+            status: "successful".into(),
+            order: None,
+            order_reference: None,
+            subscription: Some(s.id.clone()),
+            timestamp: now,
+        });
+        Ok(vec![EventRecord::new(
+            "subscription.charge.completed",
+            json!({"subscription": s.id, "account": s.account, "currency": p.currency,
+                "total": money(p.amount, &p.currency), "period": p.period,
+                "reference": reference, "nextChargeDate": s.next}),
+        )])
+    })?;
+    state.storage.durable().await?;
+    tracing::info!(subscription = id, "renewal charged");
+    Ok(Outcome::Charged)
+}
+
+async fn settle_decline(
+    state: &AppState,
+    store: &str,
+    id: &str,
+    p: &PendingCharge,
+    reason: &str,
+    now: i64,
+) -> Result<Outcome, StorageError> {
+    let after = state.storage.apply_renewal(store, id, &|s, _| {
+        still_pending(s, p)?;
+        s.renewal.pending = None;
+        s.renewal.decline_reason = Some(reason.to_owned());
+        s.renewal.failed_attempts = s.renewal.failed_attempts.saturating_add(1);
+        let n = s.renewal.failed_attempts as usize;
+        let mut events = Vec::new();
+        let next_retry = RETRY_DAYS.get(n - 1).map(|d| p.period + d * DAY_MS);
+        s.renewal.retry_at = next_retry;
+        events.push(EventRecord::new(
+            "subscription.charge.failed",
+            json!({"subscription": s.id, "account": s.account, "currency": p.currency,
+                "total": money(p.amount, &p.currency), "reason": reason,
+                "attempt": n, "nextRetry": next_retry, "timestamp": now}),
+        ));
+        if next_retry.is_none() {
+            s.state = SubState::Deactivated;
+            events.push(EventRecord::new(
+                "subscription.deactivated",
+                json!({"subscription": s.id, "account": s.account, "reason": reason}),
+            ));
+        }
+        Ok(events)
+    })?;
+    state.storage.durable().await?;
+    let deactivated = after.state == SubState::Deactivated;
+    tracing::info!(subscription = id, reason, deactivated, "renewal declined");
+    Ok(Outcome::Declined {
+        reason: reason.to_owned(),
+        deactivated,
+    })
+}
+
+/// Most subscriptions one `POST /subscriptions/charge` may name.
+pub const MAX_ITEMS: usize = 1000;
+
+/// `POST /subscriptions/charge` (FastSpring's rebill): `{"subscriptions":[{"subscription": id}]}`
+/// → `{"subscription": [{subscription, action, result, error?}]}` (the reference's shape), one
+/// item per subscription in request order.
+pub async fn charge_route(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let store = authorize(&state, &headers, ACTION)?;
+    let body = body_bytes(body, ACTION)?;
+    let obj = json_object(&body, ACTION)?;
+    let Some(Value::Array(list)) = obj.get("subscriptions") else {
+        return Err(ApiError::invalid(
+            ACTION,
+            "subscriptions",
+            "is required and must be an array",
+        ));
+    };
+    if list.is_empty() || list.len() > MAX_ITEMS {
+        return Err(ApiError::invalid(
+            ACTION,
+            "subscriptions",
+            "must name 1 to 1000 subscriptions",
+        ));
+    }
+    let mut ids = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match item.get("subscription").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() && id.len() <= 64 => ids.push(id.to_owned()),
+            _ => {
+                return Err(ApiError::invalid(
+                    ACTION,
+                    format!("subscriptions[{i}].subscription"),
+                    "is required and must be a subscription id",
+                ));
+            }
+        }
+    }
+    let mut items = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let outcome = renew_one(&state, &store, id, now_ms(), true)
+            .await
+            .map_err(|e| e.into_api(ACTION))?;
+        items.push(outcome.item(id));
+    }
+    Ok(ok(json!({ "subscription": items })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_card_is_valid_through_the_end_of_its_expiry_month() {
+        // 12/30 → valid until 2031-01-01T00:00Z.
+        assert_eq!(card_valid_until("12/30"), Some(1_924_992_000_000));
+        assert_eq!(card_valid_until("02/27"), Some(1_803_859_200_000));
+        assert_eq!(card_valid_until("garbage"), None);
+    }
+}
