@@ -40,6 +40,8 @@ pub struct System {
     pub demo: Credentials,
     pub vault_addr: String,
     pub vault_pid: u32,
+    /// The processor the vault charges (`http://…` of dev's sandbox, or the one given by env).
+    pub processor: String,
     /// Shared so a test can start a second system on the same folder after stopping the first.
     pub data: std::sync::Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
@@ -83,6 +85,7 @@ pub fn start_system_with_env(
         demo: Credentials::from_json(&ready),
         vault_addr: ready["vault"].as_str().unwrap_or_default().to_owned(),
         vault_pid: ready["vaultPid"].as_u64().unwrap_or_default() as u32,
+        processor: ready["processor"].as_str().unwrap_or_default().to_owned(),
         service,
         data,
         http: http_client(),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod accounts;
 pub mod receiver;
+pub mod sandbox;
 pub mod vault;
 
 /// Path of a binary built from this workspace (`target/<profile>/<name>`). `cargo test

@@ -1,0 +1,297 @@
+//! The vault's charge route against the real `vault` and `sandbox-processor` binaries:
+//! permissions, input checks, exactly-once per idempotency key, processor failures.
+
+use serde_json::{Value, json};
+use tests::sandbox::{self, Sandbox, start_sandbox};
+use tests::vault::{VaultProcess, card_body, init_vault, serve_command};
+use tests::{all_files, contains_bytes, temp_dir};
+
+struct Setup {
+    sandbox: Sandbox,
+    vault: VaultProcess,
+    _dir: tempfile::TempDir,
+}
+
+fn start(sandbox_args: &[&str], vault_env: &[(&str, &str)]) -> Setup {
+    let sandbox = start_sandbox(sandbox_args);
+    let dir = temp_dir("strongroom-charge-");
+    init_vault(dir.path());
+    let mut cmd = serve_command(dir.path());
+    cmd.env("VAULT_PROCESSOR_URL", &sandbox.url)
+        .env("VAULT_PROCESSOR_SECRET_KEY", sandbox::SECRET)
+        .env_remove("VAULT_PROCESSOR_TIMEOUT_MS");
+    for (k, v) in vault_env {
+        cmd.env(k, v);
+    }
+    let vault = VaultProcess::serve(dir.path(), cmd);
+    Setup {
+        sandbox,
+        vault,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    /// Stores `token` for (store, account) as `accounts`; returns the payment-method id.
+    async fn store(&self, store: &str, account: &str, token: &str) -> String {
+        let resp = self
+            .vault
+            .client("accounts")
+            .post(self.vault.url("/v1/payment-methods"))
+            .json(&card_body(store, account, token))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("store: {e}"));
+        assert!(resp.status().is_success(), "store: {}", resp.status());
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        v["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Charges as `identity`; returns (status, body text, body json).
+    async fn charge(&self, identity: &str, pm: &str, body: &Value) -> (u16, String, Value) {
+        let resp = self
+            .vault
+            .client(identity)
+            .post(self.vault.url(&format!("/v1/payment-methods/{pm}/charge")))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("charge: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, text, json)
+    }
+}
+
+fn charge_body(store: &str, amount: Value, currency: &str, key: &str) -> Value {
+    json!({"store": store, "amount": amount, "currency": currency, "idempotencyKey": key,
+        "description": "Renewal"})
+}
+
+fn token(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn a_charge_reaches_the_processor_once_and_a_repeat_returns_the_recorded_outcome() {
+    let s = start(&[], &[]);
+    let tok = token("tok_visa");
+    let pm = s.store("s1", "acct1", &tok).await;
+    let body = charge_body("s1", json!(1495), "USD", "sub1:period1");
+
+    let (status, text, first) = s.charge("renewals", &pm, &body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(first["status"], "succeeded");
+    assert_eq!(first["amount"], 1495);
+    assert!(
+        first["processorReference"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("pi_"))
+    );
+    assert!(!text.contains(&tok), "the token is never in a response");
+
+    let (status, _, again) = s.charge("renewals", &pm, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        again, first,
+        "a repeat returns the recorded outcome, same reference"
+    );
+
+    let ledger = sandbox::charges(&s.sandbox.url).await;
+    let charges = ledger["charges"].as_array().cloned().unwrap_or_default();
+    assert_eq!(charges.len(), 1, "exactly one processor charge: {ledger}");
+    assert_eq!(charges[0]["idempotencyKey"], "s1:sub1:period1");
+    assert_eq!(charges[0]["amount"], 1495);
+    assert_eq!(charges[0]["currency"], "usd");
+    assert_eq!(
+        ledger["replays"], 0,
+        "the repeat was answered from the vault's ledger, not sent again"
+    );
+
+    // Every charge is in the audit chain; the token is in no log and in no file in clear.
+    let out = s.vault.output();
+    assert!(!out.contains(&tok), "token in the vault's log");
+    let mut vault = s.vault;
+    vault.stop();
+    let (ok, verdict) = tests::vault::audit_verify(&vault.config_path());
+    assert!(ok, "{verdict}");
+    let db = sled::open(vault.data_dir()).unwrap_or_else(|e| panic!("{e}"));
+    let audit = db.open_tree("audit").unwrap_or_else(|e| panic!("{e}"));
+    let ops: Vec<String> = audit
+        .iter()
+        .filter_map(|kv| kv.ok())
+        .filter_map(|(_, v)| serde_json::from_slice::<Value>(&v).ok())
+        .map(|e| e["operation"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(ops.contains(&"charge succeeded".to_owned()), "{ops:?}");
+    assert!(
+        ops.contains(&"charge succeeded (replayed)".to_owned()),
+        "{ops:?}"
+    );
+    drop(db);
+    for (path, bytes) in all_files(&vault.dir) {
+        assert!(
+            !contains_bytes(&bytes, tok.as_bytes()),
+            "token in clear in {}",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn identities_without_the_charge_permission_are_refused_403_and_nothing_is_charged() {
+    let s = start(&[], &[]);
+    let pm = s.store("s1", "acct1", &token("tok_visa")).await;
+    let body = charge_body("s1", json!(1000), "USD", "k-403");
+    for identity in ["accounts", "admin"] {
+        let (status, text, v) = s.charge(identity, &pm, &body).await;
+        assert_eq!(status, 403, "{identity}: {text}");
+        assert_eq!(v["error"]["code"], "forbidden");
+    }
+    let ledger = sandbox::charges(&s.sandbox.url).await;
+    assert_eq!(ledger["charges"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn an_unknown_or_another_stores_payment_method_is_404() {
+    let s = start(&[], &[]);
+    let pm = s.store("s1", "acct1", &token("tok_visa")).await;
+    let (status, text, _) = s
+        .charge(
+            "renewals",
+            &pm,
+            &charge_body("s2", json!(1000), "USD", "k1"),
+        )
+        .await;
+    assert_eq!(status, 404, "another store's payment method: {text}");
+    let unknown = format!("pm_{}", uuid::Uuid::new_v4().simple());
+    let (status, _, _) = s
+        .charge(
+            "renewals",
+            &unknown,
+            &charge_body("s1", json!(1000), "USD", "k2"),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let ledger = sandbox::charges(&s.sandbox.url).await;
+    assert_eq!(ledger["charges"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn zero_negative_absurd_or_fractional_amounts_and_unknown_currencies_are_422_naming_the_field()
+ {
+    let s = start(&[], &[]);
+    let pm = s.store("s1", "acct1", &token("tok_visa")).await;
+    let cases = [
+        (json!(0), "USD", "amount"),
+        (json!(-100), "USD", "amount"),
+        (json!(1_000_000_000_000i64), "USD", "amount"),
+        (json!(14.95), "USD", "amount"),
+        (json!(1000), "XYZ", "currency"),
+        (json!(1000), "usd dollars", "currency"),
+    ];
+    for (i, (amount, currency, field)) in cases.into_iter().enumerate() {
+        let body = charge_body("s1", amount.clone(), currency, &format!("k-{i}"));
+        let (status, text, v) = s.charge("renewals", &pm, &body).await;
+        assert_eq!(status, 422, "{amount} {currency}: {text}");
+        assert_eq!(v["error"]["field"], field, "{text}");
+    }
+    let ledger = sandbox::charges(&s.sandbox.url).await;
+    assert_eq!(ledger["charges"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn one_idempotency_key_with_a_different_amount_or_card_is_409_and_never_a_second_charge() {
+    let s = start(&[], &[]);
+    let pm = s.store("s1", "acct1", &token("tok_visa")).await;
+    let other = s.store("s1", "acct1", &token("tok_mc")).await;
+    let (status, _, _) = s
+        .charge("renewals", &pm, &charge_body("s1", json!(1000), "USD", "k"))
+        .await;
+    assert_eq!(status, 200);
+    let (status, text, v) = s
+        .charge("renewals", &pm, &charge_body("s1", json!(2000), "USD", "k"))
+        .await;
+    assert_eq!(status, 409, "{text}");
+    assert_eq!(v["error"]["code"], "idempotency_conflict");
+    let (status, _, _) = s
+        .charge(
+            "renewals",
+            &other,
+            &charge_body("s1", json!(1000), "USD", "k"),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let ledger = sandbox::charges(&s.sandbox.url).await;
+    assert_eq!(ledger["charges"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn a_decline_is_reported_with_its_reason_and_replayed_without_a_second_call() {
+    let s = start(&[], &[]);
+    let pm = s
+        .store("s1", "acct1", &token("tok_decline_expired_card"))
+        .await;
+    let body = charge_body("s1", json!(500), "EUR", "k-decline");
+    let (status, text, v) = s.charge("renewals", &pm, &body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(v["status"], "declined");
+    assert_eq!(v["reason"], "expired_card");
+    let (_, _, again) = s.charge("renewals", &pm, &body).await;
+    assert_eq!(again["status"], "declined");
+    let ledger = sandbox::charges(&s.sandbox.url).await;
+    assert_eq!(ledger["charges"].as_array().map(Vec::len), Some(1));
+    assert_eq!(ledger["replays"], 0);
+}
+
+#[tokio::test]
+async fn a_processor_timeout_is_a_retryable_failure_and_nothing_is_paid() {
+    let s = start(
+        &["--timeout-delay-ms", "3000"],
+        &[("VAULT_PROCESSOR_TIMEOUT_MS", "300")],
+    );
+    let tok = token("tok_fail_timeout");
+    let pm = s.store("s1", "acct1", &tok).await;
+    let body = charge_body("s1", json!(1000), "USD", "k-timeout");
+    let (status, text, v) = s.charge("renewals", &pm, &body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["reason"], "processor_timeout");
+    assert!(v.get("processorReference").is_none());
+    // Retryable: the same key goes to the processor again (a final outcome would be replayed).
+    let (_, _, again) = s.charge("renewals", &pm, &body).await;
+    assert_eq!(again["status"], "failed");
+    let ledger = sandbox::charges(&s.sandbox.url).await;
+    assert_eq!(
+        ledger["charges"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was paid: {ledger}"
+    );
+    assert!(ledger["transientFailures"].as_u64() >= Some(1), "{ledger}");
+    assert!(!s.vault.output().contains(&tok));
+}
+
+#[tokio::test]
+async fn a_malformed_processor_answer_is_failed_and_logged_without_the_token() {
+    let s = start(&[], &[]);
+    let tok = token("tok_fail_malformed");
+    let pm = s.store("s1", "acct1", &tok).await;
+    let (status, text, v) = s
+        .charge(
+            "renewals",
+            &pm,
+            &charge_body("s1", json!(1000), "USD", "k-malformed"),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["reason"], "malformed_processor_response");
+    let out = s.vault.output();
+    assert!(
+        out.contains("malformed processor response"),
+        "the failure is logged"
+    );
+    assert!(!out.contains(&tok), "without the token");
+    assert!(!text.contains(&tok));
+}
