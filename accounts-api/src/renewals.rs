@@ -551,6 +551,93 @@ pub async fn charge_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::IntervalUnit;
+
+    const T: i64 = 1_800_000_000_000;
+
+    fn sub(auto: bool) -> SubscriptionRecord {
+        SubscriptionRecord {
+            id: "sub1".into(),
+            store: "s".into(),
+            account: "a".into(),
+            order: "o".into(),
+            product: "p".into(),
+            quantity: 1,
+            price: 1495,
+            currency: "USD".into(),
+            interval_unit: IntervalUnit::Month,
+            interval_length: 1,
+            state: SubState::Active,
+            auto_renew: auto,
+            payment_method: auto.then(|| "pm_1".into()),
+            payment_kind: "card".into(),
+            brand: Some("visa".into()),
+            last4: Some("4242".into()),
+            expiry: Some("12/40".into()),
+            begin: T - 30 * DAY_MS,
+            next: T,
+            canceled: None,
+            renewal: RenewalState::default(),
+        }
+    }
+
+    #[test]
+    fn an_automatic_subscription_is_due_at_its_next_charge_date_and_not_before() {
+        let s = sub(true);
+        assert!(!has_work(&s, T - 1));
+        assert!(has_work(&s, T));
+        assert_eq!(charge_key(&s), format!("sub1:{T}"));
+    }
+
+    #[test]
+    fn after_a_decline_the_retry_waits_for_its_day_and_uses_a_new_key() {
+        let mut s = sub(true);
+        // As `settle_decline` leaves it after declines 1, 2 and 3.
+        for (n, days) in RETRY_DAYS.iter().enumerate() {
+            s.renewal.failed_attempts = n as u32 + 1;
+            s.renewal.retry_at = Some(T + days * DAY_MS);
+            assert!(!has_work(&s, T + days * DAY_MS - 1), "retry {n} too early");
+            assert!(has_work(&s, T + days * DAY_MS), "retry {n} on its day");
+            assert_eq!(charge_key(&s), format!("sub1:{T}:{}", n + 1));
+        }
+        s.state = SubState::Deactivated;
+        assert!(!has_work(&s, T + 100 * DAY_MS), "deactivated: never again");
+    }
+
+    #[test]
+    fn a_pending_intent_is_always_resumed() {
+        let mut s = sub(true);
+        s.renewal.pending = Some(PendingCharge {
+            key: charge_key(&s),
+            period: T,
+            amount: 1495,
+            currency: "USD".into(),
+            started: T,
+        });
+        assert!(has_work(&s, T - 10 * DAY_MS));
+    }
+
+    #[test]
+    fn manual_subscriptions_are_reminded_three_days_ahead_once_per_period() {
+        let mut s = sub(false);
+        assert!(!has_work(&s, T - REMIND_AHEAD_MS - 1));
+        assert!(has_work(&s, T - REMIND_AHEAD_MS));
+        s.renewal.reminded = Some(T);
+        assert!(!has_work(&s, T + DAY_MS));
+    }
+
+    #[test]
+    fn a_card_expiring_before_the_next_charge_is_flagged_once_per_period() {
+        let mut s = sub(true);
+        assert!(!card_expiring(&s));
+        s.expiry = Some("01/27".into()); // valid until 2027-02-01, T is 2027-01-15
+        s.next = T + 30 * DAY_MS;
+        assert!(card_expiring(&s));
+        assert!(has_work(&s, T), "flag and event due well before the charge");
+        s.renewal.card_expiring = true;
+        s.renewal.expiring_notified = Some(s.next);
+        assert!(!has_work(&s, T));
+    }
 
     #[test]
     fn a_card_is_valid_through_the_end_of_its_expiry_month() {
