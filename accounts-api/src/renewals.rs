@@ -157,10 +157,15 @@ fn expiry_needs_update(s: &SubscriptionRecord) -> bool {
 
 /// Whether a run at `now` has work for this subscription.
 pub fn has_work(s: &SubscriptionRecord, now: i64) -> bool {
+    // An interrupted charge is finished whatever happened to the subscription meanwhile: the
+    // processor may have taken it.
+    if s.renewal.pending.is_some() {
+        return true;
+    }
     if s.state != SubState::Active {
         return false;
     }
-    if s.renewal.pending.is_some() || expiry_needs_update(s) {
+    if expiry_needs_update(s) {
         return true;
     }
     if automatic(s) {
@@ -270,14 +275,14 @@ pub async fn renew_one(
     let Some(mut sub) = state.storage.subscription(store, id)? else {
         return Ok(Outcome::Refused("NOT_FOUND"));
     };
-    if sub.state != SubState::Active {
+    if sub.state != SubState::Active && sub.renewal.pending.is_none() {
         return Ok(if on_demand {
             Outcome::Refused("SUBSCRIPTION_NOT_ACTIVE")
         } else {
             Outcome::Skipped
         });
     }
-    if expiry_needs_update(&sub) {
+    if sub.state == SubState::Active && expiry_needs_update(&sub) {
         sub = flag_expiry(state, store, id).await?;
     }
 
@@ -602,6 +607,17 @@ mod tests {
         }
         s.state = SubState::Deactivated;
         assert!(!has_work(&s, T + 100 * DAY_MS), "deactivated: never again");
+        s.renewal.pending = Some(PendingCharge {
+            key: charge_key(&s),
+            period: T,
+            amount: 1495,
+            currency: "USD".into(),
+            started: T,
+        });
+        assert!(
+            has_work(&s, T),
+            "an interrupted charge is finished even on an inactive subscription"
+        );
     }
 
     #[test]

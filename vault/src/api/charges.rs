@@ -284,9 +284,13 @@ async fn charge_inner(
             .map_err(ApiError::internal)?
             .ok_or(ApiError::NotFound)?;
         // `from_utf8` takes the bytes without copying; the secret zeroizes them on drop.
-        let token = shared::SecretString::new(
-            String::from_utf8(clear.to_vec()).map_err(|_| ApiError::internal("token encoding"))?,
-        );
+        let token = match String::from_utf8(clear.to_vec()) {
+            Ok(t) => shared::SecretString::new(t),
+            Err(e) => {
+                zeroize::Zeroize::zeroize(&mut e.into_bytes());
+                return Err(ApiError::internal("stored token is not UTF-8"));
+            }
+        };
         drop(clear);
         processor
             .charge(ProcessorCharge {
