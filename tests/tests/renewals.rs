@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tests::accounts::{System, order_body, start_system, start_system_with, unique_token};
+use tests::accounts::{System, order_body, start_system, start_system_with_env, unique_token};
 use tests::sandbox::{self, start_sandbox};
 use tests::{all_files, contains_bytes, temp_dir};
 
@@ -245,7 +245,7 @@ async fn killing_accounts_api_and_the_vault_mid_charge_then_restarting_charges_t
         ("STRONGROOM_RENEWALS_INTERVAL_SECS", "1"),
     ];
     let data = Arc::new(temp_dir("strongroom-crash-"));
-    let mut sys = start_system_with(Arc::clone(&data), &env);
+    let mut sys = start_system_with_env(Arc::clone(&data), &env);
     assert_eq!(sys.processor, sandbox.url);
     let tok = unique_token();
     let (_, sub) = checkout(&sys, &tok, true).await;
@@ -294,7 +294,7 @@ async fn killing_accounts_api_and_the_vault_mid_charge_then_restarting_charges_t
     }
 
     // Restart on the same data: the job resumes the pending intent with the same key.
-    let sys = start_system_with(Arc::clone(&data), &env);
+    let sys = start_system_with_env(Arc::clone(&data), &env);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = subscription(&sys, &sub).await;
@@ -349,7 +349,7 @@ async fn bad_charge_requests_are_422_in_the_envelope_and_unknown_subscriptions_a
 #[tokio::test]
 async fn a_card_that_expires_before_the_next_charge_is_flagged_ahead_of_time_with_one_event() {
     let data = Arc::new(temp_dir("strongroom-expiry-"));
-    let mut sys = start_system_with(data, &[("STRONGROOM_RENEWALS_INTERVAL_SECS", "1")]);
+    let mut sys = start_system_with_env(data, &[("STRONGROOM_RENEWALS_INTERVAL_SECS", "1")]);
     let now = time::OffsetDateTime::now_utc();
     let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
     let mut body = order_body(&email, &unique_token(), true, true, true);

@@ -285,7 +285,14 @@ async fn main() {
         "seeded {renewals_n} due subscriptions in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let state = accounts_api::app::AppState::with_renewals(storage, accounts, Some(renewals));
+    let events: Arc<dyn accounts_api::eventstore::EventStore> = storage.clone();
+    let state = accounts_api::app::AppState::with_renewals(
+        storage,
+        events,
+        accounts_api::settings::Settings::from_env(),
+        accounts,
+        Some(renewals),
+    );
     let t = Instant::now();
     let summary = accounts_api::renewals::run_due(&state, now).await.unwrap();
     let elapsed = t.elapsed();
