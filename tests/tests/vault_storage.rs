@@ -34,7 +34,21 @@ fn open_core(dir: &Path) -> vault::core::VaultCore {
         None,
     )
     .unwrap();
-    vault::core::VaultCore::open(&config, false).unwrap()
+    // sled releases its folder lock from a background thread shortly after the last handle is
+    // dropped (here: the raw sled edit just above the call), so a reopen can briefly see
+    // "locked"; retry for a bounded time instead of racing it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match vault::core::VaultCore::open(&config, false) {
+            Ok(core) => return core,
+            Err(e)
+                if std::time::Instant::now() < deadline && format!("{e:?}").contains("Locked") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
 }
 
 fn reveal(core: &vault::core::VaultCore, store: &str, id: &str) -> Result<Option<Vec<u8>>, String> {
