@@ -109,14 +109,25 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
 impl Receiver {
     /// Starts on `addr` (use port 0 for a free one) with an optional shared secret.
     pub async fn start(addr: SocketAddr, secret: Option<&str>, reply: Reply) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("receiver bind {addr}: {e}"));
+        Self::from_listener(listener, secret, reply)
+    }
+
+    /// Starts on an already-bound listener (e.g. a socket reserved earlier with
+    /// `TcpSocket::bind` and turned into a listener with `listen`, so the port is never free
+    /// for another process to take in between).
+    pub fn from_listener(
+        listener: tokio::net::TcpListener,
+        secret: Option<&str>,
+        reply: Reply,
+    ) -> Receiver {
         let inner = Arc::new(Inner {
             secret: secret.map(str::to_owned),
             reply: Mutex::new(reply),
             posts: Mutex::new(Vec::new()),
         });
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| panic!("receiver bind {addr}: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(handle))

@@ -274,8 +274,10 @@ async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a
     drop(sys);
 
     let sys = start_system_with_env(Arc::clone(&data), FAST);
-    drop(reserved);
-    let rx = Receiver::start(addr, Some("restart-secret"), Reply::Ok).await;
+    // Start listening on the reserved socket itself: dropping it and binding again would leave
+    // a window in which the port can be handed out as some connection's ephemeral port.
+    let listener = reserved.listen(128).unwrap_or_else(|e| panic!("{e}"));
+    let rx = Receiver::from_listener(listener, Some("restart-secret"), Reply::Ok);
     rx.wait_until(
         Duration::from_secs(20),
         "every event after the restart",
