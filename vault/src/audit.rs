@@ -88,6 +88,17 @@ impl AuditEntry {
         }
     }
 
+    /// Decodes one stored entry (outside bytes for the fuzz target: never panics).
+    pub fn decode(bytes: &[u8]) -> Result<Self, AuditDecodeError> {
+        serde_json::from_slice(bytes).map_err(|_| AuditDecodeError)
+    }
+
+    /// Re-checks this entry's own hash (an exported line can be verified on its own; the chain
+    /// by following `prevHash`).
+    pub fn hash_is_valid(&self) -> bool {
+        self.recomputed_hash() == self.hash
+    }
+
     pub fn hash_bytes(&self) -> Option<[u8; 32]> {
         let mut out = [0u8; 32];
         hex::decode_to_slice(&self.hash, &mut out).ok()?;
@@ -105,6 +116,11 @@ impl AuditEntry {
         hex::encode(entry_hash(self.seq, &self.time, &draft, &self.prev_hash))
     }
 }
+
+/// A stored audit entry that does not parse.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("audit entry does not parse")]
+pub struct AuditDecodeError;
 
 /// The storage key of entry `seq`: big-endian so sled iterates in chain order.
 pub fn key(seq: u64) -> [u8; 8] {

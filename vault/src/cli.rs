@@ -28,6 +28,18 @@ pub enum Command {
     Init {
         #[arg(long)]
         dir: PathBuf,
+        /// Sealed start (split knowledge): split the master key's root into this many Shamir
+        /// shares, printed once as `SHARE <text>` lines; the key is never on disk in one piece.
+        #[arg(long, requires = "threshold")]
+        shares: Option<u8>,
+        /// How many shares unseal the vault (2..=shares).
+        #[arg(long, requires = "shares")]
+        threshold: Option<u8>,
+    },
+    /// Master-key lifecycle, through the running vault's admin API.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// Run the vault.
     Serve {
@@ -51,12 +63,62 @@ pub enum AuditCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write entries as JSON lines (with `prevHash` and `hash`) to stdout, so an external system
+    /// can keep and re-verify them. Run it on a stopped vault.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// First entry to export: a sequence number (1-based) or an RFC 3339 time.
+        #[arg(long, default_value = "1")]
+        since: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// `POST /v1/admin/keys/rotate` on the running vault (the vault holds sled's lock).
+    Rotate(AdminArgs),
+    /// `GET /v1/admin/keys`.
+    Status(AdminArgs),
+    /// `POST /v1/admin/keys/retire {"below": N}`.
+    Retire {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        below: u32,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// The vault's config (for its CA); the admin client certificate defaults to
+    /// `admin.pem` / `admin.key` beside the CA.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Vault address, e.g. `127.0.0.1:8443` (default: `listen` from the config).
+    #[arg(long)]
+    pub addr: Option<String>,
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    #[arg(long)]
+    pub key: Option<PathBuf>,
 }
 
 pub fn main(cli: Cli) -> ExitCode {
     init_tracing();
     let result = match cli.command {
-        Command::Init { dir } => init(&dir).map(|()| ExitCode::SUCCESS),
+        Command::Init {
+            dir,
+            shares,
+            threshold,
+        } => match (shares, threshold) {
+            (Some(n), Some(k)) => init_sealed(&dir, n, k).map(|()| ExitCode::SUCCESS),
+            _ => init(&dir).map(|()| ExitCode::SUCCESS),
+        },
+        Command::Key { command } => key_command(command),
+        Command::Audit {
+            command: AuditCommand::Export { config, since },
+        } => audit_export(&config, &since),
         Command::Serve { config, listen } => {
             serve(&config, listen.as_deref()).map(|()| ExitCode::SUCCESS)
         }
@@ -120,6 +182,175 @@ pub fn init(dir: &Path) -> CliResult<()> {
     println!("data: {}", dir.join(&defaults.data_dir).display());
     println!("start with: vault serve --config {}", config_path.display());
     Ok(())
+}
+
+/// `vault init --dir DIR --shares N --threshold K`: like `init`, but the master key is a sealed
+/// file (`master.sealed`) whose root key exists only as the N shares printed here, once.
+pub fn init_sealed(dir: &Path, shares: u8, threshold: u8) -> CliResult<()> {
+    shared::pki::create_private_dir(dir)?;
+    let dir = std::path::absolute(dir)?;
+    let config_path = dir.join("vault.toml");
+    if config_path.exists() {
+        return Err(format!(
+            "{} exists; sealed mode is chosen at first init (refusing to change an existing vault)",
+            config_path.display()
+        )
+        .into());
+    }
+    let mut defaults = FileConfig::defaults();
+    defaults.master_key_file = "master.sealed".into();
+    let sealed_path = dir.join(&defaults.master_key_file);
+    let texts = keys::create_sealed_master_file(&sealed_path, shares, threshold)?;
+    shared::pki::write_file(&config_path, defaults.to_toml()?.as_bytes(), 0o600)?;
+    let pki_dir = dir.join("pki");
+    shared::pki::ensure_dev_pki(&pki_dir)?;
+    let fp = dir.join(&defaults.fingerprint_key_file);
+    keys::ensure_fingerprint_file(&fp)?;
+    println!("config: {} (created)", config_path.display());
+    println!("pki: {}", pki_dir.display());
+    println!(
+        "sealed master key: {} (threshold {threshold} of {shares})",
+        sealed_path.display()
+    );
+    println!("fingerprint key: {}", fp.display());
+    println!("data: {}", dir.join(&defaults.data_dir).display());
+    println!(
+        "Give each share to a different custodian. They are printed only now and never stored."
+    );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for t in &texts {
+            writeln!(out, "SHARE {}", t.as_str())?;
+        }
+        out.flush()?;
+    }
+    drop(texts);
+    println!(
+        "start with: vault serve --config {} (it starts sealed)",
+        config_path.display()
+    );
+    Ok(())
+}
+
+/// Runs an admin request against the running vault and prints the JSON answer.
+fn key_command(command: KeyCommand) -> CliResult<ExitCode> {
+    let (args, method, path, body) = match command {
+        KeyCommand::Rotate(a) => (a, "POST", "/v1/admin/keys/rotate", None),
+        KeyCommand::Status(a) => (a, "GET", "/v1/admin/keys", None),
+        KeyCommand::Retire { admin, below } => (
+            admin,
+            "POST",
+            "/v1/admin/keys/retire",
+            Some(serde_json::json!({ "below": below })),
+        ),
+    };
+    shared::tls::install_crypto_provider();
+    let config = Config::load(&args.config, Overrides::from_env(), args.addr.as_deref())?;
+    let ca_dir = config
+        .tls
+        .ca
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let files = shared::tls::TlsFiles {
+        ca: config.tls.ca.clone(),
+        cert: args.cert.unwrap_or_else(|| ca_dir.join("admin.pem")),
+        key: args.key.unwrap_or_else(|| ca_dir.join("admin.key")),
+    };
+    let tls = shared::tls::mtls_client_config(&files)?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    // The server certificate is issued for localhost / 127.0.0.1.
+    let url = format!("https://{}{path}", config.listen);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let req = match method {
+            "GET" => client.get(&url),
+            _ => client.post(&url),
+        };
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        println!("{text}");
+        Ok(if status.is_success() {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("vault: {method} {path} answered {status}");
+            ExitCode::from(1)
+        })
+    })
+}
+
+/// `vault audit export --config FILE --since <seq | RFC 3339>`: JSON lines on stdout.
+fn audit_export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
+    enum Since {
+        Seq(u64),
+        Time(time::OffsetDateTime),
+    }
+    let since = match since.parse::<u64>() {
+        Ok(n) => Since::Seq(n),
+        Err(_) => Since::Time(
+            time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| "--since must be a sequence number or an RFC 3339 time")?,
+        ),
+    };
+    let config = Config::load(config_path, Overrides::from_env(), None)?;
+    if !config.data_dir.is_dir() {
+        return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
+    }
+    let db = crate::store::open_db(
+        &config.data_dir,
+        config.storage.cache_capacity_bytes,
+        config.storage.flush_every_ms,
+    )?;
+    let tree = db.open_tree("audit")?;
+    let start = match since {
+        Since::Seq(n) => n.max(1),
+        Since::Time(t) => {
+            // Entries are appended in time order: the first at or after `t` starts the export.
+            let mut first = None;
+            for item in tree.iter() {
+                let (_, v) = item?;
+                let e = crate::audit::AuditEntry::decode(&v)?;
+                let at = time::OffsetDateTime::parse(
+                    &e.time,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|_| format!("audit entry {} has an unreadable time", e.seq))?;
+                if at >= t {
+                    first = Some(e.seq);
+                    break;
+                }
+            }
+            match first {
+                Some(s) => s,
+                None => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    };
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut n = 0u64;
+    for item in tree.range(crate::audit::key(start)..) {
+        let (_, v) = item?;
+        // Decoded and re-encoded: a damaged entry stops the export with a clear error.
+        let e = crate::audit::AuditEntry::decode(&v)?;
+        serde_json::to_writer(&mut out, &e)?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    out.flush()?;
+    eprintln!("exported {n} audit entries from seq {start}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Everything `serve` checks and loads before it listens. Public so tests and the benchmark can

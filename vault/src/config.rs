@@ -30,6 +30,8 @@ pub enum Permission {
     Charge,
     /// Audit operations.
     Audit,
+    /// Key lifecycle: rotate, retire, status, unseal (issue 6).
+    Keys,
 }
 
 impl Permission {
@@ -40,6 +42,7 @@ impl Permission {
             Self::Delete => "delete",
             Self::Charge => "charge",
             Self::Audit => "audit",
+            Self::Keys => "keys",
         }
     }
 }
@@ -164,7 +167,10 @@ impl FileConfig {
             "renewals".to_owned(),
             vec![Permission::Read, Permission::Charge],
         );
-        permissions.insert("admin".to_owned(), vec![Permission::Audit]);
+        permissions.insert(
+            "admin".to_owned(),
+            vec![Permission::Audit, Permission::Keys],
+        );
         Self {
             listen: "127.0.0.1:8443".to_owned(),
             data_dir: "data".into(),

@@ -8,14 +8,16 @@
 
 use crate::audit::AuditDraft;
 use crate::config::{Config, KeySource};
-use crate::crypto::{CryptoError, Fingerprinter, Keyring, SecretKey};
-use crate::keys::{self, KeyError};
+use crate::crypto::{CryptoError, Fingerprinter, Kek, Keyring, SecretKey};
+use crate::keys::{self, KeyError, MasterKeyFile, SealedKeyFile};
 use crate::store::{RecordStore, SledStore, StoreError, Stored, StoredRecord};
 use shared::domain::{
     AccountId, CardBrand, Expiry, Last4, MaskedEmail, PaymentMethodId, PaymentType, StoreId,
 };
 use shared::secret::PaymentToken;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,15 @@ pub enum CoreError {
          start (check VAULT_FINGERPRINT_KEY / the fingerprint key file)"
     )]
     WrongFingerprintKey,
+    /// The vault started sealed and has not been given enough shares yet.
+    #[error("vault is sealed")]
+    Sealed,
+    /// A key-lifecycle request that cannot be done in the current state (message is fixed text
+    /// or counts, never key material).
+    #[error("{0}")]
+    KeyState(String),
+    #[error("internal lock poisoned")]
+    Poisoned,
 }
 
 /// The parsed, validated contents of a store request (everything but the token).
@@ -60,11 +71,103 @@ fn new_record_id() -> Result<PaymentMethodId, CoreError> {
         .map_err(|_| CoreError::Store(StoreError::Corrupt("generated id does not parse")))
 }
 
+/// Where the master keyring is persisted, so rotation and retirement survive a restart.
+enum KeyPersistence {
+    /// Plain owner-only key file (development mode of the core issue).
+    File(std::path::PathBuf),
+    /// Sealed file; `root` is known once unsealed (needed to re-seal after rotation).
+    Sealed {
+        path: std::path::PathBuf,
+        file: SealedKeyFile,
+        root: Option<SecretKey>,
+    },
+    /// `VAULT_MASTER_KEY` or an in-process keyring: nowhere to persist a new version.
+    Unpersisted,
+}
+
+/// Shares received so far while sealed (zeroizing; cleared after unseal or on a failed combine).
+#[derive(Default)]
+struct UnsealBuffer {
+    shares: Vec<Zeroizing<Vec<u8>>>,
+    rejected: u64,
+}
+
+/// Re-wrap progress, readable without locks.
+#[derive(Default)]
+pub struct RewrapProgress {
+    running: AtomicBool,
+    target: AtomicU64,
+    total: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A snapshot of [`RewrapProgress`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RewrapStatus {
+    pub running: bool,
+    /// Version data keys are being moved to (0 before any rotation).
+    pub target_version: u32,
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+/// State of the master keys as `GET /v1/admin/keys` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    pub sealed: bool,
+    pub current_version: Option<u32>,
+    /// Every KEK version held, with how many records it wraps.
+    pub versions: Vec<VersionCount>,
+    /// Records that do not decode (counted, never opened).
+    pub corrupt_records: u64,
+    pub rewrap: RewrapStatus,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionCount {
+    pub version: u32,
+    pub records: u64,
+}
+
+/// Result of one unseal submission.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsealStatus {
+    pub sealed: bool,
+    pub received: usize,
+    pub threshold: u8,
+    /// Wrong or duplicate shares refused since start.
+    pub rejected: u64,
+}
+
+/// Why an unseal submission was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsealRefusal {
+    NotSealed,
+    WrongShare,
+    DuplicateShare,
+    /// K shares combined but did not rebuild the root key (only if the file was tampered with).
+    CombineFailed,
+}
+
+/// Records per re-wrap transaction: small enough that concurrent writers barely wait.
+const REWRAP_BATCH: usize = 256;
+
 /// Keys plus storage: everything the API needs.
 pub struct VaultCore {
-    keyring: Keyring,
+    /// `None` while sealed.
+    keyring: RwLock<Option<Keyring>>,
     fingerprinter: Fingerprinter,
     store: Arc<SledStore>,
+    /// Also serialises rotate / retire / unseal.
+    persistence: Mutex<KeyPersistence>,
+    unseal: Mutex<UnsealBuffer>,
+    rewrap: RewrapProgress,
 }
 
 fn load_keyring(src: &KeySource) -> Result<Keyring, KeyError> {
@@ -90,7 +193,20 @@ impl VaultCore {
     /// Loads the keys named by `config` and opens its data folder. `group_commit` needs a tokio
     /// runtime (the server); synchronous tools pass `false`.
     pub fn open(config: &Config, group_commit: bool) -> Result<Self, CoreError> {
-        let keyring = load_keyring(&config.master_key)?;
+        let (keyring, persistence) = match &config.master_key {
+            KeySource::File(p) => match keys::load_master_any(p)? {
+                MasterKeyFile::Plain(ring) => (Some(ring), KeyPersistence::File(p.clone())),
+                MasterKeyFile::Sealed(file) => (
+                    None,
+                    KeyPersistence::Sealed {
+                        path: p.clone(),
+                        file,
+                        root: None,
+                    },
+                ),
+            },
+            env @ KeySource::Env(_) => (Some(load_keyring(env)?), KeyPersistence::Unpersisted),
+        };
         let fp_key = load_fingerprint(&config.fingerprint_key)?;
         shared::pki::create_private_dir(&config.data_dir).map_err(|e| StoreError::Locked {
             path: format!("{} ({e})", config.data_dir.display()),
@@ -101,34 +217,315 @@ impl VaultCore {
             config.storage.flush_every_ms,
         )?;
         let store = SledStore::new(db, group_commit)?;
-        Self::with_store(keyring, Fingerprinter::new(&fp_key), store)
+        let fingerprinter = Fingerprinter::new(&fp_key);
+        let mut core = match keyring {
+            Some(ring) => Self::with_store(ring, fingerprinter, store)?,
+            None => {
+                check_fingerprint(&fingerprinter, &store)?;
+                Self::assemble(None, fingerprinter, store)
+            }
+        };
+        core.persistence = Mutex::new(persistence);
+        Ok(core)
     }
 
-    /// Checks (or, for a fresh folder or a newly added key version, records) the key-check
-    /// values, so that a wrong key is a clear refusal at start and never garbage later.
+    fn assemble(keyring: Option<Keyring>, fingerprinter: Fingerprinter, store: SledStore) -> Self {
+        Self {
+            keyring: RwLock::new(keyring),
+            fingerprinter,
+            store: Arc::new(store),
+            persistence: Mutex::new(KeyPersistence::Unpersisted),
+            unseal: Mutex::new(UnsealBuffer::default()),
+            rewrap: RewrapProgress::default(),
+        }
+    }
+
+    /// Checks (or, on a fresh folder, records) the key-check values, so that a wrong key is a
+    /// clear refusal at start and never garbage later.
     pub fn with_store(
         keyring: Keyring,
         fingerprinter: Fingerprinter,
         store: SledStore,
     ) -> Result<Self, CoreError> {
-        for kek in keyring.versions() {
-            match store.meta_get(&kcv_key(kek.version))? {
-                Some(kcv) if Keyring::verify_key_check(kek, &kcv) => {}
-                Some(_) => return Err(CoreError::WrongMasterKey(kek.version)),
-                None => store.meta_put(&kcv_key(kek.version), &Keyring::key_check_value(kek)?)?,
+        check_keyring(&keyring, &store)?;
+        check_fingerprint(&fingerprinter, &store)?;
+        Ok(Self::assemble(Some(keyring), fingerprinter, store))
+    }
+
+    /// Whether the vault still waits for unseal shares.
+    pub fn is_sealed(&self) -> bool {
+        self.keyring.read().map(|k| k.is_none()).unwrap_or(true)
+    }
+
+    /// Takes one unseal share. Wrong and duplicate shares are refused and counted; once
+    /// `threshold` distinct valid shares are buffered they are combined, the buffer is cleared
+    /// (zeroized) whatever the outcome, and on success the keyring is installed.
+    pub fn submit_share(&self, text: &str) -> Result<UnsealStatus, (UnsealRefusal, UnsealStatus)> {
+        let refuse_poisoned = || {
+            (
+                UnsealRefusal::CombineFailed,
+                UnsealStatus {
+                    sealed: true,
+                    received: 0,
+                    threshold: 0,
+                    rejected: 0,
+                },
+            )
+        };
+        let mut persistence = self.persistence.lock().map_err(|_| refuse_poisoned())?;
+        let mut buf = self.unseal.lock().map_err(|_| refuse_poisoned())?;
+        let KeyPersistence::Sealed { file, root, .. } = &mut *persistence else {
+            return Err((
+                UnsealRefusal::NotSealed,
+                UnsealStatus {
+                    sealed: false,
+                    received: 0,
+                    threshold: 0,
+                    rejected: buf.rejected,
+                },
+            ));
+        };
+        let status = |sealed: bool, buf: &UnsealBuffer| UnsealStatus {
+            sealed,
+            received: buf.shares.len(),
+            threshold: file.threshold,
+            rejected: buf.rejected,
+        };
+        if !self.is_sealed() {
+            return Err((UnsealRefusal::NotSealed, status(false, &buf)));
+        }
+        let Some(share) = file.check_share(text) else {
+            buf.rejected += 1;
+            return Err((UnsealRefusal::WrongShare, status(true, &buf)));
+        };
+        if buf.shares.iter().any(|s| s.first() == share.first()) {
+            buf.rejected += 1;
+            return Err((UnsealRefusal::DuplicateShare, status(true, &buf)));
+        }
+        buf.shares.push(share);
+        if buf.shares.len() < file.threshold as usize {
+            return Ok(status(true, &buf));
+        }
+        let combined = file.unseal(&buf.shares);
+        // Zeroizing buffers: dropping them wipes the share bytes.
+        buf.shares.clear();
+        let installed = combined.map_err(|e| e.to_string()).and_then(|(r, ring)| {
+            check_keyring(&ring, &self.store).map_err(|e| e.to_string())?;
+            let mut guard = self.keyring.write().map_err(|_| "lock".to_owned())?;
+            *guard = Some(ring);
+            *root = Some(r);
+            Ok(())
+        });
+        match installed {
+            Ok(()) => {
+                tracing::info!("vault unsealed");
+                Ok(status(false, &buf))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "unseal failed after threshold shares");
+                buf.rejected += 1;
+                Err((UnsealRefusal::CombineFailed, status(true, &buf)))
             }
         }
-        let check = fingerprinter.check_value();
-        match store.meta_get(FINGERPRINT_CHECK_KEY)? {
-            Some(v) if v.as_slice() == check.as_slice() => {}
-            Some(_) => return Err(CoreError::WrongFingerprintKey),
-            None => store.meta_put(FINGERPRINT_CHECK_KEY, &check)?,
+    }
+
+    /// Adds a new master-key version: key-check value first, then the persisted key file, then
+    /// memory — a crash in between leaves a harmless extra check value, never a key in memory
+    /// only. New writes use it at once. Returns the new version.
+    pub fn rotate(&self) -> Result<u32, CoreError> {
+        let mut persistence = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
+        if self.is_sealed() {
+            return Err(CoreError::Sealed);
         }
-        Ok(Self {
-            keyring,
-            fingerprinter,
-            store: Arc::new(store),
+        if matches!(*persistence, KeyPersistence::Unpersisted) {
+            return Err(CoreError::KeyState(
+                "the master key comes from the environment; rotate needs a key file".into(),
+            ));
+        }
+        let next = {
+            let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
+            let ring = guard.as_ref().ok_or(CoreError::Sealed)?;
+            ring.current()
+                .version
+                .checked_add(1)
+                .ok_or_else(|| CoreError::KeyState("no master-key version left".into()))?
+        };
+        let kek = Kek {
+            version: next,
+            key: SecretKey::generate()?,
+        };
+        self.store
+            .meta_put(&kcv_key(next), &Keyring::key_check_value(&kek)?)?;
+        let mut guard = self.keyring.write().map_err(|_| CoreError::Poisoned)?;
+        let ring = guard.as_mut().ok_or(CoreError::Sealed)?;
+        ring.add(kek);
+        if let Err(e) = persist(&mut persistence, ring) {
+            // Not persisted: undo in memory so no record is sealed under a key a restart loses.
+            ring.remove_version(next);
+            return Err(e);
+        }
+        drop(guard);
+        self.rewrap.target.store(u64::from(next), Ordering::SeqCst);
+        tracing::info!(version = next, "master key rotated");
+        Ok(next)
+    }
+
+    /// Re-wraps every data key below the current version, in batches; safe to run while reads
+    /// and writes go on. Loops until a full pass finds nothing left (a write sealed just before
+    /// the rotation may land during the first pass). Blocking: run it off the async workers.
+    pub fn rewrap_all(&self) -> Result<RewrapStatus, CoreError> {
+        if self.rewrap.running.swap(true, Ordering::SeqCst) {
+            return Ok(self.rewrap_status());
+        }
+        let result = self.rewrap_passes();
+        self.rewrap.running.store(false, Ordering::SeqCst);
+        result.map(|()| self.rewrap_status())
+    }
+
+    fn rewrap_passes(&self) -> Result<(), CoreError> {
+        let target = self.current_version()?;
+        self.rewrap
+            .target
+            .store(u64::from(target), Ordering::SeqCst);
+        let (counts, _) = self.store.count_by_wrap_version()?;
+        let total: u64 = counts.range(..target).map(|(_, n)| n).sum();
+        self.rewrap.total.store(total, Ordering::SeqCst);
+        self.rewrap.done.store(0, Ordering::SeqCst);
+        self.rewrap.failed.store(0, Ordering::SeqCst);
+        for _pass in 0..5 {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let batch = {
+                    let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
+                    let ring = guard.as_ref().ok_or(CoreError::Sealed)?;
+                    let rewrap = |r: &crate::store::StoredRecord| {
+                        let sealed = r.sealed().ok()?;
+                        match ring.rewrap_dek(&r.store, &r.id, &sealed) {
+                            Ok((w, v)) => Some((hex::encode(w), v)),
+                            Err(_) => {
+                                tracing::error!(record = %r.id, "data key does not re-wrap (corrupt record?)");
+                                None
+                            }
+                        }
+                    };
+                    self.store
+                        .rewrap_batch(after.as_deref(), REWRAP_BATCH, target, &rewrap)?
+                };
+                self.rewrap
+                    .done
+                    .fetch_add(batch.rewrapped, Ordering::SeqCst);
+                self.rewrap.failed.fetch_add(batch.failed, Ordering::SeqCst);
+                match batch.next_after {
+                    Some(a) => after = Some(a),
+                    None => break,
+                }
+            }
+            let (counts, _) = self.store.count_by_wrap_version()?;
+            let left: u64 = counts.range(..target).map(|(_, n)| n).sum();
+            if left <= self.rewrap.failed.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        self.store.db().flush().map_err(StoreError::Sled)?;
+        tracing::info!(
+            target,
+            done = self.rewrap.done.load(Ordering::SeqCst),
+            failed = self.rewrap.failed.load(Ordering::SeqCst),
+            "re-wrap finished"
+        );
+        Ok(())
+    }
+
+    fn current_version(&self) -> Result<u32, CoreError> {
+        let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
+        Ok(guard.as_ref().ok_or(CoreError::Sealed)?.current().version)
+    }
+
+    pub fn rewrap_status(&self) -> RewrapStatus {
+        let p = &self.rewrap;
+        RewrapStatus {
+            running: p.running.load(Ordering::SeqCst),
+            target_version: u32::try_from(p.target.load(Ordering::SeqCst)).unwrap_or(0),
+            total: p.total.load(Ordering::SeqCst),
+            done: p.done.load(Ordering::SeqCst),
+            failed: p.failed.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Versions held, records per version, re-wrap progress. A full scan of the records.
+    pub fn key_status(&self) -> Result<KeyStatus, CoreError> {
+        let (counts, corrupt) = self.store.count_by_wrap_version()?;
+        let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
+        let mut versions: BTreeMap<u32, u64> = BTreeMap::new();
+        if let Some(ring) = guard.as_ref() {
+            for k in ring.versions() {
+                versions.insert(k.version, 0);
+            }
+        }
+        for (v, n) in counts {
+            *versions.entry(v).or_insert(0) += n;
+        }
+        Ok(KeyStatus {
+            sealed: guard.is_none(),
+            current_version: guard.as_ref().map(|r| r.current().version),
+            versions: versions
+                .into_iter()
+                .map(|(version, records)| VersionCount { version, records })
+                .collect(),
+            corrupt_records: corrupt,
+            rewrap: self.rewrap_status(),
         })
+    }
+
+    /// Destroys every version below `below` — refused, with counts, while any record is still
+    /// wrapped under one of them, and refused for the current version. Holds the keyring write
+    /// lock across the check and the removal, so no store can slip a record in between.
+    pub fn retire_below(&self, below: u32) -> Result<Vec<u32>, CoreError> {
+        let mut persistence = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
+        let mut guard = self.keyring.write().map_err(|_| CoreError::Poisoned)?;
+        let ring = guard.as_mut().ok_or(CoreError::Sealed)?;
+        if below > ring.current().version {
+            return Err(CoreError::KeyState(format!(
+                "cannot retire the current master-key version {}",
+                ring.current().version
+            )));
+        }
+        let (counts, _) = self.store.count_by_wrap_version()?;
+        let still: Vec<String> = counts
+            .range(..below)
+            .filter(|(_, n)| **n > 0)
+            .map(|(v, n)| format!("{n} record(s) under version {v}"))
+            .collect();
+        if !still.is_empty() {
+            return Err(CoreError::KeyState(format!(
+                "refused: still wrapped below version {below}: {}",
+                still.join(", ")
+            )));
+        }
+        let retired: Vec<u32> = ring
+            .versions()
+            .map(|k| k.version)
+            .filter(|v| *v < below)
+            .collect();
+        if retired.is_empty() {
+            return Ok(retired);
+        }
+        // Persist the smaller keyring first; only then forget the keys in memory.
+        let mut smaller = Vec::new();
+        for k in ring.versions().filter(|k| k.version >= below) {
+            smaller.push(Kek {
+                version: k.version,
+                key: SecretKey::from_slice(k.key.expose_bytes())?,
+            });
+        }
+        let smaller = Keyring::new(smaller).ok_or(CoreError::KeyState("empty keyring".into()))?;
+        persist(&mut persistence, &smaller)?;
+        ring.remove_below(below);
+        for v in &retired {
+            self.store.meta_remove(&kcv_key(*v))?;
+        }
+        tracing::info!(?retired, "master key versions retired and destroyed");
+        Ok(retired)
     }
 
     pub fn store(&self) -> &SledStore {
@@ -148,10 +545,12 @@ impl VaultCore {
             self.fingerprinter
                 .fingerprint(new.store.as_str(), new.account.as_str(), token_bytes);
         let id = new_record_id()?;
+        // The read guard is held until the record is in: retirement (write lock) can never
+        // destroy a version between sealing and inserting.
+        let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
+        let keyring = guard.as_ref().ok_or(CoreError::Sealed)?;
         // Sealed before the transaction (which may retry); wasted only on a dedupe hit.
-        let sealed = self
-            .keyring
-            .seal_token(new.store.as_str(), id.as_str(), token_bytes)?;
+        let sealed = keyring.seal_token(new.store.as_str(), id.as_str(), token_bytes)?;
         let created = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -168,11 +567,14 @@ impl VaultCore {
             masked_email: new.masked_email.as_ref().map(|m| m.as_str().to_owned()),
             created,
             key_version: sealed.key_version,
+            wrap_version: Some(sealed.wrap_version),
             wrapped_dek: hex::encode(&sealed.wrapped_dek),
             sealed_token: hex::encode(&sealed.ciphertext),
             fingerprint: hex::encode(fingerprint),
         };
-        Ok(self.store.insert(record, fingerprint, audit)?)
+        let stored = self.store.insert(record, fingerprint, audit)?;
+        drop(guard);
+        Ok(stored)
     }
 
     /// A record if it exists and belongs to `store` (another store's record is "not found").
@@ -208,11 +610,57 @@ impl VaultCore {
         };
         let sealed = record.sealed()?;
         // The binding uses the ids the caller asked for, not the ones stored in the record.
-        Ok(Some(self.keyring.open_token(
+        let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
+        let keyring = guard.as_ref().ok_or(CoreError::Sealed)?;
+        Ok(Some(keyring.open_token(
             store.as_str(),
             id.as_str(),
             &sealed,
         )?))
+    }
+}
+
+/// Checks (or, for a fresh folder or a newly added key version, records) the key-check values,
+/// so that a wrong key is a clear refusal at start and never garbage later.
+fn check_keyring(keyring: &Keyring, store: &SledStore) -> Result<(), CoreError> {
+    for kek in keyring.versions() {
+        match store.meta_get(&kcv_key(kek.version))? {
+            Some(kcv) if Keyring::verify_key_check(kek, &kcv) => {}
+            Some(_) => return Err(CoreError::WrongMasterKey(kek.version)),
+            // A fresh folder, a version added by hand (main), or a rotation that crashed
+            // between its check value and the key file.
+            None => store.meta_put(&kcv_key(kek.version), &Keyring::key_check_value(kek)?)?,
+        }
+    }
+    Ok(())
+}
+
+fn check_fingerprint(fingerprinter: &Fingerprinter, store: &SledStore) -> Result<(), CoreError> {
+    let check = fingerprinter.check_value();
+    match store.meta_get(FINGERPRINT_CHECK_KEY)? {
+        Some(v) if v.as_slice() == check.as_slice() => Ok(()),
+        Some(_) => Err(CoreError::WrongFingerprintKey),
+        None => Ok(store.meta_put(FINGERPRINT_CHECK_KEY, &check)?),
+    }
+}
+
+fn persist(persistence: &mut KeyPersistence, ring: &Keyring) -> Result<(), CoreError> {
+    match persistence {
+        KeyPersistence::File(path) => Ok(keys::write_master_file(path, ring)?),
+        KeyPersistence::Sealed {
+            path,
+            file,
+            root: Some(root),
+        } => {
+            let updated = file.with_keyring(root, ring)?;
+            updated.write(path)?;
+            *file = updated;
+            Ok(())
+        }
+        KeyPersistence::Sealed { root: None, .. } => Err(CoreError::Sealed),
+        KeyPersistence::Unpersisted => Err(CoreError::KeyState(
+            "the master key comes from the environment; it cannot be changed".into(),
+        )),
     }
 }
 

@@ -7,6 +7,14 @@
 //!   another record fails authentication instead of opening as the wrong token.
 //! - The DEK is stored only wrapped (AES-256-GCM) by a versioned master key (KEK), with its own
 //!   AAD (same binding, different domain label) so a wrapped DEK cannot be swapped either.
+//! - Rotation (issue 6): a record carries two versions. `key_version` is the KEK version that was
+//!   current when the token was sealed; it is bound into the token AAD and never changes (it is a
+//!   label, not a key: retiring that KEK does not affect it). `wrap_version` is the KEK version
+//!   that wraps the DEK *now*; it is bound into the DEK AAD. Re-wrapping under a new KEK opens
+//!   and re-seals only the 32-byte DEK and rewrites `wrap_version`: the token ciphertext and its
+//!   AAD stay byte-for-byte the same, so no token is decrypted for rotation. Records written
+//!   before rotation existed have `wrap_version == key_version`, which is exactly the binding
+//!   they were sealed with, so they open unchanged (no migration).
 //! - Key material lives in `Zeroizing` buffers and in types without `Debug`.
 //! - Every decode checks lengths before slicing; malformed input is an error, never a panic.
 //!
@@ -138,7 +146,10 @@ fn framed(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 pub struct RecordBinding<'a> {
     pub store: &'a str,
     pub record_id: &'a str,
+    /// KEK version current at seal time (immutable; token AAD).
     pub key_version: u32,
+    /// KEK version wrapping the DEK now (DEK AAD).
+    pub wrap_version: u32,
 }
 
 impl RecordBinding<'_> {
@@ -158,7 +169,7 @@ impl RecordBinding<'_> {
             &[
                 self.store.as_bytes(),
                 self.record_id.as_bytes(),
-                &self.key_version.to_be_bytes(),
+                &self.wrap_version.to_be_bytes(),
             ],
         )
     }
@@ -174,7 +185,10 @@ pub struct Kek {
 /// `nonce || ciphertext || tag`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedToken {
+    /// KEK version current when the token was sealed (bound into the token AAD, immutable).
     pub key_version: u32,
+    /// KEK version that wraps `wrapped_dek` (bound into the DEK AAD; changes on re-wrap).
+    pub wrap_version: u32,
     pub wrapped_dek: Vec<u8>,
     pub ciphertext: Vec<u8>,
 }
@@ -192,6 +206,38 @@ impl Keyring {
         }
         keks.sort_by_key(|k| k.version);
         Some(Self { keks })
+    }
+
+    /// Adds a new KEK version; it becomes current if it is the highest.
+    pub fn add(&mut self, kek: Kek) {
+        self.keks.retain(|k| k.version != kek.version);
+        self.keks.push(kek);
+        self.keks.sort_by_key(|k| k.version);
+    }
+
+    /// Drops (and so zeroizes) every version below `below`, never the current one.
+    pub fn remove_below(&mut self, below: u32) -> Vec<u32> {
+        let current = self.current().version;
+        let mut removed = Vec::new();
+        self.keks.retain(|k| {
+            let drop = k.version < below && k.version != current;
+            if drop {
+                removed.push(k.version);
+            }
+            !drop
+        });
+        removed
+    }
+
+    /// Drops one version (undo of a rotation that could not be persisted); never the last.
+    pub fn remove_version(&mut self, version: u32) {
+        if self.keks.len() > 1 {
+            self.keks.retain(|k| k.version != version);
+        }
+    }
+
+    pub fn has(&self, version: u32) -> bool {
+        self.get(version).is_some()
     }
 
     pub fn current(&self) -> &Kek {
@@ -219,15 +265,38 @@ impl Keyring {
             store,
             record_id,
             key_version: kek.version,
+            wrap_version: kek.version,
         };
         let dek = SecretKey::generate()?;
         let ciphertext = seal(&dek, token, &binding.token_aad())?;
         let wrapped_dek = seal(&kek.key, dek.expose_bytes(), &binding.dek_aad())?;
         Ok(SealedToken {
             key_version: kek.version,
+            wrap_version: kek.version,
             wrapped_dek,
             ciphertext,
         })
+    }
+
+    /// Re-wraps a record's DEK under the current KEK. Only the DEK is opened (in zeroizing
+    /// memory); the token ciphertext is not touched. Returns the new wrapped DEK and version.
+    pub fn rewrap_dek(
+        &self,
+        store: &str,
+        record_id: &str,
+        sealed: &SealedToken,
+    ) -> Result<(Vec<u8>, u32), CryptoError> {
+        let old = self.get(sealed.wrap_version).ok_or(CryptoError::Open)?;
+        let new = self.current();
+        let mut binding = RecordBinding {
+            store,
+            record_id,
+            key_version: sealed.key_version,
+            wrap_version: sealed.wrap_version,
+        };
+        let dek = open(&old.key, &sealed.wrapped_dek, &binding.dek_aad())?;
+        binding.wrap_version = new.version;
+        Ok((seal(&new.key, &dek, &binding.dek_aad())?, new.version))
     }
 
     /// Opens a record's token. Fails if anything (key, record binding, bytes) does not match.
@@ -237,11 +306,12 @@ impl Keyring {
         record_id: &str,
         sealed: &SealedToken,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let kek = self.get(sealed.key_version).ok_or(CryptoError::Open)?;
+        let kek = self.get(sealed.wrap_version).ok_or(CryptoError::Open)?;
         let binding = RecordBinding {
             store,
             record_id,
             key_version: sealed.key_version,
+            wrap_version: sealed.wrap_version,
         };
         let dek_bytes = open(&kek.key, &sealed.wrapped_dek, &binding.dek_aad())?;
         let dek = SecretKey::from_slice(&dek_bytes).map_err(|_| CryptoError::Open)?;
@@ -380,12 +450,46 @@ mod tests {
         );
         let other_version = SealedToken {
             key_version: 2,
+            wrap_version: 2,
             ..sealed.clone()
         };
         assert_eq!(
             ring.open_token("store-a", "pm_1", &other_version).err(),
             Some(CryptoError::Open)
         );
+    }
+
+    #[test]
+    fn rewrapping_moves_the_data_key_to_the_new_version_without_touching_the_ciphertext() {
+        let mut ring = keyring(7);
+        let sealed = ring.seal_token("s", "pm_1", b"tok_rotate").unwrap();
+        ring.add(Kek {
+            version: 2,
+            key: SecretKey::from_slice(&[8; 32]).unwrap(),
+        });
+        let (wrapped, v) = ring.rewrap_dek("s", "pm_1", &sealed).unwrap();
+        assert_eq!(v, 2);
+        let moved = SealedToken {
+            wrap_version: 2,
+            wrapped_dek: wrapped,
+            ..sealed.clone()
+        };
+        assert_eq!(moved.ciphertext, sealed.ciphertext);
+        assert_eq!(moved.key_version, 1, "the seal version is immutable");
+        assert_eq!(ring.remove_below(2), vec![1]);
+        assert_eq!(
+            ring.open_token("s", "pm_1", &moved).unwrap().as_slice(),
+            b"tok_rotate"
+        );
+        // Under the retired version it no longer opens; the wrap version is authenticated.
+        assert!(ring.open_token("s", "pm_1", &sealed).is_err());
+        let lying = SealedToken {
+            wrap_version: 1,
+            ..moved.clone()
+        };
+        assert!(ring.open_token("s", "pm_1", &lying).is_err());
+        // The current version is never removed.
+        assert!(ring.remove_below(100).is_empty());
     }
 
     #[test]

@@ -198,6 +198,314 @@ pub fn ensure_fingerprint_file(path: &Path) -> Result<bool, KeyError> {
     write_new_key_file(path, FINGERPRINT_HEADER, &line)
 }
 
+/// Rewrites the master key file with every version of `ring` (rotation adds one, retirement
+/// removes some). Atomic: a new owner-only file is written and fsynced beside it, then renamed
+/// over the old one, then the folder is fsynced — a crash leaves either the old or the new file.
+pub fn write_master_file(path: &Path, ring: &Keyring) -> Result<(), KeyError> {
+    let mut text = Zeroizing::new(format!(
+        "{MASTER_HEADER}\n# Owner-only. Never commit, copy into logs, or share.\n"
+    ));
+    for kek in ring.versions() {
+        text.push_str(&format!(
+            "{}:{}\n",
+            kek.version,
+            Zeroizing::new(hex::encode(kek.key.expose_bytes())).as_str()
+        ));
+    }
+    replace_file(path, text.as_bytes())
+}
+
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let werr = |e: std::io::Error| KeyError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let tmp = path.with_extension("tmp-rotate");
+    let _ = std::fs::remove_file(&tmp);
+    shared::pki::write_file(&tmp, bytes, 0o600).map_err(|e| KeyError::Write {
+        path: tmp.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(werr)?;
+    std::fs::rename(&tmp, path).map_err(werr)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(werr)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealed (split-knowledge) master key file.
+//
+// Format (text):
+// ```text
+// strongroom-sealed-master-key v1
+// threshold <K>
+// share-check <x> <hex SHA-256 of the share bytes>      (one line per share, N lines)
+// root-check <hex key-check value of the root key>
+// keyring <hex: the `<version>:<hex>` lines sealed under the root key>
+// ```
+// The root key exists only as N Shamir shares (GF(256), `blahaj`), printed once by `vault init
+// --shares N --threshold K`. The file holds what is needed to *verify* shares and a
+// reconstructed root (per-share SHA-256, a key-check value) and the KEK versions sealed under
+// the root — never the root itself and never a KEK in clear. A share is 33 random-looking bytes,
+// so its SHA-256 reveals nothing a brute force could use.
+// ---------------------------------------------------------------------------------------------
+
+const SEALED_HEADER: &str = "strongroom-sealed-master-key v1";
+const SHARE_PREFIX: &str = "srs1-";
+const SEALED_KEYRING_AAD: &[u8] = b"strongroom/sealed-keyring/v1";
+const ROOT_KCV_VERSION: u32 = 0;
+
+/// The sealed master key file as parsed: verification data and the sealed keyring.
+#[derive(Clone)]
+pub struct SealedKeyFile {
+    pub threshold: u8,
+    /// (x coordinate, SHA-256 of the share bytes) for every share dealt.
+    pub share_checks: Vec<(u8, [u8; 32])>,
+    pub root_check: Vec<u8>,
+    pub sealed_keyring: Vec<u8>,
+}
+
+/// What the configured master key file holds.
+pub enum MasterKeyFile {
+    Plain(Keyring),
+    Sealed(SealedKeyFile),
+}
+
+fn share_hash(bytes: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"strongroom/share-check/v1");
+    ctx.update(bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn root_kek(root: &SecretKey) -> Result<Kek, KeyError> {
+    Ok(Kek {
+        version: ROOT_KCV_VERSION,
+        key: SecretKey::from_slice(root.expose_bytes()).map_err(|_| KeyError::Format {
+            source_name: "root key".into(),
+            reason: "wrong length",
+        })?,
+    })
+}
+
+fn keyring_text(ring: &Keyring) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(String::new());
+    for kek in ring.versions() {
+        text.push_str(&format!(
+            "{}:{}\n",
+            kek.version,
+            Zeroizing::new(hex::encode(kek.key.expose_bytes())).as_str()
+        ));
+    }
+    text
+}
+
+impl SealedKeyFile {
+    fn to_text(&self) -> String {
+        let mut t = format!(
+            "{SEALED_HEADER}\n# Holds no key in clear. The root key exists only as shares.\nthreshold {}\n",
+            self.threshold
+        );
+        for (x, h) in &self.share_checks {
+            t.push_str(&format!("share-check {x} {}\n", hex::encode(h)));
+        }
+        t.push_str(&format!("root-check {}\n", hex::encode(&self.root_check)));
+        t.push_str(&format!("keyring {}\n", hex::encode(&self.sealed_keyring)));
+        t
+    }
+
+    fn parse(text: &str, name: &str) -> Result<Self, KeyError> {
+        let fmt = |reason| KeyError::Format {
+            source_name: name.to_owned(),
+            reason,
+        };
+        let mut threshold = None;
+        let mut share_checks = Vec::new();
+        let mut root_check = None;
+        let mut sealed_keyring = None;
+        for line in text.lines().skip(1).map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("threshold"), Some(k), None) => {
+                    threshold = Some(k.parse::<u8>().map_err(|_| fmt("bad threshold"))?)
+                }
+                (Some("share-check"), Some(x), Some(h)) => {
+                    let x = x.parse::<u8>().map_err(|_| fmt("bad share-check"))?;
+                    let mut hash = [0u8; 32];
+                    hex::decode_to_slice(h, &mut hash).map_err(|_| fmt("bad share-check"))?;
+                    share_checks.push((x, hash));
+                }
+                (Some("root-check"), Some(h), None) => {
+                    root_check = Some(hex::decode(h).map_err(|_| fmt("bad root-check"))?)
+                }
+                (Some("keyring"), Some(h), None) => {
+                    sealed_keyring = Some(hex::decode(h).map_err(|_| fmt("bad keyring"))?)
+                }
+                _ => return Err(fmt("unknown line in sealed key file")),
+            }
+        }
+        let threshold = threshold.ok_or_else(|| fmt("no threshold"))?;
+        if threshold < 2 || (share_checks.len() as u8) < threshold {
+            return Err(fmt(
+                "threshold must be at least 2 and at most the number of shares",
+            ));
+        }
+        Ok(Self {
+            threshold,
+            share_checks,
+            root_check: root_check.ok_or_else(|| fmt("no root-check"))?,
+            sealed_keyring: sealed_keyring.ok_or_else(|| fmt("no keyring"))?,
+        })
+    }
+
+    /// Checks one submitted share against the file: `Some(share bytes)` if it is one of the
+    /// dealt shares. Parse and compare without echoing the text anywhere.
+    pub fn check_share(&self, text: &str) -> Option<Zeroizing<Vec<u8>>> {
+        use base64::Engine;
+        let body = text.trim().strip_prefix(SHARE_PREFIX)?;
+        let bytes = Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(body)
+                .ok()?,
+        );
+        if bytes.len() != KEY_LEN + 1 {
+            return None;
+        }
+        let h = share_hash(&bytes);
+        self.share_checks
+            .iter()
+            // Comparing hashes of the caller's own input: timing reveals nothing about a share.
+            .any(|(x, c)| *x == bytes[0] && *c == h)
+            .then_some(bytes)
+    }
+
+    /// Rebuilds the root key from `threshold` distinct checked shares, verifies it against the
+    /// root-check value, and opens the keyring. The combined root is returned for re-sealing on
+    /// rotation; the share bytes are the caller's (zeroizing) buffers.
+    pub fn unseal(&self, shares: &[Zeroizing<Vec<u8>>]) -> Result<(SecretKey, Keyring), KeyError> {
+        let fmt = |reason| KeyError::Format {
+            source_name: "unseal".to_owned(),
+            reason,
+        };
+        let parsed: Vec<blahaj::Share> = shares
+            .iter()
+            .map(|s| blahaj::Share::try_from(s.as_slice()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| fmt("share does not parse"))?;
+        let secret = Zeroizing::new(
+            blahaj::Sharks(self.threshold)
+                .recover(&parsed)
+                .map_err(|_| fmt("not enough shares"))?,
+        );
+        drop(parsed); // `Share` zeroizes on drop (blahaj `zeroize_memory`).
+        let root = SecretKey::from_slice(&secret).map_err(|_| fmt("wrong length"))?;
+        let rk = root_kek(&root)?;
+        if !Keyring::verify_key_check(&rk, &self.root_check) {
+            return Err(fmt("shares do not rebuild the root key"));
+        }
+        let text = crate::crypto::open(&rk.key, &self.sealed_keyring, SEALED_KEYRING_AAD)
+            .map_err(|_| fmt("keyring does not open"))?;
+        let text =
+            Zeroizing::new(String::from_utf8(text.to_vec()).map_err(|_| fmt("keyring text"))?);
+        let ring = parse_master_entries(text.lines(), "sealed keyring")?;
+        Ok((root, ring))
+    }
+
+    /// The same file with `ring` sealed under `root` (after rotation or retirement).
+    pub fn with_keyring(&self, root: &SecretKey, ring: &Keyring) -> Result<Self, KeyError> {
+        let rk = root_kek(root)?;
+        let sealed =
+            crate::crypto::seal(&rk.key, keyring_text(ring).as_bytes(), SEALED_KEYRING_AAD)
+                .map_err(|e| KeyError::Write {
+                    path: "sealed keyring".into(),
+                    reason: e.to_string(),
+                })?;
+        Ok(Self {
+            sealed_keyring: sealed,
+            ..self.clone()
+        })
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), KeyError> {
+        replace_file(path, self.to_text().as_bytes())
+    }
+}
+
+/// Creates a sealed master key file with a fresh root key split into `shares` shares of which
+/// `threshold` rebuild it, and a fresh KEK version 1. Returns the share texts (print them once,
+/// then drop them: they zeroize). Refuses to overwrite an existing file.
+pub fn create_sealed_master_file(
+    path: &Path,
+    shares: u8,
+    threshold: u8,
+) -> Result<Vec<Zeroizing<String>>, KeyError> {
+    use base64::Engine;
+    let werr = |reason: String| KeyError::Write {
+        path: path.display().to_string(),
+        reason,
+    };
+    if path.exists() {
+        return Err(werr(
+            "file exists; refusing to overwrite a master key".into(),
+        ));
+    }
+    if threshold < 2 || shares < threshold {
+        return Err(werr("need 2 <= threshold <= shares".into()));
+    }
+    let root = SecretKey::generate().map_err(|e| werr(e.to_string()))?;
+    let kek = Kek {
+        version: 1,
+        key: SecretKey::generate().map_err(|e| werr(e.to_string()))?,
+    };
+    let ring = Keyring::new(vec![kek]).ok_or_else(|| werr("empty keyring".into()))?;
+    let mut texts = Vec::with_capacity(shares as usize);
+    let mut share_checks = Vec::with_capacity(shares as usize);
+    for share in blahaj::Sharks(threshold)
+        .dealer(root.expose_bytes())
+        .take(shares as usize)
+    {
+        let bytes = Zeroizing::new(Vec::<u8>::from(&share));
+        share_checks.push((bytes[0], share_hash(&bytes)));
+        texts.push(Zeroizing::new(format!(
+            "{SHARE_PREFIX}{}",
+            Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..]))
+                .as_str()
+        )));
+    }
+    let rk = root_kek(&root)?;
+    let file = SealedKeyFile {
+        threshold,
+        share_checks,
+        root_check: Keyring::key_check_value(&rk).map_err(|e| werr(e.to_string()))?,
+        sealed_keyring: Vec::new(),
+    }
+    .with_keyring(&root, &ring)?;
+    shared::pki::write_file(path, file.to_text().as_bytes(), 0o600)
+        .map_err(|e| werr(e.to_string()))?;
+    Ok(texts)
+}
+
+/// Loads the configured master key file in either form.
+pub fn load_master_any(path: &Path) -> Result<MasterKeyFile, KeyError> {
+    let text = read_secret_file(path)?;
+    let name = path.display().to_string();
+    match text.lines().next().map(str::trim) {
+        Some(SEALED_HEADER) => Ok(MasterKeyFile::Sealed(SealedKeyFile::parse(&text, &name)?)),
+        _ => load_master_file(path).map(MasterKeyFile::Plain),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -243,5 +551,43 @@ mod tests {
         assert!(!err.contains(&bad));
         assert!(parse_master_env("").is_err());
         assert!(parse_master_env(&format!("1:{hex1},1:{hex2}")).is_err());
+    }
+
+    #[test]
+    fn a_sealed_key_file_opens_with_any_threshold_of_shares_and_not_with_fewer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.sealed");
+        let shares = create_sealed_master_file(&p, 5, 3).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        for s in &shares {
+            assert!(!text.contains(s.trim_start_matches(SHARE_PREFIX)));
+        }
+        let MasterKeyFile::Sealed(file) = load_master_any(&p).unwrap() else {
+            panic!("expected the sealed form")
+        };
+        let checked: Vec<_> = shares
+            .iter()
+            .map(|s| file.check_share(s).unwrap())
+            .collect();
+        let (root, ring) = file.unseal(&checked[2..5]).unwrap();
+        assert_eq!(ring.current().version, 1);
+        assert!(file.unseal(&checked[..2]).is_err());
+        assert!(file.check_share("srs1-AAAA").is_none());
+        let mut wrong = shares[0].to_string();
+        wrong.pop();
+        wrong.push(if shares[0].ends_with('A') { 'B' } else { 'A' });
+        assert!(file.check_share(&wrong).is_none());
+        // Re-sealing a rotated keyring keeps the same shares working.
+        let mut ring = ring;
+        ring.add(Kek {
+            version: 2,
+            key: SecretKey::generate().unwrap(),
+        });
+        file.with_keyring(&root, &ring).unwrap().write(&p).unwrap();
+        let MasterKeyFile::Sealed(file) = load_master_any(&p).unwrap() else {
+            panic!("expected the sealed form")
+        };
+        let (_, ring) = file.unseal(&checked[..3]).unwrap();
+        assert_eq!(ring.current().version, 2);
     }
 }

@@ -56,8 +56,13 @@ pub struct StoredRecord {
     pub exp_year: Option<u16>,
     pub masked_email: Option<String>,
     pub created: String,
-    /// Master-key version that wraps the data key.
+    /// Master-key version that was current when the token was sealed. Bound into the token's
+    /// AAD; never changes (see `crypto` on rotation).
     pub key_version: u32,
+    /// Master-key version that wraps the data key now. Absent in records written before
+    /// rotation existed, where it equals `key_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrap_version: Option<u32>,
     /// `nonce || ciphertext || tag` of the data key under the master key (hex).
     pub wrapped_dek: String,
     /// `nonce || ciphertext || tag` of the token under the data key (hex).
@@ -86,6 +91,7 @@ impl StoredRecord {
     pub fn sealed(&self) -> Result<SealedToken, StoreError> {
         Ok(SealedToken {
             key_version: self.key_version,
+            wrap_version: self.wrap_version(),
             wrapped_dek: hex::decode(&self.wrapped_dek)
                 .map_err(|_| StoreError::Corrupt("wrapped key"))?,
             ciphertext: hex::decode(&self.sealed_token)
@@ -93,7 +99,13 @@ impl StoredRecord {
         })
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+    /// The KEK version that wraps this record's data key.
+    pub fn wrap_version(&self) -> u32 {
+        self.wrap_version.unwrap_or(self.key_version)
+    }
+
+    /// Decodes a stored record value (outside bytes for the fuzz target: never panics).
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
         serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt("record"))
     }
 }
@@ -123,6 +135,20 @@ fn charge_key(store: &str, key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// Outcome of one re-wrap batch.
+#[derive(Debug, Default, Clone)]
+pub struct RewrapBatch {
+    /// Records examined in this batch.
+    pub scanned: u64,
+    /// Records whose data key was re-wrapped.
+    pub rewrapped: u64,
+    /// Records that could not be re-wrapped (corrupt or under an unknown version); left as
+    /// they are and logged by id.
+    pub failed: u64,
+    /// Last record id of the batch; `None` when the scan reached the end.
+    pub next_after: Option<Vec<u8>>,
 }
 
 /// Result of a store request.
@@ -322,6 +348,98 @@ impl SledStore {
     /// Number of stored records.
     pub fn record_count(&self) -> usize {
         self.records.len()
+    }
+
+    /// How many records each KEK version wraps (by `wrap_version`), plus the number of records
+    /// that do not decode. A full scan: it reads every record (no token is opened).
+    pub fn count_by_wrap_version(
+        &self,
+    ) -> Result<(std::collections::BTreeMap<u32, u64>, u64), StoreError> {
+        let mut counts = std::collections::BTreeMap::new();
+        let mut corrupt = 0u64;
+        for item in self.records.iter() {
+            let (_, v) = item?;
+            match StoredRecord::decode(&v) {
+                Ok(r) => *counts.entry(r.wrap_version()).or_insert(0u64) += 1,
+                Err(_) => corrupt += 1,
+            }
+        }
+        Ok((counts, corrupt))
+    }
+
+    /// Re-wraps, in one transaction, up to `limit` records after `after` whose data key is
+    /// wrapped below `target`. `rewrap` gets the decoded record and returns the new wrapped DEK
+    /// (hex) and its version. Reads and writes of other records go on meanwhile; a record
+    /// deleted or changed concurrently is re-read inside the transaction.
+    pub fn rewrap_batch(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        target: u32,
+        rewrap: &dyn Fn(&StoredRecord) -> Option<(String, u32)>,
+    ) -> Result<RewrapBatch, StoreError> {
+        let range = match after {
+            Some(a) => self
+                .records
+                .range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.records.iter(),
+        };
+        let mut ids = Vec::with_capacity(limit);
+        for item in range.take(limit) {
+            let (k, _) = item?;
+            ids.push(k.to_vec());
+        }
+        let next_after = if ids.len() < limit {
+            None
+        } else {
+            ids.last().cloned()
+        };
+        let scanned = ids.len() as u64;
+        let (rewrapped, failed) = self
+            .records
+            .transaction(|records| {
+                let (mut done, mut failed) = (0u64, 0u64);
+                for id in &ids {
+                    let Some(bytes) = records.get(id)? else {
+                        continue;
+                    };
+                    let Ok(mut r) = StoredRecord::decode(&bytes) else {
+                        failed += 1;
+                        continue;
+                    };
+                    if r.wrap_version() >= target || r.id.as_bytes() != id.as_slice() {
+                        continue;
+                    }
+                    match rewrap(&r) {
+                        Some((wrapped, version)) => {
+                            r.wrapped_dek = wrapped;
+                            r.wrap_version = Some(version);
+                            let Ok(value) = serde_json::to_vec(&r) else {
+                                failed += 1;
+                                continue;
+                            };
+                            records.insert(id.as_slice(), value)?;
+                            done += 1;
+                        }
+                        None => failed += 1,
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>((done, failed))
+            })
+            .map_err(tx_err)?;
+        Ok(RewrapBatch {
+            scanned,
+            rewrapped,
+            failed,
+            next_after,
+        })
+    }
+
+    /// Removes a `meta` value and flushes.
+    pub fn meta_remove(&self, key: &str) -> Result<(), StoreError> {
+        self.meta.remove(key)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Walks the audit chain.
@@ -581,6 +699,7 @@ mod tests {
             masked_email: None,
             created: "2026-01-01T00:00:00Z".into(),
             key_version: 1,
+            wrap_version: None,
             wrapped_dek: "00".into(),
             sealed_token: "00".into(),
             fingerprint: hex::encode([id.len() as u8; 32]),

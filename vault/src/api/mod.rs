@@ -9,6 +9,7 @@
 //! `PaymentMethodView`, `PaymentMethodList`, `ErasedResponse` or `ErrorBody`.
 
 pub mod accounts;
+pub mod admin_keys;
 pub mod audit_log;
 pub mod charges;
 pub mod error;
@@ -112,6 +113,7 @@ pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
         .merge(accounts::router())
         .merge(health::router())
         .merge(audit_log::router())
+        .merge(admin_keys::router())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             limits.max_body_bytes,
@@ -120,6 +122,11 @@ pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(limits.request_timeout_secs),
+        ))
+        // Inside the identity/audit layer: requests refused while sealed are audited too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin_keys::sealed_gate,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1,0 +1,244 @@
+//! Key lifecycle (issue 6), all for identities with the `keys` permission (`admin` by default):
+//!
+//! - `GET /v1/admin/keys`: versions held, records each wraps, re-wrap progress.
+//! - `POST /v1/admin/keys/rotate`: adds a master-key version (persisted before use); new writes
+//!   use it at once; a background task re-wraps every data key (no token is decrypted). 202.
+//! - `POST /v1/admin/keys/retire {"below": N}`: 409 with counts while any record is wrapped
+//!   below N; otherwise destroys those versions. 200 `{"retired": [...]}`.
+//! - `POST /v1/admin/unseal {"share": "..."}`: one Shamir share while sealed. 200 with progress;
+//!   422 `wrong_share`; 409 `duplicate_share` / `not_sealed`. The share is never logged or echoed.
+//!
+//! Also the sealed gate: while sealed, everything except unseal answers 503 `sealed`, and
+//! `GET /v1/health` answers 503 `{"status": "sealed"}` (not ready).
+
+use super::error::{ApiError, body};
+use super::{AuditNote, Caller, SharedState};
+use crate::config::Permission;
+use crate::core::{CoreError, UnsealRefusal};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+pub const PATH_KEYS: &str = "/v1/admin/keys";
+pub const PATH_ROTATE: &str = "/v1/admin/keys/rotate";
+pub const PATH_RETIRE: &str = "/v1/admin/keys/retire";
+pub const PATH_UNSEAL: &str = "/v1/admin/unseal";
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route(PATH_KEYS, get(status))
+        .route(PATH_ROTATE, post(rotate))
+        .route(PATH_RETIRE, post(retire))
+        .route(PATH_UNSEAL, post(unseal))
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(body(code, message, None))).into_response()
+}
+
+fn sealed_response() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "sealed",
+        "vault is sealed; an admin must submit unseal shares",
+    )
+}
+
+fn core_error(e: CoreError) -> Response {
+    match e {
+        CoreError::Sealed => sealed_response(),
+        CoreError::KeyState(msg) => error(StatusCode::CONFLICT, "key_state", &msg),
+        other => ApiError::internal(other).into_response(),
+    }
+}
+
+/// Parses a small JSON body; unknown fields are refused like everywhere else in the API.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.to_string().starts_with("unknown field") {
+            ApiError::UnknownField
+        } else {
+            ApiError::MalformedJson
+        }
+    })
+}
+
+/// While sealed: 503 for everything but unseal (which the handler answers) — placed inside the
+/// identity/audit layer, so refused requests are audited too.
+pub async fn sealed_gate(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    if !state.core.is_sealed() {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    if req.method() == Method::POST && path == PATH_UNSEAL {
+        return next.run(req).await;
+    }
+    let (op, resp) = if path == shared::vault_api::PATH_HEALTH {
+        (
+            "health",
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(shared::vault_api::HealthResponse {
+                    status: "sealed".to_owned(),
+                }),
+            )
+                .into_response(),
+        )
+    } else {
+        ("refused (sealed)", sealed_response())
+    };
+    let mut resp = resp;
+    resp.extensions_mut().insert(AuditNote::new(op));
+    resp
+}
+
+#[tracing::instrument(skip_all)]
+async fn status(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let note = AuditNote::new("keys_status");
+    if let Err(e) = caller.require(Permission::Keys) {
+        return note.finish::<Response>(Err(e));
+    }
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || st.core.key_status()).await;
+    let resp = match result {
+        Ok(Ok(s)) => Json(s).into_response(),
+        Ok(Err(e)) => core_error(e),
+        Err(e) => ApiError::internal(e).into_response(),
+    };
+    note.finish::<Response>(Ok(resp))
+}
+
+#[tracing::instrument(skip_all)]
+async fn rotate(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let note = AuditNote::new("keys_rotate");
+    if let Err(e) = caller.require(Permission::Keys) {
+        return note.finish::<Response>(Err(e));
+    }
+    let st = state.clone();
+    let resp = match tokio::task::spawn_blocking(move || st.core.rotate()).await {
+        Ok(Ok(version)) => {
+            let st = state.clone();
+            // The re-wrap runs in the background; progress is on GET /v1/admin/keys.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = st.core.rewrap_all() {
+                    tracing::error!(error = %e, "re-wrap failed");
+                }
+            });
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({
+                    "version": version,
+                    "rewrap": state.core.rewrap_status(),
+                })),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => core_error(e),
+        Err(e) => ApiError::internal(e).into_response(),
+    };
+    note.finish::<Response>(Ok(resp))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetireBody {
+    below: u32,
+}
+
+#[tracing::instrument(skip_all)]
+async fn retire(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let note = AuditNote::new("keys_retire");
+    if let Err(e) = caller.require(Permission::Keys) {
+        return note.finish::<Response>(Err(e));
+    }
+    let below = match parse::<RetireBody>(&body) {
+        Ok(b) => b.below,
+        Err(e) => return note.finish::<Response>(Err(e)),
+    };
+    let st = state.clone();
+    let resp = match tokio::task::spawn_blocking(move || st.core.retire_below(below)).await {
+        Ok(Ok(retired)) => Json(serde_json::json!({ "retired": retired })).into_response(),
+        Ok(Err(CoreError::KeyState(msg))) => error(StatusCode::CONFLICT, "key_in_use", &msg),
+        Ok(Err(e)) => core_error(e),
+        Err(e) => ApiError::internal(e).into_response(),
+    };
+    note.finish::<Response>(Ok(resp))
+}
+
+/// The share is secret: no `Debug`, moved into zeroizing memory at once.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsealBody {
+    share: String,
+}
+
+#[tracing::instrument(skip_all)]
+async fn unseal(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    raw: Bytes,
+) -> Response {
+    let note = AuditNote::new("unseal");
+    if let Err(e) = caller.require(Permission::Keys) {
+        return note.finish::<Response>(Err(e));
+    }
+    let share = match parse::<UnsealBody>(&raw) {
+        Ok(b) => Zeroizing::new(b.share),
+        Err(e) => return note.finish::<Response>(Err(e)),
+    };
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || st.core.submit_share(&share)).await;
+    let resp = match result {
+        Ok(Ok(status)) => Json(status).into_response(),
+        Ok(Err((why, status))) => {
+            let (code, http, msg) = match why {
+                UnsealRefusal::NotSealed => (
+                    "not_sealed",
+                    StatusCode::CONFLICT,
+                    "the vault is not sealed",
+                ),
+                UnsealRefusal::WrongShare => (
+                    "wrong_share",
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "that is not one of this vault's unseal shares",
+                ),
+                UnsealRefusal::DuplicateShare => (
+                    "duplicate_share",
+                    StatusCode::CONFLICT,
+                    "that share was already submitted",
+                ),
+                UnsealRefusal::CombineFailed => (
+                    "unseal_failed",
+                    StatusCode::CONFLICT,
+                    "the shares did not rebuild the key; submit them again",
+                ),
+            };
+            let mut b = serde_json::to_value(body(code, msg, None)).unwrap_or_default();
+            if let Some(obj) = b.as_object_mut() {
+                obj.insert(
+                    "unseal".to_owned(),
+                    serde_json::to_value(status).unwrap_or_default(),
+                );
+            }
+            (http, Json(b)).into_response()
+        }
+        Err(e) => ApiError::internal(e).into_response(),
+    };
+    note.finish::<Response>(Ok(resp))
+}
