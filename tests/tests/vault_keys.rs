@@ -516,3 +516,164 @@ async fn the_audit_export_writes_json_lines_an_outsider_can_reverify() {
         .args(["--since", "yesterday"]);
     assert!(!run(cmd).0);
 }
+
+fn new_pm(account: &str) -> vault::core::NewPaymentMethod {
+    vault::core::NewPaymentMethod {
+        store: StoreId::parse("s1").unwrap(),
+        account: shared::domain::AccountId::parse(account).unwrap(),
+        kind: shared::domain::PaymentType::parse("card").unwrap(),
+        brand: None,
+        last4: None,
+        expiry: None,
+        masked_email: None,
+    }
+}
+
+/// Stores `token`; returns (created?, id).
+fn put(core: &vault::core::VaultCore, token: &str) -> (bool, String) {
+    let t = shared::secret::PaymentToken::parse_token(token.to_owned()).unwrap();
+    match core
+        .store_payment_method(&new_pm("a1"), &t, Default::default())
+        .unwrap()
+    {
+        vault::store::Stored::Created(r) => (true, r.id),
+        vault::store::Stored::Existing(r) => (false, r.id),
+    }
+}
+
+#[test]
+fn dedupe_keeps_working_before_during_and_after_a_fingerprint_key_rotation() {
+    let dir = temp_dir("vault-fp");
+    let mut cmd = Command::new(bin_path("vault"));
+    cmd.arg("init").arg("--dir").arg(dir.path());
+    assert!(run(cmd).0);
+    let ids: Vec<String> = {
+        let core = vault::core::VaultCore::open(&load_config(dir.path()), false).unwrap();
+        let ids: Vec<String> = (0..3)
+            .map(|i| put(&core, &format!("tok_fp_{i}")).1)
+            .collect();
+        assert_eq!(core.rotate_fingerprint_key().unwrap(), 2);
+        // Rotated, not yet re-indexed: the old fingerprint still recognises the token.
+        assert_eq!(put(&core, "tok_fp_0"), (false, ids[0].clone()));
+        let (created, _) = put(&core, "tok_fp_new");
+        assert!(created);
+        assert!(
+            !put(&core, "tok_fp_new").0,
+            "new fingerprint recognised too"
+        );
+        let st = core.reindex_fingerprints().unwrap();
+        assert_eq!((st.done, st.failed), (3, 0));
+        let status = core.key_status().unwrap();
+        let versions: Vec<u32> = status
+            .fingerprint
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(versions, vec![2], "old fingerprint version destroyed");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(put(&core, &format!("tok_fp_{i}")), (false, id.clone()));
+        }
+        ids
+    };
+    let file = std::fs::read_to_string(dir.path().join("fingerprint.key")).unwrap();
+    let key_lines: Vec<&str> = file
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("strongroom"))
+        .collect();
+    assert_eq!(key_lines.len(), 1);
+    assert!(key_lines[0].starts_with("2:"));
+    // After a restart with only the new key, dedupe still finds every record.
+    let core = vault::core::VaultCore::open(&load_config(dir.path()), false).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(put(&core, &format!("tok_fp_{i}")), (false, id.clone()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn re_storing_known_tokens_during_a_fingerprint_rotation_always_finds_the_same_record() {
+    let dir = temp_dir("vault-fp");
+    let mut v = start_vault(dir.path());
+    let c = v.client("accounts");
+    let mut known = Vec::new();
+    for i in 0..300 {
+        let tok = format!("tok_fp_http_{i}");
+        known.push((tok.clone(), store(&v, &c, "a1", &tok).await["id"].clone()));
+    }
+    let known = Arc::new(known);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let (c, stop, known, url) = (
+            c.clone(),
+            stop.clone(),
+            known.clone(),
+            v.url("/v1/payment-methods"),
+        );
+        workers.push(tokio::spawn(async move {
+            let (mut checks, mut wrong) = (0u64, 0u64);
+            let mut i = w;
+            while !stop.load(Ordering::SeqCst) {
+                let (tok, id) = &known[i % known.len()];
+                i += 7;
+                let resp = c
+                    .post(&url)
+                    .json(&card_body("s1", "a1", tok))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let body: Value = resp.json().await.unwrap();
+                if status != 200 || &body["id"] != id {
+                    wrong += 1;
+                }
+                checks += 1;
+            }
+            (checks, wrong)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Through the CLI, as an operator would.
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(bin_path("vault"));
+        cmd.args(["key"])
+            .args(args)
+            .arg("--config")
+            .arg(dir.path().join("vault.toml"))
+            .arg("--addr")
+            .arg(v.addr.to_string());
+        run(cmd)
+    };
+    let (ok, out, err) = cli(&["rotate-fingerprint"]);
+    assert!(ok, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = key_status(&v, &v.client("admin")).await;
+        let fp = &s["fingerprint"];
+        if fp["reindex"]["running"] == false && fp["versions"].as_array().unwrap().len() == 1 {
+            assert_eq!(fp["currentVersion"], 2, "{s}");
+            assert_eq!(fp["versions"][0]["records"], 300, "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "re-index did not finish: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut checks, mut wrong) = (0, 0);
+    for w in workers {
+        let (c, x) = w.await.unwrap();
+        checks += c;
+        wrong += x;
+    }
+    assert!(checks > 30, "the load actually ran ({checks})");
+    assert_eq!(
+        wrong, 0,
+        "a known token was not recognised during the rotation"
+    );
+    let (ok, out, _) = cli(&["status"]);
+    assert!(ok && out.contains("\"currentVersion\""), "{out}");
+    let (ok, out, _) = cli(&["rotate"]);
+    assert!(ok && out.contains("\"version\":2"), "{out}");
+    v.stop();
+}

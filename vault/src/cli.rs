@@ -80,6 +80,8 @@ pub enum KeyCommand {
     Rotate(AdminArgs),
     /// `GET /v1/admin/keys`.
     Status(AdminArgs),
+    /// `POST /v1/admin/fingerprint-key/rotate` (re-index runs in the background).
+    RotateFingerprint(AdminArgs),
     /// `POST /v1/admin/keys/retire {"below": N}`.
     Retire {
         #[command(flatten)]
@@ -238,6 +240,7 @@ fn key_command(command: KeyCommand) -> CliResult<ExitCode> {
     let (args, method, path, body) = match command {
         KeyCommand::Rotate(a) => (a, "POST", "/v1/admin/keys/rotate", None),
         KeyCommand::Status(a) => (a, "GET", "/v1/admin/keys", None),
+        KeyCommand::RotateFingerprint(a) => (a, "POST", "/v1/admin/fingerprint-key/rotate", None),
         KeyCommand::Retire { admin, below } => (
             admin,
             "POST",
@@ -396,6 +399,8 @@ pub async fn start(
         processor,
         charge_locks: Default::default(),
     });
+    // A restart in the middle of a re-wrap or fingerprint re-index picks it up again.
+    crate::api::admin_keys::resume_background(&state);
     Ok(crate::server::run(
         state,
         prepared.tls,

@@ -125,6 +125,7 @@ pub struct KeyStatus {
     /// Records that do not decode (counted, never opened).
     pub corrupt_records: u64,
     pub rewrap: RewrapStatus,
+    pub fingerprint: FingerprintStatus,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -162,12 +163,54 @@ const REWRAP_BATCH: usize = 256;
 pub struct VaultCore {
     /// `None` while sealed.
     keyring: RwLock<Option<Keyring>>,
-    fingerprinter: Fingerprinter,
+    fingerprints: RwLock<FpRing>,
+    /// The fingerprint key file, when the key came from one (rotation rewrites it).
+    fp_file: Option<std::path::PathBuf>,
     store: Arc<SledStore>,
     /// Also serialises rotate / retire / unseal.
     persistence: Mutex<KeyPersistence>,
     unseal: Mutex<UnsealBuffer>,
     rewrap: RewrapProgress,
+    reindex: RewrapProgress,
+}
+
+/// One fingerprint-key version. `key` is kept only when it came from a file (to rewrite it).
+struct FpKey {
+    version: u32,
+    key: Option<SecretKey>,
+    f: Fingerprinter,
+}
+
+/// Fingerprint-key versions, ascending; the last is current. More than one only while a
+/// fingerprint re-index runs: then a token is recognised under every version held.
+struct FpRing {
+    keys: Vec<FpKey>,
+}
+
+impl FpRing {
+    fn current(&self) -> Result<&FpKey, CoreError> {
+        self.keys
+            .last()
+            .ok_or_else(|| CoreError::KeyState("no fingerprint key".into()))
+    }
+}
+
+fn fp_kcv_key(version: u32) -> String {
+    if version == 1 {
+        FINGERPRINT_CHECK_KEY.to_owned()
+    } else {
+        format!("{FINGERPRINT_CHECK_KEY}/{version}")
+    }
+}
+
+/// Fingerprint-key state as `GET /v1/admin/keys` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FingerprintStatus {
+    pub current_version: u32,
+    /// Versions held, with how many records are indexed under each.
+    pub versions: Vec<VersionCount>,
+    pub reindex: RewrapStatus,
 }
 
 fn load_keyring(src: &KeySource) -> Result<Keyring, KeyError> {
@@ -207,7 +250,10 @@ impl VaultCore {
             },
             env @ KeySource::Env(_) => (Some(load_keyring(env)?), KeyPersistence::Unpersisted),
         };
-        let fp_key = load_fingerprint(&config.fingerprint_key)?;
+        let (fp_keys, fp_file) = match &config.fingerprint_key {
+            KeySource::File(p) => (keys::load_fingerprint_versions(p)?, Some(p.clone())),
+            env @ KeySource::Env(_) => (vec![(1, load_fingerprint(env)?)], None),
+        };
         shared::pki::create_private_dir(&config.data_dir).map_err(|e| StoreError::Locked {
             path: format!("{} ({e})", config.data_dir.display()),
         })?;
@@ -217,26 +263,36 @@ impl VaultCore {
             config.storage.flush_every_ms,
         )?;
         let store = SledStore::new(db, group_commit)?;
-        let fingerprinter = Fingerprinter::new(&fp_key);
-        let mut core = match keyring {
-            Some(ring) => Self::with_store(ring, fingerprinter, store)?,
-            None => {
-                check_fingerprint(&fingerprinter, &store)?;
-                Self::assemble(None, fingerprinter, store)
-            }
+        let fp_ring = FpRing {
+            keys: fp_keys
+                .into_iter()
+                .map(|(version, key)| FpKey {
+                    version,
+                    f: Fingerprinter::new(&key),
+                    key: Some(key),
+                })
+                .collect(),
         };
+        check_fingerprints(&fp_ring, &store)?;
+        if let Some(ring) = &keyring {
+            check_keyring(ring, &store)?;
+        }
+        let mut core = Self::assemble(keyring, fp_ring, store);
         core.persistence = Mutex::new(persistence);
+        core.fp_file = fp_file;
         Ok(core)
     }
 
-    fn assemble(keyring: Option<Keyring>, fingerprinter: Fingerprinter, store: SledStore) -> Self {
+    fn assemble(keyring: Option<Keyring>, fingerprints: FpRing, store: SledStore) -> Self {
         Self {
             keyring: RwLock::new(keyring),
-            fingerprinter,
+            fingerprints: RwLock::new(fingerprints),
+            fp_file: None,
             store: Arc::new(store),
             persistence: Mutex::new(KeyPersistence::Unpersisted),
             unseal: Mutex::new(UnsealBuffer::default()),
             rewrap: RewrapProgress::default(),
+            reindex: RewrapProgress::default(),
         }
     }
 
@@ -248,8 +304,15 @@ impl VaultCore {
         store: SledStore,
     ) -> Result<Self, CoreError> {
         check_keyring(&keyring, &store)?;
-        check_fingerprint(&fingerprinter, &store)?;
-        Ok(Self::assemble(Some(keyring), fingerprinter, store))
+        let fp_ring = FpRing {
+            keys: vec![FpKey {
+                version: 1,
+                key: None,
+                f: fingerprinter,
+            }],
+        };
+        check_fingerprints(&fp_ring, &store)?;
+        Ok(Self::assemble(Some(keyring), fp_ring, store))
     }
 
     /// Whether the vault still waits for unseal shares.
@@ -374,15 +437,23 @@ impl VaultCore {
     /// and writes go on. Loops until a full pass finds nothing left (a write sealed just before
     /// the rotation may land during the first pass). Blocking: run it off the async workers.
     pub fn rewrap_all(&self) -> Result<RewrapStatus, CoreError> {
-        if self.rewrap.running.swap(true, Ordering::SeqCst) {
-            return Ok(self.rewrap_status());
+        loop {
+            if self.rewrap.running.swap(true, Ordering::SeqCst) {
+                // Another task is re-wrapping; it re-checks the current version when it ends.
+                return Ok(self.rewrap_status());
+            }
+            let result = self.rewrap_passes();
+            self.rewrap.running.store(false, Ordering::SeqCst);
+            let target = result?;
+            // A rotation that happened meanwhile found this task running: take its target too.
+            if self.current_version()? == target {
+                return Ok(self.rewrap_status());
+            }
         }
-        let result = self.rewrap_passes();
-        self.rewrap.running.store(false, Ordering::SeqCst);
-        result.map(|()| self.rewrap_status())
     }
 
-    fn rewrap_passes(&self) -> Result<(), CoreError> {
+    /// Re-wraps everything below the current version; returns that version.
+    fn rewrap_passes(&self) -> Result<u32, CoreError> {
         let target = self.current_version()?;
         self.rewrap
             .target
@@ -392,7 +463,10 @@ impl VaultCore {
         self.rewrap.total.store(total, Ordering::SeqCst);
         self.rewrap.done.store(0, Ordering::SeqCst);
         self.rewrap.failed.store(0, Ordering::SeqCst);
+        // A store sealed under the old version just before the rotation may land after the
+        // first pass went by: passes repeat until one finds nothing to do (or only failures).
         for _pass in 0..5 {
+            let (mut rewrapped, mut failed) = (0u64, 0u64);
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let batch = {
@@ -411,18 +485,18 @@ impl VaultCore {
                     self.store
                         .rewrap_batch(after.as_deref(), REWRAP_BATCH, target, &rewrap)?
                 };
+                rewrapped += batch.rewrapped;
+                failed += batch.failed;
                 self.rewrap
                     .done
                     .fetch_add(batch.rewrapped, Ordering::SeqCst);
-                self.rewrap.failed.fetch_add(batch.failed, Ordering::SeqCst);
                 match batch.next_after {
                     Some(a) => after = Some(a),
                     None => break,
                 }
             }
-            let (counts, _) = self.store.count_by_wrap_version()?;
-            let left: u64 = counts.range(..target).map(|(_, n)| n).sum();
-            if left <= self.rewrap.failed.load(Ordering::SeqCst) {
+            self.rewrap.failed.store(failed, Ordering::SeqCst);
+            if rewrapped == 0 {
                 break;
             }
         }
@@ -433,7 +507,7 @@ impl VaultCore {
             failed = self.rewrap.failed.load(Ordering::SeqCst),
             "re-wrap finished"
         );
-        Ok(())
+        Ok(target)
     }
 
     fn current_version(&self) -> Result<u32, CoreError> {
@@ -442,16 +516,25 @@ impl VaultCore {
     }
 
     pub fn rewrap_status(&self) -> RewrapStatus {
-        let p = &self.rewrap;
-        RewrapStatus {
-            running: p.running.load(Ordering::SeqCst),
-            target_version: u32::try_from(p.target.load(Ordering::SeqCst)).unwrap_or(0),
-            total: p.total.load(Ordering::SeqCst),
-            done: p.done.load(Ordering::SeqCst),
-            failed: p.failed.load(Ordering::SeqCst),
-        }
+        progress_status(&self.rewrap)
     }
 
+    pub fn reindex_status(&self) -> RewrapStatus {
+        progress_status(&self.reindex)
+    }
+}
+
+fn progress_status(p: &RewrapProgress) -> RewrapStatus {
+    RewrapStatus {
+        running: p.running.load(Ordering::SeqCst),
+        target_version: u32::try_from(p.target.load(Ordering::SeqCst)).unwrap_or(0),
+        total: p.total.load(Ordering::SeqCst),
+        done: p.done.load(Ordering::SeqCst),
+        failed: p.failed.load(Ordering::SeqCst),
+    }
+}
+
+impl VaultCore {
     /// Versions held, records per version, re-wrap progress. A full scan of the records.
     pub fn key_status(&self) -> Result<KeyStatus, CoreError> {
         let (counts, corrupt) = self.store.count_by_wrap_version()?;
@@ -465,7 +548,9 @@ impl VaultCore {
         for (v, n) in counts {
             *versions.entry(v).or_insert(0) += n;
         }
+        let fingerprint = self.fingerprint_status()?;
         Ok(KeyStatus {
+            fingerprint,
             sealed: guard.is_none(),
             current_version: guard.as_ref().map(|r| r.current().version),
             versions: versions
@@ -475,6 +560,229 @@ impl VaultCore {
             corrupt_records: corrupt,
             rewrap: self.rewrap_status(),
         })
+    }
+
+    fn fingerprint_status(&self) -> Result<FingerprintStatus, CoreError> {
+        let (counts, _) = self
+            .store
+            .count_by(crate::store::StoredRecord::fp_version)?;
+        let fps = self.fingerprints.read().map_err(|_| CoreError::Poisoned)?;
+        let mut versions: BTreeMap<u32, u64> = fps.keys.iter().map(|k| (k.version, 0)).collect();
+        for (v, n) in counts {
+            *versions.entry(v).or_insert(0) += n;
+        }
+        Ok(FingerprintStatus {
+            current_version: fps.current()?.version,
+            versions: versions
+                .into_iter()
+                .map(|(version, records)| VersionCount { version, records })
+                .collect(),
+            reindex: progress_status(&self.reindex),
+        })
+    }
+
+    /// Whether work from an earlier rotation is left (old KEK or fingerprint versions held),
+    /// e.g. after a restart in the middle of a re-wrap or re-index.
+    pub fn has_background_work(&self) -> (bool, bool) {
+        let rewrap = self
+            .keyring
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|r| r.versions().count() > 1))
+            .unwrap_or(false);
+        let reindex = self
+            .fingerprints
+            .read()
+            .map(|f| f.keys.len() > 1)
+            .unwrap_or(false);
+        (rewrap, reindex)
+    }
+
+    /// Adds a fingerprint-key version: check value, then the key file (atomic), then memory.
+    /// New stores index under it at once; until [`Self::reindex_fingerprints`] completes, a
+    /// token is recognised under every version held, so dedupe keeps working throughout.
+    pub fn rotate_fingerprint_key(&self) -> Result<u32, CoreError> {
+        let _serial = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
+        if self.is_sealed() {
+            return Err(CoreError::Sealed);
+        }
+        let path = self.fp_file.clone().ok_or_else(|| {
+            CoreError::KeyState(
+                "the fingerprint key comes from the environment; rotate needs a key file".into(),
+            )
+        })?;
+        let mut fps = self.fingerprints.write().map_err(|_| CoreError::Poisoned)?;
+        let next = fps
+            .current()?
+            .version
+            .checked_add(1)
+            .ok_or_else(|| CoreError::KeyState("no fingerprint-key version left".into()))?;
+        let key = SecretKey::generate()?;
+        let f = Fingerprinter::new(&key);
+        self.store.meta_put(&fp_kcv_key(next), &f.check_value())?;
+        let mut all: Vec<(u32, &SecretKey)> = Vec::new();
+        for k in &fps.keys {
+            let raw = k.key.as_ref().ok_or_else(|| {
+                CoreError::KeyState("fingerprint key material not held; cannot rewrite".into())
+            })?;
+            all.push((k.version, raw));
+        }
+        all.push((next, &key));
+        keys::write_fingerprint_file(&path, &all)?;
+        fps.keys.push(FpKey {
+            version: next,
+            key: Some(key),
+            f,
+        });
+        tracing::info!(version = next, "fingerprint key rotated");
+        Ok(next)
+    }
+
+    /// Re-indexes every record under the current fingerprint key. Needs each token in memory
+    /// (an HMAC of it), opened one at a time into zeroizing buffers and never written anywhere.
+    /// When every record is moved, the older fingerprint versions are destroyed (file, check
+    /// values, memory). Blocking: run it off the async workers.
+    pub fn reindex_fingerprints(&self) -> Result<RewrapStatus, CoreError> {
+        loop {
+            if self.reindex.running.swap(true, Ordering::SeqCst) {
+                return Ok(progress_status(&self.reindex));
+            }
+            let result = self.reindex_passes();
+            self.reindex.running.store(false, Ordering::SeqCst);
+            let target = result?;
+            let current = self
+                .fingerprints
+                .read()
+                .map_err(|_| CoreError::Poisoned)?
+                .current()?
+                .version;
+            if current == target {
+                return Ok(progress_status(&self.reindex));
+            }
+        }
+    }
+
+    fn reindex_passes(&self) -> Result<u32, CoreError> {
+        let target = self
+            .fingerprints
+            .read()
+            .map_err(|_| CoreError::Poisoned)?
+            .current()?
+            .version;
+        let p = &self.reindex;
+        p.target.store(u64::from(target), Ordering::SeqCst);
+        let (counts, _) = self
+            .store
+            .count_by(crate::store::StoredRecord::fp_version)?;
+        p.total.store(
+            counts.range(..target).map(|(_, n)| n).sum(),
+            Ordering::SeqCst,
+        );
+        p.done.store(0, Ordering::SeqCst);
+        p.failed.store(0, Ordering::SeqCst);
+        let mut failed = 0u64;
+        for _pass in 0..5 {
+            let (mut moved, mut failed_now) = (0u64, 0u64);
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let ids = self
+                    .store
+                    .record_ids_after(after.as_deref(), REWRAP_BATCH)?;
+                for id in &ids {
+                    match self.reindex_record(id, target) {
+                        Ok(true) => moved += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "record cannot be re-indexed");
+                            failed_now += 1;
+                        }
+                    }
+                }
+                p.done
+                    .store(p.done.load(Ordering::SeqCst) + moved, Ordering::SeqCst);
+                if ids.len() < REWRAP_BATCH {
+                    break;
+                }
+                after = ids.last().cloned();
+            }
+            failed = failed_now;
+            p.failed.store(failed, Ordering::SeqCst);
+            if moved == 0 {
+                break;
+            }
+        }
+        self.store.db().flush().map_err(StoreError::Sled)?;
+        if failed == 0 {
+            self.drop_old_fingerprint_versions(target)?;
+        }
+        tracing::info!(
+            target,
+            done = p.done.load(Ordering::SeqCst),
+            failed,
+            "re-index finished"
+        );
+        Ok(target)
+    }
+
+    /// Moves one record to fingerprint version `target`; `Ok(false)` if nothing to do.
+    fn reindex_record(&self, id: &[u8], target: u32) -> Result<bool, CoreError> {
+        let id_text = std::str::from_utf8(id).map_err(|_| StoreError::Corrupt("record id"))?;
+        let Some(r) = RecordStore::get(self.store.as_ref(), id_text)? else {
+            return Ok(false);
+        };
+        if r.fp_version() >= target {
+            return Ok(false);
+        }
+        let token = {
+            let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
+            let ring = guard.as_ref().ok_or(CoreError::Sealed)?;
+            ring.open_token(&r.store, &r.id, &r.sealed()?)?
+        };
+        let new_fp = {
+            let fps = self.fingerprints.read().map_err(|_| CoreError::Poisoned)?;
+            let k = fps
+                .keys
+                .iter()
+                .find(|k| k.version == target)
+                .ok_or_else(|| CoreError::KeyState("fingerprint version gone".into()))?;
+            k.f.fingerprint(&r.store, &r.account, &token)
+        };
+        drop(token);
+        Ok(self.store.reindex_one(id, &r.fingerprint, new_fp, target)?)
+    }
+
+    /// Destroys fingerprint versions below `target` once no record is indexed under them.
+    fn drop_old_fingerprint_versions(&self, target: u32) -> Result<(), CoreError> {
+        let _serial = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
+        let mut fps = self.fingerprints.write().map_err(|_| CoreError::Poisoned)?;
+        if fps.keys.len() < 2 || fps.current()?.version != target {
+            return Ok(());
+        }
+        let (counts, _) = self
+            .store
+            .count_by(crate::store::StoredRecord::fp_version)?;
+        if counts.range(..target).any(|(_, n)| *n > 0) {
+            return Ok(());
+        }
+        if let Some(path) = &self.fp_file {
+            let cur = fps.current()?;
+            let raw = cur.key.as_ref().ok_or_else(|| {
+                CoreError::KeyState("fingerprint key material not held; cannot rewrite".into())
+            })?;
+            keys::write_fingerprint_file(path, &[(cur.version, raw)])?;
+        }
+        let old: Vec<u32> = fps
+            .keys
+            .iter()
+            .map(|k| k.version)
+            .filter(|v| *v < target)
+            .collect();
+        fps.keys.retain(|k| k.version >= target);
+        for v in &old {
+            self.store.meta_remove(&fp_kcv_key(*v))?;
+        }
+        tracing::info!(retired = ?old, "old fingerprint key versions destroyed");
+        Ok(())
     }
 
     /// Destroys every version below `below` — refused, with counts, while any record is still
@@ -541,9 +849,24 @@ impl VaultCore {
         audit: AuditDraft,
     ) -> Result<Stored, CoreError> {
         let token_bytes = token.expose_secret().as_bytes();
+        // Held until the insert: a fingerprint rotation waits for in-flight stores, so its
+        // re-index sees every record indexed under an older version.
+        let fps = self.fingerprints.read().map_err(|_| CoreError::Poisoned)?;
+        let current_fp = fps.current()?;
+        let fp_version = current_fp.version;
         let fingerprint =
-            self.fingerprinter
+            current_fp
+                .f
                 .fingerprint(new.store.as_str(), new.account.as_str(), token_bytes);
+        // While a re-index runs, the token may still be indexed under an older version.
+        let older: Vec<[u8; 32]> = fps
+            .keys
+            .iter()
+            .filter(|k| k.version != fp_version)
+            .map(|k| {
+                k.f.fingerprint(new.store.as_str(), new.account.as_str(), token_bytes)
+            })
+            .collect();
         let id = new_record_id()?;
         // The read guard is held until the record is in: retirement (write lock) can never
         // destroy a version between sealing and inserting.
@@ -571,9 +894,13 @@ impl VaultCore {
             wrapped_dek: hex::encode(&sealed.wrapped_dek),
             sealed_token: hex::encode(&sealed.ciphertext),
             fingerprint: hex::encode(fingerprint),
+            fp_version: Some(fp_version),
         };
-        let stored = self.store.insert(record, fingerprint, audit)?;
+        let stored = self
+            .store
+            .insert_checking(record, fingerprint, &older, audit)?;
         drop(guard);
+        drop(fps);
         Ok(stored)
     }
 
@@ -635,13 +962,17 @@ fn check_keyring(keyring: &Keyring, store: &SledStore) -> Result<(), CoreError> 
     Ok(())
 }
 
-fn check_fingerprint(fingerprinter: &Fingerprinter, store: &SledStore) -> Result<(), CoreError> {
-    let check = fingerprinter.check_value();
-    match store.meta_get(FINGERPRINT_CHECK_KEY)? {
-        Some(v) if v.as_slice() == check.as_slice() => Ok(()),
-        Some(_) => Err(CoreError::WrongFingerprintKey),
-        None => Ok(store.meta_put(FINGERPRINT_CHECK_KEY, &check)?),
+fn check_fingerprints(ring: &FpRing, store: &SledStore) -> Result<(), CoreError> {
+    for k in &ring.keys {
+        let check = k.f.check_value();
+        match store.meta_get(&fp_kcv_key(k.version))? {
+            Some(v) if v.as_slice() == check.as_slice() => {}
+            Some(_) => return Err(CoreError::WrongFingerprintKey),
+            // Version 1 on a fresh folder, or a rotation that crashed before its check value.
+            None => store.meta_put(&fp_kcv_key(k.version), &check)?,
+        }
     }
+    Ok(())
 }
 
 fn persist(persistence: &mut KeyPersistence, ring: &Keyring) -> Result<(), CoreError> {

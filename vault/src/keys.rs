@@ -154,6 +154,60 @@ pub fn load_fingerprint_file(path: &Path) -> Result<SecretKey, KeyError> {
     parse_hex_key(line, &name)
 }
 
+/// Loads every version of the fingerprint key: the original single bare-hex line is version 1;
+/// after a fingerprint-key rotation the file holds `<version>:<hex>` lines (the highest is
+/// current; older ones are kept only until the re-index completes). Sorted by version.
+pub fn load_fingerprint_versions(path: &Path) -> Result<Vec<(u32, SecretKey)>, KeyError> {
+    let text = read_secret_file(path)?;
+    let name = path.display().to_string();
+    let fmt = |reason| KeyError::Format {
+        source_name: name.clone(),
+        reason,
+    };
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some(FINGERPRINT_HEADER) {
+        return Err(fmt("missing header line"));
+    }
+    let mut out: Vec<(u32, SecretKey)> = Vec::new();
+    for entry in lines
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (version, hex_text) = match entry.split_once(':') {
+            Some((v, h)) => (
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| fmt("bad key version"))?,
+                h,
+            ),
+            None => (1, entry),
+        };
+        if version == 0 || out.iter().any(|(v, _)| *v == version) {
+            return Err(fmt("bad or duplicate key version"));
+        }
+        out.push((version, parse_hex_key(hex_text, &name)?));
+    }
+    if out.is_empty() {
+        return Err(fmt("no key in it"));
+    }
+    out.sort_by_key(|(v, _)| *v);
+    Ok(out)
+}
+
+/// Rewrites the fingerprint key file with `versions` (atomic, owner-only).
+pub fn write_fingerprint_file(path: &Path, versions: &[(u32, &SecretKey)]) -> Result<(), KeyError> {
+    let mut text = Zeroizing::new(format!(
+        "{FINGERPRINT_HEADER}\n# Owner-only. Never commit, copy into logs, or share.\n"
+    ));
+    for (v, key) in versions {
+        text.push_str(&format!(
+            "{v}:{}\n",
+            Zeroizing::new(hex::encode(key.expose_bytes())).as_str()
+        ));
+    }
+    replace_file(path, text.as_bytes())
+}
+
 pub fn parse_fingerprint_env(value: &str) -> Result<SecretKey, KeyError> {
     parse_hex_key(value, "VAULT_FINGERPRINT_KEY")
 }

@@ -69,6 +69,9 @@ pub struct StoredRecord {
     pub sealed_token: String,
     /// Keyed fingerprint (hex), to remove its index entry on delete.
     pub fingerprint: String,
+    /// Fingerprint-key version of `fingerprint`; absent = 1 (before fingerprint rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp_version: Option<u32>,
 }
 
 impl StoredRecord {
@@ -97,6 +100,11 @@ impl StoredRecord {
             ciphertext: hex::decode(&self.sealed_token)
                 .map_err(|_| StoreError::Corrupt("sealed token"))?,
         })
+    }
+
+    /// The fingerprint-key version of `fingerprint`.
+    pub fn fp_version(&self) -> u32 {
+        self.fp_version.unwrap_or(1)
     }
 
     /// The KEK version that wraps this record's data key.
@@ -355,16 +363,84 @@ impl SledStore {
     pub fn count_by_wrap_version(
         &self,
     ) -> Result<(std::collections::BTreeMap<u32, u64>, u64), StoreError> {
+        self.count_by(StoredRecord::wrap_version)
+    }
+
+    /// Records per value of `f` (e.g. a key version), plus undecodable records. A full scan.
+    pub fn count_by(
+        &self,
+        f: impl Fn(&StoredRecord) -> u32,
+    ) -> Result<(std::collections::BTreeMap<u32, u64>, u64), StoreError> {
         let mut counts = std::collections::BTreeMap::new();
         let mut corrupt = 0u64;
         for item in self.records.iter() {
             let (_, v) = item?;
             match StoredRecord::decode(&v) {
-                Ok(r) => *counts.entry(r.wrap_version()).or_insert(0u64) += 1,
+                Ok(r) => *counts.entry(f(&r)).or_insert(0u64) += 1,
                 Err(_) => corrupt += 1,
             }
         }
         Ok((counts, corrupt))
+    }
+
+    /// Ids of records after `after` (at most `limit`), for batch walks.
+    pub fn record_ids_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let range = match after {
+            Some(a) => self
+                .records
+                .range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.records.iter(),
+        };
+        let mut ids = Vec::with_capacity(limit);
+        for item in range.take(limit) {
+            let (k, _) = item?;
+            ids.push(k.to_vec());
+        }
+        Ok(ids)
+    }
+
+    /// Moves one record's dedupe index entry to a new fingerprint (fingerprint-key rotation),
+    /// in one transaction with the record. Skips (returns false) if the record is gone or was
+    /// re-indexed meanwhile.
+    pub fn reindex_one(
+        &self,
+        id: &[u8],
+        old_fingerprint_hex: &str,
+        new_fingerprint: [u8; 32],
+        new_version: u32,
+    ) -> Result<bool, StoreError> {
+        (&self.records, &self.fingerprints)
+            .transaction(|(records, fps)| {
+                let Some(bytes) = records.get(id)? else {
+                    return Ok(false);
+                };
+                let mut r = match StoredRecord::decode(&bytes) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                if r.fingerprint != old_fingerprint_hex {
+                    return Ok(false);
+                }
+                if let Ok(old) = hex::decode(old_fingerprint_hex)
+                    && fps.get(&old)?.as_deref() == Some(id)
+                {
+                    fps.remove(old)?;
+                }
+                fps.insert(&new_fingerprint, id)?;
+                r.fingerprint = hex::encode(new_fingerprint);
+                r.fp_version = Some(new_version);
+                let value = match serde_json::to_vec(&r) {
+                    Ok(v) => v,
+                    Err(_) => return abort(StoreError::Corrupt("record encode")),
+                };
+                records.insert(id, value)?;
+                Ok(true)
+            })
+            .map_err(tx_err)
     }
 
     /// Re-wraps, in one transaction, up to `limit` records after `after` whose data key is
@@ -467,11 +543,14 @@ fn entry_bytes(e: &AuditEntry) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(e).map_err(|_| StoreError::Corrupt("audit encode"))
 }
 
-impl RecordStore for SledStore {
-    fn insert(
+impl SledStore {
+    /// `insert`, also recognising the token by fingerprints under older fingerprint-key
+    /// versions (`also`) while a fingerprint re-index runs: old and new both dedupe.
+    pub fn insert_checking(
         &self,
         record: StoredRecord,
         fingerprint: [u8; 32],
+        also: &[[u8; 32]],
         draft: AuditDraft,
     ) -> Result<Stored, StoreError> {
         let value =
@@ -488,7 +567,13 @@ impl RecordStore for SledStore {
                 .transaction(|(records, fps, by_account, audit_tree)| {
                     // Dedupe inside the transaction: two concurrent stores of one token cannot
                     // both create a record.
-                    if let Some(existing_id) = fps.get(fingerprint)? {
+                    let mut hit = fps.get(fingerprint)?;
+                    for fp in also {
+                        if hit.is_none() {
+                            hit = fps.get(fp)?;
+                        }
+                    }
+                    if let Some(existing_id) = hit {
                         let Some(bytes) = records.get(&existing_id)? else {
                             return abort(StoreError::Corrupt("fingerprint index points nowhere"));
                         };
@@ -524,6 +609,17 @@ impl RecordStore for SledStore {
                 .map_err(tx_err)?;
             Ok((result, Some(entry)))
         })
+    }
+}
+
+impl RecordStore for SledStore {
+    fn insert(
+        &self,
+        record: StoredRecord,
+        fingerprint: [u8; 32],
+        draft: AuditDraft,
+    ) -> Result<Stored, StoreError> {
+        self.insert_checking(record, fingerprint, &[], draft)
     }
 
     fn get(&self, id: &str) -> Result<Option<StoredRecord>, StoreError> {

@@ -5,6 +5,9 @@
 //!   use it at once; a background task re-wraps every data key (no token is decrypted). 202.
 //! - `POST /v1/admin/keys/retire {"below": N}`: 409 with counts while any record is wrapped
 //!   below N; otherwise destroys those versions. 200 `{"retired": [...]}`.
+//! - `POST /v1/admin/fingerprint-key/rotate`: adds a fingerprint-key version; a background task
+//!   re-indexes every record (opening each token in memory, one at a time); until it completes,
+//!   stores recognise a token under old and new fingerprints; then old versions are destroyed.
 //! - `POST /v1/admin/unseal {"share": "..."}`: one Shamir share while sealed. 200 with progress;
 //!   422 `wrong_share`; 409 `duplicate_share` / `not_sealed`. The share is never logged or echoed.
 //!
@@ -29,6 +32,7 @@ pub const PATH_KEYS: &str = "/v1/admin/keys";
 pub const PATH_ROTATE: &str = "/v1/admin/keys/rotate";
 pub const PATH_RETIRE: &str = "/v1/admin/keys/retire";
 pub const PATH_UNSEAL: &str = "/v1/admin/unseal";
+pub const PATH_FP_ROTATE: &str = "/v1/admin/fingerprint-key/rotate";
 
 pub fn router() -> Router<SharedState> {
     Router::new()
@@ -36,6 +40,65 @@ pub fn router() -> Router<SharedState> {
         .route(PATH_ROTATE, post(rotate))
         .route(PATH_RETIRE, post(retire))
         .route(PATH_UNSEAL, post(unseal))
+        .route(PATH_FP_ROTATE, post(rotate_fingerprint))
+}
+
+/// Resumes work an earlier rotation left (a restart during a re-wrap or re-index): call once
+/// the vault is unsealed. Runs in the background.
+pub fn resume_background(state: &SharedState) {
+    if state.core.is_sealed() {
+        return;
+    }
+    let (rewrap, reindex) = state.core.has_background_work();
+    if rewrap {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = st.core.rewrap_all() {
+                tracing::error!(error = %e, "re-wrap failed");
+            }
+        });
+    }
+    if reindex {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = st.core.reindex_fingerprints() {
+                tracing::error!(error = %e, "fingerprint re-index failed");
+            }
+        });
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn rotate_fingerprint(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let note = AuditNote::new("fingerprint_key_rotate");
+    if let Err(e) = caller.require(Permission::Keys) {
+        return note.finish::<Response>(Err(e));
+    }
+    let st = state.clone();
+    let resp = match tokio::task::spawn_blocking(move || st.core.rotate_fingerprint_key()).await {
+        Ok(Ok(version)) => {
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = st.core.reindex_fingerprints() {
+                    tracing::error!(error = %e, "fingerprint re-index failed");
+                }
+            });
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({
+                    "version": version,
+                    "reindex": state.core.reindex_status(),
+                })),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => core_error(e),
+        Err(e) => ApiError::internal(e).into_response(),
+    };
+    note.finish::<Response>(Ok(resp))
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -96,6 +159,17 @@ pub async fn sealed_gate(State(state): State<SharedState>, req: Request, next: N
     let mut resp = resp;
     resp.extensions_mut().insert(AuditNote::new(op));
     resp
+}
+
+/// Fuzz entry (issue 6, `vault/fuzz`): the admin body parsers (retire, unseal) on raw bytes.
+/// Must never panic; returns how many of the two accepted the body.
+pub fn parse_admin_bytes(body: &[u8]) -> usize {
+    usize::from(parse::<RetireBody>(body).is_ok())
+        + usize::from(
+            parse::<UnsealBody>(body)
+                .map(|b| Zeroizing::new(b.share))
+                .is_ok(),
+        )
 }
 
 #[tracing::instrument(skip_all)]
@@ -205,7 +279,12 @@ async fn unseal(
     let st = state.clone();
     let result = tokio::task::spawn_blocking(move || st.core.submit_share(&share)).await;
     let resp = match result {
-        Ok(Ok(status)) => Json(status).into_response(),
+        Ok(Ok(status)) => {
+            if !status.sealed {
+                resume_background(&state);
+            }
+            Json(status).into_response()
+        }
         Ok(Err((why, status))) => {
             let (code, http, msg) = match why {
                 UnsealRefusal::NotSealed => (

@@ -359,6 +359,12 @@ async fn delete_inner(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Fuzz entry (issue 6, `vault/fuzz`): the store-body decoder and field parser on raw bytes.
+/// Must never panic; returns whether the body is a valid store request.
+pub fn parse_store_bytes(body: &[u8]) -> bool {
+    decode_body(body).and_then(parse_store).is_ok()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
