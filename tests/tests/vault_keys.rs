@@ -295,6 +295,18 @@ async fn assert_sealed(v: &VaultProcess) {
 async fn a_sealed_vault_answers_503_until_threshold_shares_and_then_opens_every_old_record() {
     let dir = temp_dir("vault-sealed");
     let shares = init_sealed(dir.path(), 5, 3);
+    // Plain `init` again on the folder keeps it sealed: no clear master key appears.
+    tests::vault::init_vault(dir.path());
+    assert!(!dir.path().join("master.key").exists());
+    // Bad share parameters are refused.
+    for (n, k) in [("3", "4"), ("1", "1"), ("5", "0")] {
+        let other = temp_dir("vault-sealed-bad");
+        let mut cmd = Command::new(bin_path("vault"));
+        cmd.arg("init").arg("--dir").arg(other.path());
+        cmd.args(["--shares", n, "--threshold", k]);
+        let (ok, out, _) = run(cmd);
+        assert!(!ok && !out.contains("SHARE "), "{n}/{k}: {out}");
+    }
     let mut v = VaultProcess::serve(dir.path(), serve_command(dir.path()));
     let admin = v.client("admin");
     assert_sealed(&v).await;

@@ -166,7 +166,9 @@ pub fn init(dir: &Path) -> CliResult<()> {
     let pki_dir = dir.join("pki");
     let pki_created = shared::pki::ensure_dev_pki(&pki_dir)?;
     let master = dir.join(&defaults.master_key_file);
-    let master_created = keys::ensure_master_file(&master)?;
+    // Re-running plain `init` on a sealed vault folder must not add an unused clear key.
+    let sealed_folder = dir.join("master.sealed").exists();
+    let master_created = !sealed_folder && keys::ensure_master_file(&master)?;
     let fp = dir.join(&defaults.fingerprint_key_file);
     let fp_created = keys::ensure_fingerprint_file(&fp)?;
     println!(

@@ -841,3 +841,12 @@ async fn complete(
         ErrorKind::Conflict("account", "concurrent changes, retry".to_owned()),
     ))
 }
+
+/// Fuzz entry (issue 6, `vault/fuzz`): the checkout body parser on raw bytes. Must never panic;
+/// returns whether the body is a valid checkout.
+pub fn parse_checkout_bytes(body: &[u8]) -> bool {
+    match crate::app::json_object(body, "order.complete") {
+        Ok(obj) => parse(obj).1.is_ok(),
+        Err(_) => false,
+    }
+}
