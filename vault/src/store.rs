@@ -799,6 +799,7 @@ mod tests {
             wrapped_dek: "00".into(),
             sealed_token: "00".into(),
             fingerprint: hex::encode([id.len() as u8; 32]),
+            fp_version: None,
         }
     }
 
