@@ -151,11 +151,31 @@ impl Service {
         let _ = self.child.wait();
     }
 
+    /// Waits (at most `timeout`) until both output streams reached end of file.
+    fn drain_output(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.output;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while guard.closed_streams < 2 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            guard = cv
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Waits for the process to exit by itself; returns its exit status.
     pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // The reader threads may still hold the last lines (seen under load: a refusal
+                // message missing from `output()`); give them a moment to reach end of stream.
+                self.drain_output(Duration::from_secs(2));
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
