@@ -157,29 +157,50 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// so slow or silent connections cannot pin resources.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Serves `router` on an already-bound listener until `shutdown` resolves, then drains in-flight
-/// requests for up to 10 s.
+/// Serves the service (API router plus the operations layer of [`crate::ops`]) on an
+/// already-bound listener until `shutdown` resolves, then drains in-flight requests for up to
+/// 10 s. Default limits.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: SharedState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with(listener, state, crate::ops::Limits::default(), shutdown).await
+}
+
+/// [`run`] with the configured limits (connection cap, header-read timeout, header count and
+/// head size → 431). The peer address reaches handlers as `ConnectInfo<SocketAddr>` (the
+/// per-address auth limit uses it).
+pub async fn run_with(
+    listener: tokio::net::TcpListener,
+    state: SharedState,
+    limits: crate::ops::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
-    let acceptor = conn::CappedNoDelay::new(MAX_CONNECTIONS);
+    let acceptor = conn::CappedNoDelay::new(limits.max_connections.max(1));
     let mut server = axum_server::from_tcp(listener.into_std()?)?
         .acceptor(acceptor)
         .handle(handle.clone());
     server
         .http_builder()
         .http1()
-        .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+        .header_read_timeout(Some(std::time::Duration::from_secs(
+            limits.header_read_timeout_secs.max(1),
+        )))
+        .max_headers(limits.max_headers.max(1))
+        // hyper's floor for the read buffer is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192));
     let server = server.http1_only();
     let stopper = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
         stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
-    server.serve(router(state).into_make_service()).await
+    let app = crate::ops::service_router(state, limits);
+    server
+        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .await
 }
 
 mod conn {

@@ -13,6 +13,9 @@
 //! cert = "pki/renewals.pem"           # its own client identity at the vault
 //! key = "pki/renewals.key"
 //! interval_secs = 60                  # periodic run; 0 = on demand only
+//! [limits]                            # all optional; defaults shown in the README
+//! auth_failures_per_address = 20
+//! store_requests_per_sec = 0          # 0: unlimited
 //! ```
 //! Overrides: `STRONGROOM_LISTEN`, `STRONGROOM_DATA`, `STRONGROOM_VAULT_ADDR`,
 //! `STRONGROOM_VAULT_SERVER_NAME`, `STRONGROOM_VAULT_CA`, `STRONGROOM_VAULT_CERT`,
@@ -32,6 +35,8 @@ struct FileConfig {
     data: Option<PathBuf>,
     vault: Option<VaultFile>,
     renewals: Option<RenewalsFile>,
+    #[serde(default)]
+    limits: crate::ops::Limits,
 }
 
 #[derive(Deserialize, Default)]
@@ -81,6 +86,8 @@ pub struct Config {
     pub data: PathBuf,
     pub vault: VaultConfig,
     pub renewals: Option<RenewalsConfig>,
+    /// `[limits]`: abuse and resource limits (see [`crate::ops::Limits`]).
+    pub limits: crate::ops::Limits,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -148,6 +155,7 @@ impl Config {
                 },
             },
             renewals,
+            limits: file.limits,
         })
     }
 

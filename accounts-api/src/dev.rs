@@ -197,6 +197,12 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
         }
     };
     let sandbox_pid = sandbox.as_ref().and_then(tokio::process::Child::id);
+    // The vault child logs in the same format as we do unless told otherwise.
+    if std::env::var_os("VAULT_LOG_FORMAT").is_none()
+        && let Some(f) = std::env::var_os("STRONGROOM_LOG_FORMAT")
+    {
+        vault_cmd.env("VAULT_LOG_FORMAT", f);
+    }
     let mut child = vault_cmd
         .arg("serve")
         .arg("--config")

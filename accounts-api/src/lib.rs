@@ -13,6 +13,7 @@ pub mod error;
 pub mod eventstore;
 pub mod iso;
 pub mod model;
+pub mod ops;
 pub mod renewals;
 pub mod routes;
 pub mod settings;
@@ -91,12 +92,6 @@ pub async fn shutdown_signal() {
 }
 
 /// Logs go to stderr (stdout carries the readiness line). `RUST_LOG` overrides the level.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+pub fn init_tracing(format: shared::ops::LogFormat) {
+    shared::ops::init_tracing(format, "RUST_LOG");
 }

@@ -9,6 +9,14 @@ use std::path::PathBuf;
     about = "FastSpring-compatible accounts and checkout over the Strongroom vault"
 )]
 struct Cli {
+    /// Log lines on stderr: `text` (human, the default) or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "STRONGROOM_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: shared::ops::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,7 +148,7 @@ async fn serve(config: PathBuf) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("ACCOUNTS_API_LISTENING http://{addr}");
     tracing::info!(%addr, "accounts-api listening");
-    accounts_api::app::run(listener, state, accounts_api::shutdown_signal())
+    accounts_api::app::run_with(listener, state, cfg.limits, accounts_api::shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }
@@ -163,8 +171,8 @@ async fn store_create(
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     shared::tls::install_crypto_provider();
-    accounts_api::init_tracing();
     let cli = Cli::parse();
+    accounts_api::init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Dev { data, port } => accounts_api::dev::run(data, port).await,

@@ -3,6 +3,7 @@
 
 pub mod domain;
 pub mod durable;
+pub mod ops;
 pub mod pki;
 pub mod secret;
 pub mod tls;

@@ -17,6 +17,9 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(name = "vault", about = "Strongroom payment-token vault (mTLS only)")]
 pub struct Cli {
+    /// Log lines on stderr: `text` (human, the default) or `json` (one object per line).
+    #[arg(long, global = true, env = "VAULT_LOG_FORMAT", default_value = "text")]
+    pub log_format: shared::ops::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -107,7 +110,7 @@ pub struct AdminArgs {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
-    init_tracing();
+    shared::ops::init_tracing(cli.log_format, "VAULT_LOG");
     let result = match cli.command {
         Command::Init {
             dir,
@@ -135,17 +138,6 @@ pub fn main(cli: Cli) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;

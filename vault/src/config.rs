@@ -72,6 +72,10 @@ pub struct Limits {
     pub header_read_timeout_secs: u64,
     /// Time allowed for a whole request, body and handler included.
     pub request_timeout_secs: u64,
+    /// Most header lines in a request (more → 431).
+    pub max_headers: usize,
+    /// Most bytes of request head buffered (more → 431; hyper's floor is 8 KiB).
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +86,8 @@ impl Default for Limits {
             handshake_timeout_secs: 10,
             header_read_timeout_secs: 30,
             request_timeout_secs: 15,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
         }
     }
 }

@@ -562,6 +562,18 @@ impl VaultCore {
         })
     }
 
+    /// Loaded master key versions, ascending (the last seals new records; empty while sealed).
+    pub fn key_versions(&self) -> Vec<u32> {
+        self.keyring
+            .read()
+            .ok()
+            .and_then(|g| {
+                g.as_ref()
+                    .map(|r| r.versions().map(|k| k.version).collect())
+            })
+            .unwrap_or_default()
+    }
+
     fn fingerprint_status(&self) -> Result<FingerprintStatus, CoreError> {
         let (counts, _) = self
             .store

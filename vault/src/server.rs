@@ -122,7 +122,9 @@ pub async fn run(
     server
         .http_builder()
         .http1()
-        .header_read_timeout(Some(Duration::from_secs(limits.header_read_timeout_secs)));
+        .header_read_timeout(Some(Duration::from_secs(limits.header_read_timeout_secs)))
+        .max_headers(limits.max_headers.max(1))
+        .max_buf_size(limits.max_header_bytes.max(8192));
     let server = server.http1_only();
     let shutdown_handle = handle.clone();
     tokio::spawn(async move {

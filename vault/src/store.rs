@@ -353,6 +353,11 @@ impl SledStore {
         Ok(())
     }
 
+    /// Entries in the audit chain (the head's sequence number; numbering starts at 1).
+    pub fn audit_length(&self) -> u64 {
+        self.head.lock().map(|h| h.seq).unwrap_or(0)
+    }
+
     /// Number of stored records.
     pub fn record_count(&self) -> usize {
         self.records.len()

@@ -14,6 +14,7 @@ pub mod audit_log;
 pub mod charges;
 pub mod error;
 pub mod health;
+pub mod ops;
 pub mod payment_methods;
 
 use crate::audit::AuditDraft;
@@ -114,6 +115,7 @@ pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
         .merge(health::router())
         .merge(audit_log::router())
         .merge(admin_keys::router())
+        .merge(ops::router())
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             limits.max_body_bytes,
@@ -132,6 +134,7 @@ pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
             state.clone(),
             identify_and_audit,
         ))
+        .layer(axum::middleware::from_fn(ops::observe))
         .with_state(state)
 }
 
@@ -174,6 +177,10 @@ async fn identify_and_audit(
     }
 
     let note = resp.extensions().get::<AuditNote>().cloned();
+    ops::record_operation(
+        note.as_ref().map_or("unrouted", |n| n.operation.as_str()),
+        status,
+    );
     if !note.as_ref().is_some_and(|n| n.written) {
         let note = note.unwrap_or_else(|| AuditNote::new(&fallback_op));
         let draft = AuditDraft {

@@ -1,0 +1,411 @@
+//! The operations surface: request ids, access logs and metrics for every request, `/metrics`,
+//! `/healthz` (live), `/readyz` (ready: the vault answers), and the abuse limits in front of
+//! Basic authentication (failed attempts per client address and per store, per-store request
+//! rate). All of it is middleware around [`crate::app::router`]; handlers are untouched.
+//!
+//! Other modules count domain events through [`metrics()`] with the counter names declared in
+//! [`describe_counters`] (e.g. `metrics().inc("charges_total", &[("outcome", "approved")])`).
+
+use crate::app::SharedState;
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use serde::Deserialize;
+use shared::ops::{Gauge, Metrics, REQUEST_ID_HEADER};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics::new("accounts_api");
+    describe_counters(&m);
+    m
+});
+
+/// The process-wide metrics registry.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Counters other modules increment (names without the `accounts_api_` prefix).
+pub fn describe_counters(m: &Metrics) {
+    m.describe(
+        "auth_failures_total",
+        "Requests refused for wrong or missing-user Basic credentials.",
+    );
+    m.describe(
+        "rate_limited_total",
+        "Requests answered 429, by reason (auth_ip, auth_store, store_rate).",
+    );
+    m.describe(
+        "charges_total",
+        "Renewal charges by outcome (approved, declined, error).",
+    );
+    m.describe(
+        "webhook_deliveries_total",
+        "Webhook delivery attempts by outcome (delivered, failed).",
+    );
+    m.describe(
+        "webhook_retries_total",
+        "Webhook deliveries scheduled for a retry.",
+    );
+}
+
+/// Abuse limits, from the `[limits]` table of the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Failed Basic-auth attempts one client address (IPv6: its /64) may make per window before
+    /// every authenticated request from it is answered 429.
+    pub auth_failures_per_address: u32,
+    /// Failed attempts against one username per window before addresses that have themselves
+    /// failed are answered 429 for it (addresses without a failure still get through, so an
+    /// attacker cannot lock a store out).
+    pub auth_failures_per_store: u32,
+    pub auth_window_secs: u64,
+    /// Sustained authenticated requests per second per store (0: unlimited) and the burst above
+    /// it.
+    pub store_requests_per_sec: u32,
+    pub store_burst: u32,
+    /// Concurrent connections; beyond it new connections are closed at once.
+    pub max_connections: usize,
+    /// Time allowed to send a request's headers (also ends idle keep-alive connections).
+    pub header_read_timeout_secs: u64,
+    /// Most header lines per request (more → 431).
+    pub max_headers: usize,
+    /// Most bytes of request head (request line and headers) buffered (more → 431).
+    pub max_header_bytes: usize,
+    /// Time allowed between body chunks.
+    pub body_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            auth_failures_per_address: 20,
+            auth_failures_per_store: 100,
+            auth_window_secs: 60,
+            store_requests_per_sec: 0,
+            store_burst: 100,
+            max_connections: crate::app::MAX_CONNECTIONS,
+            header_read_timeout_secs: crate::app::HEADER_READ_TIMEOUT.as_secs(),
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            body_timeout_secs: 10,
+        }
+    }
+}
+
+/// Most tracked keys per table; expired entries are pruned when it is reached.
+const MAX_TRACKED: usize = 100_000;
+
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Failure windows per address and per username, and request buckets per username.
+#[derive(Default)]
+struct Tables {
+    by_address: HashMap<IpAddr, Window>,
+    by_user: HashMap<String, Window>,
+    buckets: HashMap<String, Bucket>,
+}
+
+pub struct Ops {
+    state: SharedState,
+    limits: Limits,
+    tables: Mutex<Tables>,
+}
+
+/// An address as rate-limit key: IPv4 as is, IPv6 by its /64 (one host usually owns a /64).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+    }
+}
+
+/// The username of a Basic `Authorization` header (the password is wiped, never kept).
+fn basic_username(req: &Request) -> Option<String> {
+    let h = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let enc = h
+        .strip_prefix("Basic ")
+        .or_else(|| h.strip_prefix("basic "))?;
+    let decoded = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(enc.trim())
+            .ok()?,
+    );
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (user, _) = text.split_once(':')?;
+    (!user.is_empty() && user.len() <= 128).then(|| user.to_owned())
+}
+
+fn window_left(w: &Window, len: Duration, now: Instant) -> Option<Duration> {
+    let end = w.start + len;
+    (end > now).then(|| end - now)
+}
+
+impl Ops {
+    pub fn new(state: SharedState, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            limits,
+            tables: Mutex::default(),
+        })
+    }
+
+    /// `Some((retry_after, reason))` if this request must be refused before it is handled.
+    fn refuse(&self, ip: Option<IpAddr>, user: &str) -> Option<(Duration, &'static str)> {
+        let len = Duration::from_secs(self.limits.auth_window_secs);
+        let now = Instant::now();
+        let t = self.tables.lock().ok()?;
+        let ip_window = ip.and_then(|ip| t.by_address.get(&address_key(ip)));
+        let ip_failures = ip_window
+            .filter(|w| window_left(w, len, now).is_some())
+            .map_or(0, |w| w.count);
+        if ip_failures >= self.limits.auth_failures_per_address
+            && let Some(left) = ip_window.and_then(|w| window_left(w, len, now))
+        {
+            return Some((left, "auth_ip"));
+        }
+        if ip_failures > 0
+            && let Some(w) = t.by_user.get(user)
+            && w.count >= self.limits.auth_failures_per_store
+            && let Some(left) = window_left(w, len, now)
+        {
+            return Some((left, "auth_store"));
+        }
+        let rate = f64::from(self.limits.store_requests_per_sec);
+        if rate > 0.0
+            && let Some(b) = t.buckets.get(user)
+        {
+            let tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate)
+                .min(f64::from(self.limits.store_burst.max(1)));
+            if tokens < 1.0 {
+                return Some((Duration::from_secs_f64((1.0 - tokens) / rate), "store_rate"));
+            }
+        }
+        None
+    }
+
+    fn record(&self, ip: Option<IpAddr>, user: &str, failed: bool) {
+        let len = Duration::from_secs(self.limits.auth_window_secs);
+        let now = Instant::now();
+        let Ok(mut t) = self.tables.lock() else {
+            return;
+        };
+        if failed {
+            fn bump<K: std::hash::Hash + Eq>(
+                map: &mut HashMap<K, Window>,
+                key: K,
+                len: Duration,
+                now: Instant,
+            ) {
+                if map.len() >= MAX_TRACKED {
+                    map.retain(|_, w| window_left(w, len, now).is_some());
+                }
+                if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
+                    tracing::warn!("auth limiter table full; not tracking a new key");
+                    return;
+                }
+                let w = map.entry(key).or_insert(Window {
+                    start: now,
+                    count: 0,
+                });
+                if window_left(w, len, now).is_none() {
+                    *w = Window {
+                        start: now,
+                        count: 0,
+                    };
+                }
+                w.count = w.count.saturating_add(1);
+            }
+            if let Some(ip) = ip {
+                bump(&mut t.by_address, address_key(ip), len, now);
+            }
+            bump(&mut t.by_user, user.to_owned(), len, now);
+        } else if self.limits.store_requests_per_sec > 0 {
+            let rate = f64::from(self.limits.store_requests_per_sec);
+            let burst = f64::from(self.limits.store_burst.max(1));
+            if t.buckets.len() >= MAX_TRACKED && !t.buckets.contains_key(user) {
+                t.buckets.retain(|_, b| b.tokens < burst - 1.0);
+            }
+            let b = t.buckets.entry(user.to_owned()).or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            });
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst) - 1.0;
+            b.at = now;
+        }
+    }
+
+    /// Scrape-time gauges.
+    fn gauges(&self) -> Vec<Gauge> {
+        let (addresses, users) = self
+            .tables
+            .lock()
+            .map(|t| (t.by_address.len(), t.by_user.len()))
+            .unwrap_or_default();
+        vec![
+            Gauge {
+                name: "auth_limiter_tracked_keys",
+                help: "Addresses and usernames with a recent failed authentication.",
+                labels: vec![("table", "address".into())],
+                value: addresses as f64,
+            },
+            Gauge {
+                name: "auth_limiter_tracked_keys",
+                help: "",
+                labels: vec![("table", "username".into())],
+                value: users as f64,
+            },
+        ]
+    }
+}
+
+fn too_many(retry: Duration) -> Response {
+    let body = serde_json::json!({"action": "request", "result": "error",
+        "error": {"request": "too many requests, retry later"}});
+    let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// The abuse limits in front of authentication: refuses what is over a limit (429 with
+/// `Retry-After`) and learns from each answer (401 → one failure for the address and user).
+async fn guard(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> Response {
+    let Some(user) = basic_username(&req) else {
+        return next.run(req).await;
+    };
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some((retry, reason)) = ops.refuse(ip, &user) {
+        metrics().inc("rate_limited_total", &[("reason", reason)]);
+        return too_many(retry);
+    }
+    let resp = next.run(req).await;
+    let failed = resp.status() == StatusCode::UNAUTHORIZED;
+    if failed {
+        metrics().inc("auth_failures_total", &[]);
+    }
+    ops.record(ip, &user, failed);
+    resp
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Request id (kept from a clean `X-Request-Id` or made), a span carrying it around the whole
+/// request so every log line has it, one access-log line, the metrics, and the id on the
+/// response. Never logs headers, query strings or bodies.
+pub async fn observe(req: Request, next: Next) -> Response {
+    let id = shared::ops::request_id(
+        req.headers()
+            .get(REQUEST_ID_HEADER)
+            .map(HeaderValue::as_bytes),
+    );
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let span = tracing::info_span!("request", request_id = %id);
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    metrics().observe_request(method, &route, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            method,
+            route = %route,
+            status,
+            micros = elapsed.as_micros() as u64,
+            "request"
+        );
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+async fn metrics_page(State(ops): State<Arc<Ops>>) -> Response {
+    let text = metrics().render(&ops.gauges());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "live"})).into_response()
+}
+
+/// Ready when the vault answers its health check within 2 s (every write path needs it).
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    let vault = tokio::time::timeout(Duration::from_secs(2), ops.state.vault.health()).await;
+    match vault {
+        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        _ => {
+            let body = serde_json::json!({"status": "not ready", "vault": "unreachable"});
+            let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            resp
+        }
+    }
+}
+
+/// The service as deployed: the API router, the unauthenticated operations routes, the abuse
+/// limits and the observing layer (outermost, so every answer carries a request id).
+pub fn service_router(state: SharedState, limits: Limits) -> Router {
+    let ops = Ops::new(Arc::clone(&state), limits.clone());
+    let ops_routes = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::clone(&ops));
+    crate::app::router(state)
+        .merge(ops_routes)
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(limits.body_timeout_secs),
+        ))
+        .layer(axum::middleware::from_fn_with_state(ops, guard))
+        .layer(axum::middleware::from_fn(observe))
+}

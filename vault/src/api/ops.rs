@@ -1,0 +1,151 @@
+//! The vault's operations surface: `GET /v1/metrics` (Prometheus text; identities with the
+//! `audit` permission only, i.e. the admin identity), `GET /v1/ready` (any known identity; 503
+//! while the vault cannot serve), and the observing layer that gives every response an
+//! `X-Request-Id`, wraps the request in a span carrying it, logs one access line and records
+//! the request metrics. Operation counts by kind and outcome come from the audit layer
+//! ([`record_operation`]), which already knows both for every request.
+
+use super::error::ApiError;
+use super::{AuditNote, Caller, SharedState};
+use crate::config::Permission;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use shared::ops::{Gauge, Metrics, REQUEST_ID_HEADER};
+use std::sync::LazyLock;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub const PATH_METRICS: &str = "/v1/metrics";
+pub const PATH_READY: &str = "/v1/ready";
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics::new("vault");
+    m.describe(
+        "operations_total",
+        "Vault operations by kind (the audit operation name) and HTTP status.",
+    );
+    m
+});
+
+/// The process-wide metrics registry.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Counts one audited request. `operation` is code-chosen (handler notes) or `unrouted`.
+pub fn record_operation(operation: &str, status: StatusCode) {
+    metrics().inc(
+        "operations_total",
+        &[("operation", operation), ("status", status.as_str())],
+    );
+}
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route(PATH_METRICS, get(metrics_page))
+        .route(PATH_READY, get(ready))
+}
+
+async fn metrics_page(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let note = AuditNote::new("metrics");
+    if let Err(e) = caller.require(Permission::Audit) {
+        return note.finish::<Response>(Err(e));
+    }
+    let keyring = state.core.key_versions();
+    let mut gauges = vec![Gauge {
+        name: "audit_chain_length",
+        help: "Entries in the audit hash chain.",
+        labels: vec![],
+        value: state.core.store().audit_length() as f64,
+    }];
+    gauges.push(Gauge {
+        name: "key_versions",
+        help: "Master key versions loaded (all can open records; the newest seals new ones).",
+        labels: vec![],
+        value: keyring.len() as f64,
+    });
+    gauges.push(Gauge {
+        name: "key_version_current",
+        help: "Master key version sealing new records.",
+        labels: vec![],
+        value: keyring.last().copied().map_or(0.0, f64::from),
+    });
+    let text = metrics().render(&gauges);
+    note.finish(Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )))
+}
+
+/// Ready when the store answers a read. (A sealed vault — no keys loaded — is not ready.)
+async fn ready(State(state): State<SharedState>, Extension(caller): Extension<Caller>) -> Response {
+    let result = if !caller.known {
+        Err(ApiError::Forbidden)
+    } else if state.core.store().meta_get("ready-probe").is_ok() {
+        Ok(Json(serde_json::json!({"status": "ready"})).into_response())
+    } else {
+        Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "2")],
+            Json(serde_json::json!({"status": "not ready"})),
+        )
+            .into_response())
+    };
+    AuditNote::new("ready").finish(result)
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Request id, span, access line, metrics (see the module doc). Never logs headers, query
+/// strings (they carry store and account ids) or bodies.
+pub async fn observe(req: Request, next: Next) -> Response {
+    let id = shared::ops::request_id(
+        req.headers()
+            .get(REQUEST_ID_HEADER)
+            .map(HeaderValue::as_bytes),
+    );
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let span = tracing::info_span!("request", request_id = %id);
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    metrics().observe_request(method, &route, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            method,
+            route = %route,
+            status,
+            micros = elapsed.as_micros() as u64,
+            "request"
+        );
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
