@@ -69,9 +69,11 @@ impl AppState {
     }
 }
 
-/// All routes, one module per resource, merged here.
-pub fn router(state: SharedState) -> Router {
-    Router::new()
+/// Every API route, each registered together with its OpenAPI operation (`routes!`), one module
+/// per resource. The document of these plus the operations routes is [`crate::openapi::document`].
+pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<SharedState> {
+    use utoipa::OpenApi as _;
+    utoipa_axum::router::OpenApiRouter::with_openapi(crate::openapi::Base::openapi())
         .merge(crate::routes::accounts::router())
         .merge(crate::routes::orders::router())
         .merge(crate::routes::subscriptions::router())
@@ -79,6 +81,12 @@ pub fn router(state: SharedState) -> Router {
         .merge(crate::routes::events::router())
         .merge(crate::routes::webhooks::router())
         .merge(crate::routes::account_pages::router())
+}
+
+/// All API routes with the request plumbing every handler shares.
+pub fn router(state: SharedState) -> Router {
+    let (routes, _) = api_routes().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

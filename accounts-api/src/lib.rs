@@ -13,6 +13,7 @@ pub mod error;
 pub mod eventstore;
 pub mod iso;
 pub mod model;
+pub mod openapi;
 pub mod ops;
 pub mod renewals;
 pub mod routes;

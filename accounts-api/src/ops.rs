@@ -12,7 +12,6 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use base64::Engine;
 use serde::Deserialize;
 use shared::ops::{Gauge, Metrics, REQUEST_ID_HEADER};
@@ -21,6 +20,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics::new("accounts_api");
@@ -361,6 +362,9 @@ pub async fn observe(req: Request, next: Next) -> Response {
     resp
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics (text exposition format 0.0.4)",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
 async fn metrics_page(State(ops): State<Arc<Ops>>) -> Response {
     let text = metrics().render(&ops.gauges());
     (
@@ -373,11 +377,17 @@ async fn metrics_page(State(ops): State<Arc<Ops>>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "The process serves", body = crate::openapi::Status)))]
 async fn healthz() -> Response {
     axum::Json(serde_json::json!({"status": "live"})).into_response()
 }
 
 /// Ready when the vault answers its health check within 2 s (every write path needs it).
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Readiness: the vault answers",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Status),
+        (status = 503, description = "The vault is unreachable", body = Object)))]
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     let vault = tokio::time::timeout(Duration::from_secs(2), ops.state.vault.health()).await;
     match vault {
@@ -392,17 +402,22 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     }
 }
 
+/// The unauthenticated operations routes (each registered with its OpenAPI operation).
+pub fn routes() -> OpenApiRouter<Arc<Ops>> {
+    OpenApiRouter::new()
+        .routes(routes!(metrics_page))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(crate::openapi::serve))
+}
+
 /// The service as deployed: the API router, the unauthenticated operations routes, the abuse
 /// limits and the observing layer (outermost, so every answer carries a request id).
 pub fn service_router(state: SharedState, limits: Limits) -> Router {
     let ops = Ops::new(Arc::clone(&state), limits.clone());
-    let ops_routes = Router::new()
-        .route("/metrics", get(metrics_page))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(Arc::clone(&ops));
+    let (ops_routes, _) = routes().split_for_parts();
     crate::app::router(state)
-        .merge(ops_routes)
+        .merge(ops_routes.with_state(Arc::clone(&ops)))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             Duration::from_secs(limits.body_timeout_secs),
         ))

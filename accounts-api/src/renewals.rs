@@ -508,6 +508,16 @@ pub const MAX_ITEMS: usize = 1000;
 /// `POST /subscriptions/charge` (FastSpring's rebill): `{"subscriptions":[{"subscription": id}]}`
 /// → `{"subscription": [{subscription, action, result, error?}]}` (the reference's shape), one
 /// item per subscription in request order.
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions.charge",
+    path = "/subscriptions/charge",
+    tags = ["subscriptions"],
+    summary = "Charge subscriptions now (rebill) with their saved payment methods",
+    request_body(content = crate::openapi::ChargeInput, content_type = "application/json"),
+    responses((status = 200, description = "One result per subscription, in request order", body = crate::openapi::ChargeResults)),
+    security(("basic" = []))
+)]
 pub async fn charge_route(
     State(state): State<SharedState>,
     headers: HeaderMap,

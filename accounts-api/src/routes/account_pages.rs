@@ -20,31 +20,31 @@ use crate::model::{
     now_ms, to_major,
 };
 use crate::storage::Extras;
-use axum::Router;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 use shared::{CardBrand, Currency, SecretString};
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const COOKIE: &str = "sr_session";
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/accounts/{id}/authenticate", get(authenticate))
-        .route("/account/sso/{token}", get(open_link))
-        .route("/account", get(account_page))
-        .route("/account/style.css", get(stylesheet))
-        .route("/account/profile", post(update_profile))
-        .route("/account/subscriptions/{id}/cancel", post(cancel))
-        .route("/account/subscriptions/{id}/resume", post(resume))
-        .route("/account/payment-methods/{pm}/remove", post(remove_card))
-        .route("/account/logout", post(logout))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(authenticate))
+        .routes(routes!(open_link))
+        .routes(routes!(account_page))
+        .routes(routes!(stylesheet))
+        .routes(routes!(update_profile))
+        .routes(routes!(cancel))
+        .routes(routes!(resume))
+        .routes(routes!(remove_card))
+        .routes(routes!(logout))
 }
 
 /// 256 bits from the system RNG, base64url.
@@ -91,6 +91,16 @@ fn base_url(state: &SharedState, headers: &HeaderMap) -> Option<String> {
     ok.then(|| format!("http://{host}"))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "account_pages.authenticate",
+    path = "/accounts/{id}/authenticate",
+    tags = ["accounts"],
+    summary = "One-time sign-in link to the account page (single sign-on)",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+    responses((status = 200, description = "Success", body = crate::openapi::SsoLink), (status = 404, description = "Unknown account", body = Object)),
+    security(("basic" = []))
+)]
 async fn authenticate(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -212,6 +222,15 @@ fn session_cookie(state: &SharedState, value: &str, max_age: i64) -> HeaderValue
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("sr_session=; Max-Age=0"))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "account_pages.open_link",
+    path = "/account/sso/{token}",
+    tags = ["account-pages", "strongroom-extension"],
+    summary = "Open a sign-in link: session cookie and 303 to /account",
+    params(("token" = String, Path, description = "The one-time token")),
+    responses((status = 303, description = "Signed in: to /account"), (status = 410, description = "Used, expired or unknown link", content_type = "text/html", body = String), (status = 503, description = "Temporarily unavailable", content_type = "text/html", body = String))
+)]
 async fn open_link(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -389,6 +408,14 @@ async fn committed(state: &SharedState) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "account_pages.stylesheet",
+    path = "/account/style.css",
+    tags = ["account-pages", "strongroom-extension"],
+    summary = "The account pages' stylesheet",
+    responses((status = 200, description = "CSS", content_type = "text/css", body = String))
+)]
 async fn stylesheet() -> Response {
     const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
 main{max-width:52rem;margin:0 auto;padding:1.5rem}section{background:#fff;border:1px solid #dde1e7;\
@@ -431,6 +458,15 @@ fn opt(s: &Option<String>) -> String {
     esc(s.as_deref().unwrap_or_default())
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "account_pages.account_page",
+    path = "/account",
+    tags = ["account-pages", "strongroom-extension"],
+    summary = "The customer's account page",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
+    security(("session" = []))
+)]
 async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let Some((_, sess)) = session(&state, &headers) else {
         return signed_out();
@@ -579,6 +615,16 @@ async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> R
     html(StatusCode::OK, layout("Your account", &out))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "account_pages.update_profile",
+    path = "/account/profile",
+    tags = ["account-pages", "strongroom-extension"],
+    summary = "Update name, email, company, phone",
+    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
+    security(("session" = []))
+)]
 async fn update_profile(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -710,6 +756,17 @@ async fn set_subscription(
     }
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "account_pages.cancel",
+    path = "/account/subscriptions/{id}/cancel",
+    tags = ["account-pages", "strongroom-extension"],
+    summary = "Cancel a subscription",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
+    security(("session" = []))
+)]
 async fn cancel(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -719,6 +776,17 @@ async fn cancel(
     set_subscription(&state, &headers, &id, &form, true).await
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "account_pages.resume",
+    path = "/account/subscriptions/{id}/resume",
+    tags = ["account-pages", "strongroom-extension"],
+    summary = "Resume a subscription",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
+    security(("session" = []))
+)]
 async fn resume(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -728,6 +796,17 @@ async fn resume(
     set_subscription(&state, &headers, &id, &form, false).await
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "account_pages.remove_card",
+    path = "/account/payment-methods/{pm}/remove",
+    tags = ["account-pages", "strongroom-extension"],
+    summary = "Remove a saved payment method",
+    params(("pm" = String, Path, description = "Payment method id")),
+    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
+    security(("session" = []))
+)]
 async fn remove_card(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -775,6 +854,16 @@ async fn remove_card(
     }
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "account_pages.logout",
+    path = "/account/logout",
+    tags = ["account-pages", "strongroom-extension"],
+    summary = "Sign out",
+    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
+    security(("session" = []))
+)]
 async fn logout(
     State(state): State<SharedState>,
     headers: HeaderMap,

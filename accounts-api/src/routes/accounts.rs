@@ -10,20 +10,20 @@ use crate::model::{
     now_ms, parse_account,
 };
 use crate::storage::{Extras, Index};
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/accounts", get(lookup).post(create))
-        .route("/accounts/{id}", get(read).post(update))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(lookup, create))
+        .routes(routes!(read, update))
 }
 
 fn address_json(a: &Option<Address>) -> Value {
@@ -123,6 +123,17 @@ pub(crate) fn apply(a: &mut AccountRecord, input: &AccountInput) {
     }
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "accounts.create",
+    path = "/accounts",
+    tags = ["accounts"],
+    summary = "Create an account",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    request_body(content = crate::openapi::AccountInput, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = crate::openapi::AccountChanged)),
+    security(("basic" = []))
+)]
 async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -180,6 +191,16 @@ async fn create(
     Ok(ok(resp))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "accounts.read",
+    path = "/accounts/{id}",
+    tags = ["accounts"],
+    summary = "Read an account",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+    responses((status = 200, description = "Success", body = crate::openapi::AccountList)),
+    security(("basic" = []))
+)]
 async fn read(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -199,6 +220,17 @@ async fn read(
     ))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "accounts.update",
+    path = "/accounts/{id}",
+    tags = ["accounts"],
+    summary = "Update an account (every field optional)",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    request_body(content = crate::openapi::AccountInput, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = crate::openapi::AccountChanged)),
+    security(("basic" = []))
+)]
 async fn update(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -248,6 +280,16 @@ async fn update(
 
 /// `GET /accounts?email=|custom=|global=|orderId=|orderReference=|subscriptionId=`; without a
 /// filter, a page of ids.
+#[utoipa::path(
+    get,
+    operation_id = "accounts.lookup",
+    path = "/accounts",
+    tags = ["accounts"],
+    summary = "Look up an account by one filter, or page through the store's account ids",
+    params(("email" = Option<String>, Query), ("custom" = Option<String>, Query), ("global" = Option<String>, Query), ("orderId" = Option<String>, Query), ("orderReference" = Option<String>, Query), ("subscriptionId" = Option<String>, Query), ("page" = Option<u32>, Query, minimum = 1), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
+    responses((status = 200, description = "The account (lookup) or a page of ids", body = crate::openapi::AccountLookup)),
+    security(("basic" = []))
+)]
 async fn lookup(
     State(state): State<SharedState>,
     headers: HeaderMap,

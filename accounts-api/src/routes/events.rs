@@ -6,25 +6,25 @@ use crate::app::{
     IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
 };
 use crate::error::{ApiError, ErrorKind, StorageError};
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Most events in one answer; `more: true` says there are others (ask again with a later
 /// `begin`, or mark these processed first).
 const MAX_LIMIT: usize = 1000;
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/events/unprocessed", get(unprocessed))
-        .route("/events/processed", get(processed))
-        .route("/events/{id}", get(read).post(update))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(unprocessed))
+        .routes(routes!(processed))
+        .routes(routes!(read, update))
 }
 
 fn query(
@@ -52,6 +52,16 @@ fn list_body(events: Vec<crate::model::EventRecord>, more: bool) -> Value {
         "events": events.iter().map(crate::model::EventRecord::to_json).collect::<Vec<_>>()})
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "events.unprocessed",
+    path = "/events/unprocessed",
+    tags = ["events"],
+    summary = "Unprocessed events since `begin` (ms)",
+    params(("begin" = Option<i64>, Query, minimum = 0), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
+    responses((status = 200, description = "Success", body = crate::openapi::EventList)),
+    security(("basic" = []))
+)]
 async fn unprocessed(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -75,6 +85,16 @@ async fn unprocessed(
     Ok(ok(list_body(events, more)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "events.processed",
+    path = "/events/processed",
+    tags = ["events"],
+    summary = "Processed events of the last `days` days",
+    params(("days" = Option<u32>, Query, minimum = 1, maximum = 3650), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
+    responses((status = 200, description = "Success", body = crate::openapi::EventList)),
+    security(("basic" = []))
+)]
 async fn processed(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -104,6 +124,16 @@ fn not_found(action: &'static str) -> ApiError {
     ApiError::new(action, ErrorKind::NotFound("event", "event not found"))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "events.read",
+    path = "/events/{id}",
+    tags = ["events"],
+    summary = "Read an event",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+    responses((status = 200, description = "Success", body = Object)),
+    security(("basic" = []))
+)]
 async fn read(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -122,6 +152,17 @@ async fn read(
     Ok(ok(body))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "events.update",
+    path = "/events/{id}",
+    tags = ["events"],
+    summary = "Mark an event processed or unprocessed",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    request_body(content = crate::openapi::EventUpdate, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = Object)),
+    security(("basic" = []))
+)]
 async fn update(
     State(state): State<SharedState>,
     headers: HeaderMap,

@@ -26,21 +26,21 @@ use crate::model::{
 use crate::routes::accounts::contact_json;
 use crate::storage::{Checkout, Extras, Index};
 use crate::vault::VaultError;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 use shared::vault_api::StorePaymentMethodRequest;
 use shared::{CardBrand, Currency, Expiry, Last4, PaymentType, SecretString};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/orders", post(complete))
-        .route("/orders/{id}", get(read))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(complete))
+        .routes(routes!(read))
 }
 
 const ACTION: &str = "order.create";
@@ -512,6 +512,16 @@ pub fn order_json(o: &OrderRecord, action: &str) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "orders.read",
+    path = "/orders/{id}",
+    tags = ["orders"],
+    summary = "Read an order",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+    responses((status = 200, description = "Success", body = crate::openapi::Order)),
+    security(("basic" = []))
+)]
 async fn read(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -566,6 +576,17 @@ fn vault_error(e: VaultError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "orders.complete",
+    path = "/orders",
+    tags = ["orders", "strongroom-extension"],
+    summary = "Complete a checkout: account, order, subscriptions, saved token",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    request_body(content = crate::openapi::CheckoutInput, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = crate::openapi::Order)),
+    security(("basic" = []))
+)]
 async fn complete(
     State(state): State<SharedState>,
     headers: HeaderMap,

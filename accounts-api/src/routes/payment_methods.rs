@@ -7,24 +7,34 @@ use crate::error::{ApiError, ErrorKind, StorageError};
 use crate::model::EventRecord;
 use crate::storage::Extras;
 use crate::vault::VaultError;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{delete, get};
 use serde_json::json;
 use shared::CardBrand;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/accounts/{id}/payment-methods", get(list))
-        .route("/accounts/{id}/payment-methods/{pm}", delete(remove))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(remove))
 }
 
 fn account_missing(action: &'static str) -> ApiError {
     ApiError::new(action, ErrorKind::NotFound("account", "account not found"))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "payment_methods.list",
+    path = "/accounts/{id}/payment-methods",
+    tags = ["accounts", "strongroom-extension"],
+    summary = "The account's saved payment methods (masked)",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+    responses((status = 200, description = "Success", body = crate::openapi::PaymentMethodList)),
+    security(("basic" = []))
+)]
 async fn list(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -63,6 +73,16 @@ async fn list(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "payment_methods.remove",
+    path = "/accounts/{id}/payment-methods/{pm}",
+    tags = ["accounts", "strongroom-extension"],
+    summary = "Delete a saved payment method (crypto-shredded in the vault)",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("pm" = String, Path, description = "Payment method id"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    responses((status = 200, description = "Success", body = crate::openapi::PaymentMethodRemoved)),
+    security(("basic" = []))
+)]
 async fn remove(
     State(state): State<SharedState>,
     headers: HeaderMap,

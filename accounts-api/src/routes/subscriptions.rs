@@ -8,25 +8,22 @@ use crate::app::{
 use crate::error::{ApiError, ErrorKind, StorageError};
 use crate::model::{EventRecord, SubState, SubscriptionRecord, display_date, now_ms, to_major};
 use crate::storage::Extras;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
 use serde_json::{Value, json};
 use shared::{CardBrand, Currency};
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/subscriptions", get(list))
-        .route(
-            "/subscriptions/charge",
-            axum::routing::post(crate::renewals::charge_route),
-        )
-        .route("/subscriptions/{id}", get(read).delete(cancel).post(resume))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(crate::renewals::charge_route))
+        .routes(routes!(read, cancel, resume))
 }
 
 /// FastSpring's subscription object.
@@ -89,6 +86,16 @@ fn map_err(e: StorageError, action: &'static str) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "subscriptions.read",
+    path = "/subscriptions/{id}",
+    tags = ["subscriptions"],
+    summary = "Read a subscription",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+    responses((status = 200, description = "Success", body = crate::openapi::Subscription)),
+    security(("basic" = []))
+)]
 async fn read(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -104,6 +111,16 @@ async fn read(
     Ok(ok(subscription_json(&s, ACTION)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "subscriptions.list",
+    path = "/subscriptions",
+    tags = ["subscriptions"],
+    summary = "An account's subscriptions, or a page of the store's subscription ids",
+    params(("accountId" = Option<String>, Query), ("page" = Option<u32>, Query, minimum = 1), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
+    responses((status = 200, description = "Success", body = crate::openapi::SubscriptionList)),
+    security(("basic" = []))
+)]
 async fn list(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -154,6 +171,16 @@ async fn list(
     )))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "subscriptions.cancel",
+    path = "/subscriptions/{id}",
+    tags = ["subscriptions"],
+    summary = "Cancel a subscription",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    responses((status = 200, description = "Success", body = crate::openapi::SubscriptionChanged)),
+    security(("basic" = []))
+)]
 async fn cancel(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -208,6 +235,17 @@ async fn cancel(
     Ok(ok(resp))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions.resume",
+    path = "/subscriptions/{id}",
+    tags = ["subscriptions"],
+    summary = "Resume a canceled subscription",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    request_body(content = crate::openapi::ResumeInput, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = crate::openapi::SubscriptionChanged)),
+    security(("basic" = []))
+)]
 async fn resume(
     State(state): State<SharedState>,
     headers: HeaderMap,

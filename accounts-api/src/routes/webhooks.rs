@@ -10,20 +10,20 @@ use crate::app::{
 };
 use crate::error::{ApiError, ErrorKind};
 use crate::webhooks::HookError;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route("/webhooks", get(list).post(create))
-        .route("/webhooks/keys", post(rotate))
-        .route("/webhooks/{id}", delete(remove))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(rotate))
+        .routes(routes!(remove))
 }
 
 fn hook_error(e: HookError, action: &'static str) -> ApiError {
@@ -61,6 +61,15 @@ fn fields(body: &[u8], action: &'static str) -> Result<(String, Option<String>),
     Ok((url, secret))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "webhooks.list",
+    path = "/webhooks",
+    tags = ["webhooks", "strongroom-extension"],
+    summary = "The store's webhooks (never their secrets)",
+    responses((status = 200, description = "Success", body = crate::openapi::WebhookList)),
+    security(("basic" = []))
+)]
 async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.get";
     let store = authorize(&state, &headers, ACTION)?;
@@ -72,6 +81,17 @@ async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Result<Re
         "webhooks": hooks.iter().map(crate::model::WebhookRecord::to_json).collect::<Vec<_>>()})))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "webhooks.create",
+    path = "/webhooks",
+    tags = ["webhooks", "strongroom-extension"],
+    summary = "Add a webhook",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    request_body(content = crate::openapi::WebhookInput, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = Object)),
+    security(("basic" = []))
+)]
 async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -96,6 +116,17 @@ async fn create(
     Ok(ok(crate::webhooks::created_answer(&hook)))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "webhooks.rotate",
+    path = "/webhooks/keys",
+    tags = ["webhooks"],
+    summary = "Replace the HMAC secret of the webhook with this URL",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    request_body(content = crate::openapi::WebhookInput, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = Object)),
+    security(("basic" = []))
+)]
 async fn rotate(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -135,6 +166,16 @@ async fn rotate(
     Ok(ok(crate::webhooks::rotated_answer(&hook.url)))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "webhooks.remove",
+    path = "/webhooks/{id}",
+    tags = ["webhooks", "strongroom-extension"],
+    summary = "Remove a webhook and its pending deliveries",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    responses((status = 200, description = "Success", body = Object)),
+    security(("basic" = []))
+)]
 async fn remove(
     State(state): State<SharedState>,
     headers: HeaderMap,

@@ -1,0 +1,641 @@
+//! The OpenAPI 3.1 document of accounts-api, built from the router itself: every route module
+//! registers its handlers with `utoipa_axum::routes!`, which adds the handler to the router and
+//! its `#[utoipa::path]` to the document in one call, so a route cannot be served undocumented
+//! (a unit test also refuses any plain `.route(` in the route modules, and probes every
+//! documented operation against the router). Served at `GET /openapi.json` without auth.
+//!
+//! Request and response bodies are assembled with `serde_json` in the handlers; the schemas here
+//! describe them (top-level fields typed, nested objects open) and the API fuzzer in CI
+//! (schemathesis, `.ci/fuzz-api`) checks every answer against them.
+//!
+//! Strongroom extensions to FastSpring's API carry the tag `strongroom-extension` and the
+//! operation extension `x-strongroom-extension: true`.
+
+#![allow(dead_code)] // The schema types exist for the document; handlers build JSON directly.
+
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, ToSchema};
+
+/// Tag of the operations that FastSpring does not have.
+pub const EXTENSION_TAG: &str = "strongroom-extension";
+
+/// FastSpring's error envelope: every error answer, any status.
+#[derive(ToSchema)]
+#[schema(example = json!({"action": "account.create", "result": "error",
+    "error": {"contact.email": "must be a valid email address"}}))]
+pub struct ErrorEnvelope {
+    /// The FastSpring action name (`account.create`, …), or `request`.
+    action: String,
+    /// Always `error`.
+    result: String,
+    /// Field (or `request`, `authorization`, `vault`, …) → fixed message. Never echoes input.
+    #[schema(value_type = Object, additional_properties)]
+    error: Value,
+}
+
+#[derive(ToSchema)]
+pub struct Contact {
+    #[schema(min_length = 1, max_length = 200)]
+    first: String,
+    #[schema(min_length = 1, max_length = 200)]
+    last: String,
+    #[schema(format = Email)]
+    email: String,
+    company: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct AddressInput {
+    address_line1: Option<String>,
+    address_line2: Option<String>,
+    city: Option<String>,
+    region: Option<String>,
+    postal_code: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct LookupInput {
+    /// The merchant's own id for the account (unique in the store).
+    custom: Option<String>,
+}
+
+/// `POST /accounts` (all of `contact` required) and `POST /accounts/{id}` (every field
+/// optional: partial update). Unknown fields → 422.
+#[derive(ToSchema)]
+pub struct AccountInput {
+    contact: Contact,
+    address: Option<AddressInput>,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = "^[A-Za-z]{2}$")]
+    country: Option<String>,
+    /// ISO 639-1.
+    #[schema(pattern = "^[A-Za-z]{2}$")]
+    language: Option<String>,
+    lookup: Option<LookupInput>,
+}
+
+/// `{account, action, result}` after a create or update.
+#[derive(ToSchema)]
+pub struct AccountChanged {
+    account: String,
+    action: String,
+    result: String,
+}
+
+/// FastSpring's account object.
+#[derive(ToSchema)]
+pub struct Account {
+    id: String,
+    account: String,
+    #[schema(value_type = Object)]
+    contact: Value,
+    #[schema(value_type = Object)]
+    address: Value,
+    language: Option<String>,
+    country: Option<String>,
+    #[schema(value_type = Object)]
+    lookup: Value,
+    /// Path of the account page (single sign-on).
+    url: String,
+    #[schema(value_type = Object)]
+    payment: Value,
+    orders: Vec<String>,
+    subscriptions: Vec<String>,
+    #[schema(value_type = Vec<Object>)]
+    charges: Vec<Value>,
+    subscribed: bool,
+}
+
+/// `GET /accounts/{id}`.
+#[derive(ToSchema)]
+pub struct AccountList {
+    accounts: Vec<Account>,
+}
+
+/// `GET /accounts` without a filter: a page of ids.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct IdPage {
+    action: String,
+    result: String,
+    page: u64,
+    limit: u64,
+    next_page: Option<u64>,
+    total: u64,
+    /// The ids (the key is `accounts` or `subscriptions`).
+    #[schema(value_type = Option<Vec<String>>)]
+    accounts: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<String>>)]
+    subscriptions: Option<Vec<String>>,
+}
+
+/// `GET /accounts?…`: a filter lookup or a page of ids.
+#[derive(ToSchema)]
+pub struct AccountLookup {
+    action: String,
+    result: String,
+    /// Account objects (lookup) or ids (page).
+    accounts: Vec<Value>,
+}
+
+#[derive(ToSchema)]
+pub struct SubscriptionSpec {
+    #[schema(value_type = String, pattern = "^(day|week|month|year)$")]
+    interval_unit: String,
+    #[schema(minimum = 1, maximum = 365)]
+    interval_length: u32,
+}
+
+#[derive(ToSchema)]
+pub struct OrderItem {
+    #[schema(min_length = 1, max_length = 200)]
+    product: String,
+    #[schema(minimum = 1, maximum = 1000)]
+    quantity: u32,
+    /// Unit price in major units (`9.99`).
+    #[schema(minimum = 0)]
+    price: f64,
+    /// ISO 4217.
+    #[schema(pattern = "^[A-Z]{3}$")]
+    currency: String,
+    subscription: Option<SubscriptionSpec>,
+}
+
+/// The processor's payment token and its display data. The token goes to the vault only.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct PaymentInput {
+    /// Processor token (secret: stored in the vault, never returned or logged).
+    #[schema(min_length = 1, max_length = 2048)]
+    token: String,
+    #[schema(rename = "type", pattern = "^(card|paypal)$")]
+    kind: String,
+    brand: Option<String>,
+    #[schema(pattern = "^[0-9]{4}$")]
+    last4: Option<String>,
+    #[schema(minimum = 1, maximum = 12)]
+    exp_month: Option<u8>,
+    exp_year: Option<u16>,
+}
+
+#[derive(ToSchema)]
+pub struct Consent {
+    /// Whether the "securely save payment details" box was shown.
+    presented: bool,
+    /// Whether it was checked.
+    accepted: bool,
+}
+
+/// `POST /orders` (Strongroom extension: checkout completion). Unknown fields → 422.
+#[derive(ToSchema)]
+pub struct CheckoutInput {
+    /// An existing account; otherwise found or created by (store, email).
+    account: Option<String>,
+    customer: Contact,
+    address: Option<AddressInput>,
+    #[schema(pattern = "^[A-Za-z]{2}$")]
+    country: Option<String>,
+    #[schema(pattern = "^[A-Za-z]{2}$")]
+    language: Option<String>,
+    #[schema(min_items = 1)]
+    items: Vec<OrderItem>,
+    payment: PaymentInput,
+    consent: Consent,
+}
+
+/// FastSpring's order object.
+#[derive(ToSchema)]
+pub struct Order {
+    action: String,
+    result: String,
+    id: String,
+    order: String,
+    reference: String,
+    account: String,
+    completed: bool,
+    currency: String,
+    total: f64,
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<Value>,
+    #[schema(value_type = Object)]
+    payment: Value,
+}
+
+/// FastSpring's subscription object.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct Subscription {
+    id: String,
+    subscription: String,
+    state: String,
+    active: bool,
+    account: String,
+    product: String,
+    auto_renew: bool,
+    /// Strongroom extension: the vault id renewals charge (null: manual renewal).
+    payment_method_id: Option<String>,
+    currency: String,
+    price: f64,
+    interval_unit: String,
+    interval_length: u32,
+}
+
+/// `GET /subscriptions?accountId=`: the account's subscriptions.
+#[derive(ToSchema)]
+pub struct SubscriptionList {
+    action: String,
+    result: String,
+    /// Subscription objects (`accountId`) or ids (page).
+    subscriptions: Vec<Value>,
+}
+
+/// Cancel / resume answer: `{subscriptions: [{subscription, action, result}]}`.
+#[derive(ToSchema)]
+pub struct SubscriptionChanged {
+    #[schema(value_type = Vec<Object>)]
+    subscriptions: Vec<Value>,
+}
+
+/// `POST /subscriptions/{id}` body: resume (`deactivation: null`).
+#[derive(ToSchema)]
+pub struct ResumeInput {
+    #[schema(value_type = Vec<Object>)]
+    subscriptions: Vec<Value>,
+}
+
+/// A masked payment method as the vault describes it.
+#[derive(ToSchema)]
+pub struct PaymentMethod {
+    id: String,
+    #[schema(rename = "type")]
+    kind: String,
+    brand: Option<String>,
+    last4: Option<String>,
+    /// `MM/YY`.
+    expiry: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct PaymentMethodList {
+    action: String,
+    result: String,
+    account: String,
+    payment_methods: Vec<PaymentMethod>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct PaymentMethodRemoved {
+    action: String,
+    result: String,
+    account: String,
+    payment_method: String,
+}
+
+/// `POST /subscriptions/charge`: `{"subscriptions": [{"subscription": id}]}`.
+#[derive(ToSchema)]
+pub struct ChargeInput {
+    #[schema(value_type = Vec<Object>, min_items = 1)]
+    subscriptions: Vec<Value>,
+}
+
+/// `{"subscription": [{subscription, action, result, error?}]}`.
+#[derive(ToSchema)]
+pub struct ChargeResults {
+    #[schema(value_type = Vec<Object>)]
+    subscription: Vec<Value>,
+}
+
+/// `GET /events/unprocessed`, `GET /events/processed`.
+#[derive(ToSchema)]
+pub struct EventList {
+    action: String,
+    result: String,
+    total: u64,
+    /// More events exist beyond this answer.
+    more: bool,
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<Value>,
+}
+
+/// `POST /events/{id}`.
+#[derive(ToSchema)]
+pub struct EventUpdate {
+    processed: bool,
+}
+
+/// `GET /webhooks`.
+#[derive(ToSchema)]
+pub struct WebhookList {
+    action: String,
+    result: String,
+    #[schema(value_type = Vec<Object>)]
+    webhooks: Vec<Value>,
+}
+
+/// `POST /webhooks` (`hmacSecret` optional) and `POST /webhooks/keys` (required).
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct WebhookInput {
+    /// http or https.
+    #[schema(pattern = "^https?://")]
+    url: String,
+    /// Signs each delivery (`X-FS-Signature`, HMAC-SHA256, base64).
+    hmac_secret: Option<String>,
+}
+
+/// `GET /accounts/{id}/authenticate`: `{accounts: [{account, url, expires, …}]}`.
+#[derive(ToSchema)]
+pub struct SsoLink {
+    #[schema(value_type = Vec<Object>)]
+    accounts: Vec<Value>,
+}
+
+/// Every account-page form: the session's CSRF token plus the form's own fields.
+#[derive(ToSchema)]
+pub struct PageForm {
+    csrf: String,
+}
+
+/// `/healthz`, `/readyz`.
+#[derive(ToSchema)]
+pub struct Status {
+    status: String,
+}
+
+/// Adds the Basic auth scheme, the error answers every authenticated operation can give, and
+/// `x-strongroom-extension: true` on the extension operations.
+pub struct Finish;
+
+impl Modify for Finish {
+    fn modify(&self, doc: &mut OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "Per-store username and password from `accounts-api store create`.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "sr_session",
+                    "Account-page session, set by opening a sign-in link",
+                ),
+            )),
+        );
+        let envelope = |text: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(text)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        let common = [
+            ("400", "Malformed JSON body or query string"),
+            (
+                "401",
+                "Missing or wrong Basic credentials (`WWW-Authenticate: Basic`)",
+            ),
+            ("404", "Unknown id, or another store's id"),
+            ("405", "Method not allowed on this path"),
+            (
+                "409",
+                "Conflict (duplicate, state rule, Idempotency-Key reuse)",
+            ),
+            ("413", "Body over 64 KiB"),
+            ("415", "Unsupported media type"),
+            ("422", "A field (named in the envelope) is invalid"),
+            (
+                "429",
+                "Too many failed logins or requests (`Retry-After` seconds)",
+            ),
+            (
+                "503",
+                "The vault is unreachable (`Retry-After`); nothing was written",
+            ),
+        ];
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let tags = op.tags.clone().unwrap_or_default();
+                if tags.iter().any(|t| t == EXTENSION_TAG) {
+                    let ext = op.extensions.get_or_insert_with(Default::default);
+                    ext.insert("x-strongroom-extension".into(), Value::Bool(true));
+                }
+                let basic = op.security.as_ref().is_some_and(|list| {
+                    serde_json::to_value(list)
+                        .map(|v| v.to_string().contains("\"basic\""))
+                        .unwrap_or(false)
+                });
+                if basic {
+                    for (code, text) in common {
+                        op.responses
+                            .responses
+                            .entry(code.to_owned())
+                            .or_insert_with(|| envelope(text));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Static parts of the document (info, tags, schemas, modifiers); paths come from the router.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Strongroom accounts-api",
+        description = "FastSpring-compatible accounts, orders and subscriptions over the \
+            Strongroom vault. Errors use FastSpring's envelope (`ErrorEnvelope`). Operations \
+            tagged `strongroom-extension` (and marked `x-strongroom-extension: true`) are not \
+            in FastSpring's API.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    tags(
+        (name = "accounts", description = "FastSpring accounts"),
+        (name = "orders", description = "FastSpring orders"),
+        (name = "subscriptions", description = "FastSpring subscriptions"),
+        (name = "events", description = "FastSpring events (pull)"),
+        (name = "webhooks", description = "Webhook configuration"),
+        (name = "account-pages", description = "The customer's account pages (HTML, session cookie)"),
+        (name = "operations", description = "Liveness, readiness, metrics, this document"),
+        (name = "strongroom-extension", description = "Not in FastSpring's API"),
+    ),
+    components(schemas(ErrorEnvelope))
+)]
+pub struct Base;
+
+/// The whole document: the API routes and the operations routes, finished.
+pub fn document() -> OpenApi {
+    let (_, mut doc) = crate::app::api_routes().split_for_parts();
+    let (_, ops) = crate::ops::routes().split_for_parts();
+    doc.merge(ops);
+    Finish.modify(&mut doc);
+    doc
+}
+
+static DOCUMENT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| document().to_json().unwrap_or_else(|_| "{}".to_owned()));
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    summary = "This OpenAPI document",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+pub async fn serve() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    fn state(dir: &std::path::Path) -> crate::app::SharedState {
+        shared::tls::install_crypto_provider();
+        let pki = dir.join("pki");
+        shared::pki::ensure_dev_pki(&pki).unwrap();
+        let vault = crate::vault::VaultConfig {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            server_name: "localhost".into(),
+            tls: shared::tls::TlsFiles {
+                ca: pki.join("ca.pem"),
+                cert: pki.join("accounts.pem"),
+                key: pki.join("accounts.key"),
+            },
+        };
+        let sled = Arc::new(crate::storage::SledStorage::open(&dir.join("db")).unwrap());
+        let storage: Arc<dyn crate::storage::Storage> = sled.clone();
+        let events: Arc<dyn crate::eventstore::EventStore> = sled;
+        crate::app::AppState::new(
+            storage,
+            events,
+            crate::settings::Settings::default(),
+            crate::vault::VaultClient::new(&vault).unwrap(),
+        )
+    }
+
+    fn operations(doc: &Value) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, _) in item.as_object().unwrap() {
+                if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                    out.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_route_module_registers_a_route_without_its_openapi_operation() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.join("app.rs"), src.join("ops.rs")];
+        for e in std::fs::read_dir(src.join("routes")).unwrap() {
+            files.push(e.unwrap().path());
+        }
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                assert!(
+                    !line.contains(".route(") && !line.contains(".nest("),
+                    "{}:{}: register routes with .routes(routes!(handler)) so the OpenAPI \
+                     document cannot miss them: {line}",
+                    f.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_documented_operation_is_served_and_the_document_is_openapi_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc: Value = serde_json::from_str(&document().to_json().unwrap()).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        assert_eq!(
+            doc["components"]["securitySchemes"]["basic"]["scheme"],
+            "basic"
+        );
+        assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+        let ops = operations(&doc);
+        for (method, path) in [
+            ("POST", "/accounts"),
+            ("GET", "/accounts/{id}"),
+            ("POST", "/orders"),
+            ("GET", "/subscriptions/{id}"),
+            ("DELETE", "/accounts/{id}/payment-methods/{pm}"),
+            ("GET", "/openapi.json"),
+            ("GET", "/metrics"),
+        ] {
+            assert!(
+                ops.contains(&(method.to_owned(), path.to_owned())),
+                "{method} {path} missing"
+            );
+        }
+        assert_eq!(
+            doc["paths"]["/orders"]["post"]["x-strongroom-extension"],
+            true
+        );
+        assert!(
+            doc["paths"]["/orders"]["get"].is_null()
+                && doc["paths"]["/orders/{id}"]["get"]["x-strongroom-extension"].is_null(),
+            "FastSpring's own operations are not marked"
+        );
+
+        let app = crate::ops::service_router(state(dir.path()), crate::ops::Limits::default());
+        for (method, path) in &ops {
+            let uri = path.replace('{', "").replace('}', "-probe");
+            let req = Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(&uri)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED && !text.contains("no such route"),
+                "{method} {path} is documented but not served ({status}: {text})"
+            );
+        }
+    }
+}
