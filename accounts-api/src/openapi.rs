@@ -453,6 +453,13 @@ impl Modify for Finish {
                         .map(|v| v.to_string().contains("\"basic\""))
                         .unwrap_or(false)
                 });
+                let probe = tags.iter().any(|t| t == "operations");
+                if !probe {
+                    op.responses
+                        .responses
+                        .entry("429".to_owned())
+                        .or_insert_with(|| envelope(common[8].1));
+                }
                 if basic {
                     for (code, text) in common {
                         op.responses

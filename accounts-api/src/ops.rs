@@ -306,7 +306,13 @@ async fn guard(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> Respons
         return too_many(retry);
     }
     let resp = next.run(req).await;
-    let failed = resp.status() == StatusCode::UNAUTHORIZED;
+    // A refusal of the Basic credentials themselves (other 401s, e.g. an account page without
+    // a session, say nothing about the password).
+    let failed = resp.status() == StatusCode::UNAUTHORIZED
+        && resp
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"Basic"));
     if failed {
         metrics().inc("auth_failures_total", &[]);
     }
@@ -416,11 +422,15 @@ pub fn routes() -> OpenApiRouter<Arc<Ops>> {
 pub fn service_router(state: SharedState, limits: Limits) -> Router {
     let ops = Ops::new(Arc::clone(&state), limits.clone());
     let (ops_routes, _) = routes().split_for_parts();
+    // The limits guard the API only: probes and scrapes are never refused.
     crate::app::router(state)
-        .merge(ops_routes.with_state(Arc::clone(&ops)))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&ops),
+            guard,
+        ))
+        .merge(ops_routes.with_state(ops))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             Duration::from_secs(limits.body_timeout_secs),
         ))
-        .layer(axum::middleware::from_fn_with_state(ops, guard))
         .layer(axum::middleware::from_fn(observe))
 }
