@@ -4,7 +4,7 @@
 //! rate). All of it is middleware around [`crate::app::router`]; handlers are untouched.
 //!
 //! Other modules count domain events through [`metrics()`] with the counter names declared in
-//! [`describe_counters`] (e.g. `metrics().inc("charges_total", &[("outcome", "approved")])`).
+//! [`describe_counters`] (e.g. `metrics().inc("charges_total", &[("outcome", "charged")])`).
 
 use crate::app::SharedState;
 use axum::Router;
@@ -46,15 +46,19 @@ pub fn describe_counters(m: &Metrics) {
     );
     m.describe(
         "charges_total",
-        "Renewal charges by outcome (approved, declined, error).",
+        "Renewal steps by outcome (charged, declined, failed, reminded, skipped, refused).",
     );
     m.describe(
         "webhook_deliveries_total",
-        "Webhook delivery attempts by outcome (delivered, failed).",
+        "Webhook posts by outcome (delivered, failed).",
     );
     m.describe(
         "webhook_retries_total",
-        "Webhook deliveries scheduled for a retry.",
+        "Events scheduled for another delivery attempt after a failed post.",
+    );
+    m.describe(
+        "webhook_events_given_up_total",
+        "Events whose delivery attempts ran out (they stay unprocessed for the events API).",
     );
 }
 
@@ -102,6 +106,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// Most outbox rows counted for the `webhook_outbox_depth` gauge.
+const OUTBOX_GAUGE_CAP: usize = 10_000;
 
 /// Most tracked keys per table; expired entries are pruned when it is reached.
 const MAX_TRACKED: usize = 100_000;
@@ -263,7 +270,20 @@ impl Ops {
             .lock()
             .map(|t| (t.by_address.len(), t.by_user.len()))
             .unwrap_or_default();
+        // Rows of the webhook outbox (due or waiting for a retry), counted up to a cap so a
+        // scrape stays cheap.
+        let outbox = self
+            .state
+            .events
+            .outbox_due(i64::MAX, OUTBOX_GAUGE_CAP)
+            .map_or(-1.0, |rows| rows.len() as f64);
         vec![
+            Gauge {
+                name: "webhook_outbox_depth",
+                help: "Webhook outbox rows, due or waiting for a retry (counted up to 10000; -1: unreadable).",
+                labels: vec![],
+                value: outbox,
+            },
             Gauge {
                 name: "auth_limiter_tracked_keys",
                 help: "Addresses and usernames with a recent failed authentication.",

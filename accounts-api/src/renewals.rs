@@ -92,6 +92,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The `outcome` label of the `charges_total` metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Charged => "charged",
+            Self::Declined { .. } => "declined",
+            Self::Failed { .. } => "failed",
+            Self::Reminded => "reminded",
+            Self::Skipped => "skipped",
+            Self::Refused(_) => "refused",
+        }
+    }
+
     /// FastSpring's per-item answer of `POST /subscriptions/charge`.
     pub fn item(&self, id: &str) -> Value {
         let err = |code: String| {
@@ -210,6 +222,9 @@ pub async fn run_due(state: &SharedState, now: i64) -> Result<RunSummary, Storag
         });
     }
     while let Some(joined) = set.join_next().await {
+        if let Ok(Ok(o)) = &joined {
+            crate::ops::metrics().inc("charges_total", &[("outcome", o.label())]);
+        }
         match joined {
             Ok(Ok(o)) => match o {
                 Outcome::Charged => summary.charged += 1,
@@ -558,6 +573,7 @@ pub async fn charge_route(
         let outcome = renew_one(&state, &store, id, now_ms(), true)
             .await
             .map_err(|e| e.into_api(ACTION))?;
+        crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);
         items.push(outcome.item(id));
     }
     Ok(ok(json!({ "subscription": items })))

@@ -374,6 +374,7 @@ async fn deliver(
                 processed = processed.len(),
                 "webhook delivered"
             );
+            crate::ops::metrics().inc("webhook_deliveries_total", &[("outcome", "delivered")]);
             events.outbox_settle(store, hook_id, &ids, &processed)
         }
         Err(why) => {
@@ -397,6 +398,9 @@ async fn deliver(
                     ));
                 }
             }
+            crate::ops::metrics().inc("webhook_deliveries_total", &[("outcome", "failed")]);
+            crate::ops::metrics().add("webhook_retries_total", &[], retry.len() as u64);
+            crate::ops::metrics().add("webhook_events_given_up_total", &[], exhausted.len() as u64);
             if !retry.is_empty() {
                 tracing::info!(
                     store,

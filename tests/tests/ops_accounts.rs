@@ -162,6 +162,21 @@ async fn metrics_move_with_requests_and_readiness_follows_the_vault_while_livene
         "accounts_api_http_request_duration_seconds_bucket{method=\"GET\",route=\"/accounts\",status=\"200\",le=\"+Inf\"}"
     ));
     assert!(after.contains("# TYPE accounts_api_charges_total counter"));
+    // Domain counters move too: a rebill of an unknown subscription is a refused renewal step.
+    let rebill = serde_json::json!({"subscriptions": [{"subscription": "no-such-subscription"}]});
+    let a = sys
+        .call(&sys.demo, "POST", "/subscriptions/charge", Some(&rebill))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let key = "accounts_api_charges_total{outcome=\"refused\"}";
+    assert_eq!(
+        series(&metrics_page(&sys).await, key),
+        series(&after, key) + 1.0
+    );
+    assert!(
+        after.contains("accounts_api_webhook_outbox_depth 0"),
+        "{after}"
+    );
     assert!(
         !after.contains(&sys.demo.username),
         "no store credentials or ids in labels"
