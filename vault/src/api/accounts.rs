@@ -8,17 +8,26 @@ use crate::store::RecordStore;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::delete;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use shared::domain::{AccountId, StoreId};
 use shared::vault_api::{ErasedResponse, StoreQuery};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<SharedState> {
-    Router::new().route("/v1/accounts/{account}/payment-methods", delete(erase))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(erase))
 }
 
 /// `DELETE /v1/accounts/{account}/payment-methods?store=S` → `{erased: n}`.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    delete,
+    operation_id = "erase",
+    path = "/v1/accounts/{account}/payment-methods",
+    summary = "Erase every payment method of an account (permission delete)",
+    params(("account" = String, Path), ("store" = String, Query, description = "The store the record belongs to")),
+    responses((status = 200, description = "How many were erased", body = crate::api::openapi::ErasedResponse), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody))
+)]
 async fn erase(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,

@@ -8,12 +8,13 @@ use crate::audit::Verdict;
 use crate::config::Permission;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<SharedState> {
-    Router::new().route("/v1/audit/verify", get(verify))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(verify))
 }
 
 /// `{entries, ok}`; on a break also `brokenAt` (1-based position) and `reason`.
@@ -29,6 +30,13 @@ pub struct AuditVerifyResponse {
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    get,
+    operation_id = "verify",
+    path = "/v1/audit/verify",
+    summary = "Walk the audit hash chain (permission audit)",
+    responses((status = 200, description = "Verdict", body = crate::api::openapi::AuditVerify))
+)]
 async fn verify(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,

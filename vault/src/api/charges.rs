@@ -24,14 +24,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::Value;
 use shared::domain::{Currency, FieldError, PaymentMethodId, StoreId};
 use shared::vault_api::{ChargeOutcome, ChargeStatus};
 use std::sync::Arc;
 use tokio::sync::Mutex;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest amount one charge may have, in minor units (10^8: a million in two-decimal
 /// currencies). Anything above is a bug or an attack, not a renewal.
@@ -58,8 +59,8 @@ impl ChargeLocks {
     }
 }
 
-pub fn router() -> Router<SharedState> {
-    Router::new().route("/v1/payment-methods/{id}/charge", post(charge))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new().routes(routes!(charge))
 }
 
 #[derive(Deserialize)]
@@ -185,6 +186,15 @@ fn outcome(entry: &ChargeEntry, status: ChargeStatus, key: &str) -> ChargeOutcom
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    post,
+    operation_id = "charge",
+    path = "/v1/payment-methods/{id}/charge",
+    summary = "Charge a stored token once per idempotency key (permission charge)",
+    params(("id" = String, Path)),
+    request_body(content = crate::api::openapi::ChargeRequest, content_type = "application/json"),
+    responses((status = 200, description = "Approved or declined", body = crate::api::openapi::ChargeOutcome), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 404, description = "Unknown id, or another store's id", body = crate::api::openapi::ErrorBody), (status = 409, description = "Idempotency key reused with another request", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body over the limit", body = crate::api::openapi::ErrorBody), (status = 422, description = "A field is invalid (named)", body = crate::api::openapi::ErrorBody), (status = 503, description = "No processor configured or reachable", body = crate::api::openapi::ErrorBody))
+)]
 async fn charge(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,

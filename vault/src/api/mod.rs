@@ -14,6 +14,7 @@ pub mod audit_log;
 pub mod charges;
 pub mod error;
 pub mod health;
+pub mod openapi;
 pub mod ops;
 pub mod payment_methods;
 
@@ -107,8 +108,11 @@ impl AuditNote {
 }
 
 /// Builds the full router with every layer.
-pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
-    Router::new()
+/// Every route, each registered with its OpenAPI operation (`routes!`); the document of these
+/// is [`openapi::document`].
+pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<SharedState> {
+    use utoipa::OpenApi as _;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::Base::openapi())
         .merge(payment_methods::router())
         .merge(charges::router())
         .merge(accounts::router())
@@ -116,6 +120,12 @@ pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
         .merge(audit_log::router())
         .merge(admin_keys::router())
         .merge(ops::router())
+        .routes(utoipa_axum::routes!(openapi::serve))
+}
+
+pub fn app(state: SharedState, limits: &crate::config::Limits) -> Router {
+    let (routes, _) = api_routes().split_for_parts();
+    routes
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             limits.max_body_bytes,

@@ -12,12 +12,13 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use shared::ops::{Gauge, Metrics, REQUEST_ID_HEADER};
 use std::sync::LazyLock;
 use std::time::Instant;
 use tracing::Instrument;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const PATH_METRICS: &str = "/v1/metrics";
 pub const PATH_READY: &str = "/v1/ready";
@@ -44,12 +45,19 @@ pub fn record_operation(operation: &str, status: StatusCode) {
     );
 }
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route(PATH_METRICS, get(metrics_page))
-        .route(PATH_READY, get(ready))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(metrics_page))
+        .routes(routes!(ready))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "metrics_page",
+    path = "/v1/metrics",
+    summary = "Prometheus metrics (permission audit)",
+    responses((status = 200, description = "Text exposition format 0.0.4", content_type = "text/plain", body = String))
+)]
 async fn metrics_page(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -88,6 +96,13 @@ async fn metrics_page(
 }
 
 /// Ready when the store answers a read. (A sealed vault — no keys loaded — is not ready.)
+#[utoipa::path(
+    get,
+    operation_id = "ready",
+    path = "/v1/ready",
+    summary = "Readiness (any identity named in the config)",
+    responses((status = 200, description = "Ready", body = crate::api::openapi::Status), (status = 503, description = "Not ready", body = crate::api::openapi::Status))
+)]
 async fn ready(State(state): State<SharedState>, Extension(caller): Extension<Caller>) -> Response {
     let result = if !caller.known {
         Err(ApiError::Forbidden)

@@ -14,8 +14,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -25,14 +24,13 @@ use shared::domain::{
 };
 use shared::secret::PaymentToken;
 use shared::vault_api::{ListQuery, PaymentMethodList, StoreQuery};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route(
-            shared::vault_api::PATH_PAYMENT_METHODS,
-            post(store).get(list),
-        )
-        .route("/v1/payment-methods/{id}", get(read_one).delete(delete_one))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(store, list))
+        .routes(routes!(read_one, delete_one))
 }
 
 /// The token field, decoded without ever landing in a non-zeroizing `String` or `Value`.
@@ -220,6 +218,14 @@ fn store_query(q: Result<Query<StoreQuery>, QueryRejection>) -> Result<StoreId, 
 
 /// `POST /v1/payment-methods`.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    post,
+    operation_id = "store",
+    path = "/v1/payment-methods",
+    summary = "Seal and store a token (permission store); an existing one for this store+account+token is returned",
+    request_body(content = crate::api::openapi::StorePaymentMethodRequest, content_type = "application/json"),
+    responses((status = 201, description = "Stored", body = crate::api::openapi::PaymentMethodView), (status = 200, description = "Already stored", body = crate::api::openapi::PaymentMethodView), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body over the limit", body = crate::api::openapi::ErrorBody), (status = 422, description = "A field is invalid (named)", body = crate::api::openapi::ErrorBody))
+)]
 async fn store(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -268,6 +274,14 @@ async fn store_inner(
 
 /// `GET /v1/payment-methods/{id}?store=S`.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    get,
+    operation_id = "read_one",
+    path = "/v1/payment-methods/{id}",
+    summary = "One masked payment method (permission read)",
+    params(("id" = String, Path), ("store" = String, Query, description = "The store the record belongs to")),
+    responses((status = 200, description = "Masked view", body = crate::api::openapi::PaymentMethodView), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 404, description = "Unknown id, or another store's id", body = crate::api::openapi::ErrorBody))
+)]
 async fn read_one(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -293,6 +307,14 @@ async fn read_one(
 
 /// `GET /v1/payment-methods?store=S&account=A`.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    get,
+    operation_id = "list",
+    path = "/v1/payment-methods",
+    summary = "Masked payment methods of an account (permission read)",
+    params(("store" = String, Query, description = "The store the record belongs to"), ("account" = String, Query)),
+    responses((status = 200, description = "Masked views", body = crate::api::openapi::PaymentMethodList), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody))
+)]
 async fn list(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -318,6 +340,14 @@ async fn list(
 
 /// `DELETE /v1/payment-methods/{id}?store=S`: removes the record and its wrapped data key.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    delete,
+    operation_id = "delete_one",
+    path = "/v1/payment-methods/{id}",
+    summary = "Delete (crypto-shred) a payment method (permission delete)",
+    params(("id" = String, Path), ("store" = String, Query, description = "The store the record belongs to")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 404, description = "Unknown id, or another store's id", body = crate::api::openapi::ErrorBody))
+)]
 async fn delete_one(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
