@@ -17,6 +17,16 @@ la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no
 or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw ta te \
 tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu";
 
+/// Every accepted country code (for the API description).
+pub fn country_codes() -> impl Iterator<Item = &'static str> {
+    COUNTRIES.split_ascii_whitespace()
+}
+
+/// Every accepted language code (for the API description).
+pub fn language_codes() -> impl Iterator<Item = &'static str> {
+    LANGUAGES.split_ascii_whitespace()
+}
+
 /// Upper-cased country code if it is an assigned ISO 3166-1 alpha-2 code.
 pub fn country(value: &str) -> Option<String> {
     let v = value.trim().to_ascii_uppercase();

@@ -504,7 +504,47 @@ pub fn document() -> OpenApi {
     let (_, ops) = crate::ops::routes().split_for_parts();
     doc.merge(ops);
     Finish.modify(&mut doc);
-    doc
+    closed_lists(doc)
+}
+
+/// Puts the closed lists the handlers enforce (ISO country and language codes, accepted
+/// currencies, card brands, the expiry years) into the schemas, so clients and the fuzzer see
+/// them instead of learning them from 422s.
+fn closed_lists(doc: OpenApi) -> OpenApi {
+    let Ok(mut v) = serde_json::to_value(&doc) else {
+        return doc;
+    };
+    let list = |codes: Vec<String>| {
+        let mut e: Vec<Value> = codes.into_iter().map(Value::String).collect();
+        e.push(Value::Null);
+        serde_json::json!({"type": ["string", "null"], "enum": e})
+    };
+    let countries = list(crate::iso::country_codes().map(str::to_owned).collect());
+    let languages = list(crate::iso::language_codes().map(str::to_owned).collect());
+    let brands = list(
+        shared::CardBrand::ALL
+            .iter()
+            .map(|b| b.as_str().to_ascii_lowercase())
+            .collect(),
+    );
+    let currencies: Vec<Value> = shared::Currency::codes().map(Value::from).collect();
+    let schemas = &mut v["components"]["schemas"];
+    for name in ["AccountInput", "CheckoutInput"] {
+        if schemas[name]["properties"].is_object() {
+            schemas[name]["properties"]["country"] = countries.clone();
+            schemas[name]["properties"]["language"] = languages.clone();
+        }
+    }
+    if schemas["OrderItem"]["properties"].is_object() {
+        schemas["OrderItem"]["properties"]["currency"] =
+            serde_json::json!({"type": "string", "enum": currencies});
+    }
+    if schemas["PaymentInput"]["properties"].is_object() {
+        schemas["PaymentInput"]["properties"]["brand"] = brands;
+        schemas["PaymentInput"]["properties"]["expYear"] =
+            serde_json::json!({"type": ["integer", "null"], "minimum": 2000, "maximum": 2099});
+    }
+    serde_json::from_value(v).unwrap_or(doc)
 }
 
 static DOCUMENT: std::sync::LazyLock<String> =
@@ -599,6 +639,14 @@ mod tests {
             "basic"
         );
         assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+        let checkout = &doc["components"]["schemas"]["CheckoutInput"]["properties"];
+        assert!(
+            checkout["country"]["enum"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("DE")),
+            "closed lists reach the schemas"
+        );
         let ops = operations(&doc);
         for (method, path) in [
             ("POST", "/accounts"),

@@ -393,6 +393,11 @@ const CURRENCIES: &[(&str, u8)] = &[
 ];
 
 impl Currency {
+    /// Every accepted code (for API descriptions).
+    pub fn codes() -> impl Iterator<Item = &'static str> {
+        CURRENCIES.iter().map(|(c, _)| *c)
+    }
+
     pub fn parse(value: &str) -> Result<Self, FieldError> {
         let upper = value.trim().to_ascii_uppercase();
         CURRENCIES
