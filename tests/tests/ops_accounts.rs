@@ -444,3 +444,69 @@ async fn the_openapi_document_is_served_without_credentials_and_is_valid_openapi
         }
     }
 }
+
+/// `accounts-api serve` with a `[limits]` table: the connection cap and the header-read timeout.
+#[test]
+fn slow_clients_are_cut_off_and_connections_beyond_the_cap_are_closed() {
+    shared::tls::install_crypto_provider();
+    let dir = temp_dir("accounts-limits");
+    shared::pki::ensure_dev_pki(&dir.path().join("pki")).unwrap();
+    let config = dir.path().join("accounts.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\ndata = \"data\"\n[vault]\naddr = \"127.0.0.1:1\"\n\
+         ca = \"pki/ca.pem\"\ncert = \"pki/accounts.pem\"\nkey = \"pki/accounts.key\"\n\
+         [limits]\nmax_connections = 2\nheader_read_timeout_secs = 1\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin_path("accounts-api"));
+    cmd.arg("serve").arg("--config").arg(&config);
+    let service = Service::spawn("accounts-api serve", cmd);
+    let url = service.wait_for_line("ACCOUNTS_API_LISTENING ", Duration::from_secs(30));
+    let addr = url.trim_start_matches("http://").to_owned();
+
+    // Two idle connections hold both slots; a third is closed at once.
+    let a = TcpStream::connect(&addr).unwrap();
+    let b = TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match third.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection over the cap was not closed: {other:?}"),
+    }
+
+    // A client that starts a request and stalls is cut off by the header-read timeout.
+    let mut slow = a;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the stalled connection was not closed: {e}"),
+        }
+    }
+    assert!(
+        got.is_empty() || String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(b);
+
+    // Once the slots are free again, a normal request is served.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut ok = TcpStream::connect(&addr).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = ok.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
