@@ -111,6 +111,19 @@ pub struct AuditVerify {
     reason: Option<String>,
 }
 
+/// `POST /v1/admin/keys/retire`.
+#[derive(ToSchema)]
+pub struct RetireRequest {
+    /// Versions below this one are destroyed.
+    below: u32,
+}
+
+/// `POST /v1/admin/unseal`: one Shamir share (secret: never logged or echoed).
+#[derive(ToSchema)]
+pub struct UnsealRequest {
+    share: String,
+}
+
 /// The mTLS scheme, and 403 (identity without the permission) on every operation.
 struct Finish;
 
