@@ -447,7 +447,8 @@ async fn the_openapi_document_is_served_without_credentials_and_is_valid_openapi
 
 /// `accounts-api serve` with a `[limits]` table: the connection cap and the header-read timeout.
 #[test]
-fn slow_clients_are_cut_off_and_connections_beyond_the_cap_are_closed() {
+fn slow_clients_are_cut_off_connections_beyond_the_cap_are_closed_and_a_store_over_its_rate_gets_429()
+ {
     shared::tls::install_crypto_provider();
     let dir = temp_dir("accounts-limits");
     shared::pki::ensure_dev_pki(&dir.path().join("pki")).unwrap();
@@ -456,7 +457,8 @@ fn slow_clients_are_cut_off_and_connections_beyond_the_cap_are_closed() {
         &config,
         "listen = \"127.0.0.1:0\"\ndata = \"data\"\n[vault]\naddr = \"127.0.0.1:1\"\n\
          ca = \"pki/ca.pem\"\ncert = \"pki/accounts.pem\"\nkey = \"pki/accounts.key\"\n\
-         [limits]\nmax_connections = 2\nheader_read_timeout_secs = 1\n",
+         [limits]\nmax_connections = 2\nheader_read_timeout_secs = 1\n\
+         store_requests_per_sec = 1\nstore_burst = 3\n",
     )
     .unwrap();
     let mut cmd = Command::new(bin_path("accounts-api"));
@@ -509,4 +511,34 @@ fn slow_clients_are_cut_off_and_connections_beyond_the_cap_are_closed() {
     let mut answer = String::new();
     let _ = ok.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Per-store rate (1/s, burst 3): a quick run of requests is cut off with 429 + Retry-After.
+    let store = tests::accounts::create_store(&dir.path().join("data"), "Rate limited");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses: Vec<(u16, Option<String>)> = rt.block_on(async {
+        let http = http_client();
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            let a = call(&http, &url, Some(&store), "GET", "/accounts", None, None).await;
+            let retry = a
+                .headers
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            out.push((a.status.as_u16(), retry));
+        }
+        out
+    });
+    assert!(
+        statuses[..3].iter().all(|(s, _)| *s == 200),
+        "the burst is served: {statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .any(|(s, r)| *s == 429 && r.as_deref() == Some("1")),
+        "then 429 with Retry-After: {statuses:?}"
+    );
 }
