@@ -23,9 +23,10 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 pub const PATH_KEYS: &str = "/v1/admin/keys";
@@ -34,13 +35,13 @@ pub const PATH_RETIRE: &str = "/v1/admin/keys/retire";
 pub const PATH_UNSEAL: &str = "/v1/admin/unseal";
 pub const PATH_FP_ROTATE: &str = "/v1/admin/fingerprint-key/rotate";
 
-pub fn router() -> Router<SharedState> {
-    Router::new()
-        .route(PATH_KEYS, get(status))
-        .route(PATH_ROTATE, post(rotate))
-        .route(PATH_RETIRE, post(retire))
-        .route(PATH_UNSEAL, post(unseal))
-        .route(PATH_FP_ROTATE, post(rotate_fingerprint))
+pub fn router() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(rotate))
+        .routes(routes!(retire))
+        .routes(routes!(unseal))
+        .routes(routes!(rotate_fingerprint))
 }
 
 /// Resumes work an earlier rotation left (a restart during a re-wrap or re-index): call once
@@ -69,6 +70,13 @@ pub fn resume_background(state: &SharedState) {
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    post,
+    operation_id = "rotate_fingerprint",
+    path = "/v1/admin/fingerprint-key/rotate",
+    summary = "Add a fingerprint-key version and re-index in the background (permission keys)",
+    responses((status = 202, description = "Rotation started", body = Object), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = crate::api::openapi::ErrorBody))
+)]
 async fn rotate_fingerprint(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -173,6 +181,13 @@ pub fn parse_admin_bytes(body: &[u8]) -> usize {
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    get,
+    operation_id = "status",
+    path = "/v1/admin/keys",
+    summary = "Key versions held, records each wraps, re-wrap progress (permission keys)",
+    responses((status = 200, description = "Key status", body = Object))
+)]
 async fn status(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -192,6 +207,13 @@ async fn status(
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    post,
+    operation_id = "rotate",
+    path = "/v1/admin/keys/rotate",
+    summary = "Add a master-key version and re-wrap every data key in the background (permission keys)",
+    responses((status = 202, description = "Rotation started", body = Object), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = crate::api::openapi::ErrorBody))
+)]
 async fn rotate(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -232,6 +254,14 @@ struct RetireBody {
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    post,
+    operation_id = "retire",
+    path = "/v1/admin/keys/retire",
+    summary = "Destroy master-key versions below N once nothing uses them (permission keys)",
+    request_body(content = crate::api::openapi::RetireRequest, content_type = "application/json"),
+    responses((status = 200, description = "Retired versions", body = Object), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = crate::api::openapi::ErrorBody), (status = 422, description = "A field is invalid (named)", body = crate::api::openapi::ErrorBody))
+)]
 async fn retire(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -263,6 +293,14 @@ struct UnsealBody {
 }
 
 #[tracing::instrument(skip_all)]
+#[utoipa::path(
+    post,
+    operation_id = "unseal",
+    path = "/v1/admin/unseal",
+    summary = "Submit one Shamir share while sealed (permission keys)",
+    request_body(content = crate::api::openapi::UnsealRequest, content_type = "application/json"),
+    responses((status = 200, description = "Progress", body = Object), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = crate::api::openapi::ErrorBody), (status = 422, description = "A field is invalid (named)", body = crate::api::openapi::ErrorBody))
+)]
 async fn unseal(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,

@@ -17,7 +17,10 @@ pub fn router() -> OpenApiRouter<SharedState> {
     operation_id = "health",
     path = "/v1/health",
     summary = "Liveness (any identity named in the config)",
-    responses((status = 200, description = "Live", body = crate::api::openapi::Status))
+    responses(
+        (status = 200, description = "Live", body = crate::api::openapi::Status),
+        (status = 503, description = "Sealed: `{\"status\": \"sealed\"}`", body = crate::api::openapi::Status)
+    )
 )]
 async fn health(Extension(caller): Extension<Caller>) -> Response {
     let result = if caller.known {

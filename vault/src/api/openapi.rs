@@ -153,6 +153,17 @@ impl Modify for Finish {
                 )
                 .build(),
         );
+        let sealed = RefOr::T(
+            ResponseBuilder::new()
+                .description("The vault is sealed (every operation but unseal), or not ready")
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        );
         let mut requirement = utoipa::openapi::security::SecurityRequirement::default();
         requirement = requirement.add::<&str, [&str; 0], &str>("mtls", []);
         for item in doc.paths.paths.values_mut() {
@@ -164,6 +175,10 @@ impl Modify for Finish {
                     .responses
                     .entry("403".to_owned())
                     .or_insert_with(|| forbidden.clone());
+                op.responses
+                    .responses
+                    .entry("503".to_owned())
+                    .or_insert_with(|| sealed.clone());
                 op.security = Some(vec![requirement.clone()]);
             }
         }

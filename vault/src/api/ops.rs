@@ -95,7 +95,8 @@ async fn metrics_page(
     )))
 }
 
-/// Ready when the store answers a read. (A sealed vault — no keys loaded — is not ready.)
+/// Ready when unsealed and the store answers a read. (While sealed the sealed gate already
+/// answers 503 before this handler; the check here keeps the rule in one readable place.)
 #[utoipa::path(
     get,
     operation_id = "ready",
@@ -106,7 +107,7 @@ async fn metrics_page(
 async fn ready(State(state): State<SharedState>, Extension(caller): Extension<Caller>) -> Response {
     let result = if !caller.known {
         Err(ApiError::Forbidden)
-    } else if state.core.store().meta_get("ready-probe").is_ok() {
+    } else if !state.core.is_sealed() && state.core.store().meta_get("ready-probe").is_ok() {
         Ok(Json(serde_json::json!({"status": "ready"})).into_response())
     } else {
         Ok((
