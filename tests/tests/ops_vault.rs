@@ -225,3 +225,42 @@ async fn the_vault_documents_every_route_it_serves_for_the_admin_identity_only()
     }
     assert!(probed >= 10, "{probed} operations");
 }
+
+#[tokio::test]
+async fn a_sealed_vault_is_not_ready_until_unsealed() {
+    let dir = temp_dir("vault-sealed-ready");
+    let mut cmd = Command::new(tests::bin_path("vault"));
+    cmd.args(["init", "--shares", "2", "--threshold", "2", "--dir"])
+        .arg(dir.path());
+    let (ok, out, err) = tests::run(cmd);
+    assert!(ok, "{out}{err}");
+    let shares: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("SHARE "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(shares.len(), 2, "{out}");
+    let v = tests::vault::VaultProcess::serve(dir.path(), tests::vault::serve_command(dir.path()));
+    let accounts = v.client("accounts");
+    let ready = accounts.get(v.url("/v1/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "sealed: not ready");
+    assert!(ready.headers().contains_key("x-request-id"));
+    let admin = v.client("admin");
+    for share in &shares {
+        let r = admin
+            .post(v.url("/v1/admin/unseal"))
+            .json(&serde_json::json!({ "share": share }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let ready = accounts.get(v.url("/v1/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "unsealed: ready");
+    for share in &shares {
+        assert!(
+            !v.output().contains(share.as_str()),
+            "a share reached the log"
+        );
+    }
+}
