@@ -186,7 +186,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
-    let acceptor = conn::CappedNoDelay::new(limits.max_connections.max(1));
+    let acceptor = shared::net::CappedNoDelay::new(limits.max_connections.max(1));
     let mut server = axum_server::from_tcp(listener.into_std()?)?
         .acceptor(acceptor)
         .handle(handle.clone());
@@ -209,99 +209,6 @@ pub async fn run_with(
     server
         .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .await
-}
-
-mod conn {
-    //! Accepted connections: TCP_NODELAY (without it small keep-alive answers wait on delayed
-    //! ACK, RUST-NOTES trap 3) and a cap on simultaneous connections (a permit per connection,
-    //! released when it closes).
-    use axum_server::accept::Accept;
-    use std::io;
-    use std::pin::Pin;
-    use std::sync::Arc;
-    use std::task::{Context, Poll};
-    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-    use tokio::net::TcpStream;
-    use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-    #[derive(Clone)]
-    pub struct CappedNoDelay {
-        permits: Arc<Semaphore>,
-    }
-
-    impl CappedNoDelay {
-        pub fn new(max: usize) -> Self {
-            Self {
-                permits: Arc::new(Semaphore::new(max)),
-            }
-        }
-    }
-
-    pub struct CappedStream {
-        inner: TcpStream,
-        _permit: OwnedSemaphorePermit,
-    }
-
-    impl AsyncRead for CappedStream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for CappedStream {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            bufs: &[io::IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-        }
-        fn is_write_vectored(&self) -> bool {
-            self.inner.is_write_vectored()
-        }
-    }
-
-    impl<S> Accept<TcpStream, S> for CappedNoDelay {
-        type Stream = CappedStream;
-        type Service = S;
-        type Future = std::future::Ready<io::Result<(CappedStream, S)>>;
-
-        fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-            let result = match Arc::clone(&self.permits).try_acquire_owned() {
-                Ok(permit) => stream.set_nodelay(true).map(|()| {
-                    (
-                        CappedStream {
-                            inner: stream,
-                            _permit: permit,
-                        },
-                        service,
-                    )
-                }),
-                Err(_) => {
-                    tracing::warn!("connection cap reached; closing a new connection");
-                    Err(io::Error::other("connection cap reached"))
-                }
-            };
-            std::future::ready(result)
-        }
-    }
 }
 
 /// A JSON success answer.

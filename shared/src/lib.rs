@@ -1,8 +1,10 @@
 //! What the vault and accounts-api must agree on, and nothing else: the vault's wire types,
-//! domain newtypes, secret types, and the TLS/PKI helpers both sides use for mutual TLS.
+//! domain newtypes, secret types, the TLS/PKI helpers both sides use for mutual TLS, and the
+//! connection-capped TCP_NODELAY acceptor both listeners use.
 
 pub mod domain;
 pub mod durable;
+pub mod net;
 pub mod ops;
 pub mod pki;
 pub mod secret;
