@@ -527,7 +527,8 @@ pub struct OutboxState {
 }
 
 /// A one-time sign-in link, stored under the SHA-256 of its token (the token itself is not kept).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// No `Debug` derive, by the rule for token-named types, though it holds no secret.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SsoTokenRecord {
     pub store: String,
     pub account: String,

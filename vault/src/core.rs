@@ -114,8 +114,9 @@ pub struct RewrapStatus {
     pub failed: u64,
 }
 
-/// State of the master keys as `GET /v1/admin/keys` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// State of the master keys as `GET /v1/admin/keys` shows it: versions and counts only, never
+/// key material. No `Debug` derive, by the rule for key-named types.
+#[derive(Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyStatus {
     pub sealed: bool,
