@@ -56,6 +56,8 @@ pub struct Service {
 impl Service {
     /// Starts `cmd` with piped stdout/stderr.
     pub fn spawn(name: &str, mut cmd: Command) -> Service {
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -186,6 +188,15 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        // The process runs in its own process group (see `spawn`), which its children (the
+        // vault and sandbox that `accounts-api dev` starts) inherit: kill the whole group so a
+        // test that SIGKILLed only the parent leaves no orphan behind.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .stderr(Stdio::null())
+            .status();
         self.kill();
     }
 }
