@@ -8,18 +8,17 @@
 
 use crate::app::SharedState;
 use axum::Router;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
-use shared::ops::{Gauge, Metrics, REQUEST_ID_HEADER};
+use shared::ops::{Gauge, Metrics};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -340,52 +339,10 @@ async fn guard(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> Respons
     resp
 }
 
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
-/// Request id (kept from a clean `X-Request-Id` or made), a span carrying it around the whole
-/// request so every log line has it, one access-log line, the metrics, and the id on the
-/// response. Never logs headers, query strings or bodies.
+/// Request id, span, access line and metrics: `shared::ops::observe` with this service's
+/// metrics registry.
 pub async fn observe(req: Request, next: Next) -> Response {
-    let id = shared::ops::request_id(
-        req.headers()
-            .get(REQUEST_ID_HEADER)
-            .map(HeaderValue::as_bytes),
-    );
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let span = tracing::info_span!("request", request_id = %id);
-    let started = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
-    let status = resp.status().as_u16();
-    metrics().observe_request(method, &route, status, elapsed);
-    span.in_scope(|| {
-        tracing::info!(
-            method,
-            route = %route,
-            status,
-            micros = elapsed.as_micros() as u64,
-            "request"
-        );
-    });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    resp
+    shared::ops::observe(metrics(), req, next).await
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",

@@ -274,6 +274,62 @@ pub fn init_tracing(format: LogFormat, filter_env: &str) {
     };
 }
 
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The request-observing middleware both services layer outermost: request id (kept from a
+/// clean `X-Request-Id` or made), a span carrying it around the whole request so every log line
+/// has it, one access-log line, the request metrics in `metrics`, and the id on the response.
+/// Never logs headers, query strings (they carry store and account ids) or bodies.
+pub async fn observe(
+    metrics: &Metrics,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    use tracing::Instrument;
+    let id = request_id(
+        req.headers()
+            .get(REQUEST_ID_HEADER)
+            .map(HeaderValue::as_bytes),
+    );
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let span = tracing::info_span!("request", request_id = %id);
+    let started = std::time::Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    metrics.observe_request(method, &route, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            method,
+            route = %route,
+            status,
+            micros = elapsed.as_micros() as u64,
+            "request"
+        );
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

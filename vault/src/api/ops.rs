@@ -8,15 +8,13 @@
 use super::error::ApiError;
 use super::{AuditNote, Caller, SharedState};
 use crate::config::Permission;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use shared::ops::{Gauge, Metrics, REQUEST_ID_HEADER};
+use shared::ops::{Gauge, Metrics};
 use std::sync::LazyLock;
-use std::time::Instant;
-use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -120,48 +118,8 @@ async fn ready(State(state): State<SharedState>, Extension(caller): Extension<Ca
     AuditNote::new("ready").finish(result)
 }
 
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        _ => "other",
-    }
-}
-
-/// Request id, span, access line, metrics (see the module doc). Never logs headers, query
-/// strings (they carry store and account ids) or bodies.
+/// Request id, span, access line and metrics (see the module doc): `shared::ops::observe`
+/// with the vault's metrics registry.
 pub async fn observe(req: Request, next: Next) -> Response {
-    let id = shared::ops::request_id(
-        req.headers()
-            .get(REQUEST_ID_HEADER)
-            .map(HeaderValue::as_bytes),
-    );
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let span = tracing::info_span!("request", request_id = %id);
-    let started = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
-    let status = resp.status().as_u16();
-    metrics().observe_request(method, &route, status, elapsed);
-    span.in_scope(|| {
-        tracing::info!(
-            method,
-            route = %route,
-            status,
-            micros = elapsed.as_micros() as u64,
-            "request"
-        );
-    });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    resp
+    shared::ops::observe(metrics(), req, next).await
 }
