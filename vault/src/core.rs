@@ -1218,8 +1218,18 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, keks: Vec<Kek>, fp_byte: u8) -> Result<VaultCore, CoreError> {
-        let store =
-            SledStore::new(crate::store::open_db(dir, 1 << 20, 500).unwrap(), false).unwrap();
+        // sled releases its folder lock when its background flusher thread of the previous
+        // instance has exited, which can lag the drop by a moment (RUST-NOTES trap 5).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match crate::store::open_db(dir, 1 << 20, 500) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
+        let store = SledStore::new(db, false).unwrap();
         let fp = Fingerprinter::new(&SecretKey::from_slice(&[fp_byte; 32]).unwrap());
         VaultCore::with_store(Keyring::new(keks).unwrap(), fp, store)
     }
