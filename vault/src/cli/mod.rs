@@ -184,19 +184,24 @@ pub fn main(cli: Cli) -> ExitCode {
 
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// `vault audit export --config FILE --since <seq | RFC 3339>` on a stopped vault: JSON lines
-/// on stdout (the same bytes as `--online` for the same range).
-fn audit_export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
-    let since = crate::audit_export::Since::parse(since)?;
+/// Opens a stopped vault's data folder (sled refuses, by name, one a running vault holds).
+fn open_stopped_db(config_path: &Path) -> CliResult<sled::Db> {
     let config = Config::load(config_path, Overrides::from_env(), None)?;
     if !config.data_dir.is_dir() {
         return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
     }
-    let db = crate::store::open_db(
+    Ok(crate::store::open_db(
         &config.data_dir,
         config.storage.cache_capacity_bytes,
         config.storage.flush_every_ms,
-    )?;
+    )?)
+}
+
+/// `vault audit export --config FILE --since <seq | RFC 3339>` on a stopped vault: JSON lines
+/// on stdout (the same bytes as `--online` for the same range).
+fn audit_export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
+    let since = crate::audit_export::Since::parse(since)?;
+    let db = open_stopped_db(config_path)?;
     let tree = db.open_tree("audit")?;
     let Some(start) = crate::audit_export::start(&tree, &since)? else {
         eprintln!("exported 0 audit entries");
@@ -364,15 +369,7 @@ async fn shutdown_signal() {
 
 /// `vault audit verify --config FILE`.
 fn audit_verify(config_path: &Path) -> CliResult<ExitCode> {
-    let config = Config::load(config_path, Overrides::from_env(), None)?;
-    if !config.data_dir.is_dir() {
-        return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
-    }
-    let db = crate::store::open_db(
-        &config.data_dir,
-        config.storage.cache_capacity_bytes,
-        config.storage.flush_every_ms,
-    )?;
+    let db = open_stopped_db(config_path)?;
     match crate::store::verify_audit_db(&db)? {
         crate::audit::Verdict::Ok { entries } => {
             println!("audit chain: {entries} entries ok");
