@@ -176,7 +176,10 @@ impl VaultClient {
         let kind = problem.kind();
         match problem {
             // Operator errors (wrong CA, name, certificate): they will not fix themselves.
-            Problem::Tls(_) => tracing::error!(kind, "vault unreachable: {}", problem.hint()),
+            Problem::Tls(_) => {
+                let detail = shared::tls::find_rustls(&e).map(ToString::to_string);
+                tracing::error!(kind, detail, "vault unreachable: {}", problem.hint());
+            }
             _ => tracing::warn!(kind, "vault unreachable: {}", problem.hint()),
         }
         VaultError::Unavailable(kind.to_owned())

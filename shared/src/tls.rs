@@ -79,7 +79,10 @@ impl TlsProblem {
         use rustls::CertificateError as C;
         match e {
             rustls::Error::InvalidCertificate(c) => match c {
-                C::UnknownIssuer => Self::UnknownIssuer,
+                // A bad signature on a well-formed chain almost always means "issued by another
+                // CA with the same name" (every dev PKI's CA is "Strongroom dev CA"): to an
+                // operator that is the same mistake as an unknown issuer.
+                C::UnknownIssuer | C::BadSignature => Self::UnknownIssuer,
                 C::NotValidForName | C::NotValidForNameContext { .. } => Self::NameMismatch,
                 C::Expired
                 | C::ExpiredContext { .. }
@@ -96,21 +99,7 @@ impl TlsProblem {
     /// Finds the rustls error anywhere in an error's chain (reqwest → hyper → io::Error →
     /// rustls::Error; `io::Error::source` skips its payload, so payloads are looked into too).
     pub fn find(err: &(dyn std::error::Error + 'static)) -> Option<Self> {
-        let mut cur = Some(err);
-        while let Some(e) = cur {
-            if let Some(r) = e.downcast_ref::<rustls::Error>() {
-                return Some(Self::of(r));
-            }
-            if let Some(inner) = e
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                && let Some(p) = Self::find(inner)
-            {
-                return Some(p);
-            }
-            cur = e.source();
-        }
-        None
+        find_rustls(err).map(Self::of)
     }
 
     /// A fixed label: `unknown_issuer`, `name_mismatch`, `expired`, `bad_certificate`,
@@ -126,6 +115,26 @@ impl TlsProblem {
             Self::Protocol => "protocol",
         }
     }
+}
+
+/// The rustls error in an error's chain, if any (its text names a certificate problem, never key
+/// material or request data, so it may be logged).
+pub fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(r) = find_rustls(inner)
+        {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 impl std::fmt::Display for TlsProblem {

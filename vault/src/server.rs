@@ -93,7 +93,8 @@ fn handshake_failed(peer: Option<SocketAddr>, e: &io::Error) {
             }
             TlsProblem::Protocol => "TLS protocol failure",
         };
-        tracing::warn!(%peer, reason, "TLS handshake failed: {what} ({problem})");
+        let detail = shared::tls::find_rustls(e).map(ToString::to_string);
+        tracing::warn!(%peer, reason, detail, "TLS handshake failed: {what} ({problem})");
     } else if e.kind() == io::ErrorKind::TimedOut {
         crate::api::ops::metrics().inc("tls_handshake_failures_total", &[("reason", "timeout")]);
         tracing::info!(%peer, reason = "timeout", "TLS handshake timed out");
