@@ -414,6 +414,9 @@ impl IdentityCheck {
                 "the vault does not know the identity of {setting} (403): it is not named in the \
                  vault's [permissions]"
             ),
+            Self::Unreachable(kind) if kind.starts_with("status ") => {
+                format!("the vault answered {kind} (sealed, or failing: see the vault's log)")
+            }
             Self::Unreachable(kind) => format!("vault unreachable ({kind})"),
         }
     }

@@ -381,9 +381,10 @@ pub async fn renew_one(
             reason: "vault_unavailable".into(),
         }),
         // Logged at ERROR by the client (the renewals certificate's identity lacks `charge`);
-        // the intent stays, so the charge goes out once the configuration is fixed.
+        // the intent stays, so the charge goes out once the configuration is fixed. To the
+        // merchant it is an outage of ours, like any other: `VAULT_UNAVAILABLE`.
         Err(VaultError::Forbidden { .. }) => Ok(Outcome::Failed {
-            reason: "vault_forbidden".into(),
+            reason: "vault_unavailable".into(),
         }),
         Err(VaultError::Rejected { status, field }) => {
             // Our request is wrong (it will not fix itself): keep the intent for an operator.

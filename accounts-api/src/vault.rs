@@ -205,7 +205,10 @@ impl VaultClient {
                 status = status.as_u16(),
                 "vault answered with a server error"
             );
-            return Err(VaultError::Unavailable(format!("status {status}")));
+            return Err(VaultError::Unavailable(format!(
+                "status {}",
+                status.as_u16()
+            )));
         }
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(VaultError::NotFound);

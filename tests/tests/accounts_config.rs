@@ -270,6 +270,49 @@ async fn a_wrong_server_name_is_reported_as_a_name_mismatch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_vault_certificate_is_reported_as_expired() {
+    shared::tls::install_crypto_provider();
+    let root = temp_dir("cfg-expired");
+    let vault_dir = root.path().join("vault");
+    tests::vault::init_vault(&vault_dir);
+    let pki = vault_dir.join("pki");
+    let ca = shared::pki::DevCa::from_pem(
+        &std::fs::read_to_string(pki.join("ca.pem")).unwrap_or_default(),
+        &std::fs::read_to_string(pki.join("ca.key")).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let now = time::OffsetDateTime::now_utc();
+    ca.issue_server_valid(
+        "vault",
+        &[],
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    )
+    .and_then(|c| c.write(&pki, "vault"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let vault = VaultProcess::serve(&vault_dir, tests::vault::serve_command(&vault_dir));
+    let s = Setup { root, vault };
+    let config = s.write_config("", &s.vault_table(&[]), "[renewals]\nenabled = false\n");
+    let (service, url) = serve(&config);
+    let line = summary(&service);
+    assert!(
+        line.contains("vault unreachable (tls_certificate_expired)"),
+        "{line}"
+    );
+    let out = wait_for_text(
+        &service,
+        "the vault's certificate is expired or not yet valid",
+    );
+    assert!(out.contains("ERROR"), "{out}");
+    let (status, body) = readyz(&http_client(), &url).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["reason"],
+        "vault unreachable (tls_certificate_expired)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_renewals_certificate_as_the_accounts_one_answers_checkout_503_and_readyz_names_the_permissions()
  {
     let s = Setup::new("cfg-wrong-identity");
