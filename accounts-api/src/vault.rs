@@ -42,8 +42,6 @@ pub enum Problem {
     Tls(TlsProblem),
     /// The connection broke for another reason (reset, closed, DNS).
     Transport,
-    /// The vault answered 5xx (or 503 while sealed).
-    ServerError,
 }
 
 impl Problem {
@@ -58,7 +56,6 @@ impl Problem {
             Self::Tls(TlsProblem::PeerRejected(_)) => "tls_client_certificate_rejected",
             Self::Tls(_) => "tls_failure",
             Self::Transport => "transport",
-            Self::ServerError => "server_error",
         }
     }
 
@@ -73,7 +70,6 @@ impl Problem {
             Self::Tls(TlsProblem::PeerRejected(a)) => format!("TLS handshake failed: client certificate rejected by the vault (alert {a:?}) — vault.cert is not issued by the vault's CA, is expired, or lacks the ClientAuth usage"),
             Self::Tls(p) => format!("TLS handshake failed: {p}"),
             Self::Transport => "the connection to the vault broke (reset or closed)".into(),
-            Self::ServerError => "the vault answered with a server error (see the vault's log)".into(),
         }
     }
 }
