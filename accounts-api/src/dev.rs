@@ -21,14 +21,18 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// The `vault` binary next to our own executable. `cargo run -p accounts-api` builds only this
-/// package, so on a fresh checkout the vault may not be built yet: then, if we can find the
-/// workspace we were built from, build it with the same cargo and profile (cargo has already
-/// released its build lock when it runs us) before giving up with a clear message.
-fn vault_binary() -> Result<PathBuf, String> {
+/// The `vault` binary next to our own executable, and `sandbox-processor` beside it when
+/// `sandbox` is set. `cargo run -p accounts-api` builds only this package, and the sandbox lives
+/// in the `tools` package (out of the product binaries' graph), so on a fresh checkout either may
+/// not be built yet: then, if we can find the workspace we were built from, build both with the
+/// same cargo and profile (cargo has already released its build lock when it runs us) before
+/// giving up with a clear message.
+fn dev_binaries(sandbox: bool) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let vault = exe.with_file_name("vault");
-    if vault.exists() {
+    let sandbox_bin = exe.with_file_name("sandbox-processor");
+    let present = || vault.exists() && (!sandbox || sandbox_bin.exists());
+    if present() {
         return Ok(vault);
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,16 +46,13 @@ fn vault_binary() -> Result<PathBuf, String> {
         .to_owned();
     if let Some(ws) = workspace.filter(|w| w.join("vault").join("Cargo.toml").exists()) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        eprintln!("accounts-api dev: building the vault binary ({profile}) first");
+        eprintln!(
+            "accounts-api dev: building the vault and sandbox-processor binaries ({profile}) first"
+        );
         let mut cmd = std::process::Command::new(cargo);
         cmd.current_dir(&ws)
-            .arg("build")
-            .arg("-p")
-            .arg("vault")
-            .arg("--bin")
-            .arg("vault")
-            .arg("--bin")
-            .arg("sandbox-processor");
+            .args(["build", "-p", "vault", "-p", "tools"])
+            .args(["--bin", "vault", "--bin", "sandbox-processor"]);
         if profile != "debug" {
             cmd.arg("--profile").arg(if profile == "release" {
                 "release"
@@ -62,13 +63,14 @@ fn vault_binary() -> Result<PathBuf, String> {
         // Its output would interleave with ours on stdout: send it to stderr.
         cmd.stdout(std::process::Stdio::null());
         let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
-        if ok && vault.exists() {
+        if ok && present() {
             return Ok(vault);
         }
     }
     Err(format!(
-        "{} is missing: build it with `cargo build -p vault` (same profile)",
-        vault.display()
+        "{} or {} is missing: build them with `cargo build --workspace` (same profile)",
+        vault.display(),
+        sandbox_bin.display()
     ))
 }
 
@@ -81,7 +83,7 @@ async fn start_sandbox(
     let bin = vault_bin.with_file_name("sandbox-processor");
     if !bin.exists() {
         return Err(format!(
-            "{} is missing: build it with `cargo build -p vault` (same profile)",
+            "{} is missing: build it with `cargo build -p tools` (same profile)",
             bin.display()
         ));
     }
@@ -161,7 +163,11 @@ async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value
 
 pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
     std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    let vault_bin = vault_binary()?;
+    // A real processor from the environment, or the local sandbox.
+    let external = std::env::var("VAULT_PROCESSOR_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let vault_bin = dev_binaries(external.is_none())?;
     let vault_dir = data.join("vault");
     let vault_toml = vault_dir.join("vault.toml");
     if !vault_toml.exists() {
@@ -177,10 +183,6 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
             return Err(format!("vault init failed: {status}"));
         }
     }
-    // A real processor from the environment, or the local sandbox.
-    let external = std::env::var("VAULT_PROCESSOR_URL")
-        .ok()
-        .filter(|v| !v.is_empty());
     let mut sandbox = None;
     let mut vault_cmd = tokio::process::Command::new(&vault_bin);
     let processor = match external {

@@ -2,7 +2,7 @@
 //!
 //! Also load-bearing for the test suite: cargo builds a package's binaries during `cargo test`
 //! only when that package has an integration test, and the end-to-end tests in `tests/` run
-//! `target/<profile>/vault` and `sandbox-processor`. These tests make `cargo test --workspace`
+//! `target/<profile>/vault`. These tests make `cargo test --workspace`
 //! (the README's test command) build them on a clean checkout.
 
 use std::process::Command;
@@ -35,11 +35,4 @@ fn serve_with_a_missing_config_fails_with_a_message_naming_the_file() {
     assert!(!ok, "started without a config: {text}");
     assert!(text.contains("/nonexistent/vault.toml"), "{text}");
     assert!(!text.contains("VAULT_LISTENING"), "{text}");
-}
-
-#[test]
-fn sandbox_processor_rejects_unknown_arguments() {
-    let (ok, text) = run(env!("CARGO_BIN_EXE_sandbox-processor"), &["--no-such-flag"]);
-    assert!(!ok, "{text}");
-    assert!(text.contains("--no-such-flag"), "{text}");
 }

@@ -1,6 +1,6 @@
 //! `vault-bench`: throughput and latency figures for issue 2 (a benchmark, not a test).
 //!
-//! Run: `cargo build --release -p vault --bins && ./target/release/vault-bench`
+//! Run: `cargo build --release --workspace && ./target/release/vault-bench`
 //! (options: `--seconds N` per load phase, default 4; `--records N` for the RSS fill, default
 //! 100000). It prints:
 //! 1. seal/open per second in-process (envelope encryption of a 32-byte token);
@@ -43,6 +43,12 @@ fn main() -> Result<(), BoxError> {
                     .next()
                     .and_then(|v| v.parse().ok())
                     .ok_or("--records N")?
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: vault-bench [--seconds N (per load phase, 4)] [--records N (RSS fill, 100000)]"
+                );
+                return Ok(());
             }
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -168,7 +174,7 @@ fn start_vault(dir: &Path) -> Result<VaultChild, BoxError> {
     let bin = exe.with_file_name("vault");
     if !bin.exists() {
         return Err(format!(
-            "{} missing: cargo build --release -p vault --bins",
+            "{} missing: cargo build --release --workspace",
             bin.display()
         )
         .into());

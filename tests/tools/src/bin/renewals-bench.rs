@@ -7,7 +7,7 @@
 //!    (default 10000; `BENCH_RENEWALS`) in its own accounts-api database, against the same
 //!    vault: wall time and renewals per second.
 //!
-//! Run: `cargo build --release -p vault -p accounts-api && ./target/release/renewals-bench`
+//! Run: `cargo build --release --workspace && ./target/release/renewals-bench`
 //! (`BENCH_SECONDS`, default 10, sets phase 1's length).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary: failing loudly is right
@@ -236,7 +236,7 @@ async fn main() {
         .with_file_name("accounts-api");
     assert!(
         exe.exists(),
-        "{} missing: cargo build --release -p vault -p accounts-api",
+        "{} missing: cargo build --release --workspace",
         exe.display()
     );
     let data =

@@ -5,7 +5,7 @@
 //!    subscription and indexes in one transaction (durable here) before the 2xx;
 //! 2. `GET /accounts/{id}` per second.
 //!
-//! Run: `cargo build --release -p vault -p accounts-api && ./target/release/accounts-bench`
+//! Run: `cargo build --release --workspace && ./target/release/accounts-bench`
 //! (`BENCH_SECONDS`, default 10, sets each phase's length).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary: failing loudly is right
@@ -106,7 +106,7 @@ async fn main() {
         .with_file_name("accounts-api");
     assert!(
         exe.exists(),
-        "{} missing: cargo build --release -p vault -p accounts-api",
+        "{} missing: cargo build --release --workspace",
         exe.display()
     );
     let data =
