@@ -867,8 +867,9 @@ async fn complete(
     ))
 }
 
-/// Fuzz entry (issue 6, `vault/fuzz`): the checkout body parser on raw bytes. Must never panic;
-/// returns whether the body is a valid checkout.
+/// Fuzz entry (issue 6, `accounts-api/fuzz`): the checkout body parser on raw bytes. Must never
+/// panic; returns whether the body is a valid checkout. Not API: only with feature `fuzzing`.
+#[cfg(feature = "fuzzing")]
 pub fn parse_checkout_bytes(body: &[u8]) -> bool {
     match crate::app::json_object(body, "order.complete") {
         Ok(obj) => parse(obj).1.is_ok(),

@@ -390,7 +390,8 @@ async fn delete_inner(
 }
 
 /// Fuzz entry (issue 6, `vault/fuzz`): the store-body decoder and field parser on raw bytes.
-/// Must never panic; returns whether the body is a valid store request.
+/// Must never panic; returns whether the body is a valid store request. Only with `fuzzing`.
+#[cfg(feature = "fuzzing")]
 pub fn parse_store_bytes(body: &[u8]) -> bool {
     decode_body(body).and_then(parse_store).is_ok()
 }
