@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 pub mod accounts;
 pub mod receiver;
 pub mod sandbox;
+pub mod tool;
 pub mod vault;
+
+pub use tool::{require_any_tool, require_tool};
 
 /// Path of a binary built from this workspace (`target/<profile>/<name>`). `cargo test
 /// --workspace` builds every binary before running tests.

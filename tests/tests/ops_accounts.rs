@@ -426,22 +426,14 @@ async fn the_openapi_document_is_served_without_credentials_and_is_valid_openapi
         .output();
     match check {
         Ok(out) if out.status.success() => {}
-        Ok(out)
-            if String::from_utf8_lossy(&out.stderr).contains("No module named")
-                && std::env::var_os("STRONGROOM_REQUIRE_TOOLS").is_none() =>
-        {
-            eprintln!("openapi-spec-validator not installed: skipping (CI installs it)");
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
+            tests::tool::missing_tool("the Python module openapi-spec-validator");
         }
         Ok(out) => panic!(
             "the document does not validate:\n{}",
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => {
-            assert!(
-                std::env::var_os("STRONGROOM_REQUIRE_TOOLS").is_none(),
-                "python3: {e}"
-            );
-        }
+        Err(e) => tests::tool::missing_tool(&format!("python3 ({e})")),
     }
 }
 

@@ -98,12 +98,7 @@ async fn vault_metrics_are_refused_without_the_admin_identity_and_count_operatio
 /// `sslscan` output without colour codes for the vault at `addr`, optionally presenting a
 /// client certificate. `None` when sslscan is not installed and not required.
 fn sslscan(addr: &str, client: Option<(&std::path::Path, &std::path::Path)>) -> Option<String> {
-    if Command::new("sslscan").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("STRONGROOM_REQUIRE_TOOLS").is_none(),
-            "sslscan is required here (.ci/run installs it)"
-        );
-        eprintln!("sslscan not installed: skipping the TLS scan (CI installs it)");
+    if !tests::require_tool("sslscan") {
         return None;
     }
     let mut cmd = Command::new("sslscan");
