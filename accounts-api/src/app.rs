@@ -87,12 +87,22 @@ pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<SharedState> {
 pub fn router(state: SharedState) -> Router {
     let (routes, _) = api_routes().split_for_parts();
     routes
+        .merge(docs())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::map_response(envelope_rejections))
         .with_state(state)
+}
+
+/// `/docs`: the document at `/openapi.json` (served by `ops`) as browsable Swagger UI, its files
+/// compiled into the binary (utoipa-swagger-ui `vendored`): nothing is fetched at build or run.
+fn docs() -> Router<SharedState> {
+    let config = utoipa_swagger_ui::Config::new(["/openapi.json"]);
+    utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .config(config)
+        .into()
 }
 
 /// Extractor rejections (a path segment that is not valid UTF-8 after percent-decoding, …)

@@ -4,7 +4,8 @@
 //! binary from the same build as a child process (killed when we stop, `kill_on_drop`), starts
 //! accounts-api on `DATA/accounts`, creates a demo store on first use — dev mode only, its
 //! credentials kept in `DATA/accounts/dev-store.json` (0600) so later runs print the same ones —
-//! and prints one line `STRONGROOM_READY {json}`.
+//! and prints one line `STRONGROOM_READY {json}` (for tools), then a short human banner (API URL,
+//! demo credentials, two `curl` lines that work as printed).
 //!
 //! Payments: unless `VAULT_PROCESSOR_URL` is set (then the vault inherits it and
 //! `VAULT_PROCESSOR_SECRET_KEY[_FILE]` and charges that endpoint), dev also starts the
@@ -161,6 +162,54 @@ async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value
     Ok(v)
 }
 
+/// First line of the human banner; the banner ends with [`BANNER_END`]. Both on stdout, after
+/// the READY line (stdout is what tests and tools read; logs go to stderr).
+pub const BANNER_START: &str = "==> Strongroom dev system is running";
+/// Last line of the human banner.
+pub const BANNER_END: &str = "==> Ctrl-C stops accounts-api, the vault and the sandbox.";
+
+/// The newcomer's first minute (issue 15, point 10), as `vault server -dev` does it: where the
+/// API is, the demo store's credentials, and two `curl` lines that work as printed. The emails
+/// and the idempotency key are fresh per start, so on a reused data folder the account line
+/// still creates an account and the checkout line answers the first checkout again if repeated.
+/// The credentials are the ones the READY line and `dev-store.json` already hold: dev mode only.
+fn print_banner(api: &str, demo: &Value) -> Result<(), String> {
+    let field = |k: &str| demo.get(k).and_then(Value::as_str).unwrap_or_default();
+    let (store, user, password) = (field("store"), field("username"), field("password"));
+    let mut b = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| "no system randomness")?;
+    let run = hex::encode(b);
+    let account = json!({"contact": {"first": "Ada", "last": "Lovelace",
+        "email": format!("ada+{run}@example.com")}});
+    let checkout = json!({
+        "customer": {"first": "Grace", "last": "Hopper", "email": format!("grace+{run}@example.com")},
+        "items": [{"product": "pro-plan", "quantity": 1, "price": 14.95, "currency": "USD",
+            "subscription": {"intervalUnit": "month", "intervalLength": 1}}],
+        "payment": {"token": format!("tok_dev_{run}"), "type": "card", "brand": "visa",
+            "last4": "4242", "expMonth": 12, "expYear": 2030},
+        "consent": {"presented": true, "accepted": true},
+    });
+    let curl = format!("curl -sS -u '{user}:{password}' -H 'Content-Type: application/json'");
+    println!(
+        "\n{BANNER_START}\n\n\
+         \x20   API:      {api}   (browsable docs: {api}/docs)\n\
+         \x20   Store:    {store}\n\
+         \x20   Username: {user}\n\
+         \x20   Password: {password}\n\n\
+         Create an account:\n\n\
+         \x20   {curl} -d '{account}' {api}/accounts\n\n\
+         Complete a checkout (a monthly subscription, save-card box ticked: the vault stores the \
+         token and the subscription renews automatically):\n\n\
+         \x20   {curl} -H 'Idempotency-Key: checkout-{run}' -d '{checkout}' {api}/orders\n\n\
+         Dev mode only: the demo credentials are kept in the data folder (dev-store.json).\n\
+         {BANNER_END}\n"
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
 pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
     std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     // A real processor from the environment, or the local sandbox.
@@ -273,6 +322,7 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
         "processorPid": sandbox_pid,
     });
     println!("STRONGROOM_READY {ready}");
+    print_banner(&format!("http://{local}"), &demo)?;
     tracing::info!(api = %local, vault = %addr, "strongroom dev system ready");
     let server = crate::app::run(listener, state, crate::shutdown_signal());
     tokio::pin!(server);

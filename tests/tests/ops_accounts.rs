@@ -96,11 +96,16 @@ async fn json_logs_carry_the_request_id_every_response_returns_and_never_the_cre
     assert!(uuid::Uuid::parse_str(resp.headers()["x-request-id"].to_str().unwrap()).is_ok());
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Everything but the READY line (dev mode prints the demo credentials there, on stdout).
+    // Everything but the READY line and the banner's credential and curl lines (dev mode prints
+    // the demo credentials there, on stdout).
     let logs: String = service
         .output()
         .lines()
-        .filter(|l| !l.starts_with("STRONGROOM_READY "))
+        .filter(|l| {
+            !l.starts_with("STRONGROOM_READY ")
+                && !l.starts_with("    Password: ")
+                && !l.starts_with("    curl ")
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     let line = logs
