@@ -336,6 +336,8 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
         backed_up.contains("audit chain:") && backed_up.contains("ok"),
         "backup verified the audit chain:\n{backed_up}"
     );
+    // A fresh client: the pooled connections went to the processes the backup stopped.
+    let http = http_client();
     let later = call(
         &http,
         &api,
@@ -368,6 +370,7 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
         root.at("/var/lib/strongroom-vault.before-restore").is_dir(),
         "the old folders were set aside, not reused"
     );
+    let http = http_client();
     let got = call(
         &http,
         &api,
