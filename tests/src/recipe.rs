@@ -285,6 +285,7 @@ impl Root {
             )
             .env("HOME", &work)
             .env("LANG", "C")
+            .env("RECIPE_OWNERS", self.path().join("owners.log"))
             .output()
             .unwrap_or_else(|e| panic!("bash {name}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -296,6 +297,64 @@ impl Root {
             self.logs()
         );
         stdout
+    }
+
+    /// Owner and group of each path as the recipe set them (`install -o/-g`, `chown`); a path
+    /// the recipe never gave away is root's (the operator runs the recipe as root).
+    pub fn owner_of(&self, path: &Path) -> (String, String) {
+        let log = std::fs::read_to_string(self.path().join("owners.log")).unwrap_or_default();
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let mut found = ("root".to_owned(), "root".to_owned());
+        for line in log.lines() {
+            let mut parts = line.splitn(3, ' ');
+            let (Some(o), Some(g), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if Path::new(p) == path {
+                let g = if g == "=" { found.1.clone() } else { g.to_owned() };
+                found = (o.to_owned(), g);
+            }
+        }
+        found
+    }
+
+    /// Whether system user `user` (whose only group is its own) may `access` (`'r'`, `'w'`)
+    /// the recipe path, by the ownership the recipe set and the real modes: every folder from
+    /// `/etc` or `/var` down must be searchable, then the bit on the path itself.
+    pub fn may(&self, user: &str, access: char, recipe_path: &str) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        let bit = |path: &Path, want: char| -> bool {
+            let Ok(meta) = std::fs::metadata(path) else {
+                return false;
+            };
+            let mode = meta.permissions().mode();
+            let (owner, group) = self.owner_of(path);
+            let shift = if user == owner {
+                6
+            } else if user == group {
+                3
+            } else {
+                0
+            };
+            let mask = match want {
+                'r' => 4,
+                'w' => 2,
+                _ => 1,
+            };
+            (mode >> shift) & mask != 0
+        };
+        let target = self.at(recipe_path);
+        let top = self.path().to_owned();
+        let mut dirs = Vec::new();
+        let mut cur = target.parent();
+        while let Some(d) = cur {
+            if d == top {
+                break;
+            }
+            dirs.push(d.to_owned());
+            cur = d.parent();
+        }
+        dirs.iter().all(|d| bit(d, 'x')) && bit(&target, access)
     }
 
     /// Everything the unit processes printed (running and ended ones).
@@ -361,19 +420,45 @@ impl Root {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
                 .unwrap_or_else(|e| panic!("{e}"));
         };
-        // The test cannot create system users or give files away; everything else is real.
+        // The test cannot create system users or give files away; everything else is real. The
+        // ownership the recipe asks for is recorded in $RECIPE_OWNERS ("owner group path" lines)
+        // so the test can check who may read what (`Root::owners`, `Root::may`).
         script("useradd", "exit 0");
-        script("chown", "exit 0");
+        script(
+            "chown",
+            r#"spec="$1"; shift
+owner="${spec%%:*}"; group="${spec#*:}"
+[ "$group" = "$spec" ] && group=""
+[ -z "$group" ] && [ "$spec" != "$owner" ] && group="$owner"
+for p in "$@"; do
+  printf '%s %s %s\n' "$owner" "${group:-=}" "$(realpath -m "$p")" >> "$RECIPE_OWNERS"
+done"#,
+        );
         script(
             "install",
-            r#"args=()
+            r#"args=(); pos=(); owner=root; group=root; dir=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    -o|-g) shift 2 ;;
-    *) args+=("$1"); shift ;;
+    -o) owner="$2"; shift 2 ;;
+    -g) group="$2"; shift 2 ;;
+    -m) args+=("$1" "$2"); shift 2 ;;
+    -d) dir=1; args+=("$1"); shift ;;
+    -*) args+=("$1"); shift ;;
+    *) pos+=("$1"); shift ;;
   esac
 done
-exec /usr/bin/install "${args[@]}""#,
+/usr/bin/install "${args[@]}" "${pos[@]}" || exit
+record() { printf '%s %s %s\n' "$owner" "$group" "$(realpath -m "$1")" >> "$RECIPE_OWNERS"; }
+if [ "$dir" = 1 ]; then
+  for p in "${pos[@]}"; do record "$p"; done
+else
+  dest="${pos[-1]}"
+  if [ -d "$dest" ]; then
+    for src in "${pos[@]:0:${#pos[@]}-1}"; do record "$dest/$(basename "$src")"; done
+  else
+    record "$dest"
+  fi
+fi"#,
         );
         script(
             "runuser",

@@ -183,6 +183,8 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
     ] {
         assert_eq!(mode(&root.at(p)), m, "{p}");
     }
+    // Who may read what, by the owners and modes the recipe set (the test cannot chown).
+    check_access(&root);
     // From here on nothing may write under /etc/strongroom (read-only to both units).
     let etc_before = snapshot(&root.at("/etc/strongroom"));
 
@@ -422,6 +424,56 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
     let took = began.elapsed();
     eprintln!("production recipe walked in {took:?}");
     assert!(took < Duration::from_secs(90), "recipe took {took:?}");
+}
+
+/// Each service user reads its own configuration, certificates and keys and writes its state
+/// folder; neither reads the other's keys or the operator's admin key.
+fn check_access(root: &Root) {
+    const VAULT: &str = "strongroom-vault";
+    const ACCOUNTS: &str = "strongroom-accounts";
+    let e = "/etc/strongroom";
+    let cases: Vec<(&str, char, String, bool)> = vec![
+        (VAULT, 'r', format!("{e}/vault/vault.toml"), true),
+        (VAULT, 'r', format!("{e}/vault/pki/ca.pem"), true),
+        (VAULT, 'r', format!("{e}/vault/pki/vault.pem"), true),
+        (VAULT, 'r', format!("{e}/vault/pki/vault.key"), true),
+        (VAULT, 'r', format!("{e}/vault/processor.key"), true),
+        (VAULT, 'w', format!("{e}/vault/vault.toml"), false),
+        (VAULT, 'w', format!("{e}/vault/pki"), false),
+        (VAULT, 'w', "/var/lib/strongroom-vault".into(), true),
+        (VAULT, 'w', "/var/lib/strongroom-vault/keys".into(), true),
+        (VAULT, 'r', format!("{e}/vault/admin/admin.key"), false),
+        (VAULT, 'r', format!("{e}/accounts-api/pki/accounts.key"), false),
+        (VAULT, 'r', format!("{e}/accounts-api/pki/renewals.key"), false),
+        (ACCOUNTS, 'r', format!("{e}/accounts-api/accounts-api.toml"), true),
+        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/ca.pem"), true),
+        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/accounts.pem"), true),
+        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/accounts.key"), true),
+        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/renewals.pem"), true),
+        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/renewals.key"), true),
+        (ACCOUNTS, 'w', format!("{e}/accounts-api/accounts-api.toml"), false),
+        (ACCOUNTS, 'w', "/var/lib/strongroom-accounts".into(), true),
+        (ACCOUNTS, 'r', format!("{e}/vault/vault.toml"), false),
+        (ACCOUNTS, 'r', format!("{e}/vault/pki/vault.key"), false),
+        (ACCOUNTS, 'r', format!("{e}/vault/processor.key"), false),
+        (ACCOUNTS, 'r', format!("{e}/vault/admin/admin.key"), false),
+        (ACCOUNTS, 'r', "/var/lib/strongroom-vault/keys".into(), false),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter(|(user, access, path, want)| root.may(user, *access, path) != *want)
+        .map(|(user, access, path, want)| {
+            format!(
+                "{user} {} {access} {path} (owner {:?}, mode {:o})",
+                if *want { "cannot" } else { "can" },
+                root.owner_of(&root.at(path)),
+                std::fs::metadata(root.at(path))
+                    .map(|m| m.permissions().mode() & 0o777)
+                    .unwrap_or(0)
+            )
+        })
+        .collect();
+    assert!(wrong.is_empty(), "recipe permissions:\n{}", wrong.join("\n"));
 }
 
 /// `systemd-analyze verify` on the shipped units with the recipe's paths moved into the root.
