@@ -281,7 +281,10 @@ impl Root {
             .env_clear()
             .env(
                 "PATH",
-                format!("{}:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", shims.display()),
+                format!(
+                    "{}:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    shims.display()
+                ),
             )
             .env("HOME", &work)
             .env("LANG", "C")
@@ -311,7 +314,11 @@ impl Root {
                 continue;
             };
             if Path::new(p) == path {
-                let g = if g == "=" { found.1.clone() } else { g.to_owned() };
+                let g = if g == "=" {
+                    found.1.clone()
+                } else {
+                    g.to_owned()
+                };
                 found = (o.to_owned(), g);
             }
         }
@@ -575,10 +582,7 @@ impl Control {
             .find(|(n, _)| n == unit)
             .map(|(_, t)| t.clone())
             .ok_or("unit text not prepared (set_replacements first)")?;
-        let (_, _, _, ready) = UNITS
-            .iter()
-            .find(|k| k.0 == unit)
-            .ok_or("unknown unit")?;
+        let (_, _, _, ready) = UNITS.iter().find(|k| k.0 == unit).ok_or("unknown unit")?;
         let exec = unit_values(&text, "ExecStart")
             .pop()
             .ok_or("no ExecStart")?;

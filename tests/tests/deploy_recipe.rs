@@ -97,7 +97,10 @@ async fn account_page(api: &str, creds: &Credentials, account: &str) -> String {
         .and_then(|v| v.split(';').next())
         .unwrap_or_default()
         .to_owned();
-    assert!(cookie.starts_with("sr_session="), "session cookie: {cookie}");
+    assert!(
+        cookie.starts_with("sr_session="),
+        "session cookie: {cookie}"
+    );
     let page = browser()
         .get(format!("{api}/account"))
         .header("cookie", cookie)
@@ -138,7 +141,10 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
     // Every test substitution must hit the README's text, or the test no longer tests it.
     let recipe: String = blocks().iter().map(|b| b.text.as_str()).collect();
     for (from, _) in &root.replacements {
-        assert!(recipe.contains(from.as_str()), "recipe no longer has {from:?}");
+        assert!(
+            recipe.contains(from.as_str()),
+            "recipe no longer has {from:?}"
+        );
     }
     let files: Vec<String> = blocks()
         .into_iter()
@@ -262,11 +268,7 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
         None,
     )
     .await;
-    assert!(
-        pms.text.contains("4242"),
-        "the card is saved: {}",
-        pms.text
-    );
+    assert!(pms.text.contains("4242"), "the card is saved: {}", pms.text);
 
     // A rebill through accounts-api → vault (renewals identity) → processor, exactly once.
     let before = call(
@@ -443,21 +445,66 @@ fn check_access(root: &Root) {
         (VAULT, 'w', "/var/lib/strongroom-vault".into(), true),
         (VAULT, 'w', "/var/lib/strongroom-vault/keys".into(), true),
         (VAULT, 'r', format!("{e}/vault/admin/admin.key"), false),
-        (VAULT, 'r', format!("{e}/accounts-api/pki/accounts.key"), false),
-        (VAULT, 'r', format!("{e}/accounts-api/pki/renewals.key"), false),
-        (ACCOUNTS, 'r', format!("{e}/accounts-api/accounts-api.toml"), true),
+        (
+            VAULT,
+            'r',
+            format!("{e}/accounts-api/pki/accounts.key"),
+            false,
+        ),
+        (
+            VAULT,
+            'r',
+            format!("{e}/accounts-api/pki/renewals.key"),
+            false,
+        ),
+        (
+            ACCOUNTS,
+            'r',
+            format!("{e}/accounts-api/accounts-api.toml"),
+            true,
+        ),
         (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/ca.pem"), true),
-        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/accounts.pem"), true),
-        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/accounts.key"), true),
-        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/renewals.pem"), true),
-        (ACCOUNTS, 'r', format!("{e}/accounts-api/pki/renewals.key"), true),
-        (ACCOUNTS, 'w', format!("{e}/accounts-api/accounts-api.toml"), false),
+        (
+            ACCOUNTS,
+            'r',
+            format!("{e}/accounts-api/pki/accounts.pem"),
+            true,
+        ),
+        (
+            ACCOUNTS,
+            'r',
+            format!("{e}/accounts-api/pki/accounts.key"),
+            true,
+        ),
+        (
+            ACCOUNTS,
+            'r',
+            format!("{e}/accounts-api/pki/renewals.pem"),
+            true,
+        ),
+        (
+            ACCOUNTS,
+            'r',
+            format!("{e}/accounts-api/pki/renewals.key"),
+            true,
+        ),
+        (
+            ACCOUNTS,
+            'w',
+            format!("{e}/accounts-api/accounts-api.toml"),
+            false,
+        ),
         (ACCOUNTS, 'w', "/var/lib/strongroom-accounts".into(), true),
         (ACCOUNTS, 'r', format!("{e}/vault/vault.toml"), false),
         (ACCOUNTS, 'r', format!("{e}/vault/pki/vault.key"), false),
         (ACCOUNTS, 'r', format!("{e}/vault/processor.key"), false),
         (ACCOUNTS, 'r', format!("{e}/vault/admin/admin.key"), false),
-        (ACCOUNTS, 'r', "/var/lib/strongroom-vault/keys".into(), false),
+        (
+            ACCOUNTS,
+            'r',
+            "/var/lib/strongroom-vault/keys".into(),
+            false,
+        ),
     ];
     let wrong: Vec<String> = cases
         .iter()
@@ -473,7 +520,11 @@ fn check_access(root: &Root) {
             )
         })
         .collect();
-    assert!(wrong.is_empty(), "recipe permissions:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "recipe permissions:\n{}",
+        wrong.join("\n")
+    );
 }
 
 /// `systemd-analyze verify` on the shipped units with the recipe's paths moved into the root.
@@ -484,7 +535,10 @@ fn verify_units(root: &Root, required: bool) {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        assert!(!required, "systemd-analyze is required (STRONGROOM_REQUIRE_TOOLS is set)");
+        assert!(
+            !required,
+            "systemd-analyze is required (STRONGROOM_REQUIRE_TOOLS is set)"
+        );
         eprintln!("SKIPPED: systemd-analyze not installed here: units not verified");
         return;
     }
@@ -508,5 +562,9 @@ fn verify_units(root: &Root, required: bool) {
         .lines()
         .filter(|l| l.contains("strongroom-"))
         .collect();
-    assert!(ours.is_empty(), "systemd-analyze complained:\n{}", ours.join("\n"));
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze complained:\n{}",
+        ours.join("\n")
+    );
 }

@@ -131,7 +131,9 @@ fn both_units_pass_systemd_analyze_verify() {
             std::env::var_os("STRONGROOM_REQUIRE_TOOLS").is_none(),
             "systemd-analyze is required (STRONGROOM_REQUIRE_TOOLS is set)"
         );
-        eprintln!("SKIPPED: systemd-analyze not installed here: units not verified (CI installs systemd)");
+        eprintln!(
+            "SKIPPED: systemd-analyze not installed here: units not verified (CI installs systemd)"
+        );
         return;
     };
     assert!(out.status.success());
