@@ -130,10 +130,10 @@ pub fn toml_string(text: &str, table: Option<&str>, key: &str) -> Option<String>
         if current.as_deref() != table {
             continue;
         }
-        if let Some((k, v)) = line.split_once('=') {
-            if k.trim() == key {
-                return Some(v.trim().trim_matches('"').to_owned());
-            }
+        if let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            return Some(v.trim().trim_matches('"').to_owned());
         }
     }
     None
