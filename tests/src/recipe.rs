@@ -262,11 +262,23 @@ impl Root {
     /// Runs the `recipe-run: NAME` block with bash (`set -euo pipefail`), as the operator would
     /// paste it; returns its stdout. Panics with the output and the services' logs on failure.
     pub fn run(&self, name: &str) -> String {
+        self.try_run(name, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Root::run`], with `edits` applied to the block's README text first (each must
+    /// match: an operator's documented choice, such as another backup), and the failure as an
+    /// error (script, stdout, stderr, services' logs).
+    pub fn try_run(&self, name: &str, edits: &[(&str, &str)]) -> Result<String, String> {
         let block = blocks()
             .into_iter()
             .find(|b| b.kind == BlockKind::Run(name.to_owned()))
             .unwrap_or_else(|| panic!("README recipe has no run block {name:?}"));
-        let script = self.rewrite(&block.text);
+        let mut text = block.text;
+        for (from, to) in edits {
+            assert!(text.contains(from), "step {name:?} has no {from:?}");
+            text = text.replace(from, to);
+        }
+        let script = self.rewrite(&text);
         let work = self.path().join("work");
         let file = work.join(format!("{name}.sh"));
         std::fs::write(&file, &script).unwrap_or_else(|e| panic!("{e}"));
@@ -293,13 +305,19 @@ impl Root {
             .unwrap_or_else(|e| panic!("bash {name}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
+        if out.status.success() {
+            return Ok(stdout);
+        }
+        Err(format!(
             "recipe step {name:?} failed ({}):\n--- script\n{script}--- stdout\n{stdout}--- stderr\n{stderr}--- services\n{}",
             out.status,
             self.logs()
-        );
-        stdout
+        ))
+    }
+
+    /// `systemctl ARGS` as the recipe's shim does it (for steps the README gives in prose).
+    pub fn systemctl(&self, args: &str) -> Result<(), String> {
+        self.control.handle(args)
     }
 
     /// Owner and group of each path as the recipe set them (`install -o/-g`, `chown`); a path

@@ -306,6 +306,11 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
     let html = account_page(&api, &creds, &account).await;
     assert!(html.contains("4242"), "last four on the account page");
 
+    // A first backup while every record is wrapped under key version 1 (restored at the end).
+    let early = root.run("backup");
+    assert!(early.contains("audit chain:"), "{early}");
+    let early_at = Instant::now();
+
     // Rotate + retire through the CLI, as the recipe does.
     let rotated = root.run("rotate");
     assert!(rotated.contains("retired"), "retire answered:\n{rotated}");
@@ -334,7 +339,9 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
         "retired versions are archived beside the key file"
     );
 
-    // Backup, then a change after it that the restore must undo.
+    // Backup, then a change after it that the restore must undo. (Backup folders are named to
+    // the second; the recipe refuses to reuse one.)
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(early_at.elapsed()));
     let backed_up = root.run("backup");
     assert!(
         backed_up.contains("audit chain:") && backed_up.contains("ok"),
@@ -370,10 +377,18 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
         restored.contains("audit chain:") && restored.contains("ok"),
         "restore verified the audit chain:\n{restored}"
     );
-    assert!(
-        root.at("/var/lib/strongroom-vault.before-restore").is_dir(),
-        "the old folders were set aside, not reused"
-    );
+    let aside = std::fs::read_dir(root.path().join("var/lib"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("strongroom-vault.before-restore-")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(aside, 1, "the old folders were set aside, not reused");
     let http = http_client();
     let got = call(
         &http,
@@ -414,6 +429,51 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
     );
     let html = account_page(&api, &creds, &account).await;
     assert!(html.contains("4242"), "last four on the page after restore");
+
+    // The older backup (before the retire) with the newest key backup, as the README's
+    // "which key backup" paragraph says: the vault refuses, naming the archive that holds the
+    // retired version; copying that version's line back into master.key opens the data.
+    let refused = match root.try_run(
+        "restore",
+        &[("| tail -n 1)\"     # the newest", "| head -n 1)\"")],
+    ) {
+        Ok(out) => panic!("the vault started on pre-retire data without version 1:\n{out}"),
+        Err(e) => e,
+    };
+    assert!(
+        refused.contains("master.key.retired") && refused.contains("`1:` line"),
+        "the refusal names the archive and the version:\n{refused}"
+    );
+    let keys = root.at("/var/lib/strongroom-vault/keys");
+    let archive = std::fs::read_to_string(keys.join("master.key.retired"))
+        .unwrap_or_else(|e| panic!("archive: {e}"));
+    let line = archive
+        .lines()
+        .find(|l| l.starts_with("1:"))
+        .unwrap_or_else(|| panic!("no version 1 in the archive"));
+    let mut master =
+        std::fs::read_to_string(keys.join("master.key")).unwrap_or_else(|e| panic!("{e}"));
+    master.push_str(line);
+    master.push('\n');
+    std::fs::write(keys.join("master.key"), master).unwrap_or_else(|e| panic!("{e}"));
+    root.systemctl("start strongroom-vault strongroom-accounts-api")
+        .unwrap_or_else(|e| panic!("start with version 1 restored: {e}"));
+    let http = http_client();
+    let pms = call(
+        &http,
+        &api,
+        Some(&creds),
+        "GET",
+        &format!("/accounts/{account}/payment-methods"),
+        None,
+        None,
+    )
+    .await;
+    assert!(
+        pms.status == 200 && pms.text.contains("4242"),
+        "the pre-retire backup opens with the archived version: {}",
+        pms.text
+    );
 
     // Read-only configuration really was read-only.
     assert_eq!(
