@@ -196,6 +196,11 @@ pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
         path: dir.display().to_string(),
         source,
     };
+    // An existing folder keeps its owner and mode: an operator's documented layout (e.g. a
+    // 0750 config folder) is never changed behind their back.
+    if dir.is_dir() {
+        return Ok(());
+    }
     std::fs::create_dir_all(dir).map_err(err)?;
     set_mode(dir, 0o700).map_err(err)
 }

@@ -48,7 +48,7 @@ impl Permission {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsPaths {
     /// CA that client certificates must chain to.
     pub ca: PathBuf,
@@ -143,9 +143,16 @@ pub struct ProcessorSettings {
     pub timeout: std::time::Duration,
 }
 
-/// The file as written and read.
+impl Default for TlsPaths {
+    fn default() -> Self {
+        FileConfig::defaults().tls
+    }
+}
+
+/// The file as written and read. Every key is optional; a missing one takes the value
+/// `vault init --dir` writes (see [`FileConfig::defaults`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub listen: String,
     pub data_dir: PathBuf,
@@ -153,12 +160,15 @@ pub struct FileConfig {
     pub fingerprint_key_file: PathBuf,
     pub tls: TlsPaths,
     pub permissions: BTreeMap<String, Vec<Permission>>,
-    #[serde(default)]
     pub limits: Limits,
-    #[serde(default)]
     pub storage: Storage,
-    #[serde(default)]
     pub processor: ProcessorFile,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self::defaults()
+    }
 }
 
 impl FileConfig {
@@ -233,6 +243,8 @@ pub enum ConfigError {
     Read { path: String, reason: String },
     #[error("invalid config: {0}")]
     Parse(String),
+    #[error("invalid config {path}: {reason}")]
+    File { path: String, reason: String },
     #[error("invalid listen address {0:?}")]
     Listen(String),
 }
@@ -293,8 +305,11 @@ impl Config {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let file: FileConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            // toml names the key and its line (`unknown field `listn``, `missing field …`).
+            reason: e.to_string().trim().replace('\n', " "),
+        })?;
         let base = absolute(
             path.parent()
                 .map(Path::to_owned)
@@ -415,6 +430,18 @@ mod tests {
     }
 
     #[test]
+    fn a_minimal_file_takes_the_documented_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.toml");
+        std::fs::write(&path, "data_dir = \"/srv/vault-data\"\n").unwrap();
+        let cfg = Config::load(&path, Overrides::default(), None).unwrap();
+        assert_eq!(cfg.listen.port(), 8443);
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/vault-data"));
+        assert_eq!(cfg.tls.ca, dir.path().join("pki/ca.pem"));
+        assert!(cfg.permissions_of("accounts").is_some());
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault.toml");
@@ -423,6 +450,11 @@ mod tests {
             .unwrap()
             .replace("listen =", "listn =");
         std::fs::write(&path, text).unwrap();
-        assert!(Config::load(&path, Overrides::default(), None).is_err());
+        let err = Config::load(&path, Overrides::default(), None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap();
+        assert!(err.contains("unknown field `listn`"), "{err}");
+        assert!(err.contains("vault.toml"), "{err}");
     }
 }

@@ -9,7 +9,8 @@
 use crate::audit::AuditDraft;
 use crate::config::{Config, KeySource};
 use crate::crypto::{CryptoError, Fingerprinter, Kek, Keyring, SecretKey};
-use crate::keys::{self, KeyError, MasterKeyFile, SealedKeyFile};
+use crate::custody::{self, CustodyError, KeySourceInfo};
+use crate::keys::{self, KeyError, KeyKind, MasterKeyFile, SealedKeyFile};
 use crate::store::{RecordStore, SledStore, StoreError, Stored, StoredRecord};
 use shared::domain::{
     AccountId, CardBrand, Expiry, Last4, MaskedEmail, PaymentMethodId, PaymentType, StoreId,
@@ -26,6 +27,9 @@ pub enum CoreError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The keys do not go with the data folder (stale, foreign, or in use elsewhere).
+    #[error(transparent)]
+    Custody(#[from] CustodyError),
     #[error("crypto failure: {0}")]
     Crypto(#[from] CryptoError),
     #[error(
@@ -173,6 +177,14 @@ pub struct VaultCore {
     unseal: Mutex<UnsealBuffer>,
     rewrap: RewrapProgress,
     reindex: RewrapProgress,
+    /// The data folder's id, written into every key file this vault rewrites.
+    folder_id: Option<String>,
+    /// The data folder (for messages).
+    data_dir: std::path::PathBuf,
+    /// The master key file (plain or sealed), when the key came from one.
+    master_file: Option<std::path::PathBuf>,
+    /// `flock` on the key folder(s), held for the life of the process (see `custody`).
+    _key_locks: Vec<std::fs::File>,
 }
 
 /// One fingerprint-key version. `key` is kept only when it came from a file (to rewrite it).
@@ -197,11 +209,7 @@ impl FpRing {
 }
 
 fn fp_kcv_key(version: u32) -> String {
-    if version == 1 {
-        FINGERPRINT_CHECK_KEY.to_owned()
-    } else {
-        format!("{FINGERPRINT_CHECK_KEY}/{version}")
-    }
+    custody::kcv_key(KeyKind::Fingerprint, version)
 }
 
 /// Fingerprint-key state as `GET /v1/admin/keys` shows it.
@@ -223,15 +231,20 @@ fn load_keyring(src: &KeySource) -> Result<Keyring, KeyError> {
 
 fn load_fingerprint(src: &KeySource) -> Result<SecretKey, KeyError> {
     match src {
-        KeySource::File(p) => keys::load_fingerprint_file(p),
+        KeySource::File(p) => keys::load_fingerprint_versions(p)?
+            .pop()
+            .map(|(_, k)| k)
+            .ok_or(KeyError::Format {
+                source_name: p.display().to_string(),
+                reason: "no key in it",
+            }),
         KeySource::Env(v) => keys::parse_fingerprint_env(v),
     }
 }
 
 fn kcv_key(version: u32) -> String {
-    format!("kcv/master/{version}")
+    custody::kcv_key(KeyKind::Master, version)
 }
-const FINGERPRINT_CHECK_KEY: &str = "kcv/fingerprint";
 
 impl VaultCore {
     /// Loads the keys named by `config` and opens its data folder. `group_commit` needs a tokio
@@ -264,6 +277,26 @@ impl VaultCore {
             config.storage.flush_every_ms,
         )?;
         let store = SledStore::new(db, group_commit)?;
+        let key_files: Vec<&std::path::Path> = [&config.master_key, &config.fingerprint_key]
+            .into_iter()
+            .filter_map(|s| match s {
+                KeySource::File(p) => Some(p.as_path()),
+                KeySource::Env(_) => None,
+            })
+            .collect();
+        let folder_id = custody::check_binding(&store, &config.data_dir, &key_files)?;
+        let mut key_locks = Vec::new();
+        let mut locked: Vec<std::path::PathBuf> = Vec::new();
+        for f in &key_files {
+            let dir = f
+                .parent()
+                .map(std::path::Path::to_owned)
+                .unwrap_or_default();
+            if !locked.contains(&dir) {
+                key_locks.push(custody::lock_key_folder(f)?);
+                locked.push(dir);
+            }
+        }
         let fp_ring = FpRing {
             keys: fp_keys
                 .into_iter()
@@ -274,13 +307,21 @@ impl VaultCore {
                 })
                 .collect(),
         };
-        check_fingerprints(&fp_ring, &store)?;
+        let master_file = match &config.master_key {
+            KeySource::File(p) => Some(p.as_path()),
+            KeySource::Env(_) => None,
+        };
+        check_fingerprints(&fp_ring, &store, fp_file.as_deref(), &config.data_dir)?;
         if let Some(ring) = &keyring {
-            check_keyring(ring, &store)?;
+            check_keyring(ring, &store, master_file, &config.data_dir)?;
         }
         let mut core = Self::assemble(keyring, fp_ring, store);
         core.persistence = Mutex::new(persistence);
         core.fp_file = fp_file;
+        core.folder_id = Some(folder_id);
+        core.data_dir = config.data_dir.clone();
+        core.master_file = master_file.map(std::path::Path::to_owned);
+        core._key_locks = key_locks;
         Ok(core)
     }
 
@@ -294,6 +335,10 @@ impl VaultCore {
             unseal: Mutex::new(UnsealBuffer::default()),
             rewrap: RewrapProgress::default(),
             reindex: RewrapProgress::default(),
+            folder_id: None,
+            data_dir: std::path::PathBuf::new(),
+            master_file: None,
+            _key_locks: Vec::new(),
         }
     }
 
@@ -304,7 +349,12 @@ impl VaultCore {
         fingerprinter: Fingerprinter,
         store: SledStore,
     ) -> Result<Self, CoreError> {
-        check_keyring(&keyring, &store)?;
+        check_keyring(
+            &keyring,
+            &store,
+            None,
+            std::path::Path::new("(in-process store)"),
+        )?;
         let fp_ring = FpRing {
             keys: vec![FpKey {
                 version: 1,
@@ -312,7 +362,12 @@ impl VaultCore {
                 f: fingerprinter,
             }],
         };
-        check_fingerprints(&fp_ring, &store)?;
+        check_fingerprints(
+            &fp_ring,
+            &store,
+            None,
+            std::path::Path::new("(in-process store)"),
+        )?;
         Ok(Self::assemble(Some(keyring), fp_ring, store))
     }
 
@@ -338,7 +393,7 @@ impl VaultCore {
         };
         let mut persistence = self.persistence.lock().map_err(|_| refuse_poisoned())?;
         let mut buf = self.unseal.lock().map_err(|_| refuse_poisoned())?;
-        let KeyPersistence::Sealed { file, root, .. } = &mut *persistence else {
+        let KeyPersistence::Sealed { path, file, root } = &mut *persistence else {
             return Err((
                 UnsealRefusal::NotSealed,
                 UnsealStatus {
@@ -374,7 +429,8 @@ impl VaultCore {
         // Zeroizing buffers: dropping them wipes the share bytes.
         buf.shares.clear();
         let installed = combined.map_err(|e| e.to_string()).and_then(|(r, ring)| {
-            check_keyring(&ring, &self.store).map_err(|e| e.to_string())?;
+            check_keyring(&ring, &self.store, Some(path.as_path()), &self.data_dir)
+                .map_err(|e| e.to_string())?;
             let mut guard = self.keyring.write().map_err(|_| "lock".to_owned())?;
             *guard = Some(ring);
             *root = Some(r);
@@ -406,31 +462,39 @@ impl VaultCore {
                 "the master key comes from the environment; rotate needs a key file".into(),
             ));
         }
-        let next = {
+        let held_max = {
             let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
-            let ring = guard.as_ref().ok_or(CoreError::Sealed)?;
-            ring.current()
-                .version
-                .checked_add(1)
-                .ok_or_else(|| CoreError::KeyState("no master-key version left".into()))?
+            guard.as_ref().ok_or(CoreError::Sealed)?.current().version
         };
+        // Above every version this folder ever knew: a stored check value is never overwritten.
+        let next = custody::next_version(&self.store, KeyKind::Master, held_max)?;
+        if next == u32::MAX {
+            return Err(CoreError::KeyState("no master-key version left".into()));
+        }
         let kek = Kek {
             version: next,
             key: SecretKey::generate()?,
         };
-        self.store
-            .meta_put(&kcv_key(next), &Keyring::key_check_value(&kek)?)?;
+        let (kcv, pending) = (kcv_key(next), custody::pending_key(KeyKind::Master, next));
+        self.store.meta_apply(
+            &[(&kcv, &Keyring::key_check_value(&kek)?), (&pending, b"")],
+            &[],
+        )?;
         let mut guard = self.keyring.write().map_err(|_| CoreError::Poisoned)?;
         let ring = guard.as_mut().ok_or(CoreError::Sealed)?;
         ring.add(kek);
-        if let Err(e) = persist(&mut persistence, ring) {
-            // Not persisted: undo in memory so no record is sealed under a key a restart loses.
+        if let Err(e) = persist(&mut persistence, ring, self.folder_id.as_deref()) {
+            // Not persisted: undo in memory so no record is sealed under a key a restart loses,
+            // and forget the version (a restart would drop the pending marker anyway).
             ring.remove_version(next);
+            let _ = self.store.meta_apply(&[], &[&kcv, &pending]);
             return Err(e);
         }
         drop(guard);
+        self.store.meta_apply(&[], &[&pending])?;
         self.rewrap.target.store(u64::from(next), Ordering::SeqCst);
         tracing::info!(version = next, "master key rotated");
+        remind_backup(&self.backup_paths());
         Ok(next)
     }
 
@@ -625,14 +689,21 @@ impl VaultCore {
             )
         })?;
         let mut fps = self.fingerprints.write().map_err(|_| CoreError::Poisoned)?;
-        let next = fps
-            .current()?
-            .version
-            .checked_add(1)
-            .ok_or_else(|| CoreError::KeyState("no fingerprint-key version left".into()))?;
+        let next =
+            custody::next_version(&self.store, KeyKind::Fingerprint, fps.current()?.version)?;
+        if next == u32::MAX {
+            return Err(CoreError::KeyState(
+                "no fingerprint-key version left".into(),
+            ));
+        }
         let key = SecretKey::generate()?;
         let f = Fingerprinter::new(&key);
-        self.store.meta_put(&fp_kcv_key(next), &f.check_value())?;
+        let (kcv, pending) = (
+            fp_kcv_key(next),
+            custody::pending_key(KeyKind::Fingerprint, next),
+        );
+        self.store
+            .meta_apply(&[(&kcv, &f.check_value()), (&pending, b"")], &[])?;
         let mut all: Vec<(u32, &SecretKey)> = Vec::new();
         for k in &fps.keys {
             let raw = k.key.as_ref().ok_or_else(|| {
@@ -641,13 +712,18 @@ impl VaultCore {
             all.push((k.version, raw));
         }
         all.push((next, &key));
-        keys::write_fingerprint_file(&path, &all)?;
+        if let Err(e) = keys::write_fingerprint_file(&path, &all, self.folder_id.as_deref()) {
+            let _ = self.store.meta_apply(&[], &[&kcv, &pending]);
+            return Err(e.into());
+        }
         fps.keys.push(FpKey {
             version: next,
             key: Some(key),
             f,
         });
+        self.store.meta_apply(&[], &[&pending])?;
         tracing::info!(version = next, "fingerprint key rotated");
+        remind_backup(&[path]);
         Ok(next)
     }
 
@@ -777,24 +853,43 @@ impl VaultCore {
         if counts.range(..target).any(|(_, n)| *n > 0) {
             return Ok(());
         }
-        if let Some(path) = &self.fp_file {
-            let cur = fps.current()?;
-            let raw = cur.key.as_ref().ok_or_else(|| {
-                CoreError::KeyState("fingerprint key material not held; cannot rewrite".into())
-            })?;
-            keys::write_fingerprint_file(path, &[(cur.version, raw)])?;
-        }
         let old: Vec<u32> = fps
             .keys
             .iter()
             .map(|k| k.version)
             .filter(|v| *v < target)
             .collect();
-        fps.keys.retain(|k| k.version >= target);
-        for v in &old {
-            self.store.meta_remove(&fp_kcv_key(*v))?;
+        // Archive first, then mark retired, then shrink the key file: a crash at any point
+        // leaves every version either in the key file or in the archive.
+        let mut written = Vec::new();
+        if let Some(path) = &self.fp_file {
+            fn held(k: &FpKey) -> Result<(u32, &SecretKey), CoreError> {
+                k.key.as_ref().map(|raw| (k.version, raw)).ok_or_else(|| {
+                    CoreError::KeyState("fingerprint key material not held; cannot rewrite".into())
+                })
+            }
+            let retiring: Vec<(u32, &SecretKey)> = fps
+                .keys
+                .iter()
+                .filter(|k| k.version < target)
+                .map(held)
+                .collect::<Result<_, _>>()?;
+            written.push(keys::archive_versions(
+                path,
+                KeyKind::Fingerprint,
+                &retiring,
+                self.folder_id.as_deref(),
+            )?);
+            self.mark_retired(KeyKind::Fingerprint, &old)?;
+            let cur = held(fps.current()?)?;
+            keys::write_fingerprint_file(path, &[cur], self.folder_id.as_deref())?;
+            written.push(path.clone());
+        } else {
+            self.mark_retired(KeyKind::Fingerprint, &old)?;
         }
-        tracing::info!(retired = ?old, "old fingerprint key versions destroyed");
+        fps.keys.retain(|k| k.version >= target);
+        tracing::info!(retired = ?old, "old fingerprint key versions retired (kept in the archive)");
+        remind_backup(&written);
         Ok(())
     }
 
@@ -840,17 +935,78 @@ impl VaultCore {
             });
         }
         let smaller = Keyring::new(smaller).ok_or(CoreError::KeyState("empty keyring".into()))?;
-        persist(&mut persistence, &smaller)?;
-        ring.remove_below(below);
-        for v in &retired {
-            self.store.meta_remove(&kcv_key(*v))?;
+        // Archive, then mark retired, then shrink the key file, then forget in memory: a crash
+        // at any point leaves every version in the key file or the archive, and a start with
+        // the smaller file accepts the missing versions only because they are marked retired.
+        let retiring: Vec<(u32, &SecretKey)> = ring
+            .versions()
+            .filter(|k| k.version < below)
+            .map(|k| (k.version, &k.key))
+            .collect();
+        let folder = self.folder_id.as_deref();
+        let archive = match &*persistence {
+            KeyPersistence::File(path) => {
+                keys::archive_versions(path, KeyKind::Master, &retiring, folder)?
+            }
+            KeyPersistence::Sealed {
+                path,
+                root: Some(root),
+                ..
+            } => keys::archive_sealed(path, root, &retiring, folder)?,
+            KeyPersistence::Sealed { root: None, .. } => return Err(CoreError::Sealed),
+            KeyPersistence::Unpersisted => {
+                return Err(CoreError::KeyState(
+                    "the master key comes from the environment; it cannot be changed".into(),
+                ));
+            }
+        };
+        self.mark_retired(KeyKind::Master, &retired)?;
+        if let Err(e) = persist(&mut persistence, &smaller, folder) {
+            let marks: Vec<String> = retired
+                .iter()
+                .map(|v| custody::retired_key(KeyKind::Master, *v))
+                .collect();
+            let refs: Vec<&str> = marks.iter().map(String::as_str).collect();
+            let _ = self.store.meta_apply(&[], &refs);
+            return Err(e);
         }
-        tracing::info!(?retired, "master key versions retired and destroyed");
+        ring.remove_below(below);
+        tracing::info!(?retired, archive = %archive.display(), "master key versions retired (kept in the archive)");
+        let mut paths = self.backup_paths();
+        paths.push(archive);
+        remind_backup(&paths);
         Ok(retired)
     }
 
     pub fn store(&self) -> &SledStore {
         &self.store
+    }
+
+    /// Marks versions retired (durably) before they leave a key file.
+    fn mark_retired(&self, kind: KeyKind, versions: &[u32]) -> Result<(), CoreError> {
+        let marks: Vec<String> = versions
+            .iter()
+            .map(|v| custody::retired_key(kind, *v))
+            .collect();
+        let puts: Vec<(&str, &[u8])> = marks.iter().map(|k| (k.as_str(), &b""[..])).collect();
+        self.store.meta_apply(&puts, &[])?;
+        Ok(())
+    }
+
+    /// The key files an operator must back up after a key change: the master key file (plain or
+    /// sealed), the fingerprint key file, and the archives beside them that exist.
+    pub fn backup_paths(&self) -> Vec<std::path::PathBuf> {
+        let mut out: Vec<std::path::PathBuf> = self.master_file.iter().cloned().collect();
+        if let Some(fp) = &self.fp_file {
+            out.push(fp.clone());
+        }
+        let archives: Vec<std::path::PathBuf> = out
+            .iter()
+            .map(|p| keys::archive_path(p))
+            .filter(|a| a.exists())
+            .collect();
+        out.extend(archives);
+        out
     }
 
     /// Seals and stores a token, or finds the record already holding it for this store+account.
@@ -961,42 +1117,75 @@ impl VaultCore {
 }
 
 /// Checks (or, for a fresh folder or a newly added key version, records) the key-check values,
-/// so that a wrong key is a clear refusal at start and never garbage later.
-fn check_keyring(keyring: &Keyring, store: &SledStore) -> Result<(), CoreError> {
+/// so that a wrong key is a clear refusal at start and never garbage later; then that the
+/// keyring covers every version the folder uses or knows (`custody`).
+fn check_keyring(
+    keyring: &Keyring,
+    store: &SledStore,
+    file: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> Result<(), CoreError> {
     for kek in keyring.versions() {
         match store.meta_get(&kcv_key(kek.version))? {
             Some(kcv) if Keyring::verify_key_check(kek, &kcv) => {}
             Some(_) => return Err(CoreError::WrongMasterKey(kek.version)),
-            // A fresh folder, a version added by hand (main), or a rotation that crashed
-            // between its check value and the key file.
+            // A fresh folder, or a version added to the file by hand: nothing to overwrite.
             None => store.meta_put(&kcv_key(kek.version), &Keyring::key_check_value(kek)?)?,
         }
     }
+    let held: Vec<u32> = keyring.versions().map(|k| k.version).collect();
+    let (in_use, _) = store.count_by_wrap_version()?;
+    let src = KeySourceInfo {
+        kind: KeyKind::Master,
+        file,
+        data_dir,
+    };
+    custody::check_versions(store, &src, &held, &in_use)?;
     Ok(())
 }
 
-fn check_fingerprints(ring: &FpRing, store: &SledStore) -> Result<(), CoreError> {
+fn check_fingerprints(
+    ring: &FpRing,
+    store: &SledStore,
+    file: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> Result<(), CoreError> {
     for k in &ring.keys {
         let check = k.f.check_value();
         match store.meta_get(&fp_kcv_key(k.version))? {
             Some(v) if v.as_slice() == check.as_slice() => {}
             Some(_) => return Err(CoreError::WrongFingerprintKey),
-            // Version 1 on a fresh folder, or a rotation that crashed before its check value.
+            // Version 1 on a fresh folder, or a version added to the file by hand.
             None => store.meta_put(&fp_kcv_key(k.version), &check)?,
         }
     }
+    let held: Vec<u32> = ring.keys.iter().map(|k| k.version).collect();
+    let (in_use, _) = store.count_by(crate::store::StoredRecord::fp_version)?;
+    let src = KeySourceInfo {
+        kind: KeyKind::Fingerprint,
+        file,
+        data_dir,
+    };
+    custody::check_versions(store, &src, &held, &in_use)?;
     Ok(())
 }
 
-fn persist(persistence: &mut KeyPersistence, ring: &Keyring) -> Result<(), CoreError> {
+fn persist(
+    persistence: &mut KeyPersistence,
+    ring: &Keyring,
+    folder: Option<&str>,
+) -> Result<(), CoreError> {
     match persistence {
-        KeyPersistence::File(path) => Ok(keys::write_master_file(path, ring)?),
+        KeyPersistence::File(path) => Ok(keys::write_master_file(path, ring, folder)?),
         KeyPersistence::Sealed {
             path,
             file,
             root: Some(root),
         } => {
-            let updated = file.with_keyring(root, ring)?;
+            let mut updated = file.with_keyring(root, ring)?;
+            if updated.data_folder.is_none() {
+                updated.data_folder = folder.map(str::to_owned);
+            }
             updated.write(path)?;
             *file = updated;
             Ok(())
@@ -1005,6 +1194,13 @@ fn persist(persistence: &mut KeyPersistence, ring: &Keyring) -> Result<(), CoreE
         KeyPersistence::Unpersisted => Err(CoreError::KeyState(
             "the master key comes from the environment; it cannot be changed".into(),
         )),
+    }
+}
+
+/// Logs the reminder every key change ends with: the files an operator must back up again.
+fn remind_backup(paths: &[std::path::PathBuf]) {
+    for p in paths {
+        tracing::warn!(path = %p.display(), "key files changed: back up the key file now");
     }
 }
 
@@ -1022,8 +1218,18 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, keks: Vec<Kek>, fp_byte: u8) -> Result<VaultCore, CoreError> {
-        let store =
-            SledStore::new(crate::store::open_db(dir, 1 << 20, 500).unwrap(), false).unwrap();
+        // sled releases its folder lock when its background flusher thread of the previous
+        // instance has exited, which can lag the drop by a moment (RUST-NOTES trap 5).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match crate::store::open_db(dir, 1 << 20, 500) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
+        let store = SledStore::new(db, false).unwrap();
         let fp = Fingerprinter::new(&SecretKey::from_slice(&[fp_byte; 32]).unwrap());
         VaultCore::with_store(Keyring::new(keks).unwrap(), fp, store)
     }

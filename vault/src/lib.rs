@@ -8,10 +8,12 @@
 
 pub mod api;
 pub mod audit;
+pub mod audit_export;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod custody;
 pub mod hardening;
 pub mod keys;
 pub mod processor;

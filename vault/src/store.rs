@@ -516,6 +516,31 @@ impl SledStore {
         })
     }
 
+    /// `meta` entries whose key starts with `prefix` (key text, value).
+    pub fn meta_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.meta.scan_prefix(prefix) {
+            let (k, v) = item?;
+            let k = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt("meta key"))?;
+            out.push((k, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Applies several `meta` puts and removes as one atomic batch, then flushes.
+    pub fn meta_apply(&self, puts: &[(&str, &[u8])], removes: &[&str]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in puts {
+            batch.insert(k.as_bytes(), *v);
+        }
+        for k in removes {
+            batch.remove(k.as_bytes());
+        }
+        self.meta.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Removes a `meta` value and flushes.
     pub fn meta_remove(&self, key: &str) -> Result<(), StoreError> {
         self.meta.remove(key)?;

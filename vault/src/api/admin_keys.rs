@@ -99,6 +99,7 @@ async fn rotate_fingerprint(
                 Json(serde_json::json!({
                     "version": version,
                     "reindex": state.core.reindex_status(),
+                    "backupKeyFiles": state.core.backup_paths(),
                 })),
             )
                 .into_response()
@@ -125,6 +126,17 @@ fn core_error(e: CoreError) -> Response {
     match e {
         CoreError::Sealed => sealed_response(),
         CoreError::KeyState(msg) => error(StatusCode::CONFLICT, "key_state", &msg),
+        CoreError::Key(e @ crate::keys::KeyError::Write { .. }) => {
+            // The operator's fix is file access, not a retry: say so (the path and OS reason go
+            // to the log only). Nothing was changed.
+            tracing::error!(error = %e, "key file cannot be written; key change undone");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "key_file_unwritable",
+                "the vault cannot write its key file; nothing was changed (give the vault user \
+                 write access to the key folder)",
+            )
+        }
         other => ApiError::internal(other).into_response(),
     }
 }
@@ -237,6 +249,7 @@ async fn rotate(
                 Json(serde_json::json!({
                     "version": version,
                     "rewrap": state.core.rewrap_status(),
+                    "backupKeyFiles": state.core.backup_paths(),
                 })),
             )
                 .into_response()
@@ -277,7 +290,11 @@ async fn retire(
     };
     let st = state.clone();
     let resp = match tokio::task::spawn_blocking(move || st.core.retire_below(below)).await {
-        Ok(Ok(retired)) => Json(serde_json::json!({ "retired": retired })).into_response(),
+        Ok(Ok(retired)) => Json(serde_json::json!({
+            "retired": retired,
+            "backupKeyFiles": state.core.backup_paths(),
+        }))
+        .into_response(),
         Ok(Err(CoreError::KeyState(msg))) => error(StatusCode::CONFLICT, "key_in_use", &msg),
         Ok(Err(e)) => core_error(e),
         Err(e) => ApiError::internal(e).into_response(),

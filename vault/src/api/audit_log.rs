@@ -1,12 +1,21 @@
 //! `GET /v1/audit/verify` (`audit` permission): walks the audit chain inside the running vault,
 //! which owns the sled folder — the live counterpart of `vault audit verify`, which needs the
 //! vault stopped because sled locks its folder.
+//!
+//! `GET /v1/audit/export?since=<seq | RFC 3339>[&upto=<seq>]` (`audit` permission): streams the
+//! entries as JSON lines (`application/x-ndjson`) up to `upto`, or to the head as it was when the
+//! request arrived, while writes go on — the same bytes `vault audit export` writes on a stopped
+//! vault, so a SIEM can follow the chain without downtime (next call: `since = last seq + 1`).
+//! The response carries `X-Audit-Upto`, the last sequence number it covers.
 
 use super::error::ApiError;
 use super::{AuditNote, Caller, SharedState};
 use crate::audit::Verdict;
 use crate::config::Permission;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use axum::{Extension, Json};
 use serde::Serialize;
@@ -14,7 +23,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn router() -> OpenApiRouter<SharedState> {
-    OpenApiRouter::new().routes(routes!(verify))
+    OpenApiRouter::new()
+        .routes(routes!(verify))
+        .routes(routes!(export))
 }
 
 /// `{entries, ok}`; on a break also `brokenAt` (1-based position) and `reason`.
@@ -66,4 +77,85 @@ async fn verify(
     }
     .await;
     AuditNote::new("audit_verify").finish(result)
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// First entry: a sequence number (1-based) or an RFC 3339 time (default 1).
+    since: Option<String>,
+    /// Last entry (inclusive); default: the head when the request arrived.
+    upto: Option<u64>,
+}
+
+/// The streamed body: batches of JSON lines handed over by the blocking reader.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+#[tracing::instrument(skip_all)]
+#[utoipa::path(
+    get,
+    operation_id = "export",
+    path = "/v1/audit/export",
+    summary = "Stream audit entries as JSON lines while the vault runs (permission audit)",
+    params(ExportQuery),
+    responses((status = 200, description = "JSON lines, one entry each", content_type = "application/x-ndjson", body = String), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 403, description = "Identity lacks the permission", body = crate::api::openapi::ErrorBody))
+)]
+async fn export(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Response {
+    let result = async {
+        caller.require(Permission::Audit)?;
+        let Query(q) = query.map_err(|_| ApiError::InvalidQuery)?;
+        let since = crate::audit_export::Since::parse(q.since.as_deref().unwrap_or("1"))
+            .map_err(|_| ApiError::InvalidQuery)?;
+        // The range is fixed now: entries appended during the export belong to the next one.
+        let upto = q.upto.unwrap_or_else(|| state.core.store().audit_length());
+        let tree = state
+            .core
+            .store()
+            .db()
+            .open_tree("audit")
+            .map_err(ApiError::internal)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        tokio::task::spawn_blocking(move || {
+            let outcome = crate::audit_export::start(&tree, &since).and_then(|first| match first {
+                Some(from) => crate::audit_export::export(&tree, from, Some(upto), |chunk| {
+                    tx.blocking_send(Bytes::from(chunk)).is_ok()
+                }),
+                None => Ok(0),
+            });
+            if let Err(e) = outcome {
+                // Headers are gone: the stream ends short; the client sees a truncated chain.
+                tracing::error!(error = %e, "audit export stopped");
+            }
+        });
+        let mut resp = Response::new(Body::new(ChannelBody(rx)));
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&upto.to_string()) {
+            headers.insert("x-audit-upto", v);
+        }
+        Ok::<Response, ApiError>(resp)
+    }
+    .await;
+    AuditNote::new("audit_export").finish(result)
 }

@@ -1,12 +1,15 @@
-//! The three commands: `init`, `serve`, `audit verify`.
+//! The commands: `init`, `serve`, `key …`, `audit verify|export`.
 //!
 //! Output contract: `serve` prints exactly one stdout line, `VAULT_LISTENING <addr>`, once the
 //! listener accepts connections; every log line goes to stderr. `init` prints paths, never keys.
 //! Exit codes: 0 success; 1 refused or failed (clear message on stderr); 2 `audit verify` found
 //! a broken chain.
 
+mod admin;
+mod init;
+
 use crate::api::AppState;
-use crate::config::{Config, FileConfig, Overrides};
+use crate::config::{Config, Overrides};
 use crate::core::VaultCore;
 use crate::keys;
 use clap::{Parser, Subcommand};
@@ -26,11 +29,15 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Create DIR/vault.toml, a dev PKI under DIR/pki, and the master and fingerprint keys.
-    /// Existing files are kept.
+    /// Development: create DIR/vault.toml, a dev PKI under DIR/pki, the master and fingerprint
+    /// keys and the data folder bound to them. Production: `--config FILE` (your own config and
+    /// PKI) creates only the key files and the data folder. Existing files are kept.
     Init {
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        dir: Option<PathBuf>,
+        /// An operator-written vault.toml whose TLS files are in place.
         #[arg(long)]
-        dir: PathBuf,
+        config: Option<PathBuf>,
         /// Sealed start (split knowledge): split the master key's root into this many Shamir
         /// shares, printed once as `SHARE <text>` lines; the key is never on disk in one piece.
         #[arg(long, requires = "threshold")]
@@ -69,11 +76,15 @@ pub enum AuditCommand {
     /// Write entries as JSON lines (with `prevHash` and `hash`) to stdout, so an external system
     /// can keep and re-verify them. Run it on a stopped vault.
     Export {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// First entry to export: a sequence number (1-based) or an RFC 3339 time.
         #[arg(long, default_value = "1")]
         since: String,
+        /// Ask the running vault (`GET /v1/audit/export`, permission `audit`) instead of
+        /// opening a stopped vault's data folder; the output is the same.
+        #[arg(long)]
+        online: bool,
     },
 }
 
@@ -100,9 +111,17 @@ pub struct AdminArgs {
     /// `admin.pem` / `admin.key` beside the CA.
     #[arg(long)]
     pub config: PathBuf,
-    /// Vault address, e.g. `127.0.0.1:8443` (default: `listen` from the config).
+    /// Vault address as `host:port` or `ip:port` (default: `listen` from the config).
     #[arg(long)]
     pub addr: Option<String>,
+    /// Name checked against the vault's certificate (default: the host of --addr if it is a
+    /// name, else the IP).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// CA that signed the vault's server certificate (default: the config's `tls.ca`).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Admin client certificate (default: `admin.pem` beside the CA).
     #[arg(long)]
     pub cert: Option<PathBuf>,
     #[arg(long)]
@@ -111,19 +130,37 @@ pub struct AdminArgs {
 
 pub fn main(cli: Cli) -> ExitCode {
     shared::ops::init_tracing(cli.log_format, "VAULT_LOG");
+    let json_logs = matches!(cli.log_format, shared::ops::LogFormat::Json);
     let result = match cli.command {
         Command::Init {
             dir,
+            config,
             shares,
             threshold,
-        } => match (shares, threshold) {
-            (Some(n), Some(k)) => init_sealed(&dir, n, k).map(|()| ExitCode::SUCCESS),
-            _ => init(&dir).map(|()| ExitCode::SUCCESS),
-        },
-        Command::Key { command } => key_command(command),
+        } => {
+            let sealed = shares.zip(threshold);
+            match (dir, config) {
+                (_, Some(c)) => init::init_config(&c, sealed),
+                (Some(d), None) => init::init_dir(&d, sealed),
+                (None, None) => Err("give --dir or --config".into()),
+            }
+            .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Key { command } => admin::key_command(command),
         Command::Audit {
-            command: AuditCommand::Export { config, since },
-        } => audit_export(&config, &since),
+            command:
+                AuditCommand::Export {
+                    admin,
+                    since,
+                    online,
+                },
+        } => {
+            if online {
+                admin::audit_export_online(&admin, &since)
+            } else {
+                audit_export(&admin.config, &since)
+            }
+        }
         Command::Serve { config, listen } => {
             serve(&config, listen.as_deref()).map(|()| ExitCode::SUCCESS)
         }
@@ -134,7 +171,12 @@ pub fn main(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vault: error: {e}");
+            if json_logs {
+                // One JSON object like every other log line, so a journal parser sees it.
+                tracing::error!(error = %e, "vault: error");
+            } else {
+                eprintln!("vault: error: {e}");
+            }
             ExitCode::from(1)
         }
     }
@@ -142,208 +184,41 @@ pub fn main(cli: Cli) -> ExitCode {
 
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// `vault init --dir DIR`: idempotent; never overwrites a key, certificate or config.
-pub fn init(dir: &Path) -> CliResult<()> {
-    shared::pki::create_private_dir(dir)?;
-    let dir = std::path::absolute(dir)?;
-    let config_path = dir.join("vault.toml");
-    let defaults = FileConfig::defaults();
-    let status = |created: bool| if created { "created" } else { "kept" };
-    let config_created = if config_path.exists() {
-        false
-    } else {
-        shared::pki::write_file(&config_path, defaults.to_toml()?.as_bytes(), 0o600)?;
-        true
-    };
-    let pki_dir = dir.join("pki");
-    let pki_created = shared::pki::ensure_dev_pki(&pki_dir)?;
-    let master = dir.join(&defaults.master_key_file);
-    // Re-running plain `init` on a sealed vault folder must not add an unused clear key.
-    let sealed_folder = dir.join("master.sealed").exists();
-    let master_created = !sealed_folder && keys::ensure_master_file(&master)?;
-    let fp = dir.join(&defaults.fingerprint_key_file);
-    let fp_created = keys::ensure_fingerprint_file(&fp)?;
-    println!(
-        "config: {} ({})",
-        config_path.display(),
-        status(config_created)
-    );
-    println!("pki: {} ({})", pki_dir.display(), status(pki_created));
-    println!(
-        "master key: {} ({})",
-        master.display(),
-        status(master_created)
-    );
-    println!("fingerprint key: {} ({})", fp.display(), status(fp_created));
-    println!("data: {}", dir.join(&defaults.data_dir).display());
-    println!("start with: vault serve --config {}", config_path.display());
-    Ok(())
-}
-
-/// `vault init --dir DIR --shares N --threshold K`: like `init`, but the master key is a sealed
-/// file (`master.sealed`) whose root key exists only as the N shares printed here, once.
-pub fn init_sealed(dir: &Path, shares: u8, threshold: u8) -> CliResult<()> {
-    shared::pki::create_private_dir(dir)?;
-    let dir = std::path::absolute(dir)?;
-    let config_path = dir.join("vault.toml");
-    if config_path.exists() {
-        return Err(format!(
-            "{} exists; sealed mode is chosen at first init (refusing to change an existing vault)",
-            config_path.display()
-        )
-        .into());
-    }
-    let mut defaults = FileConfig::defaults();
-    defaults.master_key_file = "master.sealed".into();
-    let sealed_path = dir.join(&defaults.master_key_file);
-    let texts = keys::create_sealed_master_file(&sealed_path, shares, threshold)?;
-    shared::pki::write_file(&config_path, defaults.to_toml()?.as_bytes(), 0o600)?;
-    let pki_dir = dir.join("pki");
-    shared::pki::ensure_dev_pki(&pki_dir)?;
-    let fp = dir.join(&defaults.fingerprint_key_file);
-    keys::ensure_fingerprint_file(&fp)?;
-    println!("config: {} (created)", config_path.display());
-    println!("pki: {}", pki_dir.display());
-    println!(
-        "sealed master key: {} (threshold {threshold} of {shares})",
-        sealed_path.display()
-    );
-    println!("fingerprint key: {}", fp.display());
-    println!("data: {}", dir.join(&defaults.data_dir).display());
-    println!(
-        "Give each share to a different custodian. They are printed only now and never stored."
-    );
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        for t in &texts {
-            writeln!(out, "SHARE {}", t.as_str())?;
-        }
-        out.flush()?;
-    }
-    drop(texts);
-    println!(
-        "start with: vault serve --config {} (it starts sealed)",
-        config_path.display()
-    );
-    Ok(())
-}
-
-/// Runs an admin request against the running vault and prints the JSON answer.
-fn key_command(command: KeyCommand) -> CliResult<ExitCode> {
-    let (args, method, path, body) = match command {
-        KeyCommand::Rotate(a) => (a, "POST", "/v1/admin/keys/rotate", None),
-        KeyCommand::Status(a) => (a, "GET", "/v1/admin/keys", None),
-        KeyCommand::RotateFingerprint(a) => (a, "POST", "/v1/admin/fingerprint-key/rotate", None),
-        KeyCommand::Retire { admin, below } => (
-            admin,
-            "POST",
-            "/v1/admin/keys/retire",
-            Some(serde_json::json!({ "below": below })),
-        ),
-    };
-    shared::tls::install_crypto_provider();
-    let config = Config::load(&args.config, Overrides::from_env(), args.addr.as_deref())?;
-    let ca_dir = config
-        .tls
-        .ca
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default();
-    let files = shared::tls::TlsFiles {
-        ca: config.tls.ca.clone(),
-        cert: args.cert.unwrap_or_else(|| ca_dir.join("admin.pem")),
-        key: args.key.unwrap_or_else(|| ca_dir.join("admin.key")),
-    };
-    let tls = shared::tls::mtls_client_config(&files)?;
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(std::time::Duration::from_secs(60))
-        .build()?;
-    // The server certificate is issued for localhost / 127.0.0.1.
-    let url = format!("https://{}{path}", config.listen);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let req = match method {
-            "GET" => client.get(&url),
-            _ => client.post(&url),
-        };
-        let req = match body {
-            Some(b) => req.json(&b),
-            None => req,
-        };
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        println!("{text}");
-        Ok(if status.is_success() {
-            ExitCode::SUCCESS
-        } else {
-            eprintln!("vault: {method} {path} answered {status}");
-            ExitCode::from(1)
-        })
-    })
-}
-
-/// `vault audit export --config FILE --since <seq | RFC 3339>`: JSON lines on stdout.
-fn audit_export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
-    enum Since {
-        Seq(u64),
-        Time(time::OffsetDateTime),
-    }
-    let since = match since.parse::<u64>() {
-        Ok(n) => Since::Seq(n),
-        Err(_) => Since::Time(
-            time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| "--since must be a sequence number or an RFC 3339 time")?,
-        ),
-    };
+/// Opens a stopped vault's data folder (sled refuses, by name, one a running vault holds).
+fn open_stopped_db(config_path: &Path) -> CliResult<sled::Db> {
     let config = Config::load(config_path, Overrides::from_env(), None)?;
     if !config.data_dir.is_dir() {
         return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
     }
-    let db = crate::store::open_db(
+    Ok(crate::store::open_db(
         &config.data_dir,
         config.storage.cache_capacity_bytes,
         config.storage.flush_every_ms,
-    )?;
+    )?)
+}
+
+/// `vault audit export --config FILE --since <seq | RFC 3339>` on a stopped vault: JSON lines
+/// on stdout (the same bytes as `--online` for the same range).
+fn audit_export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
+    let since = crate::audit_export::Since::parse(since)?;
+    let db = open_stopped_db(config_path)?;
     let tree = db.open_tree("audit")?;
-    let start = match since {
-        Since::Seq(n) => n.max(1),
-        Since::Time(t) => {
-            // Entries are appended in time order: the first at or after `t` starts the export.
-            let mut first = None;
-            for item in tree.iter() {
-                let (_, v) = item?;
-                let e = crate::audit::AuditEntry::decode(&v)?;
-                let at = time::OffsetDateTime::parse(
-                    &e.time,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map_err(|_| format!("audit entry {} has an unreadable time", e.seq))?;
-                if at >= t {
-                    first = Some(e.seq);
-                    break;
-                }
-            }
-            match first {
-                Some(s) => s,
-                None => return Ok(ExitCode::SUCCESS),
-            }
-        }
+    let Some(start) = crate::audit_export::start(&tree, &since)? else {
+        eprintln!("exported 0 audit entries");
+        return Ok(ExitCode::SUCCESS);
     };
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut n = 0u64;
-    for item in tree.range(crate::audit::key(start)..) {
-        let (_, v) = item?;
-        // Decoded and re-encoded: a damaged entry stops the export with a clear error.
-        let e = crate::audit::AuditEntry::decode(&v)?;
-        serde_json::to_writer(&mut out, &e)?;
-        out.write_all(b"\n")?;
-        n += 1;
+    let mut failed = None;
+    let n = crate::audit_export::export(&tree, start, None, |chunk| match out.write_all(&chunk) {
+        Ok(()) => true,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     out.flush()?;
     eprintln!("exported {n} audit entries from seq {start}");
@@ -385,7 +260,19 @@ pub async fn start(
     listener: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> CliResult<crate::server::Running> {
+    if prepared.config.permissions.values().all(Vec::is_empty) {
+        tracing::warn!(
+            "[permissions] grants nothing: every client identity will be refused (403); \
+             name the identities (certificate CNs) and what each may do"
+        );
+    }
     let core = VaultCore::open(&prepared.config, true)?;
+    tracing::info!(
+        data_dir = %prepared.config.data_dir.display(),
+        master_key_versions = ?core.key_versions(),
+        sealed = core.is_sealed(),
+        "keys checked against the data folder"
+    );
     let processor = build_processor(&prepared.config.processor)?;
     let state = Arc::new(AppState {
         core,
@@ -482,15 +369,7 @@ async fn shutdown_signal() {
 
 /// `vault audit verify --config FILE`.
 fn audit_verify(config_path: &Path) -> CliResult<ExitCode> {
-    let config = Config::load(config_path, Overrides::from_env(), None)?;
-    if !config.data_dir.is_dir() {
-        return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
-    }
-    let db = crate::store::open_db(
-        &config.data_dir,
-        config.storage.cache_capacity_bytes,
-        config.storage.flush_every_ms,
-    )?;
+    let db = open_stopped_db(config_path)?;
     match crate::store::verify_audit_db(&db)? {
         crate::audit::Verdict::Ok { entries } => {
             println!("audit chain: {entries} entries ok");
