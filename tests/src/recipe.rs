@@ -533,6 +533,21 @@ IFS= read -r reply <&3
     }
 }
 
+impl Drop for Root {
+    /// The units' processes are owned by the control thread, which never ends: stop them here
+    /// (also when a step panicked), or they would outlive the test.
+    fn drop(&mut self) {
+        let mut guard = self
+            .control
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let running = std::mem::take(&mut *guard);
+        drop(guard);
+        drop(running);
+    }
+}
+
 impl Default for Root {
     fn default() -> Self {
         Self::new()
