@@ -3,25 +3,31 @@
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //! data = "/var/lib/strongroom"        # accounts-api keeps its state in DATA/accounts
+//! public_url = "https://accounts.example.com"   # base of sign-in links (absolute http(s) URL)
+//! live = false                        # the `live` field of orders, subscriptions and events
 //! [vault]
-//! addr = "127.0.0.1:8443"
+//! addr = "vault.internal:8443"        # host:port (resolved at start) or ip:port
 //! server_name = "localhost"           # name in the vault's certificate
 //! ca = "pki/ca.pem"                   # relative paths are relative to this file
 //! cert = "pki/accounts.pem"
-//! key = "pki/accounts.key"
-//! [renewals]                          # the renewal job (off without this section)
-//! cert = "pki/renewals.pem"           # its own client identity at the vault
-//! key = "pki/renewals.key"
+//! key = "pki/accounts.key"            # owner-only (chmod 600), like the vault's key files
+//! [renewals]                          # on by default; `enabled = false` turns the job off
+//! cert = "pki/renewals.pem"           # default: renewals.pem next to vault.cert
+//! key = "pki/renewals.key"            # default: renewals.key next to vault.cert
 //! interval_secs = 60                  # periodic run; 0 = on demand only
 //! [limits]                            # all optional; defaults shown in the README
 //! auth_failures_per_address = 20
 //! store_requests_per_sec = 0          # 0: unlimited
 //! ```
-//! Overrides: `STRONGROOM_LISTEN`, `STRONGROOM_DATA`, `STRONGROOM_VAULT_ADDR`,
-//! `STRONGROOM_VAULT_SERVER_NAME`, `STRONGROOM_VAULT_CA`, `STRONGROOM_VAULT_CERT`,
-//! `STRONGROOM_VAULT_KEY`, `STRONGROOM_RENEWALS_CERT`, `STRONGROOM_RENEWALS_KEY`,
-//! `STRONGROOM_RENEWALS_INTERVAL_SECS`.
+//! Overrides: `STRONGROOM_LISTEN`, `STRONGROOM_DATA`, `STRONGROOM_PUBLIC_URL`, `STRONGROOM_LIVE`,
+//! `STRONGROOM_VAULT_ADDR`, `STRONGROOM_VAULT_SERVER_NAME`, `STRONGROOM_VAULT_CA`,
+//! `STRONGROOM_VAULT_CERT`, `STRONGROOM_VAULT_KEY`, `STRONGROOM_RENEWALS_ENABLED`,
+//! `STRONGROOM_RENEWALS_CERT`, `STRONGROOM_RENEWALS_KEY`, `STRONGROOM_RENEWALS_INTERVAL_SECS`.
+//!
+//! Every mistake is an error that names the key: an unknown key, a missing required one, a
+//! public URL without scheme, renewals on (the default) without their certificate files.
 
+use crate::settings::{parse_bool, parse_public_url};
 use crate::vault::VaultConfig;
 use serde::Deserialize;
 use shared::tls::TlsFiles;
@@ -33,6 +39,8 @@ use std::path::{Path, PathBuf};
 struct FileConfig {
     listen: Option<String>,
     data: Option<PathBuf>,
+    public_url: Option<String>,
+    live: Option<bool>,
     vault: Option<VaultFile>,
     renewals: Option<RenewalsFile>,
     #[serde(default)]
@@ -42,6 +50,8 @@ struct FileConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RenewalsFile {
+    /// `false` turns the renewal job off (saved-card subscriptions are then never charged).
+    enabled: Option<bool>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     interval_secs: Option<u64>,
@@ -85,7 +95,14 @@ pub struct Config {
     /// The data folder; accounts-api's own state is under `data/accounts`.
     pub data: PathBuf,
     pub vault: VaultConfig,
+    /// `vault.addr` as written (a host name or an address), for the startup summary.
+    pub vault_addr_text: String,
+    /// `None`: renewals are off (`[renewals] enabled = false`).
     pub renewals: Option<RenewalsConfig>,
+    /// Base of sign-in links; `None`: links follow the request's Host header.
+    pub public_url: Option<String>,
+    /// Live mode: `live` in every order, subscription and event.
+    pub live: bool,
     /// `[limits]`: abuse and resource limits (see [`crate::ops::Limits`]).
     pub limits: crate::ops::Limits,
 }
@@ -103,28 +120,10 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let v = file.vault.unwrap_or_default();
-        let r = file.renewals;
-        let renewals = match r {
-            None if env("STRONGROOM_RENEWALS_CERT").is_none() => None,
-            r => {
-                let r = r.unwrap_or_default();
-                let path = |envname: &str, val: Option<PathBuf>, what: &str| {
-                    env(envname)
-                        .map(PathBuf::from)
-                        .or(val.map(rel))
-                        .ok_or(format!("renewals.{what} is required"))
-                };
-                Some(RenewalsConfig {
-                    cert: path("STRONGROOM_RENEWALS_CERT", r.cert, "cert")?,
-                    key: path("STRONGROOM_RENEWALS_KEY", r.key, "key")?,
-                    interval: RenewalsConfig::interval_from_env(r.interval_secs.unwrap_or(60))?,
-                })
-            }
-        };
         let listen = env("STRONGROOM_LISTEN")
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let addr = env("STRONGROOM_VAULT_ADDR")
+        let addr_text = env("STRONGROOM_VAULT_ADDR")
             .or(v.addr)
             .ok_or("vault.addr is required")?;
         let need = |envname: &str, val: Option<PathBuf>, what: &str| -> Result<PathBuf, String> {
@@ -133,28 +132,43 @@ impl Config {
                 .or(val.map(rel))
                 .ok_or(format!("vault.{what} is required"))
         };
+        let tls = TlsFiles {
+            ca: need("STRONGROOM_VAULT_CA", v.ca, "ca")?,
+            cert: need("STRONGROOM_VAULT_CERT", v.cert, "cert")?,
+            key: need("STRONGROOM_VAULT_KEY", v.key, "key")?,
+        };
+        let renewals = renewals(file.renewals.unwrap_or_default(), &tls.cert, &rel)?;
+        let public_url = match env("STRONGROOM_PUBLIC_URL") {
+            Some(u) => Some(parse_public_url(&u, "STRONGROOM_PUBLIC_URL")?),
+            None => file
+                .public_url
+                .as_deref()
+                .map(|u| parse_public_url(u, "public_url"))
+                .transpose()?,
+        };
+        let live = match env("STRONGROOM_LIVE") {
+            Some(v) => parse_bool(&v, "STRONGROOM_LIVE")?,
+            None => file.live.unwrap_or(false),
+        };
         Ok(Self {
             listen: listen
                 .parse()
-                .map_err(|_| format!("listen: not an address: {listen}"))?,
+                .map_err(|_| format!("listen: not an address (ip:port): {listen}"))?,
             data: env("STRONGROOM_DATA")
                 .map(PathBuf::from)
                 .or(file.data.map(rel))
                 .ok_or("data is required")?,
             vault: VaultConfig {
-                addr: addr
-                    .parse()
-                    .map_err(|_| format!("vault.addr: not an address: {addr}"))?,
+                addr: resolve_vault_addr(&addr_text)?,
                 server_name: env("STRONGROOM_VAULT_SERVER_NAME")
                     .or(v.server_name)
                     .unwrap_or_else(|| "localhost".into()),
-                tls: TlsFiles {
-                    ca: need("STRONGROOM_VAULT_CA", v.ca, "ca")?,
-                    cert: need("STRONGROOM_VAULT_CERT", v.cert, "cert")?,
-                    key: need("STRONGROOM_VAULT_KEY", v.key, "key")?,
-                },
+                tls,
             },
+            vault_addr_text: addr_text,
             renewals,
+            public_url,
+            live,
             limits: file.limits,
         })
     }
@@ -175,6 +189,62 @@ impl Config {
     }
 }
 
+/// `[renewals]`: on unless `enabled = false` (or `STRONGROOM_RENEWALS_ENABLED=false`); the
+/// certificate defaults to `renewals.pem`/`renewals.key` next to `vault.cert`, and must exist.
+fn renewals(
+    r: RenewalsFile,
+    vault_cert: &Path,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Option<RenewalsConfig>, String> {
+    let enabled = match env("STRONGROOM_RENEWALS_ENABLED") {
+        Some(v) => parse_bool(&v, "STRONGROOM_RENEWALS_ENABLED")?,
+        None => r.enabled.unwrap_or(true),
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let folder = vault_cert.parent().unwrap_or(Path::new("."));
+    let path = |envname: &str, val: Option<PathBuf>, default: &str| {
+        env(envname)
+            .map(PathBuf::from)
+            .or(val.map(rel))
+            .unwrap_or_else(|| folder.join(default))
+    };
+    let cert = path("STRONGROOM_RENEWALS_CERT", r.cert, "renewals.pem");
+    let key = path("STRONGROOM_RENEWALS_KEY", r.key, "renewals.key");
+    for (what, file) in [("renewals.cert", &cert), ("renewals.key", &key)] {
+        if !file.exists() {
+            return Err(format!(
+                "renewals are on (the default) but {what} {} does not exist: place the renewal \
+                 job's client certificate and key there, set renewals.cert and renewals.key, or \
+                 turn renewals off with `[renewals] enabled = false` (saved-card subscriptions \
+                 are then never charged)",
+                file.display()
+            ));
+        }
+    }
+    Ok(Some(RenewalsConfig {
+        cert,
+        key,
+        interval: RenewalsConfig::interval_from_env(r.interval_secs.unwrap_or(60))?,
+    }))
+}
+
+/// `vault.addr`: an `ip:port`, or a `host:port` resolved once here (the first address wins; the
+/// TLS name checked is `vault.server_name`, not this host).
+fn resolve_vault_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs as _;
+    text.to_socket_addrs()
+        .map_err(|e| {
+            format!("vault.addr: cannot resolve {text:?} (write host:port or ip:port): {e}")
+        })?
+        .next()
+        .ok_or_else(|| format!("vault.addr: {text:?} resolves to no address"))
+}
+
 /// `DATA/accounts`: the folder accounts-api owns (sled database and admin socket).
 pub fn accounts_dir(data: &Path) -> PathBuf {
     data.join("accounts")
@@ -192,7 +262,8 @@ mod tests {
         std::fs::write(
             &file,
             "listen = \"127.0.0.1:0\"\ndata = \"state\"\n[vault]\naddr = \"127.0.0.1:8443\"\n\
-             ca = \"pki/ca.pem\"\ncert = \"/abs/accounts.pem\"\nkey = \"pki/accounts.key\"\n",
+             ca = \"pki/ca.pem\"\ncert = \"/abs/accounts.pem\"\nkey = \"pki/accounts.key\"\n\
+             [renewals]\nenabled = false\n",
         )
         .unwrap();
         let cfg = Config::load(&file).unwrap();
@@ -200,14 +271,83 @@ mod tests {
         assert_eq!(cfg.vault.tls.ca, dir.path().join("pki/ca.pem"));
         assert_eq!(cfg.vault.tls.cert, PathBuf::from("/abs/accounts.pem"));
         assert_eq!(cfg.vault.server_name, "localhost");
+        assert!(cfg.renewals.is_none(), "enabled = false turns renewals off");
+        assert!(!cfg.live, "live defaults to false");
+        assert_eq!(cfg.public_url, None);
         assert_eq!(
             Config::data_folder(&file).unwrap(),
             dir.path().join("state")
         );
 
         std::fs::write(&file, "data = \"x\"\n[vault]\naddr = \"127.0.0.1:1\"\n").unwrap();
-        assert!(Config::load(&file).unwrap_err().contains("vault.ca"));
+        assert!(
+            Config::load(&file)
+                .unwrap_err()
+                .contains("vault.ca is required")
+        );
         std::fs::write(&file, "data = \"x\"\nsurprise = 1\n").unwrap();
-        assert!(Config::load(&file).is_err(), "unknown keys are refused");
+        let e = Config::load(&file).unwrap_err();
+        assert!(
+            e.contains("unknown field `surprise`"),
+            "unknown keys are refused by name: {e}"
+        );
+    }
+
+    const VAULT: &str = "[vault]\naddr = \"localhost:8443\"\nca = \"pki/ca.pem\"\n\
+                         cert = \"pki/accounts.pem\"\nkey = \"pki/accounts.key\"\n";
+
+    #[test]
+    fn renewals_are_on_by_default_with_the_certificate_next_to_the_accounts_one_or_refuse_to_start()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("accounts.toml");
+        std::fs::write(&file, format!("data = \"x\"\n{VAULT}")).unwrap();
+        let e = Config::load(&file).unwrap_err();
+        assert!(
+            e.contains("renewals are on (the default) but renewals.cert")
+                && e.contains(&dir.path().join("pki/renewals.pem").display().to_string())
+                && e.contains("enabled = false"),
+            "{e}"
+        );
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        std::fs::write(dir.path().join("pki/renewals.pem"), "x").unwrap();
+        std::fs::write(dir.path().join("pki/renewals.key"), "x").unwrap();
+        let cfg = Config::load(&file).unwrap();
+        let r = cfg.renewals.unwrap();
+        assert_eq!(r.cert, dir.path().join("pki/renewals.pem"));
+        assert_eq!(r.key, dir.path().join("pki/renewals.key"));
+        assert_eq!(r.interval, Some(std::time::Duration::from_secs(60)));
+        // A host name resolves at load; the TLS name stays its own setting.
+        assert!(cfg.vault.addr.ip().is_loopback(), "{}", cfg.vault.addr);
+        assert_eq!(cfg.vault.addr.port(), 8443);
+        assert_eq!(cfg.vault_addr_text, "localhost:8443");
+    }
+
+    #[test]
+    fn public_url_and_live_come_from_the_file_and_a_url_without_scheme_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("accounts.toml");
+        let write = |head: &str| {
+            std::fs::write(
+                &file,
+                format!("data = \"x\"\n{head}\n{VAULT}[renewals]\nenabled = false\n"),
+            )
+            .unwrap();
+        };
+        write("public_url = \"https://accounts.example.com/\"\nlive = true");
+        let cfg = Config::load(&file).unwrap();
+        assert_eq!(
+            cfg.public_url.as_deref(),
+            Some("https://accounts.example.com")
+        );
+        assert!(cfg.live);
+        write("public_url = \"accounts.example.com\"");
+        let e = Config::load(&file).unwrap_err();
+        assert!(
+            e.starts_with("public_url: ") && e.contains("https://"),
+            "{e}"
+        );
+        write("live = \"yes\"");
+        assert!(Config::load(&file).unwrap_err().contains("live"));
     }
 }

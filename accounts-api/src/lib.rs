@@ -18,6 +18,7 @@ pub mod ops;
 pub mod renewals;
 pub mod routes;
 pub mod settings;
+pub mod startup;
 pub mod storage;
 pub mod vault;
 pub mod webhooks;
@@ -33,41 +34,41 @@ pub fn build(data: &Path, vault: &vault::VaultConfig) -> Result<app::SharedState
 
 /// [`build`] plus the renewal job: its own vault client (the `renewals` certificate) and, when
 /// `interval` is given, a periodic run (the first at once, resuming interrupted charges).
+/// Tunables come from the environment ([`settings::Settings::from_env`]).
 pub fn build_with_renewals(
     data: &Path,
     vault: &vault::VaultConfig,
     renewals: Option<&config::RenewalsConfig>,
 ) -> Result<app::SharedState, String> {
+    build_with_settings(data, vault, renewals, settings::Settings::from_env()?)
+}
+
+/// [`build_with_renewals`] with explicit settings (`serve` merges `public_url` and `live` from
+/// its config file into them).
+pub fn build_with_settings(
+    data: &Path,
+    vault: &vault::VaultConfig,
+    renewals: Option<&config::RenewalsConfig>,
+    settings: settings::Settings,
+) -> Result<app::SharedState, String> {
     let dir = config::accounts_dir(data);
     admin::private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // The client identities first: a key file others can read refuses the start before any
+    // database is opened.
+    let client = vault::VaultClient::new(vault)?;
+    let renewals_client = match renewals {
+        Some(r) => Some(vault::VaultClient::renewals(vault, r)?),
+        None => None,
+    };
     let sled = Arc::new(
         storage::SledStorage::open(&dir.join("db"))
-            .map_err(|e| format!("cannot open the database: {e}"))?,
+            .map_err(|e| format!("cannot open the database: {e}"))?
+            .with_live(settings.live),
     );
     let storage: Arc<dyn storage::Storage> = sled.clone();
     let events: Arc<dyn eventstore::EventStore> = sled;
-    let client = vault::VaultClient::new(vault)?;
-    let renewals_client = match renewals {
-        Some(r) => {
-            let cfg = vault::VaultConfig {
-                tls: shared::tls::TlsFiles {
-                    ca: vault.tls.ca.clone(),
-                    cert: r.cert.clone(),
-                    key: r.key.clone(),
-                },
-                ..vault.clone()
-            };
-            // Longer than the vault's processor timeout: a slow processor is an answer.
-            Some(vault::VaultClient::with_timeout(
-                &cfg,
-                std::time::Duration::from_secs(30),
-            )?)
-        }
-        None => None,
-    };
     admin::serve(&dir, Arc::clone(&storage), Arc::clone(&events))
         .map_err(|e| format!("admin socket: {e}"))?;
-    let settings = settings::Settings::from_env();
     webhooks::spawn_dispatcher(Arc::clone(&events), settings.clone())?;
     let state = app::AppState::with_renewals(storage, events, settings, client, renewals_client);
     if let Some(interval) = renewals.and_then(|r| r.interval) {

@@ -139,18 +139,48 @@ enum StoreCommand {
     },
 }
 
-async fn serve(config: PathBuf) -> Result<(), String> {
+async fn serve(config: PathBuf, log_format: shared::ops::LogFormat) -> Result<(), String> {
     let cfg = accounts_api::config::Config::load(&config)?;
-    let state = accounts_api::build_with_renewals(&cfg.data, &cfg.vault, cfg.renewals.as_ref())?;
+    let settings = accounts_api::settings::Settings {
+        public_url: cfg.public_url.clone(),
+        live: cfg.live,
+        ..accounts_api::settings::Settings::from_env()?
+    };
+    // Bind first: a taken port is the most common start failure and needs no other state.
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|e| format!("bind {}: {e}", cfg.listen))?;
+        .map_err(|e| listen_error(cfg.listen, &e))?;
+    let state =
+        accounts_api::build_with_settings(&cfg.data, &cfg.vault, cfg.renewals.as_ref(), settings)?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("ACCOUNTS_API_LISTENING http://{addr}");
     tracing::info!(%addr, "accounts-api listening");
+    // The summary asks the vault who we are; it must not delay serving (the vault may start
+    // later), so it runs beside the server.
+    tokio::spawn(accounts_api::startup::summary(
+        std::sync::Arc::clone(&state),
+        accounts_api::startup::Facts::of(&cfg, addr),
+        log_format,
+    ));
     accounts_api::app::run_with(listener, state, cfg.limits, accounts_api::shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// "listen 127.0.0.1:8080: address already in use — …": names the address and what to do.
+fn listen_error(addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " — another process already listens on this port: stop it or change `listen` \
+             (or STRONGROOM_LISTEN)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " — ports below 1024 need privileges: use a higher port behind a proxy"
+        }
+        std::io::ErrorKind::AddrNotAvailable => " — no interface of this machine has that address",
+        _ => "",
+    };
+    format!("cannot listen on {addr}: {e}{hint}")
 }
 
 async fn store_create(
@@ -174,7 +204,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     accounts_api::init_tracing(cli.log_format);
     let result = match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { config } => serve(config, cli.log_format).await,
         Command::Dev { data, port } => accounts_api::dev::run(data, port).await,
         Command::Store {
             command: StoreCommand::Create { name, data, config },
@@ -184,7 +214,12 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("accounts-api: {e}");
+            // In JSON mode the error is one JSON line like every other (log shippers parse
+            // stderr line by line); in text mode one plain line.
+            match cli.log_format {
+                shared::ops::LogFormat::Json => tracing::error!(error = %e, "accounts-api: {e}"),
+                shared::ops::LogFormat::Text => eprintln!("accounts-api: {e}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

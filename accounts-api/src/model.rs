@@ -352,6 +352,9 @@ pub struct OrderRecord {
     /// Whether the token was saved in the vault (the subscriptions renew automatically).
     pub payment_method: Option<String>,
     pub completed: i64,
+    /// Written in live mode (`live` in the config); absent in older records: false.
+    #[serde(default)]
+    pub live: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -390,6 +393,9 @@ pub struct SubscriptionRecord {
     /// Renewal bookkeeping (absent in records written before renewals existed).
     #[serde(default)]
     pub renewal: RenewalState,
+    /// Created in live mode (`live` in the config); absent in older records: false.
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// What the renewal job keeps on a subscription.

@@ -1,5 +1,6 @@
 //! The operations surface: request ids, access logs and metrics for every request, `/metrics`,
-//! `/healthz` (live), `/readyz` (ready: the vault answers), and the abuse limits in front of
+//! `/healthz` (live), `/readyz` (ready: the vault answers *and* sees our certificates as
+//! identities with the permissions we need), and the abuse limits in front of
 //! Basic authentication (failed attempts per client address and per store, per-store request
 //! rate). All of it is middleware around [`crate::app::router`]; handlers are untouched.
 //!
@@ -366,17 +367,136 @@ async fn healthz() -> Response {
     axum::Json(serde_json::json!({"status": "live"})).into_response()
 }
 
-/// Ready when the vault answers its health check within 2 s (every write path needs it).
-#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Readiness: the vault answers",
+/// Permissions the accounts identity needs at the vault (checkout, account pages, removal).
+pub const ACCOUNTS_PERMISSIONS: &[&str] = &["store", "read", "delete"];
+/// Permissions the renewals identity needs (charging saved cards).
+pub const RENEWALS_PERMISSIONS: &[&str] = &["charge"];
+
+/// What the vault says about one of our client identities.
+#[derive(Debug, Clone)]
+pub enum IdentityCheck {
+    /// Reachable, and the identity has every permission needed.
+    Ok(shared::vault_api::WhoAmI),
+    /// Reachable, but the identity lacks permissions (e.g. `renewals` configured as vault.cert).
+    Lacks {
+        who: shared::vault_api::WhoAmI,
+        missing: Vec<&'static str>,
+    },
+    /// Reachable, but the vault does not know the certificate's identity at all (403).
+    Unknown,
+    /// Not reachable; the fixed kind label (`connect_refused`, `tls_unknown_issuer`, …).
+    Unreachable(String),
+}
+
+impl IdentityCheck {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok(_))
+    }
+
+    /// One sentence for `/readyz` and the startup summary; `role` is `accounts` or `renewals`,
+    /// `setting` the config key of its certificate.
+    pub fn describe(&self, role: &str, setting: &str) -> String {
+        match self {
+            Self::Ok(w) => format!(
+                "reachable as identity {:?} with permissions [{}]",
+                w.identity,
+                w.permissions.join(", ")
+            ),
+            Self::Lacks { who, missing } => format!(
+                "the vault sees {setting} as identity {:?} with permissions [{}]; the {role} client \
+                 needs permissions {} (missing: {}) — is {setting} the {role} certificate?",
+                who.identity,
+                who.permissions.join(", "),
+                required(role).join(", "),
+                missing.join(", ")
+            ),
+            Self::Unknown => format!(
+                "the vault does not know the identity of {setting} (403): it is not named in the \
+                 vault's [permissions]"
+            ),
+            Self::Unreachable(kind) if kind.starts_with("status ") => {
+                format!("the vault answered {kind} (sealed, or failing: see the vault's log)")
+            }
+            Self::Unreachable(kind) => format!("vault unreachable ({kind})"),
+        }
+    }
+}
+
+fn required(role: &str) -> &'static [&'static str] {
+    if role == "renewals" {
+        RENEWALS_PERMISSIONS
+    } else {
+        ACCOUNTS_PERMISSIONS
+    }
+}
+
+/// Asks the vault who `client` is (`GET /v1/whoami`, 2 s budget) and compares its permissions
+/// with `needed`.
+pub async fn check_identity(
+    client: &crate::vault::VaultClient,
+    needed: &'static [&'static str],
+) -> IdentityCheck {
+    use crate::vault::VaultError;
+    match tokio::time::timeout(Duration::from_secs(2), client.whoami()).await {
+        Err(_) => IdentityCheck::Unreachable("timeout".into()),
+        Ok(Ok(who)) => {
+            let missing: Vec<&'static str> = needed
+                .iter()
+                .copied()
+                .filter(|p| !who.permissions.iter().any(|h| h == p))
+                .collect();
+            if missing.is_empty() {
+                IdentityCheck::Ok(who)
+            } else {
+                IdentityCheck::Lacks { who, missing }
+            }
+        }
+        Ok(Err(VaultError::Forbidden { .. })) => IdentityCheck::Unknown,
+        Ok(Err(VaultError::Unavailable(kind))) => IdentityCheck::Unreachable(kind),
+        Ok(Err(VaultError::NotFound)) => IdentityCheck::Unreachable("no whoami route".into()),
+        Ok(Err(VaultError::Rejected { status, .. })) => {
+            IdentityCheck::Unreachable(format!("status {status}"))
+        }
+    }
+}
+
+/// The accounts identity's check and, when renewals are on, the renewals identity's.
+pub async fn check_vault(state: &crate::app::AppState) -> (IdentityCheck, Option<IdentityCheck>) {
+    let accounts = check_identity(&state.vault, ACCOUNTS_PERMISSIONS);
+    match &state.renewals {
+        Some(r) => {
+            let (a, r) = tokio::join!(accounts, check_identity(r.client(), RENEWALS_PERMISSIONS));
+            (a, Some(r))
+        }
+        None => (accounts.await, None),
+    }
+}
+
+/// Ready when the vault answers within 2 s and sees the accounts certificate as an identity with
+/// `store`, `read` and `delete` (and, with renewals on, the renewals certificate with `charge`).
+/// Not ready: 503 with `vault` (`unreachable` or `wrong identity`) and a `reason` sentence.
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Readiness: the vault answers and grants our identities their permissions",
     responses(
         (status = 200, description = "Ready", body = crate::openapi::Status),
-        (status = 503, description = "The vault is unreachable", body = Object)))]
+        (status = 503, description = "The vault is unreachable or refuses our identity: `{status, vault, reason}`", body = Object)))]
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
-    let vault = tokio::time::timeout(Duration::from_secs(2), ops.state.vault.health()).await;
-    match vault {
-        Ok(Ok(())) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-        _ => {
-            let body = serde_json::json!({"status": "not ready", "vault": "unreachable"});
+    let (accounts, renewals) = check_vault(&ops.state).await;
+    let problem = if !accounts.is_ok() {
+        Some((accounts, "accounts", "vault.cert"))
+    } else {
+        renewals
+            .filter(|r| !r.is_ok())
+            .map(|r| (r, "renewals", "renewals.cert"))
+    };
+    match problem {
+        None => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Some((check, role, setting)) => {
+            let vault = match check {
+                IdentityCheck::Unreachable(_) => "unreachable",
+                _ => "wrong identity",
+            };
+            let body = serde_json::json!({"status": "not ready", "vault": vault,
+                "identity": role, "reason": check.describe(role, setting)});
             let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));

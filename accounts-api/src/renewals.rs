@@ -57,6 +57,11 @@ pub struct Renewals {
 }
 
 impl Renewals {
+    /// The renewal job's vault client (readiness checks its identity).
+    pub fn client(&self) -> &VaultClient {
+        &self.client
+    }
+
     pub fn new(client: VaultClient) -> Self {
         Self {
             client,
@@ -375,6 +380,12 @@ pub async fn renew_one(
         Err(VaultError::Unavailable(_)) => Ok(Outcome::Failed {
             reason: "vault_unavailable".into(),
         }),
+        // Logged at ERROR by the client (the renewals certificate's identity lacks `charge`);
+        // the intent stays, so the charge goes out once the configuration is fixed. To the
+        // merchant it is an outage of ours, like any other: `VAULT_UNAVAILABLE`.
+        Err(VaultError::Forbidden { .. }) => Ok(Outcome::Failed {
+            reason: "vault_unavailable".into(),
+        }),
         Err(VaultError::Rejected { status, field }) => {
             // Our request is wrong (it will not fix itself): keep the intent for an operator.
             tracing::error!(
@@ -609,6 +620,7 @@ mod tests {
             next: T,
             canceled: None,
             renewal: RenewalState::default(),
+            live: false,
         }
     }
 

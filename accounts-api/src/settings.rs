@@ -2,7 +2,9 @@
 //! default; the README lists them).
 //!
 //! `STRONGROOM_PUBLIC_URL` (base of sign-in links; `https://…` also makes the session cookie
-//! `Secure`; unset: `http://` + the request's Host), `STRONGROOM_SSO_TTL_SECS` (300),
+//! `Secure`; unset: `http://` + the request's Host; a value that is not an absolute http(s) URL
+//! is an error, never silently dropped), `STRONGROOM_LIVE` (`true`/`false`, default false: the
+//! `live` field of every order, subscription and event), `STRONGROOM_SSO_TTL_SECS` (300),
 //! `STRONGROOM_SESSION_TTL_SECS` (1800), `STRONGROOM_WEBHOOK_RETRY_BASE_MS` (5000, doubled per
 //! attempt, capped at one hour), `STRONGROOM_WEBHOOK_MAX_ATTEMPTS` (10),
 //! `STRONGROOM_WEBHOOK_TIMEOUT_MS` (10000).
@@ -11,7 +13,11 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Base of sign-in links, without a trailing slash (validated by [`parse_public_url`]).
     pub public_url: Option<String>,
+    /// Live mode: the `live` field of orders, subscriptions and events. FastSpring receivers
+    /// commonly drop non-live events, so a production deployment sets it explicitly.
+    pub live: bool,
     pub sso_ttl: Duration,
     pub session_ttl: Duration,
     pub webhook_retry_base: Duration,
@@ -23,6 +29,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             public_url: None,
+            live: false,
             sso_ttl: Duration::from_secs(300),
             session_ttl: Duration::from_secs(1800),
             webhook_retry_base: Duration::from_secs(5),
@@ -43,15 +50,54 @@ fn num(name: &str) -> Option<u64> {
     }
 }
 
+/// Parses a public base URL: an absolute `http://` or `https://` URL with a host and no query or
+/// fragment. Returns it without a trailing slash. `what` names the setting in the error.
+pub fn parse_public_url(value: &str, what: &str) -> Result<String, String> {
+    let v = value.trim();
+    let bad = |why: &str| {
+        format!(
+            "{what}: {v:?} is not a usable public URL ({why}); write it as an absolute URL such as \
+             https://accounts.example.com"
+        )
+    };
+    if !(v.starts_with("http://") || v.starts_with("https://")) {
+        return Err(bad("it must start with https:// or http://"));
+    }
+    let url = reqwest::Url::parse(v).map_err(|e| bad(&e.to_string()))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("no query or fragment allowed"));
+    }
+    Ok(v.trim_end_matches('/').to_owned())
+}
+
+/// Parses a boolean setting (`true`/`false`, also `1`/`0`, `yes`/`no`).
+pub fn parse_bool(value: &str, what: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!("{what}: {other:?} is not true or false")),
+    }
+}
+
 impl Settings {
-    pub fn from_env() -> Self {
+    /// The tunables from the environment. A malformed `STRONGROOM_PUBLIC_URL` or
+    /// `STRONGROOM_LIVE` is an error (the operator meant something; guessing would hide it).
+    pub fn from_env() -> Result<Self, String> {
         let d = Self::default();
-        let public_url = std::env::var("STRONGROOM_PUBLIC_URL")
-            .ok()
-            .map(|u| u.trim().trim_end_matches('/').to_owned())
-            .filter(|u| u.starts_with("http://") || u.starts_with("https://"));
-        Self {
+        let public_url = match std::env::var("STRONGROOM_PUBLIC_URL") {
+            Ok(u) if !u.trim().is_empty() => Some(parse_public_url(&u, "STRONGROOM_PUBLIC_URL")?),
+            _ => None,
+        };
+        let live = match std::env::var("STRONGROOM_LIVE") {
+            Ok(v) if !v.trim().is_empty() => parse_bool(&v, "STRONGROOM_LIVE")?,
+            _ => false,
+        };
+        Ok(Self {
             public_url,
+            live,
             sso_ttl: num("STRONGROOM_SSO_TTL_SECS")
                 .map(Duration::from_secs)
                 .unwrap_or(d.sso_ttl),
@@ -67,7 +113,7 @@ impl Settings {
             webhook_timeout: num("STRONGROOM_WEBHOOK_TIMEOUT_MS")
                 .map(Duration::from_millis)
                 .unwrap_or(d.webhook_timeout),
-        }
+        })
     }
 
     /// Cookies are `Secure` when the public URL is https (TLS terminates in front of us).
@@ -75,5 +121,38 @@ impl Settings {
         self.public_url
             .as_deref()
             .is_some_and(|u| u.starts_with("https://"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_public_url_without_scheme_is_an_error_and_a_good_one_loses_its_trailing_slash() {
+        assert_eq!(
+            parse_public_url("https://accounts.example.com/", "public_url").unwrap(),
+            "https://accounts.example.com"
+        );
+        assert_eq!(
+            parse_public_url("http://127.0.0.1:8080", "public_url").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "accounts.example.com",
+            "ftp://x",
+            "https://",
+            "https://x/?a=1",
+            "",
+        ] {
+            let e = parse_public_url(bad, "public_url").unwrap_err();
+            assert!(e.starts_with("public_url: "), "{e}");
+        }
+        assert!(
+            parse_public_url("accounts.example.com", "public_url")
+                .unwrap_err()
+                .contains("must start with https://")
+        );
     }
 }

@@ -213,12 +213,18 @@ fn tx_put<T: Serialize>(tx: &TransactionalTree, k: &[u8], value: &T) -> TxResult
     }
 }
 
-fn tx_extras(tx: &TransactionalTree, store: &str, extras: &Extras) -> TxResult<()> {
+fn tx_extras(tx: &TransactionalTree, store: &str, extras: &Extras, live: bool) -> TxResult<()> {
     if let Some((k, rec)) = &extras.idempotency {
         tx_put(tx, &key("i", store, k), rec)?;
     }
     for ev in &extras.events {
-        tx_put(tx, &key("v", store, &ev.id), ev)?;
+        if live && !ev.live {
+            let mut ev = ev.clone();
+            ev.live = true;
+            tx_put(tx, &key("v", store, &ev.id), &ev)?;
+        } else {
+            tx_put(tx, &key("v", store, &ev.id), ev)?;
+        }
     }
     if !extras.events.is_empty() {
         // The webhook outbox is filled in the same transaction as the events, so an event that
@@ -256,6 +262,9 @@ pub struct SledStorage {
     tree: sled::Tree,
     flusher: Option<shared::durable::GroupCommit>,
     hash_key: [u8; 32],
+    /// Live mode of this deployment (`live` in the config): stamped on every event as it is
+    /// written, so no call site that builds an event can forget it.
+    live: bool,
 }
 
 impl SledStorage {
@@ -293,7 +302,15 @@ impl SledStorage {
             tree,
             flusher,
             hash_key,
+            live: false,
         })
+    }
+
+    /// Marks every event written from now on as live (`live = true` in the config).
+    #[must_use]
+    pub fn with_live(mut self, live: bool) -> Self {
+        self.live = live;
+        self
     }
 
     /// The single tree, for the other storage traits implemented on this type
@@ -388,7 +405,7 @@ impl Storage for SledStorage {
             tx.insert(ek, account.id.as_bytes())?;
             tx.insert(key("g", store, &account.global), account.id.as_bytes())?;
             tx_put(tx, &key("a", store, &account.id), account)?;
-            tx_extras(tx, store, extras)
+            tx_extras(tx, store, extras, self.live)
         });
         finish(r)
     }
@@ -433,7 +450,7 @@ impl Storage for SledStorage {
                 }
             }
             tx_put(tx, &ak, &after)?;
-            tx_extras(tx, store, extras)?;
+            tx_extras(tx, store, extras, self.live)?;
             Ok(after)
         });
         finish(r)
@@ -518,7 +535,7 @@ impl Storage for SledStorage {
                 account.payment_methods.push(pm.clone());
             }
             tx_put(tx, &ak, &account)?;
-            tx_extras(tx, store, extras)
+            tx_extras(tx, store, extras, self.live)
         });
         finish(r)
     }
@@ -572,7 +589,7 @@ impl Storage for SledStorage {
                 tx_put(tx, &k, &s)?;
                 out.push(s);
             }
-            tx_extras(tx, store, extras)?;
+            tx_extras(tx, store, extras, self.live)?;
             Ok(out)
         });
         finish(r)
@@ -623,6 +640,7 @@ impl Storage for SledStorage {
                     idempotency: None,
                     events,
                 },
+                self.live,
             )?;
             Ok(sub)
         });
@@ -653,7 +671,7 @@ impl Storage for SledStorage {
                 }
             }
             tx_put(tx, &ak, &a)?;
-            tx_extras(tx, store, extras)
+            tx_extras(tx, store, extras, self.live)
         });
         finish(r)
     }
@@ -728,6 +746,7 @@ mod tests {
             },
             payment_method: None,
             completed: 0,
+            live: false,
         }
     }
 

@@ -4,7 +4,16 @@
 //! accounts-api keeps only the vault's payment-method id and the masked view. The one request
 //! that carries a token is `store`, which is `#[instrument(skip_all)]` and never logs its input;
 //! reqwest errors are logged by kind only (they carry no bodies).
+//!
+//! Failures are named so an operator can act on them ([`Problem`]): a refused TCP connect, the
+//! vault's certificate not signed by `vault.ca` (unknown issuer), not carrying
+//! `vault.server_name` (name mismatch), expired, or the vault refusing our client certificate;
+//! a 403 means the vault knows our certificate but its identity lacks the permission (e.g. the
+//! `renewals` certificate configured as `vault.cert`) — an operator error, logged at ERROR and
+//! answered 503 to clients, never blamed on the request. Each request carries the current
+//! request id (`X-Request-Id`) so the vault's log lines join ours.
 
+use shared::tls::TlsProblem;
 use shared::tls::{TlsFiles, mtls_client_config};
 use shared::vault_api::{
     ErrorBody, PATH_PAYMENT_METHODS, PaymentMethodList, PaymentMethodView,
@@ -22,11 +31,79 @@ pub struct VaultConfig {
     pub tls: TlsFiles,
 }
 
+/// Why a request could not reach the vault, as an operator can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// Nothing accepts connections at `vault.addr` (vault down or wrong address).
+    ConnectRefused,
+    /// Connect or request timeout.
+    Timeout,
+    /// The TLS handshake failed; see [`TlsProblem`].
+    Tls(TlsProblem),
+    /// The connection broke for another reason (reset, closed, DNS).
+    Transport,
+}
+
+impl Problem {
+    /// A fixed label for logs and `VaultError::Unavailable`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect_refused",
+            Self::Timeout => "timeout",
+            Self::Tls(TlsProblem::UnknownIssuer) => "tls_unknown_issuer",
+            Self::Tls(TlsProblem::NameMismatch) => "tls_name_mismatch",
+            Self::Tls(TlsProblem::Expired) => "tls_certificate_expired",
+            Self::Tls(TlsProblem::PeerRejected(_)) => "tls_client_certificate_rejected",
+            Self::Tls(_) => "tls_failure",
+            Self::Transport => "transport",
+        }
+    }
+
+    /// What to check, in one sentence.
+    pub fn hint(&self) -> String {
+        match self {
+            Self::ConnectRefused => "connection refused: nothing listens at vault.addr (is the vault running, is the address right?)".into(),
+            Self::Timeout => "timed out: the vault did not answer in time (network, firewall, or an overloaded vault)".into(),
+            Self::Tls(TlsProblem::UnknownIssuer) => "TLS handshake failed: unknown issuer — the vault's certificate is not signed by the CA in vault.ca (wrong CA?)".into(),
+            Self::Tls(TlsProblem::NameMismatch) => "TLS handshake failed: name mismatch — the vault's certificate does not carry vault.server_name (wrong server name?)".into(),
+            Self::Tls(TlsProblem::Expired) => "TLS handshake failed: the vault's certificate is expired or not yet valid (check its dates and this machine's clock)".into(),
+            Self::Tls(TlsProblem::PeerRejected(a)) => format!("TLS handshake failed: client certificate rejected by the vault (alert {a:?}) — vault.cert is not issued by the vault's CA, is expired, or lacks the ClientAuth usage"),
+            Self::Tls(p) => format!("TLS handshake failed: {p}"),
+            Self::Transport => "the connection to the vault broke (reset or closed)".into(),
+        }
+    }
+}
+
+/// Classifies a reqwest error (by kind and its rustls cause; never its text, which may hold a URL).
+pub fn classify(e: &reqwest::Error) -> Problem {
+    if let Some(p) = TlsProblem::find(e) {
+        return Problem::Tls(p);
+    }
+    if e.is_timeout() {
+        return Problem::Timeout;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return Problem::ConnectRefused;
+        }
+        cur = err.source();
+    }
+    Problem::Transport
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    /// Connection refused, timeout, TLS failure or a 5xx: retry later (503 to our client).
+    /// Connection refused, timeout, TLS failure or a 5xx: retry later (503 to our client). The
+    /// text is a fixed [`Problem::kind`] label.
     #[error("vault unavailable: {0}")]
     Unavailable(String),
+    /// 401/403: the vault does not accept our identity for this operation. A configuration
+    /// error on our side (503 to our client, ERROR in our log), never the request's fault.
+    #[error("the vault refused our client identity ({status})")]
+    Forbidden { status: u16 },
     /// The vault does not know the id in this store.
     #[error("not found in the vault")]
     NotFound,
@@ -51,6 +128,7 @@ impl VaultClient {
     /// longer than the vault's processor timeout, so a slow processor is an answer, not a guess).
     pub fn with_timeout(cfg: &VaultConfig, timeout: Duration) -> Result<Self, String> {
         shared::tls::install_crypto_provider();
+        shared::tls::check_key_file_owner_only(&cfg.tls.key).map_err(|e| e.to_string())?;
         let tls = mtls_client_config(&cfg.tls).map_err(|e| e.to_string())?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -71,17 +149,46 @@ impl VaultClient {
         })
     }
 
+    /// The renewal job's client: the `renewals` certificate, and a whole-request timeout
+    /// longer than the vault's processor timeout (a slow processor is an answer, not a guess).
+    pub fn renewals(
+        vault: &VaultConfig,
+        renewals: &crate::config::RenewalsConfig,
+    ) -> Result<Self, String> {
+        let cfg = VaultConfig {
+            tls: TlsFiles {
+                ca: vault.tls.ca.clone(),
+                cert: renewals.cert.clone(),
+                key: renewals.key.clone(),
+            },
+            ..vault.clone()
+        };
+        Self::with_timeout(&cfg, Duration::from_secs(30))
+    }
+
     fn unavailable(e: reqwest::Error) -> VaultError {
         // Kind only: never a body or URL query that could matter.
-        let kind = if e.is_timeout() {
-            "timeout"
-        } else if e.is_connect() {
-            "connect"
-        } else {
-            "transport"
-        };
-        tracing::warn!(kind, "vault request failed");
+        let problem = classify(&e);
+        let kind = problem.kind();
+        match problem {
+            // Operator errors (wrong CA, name, certificate): they will not fix themselves.
+            Problem::Tls(_) => {
+                let detail = shared::tls::find_rustls(&e).map(ToString::to_string);
+                tracing::error!(kind, detail, "vault unreachable: {}", problem.hint());
+            }
+            _ => tracing::warn!(kind, "vault unreachable: {}", problem.hint()),
+        }
         VaultError::Unavailable(kind.to_owned())
+    }
+
+    /// A request with the current request id (set by the observing middleware), so the vault's
+    /// access line for it carries the same id as ours.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match shared::ops::current_request_id() {
+            Some(id) => req.header(shared::ops::REQUEST_ID_HEADER, id),
+            None => req,
+        }
     }
 
     async fn check(resp: reqwest::Response) -> Result<reqwest::Response, VaultError> {
@@ -94,10 +201,26 @@ impl VaultClient {
                 status = status.as_u16(),
                 "vault answered with a server error"
             );
-            return Err(VaultError::Unavailable(format!("status {status}")));
+            return Err(VaultError::Unavailable(format!(
+                "status {}",
+                status.as_u16()
+            )));
         }
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(VaultError::NotFound);
+        }
+        if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::UNAUTHORIZED {
+            tracing::error!(
+                status = status.as_u16(),
+                kind = "identity_forbidden",
+                "the vault refused our client identity for this operation: the certificate's \
+                 identity (CN) lacks the permission in the vault's [permissions] — is vault.cert \
+                 the accounts certificate (or renewals.cert the renewals one)? GET /readyz names \
+                 the identity the vault sees"
+            );
+            return Err(VaultError::Forbidden {
+                status: status.as_u16(),
+            });
         }
         let field = resp
             .json::<ErrorBody>()
@@ -118,8 +241,7 @@ impl VaultClient {
         req: &StorePaymentMethodRequest,
     ) -> Result<PaymentMethodView, VaultError> {
         let resp = self
-            .http
-            .post(format!("{}{PATH_PAYMENT_METHODS}", self.base))
+            .request(reqwest::Method::POST, PATH_PAYMENT_METHODS)
             .json(req)
             .send()
             .await
@@ -134,12 +256,11 @@ impl VaultClient {
         account: &str,
     ) -> Result<Vec<PaymentMethodView>, VaultError> {
         let resp = self
-            .http
             // Store and account ids are `[A-Za-z0-9_-]`: nothing to escape.
-            .get(format!(
-                "{}{PATH_PAYMENT_METHODS}?store={store}&account={account}",
-                self.base
-            ))
+            .request(
+                reqwest::Method::GET,
+                &format!("{PATH_PAYMENT_METHODS}?store={store}&account={account}"),
+            )
             .send()
             .await
             .map_err(Self::unavailable)?;
@@ -154,11 +275,10 @@ impl VaultClient {
     /// Deletes (crypto-shreds) one payment method.
     pub async fn delete(&self, store: &str, id: &str) -> Result<(), VaultError> {
         let resp = self
-            .http
-            .delete(format!(
-                "{}{PATH_PAYMENT_METHODS}/{id}?store={store}",
-                self.base
-            ))
+            .request(
+                reqwest::Method::DELETE,
+                &format!("{PATH_PAYMENT_METHODS}/{id}?store={store}"),
+            )
             .send()
             .await
             .map_err(Self::unavailable)?;
@@ -173,12 +293,11 @@ impl VaultClient {
         req: &shared::vault_api::ChargeRequest,
     ) -> Result<shared::vault_api::ChargeOutcome, VaultError> {
         let resp = self
-            .http
             // Payment-method ids are `pm_` + hex: nothing to escape.
-            .post(format!(
-                "{}{PATH_PAYMENT_METHODS}/{payment_method}/charge",
-                self.base
-            ))
+            .request(
+                reqwest::Method::POST,
+                &format!("{PATH_PAYMENT_METHODS}/{payment_method}/charge"),
+            )
             .json(req)
             .send()
             .await
@@ -192,11 +311,25 @@ impl VaultClient {
 
     pub async fn health(&self) -> Result<(), VaultError> {
         let resp = self
-            .http
-            .get(format!("{}{}", self.base, shared::vault_api::PATH_HEALTH))
+            .request(reqwest::Method::GET, shared::vault_api::PATH_HEALTH)
             .send()
             .await
             .map_err(Self::unavailable)?;
         Self::check(resp).await.map(|_| ())
+    }
+
+    /// The identity the vault reads from our certificate and its permissions (`GET /v1/whoami`).
+    /// `Forbidden`: the vault does not know the identity at all.
+    pub async fn whoami(&self) -> Result<shared::vault_api::WhoAmI, VaultError> {
+        let resp = self
+            .request(reqwest::Method::GET, shared::vault_api::PATH_WHOAMI)
+            .send()
+            .await
+            .map_err(Self::unavailable)?;
+        Self::check(resp)
+            .await?
+            .json()
+            .await
+            .map_err(Self::unavailable)
     }
 }

@@ -214,6 +214,17 @@ fn escape(v: &str) -> String {
 /// The header carrying the request id, in requests (optional) and every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+tokio::task_local! {
+    /// The id of the request the current task serves (set by [`observe`] around the handler).
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served on this task, if any: accounts-api forwards it to the
+/// vault as `X-Request-Id`, so one id joins both services' log lines for one checkout.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
 /// The id for a request: the caller's `X-Request-Id` if it is 1–64 characters of
 /// `[A-Za-z0-9._-]` (so a proxy's id flows through and nothing else enters the logs), otherwise
 /// a fresh UUID.
@@ -311,7 +322,9 @@ pub async fn observe(
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let span = tracing::info_span!("request", request_id = %id);
     let started = std::time::Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), next.run(req).instrument(span.clone()))
+        .await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     metrics.observe_request(method, &route, status, elapsed);

@@ -112,6 +112,23 @@ impl DevCa {
         common_name: &str,
         extra_names: &[String],
     ) -> Result<IssuedCert, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_server_valid(
+            common_name,
+            extra_names,
+            now - Duration::hours(1),
+            now + Duration::days(730),
+        )
+    }
+
+    /// [`DevCa::issue_server`] with an explicit validity window (tests use it for expired certs).
+    pub fn issue_server_valid(
+        &self,
+        common_name: &str,
+        extra_names: &[String],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<IssuedCert, PkiError> {
         let mut names = vec![
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),
@@ -124,11 +141,7 @@ impl DevCa {
             .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        self.sign(
-            params,
-            OffsetDateTime::now_utc() - Duration::hours(1),
-            OffsetDateTime::now_utc() + Duration::days(730),
-        )
+        self.sign(params, not_before, not_after)
     }
 
     /// A client certificate whose Common Name is the identity, valid 2 years.

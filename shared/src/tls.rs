@@ -23,6 +23,145 @@ pub enum TlsError {
     /// rustls rejected the configuration (key does not match certificate, bad CA, …).
     #[error("TLS configuration rejected: {0}")]
     Config(String),
+    /// A private-key file that group or others may read: refused, as the vault refuses its own.
+    #[error("key file {path} is readable by group or others (mode {mode:o}); run chmod 600 {path}")]
+    KeyPermissions { path: String, mode: u32 },
+}
+
+/// Refuses a private-key file that group or others can read or write (mode & 0o077 != 0), the
+/// same rule and message the vault applies to its key files.
+pub fn check_key_file_owner_only(path: &Path) -> Result<(), TlsError> {
+    let meta = std::fs::metadata(path).map_err(|e| TlsError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(TlsError::KeyPermissions {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    Ok(())
+}
+
+/// Why a TLS handshake failed, in words an operator can act on. Built from the rustls error on
+/// either side; [`TlsProblem::reason`] is a fixed label (metrics, log fields), never peer text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The peer's certificate does not chain to our CA (client: wrong `ca`; vault: a client
+    /// certificate from another CA).
+    UnknownIssuer,
+    /// The peer's certificate does not carry the expected name (client: wrong `server_name`).
+    NameMismatch,
+    /// The peer's certificate is expired or not yet valid.
+    Expired,
+    /// The peer's certificate is unusable for this purpose (no `ClientAuth`/`ServerAuth` usage,
+    /// bad signature, bad encoding, revoked).
+    BadCertificate,
+    /// The client sent no certificate (the vault requires one).
+    NoCertificate,
+    /// The peer refused *our* certificate and said so with a TLS alert.
+    PeerRejected(rustls::AlertDescription),
+    /// Any other protocol failure (version or suite mismatch, malformed messages).
+    Protocol,
+}
+
+impl TlsProblem {
+    /// Classifies a rustls error.
+    pub fn of(e: &rustls::Error) -> Self {
+        use rustls::CertificateError as C;
+        match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                // A bad signature on a well-formed chain almost always means "issued by another
+                // CA with the same name" (every dev PKI's CA is "Strongroom dev CA"): to an
+                // operator that is the same mistake as an unknown issuer.
+                C::UnknownIssuer | C::BadSignature => Self::UnknownIssuer,
+                C::NotValidForName | C::NotValidForNameContext { .. } => Self::NameMismatch,
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => Self::Expired,
+                _ => Self::BadCertificate,
+            },
+            rustls::Error::NoCertificatesPresented => Self::NoCertificate,
+            rustls::Error::AlertReceived(a) => Self::PeerRejected(*a),
+            _ => Self::Protocol,
+        }
+    }
+
+    /// Finds the rustls error anywhere in an error's chain (reqwest → hyper → io::Error →
+    /// rustls::Error; `io::Error::source` skips its payload, so payloads are looked into too).
+    pub fn find(err: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        find_rustls(err).map(Self::of)
+    }
+
+    /// A fixed label: `unknown_issuer`, `name_mismatch`, `expired`, `bad_certificate`,
+    /// `no_certificate`, `peer_rejected`, `protocol`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::NameMismatch => "name_mismatch",
+            Self::Expired => "expired",
+            Self::BadCertificate => "bad_certificate",
+            Self::NoCertificate => "no_certificate",
+            Self::PeerRejected(_) => "peer_rejected",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+/// The rustls error in an error's chain, if any (its text names a certificate problem, never key
+/// material or request data, so it may be logged).
+pub fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(r) = find_rustls(inner)
+        {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+impl std::fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownIssuer => f.write_str(
+                "unknown issuer: the peer's certificate is not signed by the trusted CA",
+            ),
+            Self::NameMismatch => f.write_str(
+                "name mismatch: the peer's certificate does not carry the expected name",
+            ),
+            Self::Expired => {
+                f.write_str("expired: the peer's certificate is expired or not yet valid")
+            }
+            Self::BadCertificate => f.write_str(
+                "bad certificate: the peer's certificate is not usable for this connection",
+            ),
+            Self::NoCertificate => {
+                f.write_str("no certificate: the client presented no certificate")
+            }
+            Self::PeerRejected(a) => write!(
+                f,
+                "our certificate was rejected by the peer (TLS alert {a:?})"
+            ),
+            Self::Protocol => f.write_str("TLS protocol failure"),
+        }
+    }
 }
 
 /// Installs ring as the process-wide rustls provider. Call first thing in every `main`; later

@@ -8,6 +8,7 @@
 //! - `DELETE /v1/accounts/{account}/payment-methods?store=S` `{erased: n}`
 //! - `POST   /v1/payment-methods/{id}/charge`              renewals identity only
 //! - `GET    /v1/health`
+//! - `GET    /v1/whoami`                                   `{identity, permissions}` of the caller
 //!
 //! Request types hold raw JSON scalars; the vault parses them into domain types so that a 422
 //! can name the exact field. No response type can hold a token: the only type that carries one
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub const PATH_PAYMENT_METHODS: &str = "/v1/payment-methods";
 pub const PATH_HEALTH: &str = "/v1/health";
+pub const PATH_WHOAMI: &str = "/v1/whoami";
 
 /// Largest request body the vault reads (16 KiB); anything bigger is answered 413 unread.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -145,6 +147,15 @@ pub struct ChargeOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HealthResponse {
     pub status: String,
+}
+
+/// `GET /v1/whoami`: the identity the vault read from the caller's certificate and the
+/// permissions the vault's config gives it (so a client can check its own setup).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhoAmI {
+    pub identity: String,
+    /// Permission names (`store`, `read`, `delete`, `charge`, `audit`, `keys`).
+    pub permissions: Vec<String>,
 }
 
 /// Every vault error body: `{"error": {"code": "...", "message": "...", "field": "..."}}`.

@@ -1,7 +1,8 @@
 //! mTLS and authorisation against the real vault on 127.0.0.1 with an OS-chosen port: clients
 //! without a certificate, with a foreign CA's or an expired certificate are refused in the
 //! handshake; a valid certificate with an unknown identity or a missing permission gets 403 and
-//! leaves an audit entry.
+//! leaves an audit entry. Each handshake refusal is logged by the vault at WARN with its rustls
+//! reason and counted in `vault_tls_handshake_failures_total{reason}`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use shared::pki::DevCa;
@@ -33,6 +34,37 @@ fn client_with(
     )
 }
 
+/// The vault logs the refusal at WARN with its rustls reason and counts it by that reason.
+async fn vault_names_the_refusal(v: &VaultProcess, text: &str, reason: &str) {
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = v.output();
+        if out.contains(text) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        out.contains(&format!("TLS handshake failed: {text}")) && out.contains("WARN"),
+        "{text:?} not in the vault's log:\n{out}"
+    );
+    let metrics = v
+        .client("admin")
+        .get(v.url("/v1/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "vault_tls_handshake_failures_total{{reason=\"{reason}\"}}"
+        )),
+        "{metrics}"
+    );
+}
+
 async fn health_fails(client: &reqwest::Client, v: &VaultProcess) -> bool {
     // TLS 1.3 client-auth rejection arrives after connect(): assert on the request failing.
     client.get(v.url("/v1/health")).send().await.is_err()
@@ -59,6 +91,12 @@ async fn a_client_without_a_certificate_is_refused_in_the_handshake() {
         .build()
         .unwrap();
     assert!(health_fails(&client, &v).await);
+    vault_names_the_refusal(
+        &v,
+        "client certificate rejected: no certificate presented",
+        "no_certificate",
+    )
+    .await;
     // The server itself is fine: a proper client still gets through.
     assert!(!health_fails(&v.client("accounts"), &v).await);
 }
@@ -71,6 +109,12 @@ async fn a_certificate_from_another_ca_is_refused_in_the_handshake() {
     let cert = foreign.issue_client("accounts").unwrap();
     let client = client_with(&v, &cert, dir.path(), "foreign-accounts");
     assert!(health_fails(&client, &v).await);
+    vault_names_the_refusal(
+        &v,
+        "client certificate rejected: unknown CA",
+        "unknown_issuer",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -87,6 +131,12 @@ async fn an_expired_certificate_is_refused_in_the_handshake() {
         .unwrap();
     let client = client_with(&v, &cert, dir.path(), "expired-accounts");
     assert!(health_fails(&client, &v).await);
+    vault_names_the_refusal(
+        &v,
+        "client certificate rejected: expired or not yet valid",
+        "expired",
+    )
+    .await;
 }
 
 #[tokio::test]

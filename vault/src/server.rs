@@ -2,18 +2,106 @@
 //! handshake timeout, TCP_NODELAY, a connection cap, and hyper's header-read timeout.
 //!
 //! There is no plaintext listener and no switch to make client certificates optional.
+//! Failed handshakes are logged at WARN with the rustls reason (unknown CA, expired, no
+//! certificate, the client refusing our certificate …) and counted in
+//! `vault_tls_handshake_failures_total{reason}`: without this a client with the wrong CA or
+//! certificate sees "connection reset" and the vault's log says nothing.
 //! `run` takes an already-bound listener and a shutdown future and returns once the server
 //! accepts connections, reporting its address — `main` prints it, tests connect to it.
 
 use crate::api::{self, AppState};
 use crate::config::Limits;
+use axum_server::accept::Accept;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use shared::net::CappedNoDelay;
+use shared::tls::TlsProblem;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Wraps the TLS acceptor: logs and counts every handshake that fails.
+#[derive(Clone)]
+struct LoggedHandshake<A>(A);
+
+/// The inner accept future, watched for its error (boxed: no pin projection needed).
+struct Watched<F> {
+    inner: Pin<Box<F>>,
+    peer: Option<SocketAddr>,
+}
+
+impl<F, T> Future for Watched<F>
+where
+    F: Future<Output = io::Result<T>>,
+{
+    type Output = io::Result<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let peer = self.peer;
+        match self.inner.as_mut().poll(cx) {
+            Poll::Ready(Err(e)) => {
+                handshake_failed(peer, &e);
+                Poll::Ready(Err(e))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<A, S> Accept<TcpStream, S> for LoggedHandshake<A>
+where
+    A: Accept<TcpStream, S>,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = Watched<A::Future>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let peer = stream.peer_addr().ok();
+        Watched {
+            inner: Box::pin(self.0.accept(stream, service)),
+            peer,
+        }
+    }
+}
+
+/// One failed accept: a rustls refusal is a WARN with its reason (an operator can act on it); a
+/// handshake timeout is INFO; a connection closed before any handshake (port probes) or refused
+/// by the connection cap (already logged there) is DEBUG. Refusals and timeouts are counted.
+fn handshake_failed(peer: Option<SocketAddr>, e: &io::Error) {
+    let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    if let Some(problem) = TlsProblem::find(e) {
+        let reason = problem.reason();
+        crate::api::ops::metrics().inc("tls_handshake_failures_total", &[("reason", reason)]);
+        let what = match problem {
+            TlsProblem::UnknownIssuer => {
+                "client certificate rejected: unknown CA (not issued by the vault's [tls] ca)"
+            }
+            TlsProblem::Expired => "client certificate rejected: expired or not yet valid",
+            TlsProblem::NoCertificate => "client certificate rejected: no certificate presented",
+            TlsProblem::BadCertificate => {
+                "client certificate rejected: unusable (bad signature or encoding, or no \
+                 ClientAuth usage)"
+            }
+            TlsProblem::NameMismatch => "client certificate rejected: name mismatch",
+            TlsProblem::PeerRejected(_) => {
+                "the client refused the vault's certificate (wrong CA or server name on the \
+                 client side?)"
+            }
+            TlsProblem::Protocol => "TLS protocol failure",
+        };
+        let detail = shared::tls::find_rustls(e).map(ToString::to_string);
+        tracing::warn!(%peer, reason, detail, "TLS handshake failed: {what} ({problem})");
+    } else if e.kind() == io::ErrorKind::TimedOut {
+        crate::api::ops::metrics().inc("tls_handshake_failures_total", &[("reason", "timeout")]);
+        tracing::info!(%peer, reason = "timeout", "TLS handshake timed out");
+    } else {
+        tracing::debug!(%peer, kind = ?e.kind(), "connection closed before a TLS session");
+    }
+}
 
 /// A running server.
 pub struct Running {
@@ -30,9 +118,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<Running> {
     let app = api::app(state, limits);
-    let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(tls))
-        .handshake_timeout(Duration::from_secs(limits.handshake_timeout_secs))
-        .acceptor(CappedNoDelay::new(limits.max_connections));
+    let acceptor = LoggedHandshake(
+        RustlsAcceptor::new(RustlsConfig::from_config(tls))
+            .handshake_timeout(Duration::from_secs(limits.handshake_timeout_secs))
+            .acceptor(CappedNoDelay::new(limits.max_connections)),
+    );
     let handle = axum_server::Handle::new();
     let mut server = axum_server::from_tcp(listener)?
         .acceptor(acceptor)

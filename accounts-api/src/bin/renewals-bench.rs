@@ -176,6 +176,7 @@ fn seed(storage: &SledStorage, n: usize, pms: &[String]) -> i64 {
             },
             payment_method: None,
             completed: now,
+            live: false,
         };
         let sub = SubscriptionRecord {
             id: new_id(),
@@ -199,6 +200,7 @@ fn seed(storage: &SledStorage, n: usize, pms: &[String]) -> i64 {
             next: now - 1000,
             canceled: None,
             renewal: Default::default(),
+            live: false,
         };
         storage
             .complete_checkout(
@@ -289,7 +291,7 @@ async fn main() {
     let state = accounts_api::app::AppState::with_renewals(
         storage,
         events,
-        accounts_api::settings::Settings::from_env(),
+        accounts_api::settings::Settings::from_env().unwrap(),
         accounts,
         Some(renewals),
     );

@@ -502,7 +502,7 @@ pub fn order_json(o: &OrderRecord, action: &str) -> Value {
         "action": action, "result": "success",
         "id": o.id, "order": o.id, "reference": o.reference, "account": o.account,
         "completed": true, "changed": o.completed, "changedDisplay": display_date(o.completed),
-        "language": o.language, "live": false, "currency": o.currency,
+        "language": o.language, "live": o.live, "currency": o.currency,
         "total": to_major(o.total, exp), "subtotal": to_major(o.total, exp), "tax": 0,
         "customer": contact_json(&o.customer), "address": address, "items": items,
         "payment": payment_json(&o.payment.kind, o.payment.brand.as_deref(), o.payment.last4.as_deref()),
@@ -557,7 +557,9 @@ fn reference(now: i64) -> String {
 
 fn vault_error(e: VaultError) -> ApiError {
     match e {
-        VaultError::Unavailable(_) | VaultError::NotFound => {
+        // Forbidden: our identity is wrong (logged at ERROR by the client) — an operator's
+        // mistake, so 503 like an outage, never a 422 blaming the customer's card.
+        VaultError::Unavailable(_) | VaultError::NotFound | VaultError::Forbidden { .. } => {
             ApiError::new(ACTION, ErrorKind::VaultUnavailable)
         }
         VaultError::Rejected { field, .. } => {
@@ -712,6 +714,7 @@ async fn complete(
                     next: add_interval(now, unit, len),
                     canceled: None,
                     renewal: Default::default(),
+                    live: state.settings.live,
                 });
             }
             items.push(OrderItem {
@@ -776,6 +779,7 @@ async fn complete(
             },
             payment_method: pm.as_ref().map(|p| p.id.clone()),
             completed: now,
+            live: state.settings.live,
         };
         let resp = order_json(&order, ACTION);
         let mut events = Vec::new();

@@ -48,9 +48,10 @@ async fn list(
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| account_missing(ACTION))?;
     let views = state.vault.list(&store, &id).await.map_err(|e| match e {
-        VaultError::NotFound | VaultError::Unavailable(_) | VaultError::Rejected { .. } => {
-            ApiError::new(ACTION, ErrorKind::VaultUnavailable)
-        }
+        VaultError::NotFound
+        | VaultError::Unavailable(_)
+        | VaultError::Forbidden { .. }
+        | VaultError::Rejected { .. } => ApiError::new(ACTION, ErrorKind::VaultUnavailable),
     })?;
     let methods: Vec<_> = views
         .iter()

@@ -45,7 +45,7 @@ pub fn subscription_json(s: &SubscriptionRecord, action: &str) -> Value {
         "id": s.id, "subscription": s.id, "action": action, "result": "success",
         "active": s.state != SubState::Deactivated,
         "state": match s.state { SubState::Active => "active", SubState::Canceled => "canceled", SubState::Deactivated => "deactivated" },
-        "live": false, "account": s.account, "product": s.product, "quantity": s.quantity,
+        "live": s.live, "account": s.account, "product": s.product, "quantity": s.quantity,
         "price": to_major(s.price, exp), "currency": s.currency,
         "autoRenew": s.auto_renew,
         "paymentMethod": method,

@@ -101,6 +101,15 @@ pub struct Status {
     status: String,
 }
 
+/// `GET /v1/whoami`: the caller's identity and its permissions.
+#[derive(ToSchema)]
+pub struct WhoAmI {
+    /// CN (or first DNS SAN) of the verified client certificate.
+    identity: String,
+    /// `store`, `read`, `delete`, `charge`, `audit`, `keys`: what `[permissions]` grants it.
+    permissions: Vec<String>,
+}
+
 /// `GET /v1/audit/verify`.
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]

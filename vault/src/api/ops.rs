@@ -27,6 +27,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "operations_total",
         "Vault operations by kind (the audit operation name) and HTTP status.",
     );
+    m.describe(
+        "tls_handshake_failures_total",
+        "Failed TLS handshakes by reason (unknown_issuer, expired, no_certificate, \
+         bad_certificate, peer_rejected, protocol, timeout).",
+    );
     m
 });
 
