@@ -258,6 +258,7 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
         .unwrap_or_default()
         .to_owned();
     assert!(!account.is_empty() && !sub.is_empty(), "{}", order.text);
+    assert_eq!(order.json["live"], true, "the recipe runs in live mode");
     let pms = call(
         &http,
         &api,
