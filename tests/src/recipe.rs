@@ -281,7 +281,9 @@ impl Root {
         let script = self.rewrite(&text);
         let work = self.path().join("work");
         let file = work.join(format!("{name}.sh"));
-        std::fs::write(&file, &script).unwrap_or_else(|e| panic!("{e}"));
+        // A root shell's usual umask, whatever the test runner's is (folders that `install -d`
+        // creates as parents, such as /etc/strongroom, must be searchable by the service users).
+        std::fs::write(&file, format!("umask 0022\n{script}")).unwrap_or_else(|e| panic!("{e}"));
         let shims = self.path().join("shims");
         let out = Command::new("timeout")
             .arg("90")
