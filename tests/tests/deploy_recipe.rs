@@ -7,6 +7,10 @@
 //! saves the card, a rebill the sandbox processor sees once, the account page with the last
 //! four; then the recipe's rotate + retire, backup, and restore into fresh folders, after which
 //! the earlier account and card are still there and a change made after the backup is gone.
+//! Finally it restores an older backup (taken before the retire) with the newest keys: the vault
+//! refuses, naming the archive, and opens the data once the archived version is copied back, as
+//! the README says. Ownership cannot be given away in a test, so the owners the recipe asks for
+//! are recorded and checked against the modes: each service user reads exactly its own files.
 
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
