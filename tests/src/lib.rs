@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod accounts;
 pub mod receiver;
+pub mod recipe;
 pub mod sandbox;
 pub mod tool;
 pub mod vault;
@@ -110,16 +111,22 @@ impl Service {
     /// Waits until a line starting with `prefix` appears; returns the rest of that line.
     /// Panics with everything the process printed if it exits or the timeout passes first.
     pub fn wait_for_line(&self, prefix: &str, timeout: Duration) -> String {
+        self.try_wait_for_line(prefix, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Service::wait_for_line`], but returns the failure (with the output) as an error.
+    pub fn try_wait_for_line(&self, prefix: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.output;
         let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(line) = guard.text.lines().find(|l| l.starts_with(prefix)) {
-                return line[prefix.len()..].trim().to_owned();
+                return Ok(line[prefix.len()..].trim().to_owned());
             }
             let now = Instant::now();
             if guard.closed_streams >= 2 || now >= deadline {
-                panic!(
+                return Err(format!(
                     "{}: no line starting {prefix:?} ({}); output so far:\n{}",
                     self.name,
                     if guard.closed_streams >= 2 {
@@ -128,7 +135,7 @@ impl Service {
                         "timed out"
                     },
                     guard.text
-                );
+                ));
             }
             guard = cv
                 .wait_timeout(guard, deadline - now)

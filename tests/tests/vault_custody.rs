@@ -474,3 +474,32 @@ fn a_fingerprint_key_file_that_does_not_cover_the_index_is_refused() {
     let mut v = VaultProcess::serve(dir.path(), serve_command(dir.path()));
     v.stop();
 }
+
+#[test]
+fn a_broad_client_trust_anchor_and_an_empty_permissions_table_are_warned_about_at_start() {
+    let dir = temp_dir("vault-custody");
+    init_vault(dir.path());
+    let pki = dir.path().join("pki");
+    // The self-signed dev root plus another certificate: every one of them becomes a trust anchor.
+    let mut both = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    both.push_str(&std::fs::read_to_string(pki.join("vault.pem")).unwrap());
+    std::fs::write(pki.join("ca-and-more.pem"), both).unwrap();
+    let cfg = dir.path().join("vault.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let start = text.find("[permissions]").unwrap();
+    let end = text.find("[limits]").unwrap();
+    let text = format!(
+        "{}[permissions]\n\n{}",
+        &text[..start].replace("ca = \"pki/ca.pem\"", "ca = \"pki/ca-and-more.pem\""),
+        &text[end..]
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut v = VaultProcess::serve(dir.path(), serve_command(dir.path()));
+    let out = v.output();
+    assert!(
+        out.contains("self-signed root besides other certificates"),
+        "{out}"
+    );
+    assert!(out.contains("[permissions] grants nothing"), "{out}");
+    v.stop();
+}

@@ -13,8 +13,34 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::process::ExitCode;
 
-/// A client for the running vault and the base URL to use with it.
-pub(super) fn admin_client(args: &AdminArgs) -> CliResult<(reqwest::Client, String)> {
+/// A client for the running vault, the base URL to use with it (its host is the name checked in
+/// the vault's certificate) and the address it dials.
+pub(super) struct Target {
+    client: reqwest::Client,
+    base: String,
+    dialled: SocketAddr,
+}
+
+impl Target {
+    /// A connection failure with the reason an operator can act on (the rustls error kind),
+    /// naming both the URL and the address dialled.
+    fn connect_error(&self, e: &reqwest::Error) -> String {
+        let mut reasons = Vec::new();
+        let mut cur: Option<&dyn std::error::Error> = Some(e);
+        while let Some(err) = cur {
+            reasons.push(err.to_string());
+            cur = err.source();
+        }
+        format!(
+            "cannot reach the vault at {} (dialled {}): {}",
+            self.base,
+            self.dialled,
+            reasons.join(": ")
+        )
+    }
+}
+
+pub(super) fn admin_client(args: &AdminArgs) -> CliResult<Target> {
     shared::tls::install_crypto_provider();
     let config = Config::load(&args.config, Overrides::from_env(), None)?;
     let ca = args.ca.clone().unwrap_or_else(|| config.tls.ca.clone());
@@ -66,7 +92,11 @@ pub(super) fn admin_client(args: &AdminArgs) -> CliResult<(reqwest::Client, Stri
         }
         None => format!("https://{sock}"),
     };
-    Ok((builder.build()?, base))
+    Ok(Target {
+        client: builder.build()?,
+        base,
+        dialled: sock,
+    })
 }
 
 /// Runs an admin request against the running vault and prints the JSON answer; after a key
@@ -83,21 +113,21 @@ pub(super) fn key_command(command: KeyCommand) -> CliResult<ExitCode> {
             Some(serde_json::json!({ "below": below })),
         ),
     };
-    let (client, base) = admin_client(&args)?;
-    let url = format!("{base}{path}");
+    let target = admin_client(&args)?;
+    let url = format!("{}{path}", target.base);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let req = match method {
-            "GET" => client.get(&url),
-            _ => client.post(&url),
+            "GET" => target.client.get(&url),
+            _ => target.client.post(&url),
         };
         let req = match body {
             Some(b) => req.json(&b),
             None => req,
         };
-        let resp = req.send().await.map_err(|e| connect_error(&base, &e))?;
+        let resp = req.send().await.map_err(|e| target.connect_error(&e))?;
         let status = resp.status();
         let text = resp.text().await?;
         println!("{text}");
@@ -115,34 +145,24 @@ pub(super) fn key_command(command: KeyCommand) -> CliResult<ExitCode> {
     })
 }
 
-/// A connection failure with the reason an operator can act on (the rustls error kind).
-pub(super) fn connect_error(base: &str, e: &reqwest::Error) -> String {
-    let mut reasons = Vec::new();
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
-    while let Some(err) = cur {
-        reasons.push(err.to_string());
-        cur = err.source();
-    }
-    format!("cannot reach the vault at {base}: {}", reasons.join(": "))
-}
-
 /// `vault audit export --online`: streams the entries from the running vault (permission
 /// `audit`), so a SIEM can follow the chain without stopping the vault.
 pub(super) fn audit_export_online(args: &AdminArgs, since: &str) -> CliResult<ExitCode> {
-    let (client, base) = admin_client(args)?;
+    let target = admin_client(args)?;
     // `since` is a number or an RFC 3339 time: only `+` and `:` need escaping in a query.
     let since_q = since.replace('+', "%2B").replace(':', "%3A");
-    let url = format!("{base}/v1/audit/export?since={since_q}");
+    let url = format!("{}/v1/audit/export?since={since_q}", target.base);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         use std::io::Write;
-        let mut resp = client
+        let mut resp = target
+            .client
             .get(&url)
             .send()
             .await
-            .map_err(|e| connect_error(&base, &e))?;
+            .map_err(|e| target.connect_error(&e))?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();

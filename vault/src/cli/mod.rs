@@ -232,6 +232,30 @@ pub struct Prepared {
     pub tls: Arc<rustls::ServerConfig>,
 }
 
+/// Every certificate in `tls.ca` is a trust anchor for client certificates: a self-signed root
+/// next to the Strongroom intermediate would let anything that root ever issued (`CN=admin`
+/// included) authenticate. Not refused (a dedicated root CA is legitimate), but said loudly.
+fn warn_on_broad_trust(ca: &Path) {
+    let Ok(certs) = shared::tls::load_certs(ca) else {
+        return;
+    };
+    if certs.len() < 2 {
+        return;
+    }
+    for der in &certs {
+        if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref())
+            && cert.subject() == cert.issuer()
+        {
+            tracing::warn!(
+                ca = %ca.display(),
+                root = %cert.subject(),
+                "tls.ca holds a self-signed root besides other certificates: every client \
+                 certificate that root issued is trusted; trust only the Strongroom intermediate"
+            );
+        }
+    }
+}
+
 /// Loads the config and TLS material, refusing missing TLS files or group/other-readable keys.
 pub fn prepare(config_path: &Path, listen: Option<&str>) -> CliResult<Prepared> {
     shared::tls::install_crypto_provider();
@@ -250,6 +274,7 @@ pub fn prepare(config_path: &Path, listen: Option<&str>) -> CliResult<Prepared> 
         }
     }
     keys::check_owner_only(&config.tls.key)?;
+    warn_on_broad_trust(&config.tls.ca);
     let tls = shared::tls::mtls_server_config(&config.tls)?;
     Ok(Prepared { config, tls })
 }
