@@ -36,14 +36,6 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
-fn tool_present(name: &str) -> bool {
-    Command::new(name)
-        .arg("version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Every file under `dir` with its length and modification time.
 fn snapshot(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
     let mut out: Vec<_> = tests::all_files(dir)
@@ -117,13 +109,7 @@ async fn account_page(api: &str, creds: &Credentials, account: &str) -> String {
 
 #[tokio::test]
 async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restores() {
-    let required = std::env::var_os("STRONGROOM_REQUIRE_TOOLS").is_some();
-    if !tool_present("openssl") {
-        assert!(
-            !required,
-            "openssl is required (STRONGROOM_REQUIRE_TOOLS is set)"
-        );
-        eprintln!("SKIPPED: openssl not installed here; the production recipe needs it");
+    if !tests::require_tool("openssl") {
         return;
     }
     let began = Instant::now();
@@ -487,7 +473,7 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
         "nothing wrote under /etc/strongroom after configuration"
     );
 
-    verify_units(&root, required);
+    verify_units(&root);
     let took = began.elapsed();
     eprintln!("production recipe walked in {took:?}");
     assert!(took < Duration::from_secs(90), "recipe took {took:?}");
@@ -593,18 +579,8 @@ fn check_access(root: &Root) {
 }
 
 /// `systemd-analyze verify` on the shipped units with the recipe's paths moved into the root.
-fn verify_units(root: &Root, required: bool) {
-    let ok = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            !required,
-            "systemd-analyze is required (STRONGROOM_REQUIRE_TOOLS is set)"
-        );
-        eprintln!("SKIPPED: systemd-analyze not installed here: units not verified");
+fn verify_units(root: &Root) {
+    if !tests::require_tool("systemd-analyze") {
         return;
     }
     let dir = root.path().join("units");
