@@ -1,7 +1,8 @@
-//! One policy for tests that need a program from outside the workspace (chromedriver, chromium,
-//! systemd-analyze, sslscan, openssl, python modules): present → the test runs; absent → the test prints
-//! a visible `SKIPPED` line and returns locally, but **fails** under `STRONGROOM_REQUIRE_TOOLS=1`
-//! (which `.ci/run` sets after installing them), so CI can never pass by skipping.
+//! One policy for tests that need a program from outside the workspace (chromedriver,
+//! chromium, systemd-analyze, sslscan, openssl, python modules): present → the test runs;
+//! absent → the test prints a visible `SKIPPED` line and returns locally, but **fails** under
+//! `STRONGROOM_REQUIRE_TOOLS=1` (which `.ci/run` sets after installing them), so CI can never
+//! pass by skipping.
 
 use std::path::PathBuf;
 
