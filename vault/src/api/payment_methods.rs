@@ -61,6 +61,8 @@ fn absent<T>(v: &Option<T>, field: &'static str) -> Result<(), ApiError> {
 }
 
 /// Parses a store body into its domain types; the first invalid field (in wire order) is named.
+/// (A JSON type error — a number for a string, a missing required field — is found by the
+/// decoder first, in body order; the domain checks follow in wire order.)
 fn parse_store(
     req: StorePaymentMethodRequest,
 ) -> Result<(NewPaymentMethod, PaymentToken), ApiError> {

@@ -21,7 +21,7 @@
 //! releases its lease, so the retry does not wait.
 
 use super::{Actor, CoreError, Vault};
-use crate::processor::ProcessorCharge;
+use crate::processor::{Processor, ProcessorCharge, ProcessorOutcome};
 use crate::store::{ChargeEntry, ChargeLease, Store, StoreError, Swap};
 use shared::domain::{Currency, PaymentMethodId, StoreId};
 use shared::vault_api::{ChargeOutcome, ChargeStatus};
@@ -204,6 +204,39 @@ impl Vault {
         }
     }
 
+    /// Step 3: opens the token in memory, calls the processor with the processor idempotency
+    /// key `{store}:{key}`, and drops (zeroizes) the token.
+    async fn call_processor(
+        &self,
+        processor: &dyn Processor,
+        req: &ChargeRequest,
+        customer: &str,
+    ) -> Result<ProcessorOutcome, CoreError> {
+        let processor_key = format!("{}:{}", req.store, req.key);
+        let clear = self
+            .reveal_token(&req.store, &req.id)?
+            .ok_or(CoreError::NotFound)?;
+        // `from_utf8` takes the bytes without copying; the secret zeroizes them on drop.
+        let token = match String::from_utf8(clear.to_vec()) {
+            Ok(t) => shared::SecretString::new(t),
+            Err(e) => {
+                zeroize::Zeroize::zeroize(&mut e.into_bytes());
+                return Err(StoreError::Corrupt("stored token is not UTF-8").into());
+            }
+        };
+        drop(clear);
+        Ok(processor
+            .charge(ProcessorCharge {
+                token: &token,
+                amount: req.amount,
+                currency: req.currency.as_str(),
+                idempotency_key: &processor_key,
+                customer,
+                description: req.description.as_deref(),
+            })
+            .await)
+    }
+
     /// Charges `req` exactly once per idempotency key (module header) and answers the outcome.
     #[tracing::instrument(skip_all)]
     pub async fn charge(
@@ -240,32 +273,9 @@ impl Vault {
         };
         // The intent is on disk before the token is opened or the processor called.
         self.store.durable().await?;
-        let processor_key = format!("{}:{}", req.store, req.key);
-        let result = {
-            let clear = self
-                .reveal_token(&req.store, &req.id)?
-                .ok_or(CoreError::NotFound)?;
-            // `from_utf8` takes the bytes without copying; the secret zeroizes them on drop.
-            let token = match String::from_utf8(clear.to_vec()) {
-                Ok(t) => shared::SecretString::new(t),
-                Err(e) => {
-                    zeroize::Zeroize::zeroize(&mut e.into_bytes());
-                    return Err(StoreError::Corrupt("stored token is not UTF-8").into());
-                }
-            };
-            drop(clear);
-            processor
-                .charge(ProcessorCharge {
-                    token: &token,
-                    amount: req.amount,
-                    currency: req.currency.as_str(),
-                    idempotency_key: &processor_key,
-                    customer: &record.account,
-                    description: req.description.as_deref(),
-                })
-                .await
-            // `token` dropped (zeroized) here.
-        };
+        let result = self
+            .call_processor(&*processor, &req, &record.account)
+            .await?;
         let done = ChargeEntry {
             status: status_str(result.status).to_owned(),
             reason: result.reason,

@@ -23,7 +23,8 @@ mod unseal;
 /// What the use cases answer with (rows of the store, read-only here).
 pub use crate::store::{Stored, StoredRecord};
 pub use actor::Actor;
-pub use charges::{ChargeLocks, ChargeRequest, MAX_CHARGE_MINOR, MAX_KEY_LEN};
+use charges::ChargeLocks;
+pub use charges::{ChargeRequest, MAX_CHARGE_MINOR, MAX_KEY_LEN};
 pub use rotation::{FingerprintStatus, KeyStatus, RewrapStatus, VersionCount};
 pub use unseal::{UnsealRefusal, UnsealStatus};
 
