@@ -310,3 +310,145 @@ impl Vault {
         Ok(outcome(&done, result.status, &req.key))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditDraft;
+    use crate::crypto::{Fingerprinter, Kek, Keyring, SecretKey};
+    use crate::processor::BoxFuture;
+    use crate::service::NewPaymentMethod;
+    use crate::service::fingerprints::{FpKey, FpRing};
+    use crate::store::SledStore;
+    use shared::domain::{AccountId, PaymentType};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A processor that counts its calls and takes a while to decide.
+    #[derive(Default)]
+    struct Counting(AtomicU32);
+
+    impl Processor for Counting {
+        fn charge<'a>(&'a self, _: ProcessorCharge<'a>) -> BoxFuture<'a, ProcessorOutcome> {
+            Box::pin(async move {
+                let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                ProcessorOutcome {
+                    status: ChargeStatus::Succeeded,
+                    reason: None,
+                    reference: Some(format!("pi_{n}")),
+                }
+            })
+        }
+    }
+
+    /// One vault process (its own instance id, locks and keys) on `store`.
+    fn instance(store: Arc<dyn Store>, processor: Arc<Counting>) -> Vault {
+        let kek = Kek {
+            version: 1,
+            key: SecretKey::from_slice(&[1; 32]).unwrap(),
+        };
+        let fp = FpRing {
+            keys: vec![FpKey {
+                version: 1,
+                key: None,
+                f: Fingerprinter::new(&SecretKey::from_slice(&[2; 32]).unwrap()),
+            }],
+        };
+        Vault::assemble(Keyring::new(vec![kek]), fp, store).with_processor(Some(processor))
+    }
+
+    fn stored(v: &Vault) -> PaymentMethodId {
+        let new = NewPaymentMethod {
+            store: StoreId::parse("s1").unwrap(),
+            account: AccountId::parse("a1").unwrap(),
+            kind: PaymentType::Paypal,
+            brand: None,
+            last4: None,
+            expiry: None,
+            masked_email: None,
+        };
+        let token = shared::SecretString::new("tok_ledger".into());
+        let s = v
+            .store_payment_method(&new, &token, AuditDraft::default())
+            .unwrap();
+        PaymentMethodId::parse(&s.record().id).unwrap()
+    }
+
+    fn request(id: &PaymentMethodId) -> ChargeRequest {
+        ChargeRequest {
+            store: StoreId::parse("s1").unwrap(),
+            id: id.clone(),
+            amount: 1495,
+            currency: Currency::parse("USD").unwrap(),
+            key: "sub1:period1".into(),
+            description: None,
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor::new("renewals".into(), "charge".into())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_instances_on_one_store_racing_one_key_make_exactly_one_processor_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_db(dir.path(), 1 << 20, 500).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::new(db, false).unwrap().shared_for_test());
+        let processor = Arc::new(Counting::default());
+        let a = Arc::new(instance(store.clone(), processor.clone()));
+        let b = Arc::new(instance(store, processor.clone()));
+        let id = stored(&a);
+        // Each instance has its own per-key lock: only the claim in the ledger is shared.
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let v = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let req = request(&id);
+                tokio::spawn(async move { v.charge(&actor(), req).await })
+            })
+            .collect();
+        let mut answered = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(o) => answered.push(o),
+                Err(CoreError::ChargeInProgress) => {}
+                Err(e) => panic!("unexpected refusal: {e}"),
+            }
+        }
+        assert_eq!(processor.0.load(Ordering::SeqCst), 1, "one key, one call");
+        assert!(!answered.is_empty());
+        assert!(
+            answered.iter().all(|o| o.status == ChargeStatus::Succeeded
+                && o.processor_reference.as_deref() == Some("pi_1")),
+            "every answer is the one outcome: {answered:?}"
+        );
+        // Later repeats on either instance are replays.
+        for v in [&a, &b] {
+            let o = v.charge(&actor(), request(&id)).await.unwrap();
+            assert_eq!(o.processor_reference.as_deref(), Some("pi_1"));
+        }
+        assert_eq!(processor.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_claim_holds_off_a_second_claim_without_any_lock_and_a_dead_process_lease_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_db(dir.path(), 1 << 20, 500).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::new(db, false).unwrap());
+        let processor = Arc::new(Counting::default());
+        let first = instance(store.clone(), processor.clone());
+        let id = stored(&first);
+        assert!(matches!(first.claim(&request(&id)).unwrap(), Claim::Won(_)));
+        // The same process claiming again (no in-process lock involved): in progress.
+        assert!(matches!(first.claim(&request(&id)).unwrap(), Claim::Busy));
+        // A restarted process on this folder (sled: one process at a time) resumes at once.
+        let restarted = instance(store, processor);
+        match restarted.claim(&request(&id)).unwrap() {
+            Claim::Won(e) => assert_eq!(e.attempts, 2),
+            _ => panic!("a dead process's claim must be taken over"),
+        }
+        let mut other = request(&id);
+        other.amount = 1;
+        assert!(matches!(restarted.claim(&other).unwrap(), Claim::Conflict));
+    }
+}

@@ -48,6 +48,8 @@ pub struct SledStore {
     charges: ::sled::Tree,
     audit: SledAudit,
     commit: Option<shared::durable::GroupCommit>,
+    /// Always true (sled locks its folder); tests turn it off to play a shared database.
+    single_process: bool,
 }
 
 fn joined(parts: &[&str], trailing: bool) -> Vec<u8> {
@@ -117,12 +119,21 @@ impl SledStore {
             charges: db.open_tree("charges")?,
             audit: SledAudit::open(&db)?,
             commit,
+            single_process: true,
             db,
         })
     }
 
     pub fn db(&self) -> &::sled::Db {
         &self.db
+    }
+
+    /// Answers `single_process() == false`, as a database several vault processes share
+    /// would: lets one test process play two vault instances on one store.
+    #[cfg(test)]
+    pub(crate) fn shared_for_test(mut self) -> Self {
+        self.single_process = false;
+        self
     }
 
     fn ids_after(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -531,7 +542,7 @@ impl Store for SledStore {
     }
 
     fn single_process(&self) -> bool {
-        true
+        self.single_process
     }
 }
 
