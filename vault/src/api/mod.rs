@@ -8,8 +8,10 @@
 //! framework-made errors the standard body), request timeout, body-size limit, router.
 //! One module per resource, each exposing `router()`.
 //!
-//! Invariant: no response, in any status, carries a token — handlers only ever serialise
-//! `PaymentMethodView`, `PaymentMethodList`, `ErasedResponse` or `ErrorBody`.
+//! Invariant: no response, in any status, carries a token — handlers only ever serialise the
+//! `shared::vault_api` response types (`PaymentMethodView`, `PaymentMethodList`,
+//! `ErasedResponse`, `ChargeOutcome`, `HealthResponse`, `WhoAmI`, `ErrorBody`) or the admin
+//! DTOs of `admin_keys` and `audit_log`, none of which has a field that could hold one.
 
 mod accounts;
 pub mod admin_keys;

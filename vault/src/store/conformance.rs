@@ -12,7 +12,7 @@
 
 use super::{ChargeEntry, Store, Stored, StoredRecord, Swap};
 use crate::audit::{AuditDraft, Verdict};
-use shared::domain::{AccountId, PaymentMethodId, StoreId};
+use shared::domain::{AccountId, CardBrand, Last4, PaymentMethodId, PaymentType, StoreId};
 use std::sync::{Arc, Barrier};
 
 const RACERS: usize = 16;
@@ -53,9 +53,9 @@ pub fn record(id: &str, store: &str, account: &str) -> StoredRecord {
         id: id.to_owned(),
         store: store.into(),
         account: account.into(),
-        kind: "card".into(),
-        brand: Some("visa".into()),
-        last4: Some("4242".into()),
+        kind: PaymentType::Card,
+        brand: Some(CardBrand::Visa),
+        last4: Some(Last4::parse("4242").unwrap()),
         exp_month: Some(12),
         exp_year: Some(2030),
         masked_email: None,

@@ -21,7 +21,7 @@ pub(crate) mod sled;
 #[cfg(test)]
 pub(crate) mod conformance;
 
-pub use self::sled::{SledStore, StoppedFolder, open_db, verify_audit_db};
+pub use self::sled::{SledStore, StoppedFolder, open_db};
 pub use record::{ChargeEntry, ChargeLease, RewrapBatch, Stored, StoredRecord};
 
 use crate::audit::{AuditDraft, Verdict};

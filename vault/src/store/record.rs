@@ -5,6 +5,7 @@
 use crate::crypto::SealedToken;
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
+use shared::domain::{CardBrand, Last4, MaskedEmail, PaymentType};
 
 /// One stored payment method: the masked fields in clear, the token sealed.
 #[derive(Clone, Serialize, Deserialize)]
@@ -15,12 +16,14 @@ pub struct StoredRecord {
     pub id: String,
     pub store: String,
     pub account: String,
-    pub kind: String,
-    pub brand: Option<String>,
-    pub last4: Option<String>,
+    /// The display fields are domain types: a record that decodes holds only valid ones (their
+    /// serde form is the string the vault always wrote).
+    pub kind: PaymentType,
+    pub brand: Option<CardBrand>,
+    pub last4: Option<Last4>,
     pub exp_month: Option<u8>,
     pub exp_year: Option<u16>,
-    pub masked_email: Option<String>,
+    pub masked_email: Option<MaskedEmail>,
     pub created: String,
     /// Master-key version that was current when the token was sealed. Bound into the token's
     /// AAD; never changes (see `crypto` on rotation).
@@ -46,12 +49,12 @@ impl StoredRecord {
             id: self.id.clone(),
             store: self.store.clone(),
             account: self.account.clone(),
-            kind: self.kind.clone(),
-            brand: self.brand.clone(),
-            last4: self.last4.clone(),
+            kind: self.kind.as_str().to_owned(),
+            brand: self.brand.map(|b| b.as_str().to_owned()),
+            last4: self.last4.map(|l| l.as_str().to_owned()),
             exp_month: self.exp_month,
             exp_year: self.exp_year,
-            masked_email: self.masked_email.clone(),
+            masked_email: self.masked_email.as_ref().map(|m| m.as_str().to_owned()),
             created: self.created.clone(),
         }
     }

@@ -20,7 +20,7 @@
 mod audit;
 mod folder;
 
-pub use folder::{StoppedFolder, open_db, verify_audit_db};
+pub use folder::{StoppedFolder, open_db};
 
 use self::audit::{ChainHead, SledAudit, entry_bytes};
 use crate::audit::{AuditDraft, AuditEntry};

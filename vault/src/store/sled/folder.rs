@@ -36,7 +36,7 @@ pub fn open_db(
 
 /// Walks the audit chain of an open `Db` (works even when the last entry is damaged, where
 /// `SledStore::new` refuses).
-pub fn verify_audit_db(db: &::sled::Db) -> Result<Verdict, StoreError> {
+fn verify_audit_db(db: &::sled::Db) -> Result<Verdict, StoreError> {
     audit::verify_tree(&db.open_tree("audit")?)
 }
 
