@@ -13,12 +13,13 @@
 //!
 //! Also the sealed gate: while sealed, everything except unseal answers 503 `sealed`, and
 //! `GET /v1/health` answers 503 `{"status": "sealed"}` (not ready). The response shapes (DTOs)
-//! are defined here, from the service's reports.
+//! are defined here, from the service's reports. Key changes are audited by the service
+//! (`Vault::audited`) before they are answered.
 
 use super::error::ApiError;
 use super::{ApiResult, Caller, SharedState};
 use crate::config::Permission;
-use crate::service::{self, CoreError};
+use crate::service::{self, CoreError, Vault};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -293,7 +294,8 @@ async fn rotate(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<(StatusCode, Json<RotatedView>)> {
     caller.op("keys_rotate").require(Permission::Keys)?;
-    let version = blocking(&state, |v| v.rotate()).await?;
+    let audit = caller.audit.clone();
+    let version = blocking(&state, move |v| v.audited(&audit, 202, Vault::rotate)).await?;
     spawn_rewrap(&state);
     let view = RotatedView {
         version,
@@ -318,7 +320,11 @@ async fn rotate_fingerprint(
     caller
         .op("fingerprint_key_rotate")
         .require(Permission::Keys)?;
-    let version = blocking(&state, |v| v.rotate_fingerprint_key()).await?;
+    let audit = caller.audit.clone();
+    let version = blocking(&state, move |v| {
+        v.audited(&audit, 202, Vault::rotate_fingerprint_key)
+    })
+    .await?;
     spawn_reindex(&state);
     let view = FpRotatedView {
         version,
@@ -352,12 +358,15 @@ async fn retire(
 ) -> ApiResult<Json<RetiredView>> {
     caller.op("keys_retire").require(Permission::Keys)?;
     let below = parse::<RetireBody>(&body)?.below;
-    let retired = blocking(&state, move |v| v.retire_below(below))
-        .await
-        .map_err(|e| match e {
-            ApiError::KeyState(msg) => ApiError::KeyInUse(msg),
-            other => other,
-        })?;
+    let audit = caller.audit.clone();
+    let retired = blocking(&state, move |v| {
+        v.audited(&audit, 200, |v| v.retire_below(below))
+    })
+    .await
+    .map_err(|e| match e {
+        ApiError::KeyState(msg) => ApiError::KeyInUse(msg),
+        other => other,
+    })?;
     Ok(Json(RetiredView {
         retired,
         backup_key_files: state.vault.backup_paths(),

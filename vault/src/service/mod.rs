@@ -314,6 +314,24 @@ impl Vault {
         self.keyring.read().map(|k| k.is_none()).unwrap_or(true)
     }
 
+    /// Runs one key-lifecycle change (rotate, retire, fingerprint rotation) for a request and
+    /// audits it durably: its entry, with `outcome` (the status the API answers a success with),
+    /// is appended and flushed before this returns. Blocking.
+    pub fn audited<T>(
+        &self,
+        actor: &Actor,
+        outcome: u16,
+        change: impl FnOnce(&Self) -> Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        let out = change(self)?;
+        let mut draft = actor.draft();
+        draft.outcome = outcome;
+        self.store.audit().append(draft)?;
+        actor.written();
+        self.store.flush()?;
+        Ok(out)
+    }
+
     /// Unsealed, and the store answers a read.
     pub fn is_ready(&self) -> bool {
         !self.is_sealed() && self.store.meta_get("ready-probe").is_ok()
