@@ -10,8 +10,10 @@
 //! - `GET    /v1/health`
 //! - `GET    /v1/whoami`                                   `{identity, permissions}` of the caller
 //!
-//! Request types hold raw JSON scalars; the vault parses them into domain types so that a 422
-//! can name the exact field. No response type can hold a token: the only type that carries one
+//! These types are the only definition of the contract: the accounts-api client sends them, the
+//! vault's handlers deserialize exactly them (then parse each field into its domain type, so a
+//! 422 can name the exact field), and with the `openapi` feature they carry the schemas of the
+//! vault's OpenAPI document. No response type can hold a token: the only type that carries one
 //! is [`StorePaymentMethodRequest`].
 
 use crate::secret::PaymentToken;
@@ -26,11 +28,14 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// `POST /v1/payment-methods`. Card: `brand`, `last4`, `expMonth`, `expYear` required.
 /// PayPal: `email` (the payer address, which the vault masks and never returns in clear).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StorePaymentMethodRequest {
     pub store: String,
     pub account: String,
+    /// The processor token (secret; sealed at rest, never returned).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub token: PaymentToken,
     #[serde(rename = "type")]
     pub kind: String,
@@ -60,6 +65,7 @@ impl std::fmt::Debug for StorePaymentMethodRequest {
 }
 
 /// The masked view of a stored payment method: everything a page or API may show.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentMethodView {
@@ -82,12 +88,14 @@ pub struct PaymentMethodView {
     pub created: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentMethodList {
     pub payment_methods: Vec<PaymentMethodView>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ErasedResponse {
     pub erased: u64,
@@ -109,6 +117,7 @@ pub struct ListQuery {
 }
 
 /// `POST /v1/payment-methods/{id}/charge` (renewals identity only).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChargeRequest {
@@ -122,6 +131,7 @@ pub struct ChargeRequest {
     pub description: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChargeStatus {
@@ -131,6 +141,7 @@ pub enum ChargeStatus {
     Failed,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChargeOutcome {
@@ -144,6 +155,8 @@ pub struct ChargeOutcome {
     pub idempotency_key: String,
 }
 
+/// `{status}` of health (`ok`, or `sealed` with 503) and readiness (`ready` / `not ready`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HealthResponse {
     pub status: String,
@@ -151,6 +164,7 @@ pub struct HealthResponse {
 
 /// `GET /v1/whoami`: the identity the vault read from the caller's certificate and the
 /// permissions the vault's config gives it (so a client can check its own setup).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WhoAmI {
     pub identity: String,
@@ -160,11 +174,13 @@ pub struct WhoAmI {
 
 /// Every vault error body: `{"error": {"code": "...", "message": "...", "field": "..."}}`.
 /// `code` is stable for clients to match on; `message` is fixed text, never request data.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,

@@ -12,28 +12,27 @@
 //!   422 `wrong_share`; 409 `duplicate_share` / `not_sealed`. The share is never logged or echoed.
 //!
 //! Also the sealed gate: while sealed, everything except unseal answers 503 `sealed`, and
-//! `GET /v1/health` answers 503 `{"status": "sealed"}` (not ready).
+//! `GET /v1/health` answers 503 `{"status": "sealed"}` (not ready). The response shapes (DTOs)
+//! are defined here, from the service's reports. Key changes are audited by the service
+//! (`Vault::audited`) before they are answered.
 
-use super::error::{ApiError, body};
-use super::{AuditNote, Caller, SharedState};
+use super::error::ApiError;
+use super::{ApiResult, Caller, SharedState};
 use crate::config::Permission;
-use crate::core::{CoreError, UnsealRefusal};
+use crate::service::{self, CoreError, Vault};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
-pub const PATH_KEYS: &str = "/v1/admin/keys";
-pub const PATH_ROTATE: &str = "/v1/admin/keys/rotate";
-pub const PATH_RETIRE: &str = "/v1/admin/keys/retire";
 pub const PATH_UNSEAL: &str = "/v1/admin/unseal";
-pub const PATH_FP_ROTATE: &str = "/v1/admin/fingerprint-key/rotate";
 
 pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
@@ -44,101 +43,180 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(rotate_fingerprint))
 }
 
+/// Progress of a re-wrap or re-index.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewrapView {
+    pub running: bool,
+    /// Version data keys (or fingerprints) are being moved to (0 before any rotation).
+    pub target_version: u32,
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    pub version: u32,
+    pub records: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FingerprintView {
+    pub current_version: u32,
+    /// Versions held, with how many records are indexed under each.
+    pub versions: Vec<VersionView>,
+    pub reindex: RewrapView,
+}
+
+/// `GET /v1/admin/keys`: versions and counts only, never key material.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatusView {
+    pub sealed: bool,
+    pub current_version: Option<u32>,
+    /// Every KEK version held, with how many records it wraps.
+    pub versions: Vec<VersionView>,
+    /// Records that do not decode (counted, never opened).
+    pub corrupt_records: u64,
+    pub rewrap: RewrapView,
+    pub fingerprint: FingerprintView,
+}
+
+/// 202 of a master-key rotation.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedView {
+    pub version: u32,
+    pub rewrap: RewrapView,
+    /// The key files to back up again now.
+    #[schema(value_type = Vec<String>)]
+    pub backup_key_files: Vec<std::path::PathBuf>,
+}
+
+/// 202 of a fingerprint-key rotation.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FpRotatedView {
+    pub version: u32,
+    pub reindex: RewrapView,
+    #[schema(value_type = Vec<String>)]
+    pub backup_key_files: Vec<std::path::PathBuf>,
+}
+
+/// 200 of a retirement.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredView {
+    pub retired: Vec<u32>,
+    #[schema(value_type = Vec<String>)]
+    pub backup_key_files: Vec<std::path::PathBuf>,
+}
+
+/// Unseal progress (also beside the error of a refused share).
+#[derive(Serialize, ToSchema)]
+pub struct UnsealView {
+    pub sealed: bool,
+    pub received: usize,
+    pub threshold: u8,
+    /// Wrong or duplicate shares refused since start.
+    pub rejected: u64,
+}
+
+impl From<service::RewrapStatus> for RewrapView {
+    fn from(s: service::RewrapStatus) -> Self {
+        Self {
+            running: s.running,
+            target_version: s.target_version,
+            total: s.total,
+            done: s.done,
+            failed: s.failed,
+        }
+    }
+}
+
+fn versions(v: Vec<service::VersionCount>) -> Vec<VersionView> {
+    v.into_iter()
+        .map(|c| VersionView {
+            version: c.version,
+            records: c.records,
+        })
+        .collect()
+}
+
+impl From<service::KeyStatus> for KeyStatusView {
+    fn from(s: service::KeyStatus) -> Self {
+        Self {
+            sealed: s.sealed,
+            current_version: s.current_version,
+            versions: versions(s.versions),
+            corrupt_records: s.corrupt_records,
+            rewrap: s.rewrap.into(),
+            fingerprint: FingerprintView {
+                current_version: s.fingerprint.current_version,
+                versions: versions(s.fingerprint.versions),
+                reindex: s.fingerprint.reindex.into(),
+            },
+        }
+    }
+}
+
+impl From<service::UnsealStatus> for UnsealView {
+    fn from(s: service::UnsealStatus) -> Self {
+        Self {
+            sealed: s.sealed,
+            received: s.received,
+            threshold: s.threshold,
+            rejected: s.rejected,
+        }
+    }
+}
+
 /// Resumes work an earlier rotation left (a restart during a re-wrap or re-index): call once
 /// the vault is unsealed. Runs in the background.
 pub fn resume_background(state: &SharedState) {
-    if state.core.is_sealed() {
+    if state.vault.is_sealed() {
         return;
     }
-    let (rewrap, reindex) = state.core.has_background_work();
+    let (rewrap, reindex) = state.vault.has_background_work();
     if rewrap {
-        let st = state.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = st.core.rewrap_all() {
-                tracing::error!(error = %e, "re-wrap failed");
-            }
-        });
+        spawn_rewrap(state);
     }
     if reindex {
-        let st = state.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = st.core.reindex_fingerprints() {
-                tracing::error!(error = %e, "fingerprint re-index failed");
-            }
-        });
+        spawn_reindex(state);
     }
 }
 
-#[tracing::instrument(skip_all)]
-#[utoipa::path(
-    post,
-    operation_id = "rotate_fingerprint",
-    path = "/v1/admin/fingerprint-key/rotate",
-    summary = "Add a fingerprint-key version and re-index in the background (permission keys)",
-    responses((status = 202, description = "Rotation started", body = Object), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = crate::api::openapi::ErrorBody))
-)]
-async fn rotate_fingerprint(
-    State(state): State<SharedState>,
-    Extension(caller): Extension<Caller>,
-) -> Response {
-    let note = AuditNote::new("fingerprint_key_rotate");
-    if let Err(e) = caller.require(Permission::Keys) {
-        return note.finish::<Response>(Err(e));
-    }
+fn spawn_rewrap(state: &SharedState) {
     let st = state.clone();
-    let resp = match tokio::task::spawn_blocking(move || st.core.rotate_fingerprint_key()).await {
-        Ok(Ok(version)) => {
-            let st = state.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = st.core.reindex_fingerprints() {
-                    tracing::error!(error = %e, "fingerprint re-index failed");
-                }
-            });
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({
-                    "version": version,
-                    "reindex": state.core.reindex_status(),
-                    "backupKeyFiles": state.core.backup_paths(),
-                })),
-            )
-                .into_response()
+    // The re-wrap runs in the background; progress is on GET /v1/admin/keys.
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = st.vault.rewrap_all() {
+            tracing::error!(error = %e, "re-wrap failed");
         }
-        Ok(Err(e)) => core_error(e),
-        Err(e) => ApiError::internal(e).into_response(),
-    };
-    note.finish::<Response>(Ok(resp))
+    });
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(body(code, message, None))).into_response()
-}
-
-fn sealed_response() -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "sealed",
-        "vault is sealed; an admin must submit unseal shares",
-    )
-}
-
-fn core_error(e: CoreError) -> Response {
-    match e {
-        CoreError::Sealed => sealed_response(),
-        CoreError::KeyState(msg) => error(StatusCode::CONFLICT, "key_state", &msg),
-        CoreError::Key(e @ crate::keys::KeyError::Write { .. }) => {
-            // The operator's fix is file access, not a retry: say so (the path and OS reason go
-            // to the log only). Nothing was changed.
-            tracing::error!(error = %e, "key file cannot be written; key change undone");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "key_file_unwritable",
-                "the vault cannot write its key file; nothing was changed (give the vault user \
-                 write access to the key folder)",
-            )
+fn spawn_reindex(state: &SharedState) {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = st.vault.reindex_fingerprints() {
+            tracing::error!(error = %e, "fingerprint re-index failed");
         }
-        other => ApiError::internal(other).into_response(),
-    }
+    });
+}
+
+/// Runs a blocking key-lifecycle call off the async workers.
+async fn blocking<T: Send + 'static>(
+    state: &SharedState,
+    f: impl FnOnce(&service::Vault) -> Result<T, CoreError> + Send + 'static,
+) -> ApiResult<T> {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || f(&st.vault))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from_key_change)
 }
 
 /// Parses a small JSON body; unknown fields are refused like everywhere else in the API.
@@ -155,30 +233,24 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// While sealed: 503 for everything but unseal (which the handler answers) — placed inside the
 /// identity/audit layer, so refused requests are audited too.
 pub async fn sealed_gate(State(state): State<SharedState>, req: Request, next: Next) -> Response {
-    if !state.core.is_sealed() {
+    if !state.vault.is_sealed() {
         return next.run(req).await;
     }
     let path = req.uri().path();
     if req.method() == Method::POST && path == PATH_UNSEAL {
         return next.run(req).await;
     }
-    let (op, resp) = if path == shared::vault_api::PATH_HEALTH {
-        (
-            "health",
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(shared::vault_api::HealthResponse {
-                    status: "sealed".to_owned(),
-                }),
-            )
-                .into_response(),
-        )
-    } else {
-        ("refused (sealed)", sealed_response())
-    };
-    let mut resp = resp;
-    resp.extensions_mut().insert(AuditNote::new(op));
-    resp
+    let health = path == shared::vault_api::PATH_HEALTH;
+    if let Some(caller) = req.extensions().get::<Caller>() {
+        caller.op(if health { "health" } else { "refused (sealed)" });
+    }
+    if health {
+        let body = shared::vault_api::HealthResponse {
+            status: "sealed".to_owned(),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    ApiError::Sealed.into_response()
 }
 
 /// Fuzz entry (issue 6, `vault/fuzz`): the admin body parsers (retire, unseal) on raw bytes.
@@ -199,24 +271,15 @@ pub fn parse_admin_bytes(body: &[u8]) -> usize {
     operation_id = "status",
     path = "/v1/admin/keys",
     summary = "Key versions held, records each wraps, re-wrap progress (permission keys)",
-    responses((status = 200, description = "Key status", body = Object))
+    responses((status = 200, description = "Key status", body = KeyStatusView))
 )]
 async fn status(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let note = AuditNote::new("keys_status");
-    if let Err(e) = caller.require(Permission::Keys) {
-        return note.finish::<Response>(Err(e));
-    }
-    let st = state.clone();
-    let result = tokio::task::spawn_blocking(move || st.core.key_status()).await;
-    let resp = match result {
-        Ok(Ok(s)) => Json(s).into_response(),
-        Ok(Err(e)) => core_error(e),
-        Err(e) => ApiError::internal(e).into_response(),
-    };
-    note.finish::<Response>(Ok(resp))
+) -> ApiResult<Json<KeyStatusView>> {
+    caller.op("keys_status").require(Permission::Keys)?;
+    let s = blocking(&state, |v| v.key_status()).await?;
+    Ok(Json(s.into()))
 }
 
 #[tracing::instrument(skip_all)]
@@ -225,45 +288,58 @@ async fn status(
     operation_id = "rotate",
     path = "/v1/admin/keys/rotate",
     summary = "Add a master-key version and re-wrap every data key in the background (permission keys)",
-    responses((status = 202, description = "Rotation started", body = Object), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = crate::api::openapi::ErrorBody))
+    responses((status = 202, description = "Rotation started", body = RotatedView), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = shared::vault_api::ErrorBody))
 )]
 async fn rotate(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let note = AuditNote::new("keys_rotate");
-    if let Err(e) = caller.require(Permission::Keys) {
-        return note.finish::<Response>(Err(e));
-    }
-    let st = state.clone();
-    let resp = match tokio::task::spawn_blocking(move || st.core.rotate()).await {
-        Ok(Ok(version)) => {
-            let st = state.clone();
-            // The re-wrap runs in the background; progress is on GET /v1/admin/keys.
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = st.core.rewrap_all() {
-                    tracing::error!(error = %e, "re-wrap failed");
-                }
-            });
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({
-                    "version": version,
-                    "rewrap": state.core.rewrap_status(),
-                    "backupKeyFiles": state.core.backup_paths(),
-                })),
-            )
-                .into_response()
-        }
-        Ok(Err(e)) => core_error(e),
-        Err(e) => ApiError::internal(e).into_response(),
+) -> ApiResult<(StatusCode, Json<RotatedView>)> {
+    caller.op("keys_rotate").require(Permission::Keys)?;
+    let audit = caller.audit.clone();
+    let version = blocking(&state, move |v| v.audited(&audit, 202, Vault::rotate)).await?;
+    spawn_rewrap(&state);
+    let view = RotatedView {
+        version,
+        rewrap: state.vault.rewrap_status().into(),
+        backup_key_files: state.vault.backup_paths(),
     };
-    note.finish::<Response>(Ok(resp))
+    Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
-#[derive(Deserialize)]
+#[tracing::instrument(skip_all)]
+#[utoipa::path(
+    post,
+    operation_id = "rotate_fingerprint",
+    path = "/v1/admin/fingerprint-key/rotate",
+    summary = "Add a fingerprint-key version and re-index in the background (permission keys)",
+    responses((status = 202, description = "Rotation started", body = FpRotatedView), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = shared::vault_api::ErrorBody))
+)]
+async fn rotate_fingerprint(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<(StatusCode, Json<FpRotatedView>)> {
+    caller
+        .op("fingerprint_key_rotate")
+        .require(Permission::Keys)?;
+    let audit = caller.audit.clone();
+    let version = blocking(&state, move |v| {
+        v.audited(&audit, 202, Vault::rotate_fingerprint_key)
+    })
+    .await?;
+    spawn_reindex(&state);
+    let view = FpRotatedView {
+        version,
+        reindex: state.vault.reindex_status().into(),
+        backup_key_files: state.vault.backup_paths(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// `POST /v1/admin/keys/retire`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RetireBody {
+pub struct RetireBody {
+    /// Versions below this one are destroyed.
     below: u32,
 }
 
@@ -273,40 +349,36 @@ struct RetireBody {
     operation_id = "retire",
     path = "/v1/admin/keys/retire",
     summary = "Destroy master-key versions below N once nothing uses them (permission keys)",
-    request_body(content = crate::api::openapi::RetireRequest, content_type = "application/json"),
-    responses((status = 200, description = "Retired versions", body = Object), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = crate::api::openapi::ErrorBody), (status = 422, description = "A field is invalid (named)", body = crate::api::openapi::ErrorBody))
+    request_body(content = RetireBody, content_type = "application/json"),
+    responses((status = 200, description = "Retired versions", body = RetiredView), (status = 400, description = "Malformed JSON, unknown field or bad query", body = shared::vault_api::ErrorBody), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = shared::vault_api::ErrorBody), (status = 422, description = "A field is invalid (named)", body = shared::vault_api::ErrorBody))
 )]
 async fn retire(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     body: Bytes,
-) -> Response {
-    let note = AuditNote::new("keys_retire");
-    if let Err(e) = caller.require(Permission::Keys) {
-        return note.finish::<Response>(Err(e));
-    }
-    let below = match parse::<RetireBody>(&body) {
-        Ok(b) => b.below,
-        Err(e) => return note.finish::<Response>(Err(e)),
-    };
-    let st = state.clone();
-    let resp = match tokio::task::spawn_blocking(move || st.core.retire_below(below)).await {
-        Ok(Ok(retired)) => Json(serde_json::json!({
-            "retired": retired,
-            "backupKeyFiles": state.core.backup_paths(),
-        }))
-        .into_response(),
-        Ok(Err(CoreError::KeyState(msg))) => error(StatusCode::CONFLICT, "key_in_use", &msg),
-        Ok(Err(e)) => core_error(e),
-        Err(e) => ApiError::internal(e).into_response(),
-    };
-    note.finish::<Response>(Ok(resp))
+) -> ApiResult<Json<RetiredView>> {
+    caller.op("keys_retire").require(Permission::Keys)?;
+    let below = parse::<RetireBody>(&body)?.below;
+    let audit = caller.audit.clone();
+    let retired = blocking(&state, move |v| {
+        v.audited(&audit, 200, |v| v.retire_below(below))
+    })
+    .await
+    .map_err(|e| match e {
+        ApiError::KeyState(msg) => ApiError::KeyInUse(msg),
+        other => other,
+    })?;
+    Ok(Json(RetiredView {
+        retired,
+        backup_key_files: state.vault.backup_paths(),
+    }))
 }
 
-/// The share is secret: no `Debug`, moved into zeroizing memory at once.
-#[derive(Deserialize)]
+/// `POST /v1/admin/unseal`: one Shamir share (secret: no `Debug`, moved into zeroizing memory
+/// at once, never logged or echoed).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UnsealBody {
+pub struct UnsealBody {
     share: String,
 }
 
@@ -316,64 +388,30 @@ struct UnsealBody {
     operation_id = "unseal",
     path = "/v1/admin/unseal",
     summary = "Submit one Shamir share while sealed (permission keys)",
-    request_body(content = crate::api::openapi::UnsealRequest, content_type = "application/json"),
-    responses((status = 200, description = "Progress", body = Object), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = crate::api::openapi::ErrorBody), (status = 422, description = "A field is invalid (named)", body = crate::api::openapi::ErrorBody))
+    request_body(content = UnsealBody, content_type = "application/json"),
+    responses((status = 200, description = "Progress", body = UnsealView), (status = 400, description = "Malformed JSON, unknown field or bad query", body = shared::vault_api::ErrorBody), (status = 409, description = "Refused by the key state (versions in use, duplicate share, not sealed)", body = shared::vault_api::ErrorBody), (status = 422, description = "A field is invalid (named)", body = shared::vault_api::ErrorBody))
 )]
 async fn unseal(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     raw: Bytes,
-) -> Response {
-    let note = AuditNote::new("unseal");
-    if let Err(e) = caller.require(Permission::Keys) {
-        return note.finish::<Response>(Err(e));
-    }
-    let share = match parse::<UnsealBody>(&raw) {
-        Ok(b) => Zeroizing::new(b.share),
-        Err(e) => return note.finish::<Response>(Err(e)),
-    };
+) -> ApiResult<Json<UnsealView>> {
+    caller.op("unseal").require(Permission::Keys)?;
+    let share = Zeroizing::new(parse::<UnsealBody>(&raw)?.share);
     let st = state.clone();
-    let result = tokio::task::spawn_blocking(move || st.core.submit_share(&share)).await;
-    let resp = match result {
-        Ok(Ok(status)) => {
+    let result = tokio::task::spawn_blocking(move || st.vault.submit_share(&share))
+        .await
+        .map_err(ApiError::internal)?;
+    match result {
+        Ok(status) => {
             if !status.sealed {
                 resume_background(&state);
             }
-            Json(status).into_response()
+            Ok(Json(status.into()))
         }
-        Ok(Err((why, status))) => {
-            let (code, http, msg) = match why {
-                UnsealRefusal::NotSealed => (
-                    "not_sealed",
-                    StatusCode::CONFLICT,
-                    "the vault is not sealed",
-                ),
-                UnsealRefusal::WrongShare => (
-                    "wrong_share",
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "that is not one of this vault's unseal shares",
-                ),
-                UnsealRefusal::DuplicateShare => (
-                    "duplicate_share",
-                    StatusCode::CONFLICT,
-                    "that share was already submitted",
-                ),
-                UnsealRefusal::CombineFailed => (
-                    "unseal_failed",
-                    StatusCode::CONFLICT,
-                    "the shares did not rebuild the key; submit them again",
-                ),
-            };
-            let mut b = serde_json::to_value(body(code, msg, None)).unwrap_or_default();
-            if let Some(obj) = b.as_object_mut() {
-                obj.insert(
-                    "unseal".to_owned(),
-                    serde_json::to_value(status).unwrap_or_default(),
-                );
-            }
-            (http, Json(b)).into_response()
+        Err((why, status)) => {
+            let progress = serde_json::to_value(UnsealView::from(status)).unwrap_or_default();
+            Err(ApiError::Unseal(why, progress))
         }
-        Err(e) => ApiError::internal(e).into_response(),
-    };
-    note.finish::<Response>(Ok(resp))
+    }
 }

@@ -9,7 +9,7 @@
 //! The response carries `X-Audit-Upto`, the last sequence number it covers.
 
 use super::error::ApiError;
-use super::{AuditNote, Caller, SharedState};
+use super::{ApiResult, Caller, SharedState};
 use crate::audit::Verdict;
 use crate::config::Permission;
 use axum::body::{Body, Bytes};
@@ -29,7 +29,7 @@ pub fn router() -> OpenApiRouter<SharedState> {
 }
 
 /// `{entries, ok}`; on a break also `brokenAt` (1-based position) and `reason`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditVerifyResponse {
     pub entries: u64,
@@ -46,37 +46,32 @@ pub struct AuditVerifyResponse {
     operation_id = "verify",
     path = "/v1/audit/verify",
     summary = "Walk the audit hash chain (permission audit)",
-    responses((status = 200, description = "Verdict", body = crate::api::openapi::AuditVerify))
+    responses((status = 200, description = "Verdict", body = AuditVerifyResponse))
 )]
 async fn verify(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let result = async {
-        caller.require(Permission::Audit)?;
-        // A long chain takes a while to hash: keep it off the async workers.
-        let st = state.clone();
-        let verdict = tokio::task::spawn_blocking(move || st.core.store().verify_audit())
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
-        Ok(Json(match verdict {
-            Verdict::Ok { entries } => AuditVerifyResponse {
-                entries,
-                ok: true,
-                broken_at: None,
-                reason: None,
-            },
-            Verdict::Broken { position, reason } => AuditVerifyResponse {
-                entries: position.saturating_sub(1),
-                ok: false,
-                broken_at: Some(position),
-                reason: Some(reason),
-            },
-        }))
-    }
-    .await;
-    AuditNote::new("audit_verify").finish(result)
+) -> ApiResult<Json<AuditVerifyResponse>> {
+    caller.op("audit_verify").require(Permission::Audit)?;
+    // A long chain takes a while to hash: keep it off the async workers.
+    let st = state.clone();
+    let verdict = tokio::task::spawn_blocking(move || st.vault.verify_audit())
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(match verdict {
+        Verdict::Ok { entries } => AuditVerifyResponse {
+            entries,
+            ok: true,
+            broken_at: None,
+            reason: None,
+        },
+        Verdict::Broken { position, reason } => AuditVerifyResponse {
+            entries: position.saturating_sub(1),
+            ok: false,
+            broken_at: Some(position),
+            reason: Some(reason),
+        },
+    }))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -112,50 +107,36 @@ impl hyper::body::Body for ChannelBody {
     path = "/v1/audit/export",
     summary = "Stream audit entries as JSON lines while the vault runs (permission audit)",
     params(ExportQuery),
-    responses((status = 200, description = "JSON lines, one entry each", content_type = "application/x-ndjson", body = String), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 403, description = "Identity lacks the permission", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "JSON lines, one entry each", content_type = "application/x-ndjson", body = String), (status = 400, description = "Malformed JSON, unknown field or bad query", body = shared::vault_api::ErrorBody), (status = 403, description = "Identity lacks the permission", body = shared::vault_api::ErrorBody))
 )]
 async fn export(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     query: Result<Query<ExportQuery>, QueryRejection>,
-) -> Response {
-    let result = async {
-        caller.require(Permission::Audit)?;
-        let Query(q) = query.map_err(|_| ApiError::InvalidQuery)?;
-        let since = crate::audit_export::Since::parse(q.since.as_deref().unwrap_or("1"))
-            .map_err(|_| ApiError::InvalidQuery)?;
-        // The range is fixed now: entries appended during the export belong to the next one.
-        let upto = q.upto.unwrap_or_else(|| state.core.store().audit_length());
-        let tree = state
-            .core
-            .store()
-            .db()
-            .open_tree("audit")
-            .map_err(ApiError::internal)?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        tokio::task::spawn_blocking(move || {
-            let outcome = crate::audit_export::start(&tree, &since).and_then(|first| match first {
-                Some(from) => crate::audit_export::export(&tree, from, Some(upto), |chunk| {
-                    tx.blocking_send(Bytes::from(chunk)).is_ok()
-                }),
-                None => Ok(0),
-            });
-            if let Err(e) = outcome {
-                // Headers are gone: the stream ends short; the client sees a truncated chain.
-                tracing::error!(error = %e, "audit export stopped");
-            }
-        });
-        let mut resp = Response::new(Body::new(ChannelBody(rx)));
-        let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&upto.to_string()) {
-            headers.insert("x-audit-upto", v);
+) -> ApiResult<Response> {
+    caller.op("audit_export").require(Permission::Audit)?;
+    let Query(q) = query.map_err(|_| ApiError::InvalidQuery)?;
+    let since = crate::audit_export::Since::parse(q.since.as_deref().unwrap_or("1"))
+        .map_err(|_| ApiError::InvalidQuery)?;
+    // The range is fixed now: entries appended during the export belong to the next one.
+    let upto = q.upto.unwrap_or_else(|| state.vault.audit_length());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut send = |chunk: Vec<u8>| tx.blocking_send(Bytes::from(chunk)).is_ok();
+        if let Err(e) = st.vault.export_audit(&since, Some(upto), &mut send) {
+            // Headers are gone: the stream ends short; the client sees a truncated chain.
+            tracing::error!(error = %e, "audit export stopped");
         }
-        Ok::<Response, ApiError>(resp)
+    });
+    let mut resp = Response::new(Body::new(ChannelBody(rx)));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&upto.to_string()) {
+        headers.insert("x-audit-upto", v);
     }
-    .await;
-    AuditNote::new("audit_export").finish(result)
+    Ok(resp)
 }

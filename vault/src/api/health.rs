@@ -3,8 +3,7 @@
 //! (accounts-api's `/readyz`) can tell "reachable" from "reachable, but as the wrong identity".
 
 use super::error::ApiError;
-use super::{AuditNote, Caller, SharedState};
-use axum::response::Response;
+use super::{ApiResult, Caller, SharedState};
 use axum::{Extension, Json};
 use shared::vault_api::{HealthResponse, WhoAmI};
 use utoipa_axum::router::OpenApiRouter;
@@ -22,19 +21,18 @@ pub fn router() -> OpenApiRouter<SharedState> {
     path = "/v1/health",
     summary = "Liveness (any identity named in the config)",
     responses(
-        (status = 200, description = "Live", body = crate::api::openapi::Status),
-        (status = 503, description = "Sealed: `{\"status\": \"sealed\"}`", body = crate::api::openapi::Status)
+        (status = 200, description = "Live", body = HealthResponse),
+        (status = 503, description = "Sealed: `{\"status\": \"sealed\"}`", body = HealthResponse)
     )
 )]
-async fn health(Extension(caller): Extension<Caller>) -> Response {
-    let result = if caller.known {
-        Ok(Json(HealthResponse {
-            status: "ok".to_owned(),
-        }))
-    } else {
-        Err(ApiError::Forbidden)
-    };
-    AuditNote::new("health").finish(result)
+async fn health(Extension(caller): Extension<Caller>) -> ApiResult<Json<HealthResponse>> {
+    caller.op("health");
+    if !caller.known {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(Json(HealthResponse {
+        status: "ok".to_owned(),
+    }))
 }
 
 #[utoipa::path(
@@ -43,11 +41,12 @@ async fn health(Extension(caller): Extension<Caller>) -> Response {
     path = "/v1/whoami",
     summary = "The caller's identity and permissions (any identity named in the config)",
     responses(
-        (status = 200, description = "Identity and permissions", body = crate::api::openapi::WhoAmI)
+        (status = 200, description = "Identity and permissions", body = WhoAmI)
     )
 )]
-async fn whoami(Extension(caller): Extension<Caller>) -> Response {
-    let result = match (&caller.identity, caller.known) {
+async fn whoami(Extension(caller): Extension<Caller>) -> ApiResult<Json<WhoAmI>> {
+    caller.op("whoami");
+    match (&caller.identity, caller.known) {
         (Some(identity), true) => Ok(Json(WhoAmI {
             identity: identity.clone(),
             permissions: caller
@@ -57,6 +56,5 @@ async fn whoami(Extension(caller): Extension<Caller>) -> Response {
                 .collect(),
         })),
         _ => Err(ApiError::Forbidden),
-    };
-    AuditNote::new("whoami").finish(result)
+    }
 }

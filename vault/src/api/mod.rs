@@ -1,31 +1,37 @@
 //! The vault's HTTP API: routes, caller identity, authorisation, and per-request audit.
+//! Handlers parse, authorise, call one use case of the service and serialise its answer; they
+//! hold no business rule and never touch storage.
 //!
-//! Layers, outermost first: `identify_and_audit` (client certificate → identity; appends the
-//! audit entry for every request a handler did not already audit inside its write transaction;
-//! gives framework-made errors the standard body), request timeout, body-size limit, router.
+//! Layers, outermost first: `identify_and_audit` (client certificate → identity and the
+//! request's audit slot, a `service::Actor`; after the handler, appends the audit entry for
+//! every request the service did not already audit inside its write transaction; gives
+//! framework-made errors the standard body), request timeout, body-size limit, router.
 //! One module per resource, each exposing `router()`.
 //!
-//! Invariant: no response, in any status, carries a token — handlers only ever serialise
-//! `PaymentMethodView`, `PaymentMethodList`, `ErasedResponse` or `ErrorBody`.
+//! Invariant: no response, in any status, carries a token — handlers only ever serialise the
+//! `shared::vault_api` response types (`PaymentMethodView`, `PaymentMethodList`,
+//! `ErasedResponse`, `ChargeOutcome`, `HealthResponse`, `WhoAmI`, `ErrorBody`) or the admin
+//! DTOs of `admin_keys` and `audit_log`, none of which has a field that could hold one.
 
-pub mod accounts;
+mod accounts;
 pub mod admin_keys;
-pub mod audit_log;
-pub mod charges;
+mod audit_log;
+mod charges;
 pub mod error;
-pub mod health;
-pub mod openapi;
-pub mod ops;
+mod health;
+mod json;
+mod openapi;
+pub(crate) mod ops;
 pub mod payment_methods;
 
 use crate::audit::AuditDraft;
 use crate::config::Permission;
-use crate::core::VaultCore;
+use crate::service::{Actor, Vault};
+use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use error::ApiError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,27 +39,31 @@ use std::time::Duration;
 
 /// Shared by every handler.
 pub struct AppState {
-    pub core: VaultCore,
+    pub vault: Vault,
     pub permissions: BTreeMap<String, Vec<Permission>>,
-    /// The connector the charge route calls; `None`: charging is off (503).
-    pub processor: Option<Arc<dyn crate::processor::Processor>>,
-    /// Per-idempotency-key serialisation of charges (sharded).
-    pub charge_locks: charges::ChargeLocks,
 }
 
 pub type SharedState = Arc<AppState>;
 
-/// The verified client, as the `identify_and_audit` layer found it.
-#[derive(Clone, Debug)]
+/// The verified client, as the `identify_and_audit` layer found it, with the request's audit
+/// slot (handlers name their operation on it; the service marks it when it audits a write).
+#[derive(Clone)]
 pub struct Caller {
     /// CN of the verified client certificate; `None` if it had none we could read.
     pub identity: Option<String>,
     pub permissions: Vec<Permission>,
     /// Whether the identity is named in the config at all.
     pub known: bool,
+    pub audit: Arc<Actor>,
 }
 
 impl Caller {
+    /// Names the request's operation for its audit entry and the metrics.
+    pub fn op(&self, operation: &str) -> &Self {
+        self.audit.operation(operation);
+        self
+    }
+
     pub fn require(&self, p: Permission) -> Result<(), ApiError> {
         if self.known && self.permissions.contains(&p) {
             Ok(())
@@ -61,51 +71,10 @@ impl Caller {
             Err(ApiError::Forbidden)
         }
     }
-
-    /// The identity as written into audit entries.
-    pub fn audit_name(&self) -> String {
-        self.identity
-            .clone()
-            .unwrap_or_else(|| "<no identity>".to_owned())
-    }
-
-    pub fn draft(&self, operation: &str) -> AuditDraft {
-        AuditDraft {
-            identity: self.audit_name(),
-            operation: operation.to_owned(),
-            ..AuditDraft::default()
-        }
-    }
 }
 
-/// What a handler tells the audit layer about its request. `written` means the entry was
-/// already appended inside the handler's write transaction.
-#[derive(Clone, Debug, Default)]
-pub struct AuditNote {
-    pub operation: String,
-    pub record: Option<String>,
-    pub store: Option<String>,
-    pub written: bool,
-}
-
-impl AuditNote {
-    pub fn new(operation: &str) -> Self {
-        Self {
-            operation: operation.to_owned(),
-            ..Self::default()
-        }
-    }
-
-    /// Attaches the note to the handler's result.
-    pub fn finish<T: IntoResponse>(self, result: Result<T, ApiError>) -> Response {
-        let mut resp = match result {
-            Ok(r) => r.into_response(),
-            Err(e) => e.into_response(),
-        };
-        resp.extensions_mut().insert(self);
-        resp
-    }
-}
+/// A handler's answer: its value, or the one error mapping.
+pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Builds the full router with every layer.
 /// Every route, each registered with its OpenAPI operation (`routes!`); the document of these
@@ -155,10 +124,19 @@ fn caller_of(state: &AppState, req: &Request) -> Caller {
         .and_then(|info| info.peer_certificates.first())
         .and_then(|der| shared::tls::certificate_identity(der));
     let perms = identity.as_deref().and_then(|id| state.permissions.get(id));
+    // Requests no handler saw (unknown route, 405, body limit, timeout) are audited by method
+    // only: the path is client-chosen text and could carry anything.
+    let audit = Actor::new(
+        identity
+            .clone()
+            .unwrap_or_else(|| "<no identity>".to_owned()),
+        format!("{} (no handler)", req.method()),
+    );
     Caller {
         known: perms.is_some(),
         permissions: perms.cloned().unwrap_or_default(),
         identity,
+        audit: Arc::new(audit),
     }
 }
 
@@ -168,10 +146,8 @@ async fn identify_and_audit(
     next: Next,
 ) -> Response {
     let caller = caller_of(&state, &req);
-    // Requests no handler saw (unknown route, 405, body limit, timeout) are audited by method
-    // only: the path is client-chosen text and could carry anything.
-    let fallback_op = format!("{} (no handler)", req.method());
-    req.extensions_mut().insert(caller.clone());
+    let audit = caller.audit.clone();
+    req.extensions_mut().insert(caller);
     let mut resp = next.run(req).await;
     let status = resp.status();
 
@@ -182,25 +158,28 @@ async fn identify_and_audit(
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if (status.is_client_error() || status.is_server_error()) && !is_json {
         let ext = std::mem::take(resp.extensions_mut());
-        resp = (status, Json(error::body_for_status(status))).into_response();
+        resp = error::status_response(status);
         *resp.extensions_mut() = ext;
     }
 
-    let note = resp.extensions().get::<AuditNote>().cloned();
+    let note = audit.note();
     ops::record_operation(
-        note.as_ref().map_or("unrouted", |n| n.operation.as_str()),
+        if note.named {
+            note.operation.as_str()
+        } else {
+            "unrouted"
+        },
         status,
     );
-    if !note.as_ref().is_some_and(|n| n.written) {
-        let note = note.unwrap_or_else(|| AuditNote::new(&fallback_op));
+    if !note.written {
         let draft = AuditDraft {
-            identity: caller.audit_name(),
+            identity: audit.identity().to_owned(),
             operation: note.operation,
             record: note.record,
             store: note.store,
             outcome: status.as_u16(),
         };
-        if let Err(e) = crate::store::RecordStore::append_audit(state.core.store(), draft) {
+        if let Err(e) = state.vault.append_audit(draft) {
             // The response is already decided; an unauditable request must not succeed silently.
             tracing::error!(error = %e, "audit append failed");
             return ApiError::Internal.into_response();

@@ -3,135 +3,17 @@
 //! and a unit test refuses any plain `.route(` in `api/`. Served at `GET /v1/openapi.json` to
 //! identities with the `audit` permission (the admin identity), like the metrics.
 //!
-//! The wire types live in `shared::vault_api`; the schemas here mirror them for the document
-//! (shared stays free of the OpenAPI dependency).
+//! The schemas come from the types the handlers (de)serialize: the wire types of
+//! `shared::vault_api` (which derive `ToSchema` behind shared's `openapi` feature) and the
+//! admin DTOs of `api/`. There is no second, schema-only copy of any contract.
 
-#![allow(dead_code)] // The schema types exist for the document.
-
-use super::{AuditNote, Caller};
+use super::{ApiResult, Caller};
 use crate::config::Permission;
 use axum::Extension;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use utoipa::Modify;
 use utoipa::openapi::{OpenApi, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, ToSchema};
-
-pub const PATH_OPENAPI: &str = "/v1/openapi.json";
-
-/// Every error: `{"error": {"code", "message", "field"?}}`; stable codes, fixed messages.
-#[derive(ToSchema)]
-pub struct ErrorBody {
-    #[schema(value_type = Object)]
-    error: Value,
-}
-
-/// `POST /v1/payment-methods`. Unknown fields → 400.
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct StorePaymentMethodRequest {
-    store: String,
-    account: String,
-    /// The processor token (secret; sealed at rest, never returned).
-    token: String,
-    #[schema(rename = "type")]
-    kind: String,
-    brand: Option<String>,
-    last4: Option<String>,
-    exp_month: Option<i64>,
-    exp_year: Option<i64>,
-    email: Option<String>,
-}
-
-/// A masked view: never the token.
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct PaymentMethodView {
-    id: String,
-    store: String,
-    account: String,
-    #[schema(rename = "type")]
-    kind: String,
-    brand: Option<String>,
-    last4: Option<String>,
-    exp_month: Option<u8>,
-    exp_year: Option<u16>,
-    masked_email: Option<String>,
-    created: String,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct PaymentMethodList {
-    payment_methods: Vec<PaymentMethodView>,
-}
-
-#[derive(ToSchema)]
-pub struct ErasedResponse {
-    erased: u64,
-}
-
-/// `POST /v1/payment-methods/{id}/charge` (renewals identity).
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct ChargeRequest {
-    store: String,
-    /// Minor units.
-    amount: i64,
-    currency: String,
-    idempotency_key: String,
-    description: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct ChargeOutcome {
-    /// `approved` or `declined`.
-    status: String,
-    reason: Option<String>,
-    processor_reference: Option<String>,
-    amount: i64,
-    currency: String,
-    idempotency_key: String,
-}
-
-/// `{status}` of health and readiness.
-#[derive(ToSchema)]
-pub struct Status {
-    status: String,
-}
-
-/// `GET /v1/whoami`: the caller's identity and its permissions.
-#[derive(ToSchema)]
-pub struct WhoAmI {
-    /// CN (or first DNS SAN) of the verified client certificate.
-    identity: String,
-    /// `store`, `read`, `delete`, `charge`, `audit`, `keys`: what `[permissions]` grants it.
-    permissions: Vec<String>,
-}
-
-/// `GET /v1/audit/verify`.
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct AuditVerify {
-    entries: u64,
-    ok: bool,
-    broken_at: Option<u64>,
-    reason: Option<String>,
-}
-
-/// `POST /v1/admin/keys/retire`.
-#[derive(ToSchema)]
-pub struct RetireRequest {
-    /// Versions below this one are destroyed.
-    below: u32,
-}
-
-/// `POST /v1/admin/unseal`: one Shamir share (secret: never logged or echoed).
-#[derive(ToSchema)]
-pub struct UnsealRequest {
-    share: String,
-}
 
 /// The mTLS scheme, and 403 (identity without the permission) on every operation.
 struct Finish;
@@ -202,7 +84,7 @@ impl Modify for Finish {
             Every request, including refusals, appends an audit entry.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    components(schemas(ErrorBody))
+    components(schemas(shared::vault_api::ErrorBody))
 )]
 pub struct Base;
 
@@ -220,16 +102,10 @@ static DOCUMENT: std::sync::LazyLock<String> =
 #[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi",
     summary = "This OpenAPI document (audit permission)",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
-pub async fn serve(Extension(caller): Extension<Caller>) -> Response {
-    let note = AuditNote::new("openapi");
-    if let Err(e) = caller.require(Permission::Audit) {
-        return note.finish::<Response>(Err(e));
-    }
-    note.finish(Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
-    )
-        .into_response()))
+pub async fn serve(Extension(caller): Extension<Caller>) -> ApiResult<Response> {
+    caller.op("openapi").require(Permission::Audit)?;
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    Ok((json, DOCUMENT.as_str()).into_response())
 }
 
 #[cfg(test)]
@@ -278,5 +154,22 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), n, "operation ids are unique");
         assert!(doc["paths"]["/v1/payment-methods"]["post"].is_object());
+    }
+
+    #[test]
+    fn the_documented_charge_statuses_are_the_ones_the_vault_answers() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&super::document().to_json().unwrap()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let status = &schemas["ChargeStatus"]["enum"];
+        assert_eq!(
+            status,
+            &serde_json::json!(["succeeded", "declined", "failed"]),
+            "{}",
+            schemas["ChargeOutcome"]
+        );
+        assert!(!doc.to_string().contains("approved"));
+        // The store request is the shared contract type, token included.
+        assert!(schemas["StorePaymentMethodRequest"]["properties"]["token"].is_object());
     }
 }

@@ -6,7 +6,7 @@
 //! ([`record_operation`]), which already knows both for every request.
 
 use super::error::ApiError;
-use super::{AuditNote, Caller, SharedState};
+use super::{ApiResult, Caller, SharedState};
 use crate::config::Permission;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -14,12 +14,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use shared::ops::{Gauge, Metrics};
+use shared::vault_api::HealthResponse;
 use std::sync::LazyLock;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-pub const PATH_METRICS: &str = "/v1/metrics";
-pub const PATH_READY: &str = "/v1/ready";
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics::new("vault");
@@ -64,38 +62,32 @@ pub fn router() -> OpenApiRouter<SharedState> {
 async fn metrics_page(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    let note = AuditNote::new("metrics");
-    if let Err(e) = caller.require(Permission::Audit) {
-        return note.finish::<Response>(Err(e));
-    }
-    let keyring = state.core.key_versions();
-    let mut gauges = vec![Gauge {
-        name: "audit_chain_length",
-        help: "Entries in the audit hash chain.",
-        labels: vec![],
-        value: state.core.store().audit_length() as f64,
-    }];
-    gauges.push(Gauge {
-        name: "key_versions",
-        help: "Master key versions loaded (all can open records; the newest seals new ones).",
-        labels: vec![],
-        value: keyring.len() as f64,
-    });
-    gauges.push(Gauge {
-        name: "key_version_current",
-        help: "Master key version sealing new records.",
-        labels: vec![],
-        value: keyring.last().copied().map_or(0.0, f64::from),
-    });
+) -> ApiResult<Response> {
+    caller.op("metrics").require(Permission::Audit)?;
+    let keyring = state.vault.key_versions();
+    let gauges = vec![
+        Gauge {
+            name: "audit_chain_length",
+            help: "Entries in the audit hash chain.",
+            labels: vec![],
+            value: state.vault.audit_length() as f64,
+        },
+        Gauge {
+            name: "key_versions",
+            help: "Master key versions loaded (all can open records; the newest seals new ones).",
+            labels: vec![],
+            value: keyring.len() as f64,
+        },
+        Gauge {
+            name: "key_version_current",
+            help: "Master key version sealing new records.",
+            labels: vec![],
+            value: keyring.last().copied().map_or(0.0, f64::from),
+        },
+    ];
     let text = metrics().render(&gauges);
-    note.finish(Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )))
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 /// Ready when unsealed and the store answers a read. (While sealed the sealed gate already
@@ -105,22 +97,30 @@ async fn metrics_page(
     operation_id = "ready",
     path = "/v1/ready",
     summary = "Readiness (any identity named in the config)",
-    responses((status = 200, description = "Ready", body = crate::api::openapi::Status), (status = 503, description = "Not ready", body = crate::api::openapi::Status))
+    responses((status = 200, description = "Ready", body = HealthResponse), (status = 503, description = "Not ready", body = HealthResponse))
 )]
-async fn ready(State(state): State<SharedState>, Extension(caller): Extension<Caller>) -> Response {
-    let result = if !caller.known {
-        Err(ApiError::Forbidden)
-    } else if !state.core.is_sealed() && state.core.store().meta_get("ready-probe").is_ok() {
-        Ok(Json(serde_json::json!({"status": "ready"})).into_response())
-    } else {
-        Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "2")],
-            Json(serde_json::json!({"status": "not ready"})),
-        )
-            .into_response())
+async fn ready(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    caller.op("ready");
+    if !caller.known {
+        return Err(ApiError::Forbidden);
+    }
+    let status = |s: &str| {
+        Json(HealthResponse {
+            status: s.to_owned(),
+        })
     };
-    AuditNote::new("ready").finish(result)
+    if state.vault.is_ready() {
+        return Ok(status("ready").into_response());
+    }
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "2")],
+        status("not ready"),
+    )
+        .into_response())
 }
 
 /// Request id, span, access line and metrics (see the module doc): `shared::ops::observe`

@@ -1,29 +1,29 @@
 //! `/v1/payment-methods`: store (201 new / 200 already stored), masked read, list, delete.
 //!
-//! Parsing happens here, at the edge: the body is decoded into raw JSON values (the token
-//! straight into a zeroizing secret), then each field is parsed into its domain type so a 422 can
-//! name it. Authorisation is checked before the body is looked at.
+//! Parsing happens here, at the edge: the body is decoded into the contract type
+//! `shared::vault_api::StorePaymentMethodRequest` (the token straight into a zeroizing secret),
+//! then each field is parsed into its domain type so a 422 can name it. Authorisation is
+//! checked before the body is looked at. The use cases are the service's.
 
 use super::error::ApiError;
-use super::{AuditNote, Caller, SharedState};
+use super::json::{Fields, body_bytes, decode};
+use super::{ApiResult, Caller, SharedState};
 use crate::config::Permission;
-use crate::core::NewPaymentMethod;
-use crate::store::{RecordStore, Stored};
+use crate::service::{NewPaymentMethod, Stored};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
 use shared::domain::{
     AccountId, CardBrand, Expiry, FieldError, Last4, MaskedEmail, PaymentMethodId, PaymentType,
     StoreId,
 };
 use shared::secret::PaymentToken;
-use shared::vault_api::{ListQuery, PaymentMethodList, StoreQuery};
+use shared::vault_api::{
+    ErrorBody, ListQuery, PaymentMethodList, PaymentMethodView, StorePaymentMethodRequest,
+    StoreQuery,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -33,110 +33,26 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(read_one, delete_one))
 }
 
-/// The token field, decoded without ever landing in a non-zeroizing `String` or `Value`.
-enum TokenField {
-    Secret(PaymentToken),
-    WrongType,
+/// Wire fields of the store body and what a wrongly typed value is told.
+const STORE_FIELDS: Fields = &[
+    ("store", "must be a string"),
+    ("account", "must be a string"),
+    ("token", "must be a string"),
+    ("type", "must be a string"),
+    ("brand", "must be a string"),
+    ("last4", "must be a string"),
+    ("expMonth", "must be an integer"),
+    ("expYear", "must be an integer"),
+    ("email", "must be a string"),
+];
+
+fn required<T>(v: Option<T>, field: &'static str) -> Result<T, ApiError> {
+    v.ok_or(ApiError::Invalid(FieldError::new(field, "is required")))
 }
 
-impl<'de> Deserialize<'de> for TokenField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TokenField;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a token string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<TokenField, E> {
-                Ok(TokenField::Secret(PaymentToken::new(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<TokenField, E> {
-                Ok(TokenField::Secret(PaymentToken::new(v)))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<TokenField, E> {
-                Ok(TokenField::WrongType)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<TokenField, E> {
-                Ok(TokenField::WrongType)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<TokenField, E> {
-                Ok(TokenField::WrongType)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<TokenField, E> {
-                Ok(TokenField::WrongType)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<TokenField, E> {
-                Ok(TokenField::WrongType)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<TokenField, E> {
-                Ok(TokenField::WrongType)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<TokenField, A::Error> {
-                while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(TokenField::WrongType)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<TokenField, A::Error> {
-                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(TokenField::WrongType)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// The store body with every field optional and untyped, so each can be reported by name.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawStore {
-    store: Option<Value>,
-    account: Option<Value>,
-    token: Option<TokenField>,
-    #[serde(rename = "type")]
-    kind: Option<Value>,
-    brand: Option<Value>,
-    last4: Option<Value>,
-    exp_month: Option<Value>,
-    exp_year: Option<Value>,
-    email: Option<Value>,
-}
-
-fn decode_body(body: &[u8]) -> Result<RawStore, ApiError> {
-    serde_json::from_slice::<RawStore>(body).map_err(|e| {
-        // Syntax/EOF: not JSON. Data: valid JSON of the wrong shape — an unknown or duplicate
-        // field, or not an object. The serde message may quote the request, so it is not used.
-        match e.classify() {
-            serde_json::error::Category::Data if e.to_string().starts_with("unknown field") => {
-                ApiError::UnknownField
-            }
-            _ => ApiError::MalformedJson,
-        }
-    })
-}
-
-fn required<'a>(v: &'a Option<Value>, field: &'static str) -> Result<&'a Value, ApiError> {
+fn absent<T>(v: &Option<T>, field: &'static str) -> Result<(), ApiError> {
     match v {
-        None | Some(Value::Null) => Err(ApiError::Invalid(FieldError::new(field, "is required"))),
-        Some(v) => Ok(v),
-    }
-}
-
-fn string<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, ApiError> {
-    v.as_str().ok_or(ApiError::Invalid(FieldError::new(
-        field,
-        "must be a string",
-    )))
-}
-
-fn integer(v: &Value, field: &'static str) -> Result<i64, ApiError> {
-    v.as_i64().ok_or(ApiError::Invalid(FieldError::new(
-        field,
-        "must be an integer",
-    )))
-}
-
-fn absent(v: &Option<Value>, field: &'static str) -> Result<(), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(()),
+        None => Ok(()),
         Some(_) => Err(ApiError::Invalid(FieldError::new(
             field,
             "is not allowed for this payment type",
@@ -145,70 +61,44 @@ fn absent(v: &Option<Value>, field: &'static str) -> Result<(), ApiError> {
 }
 
 /// Parses a store body into its domain types; the first invalid field (in wire order) is named.
-fn parse_store(raw: RawStore) -> Result<(NewPaymentMethod, PaymentToken), ApiError> {
+/// (A JSON type error — a number for a string, a missing required field — is found by the
+/// decoder first, in body order; the domain checks follow in wire order.)
+fn parse_store(
+    req: StorePaymentMethodRequest,
+) -> Result<(NewPaymentMethod, PaymentToken), ApiError> {
     let inv = ApiError::Invalid;
-    let store = StoreId::parse(string(required(&raw.store, "store")?, "store")?).map_err(inv)?;
-    let account =
-        AccountId::parse(string(required(&raw.account, "account")?, "account")?).map_err(inv)?;
-    let token = match raw.token {
-        None => return Err(inv(FieldError::new("token", "is required"))),
-        Some(TokenField::WrongType) => {
-            return Err(inv(FieldError::new("token", "must be a string")));
-        }
-        Some(TokenField::Secret(t)) => {
-            PaymentToken::parse_token(t.expose_secret().to_owned()).map_err(inv)?
-        }
+    let store = StoreId::parse(&req.store).map_err(inv)?;
+    let account = AccountId::parse(&req.account).map_err(inv)?;
+    let token = PaymentToken::parse_token(req.token.expose_secret().to_owned()).map_err(inv)?;
+    let kind = PaymentType::parse(&req.kind).map_err(inv)?;
+    let mut new = NewPaymentMethod {
+        store,
+        account,
+        kind,
+        brand: None,
+        last4: None,
+        expiry: None,
+        masked_email: None,
     };
-    let kind = PaymentType::parse(string(required(&raw.kind, "type")?, "type")?).map_err(inv)?;
-    let new = match kind {
+    match kind {
         PaymentType::Card => {
-            let brand =
-                CardBrand::parse(string(required(&raw.brand, "brand")?, "brand")?).map_err(inv)?;
-            let last4 =
-                Last4::parse(string(required(&raw.last4, "last4")?, "last4")?).map_err(inv)?;
-            let month = integer(required(&raw.exp_month, "expMonth")?, "expMonth")?;
-            let year = integer(required(&raw.exp_year, "expYear")?, "expYear")?;
-            let expiry = Expiry::parse(month, year).map_err(inv)?;
-            absent(&raw.email, "email")?;
-            NewPaymentMethod {
-                store,
-                account,
-                kind,
-                brand: Some(brand),
-                last4: Some(last4),
-                expiry: Some(expiry),
-                masked_email: None,
-            }
+            new.brand = Some(CardBrand::parse(&required(req.brand, "brand")?).map_err(inv)?);
+            new.last4 = Some(Last4::parse(&required(req.last4, "last4")?).map_err(inv)?);
+            let month = required(req.exp_month, "expMonth")?;
+            let year = required(req.exp_year, "expYear")?;
+            new.expiry = Some(Expiry::parse(month, year).map_err(inv)?);
+            absent(&req.email, "email")?;
         }
         PaymentType::Paypal => {
-            absent(&raw.brand, "brand")?;
-            absent(&raw.last4, "last4")?;
-            absent(&raw.exp_month, "expMonth")?;
-            absent(&raw.exp_year, "expYear")?;
-            let email = string(required(&raw.email, "email")?, "email")?;
-            let masked = MaskedEmail::mask(email).map_err(inv)?;
-            NewPaymentMethod {
-                store,
-                account,
-                kind,
-                brand: None,
-                last4: None,
-                expiry: None,
-                masked_email: Some(masked),
-            }
+            absent(&req.brand, "brand")?;
+            absent(&req.last4, "last4")?;
+            absent(&req.exp_month, "expMonth")?;
+            absent(&req.exp_year, "expYear")?;
+            let email = required(req.email, "email")?;
+            new.masked_email = Some(MaskedEmail::mask(&email).map_err(inv)?);
         }
-    };
+    }
     Ok((new, token))
-}
-
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge
-        } else {
-            ApiError::MalformedJson
-        }
-    })
 }
 
 fn store_query(q: Result<Query<StoreQuery>, QueryRejection>) -> Result<StoreId, ApiError> {
@@ -223,51 +113,23 @@ fn store_query(q: Result<Query<StoreQuery>, QueryRejection>) -> Result<StoreId, 
     operation_id = "store",
     path = "/v1/payment-methods",
     summary = "Seal and store a token (permission store); an existing one for this store+account+token is returned",
-    request_body(content = crate::api::openapi::StorePaymentMethodRequest, content_type = "application/json"),
-    responses((status = 201, description = "Stored", body = crate::api::openapi::PaymentMethodView), (status = 200, description = "Already stored", body = crate::api::openapi::PaymentMethodView), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 413, description = "Body over the limit", body = crate::api::openapi::ErrorBody), (status = 422, description = "A field is invalid (named)", body = crate::api::openapi::ErrorBody))
+    request_body(content = StorePaymentMethodRequest, content_type = "application/json"),
+    responses((status = 201, description = "Stored", body = PaymentMethodView), (status = 200, description = "Already stored", body = PaymentMethodView), (status = 400, description = "Malformed JSON, unknown field or bad query", body = ErrorBody), (status = 413, description = "Body over the limit", body = ErrorBody), (status = 422, description = "A field is invalid (named)", body = ErrorBody))
 )]
 async fn store(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let mut note = AuditNote::new("store");
-    let result = store_inner(&state, &caller, &mut note, body).await;
-    note.finish(result)
-}
-
-async fn store_inner(
-    state: &SharedState,
-    caller: &Caller,
-    note: &mut AuditNote,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<shared::vault_api::PaymentMethodView>), ApiError> {
-    caller.require(Permission::Store)?;
+) -> ApiResult<(StatusCode, Json<PaymentMethodView>)> {
+    caller.op("store").require(Permission::Store)?;
     let body = body_bytes(body)?;
-    let raw = decode_body(&body)?;
-    let (new, token) = parse_store(raw)?;
-    note.store = Some(new.store.to_string());
-    let mut draft = caller.draft("store");
-    draft.store = Some(new.store.to_string());
-    let stored = state
-        .core
-        .store_payment_method(&new, &token, draft)
-        .map_err(ApiError::internal)?;
+    let (new, token) = parse_store(decode(&body, STORE_FIELDS)?)?;
+    let stored = state.vault.store(&caller.audit, &new, &token).await?;
     drop(token);
-    // From here the audit entry is in the same transaction as the record.
-    note.written = true;
-    // Acknowledged only once durable (group commit shares one flush among concurrent writers).
-    state
-        .core
-        .store()
-        .durable()
-        .await
-        .map_err(ApiError::internal)?;
     let (status, rec) = match stored {
         Stored::Created(r) => (StatusCode::CREATED, r),
         Stored::Existing(r) => (StatusCode::OK, r),
     };
-    note.record = Some(rec.id.clone());
     tracing::info!(record = %rec.id, status = status.as_u16(), "payment method stored");
     Ok((status, Json(rec.view())))
 }
@@ -280,29 +142,21 @@ async fn store_inner(
     path = "/v1/payment-methods/{id}",
     summary = "One masked payment method (permission read)",
     params(("id" = String, Path), ("store" = String, Query, description = "The store the record belongs to")),
-    responses((status = 200, description = "Masked view", body = crate::api::openapi::PaymentMethodView), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 404, description = "Unknown id, or another store's id", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "Masked view", body = PaymentMethodView), (status = 400, description = "Malformed JSON, unknown field or bad query", body = ErrorBody), (status = 404, description = "Unknown id, or another store's id", body = ErrorBody))
 )]
 async fn read_one(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<StoreQuery>, QueryRejection>,
-) -> Response {
-    let mut note = AuditNote::new("read");
-    let result = (|| {
-        caller.require(Permission::Read)?;
-        let store = store_query(query)?;
-        note.store = Some(store.to_string());
-        let id = PaymentMethodId::parse(&id).map_err(ApiError::Invalid)?;
-        note.record = Some(id.to_string());
-        let rec = state
-            .core
-            .get(&store, &id)
-            .map_err(ApiError::internal)?
-            .ok_or(ApiError::NotFound)?;
-        Ok(Json(rec.view()))
-    })();
-    note.finish(result)
+) -> ApiResult<Json<PaymentMethodView>> {
+    caller.op("read").require(Permission::Read)?;
+    let store = store_query(query)?;
+    caller.audit.store(&store);
+    let id = PaymentMethodId::parse(&id).map_err(ApiError::Invalid)?;
+    caller.audit.record(id.as_str());
+    let rec = state.vault.get(&store, &id)?.ok_or(ApiError::NotFound)?;
+    Ok(Json(rec.view()))
 }
 
 /// `GET /v1/payment-methods?store=S&account=A`.
@@ -313,29 +167,22 @@ async fn read_one(
     path = "/v1/payment-methods",
     summary = "Masked payment methods of an account (permission read)",
     params(("store" = String, Query, description = "The store the record belongs to"), ("account" = String, Query)),
-    responses((status = 200, description = "Masked views", body = crate::api::openapi::PaymentMethodList), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody))
+    responses((status = 200, description = "Masked views", body = PaymentMethodList), (status = 400, description = "Malformed JSON, unknown field or bad query", body = ErrorBody))
 )]
 async fn list(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Response {
-    let mut note = AuditNote::new("list");
-    let result = (|| {
-        caller.require(Permission::Read)?;
-        let Query(q) = query.map_err(|_| ApiError::InvalidQuery)?;
-        let store = StoreId::parse(&q.store).map_err(ApiError::Invalid)?;
-        note.store = Some(store.to_string());
-        let account = AccountId::parse(&q.account).map_err(ApiError::Invalid)?;
-        let records = state
-            .core
-            .list(&store, &account)
-            .map_err(ApiError::internal)?;
-        Ok(Json(PaymentMethodList {
-            payment_methods: records.iter().map(|r| r.view()).collect(),
-        }))
-    })();
-    note.finish(result)
+) -> ApiResult<Json<PaymentMethodList>> {
+    caller.op("list").require(Permission::Read)?;
+    let Query(q) = query.map_err(|_| ApiError::InvalidQuery)?;
+    let store = StoreId::parse(&q.store).map_err(ApiError::Invalid)?;
+    caller.audit.store(&store);
+    let account = AccountId::parse(&q.account).map_err(ApiError::Invalid)?;
+    let records = state.vault.list(&store, &account)?;
+    Ok(Json(PaymentMethodList {
+        payment_methods: records.iter().map(|r| r.view()).collect(),
+    }))
 }
 
 /// `DELETE /v1/payment-methods/{id}?store=S`: removes the record and its wrapped data key.
@@ -346,45 +193,20 @@ async fn list(
     path = "/v1/payment-methods/{id}",
     summary = "Delete (crypto-shred) a payment method (permission delete)",
     params(("id" = String, Path), ("store" = String, Query, description = "The store the record belongs to")),
-    responses((status = 204, description = "Deleted"), (status = 400, description = "Malformed JSON, unknown field or bad query", body = crate::api::openapi::ErrorBody), (status = 404, description = "Unknown id, or another store's id", body = crate::api::openapi::ErrorBody))
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Malformed JSON, unknown field or bad query", body = ErrorBody), (status = 404, description = "Unknown id, or another store's id", body = ErrorBody))
 )]
 async fn delete_one(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<StoreQuery>, QueryRejection>,
-) -> Response {
-    let mut note = AuditNote::new("delete");
-    let result = delete_inner(&state, &caller, &mut note, id, query).await;
-    note.finish(result)
-}
-
-async fn delete_inner(
-    state: &SharedState,
-    caller: &Caller,
-    note: &mut AuditNote,
-    id: String,
-    query: Result<Query<StoreQuery>, QueryRejection>,
-) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::Delete)?;
+) -> ApiResult<StatusCode> {
+    caller.op("delete").require(Permission::Delete)?;
     let store = store_query(query)?;
-    note.store = Some(store.to_string());
+    caller.audit.store(&store);
     let id = PaymentMethodId::parse(&id).map_err(ApiError::Invalid)?;
-    note.record = Some(id.to_string());
-    let mut draft = caller.draft("delete");
-    draft.store = Some(store.to_string());
-    let found = RecordStore::delete(state.core.store(), store.as_str(), id.as_str(), draft)
-        .map_err(ApiError::internal)?;
-    note.written = true;
-    if !found {
-        return Err(ApiError::NotFound);
-    }
-    state
-        .core
-        .store()
-        .durable()
-        .await
-        .map_err(ApiError::internal)?;
+    caller.audit.record(id.as_str());
+    state.vault.delete(&caller.audit, &store, &id).await?;
     tracing::info!(record = %id, "payment method deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -393,7 +215,7 @@ async fn delete_inner(
 /// Must never panic; returns whether the body is a valid store request. Only with `fuzzing`.
 #[cfg(feature = "fuzzing")]
 pub fn parse_store_bytes(body: &[u8]) -> bool {
-    decode_body(body).and_then(parse_store).is_ok()
+    decode(body, STORE_FIELDS).and_then(parse_store).is_ok()
 }
 
 #[cfg(test)]
@@ -402,7 +224,7 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<(NewPaymentMethod, PaymentToken), ApiError> {
-        parse_store(decode_body(json.as_bytes())?)
+        parse_store(decode(json.as_bytes(), STORE_FIELDS)?)
     }
 
     fn field_of(r: Result<(NewPaymentMethod, PaymentToken), ApiError>) -> Option<&'static str> {

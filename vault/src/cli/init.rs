@@ -12,8 +12,9 @@
 
 use super::CliResult;
 use crate::config::{Config, FileConfig, KeySource, Overrides};
-use crate::custody::FOLDER_ID_KEY;
 use crate::keys::{self, KeyKind};
+use crate::service::custody::FOLDER_ID_KEY;
+use crate::store::StoppedFolder;
 use std::path::{Path, PathBuf};
 
 /// `vault init --dir DIR [--shares N --threshold K]`.
@@ -101,11 +102,10 @@ fn folder_id(config: &Config) -> CliResult<Option<String>> {
     if !config.data_dir.join("conf").exists() {
         return Ok(None);
     }
-    let db = crate::store::open_db(&config.data_dir, config.storage.cache_capacity_bytes, 500)?;
-    let id = db
-        .open_tree("meta")?
-        .get(FOLDER_ID_KEY)?
-        .and_then(|v| String::from_utf8(v.to_vec()).ok());
+    let folder = StoppedFolder::open(&config.data_dir, config.storage.cache_capacity_bytes, 500)?;
+    let id = folder
+        .meta_get(FOLDER_ID_KEY)?
+        .and_then(|v| String::from_utf8(v).ok());
     Ok(id)
 }
 
@@ -207,9 +207,8 @@ fn create_keys_and_folder(
     let data_created = !config.data_dir.exists();
     shared::pki::create_private_dir(&config.data_dir)?;
     if existing.is_none() {
-        let db = crate::store::open_db(&config.data_dir, config.storage.cache_capacity_bytes, 500)?;
-        db.open_tree("meta")?.insert(FOLDER_ID_KEY, id.as_bytes())?;
-        db.flush()?;
+        StoppedFolder::open(&config.data_dir, config.storage.cache_capacity_bytes, 500)?
+            .meta_put(FOLDER_ID_KEY, id.as_bytes())?;
     }
     println!(
         "data: {} ({}), data folder id {id}",

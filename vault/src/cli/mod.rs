@@ -10,8 +10,8 @@ mod init;
 
 use crate::api::AppState;
 use crate::config::{Config, Overrides};
-use crate::core::VaultCore;
 use crate::keys;
+use crate::service::Vault;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -185,12 +185,12 @@ pub fn main(cli: Cli) -> ExitCode {
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Opens a stopped vault's data folder (sled refuses, by name, one a running vault holds).
-fn open_stopped_db(config_path: &Path) -> CliResult<sled::Db> {
+fn open_stopped_db(config_path: &Path) -> CliResult<crate::store::StoppedFolder> {
     let config = Config::load(config_path, Overrides::from_env(), None)?;
     if !config.data_dir.is_dir() {
         return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
     }
-    Ok(crate::store::open_db(
+    Ok(crate::store::StoppedFolder::open(
         &config.data_dir,
         config.storage.cache_capacity_bytes,
         config.storage.flush_every_ms,
@@ -201,22 +201,21 @@ fn open_stopped_db(config_path: &Path) -> CliResult<sled::Db> {
 /// on stdout (the same bytes as `--online` for the same range).
 fn audit_export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
     let since = crate::audit_export::Since::parse(since)?;
-    let db = open_stopped_db(config_path)?;
-    let tree = db.open_tree("audit")?;
-    let Some(start) = crate::audit_export::start(&tree, &since)? else {
-        eprintln!("exported 0 audit entries");
-        return Ok(ExitCode::SUCCESS);
-    };
+    let folder = open_stopped_db(config_path)?;
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
-    let n = crate::audit_export::export(&tree, start, None, |chunk| match out.write_all(&chunk) {
+    let mut write = |chunk: Vec<u8>| match out.write_all(&chunk) {
         Ok(()) => true,
         Err(e) => {
             failed = Some(e);
             false
         }
-    })?;
+    };
+    let Some((start, n)) = folder.export_audit(&since, &mut write)? else {
+        eprintln!("exported 0 audit entries");
+        return Ok(ExitCode::SUCCESS);
+    };
     if let Some(e) = failed {
         return Err(e.into());
     }
@@ -291,19 +290,17 @@ pub async fn start(
              name the identities (certificate CNs) and what each may do"
         );
     }
-    let core = VaultCore::open(&prepared.config, true)?;
+    let vault = Vault::open(&prepared.config, true)?;
     tracing::info!(
         data_dir = %prepared.config.data_dir.display(),
-        master_key_versions = ?core.key_versions(),
-        sealed = core.is_sealed(),
+        master_key_versions = ?vault.key_versions(),
+        sealed = vault.is_sealed(),
         "keys checked against the data folder"
     );
     let processor = build_processor(&prepared.config.processor)?;
     let state = Arc::new(AppState {
-        core,
+        vault: vault.with_processor(processor),
         permissions: prepared.config.permissions.clone(),
-        processor,
-        charge_locks: Default::default(),
     });
     // A restart in the middle of a re-wrap or fingerprint re-index picks it up again.
     crate::api::admin_keys::resume_background(&state);
@@ -394,8 +391,8 @@ async fn shutdown_signal() {
 
 /// `vault audit verify --config FILE`.
 fn audit_verify(config_path: &Path) -> CliResult<ExitCode> {
-    let db = open_stopped_db(config_path)?;
-    match crate::store::verify_audit_db(&db)? {
+    let folder = open_stopped_db(config_path)?;
+    match folder.verify_audit()? {
         crate::audit::Verdict::Ok { entries } => {
             println!("audit chain: {entries} entries ok");
             Ok(ExitCode::SUCCESS)

@@ -22,7 +22,7 @@
 //!    live key files while the first runs.
 
 use crate::keys::{self, KeyError, KeyKind};
-use crate::store::{SledStore, StoreError};
+use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -110,7 +110,7 @@ pub fn kcv_key(kind: KeyKind, version: u32) -> String {
     }
 }
 
-fn kcv_versions(store: &SledStore, kind: KeyKind) -> Result<BTreeSet<u32>, StoreError> {
+fn kcv_versions(store: &dyn Store, kind: KeyKind) -> Result<BTreeSet<u32>, StoreError> {
     let prefix = match kind {
         KeyKind::Master => "kcv/master/",
         KeyKind::Fingerprint => "kcv/fingerprint",
@@ -140,7 +140,7 @@ pub fn retired_key(kind: KeyKind, version: u32) -> String {
     format!("custody/retired/{}/{version}", kind_name(kind))
 }
 
-fn marked(store: &SledStore, what: &str, kind: KeyKind) -> Result<BTreeSet<u32>, StoreError> {
+fn marked(store: &dyn Store, what: &str, kind: KeyKind) -> Result<BTreeSet<u32>, StoreError> {
     let prefix = format!("custody/{what}/{}/", kind_name(kind));
     Ok(store
         .meta_scan(&prefix)?
@@ -151,7 +151,7 @@ fn marked(store: &SledStore, what: &str, kind: KeyKind) -> Result<BTreeSet<u32>,
 
 /// The version a rotation may use: above every version the folder has known, so no stored
 /// check value is ever overwritten.
-pub fn next_version(store: &SledStore, kind: KeyKind, held_max: u32) -> Result<u32, StoreError> {
+pub fn next_version(store: &dyn Store, kind: KeyKind, held_max: u32) -> Result<u32, StoreError> {
     let known = kcv_versions(store, kind)?
         .into_iter()
         .chain(marked(store, "pending", kind)?)
@@ -182,7 +182,7 @@ impl KeySourceInfo<'_> {
 /// Point 1 and 2 of the module header for one kind of key: `held` are the versions loaded,
 /// `in_use` the records per version (by wrap version, or by fingerprint version).
 pub fn check_versions(
-    store: &SledStore,
+    store: &dyn Store,
     src: &KeySourceInfo<'_>,
     held: &[u32],
     in_use: &BTreeMap<u32, u64>,
@@ -262,14 +262,14 @@ fn missing_hint(src: &KeySourceInfo<'_>, version: u32) -> String {
 }
 
 /// A data folder with no key-check value and no record: nothing was ever written with a key.
-fn is_fresh(store: &SledStore) -> Result<bool, StoreError> {
-    Ok(store.record_count() == 0 && store.meta_scan("kcv/")?.is_empty())
+fn is_fresh(store: &dyn Store) -> Result<bool, StoreError> {
+    Ok(store.record_count()? == 0 && store.meta_scan("kcv/")?.is_empty())
 }
 
 /// Point 3 of the module header. `files` are the key files in use (environment keys have none).
 /// Returns the folder id; binds unbound files (and an unbound folder) to it.
 pub fn check_binding(
-    store: &SledStore,
+    store: &dyn Store,
     data_dir: &Path,
     files: &[&Path],
 ) -> Result<String, CustodyError> {

@@ -1,0 +1,191 @@
+//! The vault's storage port: the [`Store`] trait the service talks to, and its backends (sled
+//! today, in [`sled`]; PostgreSQL next). A backend only stores: it keeps each multi-key change
+//! in one transaction and enforces the uniqueness rules there (one record per keyed
+//! fingerprint, one ledger entry per store + idempotency key); every business rule (sealing,
+//! dedupe under several fingerprint versions, the charge protocol, key custody) is the service's.
+//!
+//! Invariants every backend keeps (checked by the conformance suite, `conformance.rs`):
+//! - a record, its index entries and the request's audit entry change together or not at all;
+//! - two concurrent inserts with one fingerprint make one record (the second sees the first);
+//! - [`Store::charge_swap`] is a compare-and-swap: of concurrent swaps from one expected value,
+//!   exactly one succeeds;
+//! - a write is on disk once [`Store::durable`] resolves (callers acknowledge only then).
+//!
+//! The audit chain sits behind its own small trait, [`AuditLog`] (a later issue moves it from
+//! the record store to segment files); writes that must be audited atomically take their
+//! [`AuditDraft`] here.
+
+mod record;
+pub(crate) mod sled;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+pub use self::sled::{SledStore, StoppedFolder, open_db};
+pub use record::{ChargeEntry, ChargeLease, RewrapBatch, Stored, StoredRecord};
+
+use crate::audit::{AuditDraft, Verdict};
+use shared::domain::{AccountId, PaymentMethodId, StoreId};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Storage failures. No HTTP and no backend types: the API maps every one to a generic 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, its own error); the text is for the log only.
+    #[error("storage error: {0}")]
+    Backend(String),
+    /// Stored bytes do not decode, or an index points nowhere.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// Another process holds the data folder.
+    #[error("data folder {path} is in use by another process (is the vault running?)")]
+    Locked { path: String },
+    #[error("flush to disk failed: {0}")]
+    Flush(String),
+    #[error("internal lock poisoned")]
+    Poisoned,
+}
+
+/// Result of [`Store::charge_swap`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Swap {
+    /// The entry was what the caller expected and now holds the new value.
+    Done,
+    /// The entry changed meanwhile: this is what it holds now (`None`: absent).
+    Changed(Option<Box<ChargeEntry>>),
+}
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Records per value (a key version), plus the number of records that do not decode.
+pub type Counts = (BTreeMap<u32, u64>, u64);
+
+/// The storage port. Every method is blocking except [`Store::durable`]; callers on an async
+/// runtime run long scans (`count_by`, batches) off the async workers.
+pub trait Store: Send + Sync {
+    /// Inserts `record` unless one of `fingerprints` is already indexed (then returns that
+    /// record); indexes it under `fingerprints[0]`. Appends `audit` (outcome 201, or 200 for an
+    /// existing record) in the same transaction.
+    fn insert(
+        &self,
+        record: StoredRecord,
+        fingerprints: &[[u8; 32]],
+        audit: AuditDraft,
+    ) -> Result<Stored, StoreError>;
+    /// The record with this id, whatever its store (the service scopes it).
+    fn get(&self, id: &PaymentMethodId) -> Result<Option<StoredRecord>, StoreError>;
+    /// Records of one account, oldest first.
+    fn list(&self, store: &StoreId, account: &AccountId) -> Result<Vec<StoredRecord>, StoreError>;
+    /// Removes the record (and with it its wrapped data key) and its index entries if it
+    /// belongs to `store`; appends `audit` (204 or 404) in the same transaction.
+    fn delete(
+        &self,
+        store: &StoreId,
+        id: &PaymentMethodId,
+        audit: AuditDraft,
+    ) -> Result<bool, StoreError>;
+    /// Removes every record of one account; appends `audit` (200); returns how many.
+    fn erase_account(
+        &self,
+        store: &StoreId,
+        account: &AccountId,
+        audit: AuditDraft,
+    ) -> Result<u64, StoreError>;
+    fn record_count(&self) -> Result<u64, StoreError>;
+    /// Records per value of `f`, plus undecodable ones. A full scan; no token is opened.
+    fn count_by(&self, f: &dyn Fn(&StoredRecord) -> u32) -> Result<Counts, StoreError>;
+    /// Ids (as stored keys) of up to `limit` records after `after`, in key order.
+    fn record_ids_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// In one transaction, replaces the wrapped data key of up to `limit` records after
+    /// `after` that are wrapped below `target`, with what `rewrap` returns (hex, version).
+    fn rewrap_batch(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        target: u32,
+        rewrap: &dyn Fn(&StoredRecord) -> Option<(String, u32)>,
+    ) -> Result<RewrapBatch, StoreError>;
+    /// Moves one record's dedupe index entry from `old_fingerprint_hex` to `new_fingerprint`
+    /// (version `new_version`) with the record, in one transaction; false if the record is gone
+    /// or was moved meanwhile.
+    fn reindex_one(
+        &self,
+        id: &[u8],
+        old_fingerprint_hex: &str,
+        new_fingerprint: [u8; 32],
+        new_version: u32,
+    ) -> Result<bool, StoreError>;
+
+    /// Small durable settings (key-check values, custody markers, the folder id).
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// `meta` entries whose key starts with `prefix`.
+    fn meta_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Puts and removes as one atomic change, on disk when it returns.
+    fn meta_apply(&self, puts: &[(&str, &[u8])], removes: &[&str]) -> Result<(), StoreError>;
+
+    /// The ledger entry for (store, idempotency key).
+    fn charge_get(&self, store: &StoreId, key: &str) -> Result<Option<ChargeEntry>, StoreError>;
+    /// Compare-and-swap of one ledger entry: writes `new` only if the entry is `expected`
+    /// (`None`: absent, i.e. insert-if-absent), appending `audit` in the same transaction.
+    fn charge_swap(
+        &self,
+        store: &StoreId,
+        key: &str,
+        expected: Option<&ChargeEntry>,
+        new: &ChargeEntry,
+        audit: Option<AuditDraft>,
+    ) -> Result<Swap, StoreError>;
+
+    /// The audit chain of this store.
+    fn audit(&self) -> &dyn AuditLog;
+    /// Resolves once every write made before the call is on disk (group commit when serving).
+    fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Blocking flush, for batch jobs that end with one.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// True when no other process can open this store at the same time (sled locks its
+    /// folder): a charge lease left by another process instance is then one of a dead process.
+    fn single_process(&self) -> bool;
+}
+
+/// The append-only, hash-chained audit log (`crate::audit` defines entries and the chain).
+pub trait AuditLog: Send + Sync {
+    /// Appends one entry for a request that wrote nothing else.
+    fn append(&self, draft: AuditDraft) -> Result<(), StoreError>;
+    /// Entries in the chain (the head's sequence number; numbering starts at 1).
+    fn length(&self) -> u64;
+    /// Walks the whole chain.
+    fn verify(&self) -> Result<Verdict, StoreError>;
+    /// The first sequence number at or after `since` (`None`: no such entry).
+    fn first_since(&self, since: &crate::audit_export::Since) -> Result<Option<u64>, StoreError>;
+    /// Calls `batch` with the entries `from..=upto` as JSON lines, in batches; stops early when
+    /// it returns false. Returns the count.
+    fn export(
+        &self,
+        from: u64,
+        upto: Option<u64>,
+        batch: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Opens the configured backend on `data_dir` (sled: one folder, locked while open).
+/// `group_commit` needs a tokio runtime (the server); synchronous tools pass `false`.
+pub fn open(
+    data_dir: &std::path::Path,
+    storage: &crate::config::Storage,
+    group_commit: bool,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let db = open_db(
+        data_dir,
+        storage.cache_capacity_bytes,
+        storage.flush_every_ms,
+    )?;
+    Ok(Arc::new(SledStore::new(db, group_commit)?))
+}
