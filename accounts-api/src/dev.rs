@@ -132,6 +132,7 @@ async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value
         if state
             .storage
             .store(id)
+            .await
             .map_err(|e| e.to_string())?
             .is_some()
         {
@@ -139,6 +140,7 @@ async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value
         }
     }
     let created = crate::auth::create_store(state.storage.as_ref(), "Demo store")
+        .await
         .map_err(|e| e.to_string())?;
     state.storage.durable().await.map_err(|e| e.to_string())?;
     let v = created.to_json();

@@ -113,39 +113,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Storage-layer failures; handlers turn them into [`ApiError`]s with their action.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The normalised email is already used by this account in the store.
-    #[error("email already used by account {0}")]
-    EmailTaken(String),
-    /// The custom lookup key is already used by this account in the store.
-    #[error("custom id already used by account {0}")]
-    CustomTaken(String),
-    /// Lost a checkout race: the email index points to this (winning) account.
-    #[error("email now belongs to account {0}")]
-    EmailRace(String),
-    /// The record does not exist in this store.
-    #[error("not found")]
-    NotFound,
-    /// A state rule refused the change (fixed text).
-    #[error("conflict: {0}")]
-    State(&'static str),
-    /// sled or serialization failed; detail for the log only.
-    #[error("storage failure: {0}")]
-    Backend(String),
-}
-
-impl From<sled::Error> for StorageError {
-    fn from(e: sled::Error) -> Self {
-        Self::Backend(e.to_string())
-    }
-}
-impl From<serde_json::Error> for StorageError {
-    fn from(e: serde_json::Error) -> Self {
-        Self::Backend(e.to_string())
-    }
-}
+pub use crate::storage::StorageError;
 
 impl StorageError {
     /// Maps a storage failure to the answer of `action`; backend detail goes to the log here.

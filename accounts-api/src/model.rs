@@ -184,6 +184,29 @@ pub struct ChargeRecord {
 }
 
 impl AccountRecord {
+    /// What a completed checkout adds to its account: the order, its (successful) charge, the
+    /// subscriptions, and the saved payment method unless the account has it already.
+    pub fn add_order(&mut self, c: &crate::storage::Checkout) {
+        self.orders.push(c.order.id.clone());
+        self.charges.push(ChargeRecord {
+            currency: c.order.currency.clone(),
+            total: c.order.total,
+            status: "successful".into(),
+            order: Some(c.order.id.clone()),
+            order_reference: Some(c.order.reference.clone()),
+            subscription: None,
+            timestamp: c.order.completed,
+        });
+        for s in &c.subscriptions {
+            self.subscriptions.push(s.id.clone());
+        }
+        if let Some(pm) = &c.payment_method
+            && !self.payment_methods.iter().any(|p| p.id == pm.id)
+        {
+            self.payment_methods.push(pm.clone());
+        }
+    }
+
     pub fn email_key(&self) -> String {
         normalise_email(&self.contact.email).unwrap_or_else(|| self.contact.email.to_lowercase())
     }
@@ -419,6 +442,10 @@ pub struct RenewalState {
     pub reminded: Option<i64>,
     /// Time of the last successful charge (ms).
     pub last_charged: Option<i64>,
+    /// The renewal worker that is charging this subscription right now (claimed in the
+    /// transaction that records or resumes the intent; cleared when the outcome is written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::storage::Lease>,
 }
 
 /// An intent recorded before the vault is called.
@@ -440,6 +467,33 @@ pub struct IdempotencyRecord {
     pub request_hash: String,
     pub status: u16,
     pub body: String,
+    /// Set while the request is executing (a claim, not yet an answer); absent in answers and
+    /// in records written before claims existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<IdempotencyPending>,
+}
+
+/// An in-progress claim on an Idempotency-Key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdempotencyPending {
+    /// Random per request: only the claimer's answer (or release) replaces the claim.
+    pub claim: String,
+    pub lease: crate::storage::Lease,
+}
+
+impl IdempotencyRecord {
+    /// The claim row written when a request with a new key starts executing.
+    pub fn pending(request_hash: &str, claim: &str, lease: crate::storage::Lease) -> Self {
+        Self {
+            request_hash: request_hash.to_owned(),
+            status: 0,
+            body: String::new(),
+            pending: Some(IdempotencyPending {
+                claim: claim.to_owned(),
+                lease,
+            }),
+        }
+    }
 }
 
 /// An event row written in the same transaction as the change it describes (the seam for

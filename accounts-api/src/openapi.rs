@@ -585,12 +585,10 @@ mod tests {
                 key: pki.join("accounts.key"),
             },
         };
-        let sled = Arc::new(crate::storage::SledStorage::open(&dir.join("db")).unwrap());
-        let storage: Arc<dyn crate::storage::Storage> = sled.clone();
-        let events: Arc<dyn crate::eventstore::EventStore> = sled;
+        let storage: Arc<dyn crate::storage::Storage> =
+            Arc::new(crate::storage::SledStorage::open(&dir.join("db")).unwrap());
         crate::app::AppState::new(
             storage,
-            events,
             crate::settings::Settings::default(),
             crate::vault::VaultClient::new(&vault).unwrap(),
         )

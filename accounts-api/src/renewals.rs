@@ -27,6 +27,7 @@ use crate::model::{
     ChargeRecord, EventRecord, PendingCharge, RenewalState, SubState, SubscriptionRecord,
     add_interval, now_ms, to_major,
 };
+use crate::storage::Lease;
 use crate::vault::{VaultClient, VaultError};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -48,6 +49,11 @@ pub const REMIND_AHEAD_MS: i64 = 3 * DAY_MS;
 /// Charges the job runs at once.
 pub const CONCURRENCY: usize = 32;
 const LOCK_SHARDS: usize = 1024;
+/// How long a renewal worker's claim on a subscription keeps other instances out (wall clock;
+/// longer than the renewals client's whole-request timeout).
+pub const LEASE_MS: i64 = 5 * 60_000;
+/// The refusal of a claim held by another worker (the step is skipped, not an error).
+const CLAIMED_ELSEWHERE: &str = "the subscription is being renewed by another worker";
 const ACTION: &str = "subscription.charge";
 
 /// The renewal job's own vault client (`renewals` certificate) and per-subscription locks.
@@ -172,24 +178,35 @@ fn expiry_needs_update(s: &SubscriptionRecord) -> bool {
     expiring != s.renewal.card_expiring || (expiring && s.renewal.expiring_notified != Some(s.next))
 }
 
+impl SubscriptionRecord {
+    /// The earliest time (ms) the renewal job has work for this subscription, `None` if it has
+    /// none until the record changes. The storage port's `due_subscriptions(now, …)` selects
+    /// `work_at <= now` (a SQL backend keeps it as an indexed column).
+    pub fn work_at(&self) -> Option<i64> {
+        // An interrupted charge is finished whatever happened to the subscription meanwhile:
+        // the processor may have taken it.
+        if self.renewal.pending.is_some() {
+            return Some(i64::MIN);
+        }
+        if self.state != SubState::Active {
+            return None;
+        }
+        if expiry_needs_update(self) {
+            return Some(i64::MIN);
+        }
+        if automatic(self) {
+            Some(self.next.max(self.renewal.retry_at.unwrap_or(i64::MIN)))
+        } else if self.renewal.reminded == Some(self.next) {
+            None
+        } else {
+            Some(self.next.saturating_sub(REMIND_AHEAD_MS))
+        }
+    }
+}
+
 /// Whether a run at `now` has work for this subscription.
 pub fn has_work(s: &SubscriptionRecord, now: i64) -> bool {
-    // An interrupted charge is finished whatever happened to the subscription meanwhile: the
-    // processor may have taken it.
-    if s.renewal.pending.is_some() {
-        return true;
-    }
-    if s.state != SubState::Active {
-        return false;
-    }
-    if expiry_needs_update(s) {
-        return true;
-    }
-    if automatic(s) {
-        s.next <= now && s.renewal.retry_at.is_none_or(|t| t <= now)
-    } else {
-        s.next - REMIND_AHEAD_MS <= now && s.renewal.reminded != Some(s.next)
-    }
+    s.work_at().is_some_and(|t| t <= now)
 }
 
 fn charge_key(s: &SubscriptionRecord) -> String {
@@ -208,7 +225,8 @@ fn money(amount: i64, currency: &str) -> f64 {
 
 /// One pass: every subscription with work at `now`, [`CONCURRENCY`] at a time.
 pub async fn run_due(state: &SharedState, now: i64) -> Result<RunSummary, StorageError> {
-    let due = state.storage.scan_subscriptions(&|s| has_work(s, now))?;
+    // Everything due now, as before the port had a limit: a pass takes all of it.
+    let due = state.storage.due_subscriptions(now, usize::MAX).await?;
     let mut summary = RunSummary {
         examined: due.len(),
         ..RunSummary::default()
@@ -253,29 +271,31 @@ pub async fn run_due(state: &SharedState, now: i64) -> Result<RunSummary, Storag
     Ok(summary)
 }
 
-/// Runs [`run_due`] every `interval` (the first pass at once: it resumes pending intents).
-pub fn spawn_periodic(state: SharedState, interval: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match run_due(&state, now_ms()).await {
-                Ok(s) if s.examined > 0 => tracing::info!(
-                    examined = s.examined,
-                    charged = s.charged,
-                    declined = s.declined,
-                    deactivated = s.deactivated,
-                    failed = s.failed,
-                    reminded = s.reminded,
-                    errors = s.errors,
-                    "renewal run"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "renewal run failed"),
-            }
+/// Runs [`run_due`] every `interval` (the first pass at once: it resumes pending intents) until
+/// `shutdown`; a pass in progress then is finished first (its charges are in flight).
+pub async fn periodic(state: SharedState, interval: Duration, mut shutdown: crate::jobs::Shutdown) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.wait() => break,
         }
-    });
+        match run_due(&state, now_ms()).await {
+            Ok(s) if s.examined > 0 => tracing::info!(
+                examined = s.examined,
+                charged = s.charged,
+                declined = s.declined,
+                deactivated = s.deactivated,
+                failed = s.failed,
+                reminded = s.reminded,
+                errors = s.errors,
+                "renewal run"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "renewal run failed"),
+        }
+    }
 }
 
 /// One renewal step for one subscription at `now`. `on_demand` (`POST /subscriptions/charge`)
@@ -292,7 +312,7 @@ pub async fn renew_one(
     };
     let lock = renewals.lock_for(store, id);
     let _guard = lock.lock().await;
-    let Some(mut sub) = state.storage.subscription(store, id)? else {
+    let Some(mut sub) = state.storage.subscription(store, id).await? else {
         return Ok(Outcome::Refused("NOT_FOUND"));
     };
     if sub.state != SubState::Active && sub.renewal.pending.is_none() {
@@ -307,7 +327,15 @@ pub async fn renew_one(
     }
 
     let pending = match sub.renewal.pending.clone() {
-        Some(p) => p,
+        Some(p) => {
+            // Resuming an intent: claim it, unless a live worker elsewhere is charging it.
+            match claim(state, store, id, &p).await {
+                Ok(_) => {}
+                Err(StorageError::State(CLAIMED_ELSEWHERE)) => return Ok(Outcome::Skipped),
+                Err(e) => return Err(e),
+            }
+            p
+        }
         None if !automatic(&sub) => {
             let reminder_due = on_demand || sub.next - REMIND_AHEAD_MS <= now;
             if reminder_due && sub.renewal.reminded != Some(sub.next) {
@@ -336,20 +364,97 @@ pub async fn renew_one(
                 currency: sub.currency.clone(),
                 started: now,
             };
-            let intent = p.clone();
-            state.storage.apply_renewal(store, id, &|s, _| {
-                if s.state != SubState::Active || s.renewal.pending.is_some() {
-                    return Err(StorageError::State("the subscription changed meanwhile"));
-                }
-                s.renewal.pending = Some(intent.clone());
-                Ok(vec![])
-            })?;
+            let (intent, lease) = (p.clone(), lease(state));
+            // Insert-if-absent of the intent is the claim: a second worker finds it pending.
+            state
+                .storage
+                .apply_renewal(store, id, &|s, _| {
+                    if s.state != SubState::Active || s.renewal.pending.is_some() {
+                        return Err(StorageError::State("the subscription changed meanwhile"));
+                    }
+                    s.renewal.pending = Some(intent.clone());
+                    s.renewal.lease = Some(lease.clone());
+                    Ok(vec![])
+                })
+                .await?;
             // The intent is on disk before the vault hears of the charge.
             state.storage.durable().await?;
             p
         }
     };
 
+    let outcome = charge_claimed(state, renewals, store, id, &sub, &pending, now).await;
+    if !matches!(outcome, Ok(Outcome::Charged | Outcome::Declined { .. })) {
+        // The outcome was not written (transient failure or error): let the next run retry.
+        release(state, store, id).await?;
+    }
+    outcome
+}
+
+/// A new claim on a subscription's renewal by this worker.
+fn lease(state: &AppState) -> Lease {
+    Lease {
+        holder: state.storage.instance().to_owned(),
+        until: now_ms().saturating_add(LEASE_MS),
+    }
+}
+
+/// Claims the pending intent `p` for this worker (see [`Lease::blocks`]).
+async fn claim(
+    state: &AppState,
+    store: &str,
+    id: &str,
+    p: &PendingCharge,
+) -> Result<SubscriptionRecord, StorageError> {
+    let (me, exclusive, wall, new) = (
+        state.storage.instance(),
+        state.storage.exclusive(),
+        now_ms(),
+        lease(state),
+    );
+    state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            still_pending(s, p)?;
+            if s.renewal
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.blocks(me, exclusive, wall))
+            {
+                return Err(StorageError::State(CLAIMED_ELSEWHERE));
+            }
+            s.renewal.lease = Some(new.clone());
+            Ok(vec![])
+        })
+        .await
+}
+
+/// Drops this worker's claim (the intent, if any, stays for the next run).
+async fn release(state: &AppState, store: &str, id: &str) -> Result<(), StorageError> {
+    let me = state.storage.instance();
+    state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            if s.renewal.lease.as_ref().is_some_and(|l| l.holder == me) {
+                s.renewal.lease = None;
+            }
+            Ok(vec![])
+        })
+        .await
+        .map(drop)
+}
+
+/// Steps 2 and 3 of the protocol for a claimed intent: the vault call and its outcome.
+async fn charge_claimed(
+    state: &AppState,
+    renewals: &Renewals,
+    store: &str,
+    id: &str,
+    sub: &SubscriptionRecord,
+    pending: &PendingCharge,
+    now: i64,
+) -> Result<Outcome, StorageError> {
+    let pending = pending.clone();
     let Some(pm) = sub.payment_method.clone() else {
         // The card was removed while a charge was pending: nothing can be charged.
         return settle_decline(state, store, id, &pending, "payment_method_missing", now).await;
@@ -406,37 +511,43 @@ async fn flag_expiry(
     store: &str,
     id: &str,
 ) -> Result<SubscriptionRecord, StorageError> {
-    let s = state.storage.apply_renewal(store, id, &|s, _| {
-        let expiring = card_expiring(s);
-        s.renewal.card_expiring = expiring;
-        if expiring && s.renewal.expiring_notified != Some(s.next) {
-            s.renewal.expiring_notified = Some(s.next);
-            return Ok(vec![EventRecord::new(
-                "subscription.card.expiring",
-                json!({"subscription": s.id, "account": s.account, "expiry": s.expiry,
+    let s = state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            let expiring = card_expiring(s);
+            s.renewal.card_expiring = expiring;
+            if expiring && s.renewal.expiring_notified != Some(s.next) {
+                s.renewal.expiring_notified = Some(s.next);
+                return Ok(vec![EventRecord::new(
+                    "subscription.card.expiring",
+                    json!({"subscription": s.id, "account": s.account, "expiry": s.expiry,
                     "nextChargeDate": s.next}),
-            )]);
-        }
-        Ok(vec![])
-    })?;
+                )]);
+            }
+            Ok(vec![])
+        })
+        .await?;
     state.storage.durable().await?;
     Ok(s)
 }
 
 async fn remind(state: &AppState, store: &str, id: &str) -> Result<(), StorageError> {
-    state.storage.apply_renewal(store, id, &|s, _| {
-        if s.renewal.reminded == Some(s.next) {
-            return Ok(vec![]);
-        }
-        s.renewal.reminded = Some(s.next);
-        Ok(vec![EventRecord::new(
-            "subscription.payment.reminder",
-            json!({"subscription": s.id, "account": s.account,
+    state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            if s.renewal.reminded == Some(s.next) {
+                return Ok(vec![]);
+            }
+            s.renewal.reminded = Some(s.next);
+            Ok(vec![EventRecord::new(
+                "subscription.payment.reminder",
+                json!({"subscription": s.id, "account": s.account,
                 "currency": s.currency,
                 "total": money(s.price.saturating_mul(i64::from(s.quantity)), &s.currency),
                 "nextChargeDate": s.next}),
-        )])
-    })?;
+            )])
+        })
+        .await?;
     state.storage.durable().await?;
     Ok(())
 }
@@ -457,31 +568,34 @@ async fn settle_success(
     reference: Option<String>,
     now: i64,
 ) -> Result<Outcome, StorageError> {
-    state.storage.apply_renewal(store, id, &|s, account| {
-        still_pending(s, p)?;
-        s.next = add_interval(p.period, s.interval_unit, s.interval_length);
-        s.renewal = RenewalState {
-            last_charged: Some(now),
-            expiring_notified: s.renewal.expiring_notified,
-            ..RenewalState::default()
-        };
-        s.renewal.card_expiring = card_expiring(s);
-        account.charges.push(ChargeRecord {
-            currency: p.currency.clone(),
-            total: p.amount,
-            status: "successful".into(),
-            order: None,
-            order_reference: None,
-            subscription: Some(s.id.clone()),
-            timestamp: now,
-        });
-        Ok(vec![EventRecord::new(
-            "subscription.charge.completed",
-            json!({"subscription": s.id, "account": s.account, "currency": p.currency,
+    state
+        .storage
+        .apply_renewal(store, id, &|s, account| {
+            still_pending(s, p)?;
+            s.next = add_interval(p.period, s.interval_unit, s.interval_length);
+            s.renewal = RenewalState {
+                last_charged: Some(now),
+                expiring_notified: s.renewal.expiring_notified,
+                ..RenewalState::default()
+            };
+            s.renewal.card_expiring = card_expiring(s);
+            account.charges.push(ChargeRecord {
+                currency: p.currency.clone(),
+                total: p.amount,
+                status: "successful".into(),
+                order: None,
+                order_reference: None,
+                subscription: Some(s.id.clone()),
+                timestamp: now,
+            });
+            Ok(vec![EventRecord::new(
+                "subscription.charge.completed",
+                json!({"subscription": s.id, "account": s.account, "currency": p.currency,
                 "total": money(p.amount, &p.currency), "period": p.period,
                 "reference": reference, "nextChargeDate": s.next}),
-        )])
-    })?;
+            )])
+        })
+        .await?;
     state.storage.durable().await?;
     tracing::info!(subscription = id, "renewal charged");
     Ok(Outcome::Charged)
@@ -495,30 +609,34 @@ async fn settle_decline(
     reason: &str,
     now: i64,
 ) -> Result<Outcome, StorageError> {
-    let after = state.storage.apply_renewal(store, id, &|s, _| {
-        still_pending(s, p)?;
-        s.renewal.pending = None;
-        s.renewal.decline_reason = Some(reason.to_owned());
-        s.renewal.failed_attempts = s.renewal.failed_attempts.saturating_add(1);
-        let n = s.renewal.failed_attempts as usize;
-        let mut events = Vec::new();
-        let next_retry = RETRY_DAYS.get(n - 1).map(|d| p.period + d * DAY_MS);
-        s.renewal.retry_at = next_retry;
-        events.push(EventRecord::new(
-            "subscription.charge.failed",
-            json!({"subscription": s.id, "account": s.account, "currency": p.currency,
+    let after = state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            still_pending(s, p)?;
+            s.renewal.pending = None;
+            s.renewal.lease = None;
+            s.renewal.decline_reason = Some(reason.to_owned());
+            s.renewal.failed_attempts = s.renewal.failed_attempts.saturating_add(1);
+            let n = s.renewal.failed_attempts as usize;
+            let mut events = Vec::new();
+            let next_retry = RETRY_DAYS.get(n - 1).map(|d| p.period + d * DAY_MS);
+            s.renewal.retry_at = next_retry;
+            events.push(EventRecord::new(
+                "subscription.charge.failed",
+                json!({"subscription": s.id, "account": s.account, "currency": p.currency,
                 "total": money(p.amount, &p.currency), "reason": reason,
                 "attempt": n, "nextRetry": next_retry, "timestamp": now}),
-        ));
-        if next_retry.is_none() {
-            s.state = SubState::Deactivated;
-            events.push(EventRecord::new(
-                "subscription.deactivated",
-                json!({"subscription": s.id, "account": s.account, "reason": reason}),
             ));
-        }
-        Ok(events)
-    })?;
+            if next_retry.is_none() {
+                s.state = SubState::Deactivated;
+                events.push(EventRecord::new(
+                    "subscription.deactivated",
+                    json!({"subscription": s.id, "account": s.account, "reason": reason}),
+                ));
+            }
+            Ok(events)
+        })
+        .await?;
     state.storage.durable().await?;
     let deactivated = after.state == SubState::Deactivated;
     tracing::info!(subscription = id, reason, deactivated, "renewal declined");
@@ -549,7 +667,7 @@ pub async fn charge_route(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let obj = json_object(&body, ACTION)?;
     let Some(Value::Array(list)) = obj.get("subscriptions") else {

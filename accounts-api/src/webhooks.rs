@@ -1,7 +1,7 @@
 //! Webhooks: configuration rules and the delivery loop over the durable outbox.
 //!
 //! Every event row is written with one outbox row per webhook of its store, in the same
-//! transaction (`storage::tx_extras`). This loop reads due rows, posts them per webhook as
+//! transaction (the storage port's `Extras`). This loop reads due rows, posts them per webhook as
 //! `{"events":[…]}` (oldest first, at most [`BATCH`] per post) and settles them:
 //! - `200` → every event in the post is marked processed;
 //! - `202` → only the event ids listed in the body (one per line) are marked processed; the
@@ -20,9 +20,9 @@
 //! old timestamps cannot be fed a recorded post again. The secret never reaches a log.
 
 use crate::error::StorageError;
-use crate::eventstore::{EventStore, OutboxItem};
 use crate::model::{OutboxState, WebhookRecord, new_id, now_ms};
 use crate::settings::Settings;
+use crate::storage::{OutboxItem, Storage};
 use base64::Engine;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -93,8 +93,8 @@ fn parse_secret(secret: Option<String>) -> Result<Option<shared::SecretString>, 
 }
 
 /// Adds a webhook to a store (URL unique per store).
-pub fn add(
-    events: &dyn EventStore,
+pub async fn add(
+    events: &dyn Storage,
     store: &str,
     url: &str,
     secret: Option<String>,
@@ -102,7 +102,7 @@ pub fn add(
 ) -> Result<WebhookRecord, HookError> {
     let url = parse_url(url)?;
     let secret = parse_secret(secret)?;
-    if events.webhooks(store)?.iter().any(|h| h.url == url) {
+    if events.webhooks(store).await?.iter().any(|h| h.url == url) {
         return Err(HookError::Duplicate);
     }
     let hook = WebhookRecord {
@@ -113,17 +113,19 @@ pub fn add(
     };
     let h = hook.clone();
     let record = idem.map(|i| i.record(axum::http::StatusCode::OK, &created_answer(&hook)));
-    events.update_webhooks(
-        store,
-        &move |hooks| {
-            if hooks.iter().any(|x| x.url == url) {
-                return Err(StorageError::State("duplicate webhook url"));
-            }
-            hooks.push(h.clone());
-            Ok(())
-        },
-        record.as_ref(),
-    )?;
+    events
+        .update_webhooks(
+            store,
+            &move |hooks| {
+                if hooks.iter().any(|x| x.url == url) {
+                    return Err(StorageError::State("duplicate webhook url"));
+                }
+                hooks.push(h.clone());
+                Ok(())
+            },
+            record.as_ref(),
+        )
+        .await?;
     Ok(hook)
 }
 
@@ -143,8 +145,8 @@ pub fn removed_answer(id: &str) -> serde_json::Value {
 }
 
 /// Replaces the secret of the store's webhook with this URL (FastSpring's `POST /webhooks/keys`).
-pub fn rotate(
-    events: &dyn EventStore,
+pub async fn rotate(
+    events: &dyn Storage,
     store: &str,
     url: &str,
     secret: String,
@@ -153,17 +155,19 @@ pub fn rotate(
     let url = parse_url(url)?;
     let secret = parse_secret(Some(secret))?;
     let record = idem.map(|i| i.record(axum::http::StatusCode::OK, &rotated_answer(&url)));
-    let hooks = events.update_webhooks(
-        store,
-        &|hooks| match hooks.iter_mut().find(|h| h.url == url) {
-            Some(h) => {
-                h.secret.clone_from(&secret);
-                Ok(())
-            }
-            None => Err(StorageError::NotFound),
-        },
-        record.as_ref(),
-    );
+    let hooks = events
+        .update_webhooks(
+            store,
+            &|hooks| match hooks.iter_mut().find(|h| h.url == url) {
+                Some(h) => {
+                    h.secret.clone_from(&secret);
+                    Ok(())
+                }
+                None => Err(StorageError::NotFound),
+            },
+            record.as_ref(),
+        )
+        .await;
     match hooks {
         Ok(hooks) => hooks
             .into_iter()
@@ -175,28 +179,30 @@ pub fn rotate(
 }
 
 /// Removes a webhook and its pending deliveries; false if the store has no such webhook.
-pub fn remove(
-    events: &dyn EventStore,
+pub async fn remove(
+    events: &dyn Storage,
     store: &str,
     id: &str,
     idem: Option<&crate::app::Idempotent>,
 ) -> Result<bool, StorageError> {
     let record = idem.map(|i| i.record(axum::http::StatusCode::OK, &removed_answer(id)));
-    let r = events.update_webhooks(
-        store,
-        &|hooks| {
-            let before = hooks.len();
-            hooks.retain(|h| h.id != id);
-            if hooks.len() == before {
-                return Err(StorageError::NotFound);
-            }
-            Ok(())
-        },
-        record.as_ref(),
-    );
+    let r = events
+        .update_webhooks(
+            store,
+            &|hooks| {
+                let before = hooks.len();
+                hooks.retain(|h| h.id != id);
+                if hooks.len() == before {
+                    return Err(StorageError::NotFound);
+                }
+                Ok(())
+            },
+            record.as_ref(),
+        )
+        .await;
     match r {
         Ok(_) => {
-            events.clear_outbox(store, id)?;
+            events.clear_outbox(store, id).await?;
             Ok(true)
         }
         Err(StorageError::NotFound) => Ok(false),
@@ -219,83 +225,93 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(factor).min(Duration::from_secs(3600))
 }
 
-/// Starts the delivery loop (and the sweeper of expired links and sessions) on the runtime.
-pub fn spawn_dispatcher(events: Arc<dyn EventStore>, settings: Settings) -> Result<(), String> {
+/// The delivery loop's HTTP client (built before the loop starts, so a failure stops the start).
+pub fn client(settings: &Settings) -> Result<reqwest::Client, String> {
     shared::tls::install_crypto_provider();
-    let http = reqwest::Client::builder()
+    reqwest::Client::builder()
         .timeout(settings.webhook_timeout)
         .connect_timeout(settings.webhook_timeout.min(Duration::from_secs(5)))
         // A receiver answers; it does not send us elsewhere.
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
-        .map_err(|e| format!("webhook client: {e}"))?;
-    tokio::spawn(async move {
-        let mut last_sweep = 0i64;
-        let in_flight: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Arc::default();
-        loop {
-            tokio::time::sleep(TICK).await;
-            let now = now_ms();
-            if now - last_sweep > 60_000 {
-                last_sweep = now;
-                let ev = Arc::clone(&events);
-                let _ = tokio::task::spawn_blocking(move || ev.sweep_expired(now)).await;
-            }
-            let ev = Arc::clone(&events);
-            let due = match tokio::task::spawn_blocking(move || ev.outbox_due(now, 10_000)).await {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "webhook outbox unreadable");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            if due.is_empty() {
+        .map_err(|e| format!("webhook client: {e}"))
+}
+
+/// The delivery loop (and the sweeper of expired links and sessions), until `shutdown`; posts
+/// in flight then are awaited, so their outcome is settled before the process ends.
+pub async fn dispatch(
+    events: Arc<dyn Storage>,
+    http: reqwest::Client,
+    settings: Settings,
+    mut shutdown: crate::jobs::Shutdown,
+) {
+    let mut last_sweep = 0i64;
+    let in_flight: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Arc::default();
+    let mut posts = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = shutdown.wait() => break,
+        }
+        while posts.try_join_next().is_some() {}
+        let now = now_ms();
+        if now - last_sweep > 60_000 {
+            last_sweep = now;
+            let _ = events.sweep_expired(now).await;
+        }
+        let due = match events.outbox_due(now, 10_000).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook outbox unreadable");
                 continue;
             }
-            // Group per (store, webhook); ids are time-ordered, so each group is oldest first.
-            let mut groups: BTreeMap<(String, String), Vec<OutboxItem>> = BTreeMap::new();
-            for item in due {
-                groups
-                    .entry((item.store.clone(), item.hook.clone()))
-                    .or_default()
-                    .push(item);
-            }
-            for ((store, hook), mut items) in groups {
-                // One post at a time per webhook (never the same events twice in parallel),
-                // without a slow receiver holding up the other webhooks.
-                let key = (store.clone(), hook.clone());
-                match in_flight.lock() {
-                    Ok(mut busy) => {
-                        if busy.len() >= MAX_IN_FLIGHT || !busy.insert(key.clone()) {
-                            continue;
-                        }
-                    }
-                    Err(_) => continue,
-                }
-                items.sort_by(|a, b| a.event.cmp(&b.event));
-                items.truncate(BATCH);
-                let (events, http, settings, in_flight) = (
-                    Arc::clone(&events),
-                    http.clone(),
-                    settings.clone(),
-                    Arc::clone(&in_flight),
-                );
-                tokio::spawn(async move {
-                    deliver(events.as_ref(), &http, &settings, &store, &hook, items).await;
-                    if let Ok(mut busy) = in_flight.lock() {
-                        busy.remove(&key);
-                    }
-                });
-            }
+        };
+        if due.is_empty() {
+            continue;
         }
-    });
-    Ok(())
+        // Group per (store, webhook); ids are time-ordered, so each group is oldest first.
+        let mut groups: BTreeMap<(String, String), Vec<OutboxItem>> = BTreeMap::new();
+        for item in due {
+            groups
+                .entry((item.store.clone(), item.hook.clone()))
+                .or_default()
+                .push(item);
+        }
+        for ((store, hook), mut items) in groups {
+            // One post at a time per webhook (never the same events twice in parallel),
+            // without a slow receiver holding up the other webhooks.
+            let key = (store.clone(), hook.clone());
+            match in_flight.lock() {
+                Ok(mut busy) => {
+                    if busy.len() >= MAX_IN_FLIGHT || !busy.insert(key.clone()) {
+                        continue;
+                    }
+                }
+                Err(_) => continue,
+            }
+            items.sort_by(|a, b| a.event.cmp(&b.event));
+            items.truncate(BATCH);
+            let (events, http, settings, in_flight) = (
+                Arc::clone(&events),
+                http.clone(),
+                settings.clone(),
+                Arc::clone(&in_flight),
+            );
+            posts.spawn(async move {
+                deliver(events.as_ref(), &http, &settings, &store, &hook, items).await;
+                if let Ok(mut busy) = in_flight.lock() {
+                    busy.remove(&key);
+                }
+            });
+        }
+    }
+    while posts.join_next().await.is_some() {}
 }
 
 /// Posts one batch to one webhook and settles it.
 async fn deliver(
-    events: &dyn EventStore,
+    events: &dyn Storage,
     http: &reqwest::Client,
     settings: &Settings,
     store: &str,
@@ -303,7 +319,7 @@ async fn deliver(
     items: Vec<OutboxItem>,
 ) {
     let ids: Vec<String> = items.iter().map(|i| i.event.clone()).collect();
-    let hook = match events.webhooks(store) {
+    let hook = match events.webhooks(store).await {
         Ok(hooks) => hooks.into_iter().find(|h| h.id == hook_id),
         Err(e) => {
             tracing::error!(error = %e, "webhooks unreadable");
@@ -311,19 +327,19 @@ async fn deliver(
         }
     };
     let Some(hook) = hook else {
-        let _ = events.outbox_settle(store, hook_id, &ids, &[]);
+        let _ = events.outbox_settle(store, hook_id, &ids, &[]).await;
         return;
     };
     let mut bodies = Vec::with_capacity(ids.len());
     let mut sent = Vec::with_capacity(ids.len());
     for id in &ids {
-        if let Ok(Some(ev)) = events.event(store, id) {
+        if let Ok(Some(ev)) = events.event(store, id).await {
             bodies.push(ev.to_json());
             sent.push(id.clone());
         }
     }
     if sent.is_empty() {
-        let _ = events.outbox_settle(store, hook_id, &ids, &[]);
+        let _ = events.outbox_settle(store, hook_id, &ids, &[]).await;
         return;
     }
     let body = serde_json::json!({ "events": bodies }).to_string();
@@ -375,7 +391,7 @@ async fn deliver(
                 "webhook delivered"
             );
             crate::ops::metrics().inc("webhook_deliveries_total", &[("outcome", "delivered")]);
-            events.outbox_settle(store, hook_id, &ids, &processed)
+            events.outbox_settle(store, hook_id, &ids, &processed).await
         }
         Err(why) => {
             // Each event keeps its own attempt count: one that joined this post late is not
@@ -419,9 +435,10 @@ async fn deliver(
                     "webhook delivery gave up; the events stay unprocessed for the events API"
                 );
             }
-            events
-                .outbox_retry(store, hook_id, &retry)
-                .and_then(|()| events.outbox_settle(store, hook_id, &exhausted, &[]))
+            match events.outbox_retry(store, hook_id, &retry).await {
+                Ok(()) => events.outbox_settle(store, hook_id, &exhausted, &[]).await,
+                Err(e) => Err(e),
+            }
         }
     };
     if let Err(e) = result {

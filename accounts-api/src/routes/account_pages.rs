@@ -107,10 +107,11 @@ async fn authenticate(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.authenticate.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let account = state
         .storage
         .account(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     if account.is_none() {
         let body = json!({"accounts": [{"action": ACTION, "account": id, "result": "error",
@@ -122,7 +123,7 @@ async fn authenticate(
     let token = random_token().ok_or_else(|| ApiError::internal(ACTION))?;
     let expires = now_ms() + state.settings.sso_ttl.as_millis() as i64;
     state
-        .events
+        .storage
         .put_sso_token(
             &hash(token.expose_secret()),
             &SsoTokenRecord {
@@ -131,6 +132,7 @@ async fn authenticate(
                 expires,
             },
         )
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     state
         .storage
@@ -246,7 +248,7 @@ async fn open_link(
     {
         return link_refused();
     }
-    let rec = match state.events.take_sso_token(&hash(t)) {
+    let rec = match state.storage.take_sso_token(&hash(t)).await {
         Ok(Some(r)) => r,
         Ok(None) => return link_refused(),
         Err(e) => {
@@ -262,7 +264,10 @@ async fn open_link(
         return link_refused();
     }
     // The account may have gone since the link was issued.
-    if !matches!(state.storage.account(&rec.store, &rec.account), Ok(Some(_))) {
+    if !matches!(
+        state.storage.account(&rec.store, &rec.account).await,
+        Ok(Some(_))
+    ) {
         return link_refused();
     }
     let (Some(session), Some(csrf)) = (random_token(), random_token()) else {
@@ -273,15 +278,18 @@ async fn open_link(
         );
     };
     let ttl = state.settings.session_ttl.as_millis() as i64;
-    let stored = state.events.put_session(
-        &hash(session.expose_secret()),
-        &SessionRecord {
-            store: rec.store.clone(),
-            account: rec.account.clone(),
-            expires: now_ms() + ttl,
-            csrf,
-        },
-    );
+    let stored = state
+        .storage
+        .put_session(
+            &hash(session.expose_secret()),
+            &SessionRecord {
+                store: rec.store.clone(),
+                account: rec.account.clone(),
+                expires: now_ms() + ttl,
+                csrf,
+            },
+        )
+        .await;
     if stored.is_err() || state.storage.durable().await.is_err() {
         return refusal(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -328,7 +336,7 @@ async fn open_link(
 }
 
 /// The session of the request: (cookie hash, record). Expired sessions are deleted here.
-fn session(state: &SharedState, headers: &HeaderMap) -> Option<(String, SessionRecord)> {
+async fn session(state: &SharedState, headers: &HeaderMap) -> Option<(String, SessionRecord)> {
     let value = headers
         .get_all(header::COOKIE)
         .iter()
@@ -338,9 +346,9 @@ fn session(state: &SharedState, headers: &HeaderMap) -> Option<(String, SessionR
         .find(|(k, _)| *k == COOKIE)
         .map(|(_, v)| SecretString::new(v.to_owned()))?;
     let h = hash(value.expose_secret());
-    let rec = state.events.session(&h).ok().flatten()?;
+    let rec = state.storage.session(&h).await.ok().flatten()?;
     if rec.expires <= now_ms() {
-        let _ = state.events.delete_session(&h);
+        let _ = state.storage.delete_session(&h).await;
         return None;
     }
     Some((h, rec))
@@ -372,12 +380,12 @@ fn failed() -> Response {
 }
 
 /// The session and account for a form post, after checking its CSRF token.
-fn form_session(
+async fn form_session(
     state: &SharedState,
     headers: &HeaderMap,
     form: &Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Result<(String, SessionRecord, AccountRecord), Box<Response>> {
-    let Some((h, sess)) = session(state, headers) else {
+    let Some((h, sess)) = session(state, headers).await else {
         return Err(Box::new(signed_out()));
     };
     let given = match form {
@@ -387,7 +395,7 @@ fn form_session(
     if given.is_empty() || !sess.csrf.ct_eq(given) {
         return Err(Box::new(csrf_refused()));
     }
-    match state.storage.account(&sess.store, &sess.account) {
+    match state.storage.account(&sess.store, &sess.account).await {
         Ok(Some(a)) => Ok((h, sess, a)),
         Ok(None) => Err(Box::new(signed_out())),
         Err(_) => Err(Box::new(failed())),
@@ -468,10 +476,10 @@ fn opt(s: &Option<String>) -> String {
     security(("session" = []))
 )]
 async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> Response {
-    let Some((_, sess)) = session(&state, &headers) else {
+    let Some((_, sess)) = session(&state, &headers).await else {
         return signed_out();
     };
-    let a = match state.storage.account(&sess.store, &sess.account) {
+    let a = match state.storage.account(&sess.store, &sess.account).await {
         Ok(Some(a)) => a,
         Ok(None) => return signed_out(),
         Err(_) => return failed(),
@@ -558,7 +566,7 @@ async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> R
             "<table><tr><th>Product</th><th>State</th><th>Renewal</th><th>Next charge</th><th></th></tr>",
         );
         for sid in &a.subscriptions {
-            let Ok(Some(s)) = state.storage.subscription(&a.store, sid) else {
+            let Ok(Some(s)) = state.storage.subscription(&a.store, sid).await else {
                 continue;
             };
             let (label, action) = match s.state {
@@ -593,7 +601,7 @@ async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> R
     } else {
         out.push_str("<table><tr><th>Reference</th><th>Date</th><th>Total</th></tr>");
         for oid in a.orders.iter().rev() {
-            let Ok(Some(o)) = state.storage.order(&a.store, oid) else {
+            let Ok(Some(o)) = state.storage.order(&a.store, oid).await else {
                 continue;
             };
             let _ = write!(
@@ -630,7 +638,7 @@ async fn update_profile(
     headers: HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (_, sess, account) = match form_session(&state, &headers, &form) {
+    let (_, sess, account) = match form_session(&state, &headers, &form).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -682,12 +690,16 @@ async fn update_profile(
             json!({"account": account.id}),
         )],
     };
-    match state.storage.update_account(
-        &sess.store,
-        &account.id,
-        &|a| crate::routes::accounts::apply(a, &input),
-        &extras,
-    ) {
+    match state
+        .storage
+        .update_account(
+            &sess.store,
+            &account.id,
+            &|a| crate::routes::accounts::apply(a, &input),
+            &extras,
+        )
+        .await
+    {
         Ok(_) => committed(&state).await,
         Err(StorageError::EmailTaken(_)) => refusal(
             StatusCode::CONFLICT,
@@ -705,7 +717,7 @@ async fn set_subscription(
     form: &Result<Form<HashMap<String, String>>, FormRejection>,
     cancel: bool,
 ) -> Response {
-    let (_, sess, account) = match form_session(state, headers, form) {
+    let (_, sess, account) = match form_session(state, headers, form).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -729,25 +741,28 @@ async fn set_subscription(
         )],
     };
     let now = now_ms();
-    let r = state.storage.update_subscriptions(
-        &sess.store,
-        &[id.to_owned()],
-        &|s| {
-            match (cancel, s.state) {
-                (true, SubState::Active) => {
-                    s.state = SubState::Canceled;
-                    s.canceled = Some(now);
+    let r = state
+        .storage
+        .update_subscriptions(
+            &sess.store,
+            &[id.to_owned()],
+            &|s| {
+                match (cancel, s.state) {
+                    (true, SubState::Active) => {
+                        s.state = SubState::Canceled;
+                        s.canceled = Some(now);
+                    }
+                    (false, SubState::Canceled) => {
+                        s.state = SubState::Active;
+                        s.canceled = None;
+                    }
+                    _ => return Err(StorageError::State("no change")),
                 }
-                (false, SubState::Canceled) => {
-                    s.state = SubState::Active;
-                    s.canceled = None;
-                }
-                _ => return Err(StorageError::State("no change")),
-            }
-            Ok(())
-        },
-        &extras,
-    );
+                Ok(())
+            },
+            &extras,
+        )
+        .await;
     match r {
         Ok(_) => committed(state).await,
         // Already in the wanted state (a double click): nothing to do, no event.
@@ -813,7 +828,7 @@ async fn remove_card(
     Path(pm): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (_, sess, account) = match form_session(&state, &headers, &form) {
+    let (_, sess, account) = match form_session(&state, &headers, &form).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -842,9 +857,14 @@ async fn remove_card(
             json!({"account": account.id, "paymentMethod": pm}),
         )],
     };
-    match state
-        .storage
-        .remove_payment_method(&sess.store, &account.id, &pm, &extras)
+    match crate::service::payment_methods::forget(
+        state.storage.as_ref(),
+        &sess.store,
+        &account.id,
+        &pm,
+        &extras,
+    )
+    .await
     {
         Ok(()) => {
             tracing::info!(store = %sess.store, account = %account.id, payment_method = %pm, "payment method removed from the account page");
@@ -869,11 +889,11 @@ async fn logout(
     headers: HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (h, _, _) = match form_session(&state, &headers, &form) {
+    let (h, _, _) = match form_session(&state, &headers, &form).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if state.events.delete_session(&h).is_err() || state.storage.durable().await.is_err() {
+    if state.storage.delete_session(&h).await.is_err() || state.storage.durable().await.is_err() {
         return failed();
     }
     let mut resp = refusal(

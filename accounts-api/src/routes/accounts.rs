@@ -39,7 +39,7 @@ pub fn contact_json(c: &Contact) -> Value {
 }
 
 /// FastSpring's account object (`GET /accounts/{id}` and lookups).
-pub fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Value {
+pub async fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Value {
     let now = time::OffsetDateTime::now_utc();
     let active = a
         .payment_methods
@@ -49,9 +49,14 @@ pub fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Val
             _ => true,
         })
         .count();
-    let subscribed = a.subscriptions.iter().any(|s| {
-        matches!(state.storage.subscription(&a.store, s), Ok(Some(r)) if r.state == SubState::Active)
-    });
+    let mut subscribed = false;
+    for s in &a.subscriptions {
+        if matches!(state.storage.subscription(&a.store, s).await, Ok(Some(r)) if r.state == SubState::Active)
+        {
+            subscribed = true;
+            break;
+        }
+    }
     json!({
         "id": a.id, "account": a.id, "action": action, "result": "success",
         "contact": contact_json(&a.contact),
@@ -140,7 +145,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.create";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(&state, &store, &headers, "POST /accounts", &body, ACTION).await? {
         IdempotencyStart::Replay(r) => return Ok(r),
@@ -182,6 +187,7 @@ async fn create(
     state
         .storage
         .create_account(&account, &extras)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     state
         .storage
@@ -207,16 +213,17 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let account = state
         .storage
         .account(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| {
             ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
         })?;
     Ok(ok(
-        json!({"accounts": [account_json(&state, &account, ACTION)]}),
+        json!({"accounts": [account_json(&state, &account, ACTION).await]}),
     ))
 }
 
@@ -238,7 +245,7 @@ async fn update(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.update";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(
         &state,
@@ -264,6 +271,7 @@ async fn update(
     state
         .storage
         .update_account(&store, &id, &|a| apply(a, &input), &extras)
+        .await
         .map_err(|e| match e {
             crate::error::StorageError::NotFound => {
                 ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
@@ -295,7 +303,7 @@ async fn lookup(
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let store = authorize(&state, &headers, "account.lookup")?;
+    let store = authorize(&state, &headers, "account.lookup").await?;
     let Ok(Query(q)) = query else {
         return Err(ApiError::invalid(
             "account.lookup",
@@ -331,6 +339,7 @@ async fn lookup(
         let (ids, total) = state
             .storage
             .list_accounts(&store, (page - 1).saturating_mul(limit), limit)
+            .await
             .map_err(|e| e.into_api(ACTION))?;
         return Ok(ok(page_body(ACTION, "accounts", ids, page, limit, total)));
     }
@@ -347,20 +356,26 @@ async fn lookup(
     let s = &state.storage;
     let found: Result<Option<String>, _> = match field {
         "email" => match normalise_email(value) {
-            Some(e) => s.account_by(&store, Index::Email, &e),
+            Some(e) => s.account_by(&store, Index::Email, &e).await,
             None => Ok(None),
         },
-        "custom" => s.account_by(&store, Index::Custom, value),
-        "global" => s.account_by(&store, Index::Global, value),
-        "orderId" | "orderID" => s.order(&store, value).map(|o| o.map(|o| o.account)),
-        "orderReference" => match s.order_by_reference(&store, value) {
-            Ok(Some(oid)) => s.order(&store, &oid).map(|o| o.map(|o| o.account)),
+        "custom" => s.account_by(&store, Index::Custom, value).await,
+        "global" => s.account_by(&store, Index::Global, value).await,
+        "orderId" | "orderID" => s.order(&store, value).await.map(|o| o.map(|o| o.account)),
+        "orderReference" => match s.order_by_reference(&store, value).await {
+            Ok(Some(oid)) => s.order(&store, &oid).await.map(|o| o.map(|o| o.account)),
             other => other,
         },
-        _ => s.subscription(&store, value).map(|o| o.map(|o| o.account)),
+        _ => s
+            .subscription(&store, value)
+            .await
+            .map(|o| o.map(|o| o.account)),
     };
     let account = match found.map_err(|e| e.into_api(ACTION))? {
-        Some(id) => s.account(&store, &id).map_err(|e| e.into_api(ACTION))?,
+        Some(id) => s
+            .account(&store, &id)
+            .await
+            .map_err(|e| e.into_api(ACTION))?,
         None => None,
     };
     let Some(account) = account else {
@@ -378,6 +393,6 @@ async fn lookup(
         ));
     };
     Ok(ok(
-        json!({"action": ACTION, "result": "success", "accounts": [account_json(&state, &account, ACTION)]}),
+        json!({"action": ACTION, "result": "success", "accounts": [account_json(&state, &account, ACTION).await]}),
     ))
 }

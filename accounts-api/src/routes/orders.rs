@@ -528,10 +528,11 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "order.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let o = state
         .storage
         .order(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found")))?;
     Ok(ok(order_json(&o, ACTION)))
@@ -594,7 +595,7 @@ async fn complete(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(&state, &store, &headers, "POST /orders", &body, ACTION).await? {
         IdempotencyStart::Replay(r) => return Ok(r),
@@ -627,6 +628,7 @@ async fn complete(
             let found = state
                 .storage
                 .account(&store, id)
+                .await
                 .map_err(|e| e.into_api(ACTION))?;
             if found.is_none() {
                 return Err(ApiError::new(
@@ -647,6 +649,7 @@ async fn complete(
             match state
                 .storage
                 .account_by(&store, Index::Email, &email)
+                .await
                 .map_err(|e| e.into_api(ACTION))?
             {
                 Some(id) => (id, Some(email), false),
@@ -750,7 +753,7 @@ async fn complete(
         });
         let customer = match &input.customer {
             Some(c) => c.clone(),
-            None => match state.storage.account(&store, &account_id) {
+            None => match state.storage.account(&store, &account_id).await {
                 Ok(Some(a)) => a.contact,
                 _ => {
                     return Err(ApiError::new(
@@ -818,7 +821,11 @@ async fn complete(
             subscriptions: subs,
             payment_method: pm.clone(),
         };
-        match state.storage.complete_checkout(&checkout, &extras) {
+        match state
+            .storage
+            .complete_checkout(&checkout, &|a| a.add_order(&checkout), &extras)
+            .await
+        {
             Ok(()) => {
                 state
                     .storage

@@ -41,10 +41,11 @@ async fn list(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.paymentMethods.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     state
         .storage
         .account(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| account_missing(ACTION))?;
     let views = state.vault.list(&store, &id).await.map_err(|e| match e {
@@ -90,7 +91,7 @@ async fn remove(
     Path((id, pm)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.paymentMethods.delete";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let idem = match idempotency(
         &state,
         &store,
@@ -107,6 +108,7 @@ async fn remove(
     let account = state
         .storage
         .account(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| account_missing(ACTION))?;
     if !account.payment_methods.iter().any(|p| p.id == pm) {
@@ -129,9 +131,8 @@ async fn remove(
             json!({"account": id, "paymentMethod": pm}),
         )],
     };
-    state
-        .storage
-        .remove_payment_method(&store, &id, &pm, &extras)
+    crate::service::payment_methods::forget(state.storage.as_ref(), &store, &id, &pm, &extras)
+        .await
         .map_err(|e| match e {
             StorageError::NotFound => account_missing(ACTION),
             other => other.into_api(ACTION),

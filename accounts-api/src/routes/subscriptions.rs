@@ -102,10 +102,11 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let s = state
         .storage
         .subscription(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| not_found(ACTION))?;
     Ok(ok(subscription_json(&s, ACTION)))
@@ -127,7 +128,7 @@ async fn list(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.getall";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let Ok(Query(q)) = query else {
         return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
     };
@@ -135,6 +136,7 @@ async fn list(
         let a = state
             .storage
             .account(&store, account)
+            .await
             .map_err(|e| e.into_api(ACTION))?
             .ok_or_else(|| {
                 ApiError::new(
@@ -147,6 +149,7 @@ async fn list(
             if let Some(s) = state
                 .storage
                 .subscription(&store, id)
+                .await
                 .map_err(|e| e.into_api(ACTION))?
             {
                 subs.push(subscription_json(&s, "subscription.get"));
@@ -160,6 +163,7 @@ async fn list(
     let (ids, total) = state
         .storage
         .list_subscriptions(&store, (page - 1).saturating_mul(limit), limit)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(page_body(
         ACTION,
@@ -187,7 +191,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.cancel";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let idem = match idempotency(
         &state,
         &store,
@@ -226,6 +230,7 @@ async fn cancel(
             },
             &extras,
         )
+        .await
         .map_err(|e| map_err(e, ACTION))?;
     state
         .storage
@@ -253,7 +258,7 @@ async fn resume(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.update";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(
         &state,
@@ -323,6 +328,7 @@ async fn resume(
             },
             &extras,
         )
+        .await
         .map_err(|e| map_err(e, ACTION))?;
     state
         .storage

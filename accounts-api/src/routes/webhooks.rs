@@ -72,10 +72,11 @@ fn fields(body: &[u8], action: &'static str) -> Result<(String, Option<String>),
 )]
 async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let hooks = state
-        .events
+        .storage
         .webhooks(&store)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(json!({"action": ACTION, "result": "success",
         "webhooks": hooks.iter().map(crate::model::WebhookRecord::to_json).collect::<Vec<_>>()})))
@@ -98,14 +99,15 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.create";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(&state, &store, &headers, "POST /webhooks", &body, ACTION).await? {
         IdempotencyStart::Replay(r) => return Ok(r),
         IdempotencyStart::Execute(i) => i,
     };
     let (url, secret) = fields(&body, ACTION)?;
-    let hook = crate::webhooks::add(state.events.as_ref(), &store, &url, secret, idem.as_ref())
+    let hook = crate::webhooks::add(state.storage.as_ref(), &store, &url, secret, idem.as_ref())
+        .await
         .map_err(|e| hook_error(e, ACTION))?;
     state
         .storage
@@ -133,7 +135,7 @@ async fn rotate(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.update";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(
         &state,
@@ -156,7 +158,8 @@ async fn rotate(
             "A HMAC Secret is required",
         ));
     };
-    let hook = crate::webhooks::rotate(state.events.as_ref(), &store, &url, secret, idem.as_ref())
+    let hook = crate::webhooks::rotate(state.storage.as_ref(), &store, &url, secret, idem.as_ref())
+        .await
         .map_err(|e| hook_error(e, ACTION))?;
     state
         .storage
@@ -182,7 +185,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.delete";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let idem = match idempotency(
         &state,
         &store,
@@ -196,7 +199,8 @@ async fn remove(
         IdempotencyStart::Replay(r) => return Ok(r),
         IdempotencyStart::Execute(i) => i,
     };
-    let removed = crate::webhooks::remove(state.events.as_ref(), &store, &id, idem.as_ref())
+    let removed = crate::webhooks::remove(state.storage.as_ref(), &store, &id, idem.as_ref())
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     if !removed {
         return Err(ApiError::new(
