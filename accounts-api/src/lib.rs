@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod dev;
+pub mod domain;
 pub mod error;
 pub mod iso;
 pub mod jobs;

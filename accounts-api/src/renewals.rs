@@ -22,11 +22,12 @@
 //! without waiting.
 
 use crate::app::{AppState, SharedState, authorize, body_bytes, json_object, ok};
+use crate::domain::{DomainEvent, Money};
 use crate::error::{ApiError, StorageError};
 use crate::model::{
-    ChargeRecord, EventRecord, PendingCharge, RenewalState, SubState, SubscriptionRecord,
-    add_interval, now_ms, to_major,
+    ChargeRecord, PendingCharge, RenewalState, SubState, SubscriptionRecord, add_interval, now_ms,
 };
+use crate::service::events;
 use crate::storage::Lease;
 use crate::vault::{VaultClient, VaultError};
 use axum::body::Bytes;
@@ -146,31 +147,12 @@ pub struct RunSummary {
 }
 
 fn automatic(s: &SubscriptionRecord) -> bool {
-    s.auto_renew && s.payment_method.is_some()
+    s.is_automatic()
 }
 
-/// End of the card's validity (first instant of the month after `MM/YY`), ms.
-fn card_valid_until(expiry: &str) -> Option<i64> {
-    let (m, y) = expiry.split_once('/')?;
-    let month: u8 = m.parse().ok()?;
-    let year: i32 = 2000 + y.parse::<i32>().ok()?;
-    let (ny, nm) = if month >= 12 {
-        (year + 1, 1)
-    } else {
-        (year, month + 1)
-    };
-    let d = time::Date::from_calendar_date(ny, time::Month::try_from(nm).ok()?, 1).ok()?;
-    Some(d.midnight().assume_utc().unix_timestamp() * 1000)
-}
-
-/// Whether the saved card expires before the next charge date.
+/// Whether the saved card expires before the next charge date (`domain::card`'s rule).
 fn card_expiring(s: &SubscriptionRecord) -> bool {
-    automatic(s)
-        && s.payment_kind == "card"
-        && s.expiry
-            .as_deref()
-            .and_then(card_valid_until)
-            .is_some_and(|until| until <= s.next)
+    s.card_expires_before_next_charge()
 }
 
 fn expiry_needs_update(s: &SubscriptionRecord) -> bool {
@@ -214,13 +196,6 @@ fn charge_key(s: &SubscriptionRecord) -> String {
         0 => format!("{}:{}", s.id, s.next),
         n => format!("{}:{}:{n}", s.id, s.next),
     }
-}
-
-fn money(amount: i64, currency: &str) -> f64 {
-    let exp = shared::Currency::parse(currency)
-        .map(|c| c.exponent())
-        .unwrap_or(2);
-    to_major(amount, exp)
 }
 
 /// One pass: every subscription with work at `now`, [`CONCURRENCY`] at a time.
@@ -518,11 +493,12 @@ async fn flag_expiry(
             s.renewal.card_expiring = expiring;
             if expiring && s.renewal.expiring_notified != Some(s.next) {
                 s.renewal.expiring_notified = Some(s.next);
-                return Ok(vec![EventRecord::new(
-                    "subscription.card.expiring",
-                    json!({"subscription": s.id, "account": s.account, "expiry": s.expiry,
-                    "nextChargeDate": s.next}),
-                )]);
+                return Ok(vec![events::record(&DomainEvent::CardExpiring {
+                    subscription: s.id.clone(),
+                    account: s.account.clone(),
+                    expiry: s.expiry.clone(),
+                    next_charge_date: s.next,
+                })]);
             }
             Ok(vec![])
         })
@@ -539,13 +515,12 @@ async fn remind(state: &AppState, store: &str, id: &str) -> Result<(), StorageEr
                 return Ok(vec![]);
             }
             s.renewal.reminded = Some(s.next);
-            Ok(vec![EventRecord::new(
-                "subscription.payment.reminder",
-                json!({"subscription": s.id, "account": s.account,
-                "currency": s.currency,
-                "total": money(s.price.saturating_mul(i64::from(s.quantity)), &s.currency),
-                "nextChargeDate": s.next}),
-            )])
+            Ok(vec![events::record(&DomainEvent::PaymentReminder {
+                subscription: s.id.clone(),
+                account: s.account.clone(),
+                amount: Money::of(s.price, &s.currency).times(s.quantity),
+                next_charge_date: s.next,
+            })])
         })
         .await?;
     state.storage.durable().await?;
@@ -588,12 +563,14 @@ async fn settle_success(
                 subscription: Some(s.id.clone()),
                 timestamp: now,
             });
-            Ok(vec![EventRecord::new(
-                "subscription.charge.completed",
-                json!({"subscription": s.id, "account": s.account, "currency": p.currency,
-                "total": money(p.amount, &p.currency), "period": p.period,
-                "reference": reference, "nextChargeDate": s.next}),
-            )])
+            Ok(vec![events::record(&DomainEvent::ChargeCompleted {
+                subscription: s.id.clone(),
+                account: s.account.clone(),
+                amount: Money::of(p.amount, &p.currency),
+                period: p.period,
+                reference: reference.clone(),
+                next_charge_date: s.next,
+            })])
         })
         .await?;
     state.storage.durable().await?;
@@ -618,23 +595,27 @@ async fn settle_decline(
             s.renewal.decline_reason = Some(reason.to_owned());
             s.renewal.failed_attempts = s.renewal.failed_attempts.saturating_add(1);
             let n = s.renewal.failed_attempts as usize;
-            let mut events = Vec::new();
+            let mut out = Vec::new();
             let next_retry = RETRY_DAYS.get(n - 1).map(|d| p.period + d * DAY_MS);
             s.renewal.retry_at = next_retry;
-            events.push(EventRecord::new(
-                "subscription.charge.failed",
-                json!({"subscription": s.id, "account": s.account, "currency": p.currency,
-                "total": money(p.amount, &p.currency), "reason": reason,
-                "attempt": n, "nextRetry": next_retry, "timestamp": now}),
-            ));
+            out.push(events::record(&DomainEvent::ChargeFailed {
+                subscription: s.id.clone(),
+                account: s.account.clone(),
+                amount: Money::of(p.amount, &p.currency),
+                reason: reason.to_owned(),
+                attempt: n,
+                next_retry,
+                timestamp: now,
+            }));
             if next_retry.is_none() {
-                s.state = SubState::Deactivated;
-                events.push(EventRecord::new(
-                    "subscription.deactivated",
-                    json!({"subscription": s.id, "account": s.account, "reason": reason}),
-                ));
+                s.deactivate();
+                out.push(events::record(&DomainEvent::SubscriptionDeactivated {
+                    subscription: s.id.clone(),
+                    account: s.account.clone(),
+                    reason: reason.to_owned(),
+                }));
             }
-            Ok(events)
+            Ok(out)
         })
         .await?;
     state.storage.durable().await?;
@@ -809,13 +790,5 @@ mod tests {
         s.renewal.card_expiring = true;
         s.renewal.expiring_notified = Some(s.next);
         assert!(!has_work(&s, T));
-    }
-
-    #[test]
-    fn a_card_is_valid_through_the_end_of_its_expiry_month() {
-        // 12/30 → valid until 2031-01-01T00:00Z.
-        assert_eq!(card_valid_until("12/30"), Some(1_924_992_000_000));
-        assert_eq!(card_valid_until("02/27"), Some(1_803_859_200_000));
-        assert_eq!(card_valid_until("garbage"), None);
     }
 }

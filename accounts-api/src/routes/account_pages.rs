@@ -14,10 +14,10 @@
 //! Every change writes its event in the same transaction as the change, like the API does.
 
 use crate::app::{SharedState, authorize};
+use crate::domain::DomainEvent;
 use crate::error::{ApiError, StorageError};
 use crate::model::{
-    AccountRecord, EventRecord, SessionRecord, SsoTokenRecord, SubState, display_date, event_type,
-    now_ms, to_major,
+    AccountRecord, SessionRecord, SsoTokenRecord, SubState, display_date, now_ms, to_major,
 };
 use crate::storage::Extras;
 use axum::extract::rejection::FormRejection;
@@ -540,7 +540,7 @@ async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> R
                 })
                 .unwrap_or_else(|| pm.kind.clone());
             let expiry = match (pm.exp_month, pm.exp_year) {
-                (Some(m), Some(y)) => format!("{m:02}/{:02}", y % 100),
+                (Some(m), Some(y)) => crate::domain::card::display(m, y),
                 _ => String::new(),
             };
             let _ = write!(
@@ -685,9 +685,10 @@ async fn update_profile(
     };
     let extras = Extras {
         idempotency: None,
-        events: vec![EventRecord::new(
-            event_type::ACCOUNT_UPDATED,
-            json!({"account": account.id}),
+        events: vec![crate::service::events::record(
+            &DomainEvent::AccountUpdated {
+                account: account.id.clone(),
+            },
         )],
     };
     match state
@@ -728,18 +729,7 @@ async fn set_subscription(
             "There is no such subscription on your account.",
         );
     }
-    let kind = if cancel {
-        event_type::SUBSCRIPTION_CANCELED
-    } else {
-        event_type::SUBSCRIPTION_RESUMED
-    };
-    let extras = Extras {
-        idempotency: None,
-        events: vec![EventRecord::new(
-            kind,
-            json!({"subscription": id, "account": account.id}),
-        )],
-    };
+    let extras = Extras::default();
     let now = now_ms();
     let r = state
         .storage
@@ -747,18 +737,14 @@ async fn set_subscription(
             &sess.store,
             &[id.to_owned()],
             &|s| {
-                match (cancel, s.state) {
-                    (true, SubState::Active) => {
-                        s.state = SubState::Canceled;
-                        s.canceled = Some(now);
-                    }
-                    (false, SubState::Canceled) => {
-                        s.state = SubState::Active;
-                        s.canceled = None;
-                    }
-                    _ => return Err(StorageError::State("no change")),
-                }
-                Ok(())
+                let event = if cancel {
+                    s.cancel_by_customer(now).map_err(StorageError::State)?;
+                    DomainEvent::SubscriptionCanceled(s.clone())
+                } else {
+                    s.resume().map_err(StorageError::State)?;
+                    DomainEvent::SubscriptionResumed(s.clone())
+                };
+                Ok(vec![crate::service::events::record(&event)])
             },
             &extras,
         )
@@ -852,9 +838,11 @@ async fn remove_card(
     }
     let extras = Extras {
         idempotency: None,
-        events: vec![EventRecord::new(
-            event_type::PAYMENT_METHOD_REMOVED,
-            json!({"account": account.id, "paymentMethod": pm}),
+        events: vec![crate::service::events::record(
+            &DomainEvent::PaymentMethodRemoved {
+                account: account.id.clone(),
+                payment_method: pm.clone(),
+            },
         )],
     };
     match crate::service::payment_methods::forget(

@@ -6,8 +6,8 @@ use crate::app::{
 };
 use crate::error::{ApiError, ErrorKind};
 use crate::model::{
-    AccountInput, AccountRecord, Address, Contact, EventRecord, SubState, new_id, normalise_email,
-    now_ms, parse_account,
+    AccountInput, AccountRecord, Address, Contact, SubState, new_id, normalise_email, now_ms,
+    parse_account,
 };
 use crate::storage::{Extras, Index};
 use axum::body::Bytes;
@@ -45,7 +45,9 @@ pub async fn account_json(state: &SharedState, a: &AccountRecord, action: &str) 
         .payment_methods
         .iter()
         .filter(|p| match (p.exp_year, p.exp_month) {
-            (Some(y), Some(m)) => (i32::from(y), m) >= (now.year(), u8::from(now.month())),
+            (Some(y), Some(m)) => {
+                crate::domain::card::is_current(m, y, now.year(), u8::from(now.month()))
+            }
             _ => true,
         })
         .count();
@@ -179,9 +181,8 @@ async fn create(
     let resp = json!({"account": account.id, "action": ACTION, "result": "success"});
     let extras = Extras {
         idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![EventRecord::new(
-            "account.created",
-            account_event_data(&account),
+        events: vec![crate::service::events::record(
+            &crate::domain::DomainEvent::AccountCreated(account.clone()),
         )],
     };
     state
@@ -266,7 +267,11 @@ async fn update(
     let resp = json!({"account": id, "action": ACTION, "result": "success"});
     let extras = Extras {
         idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![EventRecord::new("account.updated", json!({"account": id}))],
+        events: vec![crate::service::events::record(
+            &crate::domain::DomainEvent::AccountUpdated {
+                account: id.clone(),
+            },
+        )],
     };
     state
         .storage

@@ -16,12 +16,12 @@
 use crate::app::{
     IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
 };
+use crate::domain::{Consent, DomainEvent};
 use crate::error::{ApiError, ErrorKind, StorageError};
 use crate::model::{
-    AccountRecord, Address, Contact, EventRecord, IntervalUnit, OrderItem, OrderPayment,
-    OrderRecord, PaymentMethodRef, Problems, SubState, SubscriptionRecord, add_interval,
-    display_date, new_id, normalise_email, now_ms, opt_obj, opt_str, parse_address, req_str,
-    to_major, to_minor,
+    AccountRecord, Address, Contact, IntervalUnit, OrderItem, OrderPayment, OrderRecord,
+    PaymentMethodRef, Problems, SubState, SubscriptionRecord, add_interval, display_date, new_id,
+    normalise_email, now_ms, opt_obj, opt_str, parse_address, req_str, to_major, to_minor,
 };
 use crate::routes::accounts::contact_json;
 use crate::storage::{Checkout, Extras, Index};
@@ -70,8 +70,7 @@ struct CheckoutInput {
     currency: Currency,
     items: Vec<ItemInput>,
     payment: PaymentInput,
-    presented: bool,
-    accepted: bool,
+    consent: Consent,
 }
 
 fn unknown_fields(obj: &Map<String, Value>, allowed: &[&str], prefix: &str, p: &mut Problems) {
@@ -452,8 +451,10 @@ fn parse(mut obj: Map<String, Value>) -> (Option<SecretString>, Result<CheckoutI
                 currency,
                 items,
                 payment,
-                presented,
-                accepted,
+                consent: Consent {
+                    presented,
+                    accepted,
+                },
             }),
         ),
         _ => {
@@ -612,10 +613,8 @@ async fn complete(
         }
     };
     let has_subscription = input.items.iter().any(|i| i.interval.is_some());
-    // The consent rule: save only for a subscription, and only if the box was not shown or was
-    // checked. Otherwise the token is dropped (zeroized) right here.
-    let save = has_subscription && (!input.presented || input.accepted);
-    let token = if save {
+    // The consent rule decides; a token it does not save is dropped (zeroized) right here.
+    let token = if input.consent.saves_token(has_subscription) {
         token
     } else {
         drop(token);
@@ -785,29 +784,15 @@ async fn complete(
             live: state.settings.live,
         };
         let resp = order_json(&order, ACTION);
-        let mut events = Vec::new();
+        let mut domain_events = Vec::new();
         if let Some(a) = &new_account {
-            events.push(EventRecord::new(
-                "account.created",
-                crate::routes::accounts::account_event_data(a),
-            ));
+            domain_events.push(DomainEvent::AccountCreated(a.clone()));
         }
-        // FastSpring's event data is the object itself: the order, each subscription.
-        let mut order_data = order_json(&order, "order.completed");
-        if let Some(m) = order_data.as_object_mut() {
-            m.remove("action");
-            m.remove("result");
-        }
-        events.push(EventRecord::new("order.completed", order_data));
+        domain_events.push(DomainEvent::OrderCompleted(order.clone()));
         for s in &subs {
-            let mut data =
-                crate::routes::subscriptions::subscription_json(s, "subscription.activated");
-            if let Some(m) = data.as_object_mut() {
-                m.remove("action");
-                m.remove("result");
-            }
-            events.push(EventRecord::new("subscription.activated", data));
+            domain_events.push(DomainEvent::SubscriptionActivated(s.clone()));
         }
+        let events = crate::service::events::records(&domain_events);
         let extras = Extras {
             idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
             events,

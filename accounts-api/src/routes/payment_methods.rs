@@ -4,7 +4,6 @@
 
 use crate::app::{IdempotencyStart, SharedState, authorize, idempotency, ok};
 use crate::error::{ApiError, ErrorKind, StorageError};
-use crate::model::EventRecord;
 use crate::storage::Extras;
 use crate::vault::VaultError;
 use axum::extract::{Path, State};
@@ -58,7 +57,7 @@ async fn list(
         .iter()
         .map(|v| {
             let expiry = match (v.exp_month, v.exp_year) {
-                (Some(m), Some(y)) => Some(format!("{m:02}/{:02}", y % 100)),
+                (Some(m), Some(y)) => Some(crate::domain::card::display(m, y)),
                 _ => None,
             };
             let brand = v
@@ -126,9 +125,11 @@ async fn remove(
     let resp = json!({"action": ACTION, "result": "success", "account": id, "paymentMethod": pm});
     let extras = Extras {
         idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![EventRecord::new(
-            "payment-method.removed",
-            json!({"account": id, "paymentMethod": pm}),
+        events: vec![crate::service::events::record(
+            &crate::domain::DomainEvent::PaymentMethodRemoved {
+                account: id.clone(),
+                payment_method: pm.clone(),
+            },
         )],
     };
     crate::service::payment_methods::forget(state.storage.as_ref(), &store, &id, &pm, &extras)

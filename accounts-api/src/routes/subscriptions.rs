@@ -5,8 +5,10 @@ use crate::app::{
     IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, page_body,
     paging,
 };
+use crate::domain::DomainEvent;
 use crate::error::{ApiError, ErrorKind, StorageError};
-use crate::model::{EventRecord, SubState, SubscriptionRecord, display_date, now_ms, to_major};
+use crate::model::{SubState, SubscriptionRecord, display_date, now_ms, to_major};
+use crate::service::events;
 use crate::storage::Extras;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -44,7 +46,7 @@ pub fn subscription_json(s: &SubscriptionRecord, action: &str) -> Value {
     json!({
         "id": s.id, "subscription": s.id, "action": action, "result": "success",
         "active": s.state != SubState::Deactivated,
-        "state": match s.state { SubState::Active => "active", SubState::Canceled => "canceled", SubState::Deactivated => "deactivated" },
+        "state": s.state.as_str(),
         "live": s.live, "account": s.account, "product": s.product, "quantity": s.quantity,
         "price": to_major(s.price, exp), "currency": s.currency,
         "autoRenew": s.auto_renew,
@@ -209,10 +211,7 @@ async fn cancel(
         json!({"subscriptions": [{"subscription": id, "action": ACTION, "result": "success"}]});
     let extras = Extras {
         idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![EventRecord::new(
-            "subscription.canceled",
-            json!({"subscription": id}),
-        )],
+        events: vec![],
     };
     let now = now_ms();
     state
@@ -221,12 +220,10 @@ async fn cancel(
             &store,
             std::slice::from_ref(&id),
             &|s| {
-                if s.state == SubState::Canceled {
-                    return Err(StorageError::State("the subscription is already canceled"));
-                }
-                s.state = SubState::Canceled;
-                s.canceled = Some(now);
-                Ok(())
+                s.cancel(now).map_err(StorageError::State)?;
+                Ok(vec![events::record(&DomainEvent::SubscriptionCanceled(
+                    s.clone(),
+                ))])
             },
             &extras,
         )
@@ -308,10 +305,7 @@ async fn resume(
     let resp = json!({"subscriptions": ids.iter().map(|s| json!({"subscription": s, "action": ACTION, "result": "success"})).collect::<Vec<_>>()});
     let extras = Extras {
         idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: ids
-            .iter()
-            .map(|s| EventRecord::new("subscription.resumed", json!({"subscription": s})))
-            .collect(),
+        events: vec![],
     };
     state
         .storage
@@ -319,12 +313,10 @@ async fn resume(
             &store,
             &ids,
             &|s| {
-                if s.state != SubState::Canceled {
-                    return Err(StorageError::State("the subscription is not canceled"));
-                }
-                s.state = SubState::Active;
-                s.canceled = None;
-                Ok(())
+                s.resume().map_err(StorageError::State)?;
+                Ok(vec![events::record(&DomainEvent::SubscriptionResumed(
+                    s.clone(),
+                ))])
             },
             &extras,
         )

@@ -2,4 +2,5 @@
 //! port (and the vault client where it needs one) and typed input, owns the business rule, and
 //! leaves storing to the port. Handlers (`routes/`) only parse, call one of these, and answer.
 
+pub mod events;
 pub mod payment_methods;

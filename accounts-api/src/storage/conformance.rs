@@ -303,7 +303,7 @@ pub async fn a_refused_change_writes_nothing(open: Open) {
                 if sub.id == second {
                     return Err(StorageError::State("refused"));
                 }
-                Ok(())
+                Ok(vec![event("subscription.canceled")])
             },
             &Extras {
                 idempotency: None,

@@ -144,9 +144,11 @@ pub struct OutboxItem {
     pub attempts: u32,
 }
 
-/// Mutation of a subscription inside a transaction; an `Err` aborts everything.
+/// Mutation of a subscription inside a transaction, returning the events that describe it
+/// (built from the record as changed, written in the same transaction); an `Err` aborts
+/// everything. May run more than once (transaction retries): no side effects.
 pub type SubscriptionChange<'a> =
-    &'a (dyn Fn(&mut SubscriptionRecord) -> Result<(), StorageError> + Sync);
+    &'a (dyn Fn(&mut SubscriptionRecord) -> Result<Vec<EventRecord>, StorageError> + Sync);
 /// A renewal step: changes a subscription and its account together and returns the events that
 /// describe it (written in the same transaction). An `Err` aborts everything. May run more than
 /// once (transaction retries), so it must not have side effects.

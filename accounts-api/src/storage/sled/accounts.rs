@@ -280,18 +280,24 @@ impl SledStorage {
     ) -> Result<Vec<SubscriptionRecord>, StorageError> {
         let r = self.tree.transaction(|tx| {
             let mut out = Vec::with_capacity(ids.len());
+            let mut events = extras.events.clone();
             for id in ids {
                 let k = key("b", store, id);
                 let Some(mut s) = tx_get::<SubscriptionRecord>(tx, &k)? else {
                     return abort(StorageError::NotFound);
                 };
-                if let Err(e) = change(&mut s) {
-                    return abort(e);
+                match change(&mut s) {
+                    Ok(evs) => events.extend(evs),
+                    Err(e) => return abort(e),
                 }
                 tx_put(tx, &k, &s)?;
                 out.push(s);
             }
-            tx_extras(tx, store, extras, self.live)?;
+            let all = Extras {
+                idempotency: extras.idempotency.clone(),
+                events,
+            };
+            tx_extras(tx, store, &all, self.live)?;
             Ok(out)
         });
         finish(r)
