@@ -104,12 +104,12 @@ async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
         Err(e) => return json!({"error": e.to_string()}),
     }
     let answer = match op {
-        "webhook.add" => match crate::webhooks::add(
+        "webhook.add" => match crate::service::webhooks::add(
             storage,
             store,
             s("url").unwrap_or_default(),
             s("hmacSecret").map(str::to_owned),
-            None,
+            &|_| None,
         )
         .await
         {
@@ -123,7 +123,14 @@ async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
             Err(e) => return json!({"error": e.to_string()}),
         },
         "webhook.remove" => {
-            match crate::webhooks::remove(storage, store, s("id").unwrap_or_default(), None).await {
+            match crate::service::webhooks::remove(
+                storage,
+                store,
+                s("id").unwrap_or_default(),
+                None,
+            )
+            .await
+            {
                 Ok(true) => json!({"removed": s("id")}),
                 Ok(false) => return json!({"error": "no such webhook"}),
                 Err(e) => return json!({"error": e.to_string()}),

@@ -30,7 +30,7 @@ pub struct AppState {
     pub settings: crate::settings::Settings,
     pub vault: VaultClient,
     /// The renewal job's vault client (`renewals` identity); `None`: renewals are off.
-    pub renewals: Option<crate::renewals::Renewals>,
+    pub renewals: Option<crate::service::renewals::Renewals>,
     /// The admin socket, webhook dispatcher and renewal job: stopped and awaited by [`run`].
     pub background: crate::jobs::Background,
     locks: Vec<Arc<Mutex<()>>>,
@@ -60,7 +60,7 @@ impl AppState {
             storage,
             settings,
             vault,
-            renewals: renewals.map(crate::renewals::Renewals::new),
+            renewals: renewals.map(crate::service::renewals::Renewals::new),
             background: crate::jobs::Background::default(),
             locks,
             auth: crate::auth::AuthCache::default(),

@@ -16,14 +16,15 @@ pub mod jobs;
 pub mod model;
 pub mod openapi;
 pub mod ops;
-pub mod renewals;
 pub mod routes;
 pub mod service;
+
+/// The renewal use case at its former path (the bench binaries call `renewals::run_due`).
+pub use service::renewals;
 pub mod settings;
 pub mod startup;
 pub mod storage;
 pub mod vault;
-pub mod webhooks;
 
 /// The former second storage trait, now part of the one [`storage::Storage`] object; the name
 /// stays for the bench binaries until they move out of this crate.
@@ -75,7 +76,7 @@ pub fn build_with_settings(
             .with_live(settings.live),
     );
     let admin = admin::bind(&dir).map_err(|e| format!("admin socket: {e}"))?;
-    let http = webhooks::client(&settings)?;
+    let http = jobs::webhooks::client(&settings)?;
     let state = app::AppState::build(
         Arc::clone(&storage),
         settings.clone(),
@@ -85,9 +86,14 @@ pub fn build_with_settings(
     // Every background task takes the stop signal and is awaited when `app::run` ends.
     let bg = &state.background;
     bg.spawn(admin::serve(admin, Arc::clone(&storage), bg.shutdown()));
-    bg.spawn(webhooks::dispatch(storage, http, settings, bg.shutdown()));
+    bg.spawn(jobs::webhooks::dispatch(
+        storage,
+        http,
+        settings,
+        bg.shutdown(),
+    ));
     if let Some(interval) = renewals.and_then(|r| r.interval) {
-        bg.spawn(renewals::periodic(
+        bg.spawn(jobs::renewals::periodic(
             Arc::clone(&state),
             interval,
             bg.shutdown(),

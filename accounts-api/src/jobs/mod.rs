@@ -3,6 +3,9 @@
 //! ends its loops between units of work (never in the middle of a charge or a delivery
 //! settlement) and nothing outlives [`crate::app::run`].
 
+pub mod renewals;
+pub mod webhooks;
+
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -16,15 +16,13 @@
 use crate::app::{SharedState, authorize};
 use crate::domain::DomainEvent;
 use crate::error::{ApiError, StorageError};
-use crate::model::{
-    AccountRecord, SessionRecord, SsoTokenRecord, SubState, display_date, now_ms, to_major,
-};
+use crate::model::{AccountRecord, SessionRecord, SubState, display_date, to_major};
+use crate::service::sso::{self, SsoError};
 use crate::storage::Extras;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde_json::{Map, Value, json};
 use shared::{CardBrand, Currency, SecretString};
 use std::collections::HashMap;
@@ -45,20 +43,6 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(resume))
         .routes(routes!(remove_card))
         .routes(routes!(logout))
-}
-
-/// 256 bits from the system RNG, base64url.
-fn random_token() -> Option<SecretString> {
-    let mut b = zeroize::Zeroizing::new([0u8; 32]);
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), b.as_mut()).ok()?;
-    Some(SecretString::new(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b.as_ref()),
-    ))
-}
-
-/// What is stored instead of a link token or session id.
-fn hash(secret: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 /// HTML-escapes text for element content and quoted attribute values.
@@ -108,37 +92,25 @@ async fn authenticate(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.authenticate.get";
     let store = authorize(&state, &headers, ACTION).await?;
-    let account = state
-        .storage
-        .account(&store, &id)
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
-    if account.is_none() {
+    let not_found = || {
         let body = json!({"accounts": [{"action": ACTION, "account": id, "result": "error",
             "error": {"account": "Not found"}}]});
-        return Ok((StatusCode::NOT_FOUND, axum::Json(body)).into_response());
+        (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    };
+    let known = state.storage.account(&store, &id).await;
+    if known.map_err(|e| e.into_api(ACTION))?.is_none() {
+        return Ok(not_found());
     }
     let base = base_url(&state, &headers)
         .ok_or_else(|| ApiError::invalid(ACTION, "host", "missing or malformed Host header"))?;
-    let token = random_token().ok_or_else(|| ApiError::internal(ACTION))?;
-    let expires = now_ms() + state.settings.sso_ttl.as_millis() as i64;
-    state
-        .storage
-        .put_sso_token(
-            &hash(token.expose_secret()),
-            &SsoTokenRecord {
-                store: store.clone(),
-                account: id.clone(),
-                expires,
-            },
-        )
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
+    let link =
+        match sso::issue_link(state.storage.as_ref(), &store, &id, state.settings.sso_ttl).await {
+            Ok(link) => link,
+            Err(SsoError::NotFound) => return Ok(not_found()),
+            Err(SsoError::NoRandomness) => return Err(ApiError::internal(ACTION)),
+            Err(SsoError::Storage(e)) => return Err(e.into_api(ACTION)),
+        };
+    let (token, expires) = (link.token, link.expires);
     // The one place the token leaves the process: in this answer, to the merchant.
     let url = format!("{base}/account/sso/{}", token.expose_secret());
     let body = json!({"accounts": [{"action": ACTION, "result": "success", "account": id,
@@ -239,65 +211,24 @@ async fn open_link(
     Path(token): Path<String>,
 ) -> Response {
     let token = SecretString::new(token);
-    // Well-formed tokens only (43 base64url characters); anything else was not issued here.
-    let t = token.expose_secret();
-    if t.len() != 43
-        || !t
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return link_refused();
-    }
-    let rec = match state.storage.take_sso_token(&hash(t)).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return link_refused(),
-        Err(e) => {
-            tracing::error!(error = %e, "sign-in link lookup failed");
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong",
-                "Please try again later.",
-            );
-        }
-    };
-    if rec.expires <= now_ms() {
-        return link_refused();
-    }
-    // The account may have gone since the link was issued.
-    if !matches!(
-        state.storage.account(&rec.store, &rec.account).await,
-        Ok(Some(_))
-    ) {
-        return link_refused();
-    }
-    let (Some(session), Some(csrf)) = (random_token(), random_token()) else {
-        return refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Something went wrong",
-            "Please try again later.",
-        );
-    };
     let ttl = state.settings.session_ttl.as_millis() as i64;
-    let stored = state
-        .storage
-        .put_session(
-            &hash(session.expose_secret()),
-            &SessionRecord {
-                store: rec.store.clone(),
-                account: rec.account.clone(),
-                expires: now_ms() + ttl,
-                csrf,
-            },
-        )
-        .await;
-    if stored.is_err() || state.storage.durable().await.is_err() {
-        return refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Something went wrong",
-            "Please try again later.",
-        );
-    }
-    tracing::info!(store = %rec.store, account = %rec.account, "account page session opened");
+    let opened =
+        match sso::open_link(state.storage.as_ref(), &token, state.settings.session_ttl).await {
+            Ok(o) => o,
+            Err(SsoError::NotFound) => return link_refused(),
+            Err(e) => {
+                if let SsoError::Storage(e) = &e {
+                    tracing::error!(error = %e, "sign-in link lookup failed");
+                }
+                return refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "Please try again later.",
+                );
+            }
+        };
+    let session = opened.session;
+    tracing::info!(store = %opened.store, account = %opened.account, "account page session opened");
     // A link followed from another site (the merchant's page, a webmail) is a cross-site
     // navigation, and browsers do not send a SameSite=Strict cookie anywhere along a redirect
     // chain that started cross-site: a 303 would land on "not signed in" with the link already
@@ -345,13 +276,7 @@ async fn session(state: &SharedState, headers: &HeaderMap) -> Option<(String, Se
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE)
         .map(|(_, v)| SecretString::new(v.to_owned()))?;
-    let h = hash(value.expose_secret());
-    let rec = state.storage.session(&h).await.ok().flatten()?;
-    if rec.expires <= now_ms() {
-        let _ = state.storage.delete_session(&h).await;
-        return None;
-    }
-    Some((h, rec))
+    sso::session(state.storage.as_ref(), &value).await
 }
 
 fn signed_out() -> Response {
@@ -683,25 +608,16 @@ async fn update_profile(
             );
         }
     };
-    let extras = Extras {
-        idempotency: None,
-        events: vec![crate::service::events::record(
-            &DomainEvent::AccountUpdated {
-                account: account.id.clone(),
-            },
-        )],
-    };
-    match state
-        .storage
-        .update_account(
-            &sess.store,
-            &account.id,
-            &|a| crate::routes::accounts::apply(a, &input),
-            &extras,
-        )
-        .await
+    match crate::service::accounts::update(
+        state.storage.as_ref(),
+        &sess.store,
+        &account.id,
+        &input,
+        None,
+    )
+    .await
     {
-        Ok(_) => committed(&state).await,
+        Ok(_) => back_to_account(),
         Err(StorageError::EmailTaken(_)) => refusal(
             StatusCode::CONFLICT,
             "Please check your details",
@@ -729,28 +645,19 @@ async fn set_subscription(
             "There is no such subscription on your account.",
         );
     }
-    let extras = Extras::default();
-    let now = now_ms();
-    let r = state
-        .storage
-        .update_subscriptions(
-            &sess.store,
-            &[id.to_owned()],
-            &|s| {
-                let event = if cancel {
-                    s.cancel_by_customer(now).map_err(StorageError::State)?;
-                    DomainEvent::SubscriptionCanceled(s.clone())
-                } else {
-                    s.resume().map_err(StorageError::State)?;
-                    DomainEvent::SubscriptionResumed(s.clone())
-                };
-                Ok(vec![crate::service::events::record(&event)])
-            },
-            &extras,
-        )
-        .await;
+    use crate::service::subscriptions::{self, By};
+    let storage = state.storage.as_ref();
+    let r = if cancel {
+        subscriptions::cancel(storage, &sess.store, id, By::Customer, None)
+            .await
+            .map(drop)
+    } else {
+        subscriptions::resume(storage, &sess.store, &[id.to_owned()], None)
+            .await
+            .map(drop)
+    };
     match r {
-        Ok(_) => committed(state).await,
+        Ok(()) => back_to_account(),
         // Already in the wanted state (a double click): nothing to do, no event.
         Err(StorageError::State(_)) => back_to_account(),
         Err(_) => failed(),
@@ -881,7 +788,7 @@ async fn logout(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if state.storage.delete_session(&h).await.is_err() || state.storage.durable().await.is_err() {
+    if sso::sign_out(state.storage.as_ref(), &h).await.is_err() {
         return failed();
     }
     let mut resp = refusal(
@@ -904,13 +811,5 @@ mod tests {
             esc("<script>alert('x')</script> & \"q\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
-    }
-
-    #[test]
-    fn link_tokens_are_256_bit_and_distinct() {
-        let a = random_token().map(|t| t.expose_secret().to_owned());
-        let b = random_token().map(|t| t.expose_secret().to_owned());
-        assert_eq!(a.as_ref().map(String::len), Some(43));
-        assert_ne!(a, b);
     }
 }

@@ -5,11 +5,9 @@ use crate::app::{
     paging,
 };
 use crate::error::{ApiError, ErrorKind};
-use crate::model::{
-    AccountInput, AccountRecord, Address, Contact, SubState, new_id, normalise_email, now_ms,
-    parse_account,
-};
-use crate::storage::{Extras, Index};
+use crate::model::{AccountRecord, Address, Contact, SubState, normalise_email, parse_account};
+use crate::service::accounts;
+use crate::storage::Index;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -89,47 +87,6 @@ pub fn account_event_data(a: &AccountRecord) -> Value {
         "lookup": {"global": a.global, "custom": a.custom}})
 }
 
-pub(crate) fn apply(a: &mut AccountRecord, input: &AccountInput) {
-    if let Some(v) = &input.first {
-        a.contact.first = v.clone();
-    }
-    if let Some(v) = &input.last {
-        a.contact.last = v.clone();
-    }
-    if let Some(v) = &input.email {
-        a.contact.email = v.clone();
-    }
-    if let Some(v) = &input.company {
-        a.contact.company = (!v.is_empty()).then(|| v.clone());
-    }
-    if let Some(v) = &input.phone {
-        a.contact.phone = (!v.is_empty()).then(|| v.clone());
-    }
-    if let Some(new) = &input.address {
-        // Partial inside the address too: only the given lines change.
-        let cur = a.address.get_or_insert_with(Address::default);
-        let merge = |cur: &mut Option<String>, new: &Option<String>| {
-            if new.is_some() {
-                cur.clone_from(new);
-            }
-        };
-        merge(&mut cur.address_line1, &new.address_line1);
-        merge(&mut cur.address_line2, &new.address_line2);
-        merge(&mut cur.city, &new.city);
-        merge(&mut cur.region, &new.region);
-        merge(&mut cur.postal_code, &new.postal_code);
-    }
-    if input.country.is_some() {
-        a.country.clone_from(&input.country);
-    }
-    if input.language.is_some() {
-        a.language.clone_from(&input.language);
-    }
-    if input.custom.is_some() {
-        a.custom.clone_from(&input.custom);
-    }
-}
-
 #[utoipa::path(
     post,
     operation_id = "accounts.create",
@@ -156,46 +113,15 @@ async fn create(
     let obj = json_object(&body, ACTION)?;
     let input =
         parse_account(&obj, true).map_err(|p| ApiError::new(ACTION, ErrorKind::Invalid(p.0)))?;
-    let mut account = AccountRecord {
-        id: new_id(),
-        store: store.clone(),
-        global: new_id(),
-        contact: Contact {
-            first: String::new(),
-            last: String::new(),
-            email: String::new(),
-            company: None,
-            phone: None,
-        },
-        address: None,
-        country: None,
-        language: None,
-        custom: None,
-        orders: vec![],
-        subscriptions: vec![],
-        payment_methods: vec![],
-        charges: vec![],
-        created: now_ms(),
+    let changed = |id: &str| json!({"account": id, "action": ACTION, "result": "success"});
+    let answer = |a: &AccountRecord| {
+        idem.as_ref()
+            .map(|i| i.record(StatusCode::OK, &changed(&a.id)))
     };
-    apply(&mut account, &input);
-    let resp = json!({"account": account.id, "action": ACTION, "result": "success"});
-    let extras = Extras {
-        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![crate::service::events::record(
-            &crate::domain::DomainEvent::AccountCreated(account.clone()),
-        )],
-    };
-    state
-        .storage
-        .create_account(&account, &extras)
+    let account = accounts::create(state.storage.as_ref(), &store, &input, &answer)
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(resp))
+    Ok(ok(changed(&account.id)))
 }
 
 #[utoipa::path(
@@ -265,17 +191,8 @@ async fn update(
     let input =
         parse_account(&obj, false).map_err(|p| ApiError::new(ACTION, ErrorKind::Invalid(p.0)))?;
     let resp = json!({"account": id, "action": ACTION, "result": "success"});
-    let extras = Extras {
-        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![crate::service::events::record(
-            &crate::domain::DomainEvent::AccountUpdated {
-                account: id.clone(),
-            },
-        )],
-    };
-    state
-        .storage
-        .update_account(&store, &id, &|a| apply(a, &input), &extras)
+    let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
+    accounts::update(state.storage.as_ref(), &store, &id, &input, answer)
         .await
         .map_err(|e| match e {
             crate::error::StorageError::NotFound => {
@@ -283,11 +200,6 @@ async fn update(
             }
             other => other.into_api(ACTION),
         })?;
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(resp))
 }
 

@@ -5,11 +5,10 @@ use crate::app::{
     IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, page_body,
     paging,
 };
-use crate::domain::DomainEvent;
 use crate::error::{ApiError, ErrorKind, StorageError};
 use crate::model::{SubState, SubscriptionRecord, display_date, now_ms, to_major};
-use crate::service::events;
-use crate::storage::Extras;
+use crate::service::renewals::{Outcome, renew_one};
+use crate::service::subscriptions::{self, By};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -24,7 +23,7 @@ use utoipa_axum::routes;
 pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
         .routes(routes!(list))
-        .routes(routes!(crate::renewals::charge_route))
+        .routes(routes!(charge_route))
         .routes(routes!(read, cancel, resume))
 }
 
@@ -209,31 +208,10 @@ async fn cancel(
     };
     let resp =
         json!({"subscriptions": [{"subscription": id, "action": ACTION, "result": "success"}]});
-    let extras = Extras {
-        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![],
-    };
-    let now = now_ms();
-    state
-        .storage
-        .update_subscriptions(
-            &store,
-            std::slice::from_ref(&id),
-            &|s| {
-                s.cancel(now).map_err(StorageError::State)?;
-                Ok(vec![events::record(&DomainEvent::SubscriptionCanceled(
-                    s.clone(),
-                ))])
-            },
-            &extras,
-        )
+    let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
+    subscriptions::cancel(state.storage.as_ref(), &store, &id, By::Merchant, answer)
         .await
         .map_err(|e| map_err(e, ACTION))?;
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(resp))
 }
 
@@ -303,29 +281,90 @@ async fn resume(
         ids.push(id.clone());
     }
     let resp = json!({"subscriptions": ids.iter().map(|s| json!({"subscription": s, "action": ACTION, "result": "success"})).collect::<Vec<_>>()});
-    let extras = Extras {
-        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![],
-    };
-    state
-        .storage
-        .update_subscriptions(
-            &store,
-            &ids,
-            &|s| {
-                s.resume().map_err(StorageError::State)?;
-                Ok(vec![events::record(&DomainEvent::SubscriptionResumed(
-                    s.clone(),
-                ))])
-            },
-            &extras,
-        )
+    let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
+    subscriptions::resume(state.storage.as_ref(), &store, &ids, answer)
         .await
         .map_err(|e| map_err(e, ACTION))?;
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(resp))
+}
+
+const CHARGE: &str = "subscription.charge";
+
+/// FastSpring's per-item answer of `POST /subscriptions/charge`.
+fn charge_item(outcome: &Outcome, id: &str) -> Value {
+    let err = |code: String| {
+        json!({"subscription": id, "action": CHARGE, "result": "error",
+            "error": {"subscription": code}})
+    };
+    match outcome {
+        Outcome::Charged => json!({"subscription": id, "action": CHARGE, "result": "success"}),
+        Outcome::Declined { reason, .. } | Outcome::Failed { reason } => {
+            err(reason.to_ascii_uppercase())
+        }
+        Outcome::Reminded => err("MANUAL_RENEWAL".into()),
+        Outcome::Skipped => err("NOTHING_DUE".into()),
+        Outcome::Refused(code) => err((*code).to_owned()),
+    }
+}
+
+/// Most subscriptions one `POST /subscriptions/charge` may name.
+pub const MAX_ITEMS: usize = 1000;
+
+/// `POST /subscriptions/charge` (FastSpring's rebill): `{"subscriptions":[{"subscription": id}]}`
+/// → `{"subscription": [{subscription, action, result, error?}]}` (the reference's shape), one
+/// item per subscription in request order.
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions.charge",
+    path = "/subscriptions/charge",
+    tags = ["subscriptions"],
+    summary = "Charge subscriptions now (rebill) with their saved payment methods",
+    request_body(content = crate::openapi::ChargeInput, content_type = "application/json"),
+    responses((status = 200, description = "One result per subscription, in request order", body = crate::openapi::ChargeResults)),
+    security(("basic" = []))
+)]
+pub async fn charge_route(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let store = authorize(&state, &headers, CHARGE).await?;
+    let body = body_bytes(body, CHARGE)?;
+    let obj = json_object(&body, CHARGE)?;
+    let Some(Value::Array(list)) = obj.get("subscriptions") else {
+        return Err(ApiError::invalid(
+            CHARGE,
+            "subscriptions",
+            "is required and must be an array",
+        ));
+    };
+    if list.is_empty() || list.len() > MAX_ITEMS {
+        return Err(ApiError::invalid(
+            CHARGE,
+            "subscriptions",
+            "must name 1 to 1000 subscriptions",
+        ));
+    }
+    let mut ids = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match item.get("subscription").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() && id.len() <= 64 => ids.push(id.to_owned()),
+            _ => {
+                return Err(ApiError::invalid(
+                    CHARGE,
+                    format!("subscriptions[{i}].subscription"),
+                    "is required and must be a subscription id",
+                ));
+            }
+        }
+    }
+    let mut items = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let outcome = renew_one(&state, &store, id, now_ms(), true)
+            .await
+            .map_err(|e| e.into_api(CHARGE))?;
+        crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);
+        items.push(charge_item(&outcome, id));
+    }
+    Ok(ok(json!({ "subscription": items })))
 }

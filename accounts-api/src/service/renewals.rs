@@ -1,4 +1,4 @@
-//! The renewal job: charges due automatic subscriptions through the vault (as the `renewals`
+//! The renewal use case: charges due automatic subscriptions through the vault (as the `renewals`
 //! identity), reminds manual ones, flags cards that expire before the next charge.
 //!
 //! Exactly once per period, across crashes:
@@ -19,26 +19,20 @@
 //! the intent and retry with the same key on the next run.
 //!
 //! Time is a parameter (`now`, ms) of [`run_due`] and [`renew_one`], so schedules are testable
-//! without waiting.
+//! without waiting. The periodic worker is `jobs::renewals`; `POST /subscriptions/charge` is in
+//! `routes::subscriptions`.
 
-use crate::app::{AppState, SharedState, authorize, body_bytes, json_object, ok};
+use crate::app::{AppState, SharedState};
 use crate::domain::{DomainEvent, Money};
-use crate::error::{ApiError, StorageError};
 use crate::model::{
     ChargeRecord, PendingCharge, RenewalState, SubState, SubscriptionRecord, add_interval, now_ms,
 };
 use crate::service::events;
 use crate::storage::Lease;
+use crate::storage::StorageError;
 use crate::vault::{VaultClient, VaultError};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
-use axum::response::Response;
-use serde_json::{Value, json};
 use shared::vault_api::{ChargeRequest, ChargeStatus};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Mutex;
 
 pub const DAY_MS: i64 = 86_400_000;
@@ -55,7 +49,6 @@ const LOCK_SHARDS: usize = 1024;
 pub const LEASE_MS: i64 = 5 * 60_000;
 /// The refusal of a claim held by another worker (the step is skipped, not an error).
 const CLAIMED_ELSEWHERE: &str = "the subscription is being renewed by another worker";
-const ACTION: &str = "subscription.charge";
 
 /// The renewal job's own vault client (`renewals` certificate) and per-subscription locks.
 pub struct Renewals {
@@ -113,23 +106,6 @@ impl Outcome {
             Self::Reminded => "reminded",
             Self::Skipped => "skipped",
             Self::Refused(_) => "refused",
-        }
-    }
-
-    /// FastSpring's per-item answer of `POST /subscriptions/charge`.
-    pub fn item(&self, id: &str) -> Value {
-        let err = |code: String| {
-            json!({"subscription": id, "action": ACTION, "result": "error",
-                "error": {"subscription": code}})
-        };
-        match self {
-            Self::Charged => json!({"subscription": id, "action": ACTION, "result": "success"}),
-            Self::Declined { reason, .. } | Self::Failed { reason } => {
-                err(reason.to_ascii_uppercase())
-            }
-            Self::Reminded => err("MANUAL_RENEWAL".into()),
-            Self::Skipped => err("NOTHING_DUE".into()),
-            Self::Refused(code) => err((*code).to_owned()),
         }
     }
 }
@@ -244,33 +220,6 @@ pub async fn run_due(state: &SharedState, now: i64) -> Result<RunSummary, Storag
         }
     }
     Ok(summary)
-}
-
-/// Runs [`run_due`] every `interval` (the first pass at once: it resumes pending intents) until
-/// `shutdown`; a pass in progress then is finished first (its charges are in flight).
-pub async fn periodic(state: SharedState, interval: Duration, mut shutdown: crate::jobs::Shutdown) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.wait() => break,
-        }
-        match run_due(&state, now_ms()).await {
-            Ok(s) if s.examined > 0 => tracing::info!(
-                examined = s.examined,
-                charged = s.charged,
-                declined = s.declined,
-                deactivated = s.deactivated,
-                failed = s.failed,
-                reminded = s.reminded,
-                errors = s.errors,
-                "renewal run"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "renewal run failed"),
-        }
-    }
 }
 
 /// One renewal step for one subscription at `now`. `on_demand` (`POST /subscriptions/charge`)
@@ -625,68 +574,6 @@ async fn settle_decline(
         reason: reason.to_owned(),
         deactivated,
     })
-}
-
-/// Most subscriptions one `POST /subscriptions/charge` may name.
-pub const MAX_ITEMS: usize = 1000;
-
-/// `POST /subscriptions/charge` (FastSpring's rebill): `{"subscriptions":[{"subscription": id}]}`
-/// → `{"subscription": [{subscription, action, result, error?}]}` (the reference's shape), one
-/// item per subscription in request order.
-#[utoipa::path(
-    post,
-    operation_id = "subscriptions.charge",
-    path = "/subscriptions/charge",
-    tags = ["subscriptions"],
-    summary = "Charge subscriptions now (rebill) with their saved payment methods",
-    request_body(content = crate::openapi::ChargeInput, content_type = "application/json"),
-    responses((status = 200, description = "One result per subscription, in request order", body = crate::openapi::ChargeResults)),
-    security(("basic" = []))
-)]
-pub async fn charge_route(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let store = authorize(&state, &headers, ACTION).await?;
-    let body = body_bytes(body, ACTION)?;
-    let obj = json_object(&body, ACTION)?;
-    let Some(Value::Array(list)) = obj.get("subscriptions") else {
-        return Err(ApiError::invalid(
-            ACTION,
-            "subscriptions",
-            "is required and must be an array",
-        ));
-    };
-    if list.is_empty() || list.len() > MAX_ITEMS {
-        return Err(ApiError::invalid(
-            ACTION,
-            "subscriptions",
-            "must name 1 to 1000 subscriptions",
-        ));
-    }
-    let mut ids = Vec::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
-        match item.get("subscription").and_then(Value::as_str) {
-            Some(id) if !id.is_empty() && id.len() <= 64 => ids.push(id.to_owned()),
-            _ => {
-                return Err(ApiError::invalid(
-                    ACTION,
-                    format!("subscriptions[{i}].subscription"),
-                    "is required and must be a subscription id",
-                ));
-            }
-        }
-    }
-    let mut items = Vec::with_capacity(ids.len());
-    for id in &ids {
-        let outcome = renew_one(&state, &store, id, now_ms(), true)
-            .await
-            .map_err(|e| e.into_api(ACTION))?;
-        crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);
-        items.push(outcome.item(id));
-    }
-    Ok(ok(json!({ "subscription": items })))
 }
 
 #[cfg(test)]
