@@ -92,7 +92,7 @@ pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<SharedState> {
         .merge(crate::routes::payment_methods::router())
         .merge(crate::routes::events::router())
         .merge(crate::routes::webhooks::router())
-        .merge(crate::routes::account_pages::router())
+        .merge(crate::pages::router())
 }
 
 /// All API routes with the request plumbing every handler shares.
@@ -113,15 +113,15 @@ pub fn router(state: SharedState) -> Router {
 async fn envelope_rejections(resp: Response) -> Response {
     let status = resp.status();
     // JSON is already the envelope; HTML is a deliberate page of the customer-facing account
-    // pages (`routes::account_pages`), which answer refusals as pages.
+    // pages (`pages`), which answer refusals as pages.
     let is_answer = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
     });
     if !(status.is_client_error() || status.is_server_error()) || is_answer {
         return resp;
     }
-    let body = serde_json::json!({"action": "request", "result": "error",
-        "error": {"request": status.canonical_reason().unwrap_or("error")}});
+    let reason = status.canonical_reason().unwrap_or("error");
+    let body = crate::error::envelope("request", None, &[("request", reason)]);
     let mut out = (status, axum::Json(body)).into_response();
     for name in [
         header::WWW_AUTHENTICATE,
@@ -166,8 +166,7 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    let body = serde_json::json!({"action": "request", "result": "error",
-        "error": {"method": "not allowed on this path"}});
+    let body = crate::error::envelope("request", None, &[("method", "not allowed on this path")]);
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 

@@ -91,10 +91,29 @@ impl ApiError {
     }
 }
 
+/// The FastSpring error envelope, `{"action", "result": "error", "error": {field: message}}` —
+/// the one place it is built. `subject` is the `(key, id)` an item of a multi-item answer
+/// carries (`("subscription", id)` in `POST /subscriptions/charge`).
+pub fn envelope(action: &str, subject: Option<(&str, &str)>, error: &[(&str, &str)]) -> Value {
+    let mut fields = Map::new();
+    for (f, msg) in error {
+        fields.insert((*f).to_owned(), Value::String((*msg).to_owned()));
+    }
+    envelope_of(action, subject, fields)
+}
+
+fn envelope_of(action: &str, subject: Option<(&str, &str)>, error: Map<String, Value>) -> Value {
+    let mut body = json!({"action": action, "result": "error", "error": error});
+    if let (Some((key, id)), Some(m)) = (subject, body.as_object_mut()) {
+        m.insert(key.to_owned(), Value::String(id.to_owned()));
+    }
+    body
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = json!({"action": self.action, "result": "error", "error": self.fields()});
+        let body = envelope_of(self.action, None, self.fields());
         let mut resp = (status, axum::Json(body)).into_response();
         match self.kind {
             ErrorKind::Unauthorized => {

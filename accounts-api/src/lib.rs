@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod model;
 pub mod openapi;
 pub mod ops;
+pub mod pages;
 pub mod routes;
 pub mod service;
 

@@ -302,8 +302,11 @@ impl Ops {
 }
 
 fn too_many(retry: Duration) -> Response {
-    let body = serde_json::json!({"action": "request", "result": "error",
-        "error": {"request": "too many requests, retry later"}});
+    let body = crate::error::envelope(
+        "request",
+        None,
+        &[("request", "too many requests, retry later")],
+    );
     let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
     if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {

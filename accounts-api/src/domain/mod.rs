@@ -8,6 +8,7 @@
 //! - [`interval`]: billing intervals and calendar arithmetic;
 //! - [`card`]: card expiry (one rule for "expired", "expires before", and its display);
 //! - [`subscription`]: the subscription states and their transitions;
+//! - [`renewal`]: the renewal schedule (when there is work, retries, reminders, charge keys);
 //! - [`events`]: [`events::DomainEvent`], the one place an event's type is named.
 
 pub mod card;
@@ -16,6 +17,7 @@ pub mod contact;
 pub mod events;
 pub mod interval;
 pub mod money;
+pub mod renewal;
 pub mod subscription;
 
 pub use consent::Consent;

@@ -1,6 +1,5 @@
 //! One module per HTTP resource, each exposing its `router()`; merged in `app::router`.
 
-pub mod account_pages;
 pub mod accounts;
 pub mod events;
 pub mod orders;

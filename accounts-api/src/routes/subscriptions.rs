@@ -293,8 +293,11 @@ const CHARGE: &str = "subscription.charge";
 /// FastSpring's per-item answer of `POST /subscriptions/charge`.
 fn charge_item(outcome: &Outcome, id: &str) -> Value {
     let err = |code: String| {
-        json!({"subscription": id, "action": CHARGE, "result": "error",
-            "error": {"subscription": code}})
+        crate::error::envelope(
+            CHARGE,
+            Some(("subscription", id)),
+            &[("subscription", &code)],
+        )
     };
     match outcome {
         Outcome::Charged => json!({"subscription": id, "action": CHARGE, "result": "success"}),

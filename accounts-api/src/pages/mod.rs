@@ -12,23 +12,29 @@
 //! string that came from a user or merchant goes through [`esc`]. Every form is a POST carrying
 //! the session's CSRF token; a POST without the right one answers 403 and changes nothing.
 //! Every change writes its event in the same transaction as the change, like the API does.
+//!
+//! This module holds the handlers (session, CSRF, the call to a service); the rules are the
+//! services' (`service::sso`, `service::accounts`, `service::subscriptions`,
+//! `service::payment_methods`) and the HTML is `render.rs`.
 
 use crate::app::{SharedState, authorize};
 use crate::domain::DomainEvent;
 use crate::error::{ApiError, StorageError};
-use crate::model::{AccountRecord, SessionRecord, SubState, display_date, to_major};
+use crate::model::{AccountRecord, SessionRecord};
 use crate::service::sso::{self, SsoError};
 use crate::storage::Extras;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use render::{esc, html, layout, refusal};
 use serde_json::{Map, Value, json};
-use shared::{CardBrand, Currency, SecretString};
+use shared::SecretString;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+mod render;
 
 const COOKIE: &str = "sr_session";
 
@@ -43,22 +49,6 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(resume))
         .routes(routes!(remove_card))
         .routes(routes!(logout))
-}
-
-/// HTML-escapes text for element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The link base: the configured public URL, else `http://` + a well-formed Host header.
@@ -93,8 +83,9 @@ async fn authenticate(
     const ACTION: &str = "account.authenticate.get";
     let store = authorize(&state, &headers, ACTION).await?;
     let not_found = || {
-        let body = json!({"accounts": [{"action": ACTION, "account": id, "result": "error",
-            "error": {"account": "Not found"}}]});
+        let item =
+            crate::error::envelope(ACTION, Some(("account", &id)), &[("account", "Not found")]);
+        let body = json!({ "accounts": [item] });
         (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
     };
     let known = state.storage.account(&store, &id).await;
@@ -119,60 +110,6 @@ async fn authenticate(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
-}
-
-/// Headers of every HTML answer: no script, styles only from us, forms only to us, no framing,
-/// no referrer (a sign-in URL never leaks to another site), never cached.
-fn html(status: StatusCode, body: String) -> Response {
-    let mut resp = (status, body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-fn layout(title: &str, content: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><link rel=\"stylesheet\" href=\"/account/style.css\"></head>\
-         <body><main>{content}</main></body></html>\n",
-        esc(title)
-    )
-}
-
-/// A page that explains a refusal; never shows account data.
-fn refusal(status: StatusCode, title: &str, message: &str) -> Response {
-    html(
-        status,
-        layout(
-            title,
-            &format!(
-                "<h1>{}</h1><p class=\"notice\">{}</p>",
-                esc(title),
-                esc(message)
-            ),
-        ),
-    )
 }
 
 fn link_refused() -> Response {
@@ -370,25 +307,11 @@ form.inline{display:inline}.muted{color:#677}";
     resp
 }
 
-fn money(minor: i64, currency: &str) -> String {
-    let exp = Currency::parse(currency).map(|c| c.exponent()).unwrap_or(2);
-    format!(
-        "{:.*} {}",
-        usize::from(exp),
-        to_major(minor, exp),
-        esc(currency)
-    )
-}
-
 fn csrf_field(sess: &SessionRecord) -> String {
     format!(
         "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
         esc(sess.csrf.expose_secret())
     )
-}
-
-fn opt(s: &Option<String>) -> String {
-    esc(s.as_deref().unwrap_or_default())
 }
 
 #[utoipa::path(
@@ -410,141 +333,20 @@ async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> R
         Err(_) => return failed(),
     };
     let csrf = csrf_field(&sess);
-    let c = &a.contact;
-    let addr = a.address.clone().unwrap_or_default();
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<h1>Your account</h1><p class=\"muted\">{} {} · {}</p>",
-        esc(&c.first),
-        esc(&c.last),
-        esc(&c.email)
-    );
-    // Contact and address.
-    let field = |name: &str, label: &str, value: String, kind: &str| {
-        format!(
-            "<label>{label}<br><input type=\"{kind}\" name=\"{name}\" id=\"{name}\" value=\"{value}\"></label>"
-        )
-    };
-    let _ = write!(
-        out,
-        "<section><h2>Contact details and address</h2>\
-         <form method=\"post\" action=\"/account/profile\">{csrf}{}{}{}{}{}{}{}{}{}{}{}\
-         <button type=\"submit\" id=\"save-profile\">Save</button></form></section>",
-        field("first", "First name", esc(&c.first), "text"),
-        field("last", "Last name", esc(&c.last), "text"),
-        field("email", "Email", esc(&c.email), "email"),
-        field("phone", "Phone", opt(&c.phone), "text"),
-        field("company", "Company", opt(&c.company), "text"),
-        field("addressLine1", "Address", opt(&addr.address_line1), "text"),
-        field(
-            "addressLine2",
-            "Address (line 2)",
-            opt(&addr.address_line2),
-            "text"
-        ),
-        field("city", "City", opt(&addr.city), "text"),
-        field("region", "Region", opt(&addr.region), "text"),
-        field("postalCode", "Postal code", opt(&addr.postal_code), "text"),
-        field("country", "Country (ISO code)", opt(&a.country), "text"),
-    );
-    // Saved payment methods: brand, last four and expiry only.
-    out.push_str("<section><h2>Saved payment methods</h2>");
-    if a.payment_methods.is_empty() {
-        out.push_str("<p class=\"muted\" id=\"no-payment-methods\">No saved payment methods.</p>");
-    } else {
-        out.push_str("<table><tr><th>Card</th><th>Number</th><th>Expires</th><th></th></tr>");
-        for pm in &a.payment_methods {
-            let brand = pm
-                .brand
-                .as_deref()
-                .map(|b| {
-                    CardBrand::parse(b)
-                        .map(|b| b.display_name().to_owned())
-                        .unwrap_or_else(|_| b.to_owned())
-                })
-                .unwrap_or_else(|| pm.kind.clone());
-            let expiry = match (pm.exp_month, pm.exp_year) {
-                (Some(m), Some(y)) => crate::domain::card::display(m, y),
-                _ => String::new(),
-            };
-            let _ = write!(
-                out,
-                "<tr class=\"payment-method\"><td>{}</td><td>•••• {}</td><td>{}</td><td>\
-                 <form class=\"inline\" method=\"post\" action=\"/account/payment-methods/{}/remove\">{csrf}\
-                 <button class=\"danger\" type=\"submit\">Remove</button></form></td></tr>",
-                esc(&brand),
-                opt(&pm.last4),
-                esc(&expiry),
-                esc(&pm.id)
-            );
+    // Subscriptions and orders as stored now (one that cannot be read is left out).
+    let mut subs = Vec::new();
+    for sid in &a.subscriptions {
+        if let Ok(Some(sub)) = state.storage.subscription(&a.store, sid).await {
+            subs.push(sub);
         }
-        out.push_str("</table>");
     }
-    out.push_str("</section>");
-    // Subscriptions.
-    out.push_str("<section><h2>Subscriptions</h2>");
-    if a.subscriptions.is_empty() {
-        out.push_str("<p class=\"muted\">No subscriptions.</p>");
-    } else {
-        out.push_str(
-            "<table><tr><th>Product</th><th>State</th><th>Renewal</th><th>Next charge</th><th></th></tr>",
-        );
-        for sid in &a.subscriptions {
-            let Ok(Some(s)) = state.storage.subscription(&a.store, sid).await else {
-                continue;
-            };
-            let (label, action) = match s.state {
-                // A deactivated subscription (renewal failed) can still be canceled for good.
-                SubState::Active | SubState::Deactivated => ("Cancel", "cancel"),
-                SubState::Canceled => ("Resume", "resume"),
-            };
-            let _ = write!(
-                out,
-                "<tr class=\"subscription\"><td>{}</td><td>{}</td><td>{}</td><td>{} · {}</td><td>\
-                 <form class=\"inline\" method=\"post\" action=\"/account/subscriptions/{}/{action}\">{csrf}\
-                 <button type=\"submit\">{label}</button></form></td></tr>",
-                esc(&s.product),
-                match s.state {
-                    SubState::Active => "active",
-                    SubState::Canceled => "canceled",
-                    SubState::Deactivated => "deactivated",
-                },
-                if s.auto_renew { "automatic" } else { "manual" },
-                esc(&display_date(s.next)),
-                money(s.price * i64::from(s.quantity), &s.currency),
-                esc(&s.id),
-            );
+    let mut orders = Vec::new();
+    for oid in a.orders.iter().rev() {
+        if let Ok(Some(o)) = state.storage.order(&a.store, oid).await {
+            orders.push(o);
         }
-        out.push_str("</table>");
     }
-    out.push_str("</section>");
-    // Orders.
-    out.push_str("<section><h2>Orders</h2>");
-    if a.orders.is_empty() {
-        out.push_str("<p class=\"muted\">No orders.</p>");
-    } else {
-        out.push_str("<table><tr><th>Reference</th><th>Date</th><th>Total</th></tr>");
-        for oid in a.orders.iter().rev() {
-            let Ok(Some(o)) = state.storage.order(&a.store, oid).await else {
-                continue;
-            };
-            let _ = write!(
-                out,
-                "<tr class=\"order\"><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&o.reference),
-                esc(&display_date(o.completed)),
-                money(o.total, &o.currency)
-            );
-        }
-        out.push_str("</table>");
-    }
-    out.push_str("</section>");
-    let _ = write!(
-        out,
-        "<form method=\"post\" action=\"/account/logout\">{csrf}\
-         <button type=\"submit\" id=\"logout\">Sign out</button></form>"
-    );
+    let out = render::account(&a, &subs, &orders, &csrf);
     html(StatusCode::OK, layout("Your account", &out))
 }
 
