@@ -230,6 +230,15 @@ pub fn ok(body: Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+/// A typed view as the success answer. Serialized through a `serde_json` map, so keys go out
+/// sorted as every `json!` body did (identical bytes whichever way a body is built).
+pub fn ok_view<T: serde::Serialize>(view: &T) -> Response {
+    match serde_json::to_value(view) {
+        Ok(v) => ok(v),
+        Err(_) => ApiError::internal("request").into_response(),
+    }
+}
+
 /// The caller's store, from HTTP Basic credentials; 401 otherwise.
 pub async fn authorize(
     state: &AppState,
@@ -287,14 +296,22 @@ pub struct Idempotent {
 
 impl Idempotent {
     /// The answer to write in the same transaction as the change.
-    pub fn record(&self, status: StatusCode, body: &Value) -> IdempotencyWrite {
+    /// The body is kept as it is answered: serialized through a `serde_json` map.
+    pub fn record<T: serde::Serialize + ?Sized>(
+        &self,
+        status: StatusCode,
+        body: &T,
+    ) -> IdempotencyWrite {
+        let body = serde_json::to_value(body)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         IdempotencyWrite {
             key: self.key.clone(),
             claim: self.claim.clone(),
             record: IdempotencyRecord {
                 request_hash: self.request_hash.clone(),
                 status: status.as_u16(),
-                body: body.to_string(),
+                body,
                 pending: None,
             },
         }

@@ -5,4 +5,5 @@ pub mod events;
 pub mod orders;
 pub mod payment_methods;
 pub mod subscriptions;
+pub mod views;
 pub mod webhooks;

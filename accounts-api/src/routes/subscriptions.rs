@@ -2,11 +2,14 @@
 //! `deactivation: null`).
 
 use crate::app::{
-    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, page_body,
-    paging,
+    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, ok_view,
+    page_body, paging,
 };
 use crate::error::{ApiError, ErrorKind, StorageError};
-use crate::model::{SubState, SubscriptionRecord, display_date, now_ms, to_major};
+use crate::model::now_ms;
+use crate::routes::views::{
+    AccountSubscriptions, SubscriptionChanged, SubscriptionResult, SubscriptionView,
+};
 use crate::service::renewals::{Outcome, renew_one};
 use crate::service::subscriptions::{self, By};
 use axum::body::Bytes;
@@ -15,7 +18,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
-use shared::{CardBrand, Currency};
 use std::collections::HashMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -25,49 +27,6 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(list))
         .routes(routes!(charge_route))
         .routes(routes!(read, cancel, resume))
-}
-
-/// FastSpring's subscription object.
-pub fn subscription_json(s: &SubscriptionRecord, action: &str) -> Value {
-    let exp = Currency::parse(&s.currency)
-        .map(|c| c.exponent())
-        .unwrap_or(2);
-    let method = match (s.payment_kind.as_str(), s.auto_renew) {
-        ("card", _) => "CREDIT_CARD",
-        ("paypal", _) => "PAYPAL",
-        _ => "UNKNOWN",
-    };
-    let card_type = s
-        .brand
-        .as_deref()
-        .and_then(|b| CardBrand::parse(b).ok())
-        .map(|b| b.as_str().to_ascii_uppercase());
-    json!({
-        "id": s.id, "subscription": s.id, "action": action, "result": "success",
-        "active": s.state != SubState::Deactivated,
-        "state": s.state.as_str(),
-        "live": s.live, "account": s.account, "product": s.product, "quantity": s.quantity,
-        "price": to_major(s.price, exp), "currency": s.currency,
-        "autoRenew": s.auto_renew,
-        "paymentMethod": method,
-        // Strongroom extension: the vault id renewals charge (null: manual renewal).
-        "paymentMethodId": s.payment_method,
-        "cardType": card_type, "cardEnding": s.last4, "expiry": s.expiry,
-        "intervalUnit": s.interval_unit.as_str(), "intervalLength": s.interval_length,
-        "begin": s.begin, "beginDisplay": display_date(s.begin),
-        "next": s.next, "nextDisplay": display_date(s.next),
-        "nextChargeDate": s.next, "nextChargeCurrency": s.currency,
-        "nextChargeTotal": to_major(s.price * i64::from(s.quantity), exp),
-        "canceledDate": s.canceled,
-        "deactivationDate": s.canceled.map(|_| s.next),
-        "order": s.order,
-        // Renewal state (Strongroom extension): the last decline code, the next retry after a
-        // decline, and whether the saved card expires before the next charge.
-        "declineReason": s.renewal.decline_reason,
-        "failedAttempts": s.renewal.failed_attempts,
-        "nextRetry": s.renewal.retry_at,
-        "cardExpiring": s.renewal.card_expiring,
-    })
 }
 
 fn not_found(action: &'static str) -> ApiError {
@@ -94,7 +53,7 @@ fn map_err(e: StorageError, action: &'static str) -> ApiError {
     tags = ["subscriptions"],
     summary = "Read a subscription",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    responses((status = 200, description = "Success", body = crate::openapi::Subscription)),
+    responses((status = 200, description = "Success", body = SubscriptionView)),
     security(("basic" = []))
 )]
 async fn read(
@@ -110,7 +69,7 @@ async fn read(
         .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| not_found(ACTION))?;
-    Ok(ok(subscription_json(&s, ACTION)))
+    Ok(ok_view(&SubscriptionView::of(&s, Some(ACTION))))
 }
 
 #[utoipa::path(
@@ -153,12 +112,14 @@ async fn list(
                 .await
                 .map_err(|e| e.into_api(ACTION))?
             {
-                subs.push(subscription_json(&s, "subscription.get"));
+                subs.push(SubscriptionView::of(&s, Some("subscription.get")));
             }
         }
-        return Ok(ok(
-            json!({"action": ACTION, "result": "success", "subscriptions": subs}),
-        ));
+        return Ok(ok_view(&AccountSubscriptions {
+            action: ACTION,
+            result: "success",
+            subscriptions: subs,
+        }));
     }
     let (page, limit) = paging(&q, ACTION)?;
     let (ids, total) = state
@@ -183,7 +144,7 @@ async fn list(
     tags = ["subscriptions"],
     summary = "Cancel a subscription",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
-    responses((status = 200, description = "Success", body = crate::openapi::SubscriptionChanged)),
+    responses((status = 200, description = "Success", body = SubscriptionChanged)),
     security(("basic" = []))
 )]
 async fn cancel(
@@ -206,13 +167,14 @@ async fn cancel(
         IdempotencyStart::Replay(r) => return Ok(r),
         IdempotencyStart::Execute(i) => i,
     };
-    let resp =
-        json!({"subscriptions": [{"subscription": id, "action": ACTION, "result": "success"}]});
+    let resp = SubscriptionChanged {
+        subscriptions: vec![SubscriptionResult::success(&id, ACTION)],
+    };
     let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
     subscriptions::cancel(state.storage.as_ref(), &store, &id, By::Merchant, answer)
         .await
         .map_err(|e| map_err(e, ACTION))?;
-    Ok(ok(resp))
+    Ok(ok_view(&resp))
 }
 
 #[utoipa::path(
@@ -223,7 +185,7 @@ async fn cancel(
     summary = "Resume a canceled subscription",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
     request_body(content = crate::openapi::ResumeInput, content_type = "application/json"),
-    responses((status = 200, description = "Success", body = crate::openapi::SubscriptionChanged)),
+    responses((status = 200, description = "Success", body = SubscriptionChanged)),
     security(("basic" = []))
 )]
 async fn resume(
@@ -280,12 +242,17 @@ async fn resume(
     if ids.is_empty() {
         ids.push(id.clone());
     }
-    let resp = json!({"subscriptions": ids.iter().map(|s| json!({"subscription": s, "action": ACTION, "result": "success"})).collect::<Vec<_>>()});
+    let resp = SubscriptionChanged {
+        subscriptions: ids
+            .iter()
+            .map(|s| SubscriptionResult::success(s, ACTION))
+            .collect(),
+    };
     let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
     subscriptions::resume(state.storage.as_ref(), &store, &ids, answer)
         .await
         .map_err(|e| map_err(e, ACTION))?;
-    Ok(ok(resp))
+    Ok(ok_view(&resp))
 }
 
 const CHARGE: &str = "subscription.charge";

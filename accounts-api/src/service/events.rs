@@ -25,14 +25,16 @@ fn object(mut v: Value) -> Value {
 }
 
 fn data(event: &DomainEvent) -> Value {
-    use crate::routes::{orders::order_json, subscriptions::subscription_json};
+    use crate::routes::{orders::order_json, views::SubscriptionView};
     match event {
         DomainEvent::AccountCreated(a) => crate::routes::accounts::account_event_data(a),
         DomainEvent::AccountUpdated { account } => json!({"account": account}),
         DomainEvent::OrderCompleted(o) => object(order_json(o, event.kind())),
         DomainEvent::SubscriptionActivated(s)
         | DomainEvent::SubscriptionCanceled(s)
-        | DomainEvent::SubscriptionResumed(s) => object(subscription_json(s, event.kind())),
+        | DomainEvent::SubscriptionResumed(s) => {
+            serde_json::to_value(SubscriptionView::of(s, None)).unwrap_or(Value::Null)
+        }
         DomainEvent::CardExpiring {
             subscription,
             account,

@@ -21,7 +21,7 @@
 pub mod sled;
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 
 use crate::model::{
     AccountRecord, EventRecord, IdempotencyRecord, OrderRecord, OutboxState, PaymentMethodRef,

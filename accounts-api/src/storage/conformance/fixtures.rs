@@ -7,7 +7,7 @@ use crate::model::{
 };
 use crate::storage::Checkout;
 
-pub(super) fn contact(email: &str) -> Contact {
+pub(crate) fn contact(email: &str) -> Contact {
     Contact {
         first: "F".into(),
         last: "L".into(),
@@ -17,7 +17,7 @@ pub(super) fn contact(email: &str) -> Contact {
     }
 }
 
-pub(super) fn account(store: &str, email: &str, custom: Option<&str>) -> AccountRecord {
+pub(crate) fn account(store: &str, email: &str, custom: Option<&str>) -> AccountRecord {
     AccountRecord {
         id: new_id(),
         store: store.into(),
@@ -35,7 +35,7 @@ pub(super) fn account(store: &str, email: &str, custom: Option<&str>) -> Account
     }
 }
 
-pub(super) fn order(store: &str, account: &str) -> OrderRecord {
+pub(crate) fn order(store: &str, account: &str) -> OrderRecord {
     OrderRecord {
         id: new_id(),
         reference: new_id(),
@@ -59,7 +59,7 @@ pub(super) fn order(store: &str, account: &str) -> OrderRecord {
     }
 }
 
-pub(super) fn subscription(
+pub(crate) fn subscription(
     store: &str,
     account: &str,
     next: i64,
@@ -91,12 +91,12 @@ pub(super) fn subscription(
     }
 }
 
-pub(super) fn event(kind: &str) -> EventRecord {
+pub(crate) fn event(kind: &str) -> EventRecord {
     EventRecord::new(kind, serde_json::Value::Null)
 }
 
 /// A checkout of a new account (or of `existing`) with its order and subscriptions.
-pub(super) fn checkout(
+pub(crate) fn checkout(
     a: &AccountRecord,
     existing: Option<&str>,
     subs: Vec<SubscriptionRecord>,

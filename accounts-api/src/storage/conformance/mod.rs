@@ -3,7 +3,7 @@
 //! today, PostgreSQL next). Races run on a multi-threaded runtime with at most 16 tasks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod fixtures;
+pub(crate) mod fixtures;
 
 use super::*;
 use crate::model::{SubState, WebhookRecord, now_ms};
