@@ -120,37 +120,6 @@ impl SledStorage {
         Ok(())
     }
 
-    pub(super) fn outbox_due(
-        &self,
-        now: i64,
-        limit: usize,
-    ) -> Result<Vec<OutboxItem>, StorageError> {
-        let mut out = Vec::new();
-        for kv in self.tree().scan_prefix(b"wo/") {
-            let (k, v) = kv?;
-            let state: OutboxState = decode(&v)?;
-            if state.due > now {
-                continue;
-            }
-            let key = String::from_utf8_lossy(&k);
-            let mut parts = key.splitn(4, '/').skip(1);
-            if let (Some(store), Some(hook), Some(event)) =
-                (parts.next(), parts.next(), parts.next())
-            {
-                out.push(OutboxItem {
-                    store: store.to_owned(),
-                    hook: hook.to_owned(),
-                    event: event.to_owned(),
-                    attempts: state.attempts,
-                });
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
     pub(super) fn outbox_settle(
         &self,
         store: &str,
@@ -245,25 +214,56 @@ impl SledStorage {
         self.tree().remove(format!("ses/{hash}").as_bytes())?;
         Ok(())
     }
+}
 
-    pub(super) fn sweep_expired(&self, now: i64) -> Result<usize, StorageError> {
-        #[derive(serde::Deserialize)]
-        struct Expiring {
-            expires: i64,
+/// Scans over every row of a kind: free functions on a tree handle, so the [`Storage`] impl can
+/// run them on a blocking thread (as the dispatcher did before the port).
+pub(super) fn outbox_due(
+    tree: &sled::Tree,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<OutboxItem>, StorageError> {
+    let mut out = Vec::new();
+    for kv in tree.scan_prefix(b"wo/") {
+        let (k, v) = kv?;
+        let state: OutboxState = decode(&v)?;
+        if state.due > now {
+            continue;
         }
-        let mut n = 0;
-        for prefix in ["sso/", "ses/"] {
-            for kv in self.tree().scan_prefix(prefix.as_bytes()) {
-                let (k, v) = kv?;
-                if decode::<Expiring>(&v)
-                    .map(|e| e.expires <= now)
-                    .unwrap_or(true)
-                {
-                    self.tree().remove(k)?;
-                    n += 1;
-                }
+        let key = String::from_utf8_lossy(&k);
+        let mut parts = key.splitn(4, '/').skip(1);
+        if let (Some(store), Some(hook), Some(event)) = (parts.next(), parts.next(), parts.next()) {
+            out.push(OutboxItem {
+                store: store.to_owned(),
+                hook: hook.to_owned(),
+                event: event.to_owned(),
+                attempts: state.attempts,
+            });
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn sweep_expired(tree: &sled::Tree, now: i64) -> Result<usize, StorageError> {
+    #[derive(serde::Deserialize)]
+    struct Expiring {
+        expires: i64,
+    }
+    let mut n = 0;
+    for prefix in ["sso/", "ses/"] {
+        for kv in tree.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = kv?;
+            if decode::<Expiring>(&v)
+                .map(|e| e.expires <= now)
+                .unwrap_or(true)
+            {
+                tree.remove(k)?;
+                n += 1;
             }
         }
-        Ok(n)
     }
+    Ok(n)
 }

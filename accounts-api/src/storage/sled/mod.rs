@@ -14,7 +14,9 @@
 //! backend is [`Storage::exclusive`], and leases of earlier (dead) instances are void.
 //!
 //! Calls run inline on the caller's task, as before the port was async: sled answers from its
-//! page cache in microseconds, and durability waits go through the group-commit flusher.
+//! page cache in microseconds, and durability waits go through the group-commit flusher. The
+//! two whole-kind scans of the webhook dispatcher (outbox, expiry sweep) run on a blocking
+//! thread, as they did before.
 //! `accounts.rs` and `events.rs` hold the synchronous bodies; this file holds the shared
 //! transaction helpers and the [`Storage`] impl that wraps them.
 
@@ -273,6 +275,16 @@ impl SledStorage {
     }
 }
 
+/// Runs a scan over many rows on a blocking thread (the outbox and the expiry sweep: they read
+/// every row of their kind, unlike the point reads and writes that run inline).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Backend(e.to_string()))?
+}
+
 /// Wraps a synchronous body as the port's future (see the module header for why inline).
 macro_rules! inline {
     ($e:expr) => {
@@ -506,7 +518,8 @@ impl Storage for SledStorage {
         inline!(SledStorage::clear_outbox(self, store, hook))
     }
     fn outbox_due(&self, now: i64, limit: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxItem>>> {
-        inline!(SledStorage::outbox_due(self, now, limit))
+        let tree = self.tree.clone();
+        Box::pin(blocking(move || events::outbox_due(&tree, now, limit)))
     }
     fn outbox_settle<'a>(
         &'a self,
@@ -555,6 +568,7 @@ impl Storage for SledStorage {
         inline!(SledStorage::delete_session(self, hash))
     }
     fn sweep_expired(&self, now: i64) -> BoxFuture<'_, StorageResult<usize>> {
-        inline!(SledStorage::sweep_expired(self, now))
+        let tree = self.tree.clone();
+        Box::pin(blocking(move || events::sweep_expired(&tree, now)))
     }
 }
