@@ -207,24 +207,6 @@ pub struct CheckoutInput {
     consent: Consent,
 }
 
-/// FastSpring's order object.
-#[derive(ToSchema)]
-pub struct Order {
-    action: String,
-    result: String,
-    id: String,
-    order: String,
-    reference: String,
-    account: String,
-    completed: bool,
-    currency: String,
-    total: f64,
-    #[schema(value_type = Vec<Object>)]
-    items: Vec<Value>,
-    #[schema(value_type = Object)]
-    payment: Value,
-}
-
 /// `GET /subscriptions?accountId=`: the account's subscriptions.
 #[derive(ToSchema)]
 pub struct SubscriptionList {

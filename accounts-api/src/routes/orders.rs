@@ -5,16 +5,16 @@
 //! email race and orphan cleanup — are the checkout service's (`service::checkout`).
 
 use crate::app::{
-    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
+    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok_view,
 };
 use crate::domain::Consent;
 use crate::domain::interval::Interval;
 use crate::error::{ApiError, ErrorKind};
 use crate::model::{
-    Contact, IntervalUnit, OrderRecord, Problems, display_date, normalise_email, opt_obj, opt_str,
-    parse_address, req_str, to_major, to_minor,
+    Contact, IntervalUnit, OrderRecord, Problems, normalise_email, opt_obj, opt_str, parse_address,
+    req_str, to_minor,
 };
-use crate::routes::accounts::contact_json;
+use crate::routes::views::OrderView;
 use crate::service::checkout::{self, CheckoutError, CheckoutInput, Deps, ItemInput, PaymentInput};
 use crate::vault::VaultError;
 use axum::body::Bytes;
@@ -22,7 +22,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use shared::{CardBrand, Currency, Expiry, Last4, PaymentType, SecretString};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -431,53 +431,6 @@ fn parse(mut obj: Map<String, Value>) -> (Option<SecretString>, Result<CheckoutI
     }
 }
 
-fn payment_json(kind: &str, brand: Option<&str>, last4: Option<&str>) -> Value {
-    let brand = brand
-        .and_then(|b| CardBrand::parse(b).ok())
-        .map(CardBrand::display_name);
-    json!({"type": if kind == "card" { "creditcard" } else { kind }, "creditCard": brand, "cardEnding": last4})
-}
-
-/// FastSpring's order object.
-pub fn order_json(o: &OrderRecord, action: &str) -> Value {
-    let exp = Currency::parse(&o.currency)
-        .map(|c| c.exponent())
-        .unwrap_or(2);
-    let items: Vec<Value> = o
-        .items
-        .iter()
-        .map(|i| {
-            json!({"product": i.product, "quantity": i.quantity, "price": to_major(i.price, exp),
-                "subtotal": to_major(i.price * i64::from(i.quantity), exp), "subscription": i.subscription})
-        })
-        .collect();
-    let mut address = match &o.address {
-        Some(a) => json!({"addressLine1": a.address_line1, "addressLine2": a.address_line2,
-            "city": a.city, "region": a.region, "postalCode": a.postal_code}),
-        None => json!({}),
-    };
-    if let Some(m) = address.as_object_mut() {
-        m.insert("country".into(), json!(o.country));
-    }
-    let subscriptions: Vec<&String> = o
-        .items
-        .iter()
-        .filter_map(|i| i.subscription.as_ref())
-        .collect();
-    json!({
-        "action": action, "result": "success",
-        "id": o.id, "order": o.id, "reference": o.reference, "account": o.account,
-        "completed": true, "changed": o.completed, "changedDisplay": display_date(o.completed),
-        "language": o.language, "live": o.live, "currency": o.currency,
-        "total": to_major(o.total, exp), "subtotal": to_major(o.total, exp), "tax": 0,
-        "customer": contact_json(&o.customer), "address": address, "items": items,
-        "payment": payment_json(&o.payment.kind, o.payment.brand.as_deref(), o.payment.last4.as_deref()),
-        "subscriptions": subscriptions,
-        // Strongroom extension: whether the payment method was saved for automatic renewal.
-        "autoRenew": o.payment_method.is_some(),
-    })
-}
-
 #[utoipa::path(
     get,
     operation_id = "orders.read",
@@ -485,7 +438,7 @@ pub fn order_json(o: &OrderRecord, action: &str) -> Value {
     tags = ["orders"],
     summary = "Read an order",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    responses((status = 200, description = "Success", body = crate::openapi::Order)),
+    responses((status = 200, description = "Success", body = OrderView)),
     security(("basic" = []))
 )]
 async fn read(
@@ -501,7 +454,7 @@ async fn read(
         .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found")))?;
-    Ok(ok(order_json(&o, ACTION)))
+    Ok(ok_view(&OrderView::of(&o, Some(ACTION))))
 }
 
 fn vault_error(e: VaultError) -> ApiError {
@@ -535,7 +488,7 @@ fn vault_error(e: VaultError) -> ApiError {
     summary = "Complete a checkout: account, order, subscriptions, saved token",
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
     request_body(content = crate::openapi::CheckoutInput, content_type = "application/json"),
-    responses((status = 200, description = "Success", body = crate::openapi::Order)),
+    responses((status = 200, description = "Success", body = OrderView)),
     security(("basic" = []))
 )]
 async fn complete(
@@ -566,10 +519,10 @@ async fn complete(
     };
     let answer = |o: &OrderRecord| {
         idem.as_ref()
-            .map(|i| i.record(StatusCode::OK, &order_json(o, ACTION)))
+            .map(|i| i.record(StatusCode::OK, &OrderView::of(o, Some(ACTION))))
     };
     match checkout::complete(&deps, &store, &input, token, &answer).await {
-        Ok(order) => Ok(ok(order_json(&order, ACTION))),
+        Ok(order) => Ok(ok_view(&OrderView::of(&order, Some(ACTION)))),
         Err(CheckoutError::AccountNotFound) => Err(ApiError::new(
             ACTION,
             ErrorKind::NotFound("account", "account not found"),

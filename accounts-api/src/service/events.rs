@@ -1,6 +1,7 @@
 //! The one place a [`DomainEvent`] becomes an event row: its type and its payload. Payloads
-//! that are objects (account, order, subscription) are the object exactly as the API shows it,
-//! without `action`/`result` (FastSpring's event data is the object itself).
+//! that are objects (account, order, subscription) are the object exactly as the API shows it
+//! (the same typed view), without `action`/`result` (FastSpring's event data is the object
+//! itself).
 
 use crate::domain::DomainEvent;
 use crate::model::EventRecord;
@@ -16,20 +17,14 @@ pub fn records<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Vec<Eve
     events.into_iter().map(record).collect()
 }
 
-fn object(mut v: Value) -> Value {
-    if let Some(m) = v.as_object_mut() {
-        m.remove("action");
-        m.remove("result");
-    }
-    v
-}
-
 fn data(event: &DomainEvent) -> Value {
-    use crate::routes::{orders::order_json, views::SubscriptionView};
+    use crate::routes::views::{OrderView, SubscriptionView};
     match event {
         DomainEvent::AccountCreated(a) => crate::routes::accounts::account_event_data(a),
         DomainEvent::AccountUpdated { account } => json!({"account": account}),
-        DomainEvent::OrderCompleted(o) => object(order_json(o, event.kind())),
+        DomainEvent::OrderCompleted(o) => {
+            serde_json::to_value(OrderView::of(o, None)).unwrap_or(Value::Null)
+        }
         DomainEvent::SubscriptionActivated(s)
         | DomainEvent::SubscriptionCanceled(s)
         | DomainEvent::SubscriptionResumed(s) => {
