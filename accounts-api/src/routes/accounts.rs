@@ -5,9 +5,8 @@ use crate::app::{
     paging,
 };
 use crate::error::{ApiError, ErrorKind};
-use crate::model::{AccountRecord, Address, Contact, SubState, normalise_email, parse_account};
+use crate::model::{AccountRecord, Address, Contact, SubState, parse_account};
 use crate::service::accounts;
-use crate::storage::Index;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -270,31 +269,9 @@ async fn lookup(
     }
     let field = given[0];
     let value = q.get(field).map(String::as_str).unwrap_or_default();
-    let s = &state.storage;
-    let found: Result<Option<String>, _> = match field {
-        "email" => match normalise_email(value) {
-            Some(e) => s.account_by(&store, Index::Email, &e).await,
-            None => Ok(None),
-        },
-        "custom" => s.account_by(&store, Index::Custom, value).await,
-        "global" => s.account_by(&store, Index::Global, value).await,
-        "orderId" | "orderID" => s.order(&store, value).await.map(|o| o.map(|o| o.account)),
-        "orderReference" => match s.order_by_reference(&store, value).await {
-            Ok(Some(oid)) => s.order(&store, &oid).await.map(|o| o.map(|o| o.account)),
-            other => other,
-        },
-        _ => s
-            .subscription(&store, value)
-            .await
-            .map(|o| o.map(|o| o.account)),
-    };
-    let account = match found.map_err(|e| e.into_api(ACTION))? {
-        Some(id) => s
-            .account(&store, &id)
-            .await
-            .map_err(|e| e.into_api(ACTION))?,
-        None => None,
-    };
+    let account = accounts::find(state.storage.as_ref(), &store, field, value)
+        .await
+        .map_err(|e| e.into_api(ACTION))?;
     let Some(account) = account else {
         let f: &'static str = match field {
             "email" => "email",

@@ -2,8 +2,10 @@
 //! of email and custom id is the storage port's, inside the write.
 
 use crate::domain::DomainEvent;
-use crate::model::{AccountInput, AccountRecord, Address, Contact, new_id, now_ms};
-use crate::storage::{Extras, IdempotencyWrite, Storage, StorageError};
+use crate::model::{
+    AccountInput, AccountRecord, Address, Contact, new_id, normalise_email, now_ms,
+};
+use crate::storage::{Extras, IdempotencyWrite, Index, Storage, StorageError};
 
 /// Creates an account from `input` (contact required); `account.created` fires with it.
 pub async fn create(
@@ -64,6 +66,35 @@ pub async fn update(
         .await?;
     storage.durable().await?;
     Ok(a)
+}
+
+/// The account one lookup filter names (`email`, `custom`, `global`, `orderId`/`orderID`,
+/// `orderReference`, `subscriptionId`), if any; an email is compared normalised.
+pub async fn find(
+    storage: &dyn Storage,
+    store: &str,
+    filter: &str,
+    value: &str,
+) -> Result<Option<AccountRecord>, StorageError> {
+    let s = storage;
+    let id = match filter {
+        "email" => match normalise_email(value) {
+            Some(e) => s.account_by(store, Index::Email, &e).await?,
+            None => None,
+        },
+        "custom" => s.account_by(store, Index::Custom, value).await?,
+        "global" => s.account_by(store, Index::Global, value).await?,
+        "orderId" | "orderID" => s.order(store, value).await?.map(|o| o.account),
+        "orderReference" => match s.order_by_reference(store, value).await? {
+            Some(oid) => s.order(store, &oid).await?.map(|o| o.account),
+            None => None,
+        },
+        _ => s.subscription(store, value).await?.map(|o| o.account),
+    };
+    match id {
+        Some(id) => s.account(store, &id).await,
+        None => Ok(None),
+    }
 }
 
 /// The rule of a partial update: only given fields change (inside the address too); an empty
