@@ -370,3 +370,106 @@ fn reference(now: i64) -> String {
         .unwrap_or_default();
     format!("SR{date}-{:04}-{:05}", r % 10_000, (r / 10_000) % 100_000)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::sync::Arc;
+
+    /// A vault client pointing where nothing listens: one-off orders never call it.
+    fn unreachable_vault(dir: &std::path::Path) -> VaultClient {
+        shared::tls::install_crypto_provider();
+        let pki = dir.join("pki");
+        shared::pki::ensure_dev_pki(&pki).unwrap();
+        VaultClient::new(&crate::vault::VaultConfig {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            server_name: "localhost".into(),
+            tls: shared::tls::TlsFiles {
+                ca: pki.join("ca.pem"),
+                cert: pki.join("accounts.pem"),
+                key: pki.join("accounts.key"),
+            },
+        })
+        .unwrap()
+    }
+
+    fn one_off(email: &str) -> CheckoutInput {
+        CheckoutInput {
+            account: None,
+            customer: Some(Contact {
+                first: "R".into(),
+                last: "C".into(),
+                email: email.into(),
+                company: None,
+                phone: None,
+            }),
+            address: None,
+            country: None,
+            language: None,
+            currency: Currency::parse("USD").unwrap(),
+            items: vec![ItemInput {
+                product: "p".into(),
+                quantity: 1,
+                price: 500,
+                interval: None,
+            }],
+            payment: PaymentInput {
+                kind: PaymentType::Card,
+                brand: None,
+                last4: None,
+                expiry: None,
+                email: None,
+            },
+            consent: Consent {
+                presented: true,
+                accepted: false,
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sixteen_concurrent_first_orders_with_one_email_make_one_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
+        let vault = Arc::new(unreachable_vault(dir.path()));
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let (storage, vault) = (Arc::clone(&storage), Arc::clone(&vault));
+            set.spawn(async move {
+                let deps = Deps {
+                    storage: storage.as_ref(),
+                    vault: &vault,
+                    live: false,
+                };
+                // Differently spelled, one normalised email.
+                let email = if i % 2 == 0 {
+                    "Race@Example.com"
+                } else {
+                    "race@example.COM"
+                };
+                let token = Some(SecretString::new(format!("tok_{i}")));
+                complete(&deps, "st", &one_off(email), token, &|_| None)
+                    .await
+                    .unwrap()
+                    .account
+            });
+        }
+        let mut accounts = Vec::new();
+        while let Some(a) = set.join_next().await {
+            accounts.push(a.unwrap());
+        }
+        accounts.sort();
+        accounts.dedup();
+        assert_eq!(accounts.len(), 1, "every order on one account");
+        assert_eq!(storage.list_accounts("st", 0, 10).await.unwrap().1, 1);
+        let (events, _) = storage.events("st", 0, false, 1000).await.unwrap();
+        let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
+        assert_eq!(count("account.created"), 1);
+        assert_eq!(count("order.completed"), 16);
+        let a = storage.account("st", &accounts[0]).await.unwrap().unwrap();
+        assert_eq!(a.orders.len(), 16);
+        assert!(a.payment_methods.is_empty(), "one-off orders save no token");
+    }
+}
