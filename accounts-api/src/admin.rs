@@ -6,7 +6,6 @@
 //! socket and is never echoed back).
 
 use crate::auth::create_store;
-use crate::eventstore::EventStore;
 use crate::storage::{SledStorage, Storage};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
@@ -25,52 +24,61 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
-/// Binds the admin socket and serves it until the runtime ends.
-pub fn serve(
-    accounts_dir: &Path,
-    storage: Arc<dyn Storage>,
-    events: Arc<dyn EventStore>,
-) -> std::io::Result<()> {
+/// Binds the admin socket; [`serve`] answers it.
+pub fn bind(accounts_dir: &Path) -> std::io::Result<UnixListener> {
     let path = socket_path(accounts_dir);
     // A stale socket from a killed process: we hold sled's lock, so nobody else is serving it.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let storage = Arc::clone(&storage);
-            let events = Arc::clone(&events);
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut line = String::new();
-                if BufReader::new(r).read_line(&mut line).await.is_err() {
-                    return;
-                }
-                let answer = handle(storage.as_ref(), events.as_ref(), &line).await;
-                let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
-            });
-        }
-    });
-    Ok(())
+    Ok(listener)
 }
 
-async fn handle(storage: &dyn Storage, events: &dyn EventStore, line: &str) -> Value {
+/// Answers the admin socket until `shutdown`; requests being answered then are awaited.
+pub async fn serve(
+    listener: UnixListener,
+    storage: Arc<dyn Storage>,
+    mut shutdown: crate::jobs::Shutdown,
+) {
+    let mut answering = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.wait() => break,
+        };
+        // Reap finished answers so the set stays small on a long-running server.
+        while answering.try_join_next().is_some() {}
+        let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        let storage = Arc::clone(&storage);
+        answering.spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(r).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = handle(storage.as_ref(), &line).await;
+            let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
+        });
+    }
+    while answering.join_next().await.is_some() {}
+}
+
+async fn handle(storage: &dyn Storage, line: &str) -> Value {
     let req: Value = serde_json::from_str(line).unwrap_or(Value::Null);
     if let Some(op) = req
         .get("op")
         .and_then(Value::as_str)
         .filter(|op| op.starts_with("webhook."))
     {
-        return webhook_op(storage, events, op, &req).await;
+        return webhook_op(storage, op, &req).await;
     }
     match (
         req.get("op").and_then(Value::as_str),
         req.get("name").and_then(Value::as_str),
     ) {
-        (Some("store.create"), Some(name)) => match create_store(storage, name) {
+        (Some("store.create"), Some(name)) => match create_store(storage, name).await {
             Ok(created) => match storage.durable().await {
                 Ok(()) => {
                     tracing::info!(store = %created.store, "store created over the admin socket");
@@ -85,40 +93,44 @@ async fn handle(storage: &dyn Storage, events: &dyn EventStore, line: &str) -> V
 }
 
 /// `webhook add|list|remove` for one store.
-async fn webhook_op(
-    storage: &dyn Storage,
-    events: &dyn EventStore,
-    op: &str,
-    req: &Value,
-) -> Value {
+async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
     let s = |k: &str| req.get(k).and_then(Value::as_str);
     let Some(store) = s("store") else {
         return json!({"error": "store is required"});
     };
-    match storage.store(store) {
+    match storage.store(store).await {
         Ok(Some(_)) => {}
         Ok(None) => return json!({"error": "no such store"}),
         Err(e) => return json!({"error": e.to_string()}),
     }
     let answer = match op {
-        "webhook.add" => match crate::webhooks::add(
-            events,
+        "webhook.add" => match crate::service::webhooks::add(
+            storage,
             store,
             s("url").unwrap_or_default(),
             s("hmacSecret").map(str::to_owned),
-            None,
-        ) {
+            &|_| None,
+        )
+        .await
+        {
             Ok(h) => h.to_json(),
             Err(e) => return json!({"error": e.to_string()}),
         },
-        "webhook.list" => match events.webhooks(store) {
+        "webhook.list" => match storage.webhooks(store).await {
             Ok(hooks) => {
                 json!({"webhooks": hooks.iter().map(crate::model::WebhookRecord::to_json).collect::<Vec<_>>()})
             }
             Err(e) => return json!({"error": e.to_string()}),
         },
         "webhook.remove" => {
-            match crate::webhooks::remove(events, store, s("id").unwrap_or_default(), None) {
+            match crate::service::webhooks::remove(
+                storage,
+                store,
+                s("id").unwrap_or_default(),
+                None,
+            )
+            .await
+            {
                 Ok(true) => json!({"removed": s("id")}),
                 Ok(false) => return json!({"error": "no such webhook"}),
                 Err(e) => return json!({"error": e.to_string()}),
@@ -157,7 +169,7 @@ pub async fn request(data: &Path, req: Value) -> Result<Value, String> {
                     "cannot open the database (is a server running without its admin socket?): {e}"
                 )
             })?;
-            handle(&storage, &storage, &req.to_string()).await
+            handle(&storage, &req.to_string()).await
         }
     };
     match v.get("error") {
@@ -195,7 +207,9 @@ pub async fn create_store_cli(data: &Path, name: &str) -> Result<Value, String> 
                     "cannot open the database (is a server running without its admin socket?): {e}"
                 )
             })?;
-            let created = create_store(&storage, name).map_err(|e| e.to_string())?;
+            let created = create_store(&storage, name)
+                .await
+                .map_err(|e| e.to_string())?;
             storage.durable().await.map_err(|e| e.to_string())?;
             Ok(created.to_json())
         }

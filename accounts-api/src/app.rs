@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorKind};
 use crate::model::IdempotencyRecord;
-use crate::storage::Storage;
+use crate::storage::{IdempotencyClaim, IdempotencyWrite, Storage};
 use crate::vault::VaultClient;
 use axum::Router;
 use axum::body::Bytes;
@@ -25,13 +25,14 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const LOCK_SHARDS: usize = 4096;
 
 pub struct AppState {
+    /// The one storage object (accounts, orders, events, webhooks, sign-in links, sessions).
     pub storage: Arc<dyn Storage>,
-    /// Events, webhooks, sign-in links and sessions (same database as `storage`).
-    pub events: Arc<dyn crate::eventstore::EventStore>,
     pub settings: crate::settings::Settings,
     pub vault: VaultClient,
     /// The renewal job's vault client (`renewals` identity); `None`: renewals are off.
-    pub renewals: Option<crate::renewals::Renewals>,
+    pub renewals: Option<crate::service::renewals::Renewals>,
+    /// The admin socket, webhook dispatcher and renewal job: stopped and awaited by [`run`].
+    pub background: crate::jobs::Background,
     locks: Vec<Arc<Mutex<()>>>,
     auth: crate::auth::AuthCache,
 }
@@ -41,17 +42,15 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     pub fn new(
         storage: Arc<dyn Storage>,
-        events: Arc<dyn crate::eventstore::EventStore>,
         settings: crate::settings::Settings,
         vault: VaultClient,
     ) -> SharedState {
-        Self::with_renewals(storage, events, settings, vault, None)
+        Self::build(storage, settings, vault, None)
     }
 
     /// Like [`AppState::new`], with the renewal job's own vault client.
-    pub fn with_renewals(
+    pub fn build(
         storage: Arc<dyn Storage>,
-        events: Arc<dyn crate::eventstore::EventStore>,
         settings: crate::settings::Settings,
         vault: VaultClient,
         renewals: Option<VaultClient>,
@@ -59,13 +58,26 @@ impl AppState {
         let locks = (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect();
         Arc::new(Self {
             storage,
-            events,
             settings,
             vault,
-            renewals: renewals.map(crate::renewals::Renewals::new),
+            renewals: renewals.map(crate::service::renewals::Renewals::new),
+            background: crate::jobs::Background::default(),
             locks,
             auth: crate::auth::AuthCache::default(),
         })
+    }
+
+    /// The signature from before storage was one object (`events` is that same object), for
+    /// the bench binaries until they move out of this crate.
+    #[doc(hidden)]
+    pub fn with_renewals(
+        storage: Arc<dyn Storage>,
+        _events: Arc<dyn Storage>,
+        settings: crate::settings::Settings,
+        vault: VaultClient,
+        renewals: Option<VaultClient>,
+    ) -> SharedState {
+        Self::build(storage, settings, vault, renewals)
     }
 }
 
@@ -80,7 +92,7 @@ pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<SharedState> {
         .merge(crate::routes::payment_methods::router())
         .merge(crate::routes::events::router())
         .merge(crate::routes::webhooks::router())
-        .merge(crate::routes::account_pages::router())
+        .merge(crate::pages::router())
 }
 
 /// All API routes with the request plumbing every handler shares.
@@ -111,15 +123,15 @@ fn docs() -> Router<SharedState> {
 async fn envelope_rejections(resp: Response) -> Response {
     let status = resp.status();
     // JSON is already the envelope; HTML is a deliberate page of the customer-facing account
-    // pages (`routes::account_pages`), which answer refusals as pages.
+    // pages (`pages`), which answer refusals as pages.
     let is_answer = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
     });
     if !(status.is_client_error() || status.is_server_error()) || is_answer {
         return resp;
     }
-    let body = serde_json::json!({"action": "request", "result": "error",
-        "error": {"request": status.canonical_reason().unwrap_or("error")}});
+    let reason = status.canonical_reason().unwrap_or("error");
+    let body = crate::error::envelope("request", None, &[("request", reason)]);
     let mut out = (status, axum::Json(body)).into_response();
     for name in [
         header::WWW_AUTHENTICATE,
@@ -164,8 +176,7 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    let body = serde_json::json!({"action": "request", "result": "error",
-        "error": {"method": "not allowed on this path"}});
+    let body = crate::error::envelope("request", None, &[("method", "not allowed on this path")]);
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
@@ -215,10 +226,13 @@ pub async fn run_with(
         shutdown.await;
         stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
-    let app = crate::ops::service_router(state, limits);
-    server
+    let app = crate::ops::service_router(Arc::clone(&state), limits);
+    let served = server
         .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .await
+        .await;
+    // Requests are drained: now the background tasks finish their unit of work and end.
+    state.background.stop().await;
+    served
 }
 
 /// A JSON success answer.
@@ -226,8 +240,17 @@ pub fn ok(body: Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+/// A typed view as the success answer. Serialized through a `serde_json` map, so keys go out
+/// sorted as every `json!` body did (identical bytes whichever way a body is built).
+pub fn ok_view<T: serde::Serialize>(view: &T) -> Response {
+    match serde_json::to_value(view) {
+        Ok(v) => ok(v),
+        Err(_) => ApiError::internal("request").into_response(),
+    }
+}
+
 /// The caller's store, from HTTP Basic credentials; 401 otherwise.
-pub fn authorize(
+pub async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     action: &'static str,
@@ -235,7 +258,7 @@ pub fn authorize(
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match crate::auth::authenticate(state.storage.as_ref(), &state.auth, h) {
+    match crate::auth::authenticate(state.storage.as_ref(), &state.auth, h).await {
         Ok(Some(store)) => Ok(store),
         Ok(None) => Err(ApiError::new(action, ErrorKind::Unauthorized)),
         Err(e) => Err(e.into_api(action)),
@@ -264,24 +287,65 @@ pub fn json_object(body: &[u8], action: &'static str) -> Result<Map<String, Valu
     }
 }
 
-/// An Idempotency-Key being served: holds the key's lock until dropped.
+/// How long an Idempotency-Key claim keeps other instances out (the longest request — a
+/// checkout with its vault call — is bounded well below it by the vault client's timeout).
+pub const IDEMPOTENCY_LEASE_MS: i64 = 60_000;
+
+/// An Idempotency-Key being served: the key is claimed in storage (so no other instance executes
+/// the same request) and its in-process lock is held (so a retry in this process waits for the
+/// answer instead of seeing the claim). Dropped without an answer written, the claim is released
+/// before the lock, so the waiting retry executes as if this attempt never happened.
 pub struct Idempotent {
     key: String,
+    claim: String,
+    store: String,
     request_hash: String,
-    _guard: OwnedMutexGuard<()>,
+    storage: Arc<dyn Storage>,
+    guard: Option<OwnedMutexGuard<()>>,
 }
 
 impl Idempotent {
-    /// The record to write in the same transaction as the change.
-    pub fn record(&self, status: StatusCode, body: &Value) -> (String, IdempotencyRecord) {
-        (
-            self.key.clone(),
-            IdempotencyRecord {
+    /// The answer to write in the same transaction as the change.
+    /// The body is kept as it is answered: serialized through a `serde_json` map.
+    pub fn record<T: serde::Serialize + ?Sized>(
+        &self,
+        status: StatusCode,
+        body: &T,
+    ) -> IdempotencyWrite {
+        let body = serde_json::to_value(body)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        IdempotencyWrite {
+            key: self.key.clone(),
+            claim: self.claim.clone(),
+            record: IdempotencyRecord {
                 request_hash: self.request_hash.clone(),
                 status: status.as_u16(),
-                body: body.to_string(),
+                body,
+                pending: None,
             },
-        )
+        }
+    }
+}
+
+impl Drop for Idempotent {
+    fn drop(&mut self) {
+        // A claim whose answer was written is no longer pending, and the release is a no-op.
+        let (storage, store, key, claim, guard) = (
+            Arc::clone(&self.storage),
+            std::mem::take(&mut self.store),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.claim),
+            self.guard.take(),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = storage.release_idempotency(&store, &key, &claim).await {
+                    tracing::error!(error = %e, "idempotency claim not released");
+                }
+                drop(guard);
+            });
+        }
     }
 }
 
@@ -325,6 +389,8 @@ pub async fn idempotency(
     ctx.update(body);
     let request_hash = hex::encode(ctx.sign().as_ref());
 
+    // The lock is an optimisation (a retry here waits for the answer); the claim below is what
+    // makes one execution per key, across instances too.
     let shard = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -332,9 +398,21 @@ pub async fn idempotency(
         (h.finish() as usize) % state.locks.len()
     };
     let guard = Arc::clone(&state.locks[shard]).lock_owned().await;
-    match state.storage.idempotency(store, &key) {
+    let claim = crate::model::new_id();
+    let claimed = state
+        .storage
+        .claim_idempotency(
+            store,
+            &key,
+            &request_hash,
+            &claim,
+            crate::model::now_ms(),
+            IDEMPOTENCY_LEASE_MS,
+        )
+        .await;
+    match claimed {
         Err(e) => Err(e.into_api(action)),
-        Ok(Some(rec)) if rec.request_hash == request_hash => {
+        Ok(IdempotencyClaim::Replay(rec)) => {
             let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
             let mut resp = (
                 status,
@@ -346,11 +424,23 @@ pub async fn idempotency(
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(IdempotencyStart::Replay(resp))
         }
-        Ok(Some(_)) => Err(ApiError::new(action, ErrorKind::IdempotencyMismatch)),
-        Ok(None) => Ok(IdempotencyStart::Execute(Some(Idempotent {
+        Ok(IdempotencyClaim::Mismatch) => {
+            Err(ApiError::new(action, ErrorKind::IdempotencyMismatch))
+        }
+        Ok(IdempotencyClaim::InProgress) => Err(ApiError::new(
+            action,
+            ErrorKind::Conflict(
+                "idempotencyKey",
+                "a request with this key is in progress".into(),
+            ),
+        )),
+        Ok(IdempotencyClaim::Claimed) => Ok(IdempotencyStart::Execute(Some(Idempotent {
             key,
+            claim,
+            store: store.to_owned(),
             request_hash,
-            _guard: guard,
+            storage: Arc::clone(&state.storage),
+            guard: Some(guard),
         }))),
     }
 }
@@ -414,7 +504,7 @@ mod tests {
         auth: String,
     }
 
-    fn fixture() -> Fixture {
+    async fn fixture() -> Fixture {
         shared::tls::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
@@ -428,10 +518,11 @@ mod tests {
                 key: pki.join("accounts.key"),
             },
         };
-        let sled = Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
-        let storage: Arc<dyn Storage> = sled.clone();
-        let events: Arc<dyn crate::eventstore::EventStore> = sled;
-        let created = crate::auth::create_store(storage.as_ref(), "Test").unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
+        let created = crate::auth::create_store(storage.as_ref(), "Test")
+            .await
+            .unwrap();
         let auth = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!(
@@ -442,7 +533,6 @@ mod tests {
         );
         let state = AppState::new(
             storage,
-            events,
             crate::settings::Settings::default(),
             VaultClient::new(&vault).unwrap(),
         );
@@ -479,7 +569,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_error_is_the_envelope_and_vault_down_is_503_with_nothing_written() {
-        let f = fixture();
+        let f = fixture().await;
         let (s, h, v) = send(&f, "GET", "/accounts", "", false).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert!(h.contains_key(header::WWW_AUTHENTICATE));

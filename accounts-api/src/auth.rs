@@ -71,7 +71,7 @@ fn store_id(name: &str) -> Result<String, StorageError> {
 }
 
 /// Creates a store with fresh credentials; only the salted hash of the password is kept.
-pub fn create_store(storage: &dyn Storage, name: &str) -> Result<NewStore, StorageError> {
+pub async fn create_store(storage: &dyn Storage, name: &str) -> Result<NewStore, StorageError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(StorageError::State(
@@ -92,7 +92,7 @@ pub fn create_store(storage: &dyn Storage, name: &str) -> Result<NewStore, Stora
         password_hash: hex::encode(hash(&salt, password.expose_secret())),
         created: now_ms(),
     };
-    storage.create_store(&rec)?;
+    storage.create_store(&rec).await?;
     Ok(NewStore {
         store: id,
         username,
@@ -116,7 +116,7 @@ pub struct AuthCache(
 );
 
 impl AuthCache {
-    fn verifier(
+    async fn verifier(
         &self,
         storage: &dyn Storage,
         user: &str,
@@ -124,7 +124,7 @@ impl AuthCache {
         if let Some(v) = self.0.read().ok().and_then(|m| m.get(user).cloned()) {
             return Ok(Some(v));
         }
-        let Some(store) = storage.store_by_username(user)? else {
+        let Some(store) = storage.store_by_username(user).await? else {
             return Ok(None);
         };
         let (Ok(salt), Ok(hash)) = (hex::decode(&store.salt), hex::decode(&store.password_hash))
@@ -144,7 +144,7 @@ impl AuthCache {
 }
 
 /// The store an `Authorization: Basic …` header authenticates, or `None`.
-pub fn authenticate(
+pub async fn authenticate(
     storage: &dyn Storage,
     cache: &AuthCache,
     header: Option<&str>,
@@ -165,7 +165,7 @@ pub fn authenticate(
     let Some((user, password)) = text.split_once(':') else {
         return Ok(None);
     };
-    let Some(v) = cache.verifier(storage, user)? else {
+    let Some(v) = cache.verifier(storage, user).await? else {
         // Same work as a known user, so timing does not tell which usernames exist.
         let _ = hash(&[0u8; 16], password);
         return Ok(None);

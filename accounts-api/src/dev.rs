@@ -135,6 +135,7 @@ async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value
         if state
             .storage
             .store(id)
+            .await
             .map_err(|e| e.to_string())?
             .is_some()
         {
@@ -142,6 +143,7 @@ async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value
         }
     }
     let created = crate::auth::create_store(state.storage.as_ref(), "Demo store")
+        .await
         .map_err(|e| e.to_string())?;
     state.storage.durable().await.map_err(|e| e.to_string())?;
     let v = created.to_json();

@@ -91,10 +91,29 @@ impl ApiError {
     }
 }
 
+/// The FastSpring error envelope, `{"action", "result": "error", "error": {field: message}}` —
+/// the one place it is built. `subject` is the `(key, id)` an item of a multi-item answer
+/// carries (`("subscription", id)` in `POST /subscriptions/charge`).
+pub fn envelope(action: &str, subject: Option<(&str, &str)>, error: &[(&str, &str)]) -> Value {
+    let mut fields = Map::new();
+    for (f, msg) in error {
+        fields.insert((*f).to_owned(), Value::String((*msg).to_owned()));
+    }
+    envelope_of(action, subject, fields)
+}
+
+fn envelope_of(action: &str, subject: Option<(&str, &str)>, error: Map<String, Value>) -> Value {
+    let mut body = json!({"action": action, "result": "error", "error": error});
+    if let (Some((key, id)), Some(m)) = (subject, body.as_object_mut()) {
+        m.insert(key.to_owned(), Value::String(id.to_owned()));
+    }
+    body
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = json!({"action": self.action, "result": "error", "error": self.fields()});
+        let body = envelope_of(self.action, None, self.fields());
         let mut resp = (status, axum::Json(body)).into_response();
         match self.kind {
             ErrorKind::Unauthorized => {
@@ -113,39 +132,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Storage-layer failures; handlers turn them into [`ApiError`]s with their action.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The normalised email is already used by this account in the store.
-    #[error("email already used by account {0}")]
-    EmailTaken(String),
-    /// The custom lookup key is already used by this account in the store.
-    #[error("custom id already used by account {0}")]
-    CustomTaken(String),
-    /// Lost a checkout race: the email index points to this (winning) account.
-    #[error("email now belongs to account {0}")]
-    EmailRace(String),
-    /// The record does not exist in this store.
-    #[error("not found")]
-    NotFound,
-    /// A state rule refused the change (fixed text).
-    #[error("conflict: {0}")]
-    State(&'static str),
-    /// sled or serialization failed; detail for the log only.
-    #[error("storage failure: {0}")]
-    Backend(String),
-}
-
-impl From<sled::Error> for StorageError {
-    fn from(e: sled::Error) -> Self {
-        Self::Backend(e.to_string())
-    }
-}
-impl From<serde_json::Error> for StorageError {
-    fn from(e: serde_json::Error) -> Self {
-        Self::Backend(e.to_string())
-    }
-}
+pub use crate::storage::StorageError;
 
 impl StorageError {
     /// Maps a storage failure to the answer of `action`; backend detail goes to the log here.

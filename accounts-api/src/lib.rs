@@ -9,19 +9,30 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod dev;
+pub mod domain;
 pub mod error;
-pub mod eventstore;
 pub mod iso;
+pub mod jobs;
 pub mod model;
 pub mod openapi;
 pub mod ops;
-pub mod renewals;
+pub mod pages;
 pub mod routes;
+pub mod service;
+
+/// The renewal use case at its former path (the bench binaries call `renewals::run_due`).
+pub use service::renewals;
 pub mod settings;
 pub mod startup;
 pub mod storage;
 pub mod vault;
-pub mod webhooks;
+
+/// The former second storage trait, now part of the one [`storage::Storage`] object; the name
+/// stays for the bench binaries until they move out of this crate.
+#[doc(hidden)]
+pub mod eventstore {
+    pub use crate::storage::Storage as EventStore;
+}
 
 use std::path::Path;
 use std::sync::Arc;
@@ -60,19 +71,34 @@ pub fn build_with_settings(
         Some(r) => Some(vault::VaultClient::renewals(vault, r)?),
         None => None,
     };
-    let sled = Arc::new(
+    let storage: Arc<dyn storage::Storage> = Arc::new(
         storage::SledStorage::open(&dir.join("db"))
             .map_err(|e| format!("cannot open the database: {e}"))?
             .with_live(settings.live),
     );
-    let storage: Arc<dyn storage::Storage> = sled.clone();
-    let events: Arc<dyn eventstore::EventStore> = sled;
-    admin::serve(&dir, Arc::clone(&storage), Arc::clone(&events))
-        .map_err(|e| format!("admin socket: {e}"))?;
-    webhooks::spawn_dispatcher(Arc::clone(&events), settings.clone())?;
-    let state = app::AppState::with_renewals(storage, events, settings, client, renewals_client);
+    let admin = admin::bind(&dir).map_err(|e| format!("admin socket: {e}"))?;
+    let http = jobs::webhooks::client(&settings)?;
+    let state = app::AppState::build(
+        Arc::clone(&storage),
+        settings.clone(),
+        client,
+        renewals_client,
+    );
+    // Every background task takes the stop signal and is awaited when `app::run` ends.
+    let bg = &state.background;
+    bg.spawn(admin::serve(admin, Arc::clone(&storage), bg.shutdown()));
+    bg.spawn(jobs::webhooks::dispatch(
+        storage,
+        http,
+        settings,
+        bg.shutdown(),
+    ));
     if let Some(interval) = renewals.and_then(|r| r.interval) {
-        renewals::spawn_periodic(Arc::clone(&state), interval);
+        bg.spawn(jobs::renewals::periodic(
+            Arc::clone(&state),
+            interval,
+            bg.shutdown(),
+        ));
     }
     Ok(state)
 }

@@ -5,6 +5,10 @@
 //! the token to the vault or drops it. Input parsing collects every invalid field so one 422
 //! names them all; messages are fixed text, never the rejected value.
 
+pub use crate::domain::contact::{Address, Contact, custom_id, normalise_email};
+pub use crate::domain::interval::{IntervalUnit, add_interval, display_date};
+pub use crate::domain::money::{to_major, to_minor};
+pub use crate::domain::subscription::SubState;
 use crate::iso;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -90,52 +94,6 @@ pub fn opt_obj<'a>(
     }
 }
 
-/// Lower-cased, trimmed email if it looks like an address (one `@`, a dotted domain, no spaces).
-/// The normalised form is the uniqueness key within a store.
-pub fn normalise_email(value: &str) -> Option<String> {
-    let v = value.trim().to_lowercase();
-    let (local, domain) = v.split_once('@')?;
-    let ok = !local.is_empty()
-        && v.len() <= 254
-        && !domain.contains('@')
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !v
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/');
-    ok.then_some(v)
-}
-
-/// `lookup.custom`: at least 4 (at most 64) characters of `A-Za-z0-9_-`.
-pub fn custom_id(value: &str) -> Option<String> {
-    let ok = (4..=64).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    ok.then(|| value.to_owned())
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Contact {
-    pub first: String,
-    pub last: String,
-    pub email: String,
-    pub company: Option<String>,
-    pub phone: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Address {
-    pub address_line1: Option<String>,
-    pub address_line2: Option<String>,
-    pub city: Option<String>,
-    pub region: Option<String>,
-    pub postal_code: Option<String>,
-}
-
 /// A saved payment method as accounts-api keeps it: the vault's id and the masked view only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -184,6 +142,29 @@ pub struct ChargeRecord {
 }
 
 impl AccountRecord {
+    /// What a completed checkout adds to its account: the order, its (successful) charge, the
+    /// subscriptions, and the saved payment method unless the account has it already.
+    pub fn add_order(&mut self, c: &crate::storage::Checkout) {
+        self.orders.push(c.order.id.clone());
+        self.charges.push(ChargeRecord {
+            currency: c.order.currency.clone(),
+            total: c.order.total,
+            status: "successful".into(),
+            order: Some(c.order.id.clone()),
+            order_reference: Some(c.order.reference.clone()),
+            subscription: None,
+            timestamp: c.order.completed,
+        });
+        for s in &c.subscriptions {
+            self.subscriptions.push(s.id.clone());
+        }
+        if let Some(pm) = &c.payment_method
+            && !self.payment_methods.iter().any(|p| p.id == pm.id)
+        {
+            self.payment_methods.push(pm.clone());
+        }
+    }
+
     pub fn email_key(&self) -> String {
         normalise_email(&self.contact.email).unwrap_or_else(|| self.contact.email.to_lowercase())
     }
@@ -284,35 +265,6 @@ pub fn parse_address(a: &Map<String, Value>, p: &mut Problems) -> Address {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum IntervalUnit {
-    Day,
-    Week,
-    Month,
-    Year,
-}
-
-impl IntervalUnit {
-    pub fn parse(v: &str) -> Option<Self> {
-        Some(match v {
-            "day" => Self::Day,
-            "week" => Self::Week,
-            "month" => Self::Month,
-            "year" => Self::Year,
-            _ => return None,
-        })
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Day => "day",
-            Self::Week => "week",
-            Self::Month => "month",
-            Self::Year => "year",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderItem {
@@ -355,15 +307,6 @@ pub struct OrderRecord {
     /// Written in live mode (`live` in the config); absent in older records: false.
     #[serde(default)]
     pub live: bool,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SubState {
-    Active,
-    Canceled,
-    /// Renewal failed on every retry of the schedule; no more charges.
-    Deactivated,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -419,6 +362,10 @@ pub struct RenewalState {
     pub reminded: Option<i64>,
     /// Time of the last successful charge (ms).
     pub last_charged: Option<i64>,
+    /// The renewal worker that is charging this subscription right now (claimed in the
+    /// transaction that records or resumes the intent; cleared when the outcome is written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::storage::Lease>,
 }
 
 /// An intent recorded before the vault is called.
@@ -440,6 +387,33 @@ pub struct IdempotencyRecord {
     pub request_hash: String,
     pub status: u16,
     pub body: String,
+    /// Set while the request is executing (a claim, not yet an answer); absent in answers and
+    /// in records written before claims existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<IdempotencyPending>,
+}
+
+/// An in-progress claim on an Idempotency-Key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdempotencyPending {
+    /// Random per request: only the claimer's answer (or release) replaces the claim.
+    pub claim: String,
+    pub lease: crate::storage::Lease,
+}
+
+impl IdempotencyRecord {
+    /// The claim row written when a request with a new key starts executing.
+    pub fn pending(request_hash: &str, claim: &str, lease: crate::storage::Lease) -> Self {
+        Self {
+            request_hash: request_hash.to_owned(),
+            status: 0,
+            body: String::new(),
+            pending: Some(IdempotencyPending {
+                claim: claim.to_owned(),
+                lease,
+            }),
+        }
+    }
 }
 
 /// An event row written in the same transaction as the change it describes (the seam for
@@ -476,23 +450,6 @@ impl EventRecord {
         serde_json::json!({"id": self.id, "type": self.kind, "created": self.created,
             "live": self.live, "processed": self.processed, "data": self.data})
     }
-}
-
-/// Event types. Emitting one is a one-liner: push `EventRecord::new(event_type::X, data)` into
-/// the `Extras` of the storage call that makes the change, so it commits in the same
-/// transaction (and, if the store has webhooks, lands in their outbox in that transaction too).
-pub mod event_type {
-    pub const ACCOUNT_CREATED: &str = "account.created";
-    pub const ACCOUNT_UPDATED: &str = "account.updated";
-    pub const ORDER_COMPLETED: &str = "order.completed";
-    pub const SUBSCRIPTION_ACTIVATED: &str = "subscription.activated";
-    pub const SUBSCRIPTION_CANCELED: &str = "subscription.canceled";
-    pub const SUBSCRIPTION_RESUMED: &str = "subscription.resumed";
-    pub const SUBSCRIPTION_CHARGE_COMPLETED: &str = "subscription.charge.completed";
-    pub const SUBSCRIPTION_CHARGE_FAILED: &str = "subscription.charge.failed";
-    pub const SUBSCRIPTION_PAYMENT_REMINDER: &str = "subscription.payment.reminder";
-    pub const SUBSCRIPTION_DEACTIVATED: &str = "subscription.deactivated";
-    pub const PAYMENT_METHOD_REMOVED: &str = "payment-method.removed";
 }
 
 /// A webhook endpoint of a store. No `Debug` derive: it holds the HMAC secret, which is kept
@@ -585,109 +542,9 @@ pub fn new_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::now_v7().as_bytes())
 }
 
-/// Adds `length` units to a millisecond timestamp (calendar months/years clamp the day).
-pub fn add_interval(ms: i64, unit: IntervalUnit, length: u32) -> i64 {
-    use time::{Duration, OffsetDateTime};
-    let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
-        return ms;
-    };
-    let n = i64::from(length);
-    let out = match unit {
-        IntervalUnit::Day => t.checked_add(Duration::days(n)),
-        IntervalUnit::Week => t.checked_add(Duration::weeks(n)),
-        IntervalUnit::Month | IntervalUnit::Year => {
-            let months = if unit == IntervalUnit::Year {
-                n * 12
-            } else {
-                n
-            };
-            let total = i64::from(t.year()) * 12 + i64::from(u8::from(t.month())) - 1 + months;
-            let year = (total / 12) as i32;
-            let month =
-                time::Month::try_from((total % 12 + 1) as u8).unwrap_or(time::Month::January);
-            let day = t.day().min(month.length(year));
-            time::Date::from_calendar_date(year, month, day)
-                .ok()
-                .map(|d| t.replace_date(d))
-        }
-    };
-    out.map(|o| (o.unix_timestamp_nanos() / 1_000_000) as i64)
-        .unwrap_or(ms)
-}
-
-/// Minor units → the decimal number FastSpring shows (`14.95`).
-pub fn to_major(minor: i64, exponent: u8) -> f64 {
-    minor as f64 / 10f64.powi(i32::from(exponent))
-}
-
-/// A decimal price → minor units; refuses negatives, absurd amounts and sub-minor precision.
-pub fn to_minor(price: f64, exponent: u8) -> Option<i64> {
-    if !price.is_finite() || !(0.0..=1e9).contains(&price) {
-        return None;
-    }
-    let scaled = price * 10f64.powi(i32::from(exponent));
-    let rounded = scaled.round();
-    ((scaled - rounded).abs() < 1e-6).then_some(rounded as i64)
-}
-
-/// `MM/DD/YY`, FastSpring's `*Display` date form.
-pub fn display_date(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map(|t| format!("{}/{}/{:02}", u8::from(t.month()), t.day(), t.year() % 100))
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn emails_are_normalised_and_obvious_garbage_is_refused() {
-        assert_eq!(
-            normalise_email(" Jane@Example.COM ").as_deref(),
-            Some("jane@example.com")
-        );
-        for bad in [
-            "",
-            "jane",
-            "jane@",
-            "@x.com",
-            "a b@x.com",
-            "a@x",
-            "a@@x.com",
-            "a/b@x.com",
-        ] {
-            assert_eq!(normalise_email(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn monthly_intervals_clamp_to_the_end_of_shorter_months() {
-        // 2027-01-31T00:00Z + 1 month = 2027-02-28
-        let jan31 = 1_801_353_600_000;
-        assert_eq!(display_date(jan31), "1/31/27");
-        assert_eq!(
-            display_date(add_interval(jan31, IntervalUnit::Month, 1)),
-            "2/28/27"
-        );
-        assert_eq!(
-            display_date(add_interval(jan31, IntervalUnit::Year, 1)),
-            "1/31/28"
-        );
-        assert_eq!(
-            display_date(add_interval(jan31, IntervalUnit::Week, 1)),
-            "2/7/27"
-        );
-    }
-
-    #[test]
-    fn prices_convert_to_minor_units_only_when_exact() {
-        assert_eq!(to_minor(14.95, 2), Some(1495));
-        assert_eq!(to_minor(1000.0, 0), Some(1000));
-        assert_eq!(to_minor(1.005, 2), None);
-        assert_eq!(to_minor(-1.0, 2), None);
-        assert_eq!(to_minor(f64::NAN, 2), None);
-    }
 
     #[test]
     fn account_create_names_every_missing_and_invalid_field() {

@@ -264,7 +264,7 @@ impl Ops {
     }
 
     /// Scrape-time gauges.
-    fn gauges(&self) -> Vec<Gauge> {
+    async fn gauges(&self) -> Vec<Gauge> {
         let (addresses, users) = self
             .tables
             .lock()
@@ -274,8 +274,9 @@ impl Ops {
         // scrape stays cheap.
         let outbox = self
             .state
-            .events
+            .storage
             .outbox_due(i64::MAX, OUTBOX_GAUGE_CAP)
+            .await
             .map_or(-1.0, |rows| rows.len() as f64);
         vec![
             Gauge {
@@ -301,8 +302,11 @@ impl Ops {
 }
 
 fn too_many(retry: Duration) -> Response {
-    let body = serde_json::json!({"action": "request", "result": "error",
-        "error": {"request": "too many requests, retry later"}});
+    let body = crate::error::envelope(
+        "request",
+        None,
+        &[("request", "too many requests, retry later")],
+    );
     let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
     if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
@@ -350,7 +354,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     summary = "Prometheus metrics (text exposition format 0.0.4)",
     responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
 async fn metrics_page(State(ops): State<Arc<Ops>>) -> Response {
-    let text = metrics().render(&ops.gauges());
+    let text = metrics().render(&ops.gauges().await);
     (
         [(
             header::CONTENT_TYPE,

@@ -478,3 +478,89 @@ async fn names_with_html_special_characters_are_escaped_on_the_page() {
     );
     assert!(html.contains("&lt;img src=x onerror=alert(2)&gt;"));
 }
+
+/// The `subscription.canceled` (and `subscription.resumed`) events of one subscription, in
+/// order, from the events API.
+async fn subscription_events(sys: &System, kind: &str, sub: &str) -> Vec<Value> {
+    let a = sys
+        .call(&sys.demo, "GET", "/events/unprocessed?begin=0", None)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.json["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["type"] == kind && e["data"]["subscription"] == sub)
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_the_account_page_and_from_the_api_emit_the_same_subscription_object() {
+    let sys = fresh(&[]);
+    let (account, order) = customer(&sys, "samecancel@example.com", "Sam").await;
+    let sub = order["items"][0]["subscription"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, cookie, _, _) = open(&sso_url(&sys, &account).await).await;
+    let cookie = cookie.unwrap_or_default();
+    let (_, _, html) = page(&sys, &cookie).await;
+    let token = csrf(&html);
+    // Customer cancels and resumes on the page, then the merchant cancels and resumes by API.
+    for action in ["cancel", "resume"] {
+        let (status, _) = post_form(
+            &sys,
+            &cookie,
+            &format!("/account/subscriptions/{sub}/{action}"),
+            &[("csrf", &token)],
+        )
+        .await;
+        assert_eq!(status, 303, "{action}");
+    }
+    let c = sys
+        .call(&sys.demo, "DELETE", &format!("/subscriptions/{sub}"), None)
+        .await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    let body = json!({"subscriptions": [{"subscription": sub, "deactivation": null}]});
+    let r = sys
+        .call(
+            &sys.demo,
+            "POST",
+            &format!("/subscriptions/{sub}"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    for (kind, state) in [
+        ("subscription.canceled", "canceled"),
+        ("subscription.resumed", "active"),
+    ] {
+        let evs = subscription_events(&sys, kind, &sub).await;
+        assert_eq!(evs.len(), 2, "{kind}: page and API: {evs:?}");
+        let keys = |v: &Value| {
+            let mut k: Vec<String> = v
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(&evs[0]),
+            keys(&evs[1]),
+            "{kind}: one shape from both paths"
+        );
+        for data in &evs {
+            // FastSpring's payload: the subscription object, with its account.
+            assert_eq!(data["id"], sub.as_str(), "{kind}: {data}");
+            assert_eq!(data["subscription"], sub.as_str());
+            assert_eq!(data["account"], account.as_str());
+            assert_eq!(data["state"], state);
+            assert_eq!(data["product"], order["items"][0]["product"]);
+            assert!(data.get("action").is_none() && data.get("result").is_none());
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! checkout, then `POST /subscriptions/charge` and the periodic job; the sandbox's ledger is the
 //! witness of what the processor received.
 
+use accounts_api::model::EventRecord;
+use accounts_api::storage::{SledStorage, Storage as _};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,20 +44,28 @@ async fn subscription(sys: &System, sub: &str) -> Value {
     a.json
 }
 
-/// Every event row accounts-api wrote for `store` (read from its stopped database).
-fn events(sys: &System, store: &str) -> Vec<Value> {
-    let db = sled::open(sys.accounts_dir().join("db")).unwrap_or_else(|e| panic!("{e}"));
-    let tree = db.open_tree("data").unwrap_or_else(|e| panic!("{e}"));
-    tree.scan_prefix(format!("v/{store}/").as_bytes())
-        .filter_map(|kv| kv.ok())
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-        .collect()
+/// Every event accounts-api wrote for `store`, processed or not, read from its stopped
+/// database through the storage port: a row that cannot be read or decoded fails the test
+/// instead of silently dropping out of a negative assertion.
+async fn events(sys: &System, store: &str) -> Vec<EventRecord> {
+    let db = SledStorage::open(&sys.accounts_dir().join("db")).unwrap_or_else(|e| panic!("{e}"));
+    let mut all = Vec::new();
+    for processed in [false, true] {
+        let (page, more) = db
+            .events(store, 0, processed, usize::MAX)
+            .await
+            .unwrap_or_else(|e| panic!("events unreadable: {e}"));
+        assert!(!more);
+        all.extend(page);
+    }
+    assert!(!all.is_empty(), "the store has events at all");
+    all
 }
 
-fn of_type<'a>(events: &'a [Value], kind: &str, sub: &str) -> Vec<&'a Value> {
+fn of_type<'a>(events: &'a [EventRecord], kind: &str, sub: &str) -> Vec<&'a EventRecord> {
     events
         .iter()
-        .filter(|e| e["type"] == kind && e["data"]["subscription"] == sub)
+        .filter(|e| e.kind == kind && e.data["subscription"] == sub)
         .collect()
 }
 
@@ -143,7 +153,7 @@ async fn a_due_automatic_subscription_is_charged_exactly_once_its_period_advance
             path.display()
         );
     }
-    let ev = events(&sys, &sys.demo.store);
+    let ev = events(&sys, &sys.demo.store).await;
     assert_eq!(
         of_type(&ev, "subscription.charge.completed", &sub).len(),
         1,
@@ -200,7 +210,7 @@ async fn a_declined_renewal_records_the_reason_retries_after_1_3_5_days_and_deac
     assert!(charges.iter().all(|c| c["status"] == "declined"));
     assert!(!sys.logs().contains(&tok));
     sys.stop();
-    let ev = events(&sys, &sys.demo.store);
+    let ev = events(&sys, &sys.demo.store).await;
     assert_eq!(of_type(&ev, "subscription.charge.failed", &sub).len(), 4);
     assert_eq!(of_type(&ev, "subscription.deactivated", &sub).len(), 1);
 }
@@ -225,7 +235,7 @@ async fn a_manual_subscription_is_never_charged_and_gets_a_payment_reminder_even
         "no charge: {all}"
     );
     sys.stop();
-    let ev = events(&sys, &sys.demo.store);
+    let ev = events(&sys, &sys.demo.store).await;
     assert_eq!(
         of_type(&ev, "subscription.payment.reminder", &sub).len(),
         1,
@@ -376,7 +386,7 @@ async fn a_card_that_expires_before_the_next_charge_is_flagged_ahead_of_time_wit
     assert_eq!(all["charges"].as_array().map(Vec::len), Some(0));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     sys.stop();
-    let ev = events(&sys, &sys.demo.store);
+    let ev = events(&sys, &sys.demo.store).await;
     assert_eq!(
         of_type(&ev, "subscription.card.expiring", &sub).len(),
         1,

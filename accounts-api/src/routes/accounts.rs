@@ -5,11 +5,8 @@ use crate::app::{
     paging,
 };
 use crate::error::{ApiError, ErrorKind};
-use crate::model::{
-    AccountInput, AccountRecord, Address, Contact, EventRecord, SubState, new_id, normalise_email,
-    now_ms, parse_account,
-};
-use crate::storage::{Extras, Index};
+use crate::model::{AccountRecord, Address, Contact, SubState, parse_account};
+use crate::service::accounts;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -39,19 +36,26 @@ pub fn contact_json(c: &Contact) -> Value {
 }
 
 /// FastSpring's account object (`GET /accounts/{id}` and lookups).
-pub fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Value {
+pub async fn account_json(state: &SharedState, a: &AccountRecord, action: &str) -> Value {
     let now = time::OffsetDateTime::now_utc();
     let active = a
         .payment_methods
         .iter()
         .filter(|p| match (p.exp_year, p.exp_month) {
-            (Some(y), Some(m)) => (i32::from(y), m) >= (now.year(), u8::from(now.month())),
+            (Some(y), Some(m)) => {
+                crate::domain::card::is_current(m, y, now.year(), u8::from(now.month()))
+            }
             _ => true,
         })
         .count();
-    let subscribed = a.subscriptions.iter().any(|s| {
-        matches!(state.storage.subscription(&a.store, s), Ok(Some(r)) if r.state == SubState::Active)
-    });
+    let mut subscribed = false;
+    for s in &a.subscriptions {
+        if matches!(state.storage.subscription(&a.store, s).await, Ok(Some(r)) if r.state == SubState::Active)
+        {
+            subscribed = true;
+            break;
+        }
+    }
     json!({
         "id": a.id, "account": a.id, "action": action, "result": "success",
         "contact": contact_json(&a.contact),
@@ -82,47 +86,6 @@ pub fn account_event_data(a: &AccountRecord) -> Value {
         "lookup": {"global": a.global, "custom": a.custom}})
 }
 
-pub(crate) fn apply(a: &mut AccountRecord, input: &AccountInput) {
-    if let Some(v) = &input.first {
-        a.contact.first = v.clone();
-    }
-    if let Some(v) = &input.last {
-        a.contact.last = v.clone();
-    }
-    if let Some(v) = &input.email {
-        a.contact.email = v.clone();
-    }
-    if let Some(v) = &input.company {
-        a.contact.company = (!v.is_empty()).then(|| v.clone());
-    }
-    if let Some(v) = &input.phone {
-        a.contact.phone = (!v.is_empty()).then(|| v.clone());
-    }
-    if let Some(new) = &input.address {
-        // Partial inside the address too: only the given lines change.
-        let cur = a.address.get_or_insert_with(Address::default);
-        let merge = |cur: &mut Option<String>, new: &Option<String>| {
-            if new.is_some() {
-                cur.clone_from(new);
-            }
-        };
-        merge(&mut cur.address_line1, &new.address_line1);
-        merge(&mut cur.address_line2, &new.address_line2);
-        merge(&mut cur.city, &new.city);
-        merge(&mut cur.region, &new.region);
-        merge(&mut cur.postal_code, &new.postal_code);
-    }
-    if input.country.is_some() {
-        a.country.clone_from(&input.country);
-    }
-    if input.language.is_some() {
-        a.language.clone_from(&input.language);
-    }
-    if input.custom.is_some() {
-        a.custom.clone_from(&input.custom);
-    }
-}
-
 #[utoipa::path(
     post,
     operation_id = "accounts.create",
@@ -140,7 +103,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.create";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(&state, &store, &headers, "POST /accounts", &body, ACTION).await? {
         IdempotencyStart::Replay(r) => return Ok(r),
@@ -149,46 +112,15 @@ async fn create(
     let obj = json_object(&body, ACTION)?;
     let input =
         parse_account(&obj, true).map_err(|p| ApiError::new(ACTION, ErrorKind::Invalid(p.0)))?;
-    let mut account = AccountRecord {
-        id: new_id(),
-        store: store.clone(),
-        global: new_id(),
-        contact: Contact {
-            first: String::new(),
-            last: String::new(),
-            email: String::new(),
-            company: None,
-            phone: None,
-        },
-        address: None,
-        country: None,
-        language: None,
-        custom: None,
-        orders: vec![],
-        subscriptions: vec![],
-        payment_methods: vec![],
-        charges: vec![],
-        created: now_ms(),
+    let changed = |id: &str| json!({"account": id, "action": ACTION, "result": "success"});
+    let answer = |a: &AccountRecord| {
+        idem.as_ref()
+            .map(|i| i.record(StatusCode::OK, &changed(&a.id)))
     };
-    apply(&mut account, &input);
-    let resp = json!({"account": account.id, "action": ACTION, "result": "success"});
-    let extras = Extras {
-        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![EventRecord::new(
-            "account.created",
-            account_event_data(&account),
-        )],
-    };
-    state
-        .storage
-        .create_account(&account, &extras)
-        .map_err(|e| e.into_api(ACTION))?;
-    state
-        .storage
-        .durable()
+    let account = accounts::create(state.storage.as_ref(), &store, &input, &answer)
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(resp))
+    Ok(ok(changed(&account.id)))
 }
 
 #[utoipa::path(
@@ -207,16 +139,17 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let account = state
         .storage
         .account(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| {
             ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
         })?;
     Ok(ok(
-        json!({"accounts": [account_json(&state, &account, ACTION)]}),
+        json!({"accounts": [account_json(&state, &account, ACTION).await]}),
     ))
 }
 
@@ -238,7 +171,7 @@ async fn update(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.update";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(
         &state,
@@ -257,24 +190,15 @@ async fn update(
     let input =
         parse_account(&obj, false).map_err(|p| ApiError::new(ACTION, ErrorKind::Invalid(p.0)))?;
     let resp = json!({"account": id, "action": ACTION, "result": "success"});
-    let extras = Extras {
-        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![EventRecord::new("account.updated", json!({"account": id}))],
-    };
-    state
-        .storage
-        .update_account(&store, &id, &|a| apply(a, &input), &extras)
+    let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
+    accounts::update(state.storage.as_ref(), &store, &id, &input, answer)
+        .await
         .map_err(|e| match e {
             crate::error::StorageError::NotFound => {
                 ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
             }
             other => other.into_api(ACTION),
         })?;
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(resp))
 }
 
@@ -295,7 +219,7 @@ async fn lookup(
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let store = authorize(&state, &headers, "account.lookup")?;
+    let store = authorize(&state, &headers, "account.lookup").await?;
     let Ok(Query(q)) = query else {
         return Err(ApiError::invalid(
             "account.lookup",
@@ -331,6 +255,7 @@ async fn lookup(
         let (ids, total) = state
             .storage
             .list_accounts(&store, (page - 1).saturating_mul(limit), limit)
+            .await
             .map_err(|e| e.into_api(ACTION))?;
         return Ok(ok(page_body(ACTION, "accounts", ids, page, limit, total)));
     }
@@ -344,25 +269,9 @@ async fn lookup(
     }
     let field = given[0];
     let value = q.get(field).map(String::as_str).unwrap_or_default();
-    let s = &state.storage;
-    let found: Result<Option<String>, _> = match field {
-        "email" => match normalise_email(value) {
-            Some(e) => s.account_by(&store, Index::Email, &e),
-            None => Ok(None),
-        },
-        "custom" => s.account_by(&store, Index::Custom, value),
-        "global" => s.account_by(&store, Index::Global, value),
-        "orderId" | "orderID" => s.order(&store, value).map(|o| o.map(|o| o.account)),
-        "orderReference" => match s.order_by_reference(&store, value) {
-            Ok(Some(oid)) => s.order(&store, &oid).map(|o| o.map(|o| o.account)),
-            other => other,
-        },
-        _ => s.subscription(&store, value).map(|o| o.map(|o| o.account)),
-    };
-    let account = match found.map_err(|e| e.into_api(ACTION))? {
-        Some(id) => s.account(&store, &id).map_err(|e| e.into_api(ACTION))?,
-        None => None,
-    };
+    let account = accounts::find(state.storage.as_ref(), &store, field, value)
+        .await
+        .map_err(|e| e.into_api(ACTION))?;
     let Some(account) = account else {
         let f: &'static str = match field {
             "email" => "email",
@@ -378,6 +287,6 @@ async fn lookup(
         ));
     };
     Ok(ok(
-        json!({"action": ACTION, "result": "success", "accounts": [account_json(&state, &account, ACTION)]}),
+        json!({"action": ACTION, "result": "success", "accounts": [account_json(&state, &account, ACTION).await]}),
     ))
 }

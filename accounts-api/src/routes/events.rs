@@ -68,7 +68,7 @@ async fn unprocessed(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "events.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let q = query(q, ACTION)?;
     let begin =
         match q.get("begin") {
@@ -79,8 +79,9 @@ async fn unprocessed(
         };
     let limit = limit(&q, ACTION)?;
     let (events, more) = state
-        .events
+        .storage
         .events(&store, begin, false, limit)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(list_body(events, more)))
 }
@@ -101,7 +102,7 @@ async fn processed(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "events.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let q = query(q, ACTION)?;
     let days = match q.get("days") {
         None => 1,
@@ -114,8 +115,9 @@ async fn processed(
     let limit = limit(&q, ACTION)?;
     let begin = crate::model::now_ms() - days * 86_400_000;
     let (events, more) = state
-        .events
+        .storage
         .events(&store, begin, true, limit)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(list_body(events, more)))
 }
@@ -140,10 +142,11 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "event.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let ev = state
-        .events
+        .storage
         .event(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| not_found(ACTION))?;
     let mut body = ev.to_json();
@@ -170,7 +173,7 @@ async fn update(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "event.update";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(
         &state,
@@ -198,8 +201,9 @@ async fn update(
         .as_ref()
         .map(|i| i.record(axum::http::StatusCode::OK, &resp));
     state
-        .events
+        .storage
         .set_processed(&store, &id, processed, record.as_ref())
+        .await
         .map_err(|e| match e {
             StorageError::NotFound => not_found(ACTION),
             other => other.into_api(ACTION),

@@ -1,9 +1,9 @@
 //! One module per HTTP resource, each exposing its `router()`; merged in `app::router`.
 
-pub mod account_pages;
 pub mod accounts;
 pub mod events;
 pub mod orders;
 pub mod payment_methods;
 pub mod subscriptions;
+pub mod views;
 pub mod webhooks;

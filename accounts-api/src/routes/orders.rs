@@ -1,38 +1,28 @@
 //! Checkout completion (`POST /orders`, Strongroom's extension) and `GET /orders/{id}`.
 //!
-//! The token's path: it is parsed into a zeroizing [`SecretString`] straight out of the parsed
-//! body; if the consent rule says "save", it goes to the vault in one request and is dropped;
-//! otherwise it is dropped before anything else happens. It is never written, logged or echoed.
-//!
-//! Race safety and "nothing half-written": (1) resolve the account — by the store's email index,
-//! else a fresh id; (2) if the token is to be saved, the vault stores it under that account (vault
-//! down → 503, nothing written here); (3) one transaction writes account, indexes, order,
-//! subscriptions, payment-method reference, idempotency record and events, re-checking the email
-//! index. A concurrent first order that won the race makes the transaction abort with the
-//! winner's id; the checkout is redone with the winner (the token is stored again under it, and
-//! the orphan under the losing fresh id is deleted best-effort). So 20 concurrent first orders
-//! with one email make exactly one account.
+//! This module parses the body strictly (the token straight into a zeroizing
+//! [`SecretString`]) and answers; the rules — consent, account resolution, the vault call, the
+//! email race and orphan cleanup — are the checkout service's (`service::checkout`).
 
 use crate::app::{
-    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
+    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok_view,
 };
-use crate::error::{ApiError, ErrorKind, StorageError};
+use crate::domain::Consent;
+use crate::domain::interval::Interval;
+use crate::error::{ApiError, ErrorKind};
 use crate::model::{
-    AccountRecord, Address, Contact, EventRecord, IntervalUnit, OrderItem, OrderPayment,
-    OrderRecord, PaymentMethodRef, Problems, SubState, SubscriptionRecord, add_interval,
-    display_date, new_id, normalise_email, now_ms, opt_obj, opt_str, parse_address, req_str,
-    to_major, to_minor,
+    Contact, IntervalUnit, OrderRecord, Problems, normalise_email, opt_obj, opt_str, parse_address,
+    req_str, to_minor,
 };
-use crate::routes::accounts::contact_json;
-use crate::storage::{Checkout, Extras, Index};
+use crate::routes::views::OrderView;
+use crate::service::checkout::{self, CheckoutError, CheckoutInput, Deps, ItemInput, PaymentInput};
 use crate::vault::VaultError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{Map, Value, json};
-use shared::vault_api::StorePaymentMethodRequest;
+use serde_json::{Map, Value};
 use shared::{CardBrand, Currency, Expiry, Last4, PaymentType, SecretString};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -44,35 +34,6 @@ pub fn router() -> OpenApiRouter<SharedState> {
 }
 
 const ACTION: &str = "order.create";
-
-struct ItemInput {
-    product: String,
-    quantity: u32,
-    price: i64,
-    interval: Option<(IntervalUnit, u32)>,
-}
-
-/// The masked payment details; the token travels separately.
-struct PaymentInput {
-    kind: PaymentType,
-    brand: Option<CardBrand>,
-    last4: Option<Last4>,
-    expiry: Option<Expiry>,
-    email: Option<String>,
-}
-
-struct CheckoutInput {
-    account: Option<String>,
-    customer: Option<Contact>,
-    address: Option<Address>,
-    country: Option<String>,
-    language: Option<String>,
-    currency: Currency,
-    items: Vec<ItemInput>,
-    payment: PaymentInput,
-    presented: bool,
-    accepted: bool,
-}
 
 fn unknown_fields(obj: &Map<String, Value>, allowed: &[&str], prefix: &str, p: &mut Problems) {
     for k in obj.keys() {
@@ -314,11 +275,14 @@ fn parse(mut obj: Map<String, Value>) -> (Option<SecretString>, Result<CheckoutI
                                 })
                         });
                         match (unit, len) {
-                            (Some(u), Some(l)) => Some((u, l)),
+                            (Some(unit), Some(length)) => Some(Interval { unit, length }),
                             _ => {
                                 // Keep the item a subscription item so consent is judged right
                                 // even though the request is refused anyway.
-                                Some((IntervalUnit::Month, 1))
+                                Some(Interval {
+                                    unit: IntervalUnit::Month,
+                                    length: 1,
+                                })
                             }
                         }
                     }
@@ -452,8 +416,10 @@ fn parse(mut obj: Map<String, Value>) -> (Option<SecretString>, Result<CheckoutI
                 currency,
                 items,
                 payment,
-                presented,
-                accepted,
+                consent: Consent {
+                    presented,
+                    accepted,
+                },
             }),
         ),
         _ => {
@@ -465,53 +431,6 @@ fn parse(mut obj: Map<String, Value>) -> (Option<SecretString>, Result<CheckoutI
     }
 }
 
-fn payment_json(kind: &str, brand: Option<&str>, last4: Option<&str>) -> Value {
-    let brand = brand
-        .and_then(|b| CardBrand::parse(b).ok())
-        .map(CardBrand::display_name);
-    json!({"type": if kind == "card" { "creditcard" } else { kind }, "creditCard": brand, "cardEnding": last4})
-}
-
-/// FastSpring's order object.
-pub fn order_json(o: &OrderRecord, action: &str) -> Value {
-    let exp = Currency::parse(&o.currency)
-        .map(|c| c.exponent())
-        .unwrap_or(2);
-    let items: Vec<Value> = o
-        .items
-        .iter()
-        .map(|i| {
-            json!({"product": i.product, "quantity": i.quantity, "price": to_major(i.price, exp),
-                "subtotal": to_major(i.price * i64::from(i.quantity), exp), "subscription": i.subscription})
-        })
-        .collect();
-    let mut address = match &o.address {
-        Some(a) => json!({"addressLine1": a.address_line1, "addressLine2": a.address_line2,
-            "city": a.city, "region": a.region, "postalCode": a.postal_code}),
-        None => json!({}),
-    };
-    if let Some(m) = address.as_object_mut() {
-        m.insert("country".into(), json!(o.country));
-    }
-    let subscriptions: Vec<&String> = o
-        .items
-        .iter()
-        .filter_map(|i| i.subscription.as_ref())
-        .collect();
-    json!({
-        "action": action, "result": "success",
-        "id": o.id, "order": o.id, "reference": o.reference, "account": o.account,
-        "completed": true, "changed": o.completed, "changedDisplay": display_date(o.completed),
-        "language": o.language, "live": o.live, "currency": o.currency,
-        "total": to_major(o.total, exp), "subtotal": to_major(o.total, exp), "tax": 0,
-        "customer": contact_json(&o.customer), "address": address, "items": items,
-        "payment": payment_json(&o.payment.kind, o.payment.brand.as_deref(), o.payment.last4.as_deref()),
-        "subscriptions": subscriptions,
-        // Strongroom extension: whether the payment method was saved for automatic renewal.
-        "autoRenew": o.payment_method.is_some(),
-    })
-}
-
 #[utoipa::path(
     get,
     operation_id = "orders.read",
@@ -519,7 +438,7 @@ pub fn order_json(o: &OrderRecord, action: &str) -> Value {
     tags = ["orders"],
     summary = "Read an order",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    responses((status = 200, description = "Success", body = crate::openapi::Order)),
+    responses((status = 200, description = "Success", body = OrderView)),
     security(("basic" = []))
 )]
 async fn read(
@@ -528,31 +447,14 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "order.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let o = state
         .storage
         .order(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found")))?;
-    Ok(ok(order_json(&o, ACTION)))
-}
-
-/// FastSpring-like human order reference: `SR` + date + two random groups.
-fn reference(now: i64) -> String {
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    let r = u32::from_le_bytes(b);
-    let date = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now) * 1_000_000)
-        .map(|t| {
-            format!(
-                "{:02}{:02}{:02}",
-                t.year() % 100,
-                u8::from(t.month()),
-                t.day()
-            )
-        })
-        .unwrap_or_default();
-    format!("SR{date}-{:04}-{:05}", r % 10_000, (r / 10_000) % 100_000)
+    Ok(ok_view(&OrderView::of(&o, Some(ACTION))))
 }
 
 fn vault_error(e: VaultError) -> ApiError {
@@ -586,7 +488,7 @@ fn vault_error(e: VaultError) -> ApiError {
     summary = "Complete a checkout: account, order, subscriptions, saved token",
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
     request_body(content = crate::openapi::CheckoutInput, content_type = "application/json"),
-    responses((status = 200, description = "Success", body = crate::openapi::Order)),
+    responses((status = 200, description = "Success", body = OrderView)),
     security(("basic" = []))
 )]
 async fn complete(
@@ -594,7 +496,7 @@ async fn complete(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(&state, &store, &headers, "POST /orders", &body, ACTION).await? {
         IdempotencyStart::Replay(r) => return Ok(r),
@@ -610,261 +512,29 @@ async fn complete(
             return Err(ApiError::new(ACTION, ErrorKind::Invalid(p.0)));
         }
     };
-    let has_subscription = input.items.iter().any(|i| i.interval.is_some());
-    // The consent rule: save only for a subscription, and only if the box was not shown or was
-    // checked. Otherwise the token is dropped (zeroized) right here.
-    let save = has_subscription && (!input.presented || input.accepted);
-    let token = if save {
-        token
-    } else {
-        drop(token);
-        None
+    let deps = Deps {
+        storage: state.storage.as_ref(),
+        vault: &state.vault,
+        live: state.settings.live,
     };
-
-    // (1) Resolve the account.
-    let (mut account_id, email_key, mut create) = match &input.account {
-        Some(id) => {
-            let found = state
-                .storage
-                .account(&store, id)
-                .map_err(|e| e.into_api(ACTION))?;
-            if found.is_none() {
-                return Err(ApiError::new(
-                    ACTION,
-                    ErrorKind::NotFound("account", "account not found"),
-                ));
-            }
-            (id.clone(), None, false)
-        }
-        None => {
-            let contact = input
-                .customer
-                .as_ref()
-                .ok_or_else(|| ApiError::invalid(ACTION, "customer", "is required"))?;
-            let email = normalise_email(&contact.email).ok_or_else(|| {
-                ApiError::invalid(ACTION, "customer.email", "is not a valid email address")
-            })?;
-            match state
-                .storage
-                .account_by(&store, Index::Email, &email)
-                .map_err(|e| e.into_api(ACTION))?
-            {
-                Some(id) => (id, Some(email), false),
-                None => (new_id(), Some(email), true),
-            }
-        }
+    let answer = |o: &OrderRecord| {
+        idem.as_ref()
+            .map(|i| i.record(StatusCode::OK, &OrderView::of(o, Some(ACTION))))
     };
-
-    let now = now_ms();
-    let mut reference_attempts = 0;
-    for _attempt in 0..8 {
-        // (2) The vault stores the token under the resolved account.
-        let pm = match &token {
-            Some(t) => {
-                let req = StorePaymentMethodRequest {
-                    store: store.clone(),
-                    account: account_id.clone(),
-                    token: t.clone(),
-                    kind: input.payment.kind.as_str().to_owned(),
-                    brand: input.payment.brand.map(|b| b.as_str().to_owned()),
-                    last4: input.payment.last4.map(|l| l.as_str().to_owned()),
-                    exp_month: input.payment.expiry.map(|e| i64::from(e.month())),
-                    exp_year: input.payment.expiry.map(|e| i64::from(e.year())),
-                    email: input.payment.email.clone(),
-                };
-                let view = state.vault.store(&req).await.map_err(vault_error)?;
-                Some(PaymentMethodRef {
-                    id: view.id,
-                    kind: view.kind,
-                    brand: view.brand,
-                    last4: view.last4,
-                    exp_month: view.exp_month,
-                    exp_year: view.exp_year,
-                })
-            }
-            None => None,
-        };
-
-        // (3) One transaction writes everything.
-        let order_id = new_id();
-        let mut items = Vec::new();
-        let mut subs = Vec::new();
-        for it in &input.items {
-            let sub_id = it.interval.map(|_| new_id());
-            if let (Some((unit, len)), Some(sid)) = (it.interval, &sub_id) {
-                subs.push(SubscriptionRecord {
-                    id: sid.clone(),
-                    store: store.clone(),
-                    account: account_id.clone(),
-                    order: order_id.clone(),
-                    product: it.product.clone(),
-                    quantity: it.quantity,
-                    price: it.price,
-                    currency: input.currency.as_str().to_owned(),
-                    interval_unit: unit,
-                    interval_length: len,
-                    state: SubState::Active,
-                    auto_renew: pm.is_some(),
-                    payment_method: pm.as_ref().map(|p| p.id.clone()),
-                    payment_kind: input.payment.kind.as_str().to_owned(),
-                    brand: input.payment.brand.map(|b| b.as_str().to_owned()),
-                    last4: input.payment.last4.map(|l| l.as_str().to_owned()),
-                    expiry: input.payment.expiry.map(Expiry::mm_yy),
-                    begin: now,
-                    next: add_interval(now, unit, len),
-                    canceled: None,
-                    renewal: Default::default(),
-                    live: state.settings.live,
-                });
-            }
-            items.push(OrderItem {
-                product: it.product.clone(),
-                quantity: it.quantity,
-                price: it.price,
-                subscription: sub_id,
-            });
-        }
-        let new_account = create.then(|| {
-            let c = input.customer.clone().unwrap_or(Contact {
-                first: String::new(),
-                last: String::new(),
-                email: String::new(),
-                company: None,
-                phone: None,
-            });
-            AccountRecord {
-                id: account_id.clone(),
-                store: store.clone(),
-                global: new_id(),
-                contact: c,
-                address: input.address.clone(),
-                country: input.country.clone(),
-                language: input.language.clone(),
-                custom: None,
-                orders: vec![],
-                subscriptions: vec![],
-                payment_methods: vec![],
-                charges: vec![],
-                created: now,
-            }
-        });
-        let customer = match &input.customer {
-            Some(c) => c.clone(),
-            None => match state.storage.account(&store, &account_id) {
-                Ok(Some(a)) => a.contact,
-                _ => {
-                    return Err(ApiError::new(
-                        ACTION,
-                        ErrorKind::NotFound("account", "account not found"),
-                    ));
-                }
-            },
-        };
-        let order = OrderRecord {
-            id: order_id.clone(),
-            reference: reference(now),
-            store: store.clone(),
-            account: account_id.clone(),
-            customer,
-            address: input.address.clone(),
-            country: input.country.clone(),
-            language: input.language.clone(),
-            currency: input.currency.as_str().to_owned(),
-            total: items.iter().map(|i| i.price * i64::from(i.quantity)).sum(),
-            items,
-            payment: OrderPayment {
-                kind: input.payment.kind.as_str().to_owned(),
-                brand: input.payment.brand.map(|b| b.as_str().to_owned()),
-                last4: input.payment.last4.map(|l| l.as_str().to_owned()),
-            },
-            payment_method: pm.as_ref().map(|p| p.id.clone()),
-            completed: now,
-            live: state.settings.live,
-        };
-        let resp = order_json(&order, ACTION);
-        let mut events = Vec::new();
-        if let Some(a) = &new_account {
-            events.push(EventRecord::new(
-                "account.created",
-                crate::routes::accounts::account_event_data(a),
-            ));
-        }
-        // FastSpring's event data is the object itself: the order, each subscription.
-        let mut order_data = order_json(&order, "order.completed");
-        if let Some(m) = order_data.as_object_mut() {
-            m.remove("action");
-            m.remove("result");
-        }
-        events.push(EventRecord::new("order.completed", order_data));
-        for s in &subs {
-            let mut data =
-                crate::routes::subscriptions::subscription_json(s, "subscription.activated");
-            if let Some(m) = data.as_object_mut() {
-                m.remove("action");
-                m.remove("result");
-            }
-            events.push(EventRecord::new("subscription.activated", data));
-        }
-        let extras = Extras {
-            idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-            events,
-        };
-        let checkout = Checkout {
-            store: store.clone(),
-            account_id: account_id.clone(),
-            email_key: email_key.clone(),
-            create: new_account,
-            order,
-            subscriptions: subs,
-            payment_method: pm.clone(),
-        };
-        match state.storage.complete_checkout(&checkout, &extras) {
-            Ok(()) => {
-                state
-                    .storage
-                    .durable()
-                    .await
-                    .map_err(|e| e.into_api(ACTION))?;
-                tracing::info!(store = %store, order = %order_id, account = %account_id, saved = pm.is_some(), "checkout completed");
-                return Ok(ok(resp));
-            }
-            Err(StorageError::EmailRace(winner)) => {
-                tracing::debug!(store = %store, "checkout lost the race for its email; redoing with the winner");
-                // Lost the race for this email: the fresh account id never came to exist, so a
-                // token stored under it is an orphan — delete it, then redo with the winner.
-                if let (true, Some(pm)) = (create, &pm) {
-                    let vault = state.vault.clone();
-                    let (s, id) = (store.clone(), pm.id.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = vault.delete(&s, &id).await {
-                            tracing::warn!(error = %e, "could not delete an orphaned payment method");
-                        }
-                    });
-                }
-                if winner.is_empty() {
-                    account_id = new_id();
-                    create = true;
-                } else {
-                    account_id = winner;
-                    create = false;
-                }
-            }
-            Err(StorageError::State("order reference collision")) if reference_attempts < 3 => {
-                reference_attempts += 1;
-            }
-            Err(e) => {
-                if let (true, Some(pm)) = (create, &pm) {
-                    let _ = state.vault.delete(&store, &pm.id).await;
-                }
-                return Err(e.into_api(ACTION));
-            }
-        }
+    match checkout::complete(&deps, &store, &input, token, &answer).await {
+        Ok(order) => Ok(ok_view(&OrderView::of(&order, Some(ACTION)))),
+        Err(CheckoutError::AccountNotFound) => Err(ApiError::new(
+            ACTION,
+            ErrorKind::NotFound("account", "account not found"),
+        )),
+        Err(CheckoutError::Invalid(field, msg)) => Err(ApiError::invalid(ACTION, field, msg)),
+        Err(CheckoutError::Vault(e)) => Err(vault_error(e)),
+        Err(CheckoutError::Storage(e)) => Err(e.into_api(ACTION)),
+        Err(CheckoutError::Unsettled) => Err(ApiError::new(
+            ACTION,
+            ErrorKind::Conflict("account", "concurrent changes, retry".to_owned()),
+        )),
     }
-    tracing::error!("checkout did not settle after repeated races");
-    Err(ApiError::new(
-        ACTION,
-        ErrorKind::Conflict("account", "concurrent changes, retry".to_owned()),
-    ))
 }
 
 /// Fuzz entry (issue 6, `accounts-api/fuzz`): the checkout body parser on raw bytes. Must never

@@ -4,7 +4,6 @@
 
 use crate::app::{IdempotencyStart, SharedState, authorize, idempotency, ok};
 use crate::error::{ApiError, ErrorKind, StorageError};
-use crate::model::EventRecord;
 use crate::storage::Extras;
 use crate::vault::VaultError;
 use axum::extract::{Path, State};
@@ -41,10 +40,11 @@ async fn list(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.paymentMethods.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     state
         .storage
         .account(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| account_missing(ACTION))?;
     let views = state.vault.list(&store, &id).await.map_err(|e| match e {
@@ -57,7 +57,7 @@ async fn list(
         .iter()
         .map(|v| {
             let expiry = match (v.exp_month, v.exp_year) {
-                (Some(m), Some(y)) => Some(format!("{m:02}/{:02}", y % 100)),
+                (Some(m), Some(y)) => Some(crate::domain::card::display(m, y)),
                 _ => None,
             };
             let brand = v
@@ -90,7 +90,7 @@ async fn remove(
     Path((id, pm)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.paymentMethods.delete";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let idem = match idempotency(
         &state,
         &store,
@@ -107,6 +107,7 @@ async fn remove(
     let account = state
         .storage
         .account(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| account_missing(ACTION))?;
     if !account.payment_methods.iter().any(|p| p.id == pm) {
@@ -124,14 +125,15 @@ async fn remove(
     let resp = json!({"action": ACTION, "result": "success", "account": id, "paymentMethod": pm});
     let extras = Extras {
         idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![EventRecord::new(
-            "payment-method.removed",
-            json!({"account": id, "paymentMethod": pm}),
+        events: vec![crate::service::events::record(
+            &crate::domain::DomainEvent::PaymentMethodRemoved {
+                account: id.clone(),
+                payment_method: pm.clone(),
+            },
         )],
     };
-    state
-        .storage
-        .remove_payment_method(&store, &id, &pm, &extras)
+    crate::service::payment_methods::forget(state.storage.as_ref(), &store, &id, &pm, &extras)
+        .await
         .map_err(|e| match e {
             StorageError::NotFound => account_missing(ACTION),
             other => other.into_api(ACTION),

@@ -2,19 +2,22 @@
 //! `deactivation: null`).
 
 use crate::app::{
-    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, page_body,
-    paging,
+    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, ok_view,
+    page_body, paging,
 };
 use crate::error::{ApiError, ErrorKind, StorageError};
-use crate::model::{EventRecord, SubState, SubscriptionRecord, display_date, now_ms, to_major};
-use crate::storage::Extras;
+use crate::model::now_ms;
+use crate::routes::views::{
+    AccountSubscriptions, SubscriptionChanged, SubscriptionResult, SubscriptionView,
+};
+use crate::service::renewals::{Outcome, renew_one};
+use crate::service::subscriptions::{self, By};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
-use shared::{CardBrand, Currency};
 use std::collections::HashMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,51 +25,8 @@ use utoipa_axum::routes;
 pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
         .routes(routes!(list))
-        .routes(routes!(crate::renewals::charge_route))
+        .routes(routes!(charge_route))
         .routes(routes!(read, cancel, resume))
-}
-
-/// FastSpring's subscription object.
-pub fn subscription_json(s: &SubscriptionRecord, action: &str) -> Value {
-    let exp = Currency::parse(&s.currency)
-        .map(|c| c.exponent())
-        .unwrap_or(2);
-    let method = match (s.payment_kind.as_str(), s.auto_renew) {
-        ("card", _) => "CREDIT_CARD",
-        ("paypal", _) => "PAYPAL",
-        _ => "UNKNOWN",
-    };
-    let card_type = s
-        .brand
-        .as_deref()
-        .and_then(|b| CardBrand::parse(b).ok())
-        .map(|b| b.as_str().to_ascii_uppercase());
-    json!({
-        "id": s.id, "subscription": s.id, "action": action, "result": "success",
-        "active": s.state != SubState::Deactivated,
-        "state": match s.state { SubState::Active => "active", SubState::Canceled => "canceled", SubState::Deactivated => "deactivated" },
-        "live": s.live, "account": s.account, "product": s.product, "quantity": s.quantity,
-        "price": to_major(s.price, exp), "currency": s.currency,
-        "autoRenew": s.auto_renew,
-        "paymentMethod": method,
-        // Strongroom extension: the vault id renewals charge (null: manual renewal).
-        "paymentMethodId": s.payment_method,
-        "cardType": card_type, "cardEnding": s.last4, "expiry": s.expiry,
-        "intervalUnit": s.interval_unit.as_str(), "intervalLength": s.interval_length,
-        "begin": s.begin, "beginDisplay": display_date(s.begin),
-        "next": s.next, "nextDisplay": display_date(s.next),
-        "nextChargeDate": s.next, "nextChargeCurrency": s.currency,
-        "nextChargeTotal": to_major(s.price * i64::from(s.quantity), exp),
-        "canceledDate": s.canceled,
-        "deactivationDate": s.canceled.map(|_| s.next),
-        "order": s.order,
-        // Renewal state (Strongroom extension): the last decline code, the next retry after a
-        // decline, and whether the saved card expires before the next charge.
-        "declineReason": s.renewal.decline_reason,
-        "failedAttempts": s.renewal.failed_attempts,
-        "nextRetry": s.renewal.retry_at,
-        "cardExpiring": s.renewal.card_expiring,
-    })
 }
 
 fn not_found(action: &'static str) -> ApiError {
@@ -93,7 +53,7 @@ fn map_err(e: StorageError, action: &'static str) -> ApiError {
     tags = ["subscriptions"],
     summary = "Read a subscription",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    responses((status = 200, description = "Success", body = crate::openapi::Subscription)),
+    responses((status = 200, description = "Success", body = SubscriptionView)),
     security(("basic" = []))
 )]
 async fn read(
@@ -102,13 +62,14 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let s = state
         .storage
         .subscription(&store, &id)
+        .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| not_found(ACTION))?;
-    Ok(ok(subscription_json(&s, ACTION)))
+    Ok(ok_view(&SubscriptionView::of(&s, Some(ACTION))))
 }
 
 #[utoipa::path(
@@ -127,7 +88,7 @@ async fn list(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.getall";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let Ok(Query(q)) = query else {
         return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
     };
@@ -135,6 +96,7 @@ async fn list(
         let a = state
             .storage
             .account(&store, account)
+            .await
             .map_err(|e| e.into_api(ACTION))?
             .ok_or_else(|| {
                 ApiError::new(
@@ -147,19 +109,23 @@ async fn list(
             if let Some(s) = state
                 .storage
                 .subscription(&store, id)
+                .await
                 .map_err(|e| e.into_api(ACTION))?
             {
-                subs.push(subscription_json(&s, "subscription.get"));
+                subs.push(SubscriptionView::of(&s, Some("subscription.get")));
             }
         }
-        return Ok(ok(
-            json!({"action": ACTION, "result": "success", "subscriptions": subs}),
-        ));
+        return Ok(ok_view(&AccountSubscriptions {
+            action: ACTION,
+            result: "success",
+            subscriptions: subs,
+        }));
     }
     let (page, limit) = paging(&q, ACTION)?;
     let (ids, total) = state
         .storage
         .list_subscriptions(&store, (page - 1).saturating_mul(limit), limit)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(page_body(
         ACTION,
@@ -178,7 +144,7 @@ async fn list(
     tags = ["subscriptions"],
     summary = "Cancel a subscription",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
-    responses((status = 200, description = "Success", body = crate::openapi::SubscriptionChanged)),
+    responses((status = 200, description = "Success", body = SubscriptionChanged)),
     security(("basic" = []))
 )]
 async fn cancel(
@@ -187,7 +153,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.cancel";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let idem = match idempotency(
         &state,
         &store,
@@ -201,38 +167,14 @@ async fn cancel(
         IdempotencyStart::Replay(r) => return Ok(r),
         IdempotencyStart::Execute(i) => i,
     };
-    let resp =
-        json!({"subscriptions": [{"subscription": id, "action": ACTION, "result": "success"}]});
-    let extras = Extras {
-        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: vec![EventRecord::new(
-            "subscription.canceled",
-            json!({"subscription": id}),
-        )],
+    let resp = SubscriptionChanged {
+        subscriptions: vec![SubscriptionResult::success(&id, ACTION)],
     };
-    let now = now_ms();
-    state
-        .storage
-        .update_subscriptions(
-            &store,
-            std::slice::from_ref(&id),
-            &|s| {
-                if s.state == SubState::Canceled {
-                    return Err(StorageError::State("the subscription is already canceled"));
-                }
-                s.state = SubState::Canceled;
-                s.canceled = Some(now);
-                Ok(())
-            },
-            &extras,
-        )
-        .map_err(|e| map_err(e, ACTION))?;
-    state
-        .storage
-        .durable()
+    let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
+    subscriptions::cancel(state.storage.as_ref(), &store, &id, By::Merchant, answer)
         .await
-        .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(resp))
+        .map_err(|e| map_err(e, ACTION))?;
+    Ok(ok_view(&resp))
 }
 
 #[utoipa::path(
@@ -243,7 +185,7 @@ async fn cancel(
     summary = "Resume a canceled subscription",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
     request_body(content = crate::openapi::ResumeInput, content_type = "application/json"),
-    responses((status = 200, description = "Success", body = crate::openapi::SubscriptionChanged)),
+    responses((status = 200, description = "Success", body = SubscriptionChanged)),
     security(("basic" = []))
 )]
 async fn resume(
@@ -253,7 +195,7 @@ async fn resume(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.update";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(
         &state,
@@ -300,34 +242,99 @@ async fn resume(
     if ids.is_empty() {
         ids.push(id.clone());
     }
-    let resp = json!({"subscriptions": ids.iter().map(|s| json!({"subscription": s, "action": ACTION, "result": "success"})).collect::<Vec<_>>()});
-    let extras = Extras {
-        idempotency: idem.as_ref().map(|i| i.record(StatusCode::OK, &resp)),
-        events: ids
+    let resp = SubscriptionChanged {
+        subscriptions: ids
             .iter()
-            .map(|s| EventRecord::new("subscription.resumed", json!({"subscription": s})))
+            .map(|s| SubscriptionResult::success(s, ACTION))
             .collect(),
     };
-    state
-        .storage
-        .update_subscriptions(
-            &store,
-            &ids,
-            &|s| {
-                if s.state != SubState::Canceled {
-                    return Err(StorageError::State("the subscription is not canceled"));
-                }
-                s.state = SubState::Active;
-                s.canceled = None;
-                Ok(())
-            },
-            &extras,
-        )
-        .map_err(|e| map_err(e, ACTION))?;
-    state
-        .storage
-        .durable()
+    let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
+    subscriptions::resume(state.storage.as_ref(), &store, &ids, answer)
         .await
-        .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(resp))
+        .map_err(|e| map_err(e, ACTION))?;
+    Ok(ok_view(&resp))
+}
+
+const CHARGE: &str = "subscription.charge";
+
+/// FastSpring's per-item answer of `POST /subscriptions/charge`.
+fn charge_item(outcome: &Outcome, id: &str) -> Value {
+    let err = |code: String| {
+        crate::error::envelope(
+            CHARGE,
+            Some(("subscription", id)),
+            &[("subscription", &code)],
+        )
+    };
+    match outcome {
+        Outcome::Charged => json!({"subscription": id, "action": CHARGE, "result": "success"}),
+        Outcome::Declined { reason, .. } | Outcome::Failed { reason } => {
+            err(reason.to_ascii_uppercase())
+        }
+        Outcome::Reminded => err("MANUAL_RENEWAL".into()),
+        Outcome::Skipped => err("NOTHING_DUE".into()),
+        Outcome::Refused(code) => err((*code).to_owned()),
+    }
+}
+
+/// Most subscriptions one `POST /subscriptions/charge` may name.
+pub const MAX_ITEMS: usize = 1000;
+
+/// `POST /subscriptions/charge` (FastSpring's rebill): `{"subscriptions":[{"subscription": id}]}`
+/// → `{"subscription": [{subscription, action, result, error?}]}` (the reference's shape), one
+/// item per subscription in request order.
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions.charge",
+    path = "/subscriptions/charge",
+    tags = ["subscriptions"],
+    summary = "Charge subscriptions now (rebill) with their saved payment methods",
+    request_body(content = crate::openapi::ChargeInput, content_type = "application/json"),
+    responses((status = 200, description = "One result per subscription, in request order", body = crate::openapi::ChargeResults)),
+    security(("basic" = []))
+)]
+pub async fn charge_route(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let store = authorize(&state, &headers, CHARGE).await?;
+    let body = body_bytes(body, CHARGE)?;
+    let obj = json_object(&body, CHARGE)?;
+    let Some(Value::Array(list)) = obj.get("subscriptions") else {
+        return Err(ApiError::invalid(
+            CHARGE,
+            "subscriptions",
+            "is required and must be an array",
+        ));
+    };
+    if list.is_empty() || list.len() > MAX_ITEMS {
+        return Err(ApiError::invalid(
+            CHARGE,
+            "subscriptions",
+            "must name 1 to 1000 subscriptions",
+        ));
+    }
+    let mut ids = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match item.get("subscription").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() && id.len() <= 64 => ids.push(id.to_owned()),
+            _ => {
+                return Err(ApiError::invalid(
+                    CHARGE,
+                    format!("subscriptions[{i}].subscription"),
+                    "is required and must be a subscription id",
+                ));
+            }
+        }
+    }
+    let mut items = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let outcome = renew_one(&state, &store, id, now_ms(), true)
+            .await
+            .map_err(|e| e.into_api(CHARGE))?;
+        crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);
+        items.push(charge_item(&outcome, id));
+    }
+    Ok(ok(json!({ "subscription": items })))
 }

@@ -9,11 +9,13 @@ use crate::app::{
     IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
 };
 use crate::error::{ApiError, ErrorKind};
-use crate::webhooks::HookError;
+use crate::model::WebhookRecord;
+use crate::service::webhooks::{self, HookError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
@@ -72,10 +74,11 @@ fn fields(body: &[u8], action: &'static str) -> Result<(String, Option<String>),
 )]
 async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.get";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let hooks = state
-        .events
+        .storage
         .webhooks(&store)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     Ok(ok(json!({"action": ACTION, "result": "success",
         "webhooks": hooks.iter().map(crate::model::WebhookRecord::to_json).collect::<Vec<_>>()})))
@@ -98,14 +101,19 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.create";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(&state, &store, &headers, "POST /webhooks", &body, ACTION).await? {
         IdempotencyStart::Replay(r) => return Ok(r),
         IdempotencyStart::Execute(i) => i,
     };
     let (url, secret) = fields(&body, ACTION)?;
-    let hook = crate::webhooks::add(state.events.as_ref(), &store, &url, secret, idem.as_ref())
+    let answer = |h: &WebhookRecord| {
+        idem.as_ref()
+            .map(|i| i.record(StatusCode::OK, &created_answer(h)))
+    };
+    let hook = webhooks::add(state.storage.as_ref(), &store, &url, secret, &answer)
+        .await
         .map_err(|e| hook_error(e, ACTION))?;
     state
         .storage
@@ -113,7 +121,7 @@ async fn create(
         .await
         .map_err(|e| e.into_api(ACTION))?;
     tracing::info!(store = %store, webhook = %hook.id, "webhook added");
-    Ok(ok(crate::webhooks::created_answer(&hook)))
+    Ok(ok(created_answer(&hook)))
 }
 
 #[utoipa::path(
@@ -133,7 +141,7 @@ async fn rotate(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.update";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let body = body_bytes(body, ACTION)?;
     let idem = match idempotency(
         &state,
@@ -156,14 +164,19 @@ async fn rotate(
             "A HMAC Secret is required",
         ));
     };
-    let hook = crate::webhooks::rotate(state.events.as_ref(), &store, &url, secret, idem.as_ref())
+    let answer = |u: &str| {
+        idem.as_ref()
+            .map(|i| i.record(StatusCode::OK, &rotated_answer(u)))
+    };
+    let hook = webhooks::rotate(state.storage.as_ref(), &store, &url, secret, &answer)
+        .await
         .map_err(|e| hook_error(e, ACTION))?;
     state
         .storage
         .durable()
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(crate::webhooks::rotated_answer(&hook.url)))
+    Ok(ok(rotated_answer(&hook.url)))
 }
 
 #[utoipa::path(
@@ -182,7 +195,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "webhooks.delete";
-    let store = authorize(&state, &headers, ACTION)?;
+    let store = authorize(&state, &headers, ACTION).await?;
     let idem = match idempotency(
         &state,
         &store,
@@ -196,7 +209,11 @@ async fn remove(
         IdempotencyStart::Replay(r) => return Ok(r),
         IdempotencyStart::Execute(i) => i,
     };
-    let removed = crate::webhooks::remove(state.events.as_ref(), &store, &id, idem.as_ref())
+    let answer = idem
+        .as_ref()
+        .map(|i| i.record(StatusCode::OK, &removed_answer(&id)));
+    let removed = webhooks::remove(state.storage.as_ref(), &store, &id, answer)
+        .await
         .map_err(|e| e.into_api(ACTION))?;
     if !removed {
         return Err(ApiError::new(
@@ -209,5 +226,20 @@ async fn remove(
         .durable()
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(crate::webhooks::removed_answer(&id)))
+    Ok(ok(removed_answer(&id)))
+}
+
+/// The answer to `POST /webhooks`.
+fn created_answer(hook: &WebhookRecord) -> serde_json::Value {
+    serde_json::json!({"action": "webhooks.create", "result": "success", "webhook": hook.to_json()})
+}
+
+/// The answer to `POST /webhooks/keys`.
+fn rotated_answer(url: &str) -> serde_json::Value {
+    serde_json::json!({"url": url, "action": "webhooks.update", "result": "success"})
+}
+
+/// The answer to `DELETE /webhooks/{id}`.
+fn removed_answer(id: &str) -> serde_json::Value {
+    serde_json::json!({"action": "webhooks.delete", "result": "success", "id": id})
 }

@@ -12,25 +12,29 @@
 //! string that came from a user or merchant goes through [`esc`]. Every form is a POST carrying
 //! the session's CSRF token; a POST without the right one answers 403 and changes nothing.
 //! Every change writes its event in the same transaction as the change, like the API does.
+//!
+//! This module holds the handlers (session, CSRF, the call to a service); the rules are the
+//! services' (`service::sso`, `service::accounts`, `service::subscriptions`,
+//! `service::payment_methods`) and the HTML is `render.rs`.
 
 use crate::app::{SharedState, authorize};
+use crate::domain::DomainEvent;
 use crate::error::{ApiError, StorageError};
-use crate::model::{
-    AccountRecord, EventRecord, SessionRecord, SsoTokenRecord, SubState, display_date, event_type,
-    now_ms, to_major,
-};
+use crate::model::{AccountRecord, SessionRecord};
+use crate::service::sso::{self, SsoError};
 use crate::storage::Extras;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
+use render::{esc, html, layout, refusal};
 use serde_json::{Map, Value, json};
-use shared::{CardBrand, Currency, SecretString};
+use shared::SecretString;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+mod render;
 
 const COOKIE: &str = "sr_session";
 
@@ -45,36 +49,6 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(resume))
         .routes(routes!(remove_card))
         .routes(routes!(logout))
-}
-
-/// 256 bits from the system RNG, base64url.
-fn random_token() -> Option<SecretString> {
-    let mut b = zeroize::Zeroizing::new([0u8; 32]);
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), b.as_mut()).ok()?;
-    Some(SecretString::new(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b.as_ref()),
-    ))
-}
-
-/// What is stored instead of a link token or session id.
-fn hash(secret: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
-}
-
-/// HTML-escapes text for element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The link base: the configured public URL, else `http://` + a well-formed Host header.
@@ -107,36 +81,27 @@ async fn authenticate(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.authenticate.get";
-    let store = authorize(&state, &headers, ACTION)?;
-    let account = state
-        .storage
-        .account(&store, &id)
-        .map_err(|e| e.into_api(ACTION))?;
-    if account.is_none() {
-        let body = json!({"accounts": [{"action": ACTION, "account": id, "result": "error",
-            "error": {"account": "Not found"}}]});
-        return Ok((StatusCode::NOT_FOUND, axum::Json(body)).into_response());
+    let store = authorize(&state, &headers, ACTION).await?;
+    let not_found = || {
+        let item =
+            crate::error::envelope(ACTION, Some(("account", &id)), &[("account", "Not found")]);
+        let body = json!({ "accounts": [item] });
+        (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+    };
+    let known = state.storage.account(&store, &id).await;
+    if known.map_err(|e| e.into_api(ACTION))?.is_none() {
+        return Ok(not_found());
     }
     let base = base_url(&state, &headers)
         .ok_or_else(|| ApiError::invalid(ACTION, "host", "missing or malformed Host header"))?;
-    let token = random_token().ok_or_else(|| ApiError::internal(ACTION))?;
-    let expires = now_ms() + state.settings.sso_ttl.as_millis() as i64;
-    state
-        .events
-        .put_sso_token(
-            &hash(token.expose_secret()),
-            &SsoTokenRecord {
-                store: store.clone(),
-                account: id.clone(),
-                expires,
-            },
-        )
-        .map_err(|e| e.into_api(ACTION))?;
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
+    let link =
+        match sso::issue_link(state.storage.as_ref(), &store, &id, state.settings.sso_ttl).await {
+            Ok(link) => link,
+            Err(SsoError::NotFound) => return Ok(not_found()),
+            Err(SsoError::NoRandomness) => return Err(ApiError::internal(ACTION)),
+            Err(SsoError::Storage(e)) => return Err(e.into_api(ACTION)),
+        };
+    let (token, expires) = (link.token, link.expires);
     // The one place the token leaves the process: in this answer, to the merchant.
     let url = format!("{base}/account/sso/{}", token.expose_secret());
     let body = json!({"accounts": [{"action": ACTION, "result": "success", "account": id,
@@ -145,60 +110,6 @@ async fn authenticate(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
-}
-
-/// Headers of every HTML answer: no script, styles only from us, forms only to us, no framing,
-/// no referrer (a sign-in URL never leaks to another site), never cached.
-fn html(status: StatusCode, body: String) -> Response {
-    let mut resp = (status, body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-fn layout(title: &str, content: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><link rel=\"stylesheet\" href=\"/account/style.css\"></head>\
-         <body><main>{content}</main></body></html>\n",
-        esc(title)
-    )
-}
-
-/// A page that explains a refusal; never shows account data.
-fn refusal(status: StatusCode, title: &str, message: &str) -> Response {
-    html(
-        status,
-        layout(
-            title,
-            &format!(
-                "<h1>{}</h1><p class=\"notice\">{}</p>",
-                esc(title),
-                esc(message)
-            ),
-        ),
-    )
 }
 
 fn link_refused() -> Response {
@@ -237,59 +148,24 @@ async fn open_link(
     Path(token): Path<String>,
 ) -> Response {
     let token = SecretString::new(token);
-    // Well-formed tokens only (43 base64url characters); anything else was not issued here.
-    let t = token.expose_secret();
-    if t.len() != 43
-        || !t
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return link_refused();
-    }
-    let rec = match state.events.take_sso_token(&hash(t)) {
-        Ok(Some(r)) => r,
-        Ok(None) => return link_refused(),
-        Err(e) => {
-            tracing::error!(error = %e, "sign-in link lookup failed");
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong",
-                "Please try again later.",
-            );
-        }
-    };
-    if rec.expires <= now_ms() {
-        return link_refused();
-    }
-    // The account may have gone since the link was issued.
-    if !matches!(state.storage.account(&rec.store, &rec.account), Ok(Some(_))) {
-        return link_refused();
-    }
-    let (Some(session), Some(csrf)) = (random_token(), random_token()) else {
-        return refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Something went wrong",
-            "Please try again later.",
-        );
-    };
     let ttl = state.settings.session_ttl.as_millis() as i64;
-    let stored = state.events.put_session(
-        &hash(session.expose_secret()),
-        &SessionRecord {
-            store: rec.store.clone(),
-            account: rec.account.clone(),
-            expires: now_ms() + ttl,
-            csrf,
-        },
-    );
-    if stored.is_err() || state.storage.durable().await.is_err() {
-        return refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Something went wrong",
-            "Please try again later.",
-        );
-    }
-    tracing::info!(store = %rec.store, account = %rec.account, "account page session opened");
+    let opened =
+        match sso::open_link(state.storage.as_ref(), &token, state.settings.session_ttl).await {
+            Ok(o) => o,
+            Err(SsoError::NotFound) => return link_refused(),
+            Err(e) => {
+                if let SsoError::Storage(e) = &e {
+                    tracing::error!(error = %e, "sign-in link lookup failed");
+                }
+                return refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "Please try again later.",
+                );
+            }
+        };
+    let session = opened.session;
+    tracing::info!(store = %opened.store, account = %opened.account, "account page session opened");
     // A link followed from another site (the merchant's page, a webmail) is a cross-site
     // navigation, and browsers do not send a SameSite=Strict cookie anywhere along a redirect
     // chain that started cross-site: a 303 would land on "not signed in" with the link already
@@ -328,7 +204,7 @@ async fn open_link(
 }
 
 /// The session of the request: (cookie hash, record). Expired sessions are deleted here.
-fn session(state: &SharedState, headers: &HeaderMap) -> Option<(String, SessionRecord)> {
+async fn session(state: &SharedState, headers: &HeaderMap) -> Option<(String, SessionRecord)> {
     let value = headers
         .get_all(header::COOKIE)
         .iter()
@@ -337,13 +213,7 @@ fn session(state: &SharedState, headers: &HeaderMap) -> Option<(String, SessionR
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE)
         .map(|(_, v)| SecretString::new(v.to_owned()))?;
-    let h = hash(value.expose_secret());
-    let rec = state.events.session(&h).ok().flatten()?;
-    if rec.expires <= now_ms() {
-        let _ = state.events.delete_session(&h);
-        return None;
-    }
-    Some((h, rec))
+    sso::session(state.storage.as_ref(), &value).await
 }
 
 fn signed_out() -> Response {
@@ -372,12 +242,12 @@ fn failed() -> Response {
 }
 
 /// The session and account for a form post, after checking its CSRF token.
-fn form_session(
+async fn form_session(
     state: &SharedState,
     headers: &HeaderMap,
     form: &Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Result<(String, SessionRecord, AccountRecord), Box<Response>> {
-    let Some((h, sess)) = session(state, headers) else {
+    let Some((h, sess)) = session(state, headers).await else {
         return Err(Box::new(signed_out()));
     };
     let given = match form {
@@ -387,7 +257,7 @@ fn form_session(
     if given.is_empty() || !sess.csrf.ct_eq(given) {
         return Err(Box::new(csrf_refused()));
     }
-    match state.storage.account(&sess.store, &sess.account) {
+    match state.storage.account(&sess.store, &sess.account).await {
         Ok(Some(a)) => Ok((h, sess, a)),
         Ok(None) => Err(Box::new(signed_out())),
         Err(_) => Err(Box::new(failed())),
@@ -437,25 +307,11 @@ form.inline{display:inline}.muted{color:#677}";
     resp
 }
 
-fn money(minor: i64, currency: &str) -> String {
-    let exp = Currency::parse(currency).map(|c| c.exponent()).unwrap_or(2);
-    format!(
-        "{:.*} {}",
-        usize::from(exp),
-        to_major(minor, exp),
-        esc(currency)
-    )
-}
-
 fn csrf_field(sess: &SessionRecord) -> String {
     format!(
         "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
         esc(sess.csrf.expose_secret())
     )
-}
-
-fn opt(s: &Option<String>) -> String {
-    esc(s.as_deref().unwrap_or_default())
 }
 
 #[utoipa::path(
@@ -468,150 +324,29 @@ fn opt(s: &Option<String>) -> String {
     security(("session" = []))
 )]
 async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> Response {
-    let Some((_, sess)) = session(&state, &headers) else {
+    let Some((_, sess)) = session(&state, &headers).await else {
         return signed_out();
     };
-    let a = match state.storage.account(&sess.store, &sess.account) {
+    let a = match state.storage.account(&sess.store, &sess.account).await {
         Ok(Some(a)) => a,
         Ok(None) => return signed_out(),
         Err(_) => return failed(),
     };
     let csrf = csrf_field(&sess);
-    let c = &a.contact;
-    let addr = a.address.clone().unwrap_or_default();
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<h1>Your account</h1><p class=\"muted\">{} {} · {}</p>",
-        esc(&c.first),
-        esc(&c.last),
-        esc(&c.email)
-    );
-    // Contact and address.
-    let field = |name: &str, label: &str, value: String, kind: &str| {
-        format!(
-            "<label>{label}<br><input type=\"{kind}\" name=\"{name}\" id=\"{name}\" value=\"{value}\"></label>"
-        )
-    };
-    let _ = write!(
-        out,
-        "<section><h2>Contact details and address</h2>\
-         <form method=\"post\" action=\"/account/profile\">{csrf}{}{}{}{}{}{}{}{}{}{}{}\
-         <button type=\"submit\" id=\"save-profile\">Save</button></form></section>",
-        field("first", "First name", esc(&c.first), "text"),
-        field("last", "Last name", esc(&c.last), "text"),
-        field("email", "Email", esc(&c.email), "email"),
-        field("phone", "Phone", opt(&c.phone), "text"),
-        field("company", "Company", opt(&c.company), "text"),
-        field("addressLine1", "Address", opt(&addr.address_line1), "text"),
-        field(
-            "addressLine2",
-            "Address (line 2)",
-            opt(&addr.address_line2),
-            "text"
-        ),
-        field("city", "City", opt(&addr.city), "text"),
-        field("region", "Region", opt(&addr.region), "text"),
-        field("postalCode", "Postal code", opt(&addr.postal_code), "text"),
-        field("country", "Country (ISO code)", opt(&a.country), "text"),
-    );
-    // Saved payment methods: brand, last four and expiry only.
-    out.push_str("<section><h2>Saved payment methods</h2>");
-    if a.payment_methods.is_empty() {
-        out.push_str("<p class=\"muted\" id=\"no-payment-methods\">No saved payment methods.</p>");
-    } else {
-        out.push_str("<table><tr><th>Card</th><th>Number</th><th>Expires</th><th></th></tr>");
-        for pm in &a.payment_methods {
-            let brand = pm
-                .brand
-                .as_deref()
-                .map(|b| {
-                    CardBrand::parse(b)
-                        .map(|b| b.display_name().to_owned())
-                        .unwrap_or_else(|_| b.to_owned())
-                })
-                .unwrap_or_else(|| pm.kind.clone());
-            let expiry = match (pm.exp_month, pm.exp_year) {
-                (Some(m), Some(y)) => format!("{m:02}/{:02}", y % 100),
-                _ => String::new(),
-            };
-            let _ = write!(
-                out,
-                "<tr class=\"payment-method\"><td>{}</td><td>•••• {}</td><td>{}</td><td>\
-                 <form class=\"inline\" method=\"post\" action=\"/account/payment-methods/{}/remove\">{csrf}\
-                 <button class=\"danger\" type=\"submit\">Remove</button></form></td></tr>",
-                esc(&brand),
-                opt(&pm.last4),
-                esc(&expiry),
-                esc(&pm.id)
-            );
+    // Subscriptions and orders as stored now (one that cannot be read is left out).
+    let mut subs = Vec::new();
+    for sid in &a.subscriptions {
+        if let Ok(Some(sub)) = state.storage.subscription(&a.store, sid).await {
+            subs.push(sub);
         }
-        out.push_str("</table>");
     }
-    out.push_str("</section>");
-    // Subscriptions.
-    out.push_str("<section><h2>Subscriptions</h2>");
-    if a.subscriptions.is_empty() {
-        out.push_str("<p class=\"muted\">No subscriptions.</p>");
-    } else {
-        out.push_str(
-            "<table><tr><th>Product</th><th>State</th><th>Renewal</th><th>Next charge</th><th></th></tr>",
-        );
-        for sid in &a.subscriptions {
-            let Ok(Some(s)) = state.storage.subscription(&a.store, sid) else {
-                continue;
-            };
-            let (label, action) = match s.state {
-                // A deactivated subscription (renewal failed) can still be canceled for good.
-                SubState::Active | SubState::Deactivated => ("Cancel", "cancel"),
-                SubState::Canceled => ("Resume", "resume"),
-            };
-            let _ = write!(
-                out,
-                "<tr class=\"subscription\"><td>{}</td><td>{}</td><td>{}</td><td>{} · {}</td><td>\
-                 <form class=\"inline\" method=\"post\" action=\"/account/subscriptions/{}/{action}\">{csrf}\
-                 <button type=\"submit\">{label}</button></form></td></tr>",
-                esc(&s.product),
-                match s.state {
-                    SubState::Active => "active",
-                    SubState::Canceled => "canceled",
-                    SubState::Deactivated => "deactivated",
-                },
-                if s.auto_renew { "automatic" } else { "manual" },
-                esc(&display_date(s.next)),
-                money(s.price * i64::from(s.quantity), &s.currency),
-                esc(&s.id),
-            );
+    let mut orders = Vec::new();
+    for oid in a.orders.iter().rev() {
+        if let Ok(Some(o)) = state.storage.order(&a.store, oid).await {
+            orders.push(o);
         }
-        out.push_str("</table>");
     }
-    out.push_str("</section>");
-    // Orders.
-    out.push_str("<section><h2>Orders</h2>");
-    if a.orders.is_empty() {
-        out.push_str("<p class=\"muted\">No orders.</p>");
-    } else {
-        out.push_str("<table><tr><th>Reference</th><th>Date</th><th>Total</th></tr>");
-        for oid in a.orders.iter().rev() {
-            let Ok(Some(o)) = state.storage.order(&a.store, oid) else {
-                continue;
-            };
-            let _ = write!(
-                out,
-                "<tr class=\"order\"><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&o.reference),
-                esc(&display_date(o.completed)),
-                money(o.total, &o.currency)
-            );
-        }
-        out.push_str("</table>");
-    }
-    out.push_str("</section>");
-    let _ = write!(
-        out,
-        "<form method=\"post\" action=\"/account/logout\">{csrf}\
-         <button type=\"submit\" id=\"logout\">Sign out</button></form>"
-    );
+    let out = render::account(&a, &subs, &orders, &csrf);
     html(StatusCode::OK, layout("Your account", &out))
 }
 
@@ -630,7 +365,7 @@ async fn update_profile(
     headers: HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (_, sess, account) = match form_session(&state, &headers, &form) {
+    let (_, sess, account) = match form_session(&state, &headers, &form).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -675,20 +410,16 @@ async fn update_profile(
             );
         }
     };
-    let extras = Extras {
-        idempotency: None,
-        events: vec![EventRecord::new(
-            event_type::ACCOUNT_UPDATED,
-            json!({"account": account.id}),
-        )],
-    };
-    match state.storage.update_account(
+    match crate::service::accounts::update(
+        state.storage.as_ref(),
         &sess.store,
         &account.id,
-        &|a| crate::routes::accounts::apply(a, &input),
-        &extras,
-    ) {
-        Ok(_) => committed(&state).await,
+        &input,
+        None,
+    )
+    .await
+    {
+        Ok(_) => back_to_account(),
         Err(StorageError::EmailTaken(_)) => refusal(
             StatusCode::CONFLICT,
             "Please check your details",
@@ -705,7 +436,7 @@ async fn set_subscription(
     form: &Result<Form<HashMap<String, String>>, FormRejection>,
     cancel: bool,
 ) -> Response {
-    let (_, sess, account) = match form_session(state, headers, form) {
+    let (_, sess, account) = match form_session(state, headers, form).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -716,40 +447,19 @@ async fn set_subscription(
             "There is no such subscription on your account.",
         );
     }
-    let kind = if cancel {
-        event_type::SUBSCRIPTION_CANCELED
+    use crate::service::subscriptions::{self, By};
+    let storage = state.storage.as_ref();
+    let r = if cancel {
+        subscriptions::cancel(storage, &sess.store, id, By::Customer, None)
+            .await
+            .map(drop)
     } else {
-        event_type::SUBSCRIPTION_RESUMED
+        subscriptions::resume(storage, &sess.store, &[id.to_owned()], None)
+            .await
+            .map(drop)
     };
-    let extras = Extras {
-        idempotency: None,
-        events: vec![EventRecord::new(
-            kind,
-            json!({"subscription": id, "account": account.id}),
-        )],
-    };
-    let now = now_ms();
-    let r = state.storage.update_subscriptions(
-        &sess.store,
-        &[id.to_owned()],
-        &|s| {
-            match (cancel, s.state) {
-                (true, SubState::Active) => {
-                    s.state = SubState::Canceled;
-                    s.canceled = Some(now);
-                }
-                (false, SubState::Canceled) => {
-                    s.state = SubState::Active;
-                    s.canceled = None;
-                }
-                _ => return Err(StorageError::State("no change")),
-            }
-            Ok(())
-        },
-        &extras,
-    );
     match r {
-        Ok(_) => committed(state).await,
+        Ok(()) => back_to_account(),
         // Already in the wanted state (a double click): nothing to do, no event.
         Err(StorageError::State(_)) => back_to_account(),
         Err(_) => failed(),
@@ -813,7 +523,7 @@ async fn remove_card(
     Path(pm): Path<String>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (_, sess, account) = match form_session(&state, &headers, &form) {
+    let (_, sess, account) = match form_session(&state, &headers, &form).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -837,14 +547,21 @@ async fn remove_card(
     }
     let extras = Extras {
         idempotency: None,
-        events: vec![EventRecord::new(
-            event_type::PAYMENT_METHOD_REMOVED,
-            json!({"account": account.id, "paymentMethod": pm}),
+        events: vec![crate::service::events::record(
+            &DomainEvent::PaymentMethodRemoved {
+                account: account.id.clone(),
+                payment_method: pm.clone(),
+            },
         )],
     };
-    match state
-        .storage
-        .remove_payment_method(&sess.store, &account.id, &pm, &extras)
+    match crate::service::payment_methods::forget(
+        state.storage.as_ref(),
+        &sess.store,
+        &account.id,
+        &pm,
+        &extras,
+    )
+    .await
     {
         Ok(()) => {
             tracing::info!(store = %sess.store, account = %account.id, payment_method = %pm, "payment method removed from the account page");
@@ -869,11 +586,11 @@ async fn logout(
     headers: HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
-    let (h, _, _) = match form_session(&state, &headers, &form) {
+    let (h, _, _) = match form_session(&state, &headers, &form).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if state.events.delete_session(&h).is_err() || state.storage.durable().await.is_err() {
+    if sso::sign_out(state.storage.as_ref(), &h).await.is_err() {
         return failed();
     }
     let mut resp = refusal(
@@ -896,13 +613,5 @@ mod tests {
             esc("<script>alert('x')</script> & \"q\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
-    }
-
-    #[test]
-    fn link_tokens_are_256_bit_and_distinct() {
-        let a = random_token().map(|t| t.expose_secret().to_owned());
-        let b = random_token().map(|t| t.expose_secret().to_owned());
-        assert_eq!(a.as_ref().map(String::len), Some(43));
-        assert_ne!(a, b);
     }
 }

@@ -1,0 +1,89 @@
+//! [`DomainEvent`]: everything accounts-api tells a merchant happened, one variant per event
+//! type. Services emit these, never a type string or a payload of their own; the one function
+//! that turns an event into its stored row and wire payload is `service::events::record`, so
+//! an event has one shape whichever path (API, account page, renewal job) emits it.
+
+use super::money::Money;
+use crate::model::{AccountRecord, OrderRecord, SubscriptionRecord};
+
+#[derive(Debug, Clone)]
+pub enum DomainEvent {
+    /// A new account (created by the API or by a first checkout). Data: the account object.
+    AccountCreated(AccountRecord),
+    /// Contact or lookup details changed. Data: `{account}`.
+    AccountUpdated { account: String },
+    /// A checkout completed. Data: the order object.
+    OrderCompleted(OrderRecord),
+    /// A subscription began with its order. Data: the subscription object.
+    SubscriptionActivated(SubscriptionRecord),
+    /// A subscription was canceled, by the merchant (API) or the customer (account page).
+    /// Data: the subscription object as it is after the change (FastSpring's
+    /// `subscription.canceled` payload: `id`, `subscription`, `account`, `state`, …).
+    SubscriptionCanceled(SubscriptionRecord),
+    /// A canceled subscription was resumed (API or account page). Data: the subscription object.
+    SubscriptionResumed(SubscriptionRecord),
+    /// The saved card expires before the next charge date.
+    CardExpiring {
+        subscription: String,
+        account: String,
+        expiry: Option<String>,
+        next_charge_date: i64,
+    },
+    /// A manual-renewal subscription is due soon.
+    PaymentReminder {
+        subscription: String,
+        account: String,
+        amount: Money,
+        next_charge_date: i64,
+    },
+    /// A renewal charge succeeded.
+    ChargeCompleted {
+        subscription: String,
+        account: String,
+        amount: Money,
+        period: i64,
+        reference: Option<String>,
+        next_charge_date: i64,
+    },
+    /// A renewal charge was declined.
+    ChargeFailed {
+        subscription: String,
+        account: String,
+        amount: Money,
+        reason: String,
+        attempt: usize,
+        next_retry: Option<i64>,
+        timestamp: i64,
+    },
+    /// The last decline of the retry schedule ended the subscription.
+    SubscriptionDeactivated {
+        subscription: String,
+        account: String,
+        reason: String,
+    },
+    /// A saved payment method was removed from an account.
+    PaymentMethodRemoved {
+        account: String,
+        payment_method: String,
+    },
+}
+
+impl DomainEvent {
+    /// The event type as FastSpring names it (`type` of the event and webhook payloads).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AccountCreated(_) => "account.created",
+            Self::AccountUpdated { .. } => "account.updated",
+            Self::OrderCompleted(_) => "order.completed",
+            Self::SubscriptionActivated(_) => "subscription.activated",
+            Self::SubscriptionCanceled(_) => "subscription.canceled",
+            Self::SubscriptionResumed(_) => "subscription.resumed",
+            Self::CardExpiring { .. } => "subscription.card.expiring",
+            Self::PaymentReminder { .. } => "subscription.payment.reminder",
+            Self::ChargeCompleted { .. } => "subscription.charge.completed",
+            Self::ChargeFailed { .. } => "subscription.charge.failed",
+            Self::SubscriptionDeactivated { .. } => "subscription.deactivated",
+            Self::PaymentMethodRemoved { .. } => "payment-method.removed",
+        }
+    }
+}

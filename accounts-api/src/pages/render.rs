@@ -1,0 +1,230 @@
+//! HTML of the account pages: escaping, the layout and its security headers, refusals, and
+//! the account page itself. Pure functions of records; the handlers in `pages/mod.rs` fetch.
+
+use crate::model::{
+    AccountRecord, OrderRecord, SubState, SubscriptionRecord, display_date, to_major,
+};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use shared::{CardBrand, Currency};
+use std::fmt::Write as _;
+
+/// HTML-escapes text for element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Headers of every HTML answer: no script, styles only from us, forms only to us, no framing,
+/// no referrer (a sign-in URL never leaks to another site), never cached.
+pub fn html(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+pub fn layout(title: &str, content: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><link rel=\"stylesheet\" href=\"/account/style.css\"></head>\
+         <body><main>{content}</main></body></html>\n",
+        esc(title)
+    )
+}
+
+/// A page that explains a refusal; never shows account data.
+pub fn refusal(status: StatusCode, title: &str, message: &str) -> Response {
+    html(
+        status,
+        layout(
+            title,
+            &format!(
+                "<h1>{}</h1><p class=\"notice\">{}</p>",
+                esc(title),
+                esc(message)
+            ),
+        ),
+    )
+}
+
+fn money(minor: i64, currency: &str) -> String {
+    let exp = Currency::parse(currency).map(|c| c.exponent()).unwrap_or(2);
+    format!(
+        "{:.*} {}",
+        usize::from(exp),
+        to_major(minor, exp),
+        esc(currency)
+    )
+}
+
+fn opt(s: &Option<String>) -> String {
+    esc(s.as_deref().unwrap_or_default())
+}
+
+/// The account page's body: contact and address form, saved payment methods, subscriptions
+/// and orders (newest first), each change a CSRF-protected form.
+pub fn account(
+    a: &AccountRecord,
+    subs: &[SubscriptionRecord],
+    orders: &[OrderRecord],
+    csrf: &str,
+) -> String {
+    let c = &a.contact;
+    let addr = a.address.clone().unwrap_or_default();
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<h1>Your account</h1><p class=\"muted\">{} {} · {}</p>",
+        esc(&c.first),
+        esc(&c.last),
+        esc(&c.email)
+    );
+    // Contact and address.
+    let field = |name: &str, label: &str, value: String, kind: &str| {
+        format!(
+            "<label>{label}<br><input type=\"{kind}\" name=\"{name}\" id=\"{name}\" value=\"{value}\"></label>"
+        )
+    };
+    let _ = write!(
+        out,
+        "<section><h2>Contact details and address</h2>\
+         <form method=\"post\" action=\"/account/profile\">{csrf}{}{}{}{}{}{}{}{}{}{}{}\
+         <button type=\"submit\" id=\"save-profile\">Save</button></form></section>",
+        field("first", "First name", esc(&c.first), "text"),
+        field("last", "Last name", esc(&c.last), "text"),
+        field("email", "Email", esc(&c.email), "email"),
+        field("phone", "Phone", opt(&c.phone), "text"),
+        field("company", "Company", opt(&c.company), "text"),
+        field("addressLine1", "Address", opt(&addr.address_line1), "text"),
+        field(
+            "addressLine2",
+            "Address (line 2)",
+            opt(&addr.address_line2),
+            "text"
+        ),
+        field("city", "City", opt(&addr.city), "text"),
+        field("region", "Region", opt(&addr.region), "text"),
+        field("postalCode", "Postal code", opt(&addr.postal_code), "text"),
+        field("country", "Country (ISO code)", opt(&a.country), "text"),
+    );
+    // Saved payment methods: brand, last four and expiry only.
+    out.push_str("<section><h2>Saved payment methods</h2>");
+    if a.payment_methods.is_empty() {
+        out.push_str("<p class=\"muted\" id=\"no-payment-methods\">No saved payment methods.</p>");
+    } else {
+        out.push_str("<table><tr><th>Card</th><th>Number</th><th>Expires</th><th></th></tr>");
+        for pm in &a.payment_methods {
+            let brand = pm
+                .brand
+                .as_deref()
+                .map(|b| {
+                    CardBrand::parse(b)
+                        .map(|b| b.display_name().to_owned())
+                        .unwrap_or_else(|_| b.to_owned())
+                })
+                .unwrap_or_else(|| pm.kind.clone());
+            let expiry = match (pm.exp_month, pm.exp_year) {
+                (Some(m), Some(y)) => crate::domain::card::display(m, y),
+                _ => String::new(),
+            };
+            let _ = write!(
+                out,
+                "<tr class=\"payment-method\"><td>{}</td><td>•••• {}</td><td>{}</td><td>\
+                 <form class=\"inline\" method=\"post\" action=\"/account/payment-methods/{}/remove\">{csrf}\
+                 <button class=\"danger\" type=\"submit\">Remove</button></form></td></tr>",
+                esc(&brand),
+                opt(&pm.last4),
+                esc(&expiry),
+                esc(&pm.id)
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+    // Subscriptions.
+    out.push_str("<section><h2>Subscriptions</h2>");
+    if a.subscriptions.is_empty() {
+        out.push_str("<p class=\"muted\">No subscriptions.</p>");
+    } else {
+        out.push_str(
+            "<table><tr><th>Product</th><th>State</th><th>Renewal</th><th>Next charge</th><th></th></tr>",
+        );
+        for s in subs {
+            let (label, action) = match s.state {
+                // A deactivated subscription (renewal failed) can still be canceled for good.
+                SubState::Active | SubState::Deactivated => ("Cancel", "cancel"),
+                SubState::Canceled => ("Resume", "resume"),
+            };
+            let _ = write!(
+                out,
+                "<tr class=\"subscription\"><td>{}</td><td>{}</td><td>{}</td><td>{} · {}</td><td>\
+                 <form class=\"inline\" method=\"post\" action=\"/account/subscriptions/{}/{action}\">{csrf}\
+                 <button type=\"submit\">{label}</button></form></td></tr>",
+                esc(&s.product),
+                s.state.as_str(),
+                if s.auto_renew { "automatic" } else { "manual" },
+                esc(&display_date(s.next)),
+                money(s.price * i64::from(s.quantity), &s.currency),
+                esc(&s.id),
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+    // Orders.
+    out.push_str("<section><h2>Orders</h2>");
+    if a.orders.is_empty() {
+        out.push_str("<p class=\"muted\">No orders.</p>");
+    } else {
+        out.push_str("<table><tr><th>Reference</th><th>Date</th><th>Total</th></tr>");
+        for o in orders {
+            let _ = write!(
+                out,
+                "<tr class=\"order\"><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&o.reference),
+                esc(&display_date(o.completed)),
+                money(o.total, &o.currency)
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+    let _ = write!(
+        out,
+        "<form method=\"post\" action=\"/account/logout\">{csrf}\
+         <button type=\"submit\" id=\"logout\">Sign out</button></form>"
+    );
+    out
+}

@@ -1,0 +1,477 @@
+//! Typed response views: what the handlers return, deriving `Serialize` for the wire and
+//! `ToSchema` for the OpenAPI document, so the document is built from the very types that are
+//! answered. (Views of the other resources are still `serde_json` values described by
+//! `openapi.rs`; they move here one by one.)
+//!
+//! Bodies go out through [`crate::app::ok_view`], which serializes via a `serde_json` map: keys
+//! in sorted order, byte for byte what the `json!` bodies these views replace produced.
+
+use crate::model::{Contact, OrderRecord, SubState, SubscriptionRecord, display_date, to_major};
+use serde::Serialize;
+use shared::{CardBrand, Currency};
+use utoipa::ToSchema;
+
+/// FastSpring's subscription object (`GET /subscriptions/{id}`, and the `data` of the
+/// subscription events without `action`/`result`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionView {
+    pub id: String,
+    /// The id again (FastSpring's backward-compatible field).
+    pub subscription: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `success` in an answer; absent in event data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'static str>,
+    /// False once deactivated (renewal failed for good).
+    pub active: bool,
+    /// `active`, `canceled` or `deactivated`.
+    pub state: &'static str,
+    pub live: bool,
+    pub account: String,
+    pub product: String,
+    pub quantity: u32,
+    /// Unit price, major units of `currency`.
+    pub price: f64,
+    pub currency: String,
+    pub auto_renew: bool,
+    /// `CREDIT_CARD`, `PAYPAL` or `UNKNOWN`.
+    pub payment_method: &'static str,
+    /// Strongroom extension: the vault id renewals charge (null: manual renewal).
+    pub payment_method_id: Option<String>,
+    pub card_type: Option<String>,
+    pub card_ending: Option<String>,
+    /// `MM/YY`.
+    pub expiry: Option<String>,
+    /// `day`, `week`, `month` or `year`.
+    pub interval_unit: &'static str,
+    pub interval_length: u32,
+    /// ms.
+    pub begin: i64,
+    pub begin_display: String,
+    pub next: i64,
+    pub next_display: String,
+    pub next_charge_date: i64,
+    pub next_charge_currency: String,
+    pub next_charge_total: f64,
+    pub canceled_date: Option<i64>,
+    pub deactivation_date: Option<i64>,
+    pub order: String,
+    /// Strongroom extension: the last decline code.
+    pub decline_reason: Option<String>,
+    pub failed_attempts: u32,
+    /// When the next retry after a decline is due (ms).
+    pub next_retry: Option<i64>,
+    /// The saved card expires before the next charge.
+    pub card_expiring: bool,
+}
+
+impl SubscriptionView {
+    /// The view of `s`, as the answer of `action` (`None`: event data, no `action`/`result`).
+    pub fn of(s: &SubscriptionRecord, action: Option<&str>) -> Self {
+        let exp = Currency::parse(&s.currency)
+            .map(|c| c.exponent())
+            .unwrap_or(2);
+        let payment_method = match s.payment_kind.as_str() {
+            "card" => "CREDIT_CARD",
+            "paypal" => "PAYPAL",
+            _ => "UNKNOWN",
+        };
+        let card_type = s
+            .brand
+            .as_deref()
+            .and_then(|b| CardBrand::parse(b).ok())
+            .map(|b| b.as_str().to_ascii_uppercase());
+        Self {
+            id: s.id.clone(),
+            subscription: s.id.clone(),
+            action: action.map(str::to_owned),
+            result: action.map(|_| "success"),
+            active: s.state != SubState::Deactivated,
+            state: s.state.as_str(),
+            live: s.live,
+            account: s.account.clone(),
+            product: s.product.clone(),
+            quantity: s.quantity,
+            price: to_major(s.price, exp),
+            currency: s.currency.clone(),
+            auto_renew: s.auto_renew,
+            payment_method,
+            payment_method_id: s.payment_method.clone(),
+            card_type,
+            card_ending: s.last4.clone(),
+            expiry: s.expiry.clone(),
+            interval_unit: s.interval_unit.as_str(),
+            interval_length: s.interval_length,
+            begin: s.begin,
+            begin_display: display_date(s.begin),
+            next: s.next,
+            next_display: display_date(s.next),
+            next_charge_date: s.next,
+            next_charge_currency: s.currency.clone(),
+            next_charge_total: to_major(s.price * i64::from(s.quantity), exp),
+            canceled_date: s.canceled,
+            deactivation_date: s.canceled.map(|_| s.next),
+            order: s.order.clone(),
+            decline_reason: s.renewal.decline_reason.clone(),
+            failed_attempts: s.renewal.failed_attempts,
+            next_retry: s.renewal.retry_at,
+            card_expiring: s.renewal.card_expiring,
+        }
+    }
+}
+
+/// `GET /subscriptions?accountId=`: the account's subscription objects.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountSubscriptions {
+    pub action: &'static str,
+    pub result: &'static str,
+    pub subscriptions: Vec<SubscriptionView>,
+}
+
+/// One item of a cancel / resume answer, or of a successful rebill.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionResult {
+    pub subscription: String,
+    pub action: &'static str,
+    /// Always `success` here (a refused item is the error envelope with `subscription`).
+    pub result: &'static str,
+}
+
+impl SubscriptionResult {
+    pub fn success(subscription: &str, action: &'static str) -> Self {
+        Self {
+            subscription: subscription.to_owned(),
+            action,
+            result: "success",
+        }
+    }
+}
+
+/// Cancel / resume answer: `{subscriptions: [{subscription, action, result}]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionChanged {
+    pub subscriptions: Vec<SubscriptionResult>,
+}
+
+/// A contact as FastSpring shows it (`customer` of an order, `contact` of an account).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContactView {
+    pub first: String,
+    pub last: String,
+    pub email: String,
+    pub company: Option<String>,
+    pub phone: Option<String>,
+}
+
+impl ContactView {
+    pub fn of(c: &Contact) -> Self {
+        Self {
+            first: c.first.clone(),
+            last: c.last.clone(),
+            email: c.email.clone(),
+            company: c.company.clone(),
+            phone: c.phone.clone(),
+        }
+    }
+}
+
+/// The address lines of an order (present only when the order has an address).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressLines {
+    pub address_line1: Option<String>,
+    pub address_line2: Option<String>,
+    pub city: Option<String>,
+    pub region: Option<String>,
+    pub postal_code: Option<String>,
+}
+
+/// An order's `address`: its lines (if any) and the country.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderAddress {
+    #[serde(flatten)]
+    pub lines: Option<AddressLines>,
+    pub country: Option<String>,
+}
+
+/// One item of an order (prices in major units).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderItemView {
+    pub product: String,
+    pub quantity: u32,
+    pub price: f64,
+    pub subtotal: f64,
+    /// The subscription this item created, if it is a subscription item.
+    pub subscription: Option<String>,
+}
+
+/// `payment` of an order: masked only.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPaymentView {
+    /// `creditcard` or `paypal`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The brand's display name (`Visa`).
+    pub credit_card: Option<&'static str>,
+    pub card_ending: Option<String>,
+}
+
+/// FastSpring's order object (`POST /orders`, `GET /orders/{id}`, and the `data` of
+/// `order.completed` without `action`/`result`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `success` in an answer; absent in event data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'static str>,
+    pub id: String,
+    /// The id again (FastSpring's backward-compatible field).
+    pub order: String,
+    pub reference: String,
+    pub account: String,
+    pub completed: bool,
+    /// ms.
+    pub changed: i64,
+    pub changed_display: String,
+    pub language: Option<String>,
+    pub live: bool,
+    pub currency: String,
+    pub total: f64,
+    pub subtotal: f64,
+    pub tax: i64,
+    pub customer: ContactView,
+    pub address: OrderAddress,
+    pub items: Vec<OrderItemView>,
+    pub payment: OrderPaymentView,
+    /// Ids of the subscriptions the order created.
+    pub subscriptions: Vec<String>,
+    /// Strongroom extension: whether the payment method was saved for automatic renewal.
+    pub auto_renew: bool,
+}
+
+impl OrderView {
+    /// The view of `o`, as the answer of `action` (`None`: event data, no `action`/`result`).
+    pub fn of(o: &OrderRecord, action: Option<&str>) -> Self {
+        let exp = Currency::parse(&o.currency)
+            .map(|c| c.exponent())
+            .unwrap_or(2);
+        let items = o
+            .items
+            .iter()
+            .map(|i| OrderItemView {
+                product: i.product.clone(),
+                quantity: i.quantity,
+                price: to_major(i.price, exp),
+                subtotal: to_major(i.price * i64::from(i.quantity), exp),
+                subscription: i.subscription.clone(),
+            })
+            .collect();
+        let kind = &o.payment.kind;
+        Self {
+            action: action.map(str::to_owned),
+            result: action.map(|_| "success"),
+            id: o.id.clone(),
+            order: o.id.clone(),
+            reference: o.reference.clone(),
+            account: o.account.clone(),
+            completed: true,
+            changed: o.completed,
+            changed_display: display_date(o.completed),
+            language: o.language.clone(),
+            live: o.live,
+            currency: o.currency.clone(),
+            total: to_major(o.total, exp),
+            subtotal: to_major(o.total, exp),
+            tax: 0,
+            customer: ContactView::of(&o.customer),
+            address: OrderAddress {
+                lines: o.address.as_ref().map(|a| AddressLines {
+                    address_line1: a.address_line1.clone(),
+                    address_line2: a.address_line2.clone(),
+                    city: a.city.clone(),
+                    region: a.region.clone(),
+                    postal_code: a.postal_code.clone(),
+                }),
+                country: o.country.clone(),
+            },
+            items,
+            payment: OrderPaymentView {
+                kind: if kind == "card" {
+                    "creditcard".to_owned()
+                } else {
+                    kind.clone()
+                },
+                credit_card: o
+                    .payment
+                    .brand
+                    .as_deref()
+                    .and_then(|b| CardBrand::parse(b).ok())
+                    .map(CardBrand::display_name),
+                card_ending: o.payment.last4.clone(),
+            },
+            subscriptions: o
+                .items
+                .iter()
+                .filter_map(|i| i.subscription.clone())
+                .collect(),
+            auto_renew: o.payment_method.is_some(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::model::IntervalUnit;
+
+    /// The body the `json!` builder this view replaced produced, for one record.
+    fn old_json(s: &SubscriptionRecord, action: &str) -> serde_json::Value {
+        let exp = 2;
+        serde_json::json!({
+            "id": s.id, "subscription": s.id, "action": action, "result": "success",
+            "active": s.state != SubState::Deactivated, "state": s.state.as_str(),
+            "live": s.live, "account": s.account, "product": s.product, "quantity": s.quantity,
+            "price": to_major(s.price, exp), "currency": s.currency, "autoRenew": s.auto_renew,
+            "paymentMethod": "CREDIT_CARD", "paymentMethodId": s.payment_method,
+            "cardType": "VISA", "cardEnding": s.last4, "expiry": s.expiry,
+            "intervalUnit": s.interval_unit.as_str(), "intervalLength": s.interval_length,
+            "begin": s.begin, "beginDisplay": display_date(s.begin),
+            "next": s.next, "nextDisplay": display_date(s.next),
+            "nextChargeDate": s.next, "nextChargeCurrency": s.currency,
+            "nextChargeTotal": to_major(s.price * i64::from(s.quantity), exp),
+            "canceledDate": s.canceled, "deactivationDate": s.canceled.map(|_| s.next),
+            "order": s.order, "declineReason": s.renewal.decline_reason,
+            "failedAttempts": s.renewal.failed_attempts, "nextRetry": s.renewal.retry_at,
+            "cardExpiring": s.renewal.card_expiring,
+        })
+    }
+
+    #[test]
+    fn the_subscription_view_is_byte_for_byte_the_former_json_body() {
+        let s = SubscriptionRecord {
+            id: "sub1".into(),
+            store: "st".into(),
+            account: "acc".into(),
+            order: "ord".into(),
+            product: "pro".into(),
+            quantity: 3,
+            price: 1495,
+            currency: "USD".into(),
+            interval_unit: IntervalUnit::Month,
+            interval_length: 1,
+            state: SubState::Canceled,
+            auto_renew: true,
+            payment_method: Some("pm".into()),
+            payment_kind: "card".into(),
+            brand: Some("visa".into()),
+            last4: Some("4242".into()),
+            expiry: Some("12/40".into()),
+            begin: 1_800_000_000_000,
+            next: 1_802_000_000_000,
+            canceled: Some(1_801_000_000_000),
+            renewal: Default::default(),
+            live: false,
+        };
+        let view = serde_json::to_value(SubscriptionView::of(&s, Some("subscription.get")));
+        let (new, old) = (view.unwrap(), old_json(&s, "subscription.get"));
+        assert_eq!(new.to_string(), old.to_string());
+        let data = serde_json::to_value(SubscriptionView::of(&s, None)).unwrap();
+        assert!(data.get("action").is_none() && data.get("result").is_none());
+    }
+
+    #[test]
+    fn the_order_view_is_byte_for_byte_the_former_json_body() {
+        use crate::model::{Address, OrderItem, OrderPayment};
+        let contact = Contact {
+            first: "F".into(),
+            last: "L".into(),
+            email: "f@example.com".into(),
+            company: None,
+            phone: Some("1".into()),
+        };
+        let mut o = OrderRecord {
+            id: "o1".into(),
+            reference: "SR1".into(),
+            store: "st".into(),
+            account: "a1".into(),
+            customer: contact.clone(),
+            address: None,
+            country: Some("DE".into()),
+            language: None,
+            currency: "USD".into(),
+            items: vec![
+                OrderItem {
+                    product: "p".into(),
+                    quantity: 2,
+                    price: 1495,
+                    subscription: Some("s1".into()),
+                },
+                OrderItem {
+                    product: "q".into(),
+                    quantity: 1,
+                    price: 5,
+                    subscription: None,
+                },
+            ],
+            total: 2995,
+            payment: OrderPayment {
+                kind: "card".into(),
+                brand: Some("visa".into()),
+                last4: Some("4242".into()),
+            },
+            payment_method: Some("pm".into()),
+            completed: 1_800_000_000_000,
+            live: false,
+        };
+        // The body `order_json` built before this view, for the same record.
+        let old = |o: &OrderRecord| {
+            let mut address = match &o.address {
+                Some(a) => serde_json::json!({"addressLine1": a.address_line1,
+                    "addressLine2": a.address_line2, "city": a.city, "region": a.region,
+                    "postalCode": a.postal_code}),
+                None => serde_json::json!({}),
+            };
+            address["country"] = serde_json::json!(o.country);
+            serde_json::json!({
+                "action": "order.get", "result": "success",
+                "id": o.id, "order": o.id, "reference": o.reference, "account": o.account,
+                "completed": true, "changed": o.completed,
+                "changedDisplay": display_date(o.completed),
+                "language": o.language, "live": o.live, "currency": o.currency,
+                "total": to_major(o.total, 2), "subtotal": to_major(o.total, 2), "tax": 0,
+                "customer": {"first": contact.first, "last": contact.last,
+                    "email": contact.email, "company": contact.company, "phone": contact.phone},
+                "address": address,
+                "items": [
+                    {"product": "p", "quantity": 2, "price": 14.95, "subtotal": 29.9,
+                        "subscription": "s1"},
+                    {"product": "q", "quantity": 1, "price": 0.05, "subtotal": 0.05,
+                        "subscription": null}],
+                "payment": {"type": "creditcard", "creditCard": "Visa", "cardEnding": "4242"},
+                "subscriptions": ["s1"],
+                "autoRenew": true,
+            })
+        };
+        for with_address in [false, true] {
+            if with_address {
+                o.address = Some(Address {
+                    address_line1: Some("1 Road".into()),
+                    city: Some("Town".into()),
+                    ..Address::default()
+                });
+            }
+            let new = serde_json::to_value(OrderView::of(&o, Some("order.get"))).unwrap();
+            assert_eq!(
+                new.to_string(),
+                old(&o).to_string(),
+                "address: {with_address}"
+            );
+        }
+    }
+}

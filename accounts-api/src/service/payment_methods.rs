@@ -1,0 +1,31 @@
+//! Saved payment methods of an account.
+
+use crate::storage::{Extras, Storage, StorageError};
+
+/// Forgets a payment method of an account; its subscriptions that used it become
+/// manual-renewal (no payment method, no automatic renewal) — one transaction with `extras`.
+pub async fn forget(
+    storage: &dyn Storage,
+    store: &str,
+    account: &str,
+    pm: &str,
+    extras: &Extras,
+) -> Result<(), StorageError> {
+    storage
+        .update_account_and_subscriptions(
+            store,
+            account,
+            &|a| a.payment_methods.retain(|p| p.id != pm),
+            &|s| {
+                if s.payment_method.as_deref() != Some(pm) {
+                    return false;
+                }
+                s.payment_method = None;
+                s.auto_renew = false;
+                true
+            },
+            extras,
+        )
+        .await
+        .map(drop)
+}

@@ -1,0 +1,521 @@
+//! The renewal use case: charges due automatic subscriptions through the vault (as the `renewals`
+//! identity), reminds manual ones, flags cards that expire before the next charge.
+//!
+//! Exactly once per period, across crashes:
+//! 1. under a per-subscription lock, the intent (`renewal.pending`: idempotency key, period,
+//!    amount) is written and flushed before the vault is called;
+//! 2. the vault charges with that key (its own ledger plus the processor's idempotency make a
+//!    repeated key one charge);
+//! 3. the outcome is written in one transaction with the subscription, the account's
+//!    `charges[]` and the events. A crash between 1 and 3 leaves `pending`; every run (the first
+//!    one right after start) resumes pending intents with the same key.
+//!
+//! Keys: `{subscription}:{period}` for the first attempt of a period, `…:{n}` for retry `n`
+//! after a decline (a declined key is final in the vault and at the processor). A success ends
+//! the period, so no period is ever paid twice.
+//!
+//! Declines retry 1, 3 and 5 days after the due date ([`RETRY_DAYS`]); the decline after the
+//! last retry deactivates the subscription. Transient failures (`failed`, vault unreachable) keep
+//! the intent and retry with the same key on the next run.
+//!
+//! Time is a parameter (`now`, ms) of [`run_due`] and [`renew_one`], so schedules are testable
+//! without waiting. The periodic worker is `jobs::renewals`; `POST /subscriptions/charge` is in
+//! `routes::subscriptions`.
+
+use crate::app::{AppState, SharedState};
+pub use crate::domain::renewal::{DAY_MS, REMIND_AHEAD_MS, RETRY_DAYS, has_work};
+use crate::domain::renewal::{automatic, card_expiring, charge_key, expiry_needs_update};
+use crate::domain::{DomainEvent, Money};
+use crate::model::{
+    ChargeRecord, PendingCharge, RenewalState, SubState, SubscriptionRecord, add_interval, now_ms,
+};
+use crate::service::events;
+use crate::storage::Lease;
+use crate::storage::StorageError;
+use crate::vault::{VaultClient, VaultError};
+use shared::vault_api::{ChargeRequest, ChargeStatus};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Charges the job runs at once.
+pub const CONCURRENCY: usize = 32;
+const LOCK_SHARDS: usize = 1024;
+/// How long a renewal worker's claim on a subscription keeps other instances out (wall clock;
+/// longer than the renewals client's whole-request timeout).
+pub const LEASE_MS: i64 = 5 * 60_000;
+/// The refusal of a claim held by another worker (the step is skipped, not an error).
+const CLAIMED_ELSEWHERE: &str = "the subscription is being renewed by another worker";
+
+/// The renewal job's own vault client (`renewals` certificate) and per-subscription locks.
+pub struct Renewals {
+    client: VaultClient,
+    locks: Vec<Arc<Mutex<()>>>,
+}
+
+impl Renewals {
+    /// The renewal job's vault client (readiness checks its identity).
+    pub fn client(&self) -> &VaultClient {
+        &self.client
+    }
+
+    pub fn new(client: VaultClient) -> Self {
+        Self {
+            client,
+            locks: (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect(),
+        }
+    }
+
+    fn lock_for(&self, store: &str, id: &str) -> Arc<Mutex<()>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (store, id).hash(&mut h);
+        Arc::clone(&self.locks[(h.finish() as usize) % self.locks.len()])
+    }
+}
+
+/// What one renewal step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Charged,
+    Declined {
+        reason: String,
+        deactivated: bool,
+    },
+    /// Transient: nothing paid; the intent stays and is retried with the same key.
+    Failed {
+        reason: String,
+    },
+    Reminded,
+    /// Nothing to do now.
+    Skipped,
+    /// Refused before any charge (fixed codes: `NOT_FOUND`, `SUBSCRIPTION_NOT_ACTIVE`, …).
+    Refused(&'static str),
+}
+
+impl Outcome {
+    /// The `outcome` label of the `charges_total` metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Charged => "charged",
+            Self::Declined { .. } => "declined",
+            Self::Failed { .. } => "failed",
+            Self::Reminded => "reminded",
+            Self::Skipped => "skipped",
+            Self::Refused(_) => "refused",
+        }
+    }
+}
+
+/// Counts of one [`run_due`] pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunSummary {
+    pub examined: usize,
+    pub charged: usize,
+    pub declined: usize,
+    pub deactivated: usize,
+    pub failed: usize,
+    pub reminded: usize,
+    pub errors: usize,
+}
+
+/// One pass: every subscription with work at `now`, [`CONCURRENCY`] at a time.
+pub async fn run_due(state: &SharedState, now: i64) -> Result<RunSummary, StorageError> {
+    // Everything due now, as before the port had a limit: a pass takes all of it.
+    let due = state.storage.due_subscriptions(now, usize::MAX).await?;
+    let mut summary = RunSummary {
+        examined: due.len(),
+        ..RunSummary::default()
+    };
+    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut set = tokio::task::JoinSet::new();
+    for s in due {
+        let Ok(permit) = Arc::clone(&sem).acquire_owned().await else {
+            break;
+        };
+        let st = Arc::clone(state);
+        set.spawn(async move {
+            let r = renew_one(&st, &s.store, &s.id, now, false).await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        if let Ok(Ok(o)) = &joined {
+            crate::ops::metrics().inc("charges_total", &[("outcome", o.label())]);
+        }
+        match joined {
+            Ok(Ok(o)) => match o {
+                Outcome::Charged => summary.charged += 1,
+                Outcome::Declined { deactivated, .. } => {
+                    summary.declined += 1;
+                    if deactivated {
+                        summary.deactivated += 1;
+                    }
+                }
+                Outcome::Failed { .. } => summary.failed += 1,
+                Outcome::Reminded => summary.reminded += 1,
+                Outcome::Skipped | Outcome::Refused(_) => {}
+            },
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "renewal step failed");
+                summary.errors += 1;
+            }
+            Err(_) => summary.errors += 1,
+        }
+    }
+    Ok(summary)
+}
+
+/// One renewal step for one subscription at `now`. `on_demand` (`POST /subscriptions/charge`)
+/// charges the upcoming period even before it is due and ignores the retry wait.
+pub async fn renew_one(
+    state: &AppState,
+    store: &str,
+    id: &str,
+    now: i64,
+    on_demand: bool,
+) -> Result<Outcome, StorageError> {
+    let Some(renewals) = state.renewals.as_ref() else {
+        return Ok(Outcome::Refused("RENEWALS_DISABLED"));
+    };
+    let lock = renewals.lock_for(store, id);
+    let _guard = lock.lock().await;
+    let Some(mut sub) = state.storage.subscription(store, id).await? else {
+        return Ok(Outcome::Refused("NOT_FOUND"));
+    };
+    if sub.state != SubState::Active && sub.renewal.pending.is_none() {
+        return Ok(if on_demand {
+            Outcome::Refused("SUBSCRIPTION_NOT_ACTIVE")
+        } else {
+            Outcome::Skipped
+        });
+    }
+    if sub.state == SubState::Active && expiry_needs_update(&sub) {
+        sub = flag_expiry(state, store, id).await?;
+    }
+
+    let pending = match sub.renewal.pending.clone() {
+        Some(p) => {
+            // Resuming an intent: claim it, unless a live worker elsewhere is charging it.
+            match claim(state, store, id, &p).await {
+                Ok(_) => {}
+                Err(StorageError::State(CLAIMED_ELSEWHERE)) => return Ok(Outcome::Skipped),
+                Err(e) => return Err(e),
+            }
+            p
+        }
+        None if !automatic(&sub) => {
+            let reminder_due = on_demand || sub.next - REMIND_AHEAD_MS <= now;
+            if reminder_due && sub.renewal.reminded != Some(sub.next) {
+                remind(state, store, id).await?;
+            }
+            return Ok(if on_demand || reminder_due {
+                Outcome::Reminded
+            } else {
+                Outcome::Skipped
+            });
+        }
+        None => {
+            let due = sub.next <= now && sub.renewal.retry_at.is_none_or(|t| t <= now);
+            if !due && !on_demand {
+                return Ok(Outcome::Skipped);
+            }
+            if on_demand && sub.renewal.last_charged.is_some_and(|t| now - t < DAY_MS) {
+                return Ok(Outcome::Refused(
+                    "Only 1 successful rebill per day allowed.",
+                ));
+            }
+            let p = PendingCharge {
+                key: charge_key(&sub),
+                period: sub.next,
+                amount: sub.price.saturating_mul(i64::from(sub.quantity)),
+                currency: sub.currency.clone(),
+                started: now,
+            };
+            let (intent, lease) = (p.clone(), lease(state));
+            // Insert-if-absent of the intent is the claim: a second worker finds it pending.
+            state
+                .storage
+                .apply_renewal(store, id, &|s, _| {
+                    if s.state != SubState::Active || s.renewal.pending.is_some() {
+                        return Err(StorageError::State("the subscription changed meanwhile"));
+                    }
+                    s.renewal.pending = Some(intent.clone());
+                    s.renewal.lease = Some(lease.clone());
+                    Ok(vec![])
+                })
+                .await?;
+            // The intent is on disk before the vault hears of the charge.
+            state.storage.durable().await?;
+            p
+        }
+    };
+
+    let outcome = charge_claimed(state, renewals, store, id, &sub, &pending, now).await;
+    if !matches!(outcome, Ok(Outcome::Charged | Outcome::Declined { .. })) {
+        // The outcome was not written (transient failure or error): let the next run retry.
+        release(state, store, id).await?;
+    }
+    outcome
+}
+
+/// A new claim on a subscription's renewal by this worker.
+fn lease(state: &AppState) -> Lease {
+    Lease {
+        holder: state.storage.instance().to_owned(),
+        until: now_ms().saturating_add(LEASE_MS),
+    }
+}
+
+/// Claims the pending intent `p` for this worker (see [`Lease::blocks`]).
+async fn claim(
+    state: &AppState,
+    store: &str,
+    id: &str,
+    p: &PendingCharge,
+) -> Result<SubscriptionRecord, StorageError> {
+    let (me, exclusive, wall, new) = (
+        state.storage.instance(),
+        state.storage.exclusive(),
+        now_ms(),
+        lease(state),
+    );
+    state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            still_pending(s, p)?;
+            if s.renewal
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.blocks(me, exclusive, wall))
+            {
+                return Err(StorageError::State(CLAIMED_ELSEWHERE));
+            }
+            s.renewal.lease = Some(new.clone());
+            Ok(vec![])
+        })
+        .await
+}
+
+/// Drops this worker's claim (the intent, if any, stays for the next run).
+async fn release(state: &AppState, store: &str, id: &str) -> Result<(), StorageError> {
+    let me = state.storage.instance();
+    state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            if s.renewal.lease.as_ref().is_some_and(|l| l.holder == me) {
+                s.renewal.lease = None;
+            }
+            Ok(vec![])
+        })
+        .await
+        .map(drop)
+}
+
+/// Steps 2 and 3 of the protocol for a claimed intent: the vault call and its outcome.
+async fn charge_claimed(
+    state: &AppState,
+    renewals: &Renewals,
+    store: &str,
+    id: &str,
+    sub: &SubscriptionRecord,
+    pending: &PendingCharge,
+    now: i64,
+) -> Result<Outcome, StorageError> {
+    let pending = pending.clone();
+    let Some(pm) = sub.payment_method.clone() else {
+        // The card was removed while a charge was pending: nothing can be charged.
+        return settle_decline(state, store, id, &pending, "payment_method_missing", now).await;
+    };
+    let req = ChargeRequest {
+        store: store.to_owned(),
+        amount: pending.amount,
+        currency: pending.currency.clone(),
+        idempotency_key: pending.key.clone(),
+        description: Some(format!("Renewal of subscription {id}")),
+    };
+    match renewals.client.charge(&pm, &req).await {
+        Ok(o) => match o.status {
+            ChargeStatus::Succeeded => {
+                settle_success(state, store, id, &pending, o.processor_reference, now).await
+            }
+            ChargeStatus::Declined => {
+                let reason = o.reason.unwrap_or_else(|| "card_declined".into());
+                settle_decline(state, store, id, &pending, &reason, now).await
+            }
+            ChargeStatus::Failed => Ok(Outcome::Failed {
+                reason: o.reason.unwrap_or_else(|| "processor_unavailable".into()),
+            }),
+        },
+        Err(VaultError::NotFound) => {
+            settle_decline(state, store, id, &pending, "payment_method_missing", now).await
+        }
+        Err(VaultError::Unavailable(_)) => Ok(Outcome::Failed {
+            reason: "vault_unavailable".into(),
+        }),
+        // Logged at ERROR by the client (the renewals certificate's identity lacks `charge`);
+        // the intent stays, so the charge goes out once the configuration is fixed. To the
+        // merchant it is an outage of ours, like any other: `VAULT_UNAVAILABLE`.
+        Err(VaultError::Forbidden { .. }) => Ok(Outcome::Failed {
+            reason: "vault_unavailable".into(),
+        }),
+        Err(VaultError::Rejected { status, field }) => {
+            // Our request is wrong (it will not fix itself): keep the intent for an operator.
+            tracing::error!(
+                status,
+                ?field,
+                subscription = id,
+                "vault refused a renewal charge"
+            );
+            Ok(Outcome::Failed {
+                reason: "vault_rejected".into(),
+            })
+        }
+    }
+}
+
+async fn flag_expiry(
+    state: &AppState,
+    store: &str,
+    id: &str,
+) -> Result<SubscriptionRecord, StorageError> {
+    let s = state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            let expiring = card_expiring(s);
+            s.renewal.card_expiring = expiring;
+            if expiring && s.renewal.expiring_notified != Some(s.next) {
+                s.renewal.expiring_notified = Some(s.next);
+                return Ok(vec![events::record(&DomainEvent::CardExpiring {
+                    subscription: s.id.clone(),
+                    account: s.account.clone(),
+                    expiry: s.expiry.clone(),
+                    next_charge_date: s.next,
+                })]);
+            }
+            Ok(vec![])
+        })
+        .await?;
+    state.storage.durable().await?;
+    Ok(s)
+}
+
+async fn remind(state: &AppState, store: &str, id: &str) -> Result<(), StorageError> {
+    state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            if s.renewal.reminded == Some(s.next) {
+                return Ok(vec![]);
+            }
+            s.renewal.reminded = Some(s.next);
+            Ok(vec![events::record(&DomainEvent::PaymentReminder {
+                subscription: s.id.clone(),
+                account: s.account.clone(),
+                amount: Money::of(s.price, &s.currency).times(s.quantity),
+                next_charge_date: s.next,
+            })])
+        })
+        .await?;
+    state.storage.durable().await?;
+    Ok(())
+}
+
+fn still_pending(s: &SubscriptionRecord, p: &PendingCharge) -> Result<(), StorageError> {
+    if s.renewal.pending.as_ref() == Some(p) {
+        Ok(())
+    } else {
+        Err(StorageError::State("the pending charge changed meanwhile"))
+    }
+}
+
+async fn settle_success(
+    state: &AppState,
+    store: &str,
+    id: &str,
+    p: &PendingCharge,
+    reference: Option<String>,
+    now: i64,
+) -> Result<Outcome, StorageError> {
+    state
+        .storage
+        .apply_renewal(store, id, &|s, account| {
+            still_pending(s, p)?;
+            s.next = add_interval(p.period, s.interval_unit, s.interval_length);
+            s.renewal = RenewalState {
+                last_charged: Some(now),
+                expiring_notified: s.renewal.expiring_notified,
+                ..RenewalState::default()
+            };
+            s.renewal.card_expiring = card_expiring(s);
+            account.charges.push(ChargeRecord {
+                currency: p.currency.clone(),
+                total: p.amount,
+                status: "successful".into(),
+                order: None,
+                order_reference: None,
+                subscription: Some(s.id.clone()),
+                timestamp: now,
+            });
+            Ok(vec![events::record(&DomainEvent::ChargeCompleted {
+                subscription: s.id.clone(),
+                account: s.account.clone(),
+                amount: Money::of(p.amount, &p.currency),
+                period: p.period,
+                reference: reference.clone(),
+                next_charge_date: s.next,
+            })])
+        })
+        .await?;
+    state.storage.durable().await?;
+    tracing::info!(subscription = id, "renewal charged");
+    Ok(Outcome::Charged)
+}
+
+async fn settle_decline(
+    state: &AppState,
+    store: &str,
+    id: &str,
+    p: &PendingCharge,
+    reason: &str,
+    now: i64,
+) -> Result<Outcome, StorageError> {
+    let after = state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            still_pending(s, p)?;
+            s.renewal.pending = None;
+            s.renewal.lease = None;
+            s.renewal.decline_reason = Some(reason.to_owned());
+            s.renewal.failed_attempts = s.renewal.failed_attempts.saturating_add(1);
+            let n = s.renewal.failed_attempts as usize;
+            let mut out = Vec::new();
+            let next_retry = RETRY_DAYS.get(n - 1).map(|d| p.period + d * DAY_MS);
+            s.renewal.retry_at = next_retry;
+            out.push(events::record(&DomainEvent::ChargeFailed {
+                subscription: s.id.clone(),
+                account: s.account.clone(),
+                amount: Money::of(p.amount, &p.currency),
+                reason: reason.to_owned(),
+                attempt: n,
+                next_retry,
+                timestamp: now,
+            }));
+            if next_retry.is_none() {
+                s.deactivate();
+                out.push(events::record(&DomainEvent::SubscriptionDeactivated {
+                    subscription: s.id.clone(),
+                    account: s.account.clone(),
+                    reason: reason.to_owned(),
+                }));
+            }
+            Ok(out)
+        })
+        .await?;
+    state.storage.durable().await?;
+    let deactivated = after.state == SubState::Deactivated;
+    tracing::info!(subscription = id, reason, deactivated, "renewal declined");
+    Ok(Outcome::Declined {
+        reason: reason.to_owned(),
+        deactivated,
+    })
+}

@@ -1,0 +1,190 @@
+//! Webhook configuration: the rules for a store's webhooks (absolute http(s) URLs without
+//! credentials, unique per store; optional HMAC secret of 1 to 100 characters) and the changes
+//! to them, each one storage transaction with its idempotency answer. Delivery is
+//! `jobs::webhooks`.
+
+use crate::error::StorageError;
+use crate::model::{WebhookRecord, new_id, now_ms};
+use crate::storage::{IdempotencyWrite, Storage};
+
+/// Longest accepted secret (FastSpring's limit) and URL.
+pub const MAX_SECRET: usize = 100;
+pub const MAX_URL: usize = 2048;
+
+/// Why a webhook could not be added; each names the wire field.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("url: must be an absolute http or https URL without credentials")]
+    Url,
+    #[error("hmacSecret: must be 1 to 100 characters")]
+    Secret,
+    #[error("url: a webhook with this URL already exists")]
+    Duplicate,
+    #[error("url: no webhook with this URL")]
+    Unknown,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl HookError {
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Secret => "hmacSecret",
+            _ => "url",
+        }
+    }
+}
+
+/// Only absolute http(s) URLs with a host and without user:password (which would be a secret in
+/// a field we show back).
+pub fn parse_url(url: &str) -> Result<String, HookError> {
+    let u = reqwest::Url::parse(url.trim()).map_err(|_| HookError::Url)?;
+    let ok = matches!(u.scheme(), "http" | "https")
+        && u.host_str().is_some_and(|h| !h.is_empty())
+        && u.username().is_empty()
+        && u.password().is_none()
+        && u.as_str().len() <= MAX_URL;
+    if ok {
+        Ok(u.to_string())
+    } else {
+        Err(HookError::Url)
+    }
+}
+
+fn parse_secret(secret: Option<String>) -> Result<Option<shared::SecretString>, HookError> {
+    match secret {
+        None => Ok(None),
+        Some(s) => {
+            let s = shared::SecretString::new(s);
+            let n = s.expose_secret().chars().count();
+            if n == 0 || n > MAX_SECRET {
+                return Err(HookError::Secret);
+            }
+            Ok(Some(s))
+        }
+    }
+}
+
+/// Adds a webhook to a store (URL unique per store).
+pub async fn add(
+    events: &dyn Storage,
+    store: &str,
+    url: &str,
+    secret: Option<String>,
+    answer: &(dyn Fn(&WebhookRecord) -> Option<IdempotencyWrite> + Sync),
+) -> Result<WebhookRecord, HookError> {
+    let url = parse_url(url)?;
+    let secret = parse_secret(secret)?;
+    if events.webhooks(store).await?.iter().any(|h| h.url == url) {
+        return Err(HookError::Duplicate);
+    }
+    let hook = WebhookRecord {
+        id: new_id(),
+        url: url.clone(),
+        secret,
+        created: now_ms(),
+    };
+    let h = hook.clone();
+    let record = answer(&hook);
+    events
+        .update_webhooks(
+            store,
+            &move |hooks| {
+                if hooks.iter().any(|x| x.url == url) {
+                    return Err(StorageError::State("duplicate webhook url"));
+                }
+                hooks.push(h.clone());
+                Ok(())
+            },
+            record.as_ref(),
+        )
+        .await?;
+    Ok(hook)
+}
+
+/// Replaces the secret of the store's webhook with this URL (FastSpring's `POST /webhooks/keys`).
+pub async fn rotate(
+    events: &dyn Storage,
+    store: &str,
+    url: &str,
+    secret: String,
+    answer: &(dyn Fn(&str) -> Option<IdempotencyWrite> + Sync),
+) -> Result<WebhookRecord, HookError> {
+    let url = parse_url(url)?;
+    let secret = parse_secret(Some(secret))?;
+    let record = answer(&url);
+    let hooks = events
+        .update_webhooks(
+            store,
+            &|hooks| match hooks.iter_mut().find(|h| h.url == url) {
+                Some(h) => {
+                    h.secret.clone_from(&secret);
+                    Ok(())
+                }
+                None => Err(StorageError::NotFound),
+            },
+            record.as_ref(),
+        )
+        .await;
+    match hooks {
+        Ok(hooks) => hooks
+            .into_iter()
+            .find(|h| h.url == url)
+            .ok_or(HookError::Unknown),
+        Err(StorageError::NotFound) => Err(HookError::Unknown),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a webhook and its pending deliveries; false if the store has no such webhook.
+pub async fn remove(
+    events: &dyn Storage,
+    store: &str,
+    id: &str,
+    record: Option<IdempotencyWrite>,
+) -> Result<bool, StorageError> {
+    let r = events
+        .update_webhooks(
+            store,
+            &|hooks| {
+                let before = hooks.len();
+                hooks.retain(|h| h.id != id);
+                if hooks.len() == before {
+                    return Err(StorageError::NotFound);
+                }
+                Ok(())
+            },
+            record.as_ref(),
+        )
+        .await;
+    match r {
+        Ok(_) => {
+            events.clear_outbox(store, id).await?;
+            Ok(true)
+        }
+        Err(StorageError::NotFound) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_absolute_http_and_https_urls_without_credentials_are_accepted() {
+        for good in ["http://127.0.0.1:9/hook", "https://example.com/x?y=1"] {
+            assert!(parse_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "ftp://example.com/",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "example.com/hook",
+            "https://user:pw@example.com/",
+            "",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}

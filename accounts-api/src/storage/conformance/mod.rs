@@ -1,0 +1,615 @@
+//! The conformance suite of the storage port: every rule a backend must keep, written once
+//! against [`Storage`] and run against each backend (`backend_suite!` at the bottom; sled
+//! today, PostgreSQL next). Races run on a multi-threaded runtime with at most 16 tasks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub(crate) mod fixtures;
+
+use super::*;
+use crate::model::{SubState, WebhookRecord, now_ms};
+use fixtures::{account, checkout, event, subscription};
+use std::sync::Arc;
+
+/// Opens a fresh, empty backend in `dir`.
+pub type Open = fn(&std::path::Path) -> Arc<dyn Storage>;
+
+async fn all_events(s: &dyn Storage, store: &str, kind: &str) -> usize {
+    let mut n = 0;
+    for processed in [false, true] {
+        let (evs, more) = s.events(store, 0, processed, 10_000).await.unwrap();
+        assert!(!more);
+        n += evs.iter().filter(|e| e.kind == kind).count();
+    }
+    n
+}
+
+/// 16 concurrent first orders with one email: one account, `account.created` once, every
+/// order recorded on it (losers of the race redo their checkout with the winner, as the
+/// checkout service does).
+pub async fn concurrent_first_orders_make_one_account(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let s = Arc::clone(&s);
+        set.spawn(async move {
+            let mine = account("st", "Race@Example.com", None);
+            let mut c = checkout(&mine, None, vec![]);
+            loop {
+                let created = c.create.is_some();
+                let extras = Extras {
+                    idempotency: None,
+                    events: if created {
+                        vec![event("account.created"), event("order.completed")]
+                    } else {
+                        vec![event("order.completed")]
+                    },
+                };
+                match s.complete_checkout(&c, &|a| a.add_order(&c), &extras).await {
+                    Ok(()) => return c.account_id,
+                    Err(StorageError::EmailRace(winner)) => {
+                        assert!(!winner.is_empty());
+                        c = checkout(&mine, Some(&winner), vec![]);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = set.join_next().await {
+        ids.push(id.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every order went to one account");
+    assert_eq!(s.list_accounts("st", 0, 100).await.unwrap().1, 1);
+    assert_eq!(all_events(s.as_ref(), "st", "account.created").await, 1);
+    assert_eq!(all_events(s.as_ref(), "st", "order.completed").await, 16);
+    let a = s.account("st", &ids[0]).await.unwrap().unwrap();
+    assert_eq!((a.orders.len(), a.charges.len()), (16, 16));
+    let by_email = s.account_by("st", Index::Email, "race@example.com").await;
+    assert_eq!(by_email.unwrap(), Some(ids[0].clone()));
+}
+
+/// One account per email and one custom id per store, decided inside the transaction; other
+/// stores are separate namespaces.
+pub async fn emails_and_custom_ids_are_unique_per_store(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let s = Arc::clone(&s);
+        set.spawn(async move {
+            let email = if i % 2 == 0 {
+                "same@example.com".to_owned()
+            } else {
+                format!("u{i}@example.com")
+            };
+            let a = account("st", &email, Some("custom-1"));
+            s.create_account(&a, &Extras::default()).await
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StorageError::EmailTaken(_) | StorageError::CustomTaken(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(s.list_accounts("st", 0, 100).await.unwrap().1, 1);
+    s.create_account(
+        &account("other", "same@example.com", Some("custom-1")),
+        &Extras::default(),
+    )
+    .await
+    .unwrap();
+
+    // Moving an account onto a taken email or custom id is refused and changes nothing.
+    let (ids, _) = s.list_accounts("st", 0, 1).await.unwrap();
+    let taken = s
+        .account("st", &ids[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .contact
+        .email;
+    let b = account("st", "b@example.com", Some("custom-2"));
+    s.create_account(&b, &Extras::default()).await.unwrap();
+    let r = s
+        .update_account(
+            "st",
+            &b.id,
+            &|a| a.custom = Some("custom-1".into()),
+            &Extras::default(),
+        )
+        .await;
+    assert!(matches!(r, Err(StorageError::CustomTaken(_))), "{r:?}");
+    let r = s
+        .update_account(
+            "st",
+            &b.id,
+            &|a| a.contact.email = taken.to_uppercase(),
+            &Extras::default(),
+        )
+        .await;
+    assert!(matches!(r, Err(StorageError::EmailTaken(_))), "{r:?}");
+    let after = s.account("st", &b.id).await.unwrap().unwrap();
+    assert_eq!(after.custom.as_deref(), Some("custom-2"));
+    assert_eq!(
+        s.account_by("st", Index::Custom, "custom-2").await.unwrap(),
+        Some(b.id.clone())
+    );
+}
+
+/// A change that fails writes nothing: the checkout that lost the email race (with its events
+/// and idempotency answer), and a multi-subscription change refused on its second row.
+pub async fn a_refused_change_writes_nothing(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let winner = account("st", "race@example.com", None);
+    let loser = account("st", "race@example.com", None);
+    let w = checkout(&winner, None, vec![]);
+    s.complete_checkout(&w, &|a| a.add_order(&w), &Extras::default())
+        .await
+        .unwrap();
+    let sub = subscription("st", &loser.id, 0, None);
+    let lost = checkout(&loser, None, vec![sub.clone()]);
+    let extras = Extras {
+        idempotency: Some(IdempotencyWrite {
+            key: "k1".into(),
+            claim: "c1".into(),
+            record: IdempotencyRecord {
+                request_hash: "h".into(),
+                status: 200,
+                body: "{}".into(),
+                pending: None,
+            },
+        }),
+        events: vec![event("order.completed")],
+    };
+    match s
+        .complete_checkout(&lost, &|a| a.add_order(&lost), &extras)
+        .await
+    {
+        Err(StorageError::EmailRace(id)) => assert_eq!(id, winner.id),
+        other => panic!("expected EmailRace, got {other:?}"),
+    }
+    assert!(s.order("st", &lost.order.id).await.unwrap().is_none());
+    assert!(s.account("st", &loser.id).await.unwrap().is_none());
+    assert!(s.subscription("st", &sub.id).await.unwrap().is_none());
+    assert_eq!(all_events(s.as_ref(), "st", "order.completed").await, 0);
+    assert!(matches!(
+        s.claim_idempotency("st", "k1", "h", "c2", now_ms(), 60_000)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    ));
+
+    let subs = vec![
+        subscription("st", &winner.id, 0, None),
+        subscription("st", &winner.id, 0, None),
+    ];
+    let c = checkout(&winner, Some(&winner.id), subs.clone());
+    s.complete_checkout(&c, &|a| a.add_order(&c), &Extras::default())
+        .await
+        .unwrap();
+    let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
+    let second = ids[1].clone();
+    let r = s
+        .update_subscriptions(
+            "st",
+            &ids,
+            &|sub| {
+                sub.state = SubState::Canceled;
+                if sub.id == second {
+                    return Err(StorageError::State("refused"));
+                }
+                Ok(vec![event("subscription.canceled")])
+            },
+            &Extras {
+                idempotency: None,
+                events: vec![event("subscription.canceled")],
+            },
+        )
+        .await;
+    assert!(matches!(r, Err(StorageError::State("refused"))));
+    let first = s.subscription("st", &ids[0]).await.unwrap().unwrap();
+    assert_eq!(first.state, SubState::Active, "all or nothing");
+    assert_eq!(
+        all_events(s.as_ref(), "st", "subscription.canceled").await,
+        0
+    );
+}
+
+/// 8 concurrent openings of one sign-in link: exactly one session can follow.
+pub async fn a_sign_in_link_opens_once(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let rec = SsoTokenRecord {
+        store: "st".into(),
+        account: "a".into(),
+        expires: now_ms() + 60_000,
+    };
+    s.put_sso_token("h1", &rec).await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let s = Arc::clone(&s);
+        set.spawn(async move { s.take_sso_token("h1").await.unwrap().is_some() });
+    }
+    let mut taken = 0;
+    while let Some(t) = set.join_next().await {
+        taken += usize::from(t.unwrap());
+    }
+    assert_eq!(taken, 1);
+}
+
+/// Concurrent requests with one Idempotency-Key: one claims it, the others see it in progress;
+/// then the answer replays, another request under the key is refused, and a released claim
+/// can be taken again.
+pub async fn an_idempotency_key_is_claimed_once(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let now = now_ms();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let s = Arc::clone(&s);
+        set.spawn(async move {
+            let claim = format!("c{i}");
+            let r = s
+                .claim_idempotency("st", "key", "hash", &claim, now, 60_000)
+                .await
+                .unwrap();
+            (claim, r)
+        });
+    }
+    let (mut winners, mut busy) = (Vec::new(), 0);
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            (c, IdempotencyClaim::Claimed) => winners.push(c),
+            (_, IdempotencyClaim::InProgress) => busy += 1,
+            (_, other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((winners.len(), busy), (1, 15));
+    let answer = IdempotencyWrite {
+        key: "key".into(),
+        claim: winners[0].clone(),
+        record: IdempotencyRecord {
+            request_hash: "hash".into(),
+            status: 200,
+            body: "{\"ok\":true}".into(),
+            pending: None,
+        },
+    };
+    // Only the claimer can answer.
+    let stranger = IdempotencyWrite {
+        claim: "not-mine".into(),
+        ..answer.clone()
+    };
+    let a = account("st", "idem@example.com", None);
+    let r = s
+        .create_account(
+            &a,
+            &Extras {
+                idempotency: Some(stranger),
+                events: vec![],
+            },
+        )
+        .await;
+    assert!(matches!(r, Err(StorageError::State(_))), "{r:?}");
+    assert!(s.account("st", &a.id).await.unwrap().is_none());
+    s.create_account(
+        &a,
+        &Extras {
+            idempotency: Some(answer),
+            events: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    match s
+        .claim_idempotency("st", "key", "hash", "late", now, 60_000)
+        .await
+        .unwrap()
+    {
+        IdempotencyClaim::Replay(rec) => {
+            assert_eq!((rec.status, rec.body.as_str()), (200, "{\"ok\":true}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.claim_idempotency("st", "key", "other", "x", now, 60_000)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Mismatch
+    ));
+    // Releasing an answered key changes nothing; releasing a claim frees the key.
+    s.release_idempotency("st", "key", "late").await.unwrap();
+    assert!(matches!(
+        s.claim_idempotency("st", "key", "hash", "y", now, 60_000)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Replay(_)
+    ));
+    assert!(matches!(
+        s.claim_idempotency("st", "k2", "hash", "c1", now, 60_000)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    ));
+    s.release_idempotency("st", "k2", "someone-else")
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.claim_idempotency("st", "k2", "hash", "c2", now, 60_000)
+            .await
+            .unwrap(),
+        IdempotencyClaim::InProgress
+    ));
+    s.release_idempotency("st", "k2", "c1").await.unwrap();
+    assert!(matches!(
+        s.claim_idempotency("st", "k2", "hash", "c3", now, 60_000)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    ));
+    // A claim whose lease ran out is taken over.
+    assert!(matches!(
+        s.claim_idempotency("st", "k2", "hash", "c4", now + 61_000, 60_000)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    ));
+    // Keys are per store.
+    assert!(matches!(
+        s.claim_idempotency("other", "key", "zzz", "c1", now, 60_000)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    ));
+}
+
+/// `due_subscriptions(now, limit)`: the subscriptions with renewal work at `now`, earliest
+/// first, across stores, bounded by `limit`; nothing that is not due.
+pub async fn due_subscriptions_are_the_ones_with_work_now(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let t = 1_900_000_000_000i64;
+    let a = account("st", "due@example.com", None);
+    let b = account("st2", "due@example.com", None);
+    let (early, late) = (
+        subscription("st", &a.id, t - 2_000, Some("pm")),
+        subscription("st2", &b.id, t - 1_000, Some("pm")),
+    );
+    let future = subscription("st", &a.id, t + 86_400_000, Some("pm"));
+    let mut canceled = subscription("st", &a.id, t - 5_000, Some("pm"));
+    canceled.state = SubState::Canceled;
+    let ca = checkout(&a, None, vec![late.clone()]);
+    let ca = Checkout {
+        subscriptions: vec![early.clone(), future.clone(), canceled.clone()],
+        ..ca
+    };
+    let cb = checkout(&b, None, vec![late.clone()]);
+    for c in [&ca, &cb] {
+        s.complete_checkout(c, &|x| x.add_order(c), &Extras::default())
+            .await
+            .unwrap();
+    }
+    let due: Vec<String> = s
+        .due_subscriptions(t, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(due, vec![early.id.clone(), late.id.clone()]);
+    let one = s.due_subscriptions(t, 1).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].id, early.id);
+    assert!(
+        s.due_subscriptions(t - 10_000, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A renewal step that moves the date takes the subscription out.
+    s.apply_renewal("st", &early.id, &|sub, _| {
+        sub.next = t + 86_400_000;
+        Ok(vec![])
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.due_subscriptions(t, 100).await.unwrap().len(), 1);
+}
+
+/// Deleting and erasing: sessions, expired links, a webhook's outbox, a forgotten payment
+/// method (and the subscriptions that used it), all without touching other rows.
+pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let now = now_ms();
+    let live = SessionRecord {
+        store: "st".into(),
+        account: "a".into(),
+        expires: now + 60_000,
+        csrf: shared::SecretString::new("c".into()),
+    };
+    let old = SessionRecord {
+        expires: now - 1,
+        ..live.clone()
+    };
+    s.put_session("live", &live).await.unwrap();
+    s.put_session("old", &old).await.unwrap();
+    s.put_session("gone", &live).await.unwrap();
+    s.put_sso_token(
+        "oldlink",
+        &SsoTokenRecord {
+            store: "st".into(),
+            account: "a".into(),
+            expires: now - 1,
+        },
+    )
+    .await
+    .unwrap();
+    s.delete_session("gone").await.unwrap();
+    assert!(s.session("gone").await.unwrap().is_none());
+    assert_eq!(s.sweep_expired(now).await.unwrap(), 2);
+    assert!(s.session("live").await.unwrap().is_some());
+    assert!(s.take_sso_token("oldlink").await.unwrap().is_none());
+
+    // Webhook outbox: rows are written with the events, settled, and cleared with the hook.
+    let hook = |id: &str| WebhookRecord {
+        id: id.into(),
+        url: format!("http://127.0.0.1/{id}"),
+        secret: None,
+        created: now,
+    };
+    s.update_webhooks(
+        "st",
+        &|hooks| {
+            hooks.push(hook("h1"));
+            hooks.push(hook("h2"));
+            Ok(())
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let a = account("st", "pm@example.com", None);
+    let ev = event("account.created");
+    s.create_account(
+        &a,
+        &Extras {
+            idempotency: None,
+            events: vec![ev.clone()],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.outbox_due(now + 1, 100).await.unwrap().len(), 2);
+    s.outbox_settle(
+        "st",
+        "h1",
+        std::slice::from_ref(&ev.id),
+        std::slice::from_ref(&ev.id),
+    )
+    .await
+    .unwrap();
+    assert!(s.event("st", &ev.id).await.unwrap().unwrap().processed);
+    s.clear_outbox("st", "h2").await.unwrap();
+    assert!(s.outbox_due(i64::MAX, 100).await.unwrap().is_empty());
+
+    // Forgetting a payment method: off the account, off the subscriptions that used it.
+    let mut with_pm = checkout(
+        &a,
+        Some(&a.id),
+        vec![
+            subscription("st", &a.id, now, Some("pm_1")),
+            subscription("st", &a.id, now, Some("pm_2")),
+        ],
+    );
+    with_pm.payment_method = Some(PaymentMethodRef {
+        id: "pm_1".into(),
+        kind: "card".into(),
+        brand: None,
+        last4: Some("4242".into()),
+        exp_month: None,
+        exp_year: None,
+    });
+    s.complete_checkout(&with_pm, &|x| x.add_order(&with_pm), &Extras::default())
+        .await
+        .unwrap();
+    crate::service::payment_methods::forget(s.as_ref(), "st", &a.id, "pm_1", &Extras::default())
+        .await
+        .unwrap();
+    let after = s.account("st", &a.id).await.unwrap().unwrap();
+    assert!(after.payment_methods.is_empty());
+    let subs = &with_pm.subscriptions;
+    let s1 = s.subscription("st", &subs[0].id).await.unwrap().unwrap();
+    let s2 = s.subscription("st", &subs[1].id).await.unwrap().unwrap();
+    assert_eq!((s1.payment_method, s1.auto_renew), (None, false));
+    assert_eq!(s2.payment_method.as_deref(), Some("pm_2"));
+}
+
+/// Events are listed from `begin` in time order, by processed flag, per store, with paging.
+pub async fn events_list_in_time_order_by_processed_flag(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut evs = Vec::new();
+    for i in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let e = event("order.completed");
+        let a = account("st", &format!("e{i}@example.com"), None);
+        s.create_account(
+            &a,
+            &Extras {
+                idempotency: None,
+                events: vec![e.clone()],
+            },
+        )
+        .await
+        .unwrap();
+        evs.push(e);
+    }
+    s.set_processed("st", &evs[1].id, true, None).await.unwrap();
+    let (un, more) = s.events("st", 0, false, 10).await.unwrap();
+    let ids: Vec<_> = un.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, vec![evs[0].id.clone(), evs[2].id.clone()]);
+    assert!(!more);
+    let (later, _) = s.events("st", evs[2].created, false, 10).await.unwrap();
+    assert_eq!(later.len(), 1);
+    let (one, more) = s.events("st", 0, false, 1).await.unwrap();
+    assert_eq!((one.len(), more), (1, true));
+    assert!(s.events("other", 0, false, 10).await.unwrap().0.is_empty());
+    assert!(matches!(
+        s.set_processed("other", &evs[0].id, true, None).await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+/// Runs every case of the suite against one backend.
+macro_rules! backend_suite {
+    ($name:ident, $open:expr) => {
+        mod $name {
+            use super::*;
+            const OPEN: Open = $open;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_first_orders_make_one_account() {
+                super::concurrent_first_orders_make_one_account(OPEN).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn emails_and_custom_ids_are_unique_per_store() {
+                super::emails_and_custom_ids_are_unique_per_store(OPEN).await;
+            }
+            #[tokio::test]
+            async fn a_refused_change_writes_nothing() {
+                super::a_refused_change_writes_nothing(OPEN).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn a_sign_in_link_opens_once() {
+                super::a_sign_in_link_opens_once(OPEN).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn an_idempotency_key_is_claimed_once() {
+                super::an_idempotency_key_is_claimed_once(OPEN).await;
+            }
+            #[tokio::test]
+            async fn due_subscriptions_are_the_ones_with_work_now() {
+                super::due_subscriptions_are_the_ones_with_work_now(OPEN).await;
+            }
+            #[tokio::test]
+            async fn deletes_and_erasures_remove_exactly_their_rows() {
+                super::deletes_and_erasures_remove_exactly_their_rows(OPEN).await;
+            }
+            #[tokio::test]
+            async fn events_list_in_time_order_by_processed_flag() {
+                super::events_list_in_time_order_by_processed_flag(OPEN).await;
+            }
+        }
+    };
+}
+
+backend_suite!(sled, |dir| Arc::new(SledStorage::open(dir).unwrap()));

@@ -1,0 +1,389 @@
+//! The storage port (DESIGN.md, "Storage behind a seam"): every service and handler talks to
+//! one async, backend-neutral [`Storage`] object, never to a database. sled is the backend
+//! today ([`sled::SledStorage`]); PostgreSQL is the next implementation, and it is done when it
+//! passes the same conformance suite (`conformance.rs`).
+//!
+//! Invariants every backend keeps:
+//! - uniqueness (one account per store + normalised email, one custom id per store, one order
+//!   reference per store) is decided inside the write transaction, never by check-then-write;
+//! - every multi-key change (record + indexes + idempotency answer + event rows + webhook
+//!   outbox rows) is one call and one transaction: all of it or none of it;
+//! - work that must happen once (an Idempotency-Key's request, a renewal charge) is *claimed*
+//!   inside a transaction ([`Storage::claim_idempotency`], [`Lease`]); in-process locks in the
+//!   callers are an optimisation only;
+//! - a write is acknowledged to a client only after [`Storage::durable`] resolved.
+//!
+//! Nothing in this module names a backend or HTTP: errors are [`StorageError`], queries are ones
+//! a database can run (`due_subscriptions(now, limit)`, not a scan with a Rust predicate).
+//! Changes passed as closures (`AccountChange`, …) run inside the transaction on the freshly
+//! read record; a SQL backend runs them between `SELECT … FOR UPDATE` and `UPDATE`.
+
+pub mod sled;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+use crate::model::{
+    AccountRecord, EventRecord, IdempotencyRecord, OrderRecord, OutboxState, PaymentMethodRef,
+    SessionRecord, SsoTokenRecord, StoreRecord, SubscriptionRecord, WebhookRecord,
+};
+use std::future::Future;
+use std::pin::Pin;
+
+pub use self::sled::SledStorage;
+
+/// What every port method returns: the port is object-safe (`Arc<dyn Storage>`), so its futures
+/// are boxed.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The result of a port method.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// Storage failures. Services map them to their own answers (`error::StorageError::into_api`);
+/// no variant carries a backend type.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The normalised email is already used by this account in the store.
+    #[error("email already used by account {0}")]
+    EmailTaken(String),
+    /// The custom lookup key is already used by this account in the store.
+    #[error("custom id already used by account {0}")]
+    CustomTaken(String),
+    /// Lost a checkout race: the email index points to this (winning) account.
+    #[error("email now belongs to account {0}")]
+    EmailRace(String),
+    /// The record does not exist in this store.
+    #[error("not found")]
+    NotFound,
+    /// A state rule refused the change (fixed text).
+    #[error("conflict: {0}")]
+    State(&'static str),
+    /// The backend or (de)serialization failed; detail for the log only.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// A claim on work that must run once, written inside a transaction. It blocks others while
+/// `until` (ms, wall clock) is ahead, unless the backend is exclusive ([`Storage::exclusive`]:
+/// only one process can open it) and the holder is another, necessarily dead, instance — so a
+/// restart after a crash resumes at once instead of waiting for the lease to run out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    /// [`Storage::instance`] of the claimer.
+    pub holder: String,
+    pub until: i64,
+}
+
+impl Lease {
+    /// Whether this lease still keeps `me` (on a backend that is `exclusive` or not) out at `now`.
+    pub fn blocks(&self, me: &str, exclusive: bool, now: i64) -> bool {
+        self.until > now && !(exclusive && self.holder != me)
+    }
+}
+
+/// The answer of [`Storage::claim_idempotency`].
+#[derive(Debug)]
+pub enum IdempotencyClaim {
+    /// The key is ours: execute, and write [`IdempotencyWrite`] with the change.
+    Claimed,
+    /// The key was answered for the same request: answer that again.
+    Replay(IdempotencyRecord),
+    /// The key was used with a different request.
+    Mismatch,
+    /// Another instance is executing the same request right now.
+    InProgress,
+}
+
+/// The answer to keep under an Idempotency-Key, written in the transaction of the change; the
+/// write fails (`State`) if the claim `claim` is no longer the key's.
+#[derive(Debug, Clone)]
+pub struct IdempotencyWrite {
+    pub key: String,
+    pub claim: String,
+    pub record: IdempotencyRecord,
+}
+
+/// Written alongside a change, in the same transaction.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// The Idempotency-Key answer of the request that makes the change.
+    pub idempotency: Option<IdempotencyWrite>,
+    /// Event rows (and, for each webhook of the store, an outbox row per event).
+    pub events: Vec<EventRecord>,
+}
+
+/// Which account index a lookup uses.
+#[derive(Debug, Clone, Copy)]
+pub enum Index {
+    Email,
+    Custom,
+    Global,
+}
+
+/// One checkout completion, written atomically.
+#[derive(Debug)]
+pub struct Checkout {
+    pub store: String,
+    pub account_id: String,
+    /// `Some(normalised email)`: the account was resolved through the email index, and the
+    /// transaction re-checks that the index still says so (else [`StorageError::EmailRace`]).
+    /// `None`: the caller named an existing account id.
+    pub email_key: Option<String>,
+    /// The account to create (then the email index must still be empty).
+    pub create: Option<AccountRecord>,
+    pub order: OrderRecord,
+    pub subscriptions: Vec<SubscriptionRecord>,
+    pub payment_method: Option<PaymentMethodRef>,
+}
+
+/// One due outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub store: String,
+    pub hook: String,
+    pub event: String,
+    pub attempts: u32,
+}
+
+/// Mutation of a subscription inside a transaction, returning the events that describe it
+/// (built from the record as changed, written in the same transaction); an `Err` aborts
+/// everything. May run more than once (transaction retries): no side effects.
+pub type SubscriptionChange<'a> =
+    &'a (dyn Fn(&mut SubscriptionRecord) -> Result<Vec<EventRecord>, StorageError> + Sync);
+/// A renewal step: changes a subscription and its account together and returns the events that
+/// describe it (written in the same transaction). An `Err` aborts everything. May run more than
+/// once (transaction retries), so it must not have side effects.
+pub type RenewalChange<'a> = &'a (
+        dyn Fn(
+    &mut SubscriptionRecord,
+    &mut AccountRecord,
+) -> Result<Vec<EventRecord>, StorageError>
+            + Sync
+    );
+/// Mutation of an account inside a transaction.
+pub type AccountChange<'a> = &'a (dyn Fn(&mut AccountRecord) + Sync);
+/// Mutation of a store's webhook list inside a transaction; an `Err` aborts it.
+pub type WebhooksChange<'a> =
+    &'a (dyn Fn(&mut Vec<WebhookRecord>) -> Result<(), StorageError> + Sync);
+
+/// The one storage object of accounts-api: stores, accounts, orders, subscriptions, events and
+/// webhooks, sign-in links and sessions, idempotency claims — one database, so one transaction
+/// can cover rows of every kind.
+pub trait Storage: Send + Sync + 'static {
+    /// This process's id as a claimer of [`Lease`]s.
+    fn instance(&self) -> &str;
+    /// Whether only one process can open this database at a time (sled's folder lock): then a
+    /// lease held by another instance is void.
+    fn exclusive(&self) -> bool;
+    /// The installation's key for hashing request bodies under Idempotency-Keys.
+    fn request_hash_key(&self) -> [u8; 32];
+    /// Resolves once every write applied before the call is on disk.
+    fn durable(&self) -> BoxFuture<'_, StorageResult<()>>;
+
+    // Stores (tenants).
+    /// Creates a store; its username must be new.
+    fn create_store<'a>(&'a self, store: &'a StoreRecord) -> BoxFuture<'a, StorageResult<()>>;
+    fn store_by_username<'a>(
+        &'a self,
+        username: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>>;
+    fn store<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>>;
+
+    // Idempotency-Keys.
+    /// Insert-if-absent of an in-progress claim on `key` for the request `request_hash`, or the
+    /// state the key is in. `now` is wall-clock ms; the claim lapses after `lease_ms`.
+    fn claim_idempotency<'a>(
+        &'a self,
+        store: &'a str,
+        key: &'a str,
+        request_hash: &'a str,
+        claim: &'a str,
+        now: i64,
+        lease_ms: i64,
+    ) -> BoxFuture<'a, StorageResult<IdempotencyClaim>>;
+    /// Drops the in-progress claim `claim` on `key` (the request ended without an answer worth
+    /// keeping); a completed answer or another's claim stays.
+    fn release_idempotency<'a>(
+        &'a self,
+        store: &'a str,
+        key: &'a str,
+        claim: &'a str,
+    ) -> BoxFuture<'a, StorageResult<()>>;
+
+    // Accounts.
+    /// Creates an account and its indexes; `EmailTaken`/`CustomTaken` name the existing account.
+    fn create_account<'a>(
+        &'a self,
+        account: &'a AccountRecord,
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<()>>;
+    /// Applies `change` to the account, moving its email/custom indexes with uniqueness checks.
+    fn update_account<'a>(
+        &'a self,
+        store: &'a str,
+        id: &'a str,
+        change: AccountChange<'a>,
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<AccountRecord>>;
+    fn account<'a>(
+        &'a self,
+        store: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<AccountRecord>>>;
+    fn account_by<'a>(
+        &'a self,
+        store: &'a str,
+        index: Index,
+        key: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<String>>>;
+    /// One page of account ids (`offset`, `limit`) and the store's account count.
+    fn list_accounts<'a>(
+        &'a self,
+        store: &'a str,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<String>, usize)>>;
+
+    // Orders.
+    /// Writes a checkout: the account (created or existing, re-checked against the email
+    /// index), the order and its reference, the subscriptions, and `account_change` applied to
+    /// the account — one transaction.
+    fn complete_checkout<'a>(
+        &'a self,
+        checkout: &'a Checkout,
+        account_change: AccountChange<'a>,
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<()>>;
+    fn order<'a>(
+        &'a self,
+        store: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<OrderRecord>>>;
+    fn order_by_reference<'a>(
+        &'a self,
+        store: &'a str,
+        reference: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<String>>>;
+
+    // Subscriptions.
+    fn subscription<'a>(
+        &'a self,
+        store: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<SubscriptionRecord>>>;
+    fn list_subscriptions<'a>(
+        &'a self,
+        store: &'a str,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<String>, usize)>>;
+    /// Applies `change` to every listed subscription of the store, all or nothing.
+    fn update_subscriptions<'a>(
+        &'a self,
+        store: &'a str,
+        ids: &'a [String],
+        change: SubscriptionChange<'a>,
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<Vec<SubscriptionRecord>>>;
+    /// Subscriptions of every store whose renewal work is due at `now`
+    /// ([`SubscriptionRecord::work_at`] ≤ `now`), earliest first, at most `limit`. A SQL backend
+    /// keeps `work_at` as an indexed column written with the row.
+    fn due_subscriptions(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, StorageResult<Vec<SubscriptionRecord>>>;
+    /// Applies one renewal step to a subscription and its account, with its events, atomically.
+    fn apply_renewal<'a>(
+        &'a self,
+        store: &'a str,
+        id: &'a str,
+        change: RenewalChange<'a>,
+    ) -> BoxFuture<'a, StorageResult<SubscriptionRecord>>;
+    /// Applies `account_change` to the account and `subscription_change` to each of its
+    /// subscriptions (the service decides which to touch), with `extras`, in one transaction.
+    fn update_account_and_subscriptions<'a>(
+        &'a self,
+        store: &'a str,
+        account: &'a str,
+        account_change: AccountChange<'a>,
+        subscription_change: &'a (dyn Fn(&mut SubscriptionRecord) -> bool + Sync),
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<AccountRecord>>;
+
+    // Events and webhooks.
+    /// Events of the store created at or after `begin` (ms) whose processed flag is
+    /// `processed`, oldest first, at most `limit`; the flag says whether more matched.
+    fn events<'a>(
+        &'a self,
+        store: &'a str,
+        begin: i64,
+        processed: bool,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<EventRecord>, bool)>>;
+    fn event<'a>(
+        &'a self,
+        store: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<EventRecord>>>;
+    /// Sets the processed flag of one event; `NotFound` if the store has no such event.
+    fn set_processed<'a>(
+        &'a self,
+        store: &'a str,
+        id: &'a str,
+        processed: bool,
+        idem: Option<&'a IdempotencyWrite>,
+    ) -> BoxFuture<'a, StorageResult<EventRecord>>;
+    fn webhooks<'a>(&'a self, store: &'a str) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>>;
+    fn update_webhooks<'a>(
+        &'a self,
+        store: &'a str,
+        change: WebhooksChange<'a>,
+        idem: Option<&'a IdempotencyWrite>,
+    ) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>>;
+    /// Drops every outbox row of one webhook (it was removed).
+    fn clear_outbox<'a>(
+        &'a self,
+        store: &'a str,
+        hook: &'a str,
+    ) -> BoxFuture<'a, StorageResult<()>>;
+    /// Outbox rows due at `now`, at most `limit`.
+    fn outbox_due(&self, now: i64, limit: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxItem>>>;
+    /// One transaction: removes the outbox rows of `events` for `hook` and marks `processed`
+    /// (a subset) processed.
+    fn outbox_settle<'a>(
+        &'a self,
+        store: &'a str,
+        hook: &'a str,
+        events: &'a [String],
+        processed: &'a [String],
+    ) -> BoxFuture<'a, StorageResult<()>>;
+    /// Records a failed attempt: each listed row gets its new state (rows that no longer exist
+    /// stay gone).
+    fn outbox_retry<'a>(
+        &'a self,
+        store: &'a str,
+        hook: &'a str,
+        rows: &'a [(String, OutboxState)],
+    ) -> BoxFuture<'a, StorageResult<()>>;
+
+    // Sign-in links and sessions (keyed by the SHA-256 hex of their secret).
+    fn put_sso_token<'a>(
+        &'a self,
+        hash: &'a str,
+        rec: &'a SsoTokenRecord,
+    ) -> BoxFuture<'a, StorageResult<()>>;
+    /// Removes and returns the link in one transaction: a link opens at most once.
+    fn take_sso_token<'a>(
+        &'a self,
+        hash: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<SsoTokenRecord>>>;
+    fn put_session<'a>(
+        &'a self,
+        hash: &'a str,
+        rec: &'a SessionRecord,
+    ) -> BoxFuture<'a, StorageResult<()>>;
+    fn session<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, StorageResult<Option<SessionRecord>>>;
+    fn delete_session<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, StorageResult<()>>;
+    /// Deletes expired sign-in links and sessions; returns how many.
+    fn sweep_expired(&self, now: i64) -> BoxFuture<'_, StorageResult<usize>>;
+}
