@@ -66,19 +66,6 @@ impl AppState {
             auth: crate::auth::AuthCache::default(),
         })
     }
-
-    /// The signature from before storage was one object (`events` is that same object), for
-    /// the bench binaries until they move out of this crate.
-    #[doc(hidden)]
-    pub fn with_renewals(
-        storage: Arc<dyn Storage>,
-        _events: Arc<dyn Storage>,
-        settings: crate::settings::Settings,
-        vault: VaultClient,
-        renewals: Option<VaultClient>,
-    ) -> SharedState {
-        Self::build(storage, settings, vault, renewals)
-    }
 }
 
 /// Every API route, each registered together with its OpenAPI operation (`routes!`), one module

@@ -20,19 +20,10 @@ pub mod pages;
 pub mod routes;
 pub mod service;
 
-/// The renewal use case at its former path (the bench binaries call `renewals::run_due`).
-pub use service::renewals;
 pub mod settings;
 pub mod startup;
 pub mod storage;
 pub mod vault;
-
-/// The former second storage trait, now part of the one [`storage::Storage`] object; the name
-/// stays for the bench binaries until they move out of this crate.
-#[doc(hidden)]
-pub mod eventstore {
-    pub use crate::storage::Storage as EventStore;
-}
 
 use std::path::Path;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! 1. charges per second through the vault to the sandbox processor at concurrency 32, as the
 //!    `renewals` identity over mTLS (each charge: durable intent, token opened, processor call,
 //!    durable outcome, audit entry), with p50/p99;
-//! 2. the renewal job ([`accounts_api::renewals::run_due`]) on N due automatic subscriptions
+//! 2. the renewal job ([`accounts_api::service::renewals::run_due`]) on N due automatic subscriptions
 //!    (default 10000; `BENCH_RENEWALS`) in its own accounts-api database, against the same
 //!    vault: wall time and renewals per second.
 //!
@@ -287,16 +287,14 @@ async fn main() {
         "seeded {renewals_n} due subscriptions in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let events: Arc<dyn accounts_api::eventstore::EventStore> = storage.clone();
-    let state = accounts_api::app::AppState::with_renewals(
+    let state = accounts_api::app::AppState::build(
         storage,
-        events,
         accounts_api::settings::Settings::from_env().unwrap(),
         accounts,
         Some(renewals),
     );
     let t = Instant::now();
-    let summary = accounts_api::renewals::run_due(&state, now).await.unwrap();
+    let summary = accounts_api::service::renewals::run_due(&state, now).await.unwrap();
     let elapsed = t.elapsed();
     println!(
         "renewal job: {} due -> {} charged, {} failed, {} errors in {:.2} s = {:.0} renewals/s",
@@ -307,7 +305,7 @@ async fn main() {
         elapsed.as_secs_f64(),
         summary.charged as f64 / elapsed.as_secs_f64()
     );
-    let again = accounts_api::renewals::run_due(&state, now).await.unwrap();
+    let again = accounts_api::service::renewals::run_due(&state, now).await.unwrap();
     println!(
         "second pass at the same time: {} due, {} charged (exactly once per period)",
         again.examined, again.charged
