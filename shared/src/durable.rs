@@ -103,7 +103,18 @@ mod tests {
             }
             gc.close().await;
         }
-        let db = sled::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        // sled's own background flusher thread lets go of the folder lock a moment after the
+        // last handle drops (RUST-NOTES trap 5): wait for it rather than fail on the race.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         assert_eq!(db.len(), 64);
     }
 }
