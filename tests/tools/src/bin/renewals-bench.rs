@@ -294,7 +294,9 @@ async fn main() {
         Some(renewals),
     );
     let t = Instant::now();
-    let summary = accounts_api::service::renewals::run_due(&state, now).await.unwrap();
+    let summary = accounts_api::service::renewals::run_due(&state, now)
+        .await
+        .unwrap();
     let elapsed = t.elapsed();
     println!(
         "renewal job: {} due -> {} charged, {} failed, {} errors in {:.2} s = {:.0} renewals/s",
@@ -305,7 +307,9 @@ async fn main() {
         elapsed.as_secs_f64(),
         summary.charged as f64 / elapsed.as_secs_f64()
     );
-    let again = accounts_api::service::renewals::run_due(&state, now).await.unwrap();
+    let again = accounts_api::service::renewals::run_due(&state, now)
+        .await
+        .unwrap();
     println!(
         "second pass at the same time: {} due, {} charged (exactly once per period)",
         again.examined, again.charged
