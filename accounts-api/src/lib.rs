@@ -6,17 +6,17 @@
 
 pub mod admin;
 pub mod app;
-pub mod auth;
+mod auth;
 pub mod config;
 pub mod dev;
-pub mod domain;
-pub mod error;
-pub mod iso;
-pub mod jobs;
+mod domain;
+mod error;
+mod iso;
+mod jobs;
 pub mod model;
-pub mod openapi;
-pub mod ops;
-pub mod pages;
+mod openapi;
+mod ops;
+mod pages;
 pub mod routes;
 pub mod service;
 

@@ -10,14 +10,14 @@
 
 pub mod api;
 pub mod audit;
-pub mod audit_export;
+mod audit_export;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod crypto;
 mod hardening;
-pub mod keys;
-pub mod processor;
-pub mod server;
-pub mod service;
+mod keys;
+mod processor;
+mod server;
+mod service;
 pub mod store;

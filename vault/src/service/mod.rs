@@ -21,7 +21,7 @@ mod rotation;
 mod unseal;
 
 /// What the use cases answer with (rows of the store, read-only here).
-pub use crate::store::{Stored, StoredRecord};
+pub use crate::store::Stored;
 pub use actor::Actor;
 use charges::ChargeLocks;
 pub use charges::{ChargeRequest, MAX_CHARGE_MINOR, MAX_KEY_LEN};
