@@ -7,7 +7,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 /// What went wrong, independent of the route.
 #[derive(Debug)]
@@ -102,12 +102,33 @@ pub fn envelope(action: &str, subject: Option<(&str, &str)>, error: &[(&str, &st
     envelope_of(action, subject, fields)
 }
 
+/// FastSpring's error envelope: every error answer, any status.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"action": "account.create", "result": "error",
+    "error": {"contact.email": "must be a valid email address"}}))]
+pub struct ErrorEnvelope<'a> {
+    /// The FastSpring action name (`account.create`, …), or `request`.
+    action: &'a str,
+    /// Always `error`.
+    result: &'static str,
+    /// Field (or `request`, `authorization`, `vault`, …) → fixed message. Never echoes input.
+    #[schema(value_type = Object, additional_properties)]
+    error: Map<String, Value>,
+    /// The id an item of a multi-item answer names (`"subscription": id`).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    subject: Option<std::collections::BTreeMap<&'a str, &'a str>>,
+}
+
 fn envelope_of(action: &str, subject: Option<(&str, &str)>, error: Map<String, Value>) -> Value {
-    let mut body = json!({"action": action, "result": "error", "error": error});
-    if let (Some((key, id)), Some(m)) = (subject, body.as_object_mut()) {
-        m.insert(key.to_owned(), Value::String(id.to_owned()));
-    }
-    body
+    let body = ErrorEnvelope {
+        action,
+        result: "error",
+        error,
+        subject: subject.map(|(key, id)| [(key, id)].into()),
+    };
+    // Through a `serde_json` map: keys sorted, as every answer.
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
 impl IntoResponse for ApiError {

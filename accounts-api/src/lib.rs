@@ -11,6 +11,7 @@ pub mod config;
 pub mod dev;
 mod domain;
 mod error;
+mod http;
 mod iso;
 mod jobs;
 pub mod model;

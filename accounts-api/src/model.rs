@@ -1,4 +1,4 @@
-//! Stored records and the parsing of client input into them.
+//! Stored records, and the typed inputs the request parsers (`http::requests`) produce.
 //!
 //! Records are what the storage layer keeps (JSON in sled); none of them can hold a payment
 //! token — the only token-bearing type is the checkout request in `routes::orders`, which hands
@@ -9,90 +9,8 @@ pub use crate::domain::contact::{Address, Contact, custom_id, normalise_email};
 pub use crate::domain::interval::{IntervalUnit, add_interval, display_date};
 pub use crate::domain::money::{to_major, to_minor};
 pub use crate::domain::subscription::SubState;
-use crate::iso;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-
-/// Collected validation failures: (wire field name, fixed message).
-#[derive(Debug, Default)]
-pub struct Problems(pub Vec<(String, &'static str)>);
-
-impl Problems {
-    pub fn add(&mut self, field: impl Into<String>, msg: &'static str) {
-        self.0.push((field.into(), msg));
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// Reads an optional string field: absent or null → `None`; anything else not a string → a
-/// problem. Trimmed; longer than `max` characters → a problem.
-pub fn opt_str(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-    max: usize,
-    p: &mut Problems,
-) -> Option<String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            let t = s.trim();
-            if t.chars().count() > max {
-                p.add(field, "is too long");
-                None
-            } else {
-                Some(t.to_owned())
-            }
-        }
-        Some(_) => {
-            p.add(field, "must be a string");
-            None
-        }
-    }
-}
-
-/// Like [`opt_str`] but the field must be present and non-empty.
-pub fn req_str(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-    max: usize,
-    p: &mut Problems,
-) -> Option<String> {
-    let present = matches!(obj.get(key), Some(v) if !v.is_null());
-    match opt_str(obj, key, field, max, p) {
-        Some(s) if !s.is_empty() => Some(s),
-        Some(_) => {
-            p.add(field, "is required");
-            None
-        }
-        None => {
-            if !present {
-                p.add(field, "is required");
-            }
-            None
-        }
-    }
-}
-
-/// An optional JSON object field.
-pub fn opt_obj<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    field: &str,
-    p: &mut Problems,
-) -> Option<&'a Map<String, Value>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m),
-        Some(_) => {
-            p.add(field, "must be an object");
-            None
-        }
-    }
-}
+use serde_json::Value;
 
 /// A saved payment method as accounts-api keeps it: the vault's id and the masked view only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -182,87 +100,6 @@ pub struct AccountInput {
     pub country: Option<String>,
     pub language: Option<String>,
     pub custom: Option<String>,
-}
-
-/// Parses an account body. `create` makes `contact.first/last/email` required.
-pub fn parse_account(body: &Map<String, Value>, create: bool) -> Result<AccountInput, Problems> {
-    let mut p = Problems::default();
-    let mut input = AccountInput::default();
-    let contact = opt_obj(body, "contact", "contact", &mut p);
-    match contact {
-        Some(c) => {
-            let get = |k: &str, p: &mut Problems| {
-                if create {
-                    req_str(c, k, k, 255, p)
-                } else {
-                    opt_str(c, k, k, 255, p)
-                }
-            };
-            input.first = get("first", &mut p);
-            input.last = get("last", &mut p);
-            if !create {
-                for k in ["first", "last", "email"] {
-                    if matches!(c.get(k), Some(Value::String(s)) if s.trim().is_empty()) {
-                        p.add(k, "must not be empty");
-                    }
-                }
-            }
-            input.email = get("email", &mut p).and_then(|e| match normalise_email(&e) {
-                Some(_) => Some(e),
-                None => {
-                    p.add("email", "is not a valid email address");
-                    None
-                }
-            });
-            input.company = opt_str(c, "company", "company", 255, &mut p);
-            input.phone = opt_str(c, "phone", "phone", 255, &mut p);
-        }
-        None if create => {
-            for k in ["first", "last", "email"] {
-                p.add(k, "is required");
-            }
-        }
-        None => {}
-    }
-    input.address = opt_obj(body, "address", "address", &mut p).map(|a| parse_address(a, &mut p));
-    input.country = opt_str(body, "country", "country", 2, &mut p).and_then(|c| {
-        iso::country(&c).or_else(|| {
-            p.add(
-                "country",
-                "country invalid: must be an ISO 3166-1 alpha-2 code",
-            );
-            None
-        })
-    });
-    input.language = opt_str(body, "language", "language", 2, &mut p).and_then(|l| {
-        iso::language(&l).or_else(|| {
-            p.add("language", "language is invalid: must be an ISO 639-1 code");
-            None
-        })
-    });
-    if let Some(lookup) = opt_obj(body, "lookup", "lookup", &mut p) {
-        input.custom = opt_str(lookup, "custom", "custom", 64, &mut p).and_then(|c| {
-            custom_id(&c).or_else(|| {
-                p.add(
-                    "custom",
-                    "custom invalid: at least 4 characters of A-Z a-z 0-9 _ -",
-                );
-                None
-            })
-        });
-    }
-    if p.is_empty() { Ok(input) } else { Err(p) }
-}
-
-pub fn parse_address(a: &Map<String, Value>, p: &mut Problems) -> Address {
-    let mut f = |k: &str| opt_str(a, k, k, 255, p).filter(|s| !s.is_empty());
-    Address {
-        address_line1: f("addressLine1"),
-        address_line2: f("addressLine2"),
-        city: f("city"),
-        region: f("region"),
-        postal_code: f("postalCode"),
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -540,26 +377,4 @@ pub fn now_ms() -> i64 {
 pub fn new_id() -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::now_v7().as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn account_create_names_every_missing_and_invalid_field() {
-        let body = serde_json::json!({"contact": {"first": "", "email": "nope"}, "country": "XX",
-            "language": "english", "lookup": {"custom": "ab"}});
-        let Value::Object(m) = body else {
-            unreachable!()
-        };
-        let errs = parse_account(&m, true)
-            .err()
-            .map(|p| p.0)
-            .unwrap_or_default();
-        let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
-        for f in ["first", "last", "email", "country", "language", "custom"] {
-            assert!(fields.contains(&f), "{f} missing from {fields:?}");
-        }
-    }
 }

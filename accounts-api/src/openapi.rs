@@ -4,325 +4,20 @@
 //! (a unit test also refuses any plain `.route(` in the route modules, and probes every
 //! documented operation against the router). Served at `GET /openapi.json` without auth.
 //!
-//! Request and response bodies are assembled with `serde_json` in the handlers; the schemas here
-//! describe them (top-level fields typed, nested objects open) and the API fuzzer in CI
-//! (schemathesis, `.ci/fuzz-api`) checks every answer against them.
+//! The schemas are the types the handlers read and answer: request bodies in `http::requests`
+//! (what the strict parsers read), typed views in `http::views`, the error envelope in `error`.
+//! The API fuzzer in CI (schemathesis, `.ci/fuzz-api`) checks every answer against them.
 //!
 //! Strongroom extensions to FastSpring's API carry the tag `strongroom-extension` and the
 //! operation extension `x-strongroom-extension: true`.
 
-#![allow(dead_code)] // The schema types exist for the document; handlers build JSON directly.
-
 use serde_json::Value;
+use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, ToSchema};
 
 /// Tag of the operations that FastSpring does not have.
 pub const EXTENSION_TAG: &str = "strongroom-extension";
-
-/// FastSpring's error envelope: every error answer, any status.
-#[derive(ToSchema)]
-#[schema(example = json!({"action": "account.create", "result": "error",
-    "error": {"contact.email": "must be a valid email address"}}))]
-pub struct ErrorEnvelope {
-    /// The FastSpring action name (`account.create`, …), or `request`.
-    action: String,
-    /// Always `error`.
-    result: String,
-    /// Field (or `request`, `authorization`, `vault`, …) → fixed message. Never echoes input.
-    #[schema(value_type = Object, additional_properties)]
-    error: Value,
-}
-
-#[derive(ToSchema)]
-pub struct Contact {
-    #[schema(min_length = 1, max_length = 200)]
-    first: String,
-    #[schema(min_length = 1, max_length = 200)]
-    last: String,
-    #[schema(format = Email)]
-    email: String,
-    company: Option<String>,
-    phone: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct AddressInput {
-    address_line1: Option<String>,
-    address_line2: Option<String>,
-    city: Option<String>,
-    region: Option<String>,
-    postal_code: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub struct LookupInput {
-    /// The merchant's own id for the account (unique in the store).
-    custom: Option<String>,
-}
-
-/// `POST /accounts` (all of `contact` required) and `POST /accounts/{id}` (every field
-/// optional: partial update). Unknown fields → 422.
-#[derive(ToSchema)]
-pub struct AccountInput {
-    contact: Contact,
-    address: Option<AddressInput>,
-    /// ISO 3166-1 alpha-2.
-    #[schema(pattern = "^[A-Za-z]{2}$")]
-    country: Option<String>,
-    /// ISO 639-1.
-    #[schema(pattern = "^[A-Za-z]{2}$")]
-    language: Option<String>,
-    lookup: Option<LookupInput>,
-}
-
-/// `{account, action, result}` after a create or update.
-#[derive(ToSchema)]
-pub struct AccountChanged {
-    account: String,
-    action: String,
-    result: String,
-}
-
-/// FastSpring's account object.
-#[derive(ToSchema)]
-pub struct Account {
-    id: String,
-    account: String,
-    #[schema(value_type = Object)]
-    contact: Value,
-    #[schema(value_type = Object)]
-    address: Value,
-    language: Option<String>,
-    country: Option<String>,
-    #[schema(value_type = Object)]
-    lookup: Value,
-    /// Path of the account page (single sign-on).
-    url: String,
-    #[schema(value_type = Object)]
-    payment: Value,
-    orders: Vec<String>,
-    subscriptions: Vec<String>,
-    #[schema(value_type = Vec<Object>)]
-    charges: Vec<Value>,
-    subscribed: bool,
-}
-
-/// `GET /accounts/{id}`.
-#[derive(ToSchema)]
-pub struct AccountList {
-    accounts: Vec<Account>,
-}
-
-/// `GET /accounts` without a filter: a page of ids.
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct IdPage {
-    action: String,
-    result: String,
-    page: u64,
-    limit: u64,
-    next_page: Option<u64>,
-    total: u64,
-    /// The ids (the key is `accounts` or `subscriptions`).
-    #[schema(value_type = Option<Vec<String>>)]
-    accounts: Option<Vec<String>>,
-    #[schema(value_type = Option<Vec<String>>)]
-    subscriptions: Option<Vec<String>>,
-}
-
-/// `GET /accounts?…`: a filter lookup or a page of ids.
-#[derive(ToSchema)]
-pub struct AccountLookup {
-    action: String,
-    result: String,
-    /// Account objects (lookup) or ids (page).
-    accounts: Vec<Value>,
-}
-
-#[derive(ToSchema)]
-pub struct SubscriptionSpec {
-    #[schema(value_type = String, pattern = "^(day|week|month|year)$")]
-    interval_unit: String,
-    #[schema(minimum = 1, maximum = 365)]
-    interval_length: u32,
-}
-
-#[derive(ToSchema)]
-pub struct OrderItem {
-    #[schema(min_length = 1, max_length = 200)]
-    product: String,
-    #[schema(minimum = 1, maximum = 1000)]
-    quantity: u32,
-    /// Unit price in major units (`9.99`).
-    #[schema(minimum = 0)]
-    price: f64,
-    /// ISO 4217.
-    #[schema(pattern = "^[A-Z]{3}$")]
-    currency: String,
-    subscription: Option<SubscriptionSpec>,
-}
-
-/// The processor's payment token and its display data. The token goes to the vault only.
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct PaymentInput {
-    /// Processor token (secret: stored in the vault, never returned or logged).
-    #[schema(min_length = 1, max_length = 2048)]
-    token: String,
-    #[schema(rename = "type", pattern = "^(card|paypal)$")]
-    kind: String,
-    brand: Option<String>,
-    #[schema(pattern = "^[0-9]{4}$")]
-    last4: Option<String>,
-    #[schema(minimum = 1, maximum = 12)]
-    exp_month: Option<u8>,
-    exp_year: Option<u16>,
-}
-
-#[derive(ToSchema)]
-pub struct Consent {
-    /// Whether the "securely save payment details" box was shown.
-    presented: bool,
-    /// Whether it was checked.
-    accepted: bool,
-}
-
-/// `POST /orders` (Strongroom extension: checkout completion). Unknown fields → 422.
-#[derive(ToSchema)]
-pub struct CheckoutInput {
-    /// An existing account; otherwise found or created by (store, email).
-    account: Option<String>,
-    customer: Contact,
-    address: Option<AddressInput>,
-    #[schema(pattern = "^[A-Za-z]{2}$")]
-    country: Option<String>,
-    #[schema(pattern = "^[A-Za-z]{2}$")]
-    language: Option<String>,
-    #[schema(min_items = 1)]
-    items: Vec<OrderItem>,
-    payment: PaymentInput,
-    consent: Consent,
-}
-
-/// `GET /subscriptions?accountId=`: the account's subscriptions.
-#[derive(ToSchema)]
-pub struct SubscriptionList {
-    action: String,
-    result: String,
-    /// Subscription objects (`accountId`) or ids (page).
-    subscriptions: Vec<Value>,
-}
-
-/// `POST /subscriptions/{id}` body: resume (`deactivation: null`).
-#[derive(ToSchema)]
-pub struct ResumeInput {
-    #[schema(value_type = Vec<Object>)]
-    subscriptions: Vec<Value>,
-}
-
-/// A masked payment method as the vault describes it.
-#[derive(ToSchema)]
-pub struct PaymentMethod {
-    id: String,
-    #[schema(rename = "type")]
-    kind: String,
-    brand: Option<String>,
-    last4: Option<String>,
-    /// `MM/YY`.
-    expiry: Option<String>,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct PaymentMethodList {
-    action: String,
-    result: String,
-    account: String,
-    payment_methods: Vec<PaymentMethod>,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct PaymentMethodRemoved {
-    action: String,
-    result: String,
-    account: String,
-    payment_method: String,
-}
-
-/// `POST /subscriptions/charge`: `{"subscriptions": [{"subscription": id}]}`.
-#[derive(ToSchema)]
-pub struct ChargeInput {
-    #[schema(value_type = Vec<Object>, min_items = 1)]
-    subscriptions: Vec<Value>,
-}
-
-/// `{"subscription": [{subscription, action, result, error?}]}`.
-#[derive(ToSchema)]
-pub struct ChargeResults {
-    #[schema(value_type = Vec<Object>)]
-    subscription: Vec<Value>,
-}
-
-/// `GET /events/unprocessed`, `GET /events/processed`.
-#[derive(ToSchema)]
-pub struct EventList {
-    action: String,
-    result: String,
-    total: u64,
-    /// More events exist beyond this answer.
-    more: bool,
-    #[schema(value_type = Vec<Object>)]
-    events: Vec<Value>,
-}
-
-/// `POST /events/{id}`.
-#[derive(ToSchema)]
-pub struct EventUpdate {
-    processed: bool,
-}
-
-/// `GET /webhooks`.
-#[derive(ToSchema)]
-pub struct WebhookList {
-    action: String,
-    result: String,
-    #[schema(value_type = Vec<Object>)]
-    webhooks: Vec<Value>,
-}
-
-/// `POST /webhooks` (`hmacSecret` optional) and `POST /webhooks/keys` (required).
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct WebhookInput {
-    /// http or https.
-    #[schema(pattern = "^https?://")]
-    url: String,
-    /// Signs each delivery (`X-FS-Signature`, HMAC-SHA256, base64).
-    hmac_secret: Option<String>,
-}
-
-/// `GET /accounts/{id}/authenticate`: `{accounts: [{account, url, expires, …}]}`.
-#[derive(ToSchema)]
-pub struct SsoLink {
-    #[schema(value_type = Vec<Object>)]
-    accounts: Vec<Value>,
-}
-
-/// Every account-page form: the session's CSRF token plus the form's own fields.
-#[derive(ToSchema)]
-pub struct PageForm {
-    csrf: String,
-}
-
-/// `/healthz`, `/readyz`.
-#[derive(ToSchema)]
-pub struct Status {
-    status: String,
-}
 
 /// Adds the Basic auth scheme, the error answers every authenticated operation can give, and
 /// `x-strongroom-extension: true` on the extension operations.
@@ -450,7 +145,7 @@ impl Modify for Finish {
         (name = "operations", description = "Liveness, readiness, metrics, this document"),
         (name = "strongroom-extension", description = "Not in FastSpring's API"),
     ),
-    components(schemas(ErrorEnvelope))
+    components(schemas(crate::error::ErrorEnvelope))
 )]
 pub struct Base;
 
@@ -485,19 +180,19 @@ fn closed_lists(doc: OpenApi) -> OpenApi {
     );
     let currencies: Vec<Value> = shared::Currency::codes().map(Value::from).collect();
     let schemas = &mut v["components"]["schemas"];
-    for name in ["AccountInput", "CheckoutInput"] {
+    for name in ["AccountBody", "CheckoutBody"] {
         if schemas[name]["properties"].is_object() {
             schemas[name]["properties"]["country"] = countries.clone();
             schemas[name]["properties"]["language"] = languages.clone();
         }
     }
-    if schemas["OrderItem"]["properties"].is_object() {
-        schemas["OrderItem"]["properties"]["currency"] =
+    if schemas["ItemBody"]["properties"].is_object() {
+        schemas["ItemBody"]["properties"]["currency"] =
             serde_json::json!({"type": "string", "enum": currencies});
     }
-    if schemas["PaymentInput"]["properties"].is_object() {
-        schemas["PaymentInput"]["properties"]["brand"] = brands;
-        schemas["PaymentInput"]["properties"]["expYear"] =
+    if schemas["PaymentBody"]["properties"].is_object() {
+        schemas["PaymentBody"]["properties"]["brand"] = brands;
+        schemas["PaymentBody"]["properties"]["expYear"] =
             serde_json::json!({"type": ["integer", "null"], "minimum": 2000, "maximum": 2099});
     }
     serde_json::from_value(v).unwrap_or(doc)
@@ -566,9 +261,18 @@ mod tests {
     fn no_route_module_registers_a_route_without_its_openapi_operation() {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = vec![src.join("app.rs"), src.join("ops.rs")];
-        for e in std::fs::read_dir(src.join("routes")).unwrap() {
-            files.push(e.unwrap().path());
+        let mut dirs = vec![src.join("routes"), src.join("http"), src.join("pages")];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    files.push(path);
+                }
+            }
         }
+        assert!(files.len() > 10, "the route modules moved: {files:?}");
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();
             for (n, line) in text.lines().enumerate() {
@@ -593,8 +297,32 @@ mod tests {
             "basic"
         );
         assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+        // Every `$ref` names a schema the document has (the views and request bodies register
+        // what they refer to).
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 20, "{all:?}");
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} unresolved"
+            );
+        }
         // Typed views document themselves: every field the handler answers is in the schema.
-        let view = serde_json::to_value(crate::routes::views::SubscriptionView::of(
+        let view = serde_json::to_value(crate::http::views::SubscriptionView::of(
             &crate::storage::conformance::fixtures::subscription("st", "acc", 0, Some("pm")),
             Some("subscription.get"),
         ))
@@ -603,7 +331,7 @@ mod tests {
         for key in view.as_object().unwrap().keys() {
             assert!(props[key.as_str()].is_object(), "{key} undocumented");
         }
-        let checkout = &doc["components"]["schemas"]["CheckoutInput"]["properties"];
+        let checkout = &doc["components"]["schemas"]["CheckoutBody"]["properties"];
         assert!(
             checkout["country"]["enum"]
                 .as_array()

@@ -365,10 +365,30 @@ async fn metrics_page(State(ops): State<Arc<Ops>>) -> Response {
         .into_response()
 }
 
+/// `/healthz`, `/readyz` when ready: `{status}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Status {
+    /// `live` or `ready`.
+    status: &'static str,
+}
+
+/// `/readyz` when not ready.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct NotReady {
+    /// `not ready`.
+    status: &'static str,
+    /// `unreachable` or `wrong identity`.
+    vault: &'static str,
+    /// `accounts` or `renewals`: the identity that failed.
+    identity: &'static str,
+    /// What is wrong and which setting to fix.
+    reason: String,
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
-    responses((status = 200, description = "The process serves", body = crate::openapi::Status)))]
+    responses((status = 200, description = "The process serves", body = Status)))]
 async fn healthz() -> Response {
-    axum::Json(serde_json::json!({"status": "live"})).into_response()
+    axum::Json(Status { status: "live" }).into_response()
 }
 
 /// Permissions the accounts identity needs at the vault (checkout, account pages, removal).
@@ -481,8 +501,8 @@ pub async fn check_vault(state: &crate::app::AppState) -> (IdentityCheck, Option
 /// Not ready: 503 with `vault` (`unreachable` or `wrong identity`) and a `reason` sentence.
 #[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Readiness: the vault answers and grants our identities their permissions",
     responses(
-        (status = 200, description = "Ready", body = crate::openapi::Status),
-        (status = 503, description = "The vault is unreachable or refuses our identity: `{status, vault, reason}`", body = Object)))]
+        (status = 200, description = "Ready", body = Status),
+        (status = 503, description = "The vault is unreachable or refuses our identity", body = NotReady)))]
 async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
     let (accounts, renewals) = check_vault(&ops.state).await;
     let problem = if !accounts.is_ok() {
@@ -493,15 +513,19 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
             .map(|r| (r, "renewals", "renewals.cert"))
     };
     match problem {
-        None => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        None => axum::Json(Status { status: "ready" }).into_response(),
         Some((check, role, setting)) => {
             let vault = match check {
                 IdentityCheck::Unreachable(_) => "unreachable",
                 _ => "wrong identity",
             };
-            let body = serde_json::json!({"status": "not ready", "vault": vault,
-                "identity": role, "reason": check.describe(role, setting)});
-            let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+            let body = NotReady {
+                status: "not ready",
+                vault,
+                identity: role,
+                reason: check.describe(role, setting),
+            };
+            let mut resp = crate::http::answer(StatusCode::SERVICE_UNAVAILABLE, &body);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             resp

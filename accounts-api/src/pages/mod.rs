@@ -17,9 +17,12 @@
 //! services' (`service::sso`, `service::accounts`, `service::subscriptions`,
 //! `service::payment_methods`) and the HTML is `render.rs`.
 
-use crate::app::{SharedState, authorize};
+use crate::app::SharedState;
 use crate::domain::DomainEvent;
 use crate::error::{ApiError, StorageError};
+use crate::http::extract::{Action, Caller, actions};
+use crate::http::ok_view;
+use crate::http::views::{ItemError, SsoLinkItem, SsoLinks};
 use crate::model::{AccountRecord, SessionRecord};
 use crate::service::sso::{self, SsoError};
 use crate::storage::Extras;
@@ -28,15 +31,33 @@ use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use render::{esc, html, layout, refusal};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use shared::SecretString;
 use std::collections::HashMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+mod forms;
 mod render;
 
 const COOKIE: &str = "sr_session";
+
+/// Every account-page form: the session's CSRF token plus the form's own fields.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct PageForm {
+    /// The session's CSRF token (a hidden field of every form); missing or wrong → 403.
+    #[serde(default)]
+    csrf: Option<String>,
+    /// The form's own fields (the profile form: `first`, `last`, `email`, `phone`, `company`,
+    /// the address lines and `country`).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    fields: HashMap<String, String>,
+}
+
+actions! {
+    Authenticate = "account.authenticate.get",
+}
 
 pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
@@ -44,11 +65,11 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(open_link))
         .routes(routes!(account_page))
         .routes(routes!(stylesheet))
-        .routes(routes!(update_profile))
-        .routes(routes!(cancel))
-        .routes(routes!(resume))
-        .routes(routes!(remove_card))
-        .routes(routes!(logout))
+        .routes(routes!(forms::update_profile))
+        .routes(routes!(forms::cancel))
+        .routes(routes!(forms::resume))
+        .routes(routes!(forms::remove_card))
+        .routes(routes!(forms::logout))
 }
 
 /// The link base: the configured public URL, else `http://` + a well-formed Host header.
@@ -72,20 +93,23 @@ fn base_url(state: &SharedState, headers: &HeaderMap) -> Option<String> {
     tags = ["accounts"],
     summary = "One-time sign-in link to the account page (single sign-on)",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    responses((status = 200, description = "Success", body = crate::openapi::SsoLink), (status = 404, description = "Unknown account", body = Object)),
+    responses((status = 200, description = "Success", body = SsoLinks<SsoLinkItem>), (status = 404, description = "Unknown account", body = SsoLinks<ItemError>)),
     security(("basic" = []))
 )]
 async fn authenticate(
     State(state): State<SharedState>,
+    caller: Caller<Authenticate>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "account.authenticate.get";
-    let store = authorize(&state, &headers, ACTION).await?;
+    const ACTION: &str = Authenticate::NAME;
+    let store = caller.store;
     let not_found = || {
         let item =
             crate::error::envelope(ACTION, Some(("account", &id)), &[("account", "Not found")]);
-        let body = json!({ "accounts": [item] });
+        let body = SsoLinks {
+            accounts: vec![ItemError(item)],
+        };
         (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
     };
     let known = state.storage.account(&store, &id).await;
@@ -104,9 +128,16 @@ async fn authenticate(
     let (token, expires) = (link.token, link.expires);
     // The one place the token leaves the process: in this answer, to the merchant.
     let url = format!("{base}/account/sso/{}", token.expose_secret());
-    let body = json!({"accounts": [{"action": ACTION, "result": "success", "account": id,
-        "url": url, "expires": expires}]});
-    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    let link = SsoLinkItem {
+        action: ACTION,
+        result: "success",
+        account: id,
+        url,
+        expires,
+    };
+    let mut resp = ok_view(&SsoLinks {
+        accounts: vec![link],
+    });
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
@@ -245,13 +276,13 @@ fn failed() -> Response {
 async fn form_session(
     state: &SharedState,
     headers: &HeaderMap,
-    form: &Result<Form<HashMap<String, String>>, FormRejection>,
+    form: &Result<Form<PageForm>, FormRejection>,
 ) -> Result<(String, SessionRecord, AccountRecord), Box<Response>> {
     let Some((h, sess)) = session(state, headers).await else {
         return Err(Box::new(signed_out()));
     };
     let given = match form {
-        Ok(Form(f)) => f.get("csrf").map(String::as_str).unwrap_or_default(),
+        Ok(Form(f)) => f.csrf.as_deref().unwrap_or_default(),
         Err(_) => "",
     };
     if given.is_empty() || !sess.csrf.ct_eq(given) {
@@ -348,259 +379,6 @@ async fn account_page(State(state): State<SharedState>, headers: HeaderMap) -> R
     }
     let out = render::account(&a, &subs, &orders, &csrf);
     html(StatusCode::OK, layout("Your account", &out))
-}
-
-#[utoipa::path(
-    post,
-    operation_id = "account_pages.update_profile",
-    path = "/account/profile",
-    tags = ["account-pages", "strongroom-extension"],
-    summary = "Update name, email, company, phone",
-    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
-    security(("session" = []))
-)]
-async fn update_profile(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
-    let (_, sess, account) = match form_session(&state, &headers, &form).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let Ok(Form(f)) = form else {
-        return csrf_refused();
-    };
-    // The same parsing and rules as `POST /accounts/{id}`: build its body from the form.
-    let pick = |keys: &[&str]| -> Map<String, Value> {
-        keys.iter()
-            .filter_map(|k| f.get(*k).map(|v| (k.to_string(), Value::String(v.clone()))))
-            .collect()
-    };
-    let mut body = Map::new();
-    body.insert(
-        "contact".into(),
-        Value::Object(pick(&["first", "last", "email", "phone", "company"])),
-    );
-    body.insert(
-        "address".into(),
-        Value::Object(pick(&[
-            "addressLine1",
-            "addressLine2",
-            "city",
-            "region",
-            "postalCode",
-        ])),
-    );
-    if let Some(c) = f.get("country").filter(|c| !c.trim().is_empty()) {
-        body.insert(
-            "country".into(),
-            Value::String(c.trim().to_ascii_uppercase()),
-        );
-    }
-    let input = match crate::model::parse_account(&body, false) {
-        Ok(i) => i,
-        Err(p) => {
-            let fields: Vec<String> = p.0.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-            return refusal(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Please check your details",
-                &format!("Nothing was saved. {}", fields.join("; ")),
-            );
-        }
-    };
-    match crate::service::accounts::update(
-        state.storage.as_ref(),
-        &sess.store,
-        &account.id,
-        &input,
-        None,
-    )
-    .await
-    {
-        Ok(_) => back_to_account(),
-        Err(StorageError::EmailTaken(_)) => refusal(
-            StatusCode::CONFLICT,
-            "Please check your details",
-            "Nothing was saved: that email address belongs to another account.",
-        ),
-        Err(_) => failed(),
-    }
-}
-
-async fn set_subscription(
-    state: &SharedState,
-    headers: &HeaderMap,
-    id: &str,
-    form: &Result<Form<HashMap<String, String>>, FormRejection>,
-    cancel: bool,
-) -> Response {
-    let (_, sess, account) = match form_session(state, headers, form).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    if !account.subscriptions.iter().any(|s| s == id) {
-        return refusal(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "There is no such subscription on your account.",
-        );
-    }
-    use crate::service::subscriptions::{self, By};
-    let storage = state.storage.as_ref();
-    let r = if cancel {
-        subscriptions::cancel(storage, &sess.store, id, By::Customer, None)
-            .await
-            .map(drop)
-    } else {
-        subscriptions::resume(storage, &sess.store, &[id.to_owned()], None)
-            .await
-            .map(drop)
-    };
-    match r {
-        Ok(()) => back_to_account(),
-        // Already in the wanted state (a double click): nothing to do, no event.
-        Err(StorageError::State(_)) => back_to_account(),
-        Err(_) => failed(),
-    }
-}
-
-#[utoipa::path(
-    post,
-    operation_id = "account_pages.cancel",
-    path = "/account/subscriptions/{id}/cancel",
-    tags = ["account-pages", "strongroom-extension"],
-    summary = "Cancel a subscription",
-    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
-    security(("session" = []))
-)]
-async fn cancel(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
-    set_subscription(&state, &headers, &id, &form, true).await
-}
-
-#[utoipa::path(
-    post,
-    operation_id = "account_pages.resume",
-    path = "/account/subscriptions/{id}/resume",
-    tags = ["account-pages", "strongroom-extension"],
-    summary = "Resume a subscription",
-    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
-    security(("session" = []))
-)]
-async fn resume(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
-    set_subscription(&state, &headers, &id, &form, false).await
-}
-
-#[utoipa::path(
-    post,
-    operation_id = "account_pages.remove_card",
-    path = "/account/payment-methods/{pm}/remove",
-    tags = ["account-pages", "strongroom-extension"],
-    summary = "Remove a saved payment method",
-    params(("pm" = String, Path, description = "Payment method id")),
-    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
-    security(("session" = []))
-)]
-async fn remove_card(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(pm): Path<String>,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
-    let (_, sess, account) = match form_session(&state, &headers, &form).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    if !account.payment_methods.iter().any(|p| p.id == pm) {
-        return refusal(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "There is no such payment method on your account.",
-        );
-    }
-    // Vault first (it crypto-shreds the token); if it is down nothing changes here.
-    match state.vault.delete(&sess.store, &pm).await {
-        Ok(()) | Err(crate::vault::VaultError::NotFound) => {}
-        Err(_) => {
-            return refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Please try again shortly",
-                "The card could not be removed right now. Nothing was changed.",
-            );
-        }
-    }
-    let extras = Extras {
-        idempotency: None,
-        events: vec![crate::service::events::record(
-            &DomainEvent::PaymentMethodRemoved {
-                account: account.id.clone(),
-                payment_method: pm.clone(),
-            },
-        )],
-    };
-    match crate::service::payment_methods::forget(
-        state.storage.as_ref(),
-        &sess.store,
-        &account.id,
-        &pm,
-        &extras,
-    )
-    .await
-    {
-        Ok(()) => {
-            tracing::info!(store = %sess.store, account = %account.id, payment_method = %pm, "payment method removed from the account page");
-            committed(&state).await
-        }
-        Err(_) => failed(),
-    }
-}
-
-#[utoipa::path(
-    post,
-    operation_id = "account_pages.logout",
-    path = "/account/logout",
-    tags = ["account-pages", "strongroom-extension"],
-    summary = "Sign out",
-    request_body(content = crate::openapi::PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
-    security(("session" = []))
-)]
-async fn logout(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
-    let (h, _, _) = match form_session(&state, &headers, &form).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    if sso::sign_out(state.storage.as_ref(), &h).await.is_err() {
-        return failed();
-    }
-    let mut resp = refusal(
-        StatusCode::OK,
-        "You are signed out",
-        "You can close this window.",
-    );
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
-    resp
 }
 
 #[cfg(test)]

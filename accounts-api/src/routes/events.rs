@@ -2,16 +2,16 @@
 //! transaction. `GET /events/unprocessed?begin=MS[&limit=N]`, `GET /events/processed?days=N`,
 //! `GET /events/{id}` and `POST /events/{id}` with `{"processed": true|false}`.
 
-use crate::app::{
-    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
-};
+use crate::app::SharedState;
 use crate::error::{ApiError, ErrorKind, StorageError};
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use crate::http::extract::{Action, Caller, Mutation, actions};
+use crate::http::ok_view;
+use crate::http::requests::{EventBody, read_body};
+use crate::http::views::{EventList, EventMarked, EventView};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -19,6 +19,12 @@ use utoipa_axum::routes;
 /// Most events in one answer; `more: true` says there are others (ask again with a later
 /// `begin`, or mark these processed first).
 const MAX_LIMIT: usize = 1000;
+
+actions! {
+    List = "events.get",
+    Read = "event.get",
+    Update = "event.update",
+}
 
 pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
@@ -46,12 +52,6 @@ fn limit(q: &HashMap<String, String>, action: &'static str) -> Result<usize, Api
     }
 }
 
-fn list_body(events: Vec<crate::model::EventRecord>, more: bool) -> Value {
-    json!({"action": "events.get", "result": "success", "page": null, "limit": null,
-        "nextPage": null, "total": events.len(), "more": more,
-        "events": events.iter().map(crate::model::EventRecord::to_json).collect::<Vec<_>>()})
-}
-
 #[utoipa::path(
     get,
     operation_id = "events.unprocessed",
@@ -59,16 +59,15 @@ fn list_body(events: Vec<crate::model::EventRecord>, more: bool) -> Value {
     tags = ["events"],
     summary = "Unprocessed events since `begin` (ms)",
     params(("begin" = Option<i64>, Query, minimum = 0), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
-    responses((status = 200, description = "Success", body = crate::openapi::EventList)),
+    responses((status = 200, description = "Success", body = EventList)),
     security(("basic" = []))
 )]
 async fn unprocessed(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    caller: Caller<List>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "events.get";
-    let store = authorize(&state, &headers, ACTION).await?;
+    const ACTION: &str = List::NAME;
     let q = query(q, ACTION)?;
     let begin =
         match q.get("begin") {
@@ -80,10 +79,10 @@ async fn unprocessed(
     let limit = limit(&q, ACTION)?;
     let (events, more) = state
         .storage
-        .events(&store, begin, false, limit)
+        .events(&caller.store, begin, false, limit)
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(list_body(events, more)))
+    Ok(ok_view(&EventList::of(&events, more)))
 }
 
 #[utoipa::path(
@@ -93,16 +92,15 @@ async fn unprocessed(
     tags = ["events"],
     summary = "Processed events of the last `days` days",
     params(("days" = Option<u32>, Query, minimum = 1, maximum = 3650), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
-    responses((status = 200, description = "Success", body = crate::openapi::EventList)),
+    responses((status = 200, description = "Success", body = EventList)),
     security(("basic" = []))
 )]
 async fn processed(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    caller: Caller<List>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "events.get";
-    let store = authorize(&state, &headers, ACTION).await?;
+    const ACTION: &str = List::NAME;
     let q = query(q, ACTION)?;
     let days = match q.get("days") {
         None => 1,
@@ -116,10 +114,10 @@ async fn processed(
     let begin = crate::model::now_ms() - days * 86_400_000;
     let (events, more) = state
         .storage
-        .events(&store, begin, true, limit)
+        .events(&caller.store, begin, true, limit)
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(list_body(events, more)))
+    Ok(ok_view(&EventList::of(&events, more)))
 }
 
 fn not_found(action: &'static str) -> ApiError {
@@ -133,26 +131,21 @@ fn not_found(action: &'static str) -> ApiError {
     tags = ["events"],
     summary = "Read an event",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    responses((status = 200, description = "Success", body = Object)),
+    responses((status = 200, description = "Success", body = EventView)),
     security(("basic" = []))
 )]
 async fn read(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    caller: Caller<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "event.get";
-    let store = authorize(&state, &headers, ACTION).await?;
     let ev = state
         .storage
-        .event(&store, &id)
+        .event(&caller.store, &id)
         .await
-        .map_err(|e| e.into_api(ACTION))?
-        .ok_or_else(|| not_found(ACTION))?;
-    let mut body = ev.to_json();
-    body["action"] = json!(ACTION);
-    body["result"] = json!("success");
-    Ok(ok(body))
+        .map_err(|e| e.into_api(Read::NAME))?
+        .ok_or_else(|| not_found(Read::NAME))?;
+    Ok(ok_view(&EventView::of(&ev, Some(Read::NAME))))
 }
 
 #[utoipa::path(
@@ -162,47 +155,34 @@ async fn read(
     tags = ["events"],
     summary = "Mark an event processed or unprocessed",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
-    request_body(content = crate::openapi::EventUpdate, content_type = "application/json"),
-    responses((status = 200, description = "Success", body = Object)),
+    request_body(content = EventBody, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = EventMarked)),
     security(("basic" = []))
 )]
 async fn update(
     State(state): State<SharedState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    req: Mutation<Update>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "event.update";
-    let store = authorize(&state, &headers, ACTION).await?;
-    let body = body_bytes(body, ACTION)?;
-    let idem = match idempotency(
-        &state,
-        &store,
-        &headers,
-        &format!("POST /events/{id}"),
-        &body,
-        ACTION,
-    )
-    .await?
-    {
-        IdempotencyStart::Replay(r) => return Ok(r),
-        IdempotencyStart::Execute(i) => i,
-    };
-    let obj = json_object(&body, ACTION)?;
-    let Some(processed) = obj.get("processed").and_then(Value::as_bool) else {
+    const ACTION: &str = Update::NAME;
+    let body: EventBody = read_body(&req.object()?);
+    let Some(processed) = body.processed.as_ref().and_then(Value::as_bool) else {
         return Err(ApiError::invalid(
             ACTION,
             "processed",
             "is required and must be true or false",
         ));
     };
-    let resp = json!({"action": ACTION, "result": "success", "id": id, "processed": processed});
-    let record = idem
-        .as_ref()
-        .map(|i| i.record(axum::http::StatusCode::OK, &resp));
+    let resp = EventMarked {
+        action: ACTION,
+        result: "success",
+        id,
+        processed,
+    };
+    let record = req.answer(&resp);
     state
         .storage
-        .set_processed(&store, &id, processed, record.as_ref())
+        .set_processed(&req.store, &resp.id, processed, record.as_ref())
         .await
         .map_err(|e| match e {
             StorageError::NotFound => not_found(ACTION),
@@ -213,5 +193,5 @@ async fn update(
         .durable()
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(resp))
+    Ok(ok_view(&resp))
 }

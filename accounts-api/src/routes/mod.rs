@@ -5,5 +5,4 @@ pub mod events;
 pub mod orders;
 pub mod payment_methods;
 pub mod subscriptions;
-pub mod views;
 pub mod webhooks;

@@ -1,26 +1,33 @@
 //! `/subscriptions`: read one, list (by account or all), cancel (`DELETE`), resume (`POST` with
 //! `deactivation: null`).
 
-use crate::app::{
-    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok, ok_view,
-    page_body, paging,
-};
+use crate::app::SharedState;
 use crate::error::{ApiError, ErrorKind, StorageError};
-use crate::model::now_ms;
-use crate::routes::views::{
-    AccountSubscriptions, SubscriptionChanged, SubscriptionResult, SubscriptionView,
+use crate::http::extract::{Action, Caller, Mutation, StrictJson, actions};
+use crate::http::requests::{SubscriptionRef, SubscriptionsBody, read_body};
+use crate::http::views::{
+    AccountSubscriptions, ChargeItem, ChargeResults, IdPage, ItemError, SubscriptionChanged,
+    SubscriptionIds, SubscriptionList, SubscriptionResult, SubscriptionView,
 };
+use crate::http::{ok_view, paging};
+use crate::model::now_ms;
 use crate::service::renewals::{Outcome, renew_one};
 use crate::service::subscriptions::{self, By};
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+actions! {
+    Read = "subscription.get",
+    List = "subscription.getall",
+    Cancel = "subscription.cancel",
+    Resume = "subscription.update",
+    Charge = "subscription.charge",
+}
 
 pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
@@ -58,14 +65,13 @@ fn map_err(e: StorageError, action: &'static str) -> ApiError {
 )]
 async fn read(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    caller: Caller<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "subscription.get";
-    let store = authorize(&state, &headers, ACTION).await?;
+    const ACTION: &str = Read::NAME;
     let s = state
         .storage
-        .subscription(&store, &id)
+        .subscription(&caller.store, &id)
         .await
         .map_err(|e| e.into_api(ACTION))?
         .ok_or_else(|| not_found(ACTION))?;
@@ -79,23 +85,23 @@ async fn read(
     tags = ["subscriptions"],
     summary = "An account's subscriptions, or a page of the store's subscription ids",
     params(("accountId" = Option<String>, Query), ("page" = Option<u32>, Query, minimum = 1), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
-    responses((status = 200, description = "Success", body = crate::openapi::SubscriptionList)),
+    responses((status = 200, description = "Success", body = SubscriptionList)),
     security(("basic" = []))
 )]
 async fn list(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    caller: Caller<List>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "subscription.getall";
-    let store = authorize(&state, &headers, ACTION).await?;
+    const ACTION: &str = List::NAME;
+    let store = &caller.store;
     let Ok(Query(q)) = query else {
         return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
     };
     if let Some(account) = q.get("accountId") {
         let a = state
             .storage
-            .account(&store, account)
+            .account(store, account)
             .await
             .map_err(|e| e.into_api(ACTION))?
             .ok_or_else(|| {
@@ -108,33 +114,28 @@ async fn list(
         for id in &a.subscriptions {
             if let Some(s) = state
                 .storage
-                .subscription(&store, id)
+                .subscription(store, id)
                 .await
                 .map_err(|e| e.into_api(ACTION))?
             {
                 subs.push(SubscriptionView::of(&s, Some("subscription.get")));
             }
         }
-        return Ok(ok_view(&AccountSubscriptions {
+        return Ok(ok_view(&SubscriptionList::Account(AccountSubscriptions {
             action: ACTION,
             result: "success",
             subscriptions: subs,
-        }));
+        })));
     }
     let (page, limit) = paging(&q, ACTION)?;
     let (ids, total) = state
         .storage
-        .list_subscriptions(&store, (page - 1).saturating_mul(limit), limit)
+        .list_subscriptions(store, (page - 1).saturating_mul(limit), limit)
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(page_body(
-        ACTION,
-        "subscriptions",
-        ids,
-        page,
-        limit,
-        total,
-    )))
+    let ids = SubscriptionIds { subscriptions: ids };
+    let page = IdPage::new(ACTION, ids, page, limit, total);
+    Ok(ok_view(&SubscriptionList::Page(page)))
 }
 
 #[utoipa::path(
@@ -149,31 +150,16 @@ async fn list(
 )]
 async fn cancel(
     State(state): State<SharedState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    req: Mutation<Cancel>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "subscription.cancel";
-    let store = authorize(&state, &headers, ACTION).await?;
-    let idem = match idempotency(
-        &state,
-        &store,
-        &headers,
-        &format!("DELETE /subscriptions/{id}"),
-        b"",
-        ACTION,
-    )
-    .await?
-    {
-        IdempotencyStart::Replay(r) => return Ok(r),
-        IdempotencyStart::Execute(i) => i,
-    };
     let resp = SubscriptionChanged {
-        subscriptions: vec![SubscriptionResult::success(&id, ACTION)],
+        subscriptions: vec![SubscriptionResult::success(&id, Cancel::NAME)],
     };
-    let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
-    subscriptions::cancel(state.storage.as_ref(), &store, &id, By::Merchant, answer)
+    let storage = state.storage.as_ref();
+    subscriptions::cancel(storage, &req.store, &id, By::Merchant, req.answer(&resp))
         .await
-        .map_err(|e| map_err(e, ACTION))?;
+        .map_err(|e| map_err(e, Cancel::NAME))?;
     Ok(ok_view(&resp))
 }
 
@@ -184,34 +170,49 @@ async fn cancel(
     tags = ["subscriptions"],
     summary = "Resume a canceled subscription",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
-    request_body(content = crate::openapi::ResumeInput, content_type = "application/json"),
+    request_body(content = SubscriptionsBody, content_type = "application/json"),
     responses((status = 200, description = "Success", body = SubscriptionChanged)),
     security(("basic" = []))
 )]
 async fn resume(
     State(state): State<SharedState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    req: Mutation<Resume>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "subscription.update";
-    let store = authorize(&state, &headers, ACTION).await?;
-    let body = body_bytes(body, ACTION)?;
-    let idem = match idempotency(
-        &state,
-        &store,
-        &headers,
-        &format!("POST /subscriptions/{id}"),
-        &body,
-        ACTION,
-    )
-    .await?
-    {
-        IdempotencyStart::Replay(r) => return Ok(r),
-        IdempotencyStart::Execute(i) => i,
+    let mut ids = resume_ids(&req.object()?)?;
+    if ids.is_empty() {
+        ids.push(id);
+    }
+    let resp = SubscriptionChanged {
+        subscriptions: ids
+            .iter()
+            .map(|s| SubscriptionResult::success(s, Resume::NAME))
+            .collect(),
     };
-    let obj = json_object(&body, ACTION)?;
-    let Some(Value::Array(list)) = obj.get("subscriptions") else {
+    subscriptions::resume(state.storage.as_ref(), &req.store, &ids, req.answer(&resp))
+        .await
+        .map_err(|e| map_err(e, Resume::NAME))?;
+    Ok(ok_view(&resp))
+}
+
+/// The items of a `{"subscriptions": [...]}` body (`None`: not an array); an item that is not an
+/// object names nothing.
+fn items(obj: &Map<String, Value>) -> Option<Vec<SubscriptionRef>> {
+    let body: SubscriptionsBody = read_body(obj);
+    match body.subscriptions {
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .map(|item| item.as_object().map(read_body).unwrap_or_default())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The ids of `{"subscriptions": [{"subscription": id, "deactivation": null}]}`.
+fn resume_ids(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    const ACTION: &str = Resume::NAME;
+    let Some(list) = items(obj) else {
         return Err(ApiError::invalid(
             ACTION,
             "subscriptions",
@@ -220,54 +221,34 @@ async fn resume(
     };
     let mut ids = Vec::new();
     for (i, item) in list.iter().enumerate() {
-        let sid = item.get("subscription").and_then(Value::as_str);
-        match (sid, item.get("deactivation")) {
+        let sid = item.subscription.as_ref().and_then(Value::as_str);
+        match (sid, item.deactivation.as_ref()) {
             (Some(sid), Some(Value::Null)) => ids.push(sid.to_owned()),
             (None, _) => {
-                return Err(ApiError::invalid(
-                    ACTION,
-                    format!("subscriptions[{i}].subscription"),
-                    "is required",
-                ));
+                let field = format!("subscriptions[{i}].subscription");
+                return Err(ApiError::invalid(ACTION, field, "is required"));
             }
             _ => {
-                return Err(ApiError::invalid(
-                    ACTION,
-                    format!("subscriptions[{i}].deactivation"),
-                    "must be null to resume",
-                ));
+                let field = format!("subscriptions[{i}].deactivation");
+                return Err(ApiError::invalid(ACTION, field, "must be null to resume"));
             }
         }
     }
-    if ids.is_empty() {
-        ids.push(id.clone());
-    }
-    let resp = SubscriptionChanged {
-        subscriptions: ids
-            .iter()
-            .map(|s| SubscriptionResult::success(s, ACTION))
-            .collect(),
-    };
-    let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
-    subscriptions::resume(state.storage.as_ref(), &store, &ids, answer)
-        .await
-        .map_err(|e| map_err(e, ACTION))?;
-    Ok(ok_view(&resp))
+    Ok(ids)
 }
 
-const CHARGE: &str = "subscription.charge";
-
 /// FastSpring's per-item answer of `POST /subscriptions/charge`.
-fn charge_item(outcome: &Outcome, id: &str) -> Value {
+fn charge_item(outcome: &Outcome, id: &str) -> ChargeItem {
     let err = |code: String| {
-        crate::error::envelope(
-            CHARGE,
+        let item = [("subscription", code.as_str())];
+        ChargeItem::Refused(ItemError(crate::error::envelope(
+            Charge::NAME,
             Some(("subscription", id)),
-            &[("subscription", &code)],
-        )
+            &item,
+        )))
     };
     match outcome {
-        Outcome::Charged => json!({"subscription": id, "action": CHARGE, "result": "success"}),
+        Outcome::Charged => ChargeItem::Charged(SubscriptionResult::success(id, Charge::NAME)),
         Outcome::Declined { reason, .. } | Outcome::Failed { reason } => {
             err(reason.to_ascii_uppercase())
         }
@@ -289,19 +270,33 @@ pub const MAX_ITEMS: usize = 1000;
     path = "/subscriptions/charge",
     tags = ["subscriptions"],
     summary = "Charge subscriptions now (rebill) with their saved payment methods",
-    request_body(content = crate::openapi::ChargeInput, content_type = "application/json"),
-    responses((status = 200, description = "One result per subscription, in request order", body = crate::openapi::ChargeResults)),
+    request_body(content = SubscriptionsBody, content_type = "application/json"),
+    responses((status = 200, description = "One result per subscription, in request order", body = ChargeResults)),
     security(("basic" = []))
 )]
 pub async fn charge_route(
     State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    caller: Caller<Charge>,
+    StrictJson(obj, ..): StrictJson<Charge>,
 ) -> Result<Response, ApiError> {
-    let store = authorize(&state, &headers, CHARGE).await?;
-    let body = body_bytes(body, CHARGE)?;
-    let obj = json_object(&body, CHARGE)?;
-    let Some(Value::Array(list)) = obj.get("subscriptions") else {
+    let ids = charge_ids(&obj)?;
+    let mut items = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let outcome = renew_one(&state, &caller.store, id, now_ms(), true)
+            .await
+            .map_err(|e| e.into_api(Charge::NAME))?;
+        crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);
+        items.push(charge_item(&outcome, id));
+    }
+    Ok(ok_view(&ChargeResults {
+        subscription: items,
+    }))
+}
+
+/// The ids of `{"subscriptions": [{"subscription": id}]}`: 1 to [`MAX_ITEMS`].
+fn charge_ids(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    const CHARGE: &str = Charge::NAME;
+    let Some(list) = items(obj) else {
         return Err(ApiError::invalid(
             CHARGE,
             "subscriptions",
@@ -317,7 +312,7 @@ pub async fn charge_route(
     }
     let mut ids = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        match item.get("subscription").and_then(Value::as_str) {
+        match item.subscription.as_ref().and_then(Value::as_str) {
             Some(id) if !id.is_empty() && id.len() <= 64 => ids.push(id.to_owned()),
             _ => {
                 return Err(ApiError::invalid(
@@ -328,13 +323,5 @@ pub async fn charge_route(
             }
         }
     }
-    let mut items = Vec::with_capacity(ids.len());
-    for id in &ids {
-        let outcome = renew_one(&state, &store, id, now_ms(), true)
-            .await
-            .map_err(|e| e.into_api(CHARGE))?;
-        crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);
-        items.push(charge_item(&outcome, id));
-    }
-    Ok(ok(json!({ "subscription": items })))
+    Ok(ids)
 }

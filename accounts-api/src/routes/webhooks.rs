@@ -5,21 +5,28 @@
 //! replaces the secret of the webhook with that URL. URLs must be http or https (else 422).
 //! `Idempotency-Key` is honoured on the three mutating calls, like everywhere in the API.
 
-use crate::app::{
-    IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
-};
+use crate::app::SharedState;
 use crate::error::{ApiError, ErrorKind};
+use crate::http::extract::{Action, Caller, Mutation, actions};
+use crate::http::ok_view;
+use crate::http::requests::{WebhookBody, read_body};
+use crate::http::views::{
+    WebhookCreated, WebhookList, WebhookRemoved, WebhookRotated, WebhookView,
+};
 use crate::model::WebhookRecord;
 use crate::service::webhooks::{self, HookError};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+actions! {
+    List = "webhooks.get",
+    Create = "webhooks.create",
+    Rotate = "webhooks.update",
+    Remove = "webhooks.delete",
+}
 
 pub fn router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::new()
@@ -49,15 +56,16 @@ fn hook_error(e: HookError, action: &'static str) -> ApiError {
 }
 
 /// `(url, hmacSecret)` from the body; the secret must be a string when present.
-fn fields(body: &[u8], action: &'static str) -> Result<(String, Option<String>), ApiError> {
-    let obj = json_object(body, action)?;
-    let url = match obj.get("url") {
-        Some(Value::String(u)) => u.clone(),
+fn fields<A: Action>(req: &Mutation<A>) -> Result<(String, Option<String>), ApiError> {
+    let action = A::NAME;
+    let body: WebhookBody = read_body(&req.object()?);
+    let url = match body.url {
+        Some(Value::String(u)) => u,
         _ => return Err(ApiError::invalid(action, "url", "A URL is required")),
     };
-    let secret = match obj.get("hmacSecret") {
+    let secret = match body.hmac_secret {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(s),
         Some(_) => return Err(ApiError::invalid(action, "hmacSecret", "must be a string")),
     };
     Ok((url, secret))
@@ -69,19 +77,23 @@ fn fields(body: &[u8], action: &'static str) -> Result<(String, Option<String>),
     path = "/webhooks",
     tags = ["webhooks", "strongroom-extension"],
     summary = "The store's webhooks (never their secrets)",
-    responses((status = 200, description = "Success", body = crate::openapi::WebhookList)),
+    responses((status = 200, description = "Success", body = WebhookList)),
     security(("basic" = []))
 )]
-async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    const ACTION: &str = "webhooks.get";
-    let store = authorize(&state, &headers, ACTION).await?;
+async fn list(
+    State(state): State<SharedState>,
+    caller: Caller<List>,
+) -> Result<Response, ApiError> {
     let hooks = state
         .storage
-        .webhooks(&store)
+        .webhooks(&caller.store)
         .await
-        .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(json!({"action": ACTION, "result": "success",
-        "webhooks": hooks.iter().map(crate::model::WebhookRecord::to_json).collect::<Vec<_>>()})))
+        .map_err(|e| e.into_api(List::NAME))?;
+    Ok(ok_view(&WebhookList {
+        action: List::NAME,
+        result: "success",
+        webhooks: hooks.iter().map(WebhookView::of).collect(),
+    }))
 }
 
 #[utoipa::path(
@@ -91,37 +103,31 @@ async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Result<Re
     tags = ["webhooks", "strongroom-extension"],
     summary = "Add a webhook",
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
-    request_body(content = crate::openapi::WebhookInput, content_type = "application/json"),
-    responses((status = 200, description = "Success", body = Object)),
+    request_body(content = WebhookBody, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = WebhookCreated)),
     security(("basic" = []))
 )]
 async fn create(
     State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Mutation<Create>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "webhooks.create";
-    let store = authorize(&state, &headers, ACTION).await?;
-    let body = body_bytes(body, ACTION)?;
-    let idem = match idempotency(&state, &store, &headers, "POST /webhooks", &body, ACTION).await? {
-        IdempotencyStart::Replay(r) => return Ok(r),
-        IdempotencyStart::Execute(i) => i,
-    };
-    let (url, secret) = fields(&body, ACTION)?;
-    let answer = |h: &WebhookRecord| {
-        idem.as_ref()
-            .map(|i| i.record(StatusCode::OK, &created_answer(h)))
-    };
-    let hook = webhooks::add(state.storage.as_ref(), &store, &url, secret, &answer)
+    let (url, secret) = fields(&req)?;
+    let answer = |h: &WebhookRecord| req.answer(&created_answer(h));
+    let hook = webhooks::add(state.storage.as_ref(), &req.store, &url, secret, &answer)
         .await
-        .map_err(|e| hook_error(e, ACTION))?;
+        .map_err(|e| hook_error(e, Create::NAME))?;
+    durable(&state, Create::NAME).await?;
+    tracing::info!(store = %req.store, webhook = %hook.id, "webhook added");
+    Ok(ok_view(&created_answer(&hook)))
+}
+
+/// Returns once the change is on disk.
+async fn durable(state: &SharedState, action: &'static str) -> Result<(), ApiError> {
     state
         .storage
         .durable()
         .await
-        .map_err(|e| e.into_api(ACTION))?;
-    tracing::info!(store = %store, webhook = %hook.id, "webhook added");
-    Ok(ok(created_answer(&hook)))
+        .map_err(|e| e.into_api(action))
 }
 
 #[utoipa::path(
@@ -131,52 +137,28 @@ async fn create(
     tags = ["webhooks"],
     summary = "Replace the HMAC secret of the webhook with this URL",
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
-    request_body(content = crate::openapi::WebhookInput, content_type = "application/json"),
-    responses((status = 200, description = "Success", body = Object)),
+    request_body(content = WebhookBody, content_type = "application/json"),
+    responses((status = 200, description = "Success", body = WebhookRotated)),
     security(("basic" = []))
 )]
 async fn rotate(
     State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Mutation<Rotate>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "webhooks.update";
-    let store = authorize(&state, &headers, ACTION).await?;
-    let body = body_bytes(body, ACTION)?;
-    let idem = match idempotency(
-        &state,
-        &store,
-        &headers,
-        "POST /webhooks/keys",
-        &body,
-        ACTION,
-    )
-    .await?
-    {
-        IdempotencyStart::Replay(r) => return Ok(r),
-        IdempotencyStart::Execute(i) => i,
-    };
-    let (url, secret) = fields(&body, ACTION)?;
+    let (url, secret) = fields(&req)?;
     let Some(secret) = secret else {
         return Err(ApiError::invalid(
-            ACTION,
+            Rotate::NAME,
             "hmacSecret",
             "A HMAC Secret is required",
         ));
     };
-    let answer = |u: &str| {
-        idem.as_ref()
-            .map(|i| i.record(StatusCode::OK, &rotated_answer(u)))
-    };
-    let hook = webhooks::rotate(state.storage.as_ref(), &store, &url, secret, &answer)
+    let answer = |u: &str| req.answer(&rotated_answer(u));
+    let hook = webhooks::rotate(state.storage.as_ref(), &req.store, &url, secret, &answer)
         .await
-        .map_err(|e| hook_error(e, ACTION))?;
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(rotated_answer(&hook.url)))
+        .map_err(|e| hook_error(e, Rotate::NAME))?;
+    durable(&state, Rotate::NAME).await?;
+    Ok(ok_view(&rotated_answer(&hook.url)))
 }
 
 #[utoipa::path(
@@ -186,60 +168,49 @@ async fn rotate(
     tags = ["webhooks", "strongroom-extension"],
     summary = "Remove a webhook and its pending deliveries",
     params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
-    responses((status = 200, description = "Success", body = Object)),
+    responses((status = 200, description = "Success", body = WebhookRemoved)),
     security(("basic" = []))
 )]
 async fn remove(
     State(state): State<SharedState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    req: Mutation<Remove>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "webhooks.delete";
-    let store = authorize(&state, &headers, ACTION).await?;
-    let idem = match idempotency(
-        &state,
-        &store,
-        &headers,
-        &format!("DELETE /webhooks/{id}"),
-        b"",
-        ACTION,
-    )
-    .await?
-    {
-        IdempotencyStart::Replay(r) => return Ok(r),
-        IdempotencyStart::Execute(i) => i,
+    let resp = WebhookRemoved {
+        action: Remove::NAME,
+        result: "success",
+        id,
     };
-    let answer = idem
-        .as_ref()
-        .map(|i| i.record(StatusCode::OK, &removed_answer(&id)));
-    let removed = webhooks::remove(state.storage.as_ref(), &store, &id, answer)
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
+    let removed = webhooks::remove(
+        state.storage.as_ref(),
+        &req.store,
+        &resp.id,
+        req.answer(&resp),
+    )
+    .await
+    .map_err(|e| e.into_api(Remove::NAME))?;
     if !removed {
         return Err(ApiError::new(
-            ACTION,
+            Remove::NAME,
             ErrorKind::NotFound("webhook", "webhook not found"),
         ));
     }
-    state
-        .storage
-        .durable()
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(removed_answer(&id)))
+    durable(&state, Remove::NAME).await?;
+    Ok(ok_view(&resp))
 }
 
-/// The answer to `POST /webhooks`.
-fn created_answer(hook: &WebhookRecord) -> serde_json::Value {
-    serde_json::json!({"action": "webhooks.create", "result": "success", "webhook": hook.to_json()})
+fn created_answer(hook: &WebhookRecord) -> WebhookCreated {
+    WebhookCreated {
+        action: Create::NAME,
+        result: "success",
+        webhook: WebhookView::of(hook),
+    }
 }
 
-/// The answer to `POST /webhooks/keys`.
-fn rotated_answer(url: &str) -> serde_json::Value {
-    serde_json::json!({"url": url, "action": "webhooks.update", "result": "success"})
-}
-
-/// The answer to `DELETE /webhooks/{id}`.
-fn removed_answer(id: &str) -> serde_json::Value {
-    serde_json::json!({"action": "webhooks.delete", "result": "success", "id": id})
+fn rotated_answer(url: &str) -> WebhookRotated {
+    WebhookRotated {
+        url: url.to_owned(),
+        action: Rotate::NAME,
+        result: "success",
+    }
 }

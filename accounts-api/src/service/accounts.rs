@@ -3,7 +3,7 @@
 
 use crate::domain::DomainEvent;
 use crate::model::{
-    AccountInput, AccountRecord, Address, Contact, new_id, normalise_email, now_ms,
+    AccountInput, AccountRecord, Address, Contact, SubState, new_id, normalise_email, now_ms,
 };
 use crate::storage::{Extras, IdempotencyWrite, Index, Storage, StorageError};
 
@@ -138,4 +138,30 @@ pub fn apply(a: &mut AccountRecord, input: &AccountInput) {
     if input.custom.is_some() {
         a.custom.clone_from(&input.custom);
     }
+}
+
+/// What an account's object shows besides its record: how many saved payment methods have not
+/// expired at `now`, and whether any of its subscriptions is active.
+pub async fn standing(
+    storage: &dyn Storage,
+    a: &AccountRecord,
+) -> Result<(usize, bool), StorageError> {
+    let now = time::OffsetDateTime::now_utc();
+    let active = a
+        .payment_methods
+        .iter()
+        .filter(|p| match (p.exp_year, p.exp_month) {
+            (Some(y), Some(m)) => {
+                crate::domain::card::is_current(m, y, now.year(), u8::from(now.month()))
+            }
+            _ => true,
+        })
+        .count();
+    for s in &a.subscriptions {
+        if matches!(storage.subscription(&a.store, s).await?, Some(r) if r.state == SubState::Active)
+        {
+            return Ok((active, true));
+        }
+    }
+    Ok((active, false))
 }

@@ -17,19 +17,20 @@ pub fn records<'a>(events: impl IntoIterator<Item = &'a DomainEvent>) -> Vec<Eve
     events.into_iter().map(record).collect()
 }
 
+/// A view as event data (`Null` if it cannot be serialized, which a view of plain fields can't).
+fn to_data<T: serde::Serialize>(view: &T) -> Value {
+    serde_json::to_value(view).unwrap_or(Value::Null)
+}
+
 fn data(event: &DomainEvent) -> Value {
-    use crate::routes::views::{OrderView, SubscriptionView};
+    use crate::http::views::{OrderView, SubscriptionView};
     match event {
-        DomainEvent::AccountCreated(a) => crate::routes::accounts::account_event_data(a),
+        DomainEvent::AccountCreated(a) => to_data(&crate::http::views::AccountCreatedData::of(a)),
         DomainEvent::AccountUpdated { account } => json!({"account": account}),
-        DomainEvent::OrderCompleted(o) => {
-            serde_json::to_value(OrderView::of(o, None)).unwrap_or(Value::Null)
-        }
+        DomainEvent::OrderCompleted(o) => to_data(&OrderView::of(o, None)),
         DomainEvent::SubscriptionActivated(s)
         | DomainEvent::SubscriptionCanceled(s)
-        | DomainEvent::SubscriptionResumed(s) => {
-            serde_json::to_value(SubscriptionView::of(s, None)).unwrap_or(Value::Null)
-        }
+        | DomainEvent::SubscriptionResumed(s) => to_data(&SubscriptionView::of(s, None)),
         DomainEvent::CardExpiring {
             subscription,
             account,

@@ -1,15 +1,62 @@
 //! Typed response views: what the handlers return, deriving `Serialize` for the wire and
 //! `ToSchema` for the OpenAPI document, so the document is built from the very types that are
-//! answered. (Views of the other resources are still `serde_json` values described by
-//! `openapi.rs`; they move here one by one.)
+//! answered. Orders and subscriptions here; one module per other resource.
 //!
 //! Bodies go out through [`crate::app::ok_view`], which serializes via a `serde_json` map: keys
 //! in sorted order, byte for byte what the `json!` bodies these views replace produced.
 
-use crate::model::{Contact, OrderRecord, SubState, SubscriptionRecord, display_date, to_major};
+use crate::model::{
+    Address, Contact, OrderRecord, SubState, SubscriptionRecord, display_date, to_major,
+};
 use serde::Serialize;
 use shared::{CardBrand, Currency};
 use utoipa::ToSchema;
+
+/// The schema of an untagged enum view whose variants may look alike (an empty list of account
+/// objects is also an empty list of ids): `anyOf` its variants, where `oneOf` (utoipa's default
+/// for untagged enums) would be violated by an answer that fits both.
+/// Types listed after `;` are registered as schemas too (a generic variant's flattened part,
+/// which utoipa refers to but does not register).
+macro_rules! any_of {
+    ($ty:ty, $description:literal, $($variant:ty),+ $(; $($extra:ty),+)? $(,)?) => {
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::AnyOfBuilder::new()
+                    $(.item(<$variant as utoipa::PartialSchema>::schema()))+
+                    .description(Some($description))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $ty {
+            fn schemas(
+                schemas: &mut Vec<(
+                    String,
+                    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+                )>,
+            ) {
+                $(<$variant as utoipa::ToSchema>::schemas(schemas);)+
+                $($(
+                    schemas.push((
+                        <$extra as utoipa::ToSchema>::name().into_owned(),
+                        <$extra as utoipa::PartialSchema>::schema(),
+                    ));
+                    <$extra as utoipa::ToSchema>::schemas(schemas);
+                )+)?
+            }
+        }
+    };
+}
+pub(crate) use any_of;
+
+pub mod accounts;
+pub mod events;
+pub mod payment_methods;
+pub mod webhooks;
+
+pub use accounts::*;
+pub use events::*;
+pub use payment_methods::*;
+pub use webhooks::*;
 
 /// FastSpring's subscription object (`GET /subscriptions/{id}`, and the `data` of the
 /// subscription events without `action`/`result`).
@@ -149,6 +196,75 @@ impl SubscriptionResult {
     }
 }
 
+/// The ids of a page of `GET /subscriptions` without `accountId`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionIds {
+    pub subscriptions: Vec<String>,
+}
+
+/// `GET /subscriptions`: an account's subscription objects, or a page of the store's ids.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum SubscriptionList {
+    Account(AccountSubscriptions),
+    Page(IdPage<SubscriptionIds>),
+}
+
+any_of!(
+    SubscriptionList,
+    "An account's subscription objects (`accountId`), or a page of the store's ids.",
+    AccountSubscriptions,
+    IdPage<SubscriptionIds>;
+    SubscriptionIds,
+);
+
+/// One item of a rebill answer: the success, or the error envelope naming the subscription.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ChargeItem {
+    Charged(SubscriptionResult),
+    Refused(ItemError),
+}
+
+any_of!(
+    ChargeItem,
+    "The success, or the error envelope naming the subscription.",
+    SubscriptionResult,
+    ItemError,
+);
+
+/// A refused item of a multi-item answer (a rebill item, a sign-in link): the error envelope
+/// (built by `crate::error::envelope`) with the id it names.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct ItemError(pub serde_json::Value);
+
+/// `POST /subscriptions/charge`: `{"subscription": [item, …]}`, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChargeResults {
+    pub subscription: Vec<ChargeItem>,
+}
+
+/// One sign-in link (`GET /accounts/{id}/authenticate`). No `Debug`: the URL holds the one-time
+/// token.
+#[derive(Serialize, ToSchema)]
+pub struct SsoLinkItem {
+    pub action: &'static str,
+    pub result: &'static str,
+    pub account: String,
+    /// `{base}/account/sso/{token}`: opens the account page once.
+    pub url: String,
+    /// ms.
+    pub expires: i64,
+}
+
+/// `GET /accounts/{id}/authenticate`: `{accounts: [link]}` (200) or `{accounts: [error]}` (404).
+#[derive(Serialize, ToSchema)]
+pub struct SsoLinks<Item> {
+    pub accounts: Vec<Item>,
+}
+
 /// Cancel / resume answer: `{subscriptions: [{subscription, action, result}]}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionChanged {
@@ -186,6 +302,18 @@ pub struct AddressLines {
     pub city: Option<String>,
     pub region: Option<String>,
     pub postal_code: Option<String>,
+}
+
+impl AddressLines {
+    pub fn of(a: &Address) -> Self {
+        Self {
+            address_line1: a.address_line1.clone(),
+            address_line2: a.address_line2.clone(),
+            city: a.city.clone(),
+            region: a.region.clone(),
+            postal_code: a.postal_code.clone(),
+        }
+    }
 }
 
 /// An order's `address`: its lines (if any) and the country.
@@ -290,13 +418,7 @@ impl OrderView {
             tax: 0,
             customer: ContactView::of(&o.customer),
             address: OrderAddress {
-                lines: o.address.as_ref().map(|a| AddressLines {
-                    address_line1: a.address_line1.clone(),
-                    address_line2: a.address_line2.clone(),
-                    city: a.city.clone(),
-                    region: a.region.clone(),
-                    postal_code: a.postal_code.clone(),
-                }),
+                lines: o.address.as_ref().map(AddressLines::of),
                 country: o.country.clone(),
             },
             items,
@@ -320,6 +442,35 @@ impl OrderView {
                 .filter_map(|i| i.subscription.clone())
                 .collect(),
             auto_renew: o.payment_method.is_some(),
+        }
+    }
+}
+
+/// One page of ids: `{action, result, <ids key>, page, limit, nextPage, total}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdPage<Ids> {
+    pub action: &'static str,
+    pub result: &'static str,
+    #[serde(flatten)]
+    pub ids: Ids,
+    pub page: usize,
+    pub limit: usize,
+    /// The next page's number; null on the last page.
+    pub next_page: Option<usize>,
+    pub total: usize,
+}
+
+impl<Ids> IdPage<Ids> {
+    pub fn new(action: &'static str, ids: Ids, page: usize, limit: usize, total: usize) -> Self {
+        Self {
+            action,
+            result: "success",
+            ids,
+            page,
+            limit,
+            next_page: (page.saturating_mul(limit) < total).then_some(page + 1),
+            total,
         }
     }
 }
