@@ -2,7 +2,7 @@
 //! authentication, body reading (413/400 in the envelope), and Idempotency-Key handling.
 
 use crate::error::{ApiError, ErrorKind};
-use crate::model::IdempotencyRecord;
+use crate::model::{IdempotencyRecord, StoreId};
 use crate::storage::{IdempotencyClaim, IdempotencyWrite, Storage};
 use crate::vault::VaultClient;
 use axum::Router;
@@ -241,7 +241,7 @@ pub async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     action: &'static str,
-) -> Result<String, ApiError> {
+) -> Result<StoreId, ApiError> {
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -285,7 +285,7 @@ pub const IDEMPOTENCY_LEASE_MS: i64 = 60_000;
 pub struct Idempotent {
     key: String,
     claim: String,
-    store: String,
+    store: StoreId,
     request_hash: String,
     storage: Arc<dyn Storage>,
     guard: Option<OwnedMutexGuard<()>>,
@@ -320,7 +320,7 @@ impl Drop for Idempotent {
         // A claim whose answer was written is no longer pending, and the release is a no-op.
         let (storage, store, key, claim, guard) = (
             Arc::clone(&self.storage),
-            std::mem::take(&mut self.store),
+            self.store.clone(),
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.claim),
             self.guard.take(),
@@ -348,7 +348,7 @@ pub enum IdempotencyStart {
 /// payment token, so neither it nor an unkeyed hash of it is stored.
 pub async fn idempotency(
     state: &AppState,
-    store: &str,
+    store: &StoreId,
     headers: &HeaderMap,
     method_path: &str,
     body: &[u8],
@@ -424,7 +424,7 @@ pub async fn idempotency(
         Ok(IdempotencyClaim::Claimed) => Ok(IdempotencyStart::Execute(Some(Idempotent {
             key,
             claim,
-            store: store.to_owned(),
+            store: store.clone(),
             request_hash,
             storage: Arc::clone(&state.storage),
             guard: Some(guard),
@@ -460,7 +460,7 @@ pub fn paging(
 pub fn page_body(
     action: &str,
     key: &str,
-    ids: Vec<String>,
+    ids: Vec<impl serde::Serialize>,
     page: usize,
     limit: usize,
     total: usize,

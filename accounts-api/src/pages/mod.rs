@@ -88,19 +88,29 @@ async fn authenticate(
         let body = json!({ "accounts": [item] });
         (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
     };
-    let known = state.storage.account(&store, &id).await;
+    // An id that does not parse names no account.
+    let Ok(account) = crate::model::AccountId::parse(&id) else {
+        return Ok(not_found());
+    };
+    let known = state.storage.account(&store, &account).await;
     if known.map_err(|e| e.into_api(ACTION))?.is_none() {
         return Ok(not_found());
     }
     let base = base_url(&state, &headers)
         .ok_or_else(|| ApiError::invalid(ACTION, "host", "missing or malformed Host header"))?;
-    let link =
-        match sso::issue_link(state.storage.as_ref(), &store, &id, state.settings.sso_ttl).await {
-            Ok(link) => link,
-            Err(SsoError::NotFound) => return Ok(not_found()),
-            Err(SsoError::NoRandomness) => return Err(ApiError::internal(ACTION)),
-            Err(SsoError::Storage(e)) => return Err(e.into_api(ACTION)),
-        };
+    let link = match sso::issue_link(
+        state.storage.as_ref(),
+        &store,
+        &account,
+        state.settings.sso_ttl,
+    )
+    .await
+    {
+        Ok(link) => link,
+        Err(SsoError::NotFound) => return Ok(not_found()),
+        Err(SsoError::NoRandomness) => return Err(ApiError::internal(ACTION)),
+        Err(SsoError::Storage(e)) => return Err(e.into_api(ACTION)),
+    };
     let (token, expires) = (link.token, link.expires);
     // The one place the token leaves the process: in this answer, to the merchant.
     let url = format!("{base}/account/sso/{}", token.expose_secret());
@@ -440,13 +450,13 @@ async fn set_subscription(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if !account.subscriptions.iter().any(|s| s == id) {
+    let Some(id) = account.subscriptions.iter().find(|s| *s == id) else {
         return refusal(
             StatusCode::NOT_FOUND,
             "Not found",
             "There is no such subscription on your account.",
         );
-    }
+    };
     use crate::service::subscriptions::{self, By};
     let storage = state.storage.as_ref();
     let r = if cancel {
@@ -454,7 +464,7 @@ async fn set_subscription(
             .await
             .map(drop)
     } else {
-        subscriptions::resume(storage, &sess.store, &[id.to_owned()], None)
+        subscriptions::resume(storage, &sess.store, std::slice::from_ref(id), None)
             .await
             .map(drop)
     };

@@ -5,8 +5,9 @@ use crate::app::{
     paging,
 };
 use crate::error::{ApiError, ErrorKind};
-use crate::model::{AccountRecord, Address, Contact, SubState, parse_account};
+use crate::model::{AccountId, AccountRecord, Address, Contact, SubState, parse_account};
 use crate::service::accounts;
+use crate::storage::with_named;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -115,12 +116,12 @@ async fn create(
     let changed = |id: &str| json!({"account": id, "action": ACTION, "result": "success"});
     let answer = |a: &AccountRecord| {
         idem.as_ref()
-            .map(|i| i.record(StatusCode::OK, &changed(&a.id)))
+            .map(|i| i.record(StatusCode::OK, &changed(a.id.as_str())))
     };
     let account = accounts::create(state.storage.as_ref(), &store, &input, &answer)
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    Ok(ok(changed(&account.id)))
+    Ok(ok(changed(account.id.as_str())))
 }
 
 #[utoipa::path(
@@ -140,14 +141,12 @@ async fn read(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.get";
     let store = authorize(&state, &headers, ACTION).await?;
-    let account = state
-        .storage
-        .account(&store, &id)
-        .await
-        .map_err(|e| e.into_api(ACTION))?
-        .ok_or_else(|| {
-            ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
-        })?;
+    let account = with_named(&id, Ok(None), async |id: &AccountId| {
+        state.storage.account(&store, id).await
+    })
+    .await
+    .map_err(|e| e.into_api(ACTION))?
+    .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found")))?;
     Ok(ok(
         json!({"accounts": [account_json(&state, &account, ACTION).await]}),
     ))
@@ -191,14 +190,17 @@ async fn update(
         parse_account(&obj, false).map_err(|p| ApiError::new(ACTION, ErrorKind::Invalid(p.0)))?;
     let resp = json!({"account": id, "action": ACTION, "result": "success"});
     let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
-    accounts::update(state.storage.as_ref(), &store, &id, &input, answer)
-        .await
-        .map_err(|e| match e {
-            crate::error::StorageError::NotFound => {
-                ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
-            }
-            other => other.into_api(ACTION),
-        })?;
+    let unknown = Err(crate::error::StorageError::NotFound);
+    with_named(&id, unknown, async |id: &AccountId| {
+        accounts::update(state.storage.as_ref(), &store, id, &input, answer).await
+    })
+    .await
+    .map_err(|e| match e {
+        crate::error::StorageError::NotFound => {
+            ApiError::new(ACTION, ErrorKind::NotFound("account", "account not found"))
+        }
+        other => other.into_api(ACTION),
+    })?;
     Ok(ok(resp))
 }
 

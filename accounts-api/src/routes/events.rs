@@ -6,6 +6,8 @@ use crate::app::{
     IdempotencyStart, SharedState, authorize, body_bytes, idempotency, json_object, ok,
 };
 use crate::error::{ApiError, ErrorKind, StorageError};
+use crate::model::EventId;
+use crate::storage::with_named;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -143,12 +145,12 @@ async fn read(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "event.get";
     let store = authorize(&state, &headers, ACTION).await?;
-    let ev = state
-        .storage
-        .event(&store, &id)
-        .await
-        .map_err(|e| e.into_api(ACTION))?
-        .ok_or_else(|| not_found(ACTION))?;
+    let ev = with_named(&id, Ok(None), async |id: &EventId| {
+        state.storage.event(&store, id).await
+    })
+    .await
+    .map_err(|e| e.into_api(ACTION))?
+    .ok_or_else(|| not_found(ACTION))?;
     let mut body = ev.to_json();
     body["action"] = json!(ACTION);
     body["result"] = json!("success");
@@ -200,14 +202,17 @@ async fn update(
     let record = idem
         .as_ref()
         .map(|i| i.record(axum::http::StatusCode::OK, &resp));
-    state
-        .storage
-        .set_processed(&store, &id, processed, record.as_ref())
-        .await
-        .map_err(|e| match e {
-            StorageError::NotFound => not_found(ACTION),
-            other => other.into_api(ACTION),
-        })?;
+    with_named(&id, Err(StorageError::NotFound), async |id: &EventId| {
+        state
+            .storage
+            .set_processed(&store, id, processed, record.as_ref())
+            .await
+    })
+    .await
+    .map_err(|e| match e {
+        StorageError::NotFound => not_found(ACTION),
+        other => other.into_api(ACTION),
+    })?;
     state
         .storage
         .durable()

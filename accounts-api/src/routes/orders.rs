@@ -448,12 +448,12 @@ async fn read(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "order.get";
     let store = authorize(&state, &headers, ACTION).await?;
-    let o = state
-        .storage
-        .order(&store, &id)
-        .await
-        .map_err(|e| e.into_api(ACTION))?
-        .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found")))?;
+    let o = crate::storage::with_named(&id, Ok(None), async |id: &crate::model::OrderId| {
+        state.storage.order(&store, id).await
+    })
+    .await
+    .map_err(|e| e.into_api(ACTION))?
+    .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found")))?;
     Ok(ok_view(&OrderView::of(&o, Some(ACTION))))
 }
 

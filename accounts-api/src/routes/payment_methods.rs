@@ -4,6 +4,7 @@
 
 use crate::app::{IdempotencyStart, SharedState, authorize, idempotency, ok};
 use crate::error::{ApiError, ErrorKind, StorageError};
+use crate::model::AccountId;
 use crate::storage::Extras;
 use crate::vault::VaultError;
 use axum::extract::{Path, State};
@@ -41,6 +42,8 @@ async fn list(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "account.paymentMethods.get";
     let store = authorize(&state, &headers, ACTION).await?;
+    // An id that does not parse names no account.
+    let id = AccountId::parse(&id).map_err(|_| account_missing(ACTION))?;
     state
         .storage
         .account(&store, &id)
@@ -104,6 +107,8 @@ async fn remove(
         IdempotencyStart::Replay(r) => return Ok(r),
         IdempotencyStart::Execute(i) => i,
     };
+    // An id that does not parse names no account.
+    let id = AccountId::parse(&id).map_err(|_| account_missing(ACTION))?;
     let account = state
         .storage
         .account(&store, &id)

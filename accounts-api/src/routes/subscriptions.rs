@@ -6,12 +6,13 @@ use crate::app::{
     page_body, paging,
 };
 use crate::error::{ApiError, ErrorKind, StorageError};
-use crate::model::now_ms;
+use crate::model::{AccountId, SubscriptionId, now_ms};
 use crate::routes::views::{
     AccountSubscriptions, SubscriptionChanged, SubscriptionResult, SubscriptionView,
 };
-use crate::service::renewals::{Outcome, renew_one};
+use crate::service::renewals::{Outcome, charge_named};
 use crate::service::subscriptions::{self, By};
+use crate::storage::with_named;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -63,12 +64,12 @@ async fn read(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "subscription.get";
     let store = authorize(&state, &headers, ACTION).await?;
-    let s = state
-        .storage
-        .subscription(&store, &id)
-        .await
-        .map_err(|e| e.into_api(ACTION))?
-        .ok_or_else(|| not_found(ACTION))?;
+    let s = with_named(&id, Ok(None), async |id: &SubscriptionId| {
+        state.storage.subscription(&store, id).await
+    })
+    .await
+    .map_err(|e| e.into_api(ACTION))?
+    .ok_or_else(|| not_found(ACTION))?;
     Ok(ok_view(&SubscriptionView::of(&s, Some(ACTION))))
 }
 
@@ -93,17 +94,17 @@ async fn list(
         return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
     };
     if let Some(account) = q.get("accountId") {
-        let a = state
-            .storage
-            .account(&store, account)
-            .await
-            .map_err(|e| e.into_api(ACTION))?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ACTION,
-                    ErrorKind::NotFound("accountId", "account not found"),
-                )
-            })?;
+        let a = with_named(account, Ok(None), async |id: &AccountId| {
+            state.storage.account(&store, id).await
+        })
+        .await
+        .map_err(|e| e.into_api(ACTION))?
+        .ok_or_else(|| {
+            ApiError::new(
+                ACTION,
+                ErrorKind::NotFound("accountId", "account not found"),
+            )
+        })?;
         let mut subs = Vec::new();
         for id in &a.subscriptions {
             if let Some(s) = state
@@ -171,9 +172,15 @@ async fn cancel(
         subscriptions: vec![SubscriptionResult::success(&id, ACTION)],
     };
     let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
-    subscriptions::cancel(state.storage.as_ref(), &store, &id, By::Merchant, answer)
-        .await
-        .map_err(|e| map_err(e, ACTION))?;
+    with_named(
+        &id,
+        Err(StorageError::NotFound),
+        async |id: &SubscriptionId| {
+            subscriptions::cancel(state.storage.as_ref(), &store, id, By::Merchant, answer).await
+        },
+    )
+    .await
+    .map_err(|e| map_err(e, ACTION))?;
     Ok(ok_view(&resp))
 }
 
@@ -249,7 +256,7 @@ async fn resume(
             .collect(),
     };
     let answer = idem.as_ref().map(|i| i.record(StatusCode::OK, &resp));
-    subscriptions::resume(state.storage.as_ref(), &store, &ids, answer)
+    subscriptions::resume_named(state.storage.as_ref(), &store, &ids, answer)
         .await
         .map_err(|e| map_err(e, ACTION))?;
     Ok(ok_view(&resp))
@@ -330,7 +337,7 @@ pub async fn charge_route(
     }
     let mut items = Vec::with_capacity(ids.len());
     for id in &ids {
-        let outcome = renew_one(&state, &store, id, now_ms(), true)
+        let outcome = charge_named(&state, &store, id, now_ms())
             .await
             .map_err(|e| e.into_api(CHARGE))?;
         crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);

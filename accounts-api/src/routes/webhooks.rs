@@ -212,9 +212,13 @@ async fn remove(
     let answer = idem
         .as_ref()
         .map(|i| i.record(StatusCode::OK, &removed_answer(&id)));
-    let removed = webhooks::remove(state.storage.as_ref(), &store, &id, answer)
-        .await
-        .map_err(|e| e.into_api(ACTION))?;
+    let removed = match crate::model::WebhookId::parse(&id) {
+        Ok(id) => webhooks::remove(state.storage.as_ref(), &store, &id, answer)
+            .await
+            .map_err(|e| e.into_api(ACTION))?,
+        // An id that does not parse names no webhook.
+        Err(_) => false,
+    };
     if !removed {
         return Err(ApiError::new(
             ACTION,
