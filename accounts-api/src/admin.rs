@@ -98,6 +98,11 @@ async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
     let Some(store) = s("store") else {
         return json!({"error": "store is required"});
     };
+    // An id that does not parse names no store.
+    let Ok(store) = crate::model::StoreId::parse(store) else {
+        return json!({"error": "no such store"});
+    };
+    let store = &store;
     match storage.store(store).await {
         Ok(Some(_)) => {}
         Ok(None) => return json!({"error": "no such store"}),
@@ -123,14 +128,11 @@ async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
             Err(e) => return json!({"error": e.to_string()}),
         },
         "webhook.remove" => {
-            match crate::service::webhooks::remove(
-                storage,
-                store,
-                s("id").unwrap_or_default(),
-                None,
-            )
-            .await
-            {
+            // An id that does not parse names no webhook.
+            let Ok(id) = crate::model::WebhookId::parse(s("id").unwrap_or_default()) else {
+                return json!({"error": "no such webhook"});
+            };
+            match crate::service::webhooks::remove(storage, store, &id, None).await {
                 Ok(true) => json!({"removed": s("id")}),
                 Ok(false) => return json!({"error": "no such webhook"}),
                 Err(e) => return json!({"error": e.to_string()}),

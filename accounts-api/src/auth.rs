@@ -6,7 +6,7 @@
 //! reads/s target where every request authenticates. Comparison is constant-time (`subtle`).
 
 use crate::error::StorageError;
-use crate::model::{StoreRecord, now_ms};
+use crate::model::{StoreId, StoreRecord, now_ms};
 use crate::storage::Storage;
 use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 /// Credentials printed once at store creation. No `Debug`: it holds the password.
 pub struct NewStore {
-    pub store: String,
+    pub store: StoreId,
     pub username: String,
     pub password: SecretString,
 }
@@ -46,7 +46,7 @@ fn hash(salt: &[u8], password: &str) -> [u8; 32] {
 }
 
 /// A store id from its name: a readable slug plus a random suffix (ids are `[A-Za-z0-9_-]`).
-fn store_id(name: &str) -> Result<String, StorageError> {
+fn store_id(name: &str) -> Result<StoreId, StorageError> {
     let slug: String = name
         .chars()
         .map(|c| {
@@ -63,11 +63,13 @@ fn store_id(name: &str) -> Result<String, StorageError> {
         .join("-");
     let slug: String = slug.chars().take(40).collect();
     let suffix = hex::encode(random_bytes::<4>()?);
-    Ok(if slug.is_empty() {
+    let id = if slug.is_empty() {
         format!("store-{suffix}")
     } else {
         format!("{slug}-{suffix}")
-    })
+    };
+    // At most 40 + 1 + 8 characters of `a-z0-9-`: always a valid id.
+    StoreId::parse(&id).map_err(|_| StorageError::State("store id could not be made from the name"))
 }
 
 /// Creates a store with fresh credentials; only the salted hash of the password is kept.
@@ -103,7 +105,7 @@ pub async fn create_store(storage: &dyn Storage, name: &str) -> Result<NewStore,
 /// A store's verifier, decoded once. Store records never change after creation (there is no
 /// credential rotation yet; adding one must evict the username here).
 struct Verifier {
-    store: String,
+    store: StoreId,
     salt: Vec<u8>,
     hash: Vec<u8>,
 }
@@ -148,7 +150,7 @@ pub async fn authenticate(
     storage: &dyn Storage,
     cache: &AuthCache,
     header: Option<&str>,
-) -> Result<Option<String>, StorageError> {
+) -> Result<Option<StoreId>, StorageError> {
     let Some(encoded) = header.and_then(|h| {
         h.strip_prefix("Basic ")
             .or_else(|| h.strip_prefix("basic "))

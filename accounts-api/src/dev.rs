@@ -132,12 +132,13 @@ async fn demo_store(state: &crate::app::SharedState, dir: &Path) -> Result<Value
         && let Ok(v) = serde_json::from_str::<Value>(&text)
     {
         let id = v.get("store").and_then(Value::as_str).unwrap_or_default();
-        if state
-            .storage
-            .store(id)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_some()
+        if let Ok(id) = crate::model::StoreId::parse(id)
+            && state
+                .storage
+                .store(&id)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
         {
             return Ok(v);
         }

@@ -11,6 +11,7 @@ pub use crate::domain::money::{to_major, to_minor};
 pub use crate::domain::subscription::SubState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+pub use shared::{AccountId, EventId, OrderId, StoreId, SubscriptionId, WebhookId};
 
 /// A saved payment method as accounts-api keeps it: the vault's id and the masked view only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -27,8 +28,8 @@ pub struct PaymentMethodRef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountRecord {
-    pub id: String,
-    pub store: String,
+    pub id: AccountId,
+    pub store: StoreId,
     /// FastSpring's `lookup.global`: a second, independent random id.
     pub global: String,
     pub contact: Contact,
@@ -36,8 +37,8 @@ pub struct AccountRecord {
     pub country: Option<String>,
     pub language: Option<String>,
     pub custom: Option<String>,
-    pub orders: Vec<String>,
-    pub subscriptions: Vec<String>,
+    pub orders: Vec<OrderId>,
+    pub subscriptions: Vec<SubscriptionId>,
     pub payment_methods: Vec<PaymentMethodRef>,
     /// Successful charges (checkout orders now; renewals add theirs), FastSpring's `charges[]`.
     #[serde(default)]
@@ -53,9 +54,9 @@ pub struct ChargeRecord {
     /// Minor units.
     pub total: i64,
     pub status: String,
-    pub order: Option<String>,
+    pub order: Option<OrderId>,
     pub order_reference: Option<String>,
-    pub subscription: Option<String>,
+    pub subscription: Option<SubscriptionId>,
     pub timestamp: i64,
 }
 
@@ -110,7 +111,7 @@ pub struct OrderItem {
     /// Unit price in minor units of the order currency.
     pub price: i64,
     /// The subscription created for this item, if it is a subscription item.
-    pub subscription: Option<String>,
+    pub subscription: Option<SubscriptionId>,
 }
 
 /// `payment{type, creditCard, cardEnding}` as FastSpring shows it; masked only.
@@ -125,10 +126,10 @@ pub struct OrderPayment {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderRecord {
-    pub id: String,
+    pub id: OrderId,
     pub reference: String,
-    pub store: String,
-    pub account: String,
+    pub store: StoreId,
+    pub account: AccountId,
     pub customer: Contact,
     pub address: Option<Address>,
     pub country: Option<String>,
@@ -149,10 +150,10 @@ pub struct OrderRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionRecord {
-    pub id: String,
-    pub store: String,
-    pub account: String,
-    pub order: String,
+    pub id: SubscriptionId,
+    pub store: StoreId,
+    pub account: AccountId,
+    pub order: OrderId,
     pub product: String,
     pub quantity: u32,
     pub price: i64,
@@ -257,7 +258,7 @@ impl IdempotencyRecord {
 /// webhooks and the events API of a later issue).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventRecord {
-    pub id: String,
+    pub id: EventId,
     #[serde(rename = "type")]
     pub kind: String,
     pub created: i64,
@@ -272,7 +273,7 @@ pub struct EventRecord {
 impl EventRecord {
     pub fn new(kind: &str, data: Value) -> Self {
         Self {
-            id: uuid::Uuid::now_v7().simple().to_string(),
+            id: EventId::generate_ordered(),
             kind: kind.to_owned(),
             created: now_ms(),
             live: false,
@@ -293,7 +294,7 @@ impl EventRecord {
 /// in clear because signing needs it (README, security model) and is never returned or logged.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct WebhookRecord {
-    pub id: String,
+    pub id: WebhookId,
     pub url: String,
     pub secret: Option<shared::SecretString>,
     pub created: i64,
@@ -330,16 +331,16 @@ pub struct OutboxState {
 /// No `Debug` derive, by the rule for token-named types, though it holds no secret.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct SsoTokenRecord {
-    pub store: String,
-    pub account: String,
+    pub store: StoreId,
+    pub account: AccountId,
     pub expires: i64,
 }
 
 /// An account-page session, stored under the SHA-256 of its cookie value.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
-    pub store: String,
-    pub account: String,
+    pub store: StoreId,
+    pub account: AccountId,
     pub expires: i64,
     /// The CSRF token every form of this session carries.
     pub csrf: shared::SecretString,
@@ -348,7 +349,7 @@ pub struct SessionRecord {
 /// A store (tenant) and the hash of its API password.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct StoreRecord {
-    pub id: String,
+    pub id: StoreId,
     pub name: String,
     pub username: String,
     /// Hex of the per-store random salt.
@@ -377,4 +378,13 @@ pub fn now_ms() -> i64 {
 pub fn new_id() -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::now_v7().as_bytes())
+}
+
+/// A test record's id from a literal (`test_id("sub1")`); panics on an invalid one.
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+pub(crate) fn test_id<T: TryFrom<String>>(literal: &str) -> T {
+    T::try_from(literal.to_owned())
+        .ok()
+        .expect("a valid test id")
 }

@@ -323,7 +323,12 @@ mod tests {
         }
         // Typed views document themselves: every field the handler answers is in the schema.
         let view = serde_json::to_value(crate::http::views::SubscriptionView::of(
-            &crate::storage::conformance::fixtures::subscription("st", "acc", 0, Some("pm")),
+            &crate::storage::conformance::fixtures::subscription(
+                "st",
+                &crate::model::test_id("acc"),
+                0,
+                Some("pm"),
+            ),
             Some("subscription.get"),
         ))
         .unwrap();

@@ -252,11 +252,11 @@ impl VaultClient {
 
     pub async fn list(
         &self,
-        store: &str,
-        account: &str,
+        store: &shared::StoreId,
+        account: &shared::AccountId,
     ) -> Result<Vec<PaymentMethodView>, VaultError> {
         let resp = self
-            // Store and account ids are `[A-Za-z0-9_-]`: nothing to escape.
+            // Store and account ids are `[A-Za-z0-9_-]` (their types): nothing to escape.
             .request(
                 reqwest::Method::GET,
                 &format!("{PATH_PAYMENT_METHODS}?store={store}&account={account}"),
@@ -273,7 +273,7 @@ impl VaultClient {
     }
 
     /// Deletes (crypto-shreds) one payment method.
-    pub async fn delete(&self, store: &str, id: &str) -> Result<(), VaultError> {
+    pub async fn delete(&self, store: &shared::StoreId, id: &str) -> Result<(), VaultError> {
         let resp = self
             .request(
                 reqwest::Method::DELETE,

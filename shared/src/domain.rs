@@ -41,8 +41,24 @@ macro_rules! id_type {
                 }
                 Ok(Self(value.to_owned()))
             }
+            /// A fresh id: the 16 bytes of a UUIDv7 in URL-safe base64 without padding (22
+            /// characters, always valid). The leading time bits keep consecutive ids near each
+            /// other in an ordered store; the 74 random bits keep them unguessable.
+            pub fn generate() -> Self {
+                Self(base64url(uuid::Uuid::now_v7().as_bytes()))
+            }
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
             }
         }
         impl TryFrom<String> for $name {
@@ -77,6 +93,46 @@ id_type!(
     /// A customer account inside one store.
     AccountId, "account"
 );
+id_type!(
+    /// An order (a completed checkout) inside one store.
+    OrderId, "order"
+);
+id_type!(
+    /// A subscription inside one store.
+    SubscriptionId, "subscription"
+);
+id_type!(
+    /// An event (what changed, for the events API and webhooks) inside one store.
+    EventId, "event"
+);
+id_type!(
+    /// A webhook endpoint of one store.
+    WebhookId, "webhook"
+);
+
+impl EventId {
+    /// A fresh event id: a UUIDv7 as 32 lower-case hex digits, so the byte order of event ids
+    /// is their time order (a `begin` filter is a range scan).
+    pub fn generate_ordered() -> Self {
+        Self(uuid::Uuid::now_v7().simple().to_string())
+    }
+}
+
+/// URL-safe base64 without padding (RFC 4648 §5) of `bytes`.
+fn base64url(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
+        }
+    }
+    out
+}
 
 /// The vault's id for a stored payment method: `pm_` followed by 32 lowercase hex digits of a
 /// random UUID, so ids are unguessable and reveal nothing about the token.
@@ -438,6 +494,31 @@ impl From<Currency> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64url_matches_rfc4648_vectors() {
+        for (input, want) in [
+            (&b""[..], ""),
+            (b"f", "Zg"),
+            (b"fo", "Zm8"),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg"),
+            (b"\xfb\xff\xfe", "-__-"),
+        ] {
+            assert_eq!(base64url(input), want);
+        }
+    }
+
+    #[test]
+    fn generated_ids_parse_and_event_ids_sort_by_time() {
+        let a = AccountId::generate();
+        assert_eq!(a.as_str().len(), 22);
+        assert_eq!(AccountId::parse(a.as_str()), Ok(a));
+        let (e1, e2) = (EventId::generate_ordered(), EventId::generate_ordered());
+        assert_eq!(e1.as_str().len(), 32);
+        assert!(e1 < e2 || e1.as_str()[..12] == e2.as_str()[..12]);
+        assert_eq!(EventId::parse(e1.as_str()), Ok(e1));
+    }
 
     #[test]
     fn last4_accepts_only_four_digits() {

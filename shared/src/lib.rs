@@ -12,7 +12,7 @@ pub mod tls;
 pub mod vault_api;
 
 pub use domain::{
-    AccountId, CardBrand, Currency, Expiry, FieldError, Last4, MaskedEmail, PaymentMethodId,
-    PaymentType, StoreId,
+    AccountId, CardBrand, Currency, EventId, Expiry, FieldError, Last4, MaskedEmail, OrderId,
+    PaymentMethodId, PaymentType, StoreId, SubscriptionId, WebhookId,
 };
 pub use secret::{PaymentToken, SecretString};

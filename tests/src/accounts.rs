@@ -180,6 +180,15 @@ impl System {
         call(&self.http, &self.api, Some(creds), method, path, body, None).await
     }
 
+    /// A completed checkout (its token saved, consent given) of one monthly subscription for
+    /// `email`: the order as answered.
+    pub async fn subscribe(&self, creds: &Credentials, email: &str) -> Value {
+        let body = order_body(email, &unique_token(), true, true, true);
+        let order = self.call(creds, "POST", "/orders", Some(&body)).await;
+        assert_eq!(order.status, 200, "{}", order.text);
+        order.json
+    }
+
     pub async fn call_with_key(
         &self,
         creds: &Credentials,

@@ -117,26 +117,9 @@ async fn concurrent_first_orders_emit_exactly_one_account_created_and_one_order_
 async fn each_state_change_writes_its_event() {
     let sys = start_system();
     let demo = sys.demo.clone();
-    let order = sys
-        .call(
-            &demo,
-            "POST",
-            "/orders",
-            Some(&order_body(
-                "changes@example.com",
-                &unique_token(),
-                true,
-                true,
-                true,
-            )),
-        )
-        .await;
-    assert_eq!(order.status, 200, "{}", order.text);
-    let account = order.json["account"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let sub = order.json["items"][0]["subscription"]
+    let order = sys.subscribe(&demo, "changes@example.com").await;
+    let account = order["account"].as_str().unwrap_or_default().to_owned();
+    let sub = order["items"][0]["subscription"]
         .as_str()
         .unwrap_or_default()
         .to_owned();

@@ -49,10 +49,11 @@ async fn subscription(sys: &System, sub: &str) -> Value {
 /// instead of silently dropping out of a negative assertion.
 async fn events(sys: &System, store: &str) -> Vec<EventRecord> {
     let db = SledStorage::open(&sys.accounts_dir().join("db")).unwrap_or_else(|e| panic!("{e}"));
+    let store = accounts_api::model::StoreId::parse(store).unwrap_or_else(|e| panic!("{e}"));
     let mut all = Vec::new();
     for processed in [false, true] {
         let (page, more) = db
-            .events(store, 0, processed, usize::MAX)
+            .events(&store, 0, processed, usize::MAX)
             .await
             .unwrap_or_else(|e| panic!("events unreadable: {e}"));
         assert!(!more);

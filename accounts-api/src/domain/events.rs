@@ -4,14 +4,14 @@
 //! an event has one shape whichever path (API, account page, renewal job) emits it.
 
 use super::money::Money;
-use crate::model::{AccountRecord, OrderRecord, SubscriptionRecord};
+use crate::model::{AccountId, AccountRecord, OrderRecord, SubscriptionId, SubscriptionRecord};
 
 #[derive(Debug, Clone)]
 pub enum DomainEvent {
     /// A new account (created by the API or by a first checkout). Data: the account object.
     AccountCreated(AccountRecord),
     /// Contact or lookup details changed. Data: `{account}`.
-    AccountUpdated { account: String },
+    AccountUpdated { account: AccountId },
     /// A checkout completed. Data: the order object.
     OrderCompleted(OrderRecord),
     /// A subscription began with its order. Data: the subscription object.
@@ -24,22 +24,22 @@ pub enum DomainEvent {
     SubscriptionResumed(SubscriptionRecord),
     /// The saved card expires before the next charge date.
     CardExpiring {
-        subscription: String,
-        account: String,
+        subscription: SubscriptionId,
+        account: AccountId,
         expiry: Option<String>,
         next_charge_date: i64,
     },
     /// A manual-renewal subscription is due soon.
     PaymentReminder {
-        subscription: String,
-        account: String,
+        subscription: SubscriptionId,
+        account: AccountId,
         amount: Money,
         next_charge_date: i64,
     },
     /// A renewal charge succeeded.
     ChargeCompleted {
-        subscription: String,
-        account: String,
+        subscription: SubscriptionId,
+        account: AccountId,
         amount: Money,
         period: i64,
         reference: Option<String>,
@@ -47,8 +47,8 @@ pub enum DomainEvent {
     },
     /// A renewal charge was declined.
     ChargeFailed {
-        subscription: String,
-        account: String,
+        subscription: SubscriptionId,
+        account: AccountId,
         amount: Money,
         reason: String,
         attempt: usize,
@@ -57,13 +57,13 @@ pub enum DomainEvent {
     },
     /// The last decline of the retry schedule ended the subscription.
     SubscriptionDeactivated {
-        subscription: String,
-        account: String,
+        subscription: SubscriptionId,
+        account: AccountId,
         reason: String,
     },
     /// A saved payment method was removed from an account.
     PaymentMethodRemoved {
-        account: String,
+        account: AccountId,
         payment_method: String,
     },
 }

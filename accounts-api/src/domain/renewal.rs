@@ -74,10 +74,10 @@ mod tests {
 
     fn sub(auto: bool) -> SubscriptionRecord {
         SubscriptionRecord {
-            id: "sub1".into(),
-            store: "s".into(),
-            account: "a".into(),
-            order: "o".into(),
+            id: crate::model::test_id("sub1"),
+            store: crate::model::test_id("s"),
+            account: crate::model::test_id("a"),
+            order: crate::model::test_id("o"),
             product: "p".into(),
             quantity: 1,
             price: 1495,

@@ -86,10 +86,10 @@ mod tests {
 
     fn sub(state: SubState) -> SubscriptionRecord {
         SubscriptionRecord {
-            id: "s".into(),
-            store: "st".into(),
-            account: "a".into(),
-            order: "o".into(),
+            id: crate::model::test_id("s"),
+            store: crate::model::test_id("st"),
+            account: crate::model::test_id("a"),
+            order: crate::model::test_id("o"),
             product: "p".into(),
             quantity: 1,
             price: 100,

@@ -6,7 +6,7 @@
 
 use crate::app::{AppState, SharedState};
 use crate::error::{ApiError, ErrorKind};
-use crate::model::IdempotencyRecord;
+use crate::model::{IdempotencyRecord, StoreId};
 use crate::storage::{IdempotencyClaim, IdempotencyWrite, Storage};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -55,7 +55,7 @@ impl<A: Action> FromRequest<SharedState> for StrictJson<A> {
 
 /// The authenticated caller: the store of valid HTTP Basic credentials; 401 otherwise.
 pub struct Caller<A> {
-    pub store: String,
+    pub store: StoreId,
     action: PhantomData<A>,
 }
 
@@ -78,7 +78,7 @@ impl<A: Action> FromRequestParts<SharedState> for Caller<A> {
 /// A request is identified by method, path (its parameters percent-decoded) and body; a DELETE
 /// carries no body, so its body is not read and not part of the identity.
 pub struct Mutation<A> {
-    pub store: String,
+    pub store: StoreId,
     pub body: Bytes,
     idem: Option<Idempotent>,
     action: PhantomData<A>,
@@ -182,7 +182,7 @@ pub async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     action: &'static str,
-) -> Result<String, ApiError> {
+) -> Result<StoreId, ApiError> {
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -226,7 +226,7 @@ pub const IDEMPOTENCY_LEASE_MS: i64 = 60_000;
 struct Idempotent {
     key: String,
     claim: String,
-    store: String,
+    store: StoreId,
     request_hash: String,
     storage: Arc<dyn Storage>,
     guard: Option<OwnedMutexGuard<()>>,
@@ -261,7 +261,7 @@ impl Drop for Idempotent {
         // A claim whose answer was written is no longer pending, and the release is a no-op.
         let (storage, store, key, claim, guard) = (
             Arc::clone(&self.storage),
-            std::mem::take(&mut self.store),
+            self.store.clone(),
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.claim),
             self.guard.take(),
@@ -289,7 +289,7 @@ enum IdempotencyStart {
 /// payment token, so neither it nor an unkeyed hash of it is stored.
 async fn idempotency(
     state: &AppState,
-    store: &str,
+    store: &StoreId,
     headers: &HeaderMap,
     method_path: &str,
     body: &[u8],
@@ -319,7 +319,7 @@ async fn idempotency(
 
     // The lock is an optimisation (a retry here waits for the answer); the claim below is what
     // makes one execution per key, across instances too.
-    let guard = state.idempotency_lock(store, &key).await;
+    let guard = state.idempotency_lock(store.as_str(), &key).await;
     let claim = crate::model::new_id();
     let claimed = state
         .storage
@@ -359,7 +359,7 @@ async fn idempotency(
         Ok(IdempotencyClaim::Claimed) => Ok(IdempotencyStart::Execute(Some(Idempotent {
             key,
             claim,
-            store: store.to_owned(),
+            store: store.clone(),
             request_hash,
             storage: Arc::clone(&state.storage),
             guard: Some(guard),

@@ -19,7 +19,7 @@
 //! base64(HMAC-SHA256(secret, timestamp + "." + body)); a receiver that checks it and refuses
 //! old timestamps cannot be fed a recorded post again. The secret never reaches a log.
 
-use crate::model::{OutboxState, now_ms};
+use crate::model::{EventId, OutboxState, StoreId, WebhookId, now_ms};
 use crate::settings::Settings;
 use crate::storage::{OutboxItem, Storage};
 use base64::Engine;
@@ -71,7 +71,7 @@ pub async fn dispatch(
     mut shutdown: crate::jobs::Shutdown,
 ) {
     let mut last_sweep = 0i64;
-    let in_flight: Arc<std::sync::Mutex<HashSet<(String, String)>>> = Arc::default();
+    let in_flight: Arc<std::sync::Mutex<HashSet<(StoreId, WebhookId)>>> = Arc::default();
     let mut posts = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -95,7 +95,7 @@ pub async fn dispatch(
             continue;
         }
         // Group per (store, webhook); ids are time-ordered, so each group is oldest first.
-        let mut groups: BTreeMap<(String, String), Vec<OutboxItem>> = BTreeMap::new();
+        let mut groups: BTreeMap<(StoreId, WebhookId), Vec<OutboxItem>> = BTreeMap::new();
         for item in due {
             groups
                 .entry((item.store.clone(), item.hook.clone()))
@@ -138,13 +138,13 @@ async fn deliver(
     events: &dyn Storage,
     http: &reqwest::Client,
     settings: &Settings,
-    store: &str,
-    hook_id: &str,
+    store: &StoreId,
+    hook_id: &WebhookId,
     items: Vec<OutboxItem>,
 ) {
-    let ids: Vec<String> = items.iter().map(|i| i.event.clone()).collect();
+    let ids: Vec<EventId> = items.iter().map(|i| i.event.clone()).collect();
     let hook = match events.webhooks(store).await {
-        Ok(hooks) => hooks.into_iter().find(|h| h.id == hook_id),
+        Ok(hooks) => hooks.into_iter().find(|h| h.id == *hook_id),
         Err(e) => {
             tracing::error!(error = %e, "webhooks unreadable");
             return;
@@ -208,8 +208,8 @@ async fn deliver(
     let result = match outcome {
         Ok(processed) => {
             tracing::info!(
-                store,
-                webhook = hook_id,
+                store = store.as_str(),
+                webhook = hook_id.as_str(),
                 events = sent.len(),
                 processed = processed.len(),
                 "webhook delivered"
@@ -243,8 +243,8 @@ async fn deliver(
             crate::ops::metrics().add("webhook_events_given_up_total", &[], exhausted.len() as u64);
             if !retry.is_empty() {
                 tracing::info!(
-                    store,
-                    webhook = hook_id,
+                    store = store.as_str(),
+                    webhook = hook_id.as_str(),
                     events = retry.len(),
                     why,
                     "webhook delivery failed; will retry"
@@ -252,8 +252,8 @@ async fn deliver(
             }
             if !exhausted.is_empty() {
                 tracing::warn!(
-                    store,
-                    webhook = hook_id,
+                    store = store.as_str(),
+                    webhook = hook_id.as_str(),
                     events = exhausted.len(),
                     why,
                     "webhook delivery gave up; the events stay unprocessed for the events API"

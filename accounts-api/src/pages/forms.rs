@@ -93,13 +93,13 @@ async fn set_subscription(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    if !account.subscriptions.iter().any(|s| s == id) {
+    let Some(id) = account.subscriptions.iter().find(|s| *s == id) else {
         return refusal(
             StatusCode::NOT_FOUND,
             "Not found",
             "There is no such subscription on your account.",
         );
-    }
+    };
     use crate::service::subscriptions::{self, By};
     let storage = state.storage.as_ref();
     let r = if cancel {
@@ -107,7 +107,7 @@ async fn set_subscription(
             .await
             .map(drop)
     } else {
-        subscriptions::resume(storage, &sess.store, &[id.to_owned()], None)
+        subscriptions::resume(storage, &sess.store, std::slice::from_ref(id), None)
             .await
             .map(drop)
     };

@@ -112,19 +112,29 @@ async fn authenticate(
         };
         (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
     };
-    let known = state.storage.account(&store, &id).await;
+    // An id that does not parse names no account.
+    let Ok(account) = crate::model::AccountId::parse(&id) else {
+        return Ok(not_found());
+    };
+    let known = state.storage.account(&store, &account).await;
     if known.map_err(|e| e.into_api(ACTION))?.is_none() {
         return Ok(not_found());
     }
     let base = base_url(&state, &headers)
         .ok_or_else(|| ApiError::invalid(ACTION, "host", "missing or malformed Host header"))?;
-    let link =
-        match sso::issue_link(state.storage.as_ref(), &store, &id, state.settings.sso_ttl).await {
-            Ok(link) => link,
-            Err(SsoError::NotFound) => return Ok(not_found()),
-            Err(SsoError::NoRandomness) => return Err(ApiError::internal(ACTION)),
-            Err(SsoError::Storage(e)) => return Err(e.into_api(ACTION)),
-        };
+    let link = match sso::issue_link(
+        state.storage.as_ref(),
+        &store,
+        &account,
+        state.settings.sso_ttl,
+    )
+    .await
+    {
+        Ok(link) => link,
+        Err(SsoError::NotFound) => return Ok(not_found()),
+        Err(SsoError::NoRandomness) => return Err(ApiError::internal(ACTION)),
+        Err(SsoError::Storage(e)) => return Err(e.into_api(ACTION)),
+    };
     let (token, expires) = (link.token, link.expires);
     // The one place the token leaves the process: in this answer, to the merchant.
     let url = format!("{base}/account/sso/{}", token.expose_secret());

@@ -197,7 +197,7 @@ pub fn account(
                 if s.auto_renew { "automatic" } else { "manual" },
                 esc(&display_date(s.next)),
                 money(s.price * i64::from(s.quantity), &s.currency),
-                esc(&s.id),
+                esc(s.id.as_str()),
             );
         }
         out.push_str("</table>");

@@ -9,8 +9,9 @@ use crate::http::views::{
     AccountChanged, AccountFound, AccountIds, AccountList, AccountLookup, AccountView,
 };
 use crate::http::{ok_view, paging};
-use crate::model::AccountRecord;
+use crate::model::{AccountId, AccountRecord};
 use crate::service::accounts;
+use crate::storage::with_named;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -60,11 +61,15 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let input = parse_account(&req.object()?, true)
         .map_err(|p| ApiError::new(Create::NAME, ErrorKind::Invalid(p.0)))?;
-    let answer = |a: &AccountRecord| req.answer(&AccountChanged::success(&a.id, Create::NAME));
+    let answer =
+        |a: &AccountRecord| req.answer(&AccountChanged::success(a.id.as_str(), Create::NAME));
     let account = accounts::create(state.storage.as_ref(), &req.store, &input, &answer)
         .await
         .map_err(|e| e.into_api(Create::NAME))?;
-    Ok(ok_view(&AccountChanged::success(&account.id, Create::NAME)))
+    Ok(ok_view(&AccountChanged::success(
+        account.id.as_str(),
+        Create::NAME,
+    )))
 }
 
 #[utoipa::path(
@@ -82,9 +87,8 @@ async fn read(
     caller: Caller<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let account = state
-        .storage
-        .account(&caller.store, &id)
+    let lookup = async |id: &AccountId| state.storage.account(&caller.store, id).await;
+    let account = with_named(&id, Ok(None), lookup)
         .await
         .map_err(|e| e.into_api(Read::NAME))?
         .ok_or_else(|| {
@@ -116,21 +120,19 @@ async fn update(
     let input = parse_account(&req.object()?, false)
         .map_err(|p| ApiError::new(Update::NAME, ErrorKind::Invalid(p.0)))?;
     let resp = AccountChanged::success(&id, Update::NAME);
-    accounts::update(
-        state.storage.as_ref(),
-        &req.store,
-        &id,
-        &input,
-        req.answer(&resp),
-    )
-    .await
-    .map_err(|e| match e {
-        crate::error::StorageError::NotFound => ApiError::new(
-            Update::NAME,
-            ErrorKind::NotFound("account", "account not found"),
-        ),
-        other => other.into_api(Update::NAME),
-    })?;
+    let change = async |id: &AccountId| {
+        let storage = state.storage.as_ref();
+        accounts::update(storage, &req.store, id, &input, req.answer(&resp)).await
+    };
+    with_named(&id, Err(crate::error::StorageError::NotFound), change)
+        .await
+        .map_err(|e| match e {
+            crate::error::StorageError::NotFound => ApiError::new(
+                Update::NAME,
+                ErrorKind::NotFound("account", "account not found"),
+            ),
+            other => other.into_api(Update::NAME),
+        })?;
     Ok(ok_view(&resp))
 }
 
@@ -166,7 +168,9 @@ async fn lookup(
             .list_accounts(&caller.store, (page - 1).saturating_mul(limit), limit)
             .await
             .map_err(|e| e.into_api(ACTION))?;
-        let ids = AccountIds { accounts: ids };
+        let ids = AccountIds {
+            accounts: ids.iter().map(ToString::to_string).collect(),
+        };
         let page = IdPage::new(ACTION, ids, page, limit, total);
         return Ok(ok_view(&AccountLookup::Page(page)));
     };

@@ -8,6 +8,8 @@ use crate::http::extract::{Action, Caller, Mutation, actions};
 use crate::http::ok_view;
 use crate::http::requests::{EventBody, read_body};
 use crate::http::views::{EventList, EventMarked, EventView};
+use crate::model::EventId;
+use crate::storage::with_named;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -139,12 +141,12 @@ async fn read(
     caller: Caller<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ev = state
-        .storage
-        .event(&caller.store, &id)
-        .await
-        .map_err(|e| e.into_api(Read::NAME))?
-        .ok_or_else(|| not_found(Read::NAME))?;
+    let ev = with_named(&id, Ok(None), async |id: &EventId| {
+        state.storage.event(&caller.store, id).await
+    })
+    .await
+    .map_err(|e| e.into_api(Read::NAME))?
+    .ok_or_else(|| not_found(Read::NAME))?;
     Ok(ok_view(&EventView::of(&ev, Some(Read::NAME))))
 }
 
@@ -180,9 +182,13 @@ async fn update(
         processed,
     };
     let record = req.answer(&resp);
-    state
-        .storage
-        .set_processed(&req.store, &resp.id, processed, record.as_ref())
+    let mark = async |id: &EventId| {
+        let storage = state.storage.as_ref();
+        storage
+            .set_processed(&req.store, id, processed, record.as_ref())
+            .await
+    };
+    with_named(&resp.id, Err(StorageError::NotFound), mark)
         .await
         .map_err(|e| match e {
             StorageError::NotFound => not_found(ACTION),

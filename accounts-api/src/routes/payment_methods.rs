@@ -7,6 +7,7 @@ use crate::error::{ApiError, ErrorKind, StorageError};
 use crate::http::extract::{Action, Caller, Mutation, actions};
 use crate::http::ok_view;
 use crate::http::views::{PaymentMethodList, PaymentMethodRemoved, PaymentMethodView};
+use crate::model::AccountId;
 use crate::storage::Extras;
 use crate::vault::VaultError;
 use axum::extract::{Path, State};
@@ -45,6 +46,8 @@ async fn list(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = List::NAME;
+    // An id that does not parse names no account.
+    let id = AccountId::parse(&id).map_err(|_| account_missing(ACTION))?;
     state
         .storage
         .account(&caller.store, &id)
@@ -64,7 +67,7 @@ async fn list(
     Ok(ok_view(&PaymentMethodList {
         action: ACTION,
         result: "success",
-        account: id,
+        account: id.to_string(),
         payment_methods: views.iter().map(PaymentMethodView::of).collect(),
     }))
 }
@@ -85,6 +88,8 @@ async fn remove(
     req: Mutation<Remove>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Remove::NAME;
+    // An id that does not parse names no account.
+    let id = AccountId::parse(&id).map_err(|_| account_missing(ACTION))?;
     let account = state
         .storage
         .account(&req.store, &id)
@@ -106,14 +111,14 @@ async fn remove(
     let resp = PaymentMethodRemoved {
         action: ACTION,
         result: "success",
-        account: id,
+        account: id.to_string(),
         payment_method: pm,
     };
     let extras = Extras {
         idempotency: req.answer(&resp),
         events: vec![crate::service::events::record(
             &crate::domain::DomainEvent::PaymentMethodRemoved {
-                account: resp.account.clone(),
+                account: id.clone(),
                 payment_method: resp.payment_method.clone(),
             },
         )],
@@ -122,7 +127,7 @@ async fn remove(
     crate::service::payment_methods::forget(
         storage,
         &req.store,
-        &resp.account,
+        &id,
         &resp.payment_method,
         &extras,
     )

@@ -10,9 +10,10 @@ use crate::http::views::{
     SubscriptionIds, SubscriptionList, SubscriptionResult, SubscriptionView,
 };
 use crate::http::{ok_view, paging};
-use crate::model::now_ms;
-use crate::service::renewals::{Outcome, renew_one};
+use crate::model::{AccountId, SubscriptionId, now_ms};
+use crate::service::renewals::{Outcome, charge_named};
 use crate::service::subscriptions::{self, By};
+use crate::storage::with_named;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -69,12 +70,12 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Read::NAME;
-    let s = state
-        .storage
-        .subscription(&caller.store, &id)
-        .await
-        .map_err(|e| e.into_api(ACTION))?
-        .ok_or_else(|| not_found(ACTION))?;
+    let s = with_named(&id, Ok(None), async |id: &SubscriptionId| {
+        state.storage.subscription(&caller.store, id).await
+    })
+    .await
+    .map_err(|e| e.into_api(ACTION))?
+    .ok_or_else(|| not_found(ACTION))?;
     Ok(ok_view(&SubscriptionView::of(&s, Some(ACTION))))
 }
 
@@ -99,17 +100,17 @@ async fn list(
         return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
     };
     if let Some(account) = q.get("accountId") {
-        let a = state
-            .storage
-            .account(store, account)
-            .await
-            .map_err(|e| e.into_api(ACTION))?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ACTION,
-                    ErrorKind::NotFound("accountId", "account not found"),
-                )
-            })?;
+        let a = with_named(account, Ok(None), async |id: &AccountId| {
+            state.storage.account(store, id).await
+        })
+        .await
+        .map_err(|e| e.into_api(ACTION))?
+        .ok_or_else(|| {
+            ApiError::new(
+                ACTION,
+                ErrorKind::NotFound("accountId", "account not found"),
+            )
+        })?;
         let mut subs = Vec::new();
         for id in &a.subscriptions {
             if let Some(s) = state
@@ -133,7 +134,9 @@ async fn list(
         .list_subscriptions(store, (page - 1).saturating_mul(limit), limit)
         .await
         .map_err(|e| e.into_api(ACTION))?;
-    let ids = SubscriptionIds { subscriptions: ids };
+    let ids = SubscriptionIds {
+        subscriptions: ids.iter().map(ToString::to_string).collect(),
+    };
     let page = IdPage::new(ACTION, ids, page, limit, total);
     Ok(ok_view(&SubscriptionList::Page(page)))
 }
@@ -156,8 +159,11 @@ async fn cancel(
     let resp = SubscriptionChanged {
         subscriptions: vec![SubscriptionResult::success(&id, Cancel::NAME)],
     };
-    let storage = state.storage.as_ref();
-    subscriptions::cancel(storage, &req.store, &id, By::Merchant, req.answer(&resp))
+    let change = async |id: &SubscriptionId| {
+        let storage = state.storage.as_ref();
+        subscriptions::cancel(storage, &req.store, id, By::Merchant, req.answer(&resp)).await
+    };
+    with_named(&id, Err(StorageError::NotFound), change)
         .await
         .map_err(|e| map_err(e, Cancel::NAME))?;
     Ok(ok_view(&resp))
@@ -189,7 +195,7 @@ async fn resume(
             .map(|s| SubscriptionResult::success(s, Resume::NAME))
             .collect(),
     };
-    subscriptions::resume(state.storage.as_ref(), &req.store, &ids, req.answer(&resp))
+    subscriptions::resume_named(state.storage.as_ref(), &req.store, &ids, req.answer(&resp))
         .await
         .map_err(|e| map_err(e, Resume::NAME))?;
     Ok(ok_view(&resp))
@@ -282,7 +288,7 @@ pub async fn charge_route(
     let ids = charge_ids(&obj)?;
     let mut items = Vec::with_capacity(ids.len());
     for id in &ids {
-        let outcome = renew_one(&state, &caller.store, id, now_ms(), true)
+        let outcome = charge_named(&state, &caller.store, id, now_ms())
             .await
             .map_err(|e| e.into_api(Charge::NAME))?;
         crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);

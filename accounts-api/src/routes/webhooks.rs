@@ -13,7 +13,7 @@ use crate::http::requests::{WebhookBody, read_body};
 use crate::http::views::{
     WebhookCreated, WebhookList, WebhookRemoved, WebhookRotated, WebhookView,
 };
-use crate::model::WebhookRecord;
+use crate::model::{WebhookId, WebhookRecord};
 use crate::service::webhooks::{self, HookError};
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -181,14 +181,13 @@ async fn remove(
         result: "success",
         id,
     };
-    let removed = webhooks::remove(
-        state.storage.as_ref(),
-        &req.store,
-        &resp.id,
-        req.answer(&resp),
-    )
-    .await
-    .map_err(|e| e.into_api(Remove::NAME))?;
+    let removed = match WebhookId::parse(&resp.id) {
+        Ok(id) => webhooks::remove(state.storage.as_ref(), &req.store, &id, req.answer(&resp))
+            .await
+            .map_err(|e| e.into_api(Remove::NAME))?,
+        // An id that does not parse names no webhook.
+        Err(_) => false,
+    };
     if !removed {
         return Err(ApiError::new(
             Remove::NAME,

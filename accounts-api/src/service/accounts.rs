@@ -3,20 +3,21 @@
 
 use crate::domain::DomainEvent;
 use crate::model::{
-    AccountInput, AccountRecord, Address, Contact, SubState, new_id, normalise_email, now_ms,
+    AccountId, AccountInput, AccountRecord, Address, Contact, OrderId, StoreId, SubState,
+    SubscriptionId, new_id, normalise_email, now_ms,
 };
-use crate::storage::{Extras, IdempotencyWrite, Index, Storage, StorageError};
+use crate::storage::{Extras, IdempotencyWrite, Index, Storage, StorageError, with_named};
 
 /// Creates an account from `input` (contact required); `account.created` fires with it.
 pub async fn create(
     storage: &dyn Storage,
-    store: &str,
+    store: &StoreId,
     input: &AccountInput,
     answer: &(dyn Fn(&AccountRecord) -> Option<IdempotencyWrite> + Sync),
 ) -> Result<AccountRecord, StorageError> {
     let mut account = AccountRecord {
-        id: new_id(),
-        store: store.to_owned(),
+        id: AccountId::generate(),
+        store: store.clone(),
         global: new_id(),
         contact: Contact {
             first: String::new(),
@@ -50,15 +51,15 @@ pub async fn create(
 /// Applies the given fields of `input` to account `id`; `account.updated` fires.
 pub async fn update(
     storage: &dyn Storage,
-    store: &str,
-    id: &str,
+    store: &StoreId,
+    id: &AccountId,
     input: &AccountInput,
     answer: Option<IdempotencyWrite>,
 ) -> Result<AccountRecord, StorageError> {
     let extras = Extras {
         idempotency: answer,
         events: vec![super::events::record(&DomainEvent::AccountUpdated {
-            account: id.to_owned(),
+            account: id.clone(),
         })],
     };
     let a = storage
@@ -72,7 +73,7 @@ pub async fn update(
 /// `orderReference`, `subscriptionId`), if any; an email is compared normalised.
 pub async fn find(
     storage: &dyn Storage,
-    store: &str,
+    store: &StoreId,
     filter: &str,
     value: &str,
 ) -> Result<Option<AccountRecord>, StorageError> {
@@ -84,12 +85,23 @@ pub async fn find(
         },
         "custom" => s.account_by(store, Index::Custom, value).await?,
         "global" => s.account_by(store, Index::Global, value).await?,
-        "orderId" | "orderID" => s.order(store, value).await?.map(|o| o.account),
+        // An id that does not parse names no record: the answer of an unknown one.
+        "orderId" | "orderID" => {
+            with_named(value, Ok(None), async |id: &OrderId| {
+                Ok(s.order(store, id).await?.map(|o| o.account))
+            })
+            .await?
+        }
         "orderReference" => match s.order_by_reference(store, value).await? {
             Some(oid) => s.order(store, &oid).await?.map(|o| o.account),
             None => None,
         },
-        _ => s.subscription(store, value).await?.map(|o| o.account),
+        _ => {
+            with_named(value, Ok(None), async |id: &SubscriptionId| {
+                Ok(s.subscription(store, id).await?.map(|o| o.account))
+            })
+            .await?
+        }
     };
     match id {
         Some(id) => s.account(store, &id).await,

@@ -16,8 +16,9 @@
 use crate::domain::interval::Interval;
 use crate::domain::{Consent, DomainEvent};
 use crate::model::{
-    AccountRecord, Address, Contact, OrderItem, OrderPayment, OrderRecord, PaymentMethodRef,
-    SubState, SubscriptionRecord, new_id, normalise_email, now_ms,
+    AccountId, AccountRecord, Address, Contact, OrderId, OrderItem, OrderPayment, OrderRecord,
+    PaymentMethodRef, StoreId, SubState, SubscriptionId, SubscriptionRecord, new_id,
+    normalise_email, now_ms,
 };
 use crate::storage::{Checkout, Extras, IdempotencyWrite, Index, Storage, StorageError};
 use crate::vault::{VaultClient, VaultError};
@@ -99,7 +100,7 @@ pub type Answer<'a> = &'a (dyn Fn(&OrderRecord) -> Option<IdempotencyWrite> + Sy
 #[tracing::instrument(skip_all)]
 pub async fn complete(
     deps: &Deps<'_>,
-    store: &str,
+    store: &StoreId,
     input: &CheckoutInput,
     token: Option<SecretString>,
     answer: Answer<'_>,
@@ -136,7 +137,7 @@ pub async fn complete(
             events: super::events::records(&domain_events),
         };
         let checkout = Checkout {
-            store: store.to_owned(),
+            store: store.clone(),
             account_id: account_id.clone(),
             email_key: email_key.clone(),
             create: new_account,
@@ -160,19 +161,22 @@ pub async fn complete(
                 // token stored under it is an orphan — delete it, then redo with the winner.
                 if let (true, Some(pm)) = (create, &pm) {
                     let vault = deps.vault.clone();
-                    let (s, id) = (store.to_owned(), pm.id.clone());
+                    let (s, id) = (store.clone(), pm.id.clone());
                     tokio::spawn(async move {
                         if let Err(e) = vault.delete(&s, &id).await {
                             tracing::warn!(error = %e, "could not delete an orphaned payment method");
                         }
                     });
                 }
-                if winner.is_empty() {
-                    account_id = new_id();
-                    create = true;
-                } else {
-                    account_id = winner;
-                    create = false;
+                match winner {
+                    Some(winner) => {
+                        account_id = winner;
+                        create = false;
+                    }
+                    None => {
+                        account_id = AccountId::generate();
+                        create = true;
+                    }
                 }
             }
             Err(StorageError::State("order reference collision")) if reference_attempts < 3 => {
@@ -194,12 +198,14 @@ pub async fn complete(
 /// Returns (id, the normalised email it was resolved by, whether it is to be created).
 async fn resolve_account(
     deps: &Deps<'_>,
-    store: &str,
+    store: &StoreId,
     input: &CheckoutInput,
-) -> Result<(String, Option<String>, bool), CheckoutError> {
+) -> Result<(AccountId, Option<String>, bool), CheckoutError> {
     if let Some(id) = &input.account {
-        return match deps.storage.account(store, id).await? {
-            Some(_) => Ok((id.clone(), None, false)),
+        // An id that does not parse names no account: the answer of an unknown one.
+        let id = AccountId::parse(id).map_err(|_| CheckoutError::AccountNotFound)?;
+        return match deps.storage.account(store, &id).await? {
+            Some(_) => Ok((id, None, false)),
             None => Err(CheckoutError::AccountNotFound),
         };
     }
@@ -214,22 +220,22 @@ async fn resolve_account(
     Ok(
         match deps.storage.account_by(store, Index::Email, &email).await? {
             Some(id) => (id, Some(email), false),
-            None => (new_id(), Some(email), true),
+            None => (AccountId::generate(), Some(email), true),
         },
     )
 }
 
 async fn save_token(
     deps: &Deps<'_>,
-    store: &str,
-    account: &str,
+    store: &StoreId,
+    account: &AccountId,
     input: &CheckoutInput,
     token: &SecretString,
 ) -> Result<PaymentMethodRef, CheckoutError> {
     let p = &input.payment;
     let req = StorePaymentMethodRequest {
-        store: store.to_owned(),
-        account: account.to_owned(),
+        store: store.to_string(),
+        account: account.to_string(),
         token: token.clone(),
         kind: p.kind.as_str().to_owned(),
         brand: p.brand.map(|b| b.as_str().to_owned()),
@@ -252,23 +258,23 @@ async fn save_token(
 /// The order record and its subscriptions (renewing automatically iff a token was saved).
 async fn build_order(
     deps: &Deps<'_>,
-    store: &str,
-    account_id: &str,
+    store: &StoreId,
+    account_id: &AccountId,
     input: &CheckoutInput,
     pm: Option<&PaymentMethodRef>,
     now: i64,
 ) -> Result<(OrderRecord, Vec<SubscriptionRecord>), CheckoutError> {
-    let order_id = new_id();
+    let order_id = OrderId::generate();
     let p = &input.payment;
     let mut items = Vec::new();
     let mut subs = Vec::new();
     for it in &input.items {
-        let sub_id = it.interval.map(|_| new_id());
+        let sub_id = it.interval.map(|_| SubscriptionId::generate());
         if let (Some(interval), Some(sid)) = (it.interval, &sub_id) {
             subs.push(SubscriptionRecord {
                 id: sid.clone(),
-                store: store.to_owned(),
-                account: account_id.to_owned(),
+                store: store.clone(),
+                account: account_id.clone(),
                 order: order_id.clone(),
                 product: it.product.clone(),
                 quantity: it.quantity,
@@ -307,8 +313,8 @@ async fn build_order(
     let order = OrderRecord {
         id: order_id,
         reference: reference(now),
-        store: store.to_owned(),
-        account: account_id.to_owned(),
+        store: store.clone(),
+        account: account_id.clone(),
         customer,
         address: input.address.clone(),
         country: input.country.clone(),
@@ -328,7 +334,7 @@ async fn build_order(
     Ok((order, subs))
 }
 
-fn new_account(store: &str, id: &str, input: &CheckoutInput, now: i64) -> AccountRecord {
+fn new_account(store: &StoreId, id: &AccountId, input: &CheckoutInput, now: i64) -> AccountRecord {
     let c = input.customer.clone().unwrap_or(Contact {
         first: String::new(),
         last: String::new(),
@@ -337,8 +343,8 @@ fn new_account(store: &str, id: &str, input: &CheckoutInput, now: i64) -> Accoun
         phone: None,
     });
     AccountRecord {
-        id: id.to_owned(),
-        store: store.to_owned(),
+        id: id.clone(),
+        store: store.clone(),
         global: new_id(),
         contact: c,
         address: input.address.clone(),
@@ -434,9 +440,10 @@ mod tests {
         let storage: Arc<dyn Storage> =
             Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
         let vault = Arc::new(unreachable_vault(dir.path()));
+        let st: crate::model::StoreId = crate::model::test_id("st");
         let mut set = tokio::task::JoinSet::new();
         for i in 0..16 {
-            let (storage, vault) = (Arc::clone(&storage), Arc::clone(&vault));
+            let (storage, vault, st) = (Arc::clone(&storage), Arc::clone(&vault), st.clone());
             set.spawn(async move {
                 let deps = Deps {
                     storage: storage.as_ref(),
@@ -450,7 +457,7 @@ mod tests {
                     "race@example.COM"
                 };
                 let token = Some(SecretString::new(format!("tok_{i}")));
-                complete(&deps, "st", &one_off(email), token, &|_| None)
+                complete(&deps, &st, &one_off(email), token, &|_| None)
                     .await
                     .unwrap()
                     .account
@@ -463,12 +470,12 @@ mod tests {
         accounts.sort();
         accounts.dedup();
         assert_eq!(accounts.len(), 1, "every order on one account");
-        assert_eq!(storage.list_accounts("st", 0, 10).await.unwrap().1, 1);
-        let (events, _) = storage.events("st", 0, false, 1000).await.unwrap();
+        assert_eq!(storage.list_accounts(&st, 0, 10).await.unwrap().1, 1);
+        let (events, _) = storage.events(&st, 0, false, 1000).await.unwrap();
         let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
         assert_eq!(count("account.created"), 1);
         assert_eq!(count("order.completed"), 16);
-        let a = storage.account("st", &accounts[0]).await.unwrap().unwrap();
+        let a = storage.account(&st, &accounts[0]).await.unwrap().unwrap();
         assert_eq!(a.orders.len(), 16);
         assert!(a.payment_methods.is_empty(), "one-off orders save no token");
     }

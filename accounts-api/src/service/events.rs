@@ -87,10 +87,10 @@ mod tests {
     #[test]
     fn a_canceled_subscription_event_carries_the_subscription_object_with_its_account() {
         let mut s = SubscriptionRecord {
-            id: "sub1".into(),
-            store: "st".into(),
-            account: "acc1".into(),
-            order: "o1".into(),
+            id: crate::model::test_id("sub1"),
+            store: crate::model::test_id("st"),
+            account: crate::model::test_id("acc1"),
+            order: crate::model::test_id("o1"),
             product: "pro".into(),
             quantity: 1,
             price: 1495,

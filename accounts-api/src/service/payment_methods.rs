@@ -1,13 +1,14 @@
 //! Saved payment methods of an account.
 
+use crate::model::{AccountId, StoreId};
 use crate::storage::{Extras, Storage, StorageError};
 
 /// Forgets a payment method of an account; its subscriptions that used it become
 /// manual-renewal (no payment method, no automatic renewal) — one transaction with `extras`.
 pub async fn forget(
     storage: &dyn Storage,
-    store: &str,
-    account: &str,
+    store: &StoreId,
+    account: &AccountId,
     pm: &str,
     extras: &Extras,
 ) -> Result<(), StorageError> {

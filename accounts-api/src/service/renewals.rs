@@ -27,11 +27,12 @@ pub use crate::domain::renewal::{DAY_MS, REMIND_AHEAD_MS, RETRY_DAYS, has_work};
 use crate::domain::renewal::{automatic, card_expiring, charge_key, expiry_needs_update};
 use crate::domain::{DomainEvent, Money};
 use crate::model::{
-    ChargeRecord, PendingCharge, RenewalState, SubState, SubscriptionRecord, add_interval, now_ms,
+    ChargeRecord, PendingCharge, RenewalState, StoreId, SubState, SubscriptionId,
+    SubscriptionRecord, add_interval, now_ms,
 };
 use crate::service::events;
 use crate::storage::Lease;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, with_named};
 use crate::vault::{VaultClient, VaultError};
 use shared::vault_api::{ChargeRequest, ChargeStatus};
 use std::sync::Arc;
@@ -65,7 +66,7 @@ impl Renewals {
         }
     }
 
-    fn lock_for(&self, store: &str, id: &str) -> Arc<Mutex<()>> {
+    fn lock_for(&self, store: &StoreId, id: &SubscriptionId) -> Arc<Mutex<()>> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (store, id).hash(&mut h);
@@ -166,12 +167,30 @@ pub async fn run_due(state: &SharedState, now: i64) -> Result<RunSummary, Storag
     Ok(summary)
 }
 
+/// `POST /subscriptions/charge` for one subscription the client named by `id`: an id that does
+/// not parse names no subscription, so it answers what an unknown id answers.
+pub async fn charge_named(
+    state: &AppState,
+    store: &StoreId,
+    id: &str,
+    now: i64,
+) -> Result<Outcome, StorageError> {
+    if state.renewals.is_none() {
+        return Ok(Outcome::Refused("RENEWALS_DISABLED"));
+    }
+    let unknown = Ok(Outcome::Refused("NOT_FOUND"));
+    with_named(id, unknown, async |id: &SubscriptionId| {
+        renew_one(state, store, id, now, true).await
+    })
+    .await
+}
+
 /// One renewal step for one subscription at `now`. `on_demand` (`POST /subscriptions/charge`)
 /// charges the upcoming period even before it is due and ignores the retry wait.
 pub async fn renew_one(
     state: &AppState,
-    store: &str,
-    id: &str,
+    store: &StoreId,
+    id: &SubscriptionId,
     now: i64,
     on_demand: bool,
 ) -> Result<Outcome, StorageError> {
@@ -270,8 +289,8 @@ fn lease(state: &AppState) -> Lease {
 /// Claims the pending intent `p` for this worker (see [`Lease::blocks`]).
 async fn claim(
     state: &AppState,
-    store: &str,
-    id: &str,
+    store: &StoreId,
+    id: &SubscriptionId,
     p: &PendingCharge,
 ) -> Result<SubscriptionRecord, StorageError> {
     let (me, exclusive, wall, new) = (
@@ -298,7 +317,11 @@ async fn claim(
 }
 
 /// Drops this worker's claim (the intent, if any, stays for the next run).
-async fn release(state: &AppState, store: &str, id: &str) -> Result<(), StorageError> {
+async fn release(
+    state: &AppState,
+    store: &StoreId,
+    id: &SubscriptionId,
+) -> Result<(), StorageError> {
     let me = state.storage.instance();
     state
         .storage
@@ -316,8 +339,8 @@ async fn release(state: &AppState, store: &str, id: &str) -> Result<(), StorageE
 async fn charge_claimed(
     state: &AppState,
     renewals: &Renewals,
-    store: &str,
-    id: &str,
+    store: &StoreId,
+    id: &SubscriptionId,
     sub: &SubscriptionRecord,
     pending: &PendingCharge,
     now: i64,
@@ -328,7 +351,7 @@ async fn charge_claimed(
         return settle_decline(state, store, id, &pending, "payment_method_missing", now).await;
     };
     let req = ChargeRequest {
-        store: store.to_owned(),
+        store: store.to_string(),
         amount: pending.amount,
         currency: pending.currency.clone(),
         idempotency_key: pending.key.clone(),
@@ -364,7 +387,7 @@ async fn charge_claimed(
             tracing::error!(
                 status,
                 ?field,
-                subscription = id,
+                subscription = id.as_str(),
                 "vault refused a renewal charge"
             );
             Ok(Outcome::Failed {
@@ -376,8 +399,8 @@ async fn charge_claimed(
 
 async fn flag_expiry(
     state: &AppState,
-    store: &str,
-    id: &str,
+    store: &StoreId,
+    id: &SubscriptionId,
 ) -> Result<SubscriptionRecord, StorageError> {
     let s = state
         .storage
@@ -400,7 +423,11 @@ async fn flag_expiry(
     Ok(s)
 }
 
-async fn remind(state: &AppState, store: &str, id: &str) -> Result<(), StorageError> {
+async fn remind(
+    state: &AppState,
+    store: &StoreId,
+    id: &SubscriptionId,
+) -> Result<(), StorageError> {
     state
         .storage
         .apply_renewal(store, id, &|s, _| {
@@ -430,8 +457,8 @@ fn still_pending(s: &SubscriptionRecord, p: &PendingCharge) -> Result<(), Storag
 
 async fn settle_success(
     state: &AppState,
-    store: &str,
-    id: &str,
+    store: &StoreId,
+    id: &SubscriptionId,
     p: &PendingCharge,
     reference: Option<String>,
     now: i64,
@@ -467,14 +494,14 @@ async fn settle_success(
         })
         .await?;
     state.storage.durable().await?;
-    tracing::info!(subscription = id, "renewal charged");
+    tracing::info!(subscription = id.as_str(), "renewal charged");
     Ok(Outcome::Charged)
 }
 
 async fn settle_decline(
     state: &AppState,
-    store: &str,
-    id: &str,
+    store: &StoreId,
+    id: &SubscriptionId,
     p: &PendingCharge,
     reason: &str,
     now: i64,
@@ -513,7 +540,12 @@ async fn settle_decline(
         .await?;
     state.storage.durable().await?;
     let deactivated = after.state == SubState::Deactivated;
-    tracing::info!(subscription = id, reason, deactivated, "renewal declined");
+    tracing::info!(
+        subscription = id.as_str(),
+        reason,
+        deactivated,
+        "renewal declined"
+    );
     Ok(Outcome::Declined {
         reason: reason.to_owned(),
         deactivated,

@@ -3,7 +3,7 @@
 //! are stored only as their SHA-256; a link is consumed in a storage transaction, so two
 //! concurrent openings give one session.
 
-use crate::model::{SessionRecord, SsoTokenRecord, now_ms};
+use crate::model::{AccountId, SessionRecord, SsoTokenRecord, StoreId, now_ms};
 use crate::storage::{Storage, StorageError};
 use base64::Engine;
 use shared::SecretString;
@@ -57,8 +57,8 @@ pub struct Link {
 /// Issues a sign-in link for an account of the store (durable before it is returned).
 pub async fn issue_link(
     storage: &dyn Storage,
-    store: &str,
-    account: &str,
+    store: &StoreId,
+    account: &AccountId,
     ttl: Duration,
 ) -> Result<Link, SsoError> {
     if storage.account(store, account).await?.is_none() {
@@ -67,8 +67,8 @@ pub async fn issue_link(
     let token = random_token().ok_or(SsoError::NoRandomness)?;
     let expires = now_ms() + ttl.as_millis() as i64;
     let rec = SsoTokenRecord {
-        store: store.to_owned(),
-        account: account.to_owned(),
+        store: store.clone(),
+        account: account.clone(),
         expires,
     };
     storage
@@ -81,8 +81,8 @@ pub async fn issue_link(
 /// A session opened by a link: its cookie value and whose it is.
 pub struct Opened {
     pub session: SecretString,
-    pub store: String,
-    pub account: String,
+    pub store: StoreId,
+    pub account: AccountId,
 }
 
 /// Consumes the link `token` and opens a session for its account (durable before returned).

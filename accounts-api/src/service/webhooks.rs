@@ -4,7 +4,7 @@
 //! `jobs::webhooks`.
 
 use crate::error::StorageError;
-use crate::model::{WebhookRecord, new_id, now_ms};
+use crate::model::{StoreId, WebhookId, WebhookRecord, now_ms};
 use crate::storage::{IdempotencyWrite, Storage};
 
 /// Longest accepted secret (FastSpring's limit) and URL.
@@ -68,7 +68,7 @@ fn parse_secret(secret: Option<String>) -> Result<Option<shared::SecretString>, 
 /// Adds a webhook to a store (URL unique per store).
 pub async fn add(
     events: &dyn Storage,
-    store: &str,
+    store: &StoreId,
     url: &str,
     secret: Option<String>,
     answer: &(dyn Fn(&WebhookRecord) -> Option<IdempotencyWrite> + Sync),
@@ -79,7 +79,7 @@ pub async fn add(
         return Err(HookError::Duplicate);
     }
     let hook = WebhookRecord {
-        id: new_id(),
+        id: WebhookId::generate(),
         url: url.clone(),
         secret,
         created: now_ms(),
@@ -105,7 +105,7 @@ pub async fn add(
 /// Replaces the secret of the store's webhook with this URL (FastSpring's `POST /webhooks/keys`).
 pub async fn rotate(
     events: &dyn Storage,
-    store: &str,
+    store: &StoreId,
     url: &str,
     secret: String,
     answer: &(dyn Fn(&str) -> Option<IdempotencyWrite> + Sync),
@@ -139,8 +139,8 @@ pub async fn rotate(
 /// Removes a webhook and its pending deliveries; false if the store has no such webhook.
 pub async fn remove(
     events: &dyn Storage,
-    store: &str,
-    id: &str,
+    store: &StoreId,
+    id: &WebhookId,
     record: Option<IdempotencyWrite>,
 ) -> Result<bool, StorageError> {
     let r = events
@@ -148,7 +148,7 @@ pub async fn remove(
             store,
             &|hooks| {
                 let before = hooks.len();
-                hooks.retain(|h| h.id != id);
+                hooks.retain(|h| h.id != *id);
                 if hooks.len() == before {
                     return Err(StorageError::NotFound);
                 }

@@ -13,6 +13,12 @@
 //!   callers are an optimisation only;
 //! - a write is acknowledged to a client only after [`Storage::durable`] resolved.
 //!
+//! Ids are typed (`StoreId`, `AccountId`, `OrderId`, `SubscriptionId`, `EventId`, `WebhookId`
+//! from `shared::domain`: 1 to 64 characters of `A-Za-z0-9_-`), in the parameters, the answers
+//! and the records. A caller parses what a client sent before it reaches the port, and answers
+//! one that does not parse as it answers an unknown id; the JSON of a typed id is the plain
+//! string, so stored rows are the same bytes as when ids were strings.
+//!
 //! Nothing in this module names a backend or HTTP: errors are [`StorageError`], queries are ones
 //! a database can run (`due_subscriptions(now, limit)`, not a scan with a Rust predicate).
 //! Changes passed as closures (`AccountChange`, …) run inside the transaction on the freshly
@@ -24,8 +30,9 @@ pub mod sled;
 pub(crate) mod conformance;
 
 use crate::model::{
-    AccountRecord, EventRecord, IdempotencyRecord, OrderRecord, OutboxState, PaymentMethodRef,
-    SessionRecord, SsoTokenRecord, StoreRecord, SubscriptionRecord, WebhookRecord,
+    AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,
+    OutboxState, PaymentMethodRef, SessionRecord, SsoTokenRecord, StoreId, StoreRecord,
+    SubscriptionId, SubscriptionRecord, WebhookId, WebhookRecord,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -44,13 +51,14 @@ pub type StorageResult<T> = Result<T, StorageError>;
 pub enum StorageError {
     /// The normalised email is already used by this account in the store.
     #[error("email already used by account {0}")]
-    EmailTaken(String),
+    EmailTaken(AccountId),
     /// The custom lookup key is already used by this account in the store.
     #[error("custom id already used by account {0}")]
-    CustomTaken(String),
-    /// Lost a checkout race: the email index points to this (winning) account.
-    #[error("email now belongs to account {0}")]
-    EmailRace(String),
+    CustomTaken(AccountId),
+    /// Lost a checkout race: the email index points to this (winning) account, or (`None`) to
+    /// no account any more.
+    #[error("email now belongs to account {0:?}")]
+    EmailRace(Option<AccountId>),
     /// The record does not exist in this store.
     #[error("not found")]
     NotFound,
@@ -60,6 +68,20 @@ pub enum StorageError {
     /// The backend or (de)serialization failed; detail for the log only.
     #[error("storage failure: {0}")]
     Backend(String),
+}
+
+/// Runs `op` on the id a client sent (a path segment, a query or body field), parsed. An id
+/// that does not parse names no record, so it gets `unknown`: what an unknown id gets —
+/// `Ok(None)` for a lookup, `Err(StorageError::NotFound)` for a change.
+pub async fn with_named<T: TryFrom<String>, R>(
+    raw: &str,
+    unknown: StorageResult<R>,
+    op: impl AsyncFnOnce(&T) -> StorageResult<R>,
+) -> StorageResult<R> {
+    match T::try_from(raw.to_owned()) {
+        Ok(id) => op(&id).await,
+        Err(_) => unknown,
+    }
 }
 
 /// A claim on work that must run once, written inside a transaction. It blocks others while
@@ -122,8 +144,8 @@ pub enum Index {
 /// One checkout completion, written atomically.
 #[derive(Debug)]
 pub struct Checkout {
-    pub store: String,
-    pub account_id: String,
+    pub store: StoreId,
+    pub account_id: AccountId,
     /// `Some(normalised email)`: the account was resolved through the email index, and the
     /// transaction re-checks that the index still says so (else [`StorageError::EmailRace`]).
     /// `None`: the caller named an existing account id.
@@ -138,9 +160,9 @@ pub struct Checkout {
 /// One due outbox row.
 #[derive(Debug, Clone)]
 pub struct OutboxItem {
-    pub store: String,
-    pub hook: String,
-    pub event: String,
+    pub store: StoreId,
+    pub hook: WebhookId,
+    pub event: EventId,
     pub attempts: u32,
 }
 
@@ -186,14 +208,14 @@ pub trait Storage: Send + Sync + 'static {
         &'a self,
         username: &'a str,
     ) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>>;
-    fn store<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>>;
+    fn store<'a>(&'a self, id: &'a StoreId) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>>;
 
     // Idempotency-Keys.
     /// Insert-if-absent of an in-progress claim on `key` for the request `request_hash`, or the
     /// state the key is in. `now` is wall-clock ms; the claim lapses after `lease_ms`.
     fn claim_idempotency<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         key: &'a str,
         request_hash: &'a str,
         claim: &'a str,
@@ -204,7 +226,7 @@ pub trait Storage: Send + Sync + 'static {
     /// keeping); a completed answer or another's claim stays.
     fn release_idempotency<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         key: &'a str,
         claim: &'a str,
     ) -> BoxFuture<'a, StorageResult<()>>;
@@ -219,29 +241,29 @@ pub trait Storage: Send + Sync + 'static {
     /// Applies `change` to the account, moving its email/custom indexes with uniqueness checks.
     fn update_account<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a AccountId,
         change: AccountChange<'a>,
         extras: &'a Extras,
     ) -> BoxFuture<'a, StorageResult<AccountRecord>>;
     fn account<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a AccountId,
     ) -> BoxFuture<'a, StorageResult<Option<AccountRecord>>>;
     fn account_by<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         index: Index,
         key: &'a str,
-    ) -> BoxFuture<'a, StorageResult<Option<String>>>;
+    ) -> BoxFuture<'a, StorageResult<Option<AccountId>>>;
     /// One page of account ids (`offset`, `limit`) and the store's account count.
     fn list_accounts<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         offset: usize,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<(Vec<String>, usize)>>;
+    ) -> BoxFuture<'a, StorageResult<(Vec<AccountId>, usize)>>;
 
     // Orders.
     /// Writes a checkout: the account (created or existing, re-checked against the email
@@ -255,32 +277,32 @@ pub trait Storage: Send + Sync + 'static {
     ) -> BoxFuture<'a, StorageResult<()>>;
     fn order<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a OrderId,
     ) -> BoxFuture<'a, StorageResult<Option<OrderRecord>>>;
     fn order_by_reference<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         reference: &'a str,
-    ) -> BoxFuture<'a, StorageResult<Option<String>>>;
+    ) -> BoxFuture<'a, StorageResult<Option<OrderId>>>;
 
     // Subscriptions.
     fn subscription<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a SubscriptionId,
     ) -> BoxFuture<'a, StorageResult<Option<SubscriptionRecord>>>;
     fn list_subscriptions<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         offset: usize,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<(Vec<String>, usize)>>;
+    ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>>;
     /// Applies `change` to every listed subscription of the store, all or nothing.
     fn update_subscriptions<'a>(
         &'a self,
-        store: &'a str,
-        ids: &'a [String],
+        store: &'a StoreId,
+        ids: &'a [SubscriptionId],
         change: SubscriptionChange<'a>,
         extras: &'a Extras,
     ) -> BoxFuture<'a, StorageResult<Vec<SubscriptionRecord>>>;
@@ -295,16 +317,16 @@ pub trait Storage: Send + Sync + 'static {
     /// Applies one renewal step to a subscription and its account, with its events, atomically.
     fn apply_renewal<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a SubscriptionId,
         change: RenewalChange<'a>,
     ) -> BoxFuture<'a, StorageResult<SubscriptionRecord>>;
     /// Applies `account_change` to the account and `subscription_change` to each of its
     /// subscriptions (the service decides which to touch), with `extras`, in one transaction.
     fn update_account_and_subscriptions<'a>(
         &'a self,
-        store: &'a str,
-        account: &'a str,
+        store: &'a StoreId,
+        account: &'a AccountId,
         account_change: AccountChange<'a>,
         subscription_change: &'a (dyn Fn(&mut SubscriptionRecord) -> bool + Sync),
         extras: &'a Extras,
@@ -315,36 +337,39 @@ pub trait Storage: Send + Sync + 'static {
     /// `processed`, oldest first, at most `limit`; the flag says whether more matched.
     fn events<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         begin: i64,
         processed: bool,
         limit: usize,
     ) -> BoxFuture<'a, StorageResult<(Vec<EventRecord>, bool)>>;
     fn event<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a EventId,
     ) -> BoxFuture<'a, StorageResult<Option<EventRecord>>>;
     /// Sets the processed flag of one event; `NotFound` if the store has no such event.
     fn set_processed<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a EventId,
         processed: bool,
         idem: Option<&'a IdempotencyWrite>,
     ) -> BoxFuture<'a, StorageResult<EventRecord>>;
-    fn webhooks<'a>(&'a self, store: &'a str) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>>;
+    fn webhooks<'a>(
+        &'a self,
+        store: &'a StoreId,
+    ) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>>;
     fn update_webhooks<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         change: WebhooksChange<'a>,
         idem: Option<&'a IdempotencyWrite>,
     ) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>>;
     /// Drops every outbox row of one webhook (it was removed).
     fn clear_outbox<'a>(
         &'a self,
-        store: &'a str,
-        hook: &'a str,
+        store: &'a StoreId,
+        hook: &'a WebhookId,
     ) -> BoxFuture<'a, StorageResult<()>>;
     /// Outbox rows due at `now`, at most `limit`.
     fn outbox_due(&self, now: i64, limit: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxItem>>>;
@@ -352,18 +377,18 @@ pub trait Storage: Send + Sync + 'static {
     /// (a subset) processed.
     fn outbox_settle<'a>(
         &'a self,
-        store: &'a str,
-        hook: &'a str,
-        events: &'a [String],
-        processed: &'a [String],
+        store: &'a StoreId,
+        hook: &'a WebhookId,
+        events: &'a [EventId],
+        processed: &'a [EventId],
     ) -> BoxFuture<'a, StorageResult<()>>;
     /// Records a failed attempt: each listed row gets its new state (rows that no longer exist
     /// stay gone).
     fn outbox_retry<'a>(
         &'a self,
-        store: &'a str,
-        hook: &'a str,
-        rows: &'a [(String, OutboxState)],
+        store: &'a StoreId,
+        hook: &'a WebhookId,
+        rows: &'a [(EventId, OutboxState)],
     ) -> BoxFuture<'a, StorageResult<()>>;
 
     // Sign-in links and sessions (keyed by the SHA-256 hex of their secret).

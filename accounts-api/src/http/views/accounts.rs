@@ -73,9 +73,9 @@ impl ChargeView {
             currency: c.currency.clone(),
             total: to_major(c.total, exp),
             status: c.status.clone(),
-            order: c.order.clone(),
+            order: c.order.as_ref().map(ToString::to_string),
             order_reference: c.order_reference.clone(),
-            subscription: c.subscription.clone(),
+            subscription: c.subscription.as_ref().map(ToString::to_string),
             timestamp: c.timestamp,
             timestamp_in_seconds: c.timestamp / 1000,
             timestamp_display: display_date(c.timestamp),
@@ -116,8 +116,8 @@ impl AccountView {
         subscribed: bool,
     ) -> Self {
         Self {
-            id: a.id.clone(),
-            account: a.id.clone(),
+            id: a.id.to_string(),
+            account: a.id.to_string(),
             action,
             result: "success",
             contact: ContactView::of(&a.contact),
@@ -130,8 +130,8 @@ impl AccountView {
                 methods: a.payment_methods.len(),
                 active: active_methods,
             },
-            orders: a.orders.clone(),
-            subscriptions: a.subscriptions.clone(),
+            orders: a.orders.iter().map(ToString::to_string).collect(),
+            subscriptions: a.subscriptions.iter().map(ToString::to_string).collect(),
             charges: a.charges.iter().map(ChargeView::of).collect(),
             subscribed,
         }
@@ -208,8 +208,8 @@ pub struct AccountCreatedData {
 impl AccountCreatedData {
     pub fn of(a: &AccountRecord) -> Self {
         Self {
-            id: a.id.clone(),
-            account: a.id.clone(),
+            id: a.id.to_string(),
+            account: a.id.to_string(),
             contact: ContactView::of(&a.contact),
             address: AccountAddress::of(&a.address),
             language: a.language.clone(),
@@ -224,12 +224,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::model::Contact;
+    use crate::model::test_id;
     use serde_json::{Value, json};
 
     fn account(address: Option<Address>) -> AccountRecord {
         AccountRecord {
-            id: "a1".into(),
-            store: "st".into(),
+            id: test_id("a1"),
+            store: test_id("st"),
             global: "g1".into(),
             contact: Contact {
                 first: "F".into(),
@@ -242,14 +243,14 @@ mod tests {
             country: Some("DE".into()),
             language: None,
             custom: Some("c-1".into()),
-            orders: vec!["o1".into()],
-            subscriptions: vec!["s1".into()],
+            orders: vec![test_id("o1")],
+            subscriptions: vec![test_id("s1")],
             payment_methods: vec![],
             charges: vec![ChargeRecord {
                 currency: "JPY".into(),
                 total: 1500,
                 status: "successful".into(),
-                order: Some("o1".into()),
+                order: Some(test_id("o1")),
                 order_reference: Some("SR1".into()),
                 subscription: None,
                 timestamp: 1_800_000_123_456,

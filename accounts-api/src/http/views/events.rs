@@ -32,7 +32,7 @@ impl EventView {
         Self {
             action,
             result: action.map(|_| "success"),
-            id: e.id.clone(),
+            id: e.id.to_string(),
             kind: e.kind.clone(),
             created: e.created,
             live: e.live,

@@ -131,14 +131,14 @@ impl SubscriptionView {
             .and_then(|b| CardBrand::parse(b).ok())
             .map(|b| b.as_str().to_ascii_uppercase());
         Self {
-            id: s.id.clone(),
-            subscription: s.id.clone(),
+            id: s.id.to_string(),
+            subscription: s.id.to_string(),
             action: action.map(str::to_owned),
             result: action.map(|_| "success"),
             active: s.state != SubState::Deactivated,
             state: s.state.as_str(),
             live: s.live,
-            account: s.account.clone(),
+            account: s.account.to_string(),
             product: s.product.clone(),
             quantity: s.quantity,
             price: to_major(s.price, exp),
@@ -160,7 +160,7 @@ impl SubscriptionView {
             next_charge_total: to_major(s.price * i64::from(s.quantity), exp),
             canceled_date: s.canceled,
             deactivation_date: s.canceled.map(|_| s.next),
-            order: s.order.clone(),
+            order: s.order.to_string(),
             decline_reason: s.renewal.decline_reason.clone(),
             failed_attempts: s.renewal.failed_attempts,
             next_retry: s.renewal.retry_at,
@@ -396,17 +396,17 @@ impl OrderView {
                 quantity: i.quantity,
                 price: to_major(i.price, exp),
                 subtotal: to_major(i.price * i64::from(i.quantity), exp),
-                subscription: i.subscription.clone(),
+                subscription: i.subscription.as_ref().map(ToString::to_string),
             })
             .collect();
         let kind = &o.payment.kind;
         Self {
             action: action.map(str::to_owned),
             result: action.map(|_| "success"),
-            id: o.id.clone(),
-            order: o.id.clone(),
+            id: o.id.to_string(),
+            order: o.id.to_string(),
             reference: o.reference.clone(),
-            account: o.account.clone(),
+            account: o.account.to_string(),
             completed: true,
             changed: o.completed,
             changed_display: display_date(o.completed),
@@ -439,7 +439,7 @@ impl OrderView {
             subscriptions: o
                 .items
                 .iter()
-                .filter_map(|i| i.subscription.clone())
+                .filter_map(|i| i.subscription.as_ref().map(ToString::to_string))
                 .collect(),
             auto_renew: o.payment_method.is_some(),
         }
@@ -506,10 +506,10 @@ mod tests {
     #[test]
     fn the_subscription_view_is_byte_for_byte_the_former_json_body() {
         let s = SubscriptionRecord {
-            id: "sub1".into(),
-            store: "st".into(),
-            account: "acc".into(),
-            order: "ord".into(),
+            id: crate::model::test_id("sub1"),
+            store: crate::model::test_id("st"),
+            account: crate::model::test_id("acc"),
+            order: crate::model::test_id("ord"),
             product: "pro".into(),
             quantity: 3,
             price: 1495,
@@ -547,10 +547,10 @@ mod tests {
             phone: Some("1".into()),
         };
         let mut o = OrderRecord {
-            id: "o1".into(),
+            id: crate::model::test_id("o1"),
             reference: "SR1".into(),
-            store: "st".into(),
-            account: "a1".into(),
+            store: crate::model::test_id("st"),
+            account: crate::model::test_id("a1"),
             customer: contact.clone(),
             address: None,
             country: Some("DE".into()),
@@ -561,7 +561,7 @@ mod tests {
                     product: "p".into(),
                     quantity: 2,
                     price: 1495,
-                    subscription: Some("s1".into()),
+                    subscription: Some(crate::model::test_id("s1")),
                 },
                 OrderItem {
                     product: "q".into(),

@@ -18,7 +18,7 @@ pub struct WebhookView {
 impl WebhookView {
     pub fn of(h: &WebhookRecord) -> Self {
         Self {
-            id: h.id.clone(),
+            id: h.id.to_string(),
             url: h.url.clone(),
             signed: h.secret.is_some(),
             created: h.created,
@@ -62,6 +62,7 @@ pub struct WebhookRemoved {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::model::test_id;
 
     #[test]
     fn the_webhook_view_is_byte_for_byte_the_former_json_body() {
@@ -70,7 +71,7 @@ mod tests {
             Some(shared::SecretString::new("s3cret-hmac".to_owned())),
         ] {
             let h = WebhookRecord {
-                id: "w1".into(),
+                id: test_id("w1"),
                 url: "https://example.com/hook".into(),
                 secret,
                 created: 1_800_000_000_000,

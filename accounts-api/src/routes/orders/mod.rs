@@ -11,8 +11,9 @@ use crate::error::{ApiError, ErrorKind};
 use crate::http::extract::{Action, Caller, Mutation, actions};
 use crate::http::ok_view;
 use crate::http::views::OrderView;
-use crate::model::OrderRecord;
+use crate::model::{OrderId, OrderRecord};
 use crate::service::checkout::{self, CheckoutError, Deps};
+use crate::storage::with_named;
 use crate::vault::VaultError;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -48,12 +49,12 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Read::NAME;
-    let o = state
-        .storage
-        .order(&caller.store, &id)
-        .await
-        .map_err(|e| e.into_api(ACTION))?
-        .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found")))?;
+    let o = with_named(&id, Ok(None), async |id: &OrderId| {
+        state.storage.order(&caller.store, id).await
+    })
+    .await
+    .map_err(|e| e.into_api(ACTION))?
+    .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found")))?;
     Ok(ok_view(&OrderView::of(&o, Some(ACTION))))
 }
 

@@ -2,8 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::model::{
-    AccountRecord, Contact, EventRecord, IntervalUnit, OrderPayment, OrderRecord, RenewalState,
-    SubState, SubscriptionRecord, new_id,
+    AccountId, AccountRecord, Contact, EventRecord, IntervalUnit, OrderId, OrderPayment,
+    OrderRecord, RenewalState, StoreId, SubState, SubscriptionId, SubscriptionRecord, new_id,
+    test_id,
 };
 use crate::storage::Checkout;
 
@@ -19,8 +20,8 @@ pub(crate) fn contact(email: &str) -> Contact {
 
 pub(crate) fn account(store: &str, email: &str, custom: Option<&str>) -> AccountRecord {
     AccountRecord {
-        id: new_id(),
-        store: store.into(),
+        id: AccountId::generate(),
+        store: test_id(store),
         global: new_id(),
         contact: contact(email),
         address: None,
@@ -35,12 +36,12 @@ pub(crate) fn account(store: &str, email: &str, custom: Option<&str>) -> Account
     }
 }
 
-pub(crate) fn order(store: &str, account: &str) -> OrderRecord {
+pub(crate) fn order(store: &StoreId, account: &AccountId) -> OrderRecord {
     OrderRecord {
-        id: new_id(),
+        id: OrderId::generate(),
         reference: new_id(),
-        store: store.into(),
-        account: account.into(),
+        store: store.clone(),
+        account: account.clone(),
         customer: contact("x@y.co"),
         address: None,
         country: None,
@@ -61,15 +62,15 @@ pub(crate) fn order(store: &str, account: &str) -> OrderRecord {
 
 pub(crate) fn subscription(
     store: &str,
-    account: &str,
+    account: &AccountId,
     next: i64,
     pm: Option<&str>,
 ) -> SubscriptionRecord {
     SubscriptionRecord {
-        id: new_id(),
-        store: store.into(),
-        account: account.into(),
-        order: new_id(),
+        id: SubscriptionId::generate(),
+        store: test_id(store),
+        account: account.clone(),
+        order: OrderId::generate(),
         product: "p".into(),
         quantity: 1,
         price: 500,
@@ -98,10 +99,10 @@ pub(crate) fn event(kind: &str) -> EventRecord {
 /// A checkout of a new account (or of `existing`) with its order and subscriptions.
 pub(crate) fn checkout(
     a: &AccountRecord,
-    existing: Option<&str>,
+    existing: Option<&AccountId>,
     subs: Vec<SubscriptionRecord>,
 ) -> Checkout {
-    let id = existing.unwrap_or(&a.id).to_owned();
+    let id = existing.unwrap_or(&a.id).clone();
     Checkout {
         store: a.store.clone(),
         account_id: id.clone(),

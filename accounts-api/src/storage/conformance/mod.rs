@@ -13,10 +13,15 @@ use std::sync::Arc;
 /// Opens a fresh, empty backend in `dir`.
 pub type Open = fn(&std::path::Path) -> Arc<dyn Storage>;
 
+/// A store id from a literal.
+fn st(name: &str) -> StoreId {
+    crate::model::test_id(name)
+}
+
 async fn all_events(s: &dyn Storage, store: &str, kind: &str) -> usize {
     let mut n = 0;
     for processed in [false, true] {
-        let (evs, more) = s.events(store, 0, processed, 10_000).await.unwrap();
+        let (evs, more) = s.events(&st(store), 0, processed, 10_000).await.unwrap();
         assert!(!more);
         n += evs.iter().filter(|e| e.kind == kind).count();
     }
@@ -48,7 +53,7 @@ pub async fn concurrent_first_orders_make_one_account(open: Open) {
                 match s.complete_checkout(&c, &|a| a.add_order(&c), &extras).await {
                     Ok(()) => return c.account_id,
                     Err(StorageError::EmailRace(winner)) => {
-                        assert!(!winner.is_empty());
+                        let winner = winner.expect("the race names its winner");
                         c = checkout(&mine, Some(&winner), vec![]);
                     }
                     Err(e) => panic!("{e}"),
@@ -63,12 +68,14 @@ pub async fn concurrent_first_orders_make_one_account(open: Open) {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 1, "every order went to one account");
-    assert_eq!(s.list_accounts("st", 0, 100).await.unwrap().1, 1);
+    assert_eq!(s.list_accounts(&st("st"), 0, 100).await.unwrap().1, 1);
     assert_eq!(all_events(s.as_ref(), "st", "account.created").await, 1);
     assert_eq!(all_events(s.as_ref(), "st", "order.completed").await, 16);
-    let a = s.account("st", &ids[0]).await.unwrap().unwrap();
+    let a = s.account(&st("st"), &ids[0]).await.unwrap().unwrap();
     assert_eq!((a.orders.len(), a.charges.len()), (16, 16));
-    let by_email = s.account_by("st", Index::Email, "race@example.com").await;
+    let by_email = s
+        .account_by(&st("st"), Index::Email, "race@example.com")
+        .await;
     assert_eq!(by_email.unwrap(), Some(ids[0].clone()));
 }
 
@@ -99,7 +106,7 @@ pub async fn emails_and_custom_ids_are_unique_per_store(open: Open) {
         }
     }
     assert_eq!(ok, 1);
-    assert_eq!(s.list_accounts("st", 0, 100).await.unwrap().1, 1);
+    assert_eq!(s.list_accounts(&st("st"), 0, 100).await.unwrap().1, 1);
     s.create_account(
         &account("other", "same@example.com", Some("custom-1")),
         &Extras::default(),
@@ -108,9 +115,9 @@ pub async fn emails_and_custom_ids_are_unique_per_store(open: Open) {
     .unwrap();
 
     // Moving an account onto a taken email or custom id is refused and changes nothing.
-    let (ids, _) = s.list_accounts("st", 0, 1).await.unwrap();
+    let (ids, _) = s.list_accounts(&st("st"), 0, 1).await.unwrap();
     let taken = s
-        .account("st", &ids[0])
+        .account(&st("st"), &ids[0])
         .await
         .unwrap()
         .unwrap()
@@ -120,7 +127,7 @@ pub async fn emails_and_custom_ids_are_unique_per_store(open: Open) {
     s.create_account(&b, &Extras::default()).await.unwrap();
     let r = s
         .update_account(
-            "st",
+            &st("st"),
             &b.id,
             &|a| a.custom = Some("custom-1".into()),
             &Extras::default(),
@@ -129,17 +136,19 @@ pub async fn emails_and_custom_ids_are_unique_per_store(open: Open) {
     assert!(matches!(r, Err(StorageError::CustomTaken(_))), "{r:?}");
     let r = s
         .update_account(
-            "st",
+            &st("st"),
             &b.id,
             &|a| a.contact.email = taken.to_uppercase(),
             &Extras::default(),
         )
         .await;
     assert!(matches!(r, Err(StorageError::EmailTaken(_))), "{r:?}");
-    let after = s.account("st", &b.id).await.unwrap().unwrap();
+    let after = s.account(&st("st"), &b.id).await.unwrap().unwrap();
     assert_eq!(after.custom.as_deref(), Some("custom-2"));
     assert_eq!(
-        s.account_by("st", Index::Custom, "custom-2").await.unwrap(),
+        s.account_by(&st("st"), Index::Custom, "custom-2")
+            .await
+            .unwrap(),
         Some(b.id.clone())
     );
 }
@@ -174,15 +183,15 @@ pub async fn a_refused_change_writes_nothing(open: Open) {
         .complete_checkout(&lost, &|a| a.add_order(&lost), &extras)
         .await
     {
-        Err(StorageError::EmailRace(id)) => assert_eq!(id, winner.id),
+        Err(StorageError::EmailRace(id)) => assert_eq!(id.as_ref(), Some(&winner.id)),
         other => panic!("expected EmailRace, got {other:?}"),
     }
-    assert!(s.order("st", &lost.order.id).await.unwrap().is_none());
-    assert!(s.account("st", &loser.id).await.unwrap().is_none());
-    assert!(s.subscription("st", &sub.id).await.unwrap().is_none());
+    assert!(s.order(&st("st"), &lost.order.id).await.unwrap().is_none());
+    assert!(s.account(&st("st"), &loser.id).await.unwrap().is_none());
+    assert!(s.subscription(&st("st"), &sub.id).await.unwrap().is_none());
     assert_eq!(all_events(s.as_ref(), "st", "order.completed").await, 0);
     assert!(matches!(
-        s.claim_idempotency("st", "k1", "h", "c2", now_ms(), 60_000)
+        s.claim_idempotency(&st("st"), "k1", "h", "c2", now_ms(), 60_000)
             .await
             .unwrap(),
         IdempotencyClaim::Claimed
@@ -196,11 +205,11 @@ pub async fn a_refused_change_writes_nothing(open: Open) {
     s.complete_checkout(&c, &|a| a.add_order(&c), &Extras::default())
         .await
         .unwrap();
-    let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
+    let ids: Vec<SubscriptionId> = subs.iter().map(|s| s.id.clone()).collect();
     let second = ids[1].clone();
     let r = s
         .update_subscriptions(
-            "st",
+            &st("st"),
             &ids,
             &|sub| {
                 sub.state = SubState::Canceled;
@@ -216,7 +225,7 @@ pub async fn a_refused_change_writes_nothing(open: Open) {
         )
         .await;
     assert!(matches!(r, Err(StorageError::State("refused"))));
-    let first = s.subscription("st", &ids[0]).await.unwrap().unwrap();
+    let first = s.subscription(&st("st"), &ids[0]).await.unwrap().unwrap();
     assert_eq!(first.state, SubState::Active, "all or nothing");
     assert_eq!(
         all_events(s.as_ref(), "st", "subscription.canceled").await,
@@ -229,8 +238,8 @@ pub async fn a_sign_in_link_opens_once(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let rec = SsoTokenRecord {
-        store: "st".into(),
-        account: "a".into(),
+        store: crate::model::test_id("st"),
+        account: crate::model::test_id("a"),
         expires: now_ms() + 60_000,
     };
     s.put_sso_token("h1", &rec).await.unwrap();
@@ -259,7 +268,7 @@ pub async fn an_idempotency_key_is_claimed_once(open: Open) {
         set.spawn(async move {
             let claim = format!("c{i}");
             let r = s
-                .claim_idempotency("st", "key", "hash", &claim, now, 60_000)
+                .claim_idempotency(&st("st"), "key", "hash", &claim, now, 60_000)
                 .await
                 .unwrap();
             (claim, r)
@@ -300,7 +309,7 @@ pub async fn an_idempotency_key_is_claimed_once(open: Open) {
         )
         .await;
     assert!(matches!(r, Err(StorageError::State(_))), "{r:?}");
-    assert!(s.account("st", &a.id).await.unwrap().is_none());
+    assert!(s.account(&st("st"), &a.id).await.unwrap().is_none());
     s.create_account(
         &a,
         &Extras {
@@ -311,7 +320,7 @@ pub async fn an_idempotency_key_is_claimed_once(open: Open) {
     .await
     .unwrap();
     match s
-        .claim_idempotency("st", "key", "hash", "late", now, 60_000)
+        .claim_idempotency(&st("st"), "key", "hash", "late", now, 60_000)
         .await
         .unwrap()
     {
@@ -321,51 +330,53 @@ pub async fn an_idempotency_key_is_claimed_once(open: Open) {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        s.claim_idempotency("st", "key", "other", "x", now, 60_000)
+        s.claim_idempotency(&st("st"), "key", "other", "x", now, 60_000)
             .await
             .unwrap(),
         IdempotencyClaim::Mismatch
     ));
     // Releasing an answered key changes nothing; releasing a claim frees the key.
-    s.release_idempotency("st", "key", "late").await.unwrap();
+    s.release_idempotency(&st("st"), "key", "late")
+        .await
+        .unwrap();
     assert!(matches!(
-        s.claim_idempotency("st", "key", "hash", "y", now, 60_000)
+        s.claim_idempotency(&st("st"), "key", "hash", "y", now, 60_000)
             .await
             .unwrap(),
         IdempotencyClaim::Replay(_)
     ));
     assert!(matches!(
-        s.claim_idempotency("st", "k2", "hash", "c1", now, 60_000)
+        s.claim_idempotency(&st("st"), "k2", "hash", "c1", now, 60_000)
             .await
             .unwrap(),
         IdempotencyClaim::Claimed
     ));
-    s.release_idempotency("st", "k2", "someone-else")
+    s.release_idempotency(&st("st"), "k2", "someone-else")
         .await
         .unwrap();
     assert!(matches!(
-        s.claim_idempotency("st", "k2", "hash", "c2", now, 60_000)
+        s.claim_idempotency(&st("st"), "k2", "hash", "c2", now, 60_000)
             .await
             .unwrap(),
         IdempotencyClaim::InProgress
     ));
-    s.release_idempotency("st", "k2", "c1").await.unwrap();
+    s.release_idempotency(&st("st"), "k2", "c1").await.unwrap();
     assert!(matches!(
-        s.claim_idempotency("st", "k2", "hash", "c3", now, 60_000)
+        s.claim_idempotency(&st("st"), "k2", "hash", "c3", now, 60_000)
             .await
             .unwrap(),
         IdempotencyClaim::Claimed
     ));
     // A claim whose lease ran out is taken over.
     assert!(matches!(
-        s.claim_idempotency("st", "k2", "hash", "c4", now + 61_000, 60_000)
+        s.claim_idempotency(&st("st"), "k2", "hash", "c4", now + 61_000, 60_000)
             .await
             .unwrap(),
         IdempotencyClaim::Claimed
     ));
     // Keys are per store.
     assert!(matches!(
-        s.claim_idempotency("other", "key", "zzz", "c1", now, 60_000)
+        s.claim_idempotency(&st("other"), "key", "zzz", "c1", now, 60_000)
             .await
             .unwrap(),
         IdempotencyClaim::Claimed
@@ -398,7 +409,7 @@ pub async fn due_subscriptions_are_the_ones_with_work_now(open: Open) {
             .await
             .unwrap();
     }
-    let due: Vec<String> = s
+    let due: Vec<SubscriptionId> = s
         .due_subscriptions(t, 100)
         .await
         .unwrap()
@@ -416,7 +427,7 @@ pub async fn due_subscriptions_are_the_ones_with_work_now(open: Open) {
             .is_empty()
     );
     // A renewal step that moves the date takes the subscription out.
-    s.apply_renewal("st", &early.id, &|sub, _| {
+    s.apply_renewal(&st("st"), &early.id, &|sub, _| {
         sub.next = t + 86_400_000;
         Ok(vec![])
     })
@@ -432,8 +443,8 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
     let s = open(dir.path());
     let now = now_ms();
     let live = SessionRecord {
-        store: "st".into(),
-        account: "a".into(),
+        store: crate::model::test_id("st"),
+        account: crate::model::test_id("a"),
         expires: now + 60_000,
         csrf: shared::SecretString::new("c".into()),
     };
@@ -447,8 +458,8 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
     s.put_sso_token(
         "oldlink",
         &SsoTokenRecord {
-            store: "st".into(),
-            account: "a".into(),
+            store: crate::model::test_id("st"),
+            account: crate::model::test_id("a"),
             expires: now - 1,
         },
     )
@@ -462,13 +473,13 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
 
     // Webhook outbox: rows are written with the events, settled, and cleared with the hook.
     let hook = |id: &str| WebhookRecord {
-        id: id.into(),
+        id: crate::model::test_id(id),
         url: format!("http://127.0.0.1/{id}"),
         secret: None,
         created: now,
     };
     s.update_webhooks(
-        "st",
+        &st("st"),
         &|hooks| {
             hooks.push(hook("h1"));
             hooks.push(hook("h2"));
@@ -491,15 +502,17 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
     .unwrap();
     assert_eq!(s.outbox_due(now + 1, 100).await.unwrap().len(), 2);
     s.outbox_settle(
-        "st",
-        "h1",
+        &st("st"),
+        &crate::model::test_id("h1"),
         std::slice::from_ref(&ev.id),
         std::slice::from_ref(&ev.id),
     )
     .await
     .unwrap();
-    assert!(s.event("st", &ev.id).await.unwrap().unwrap().processed);
-    s.clear_outbox("st", "h2").await.unwrap();
+    assert!(s.event(&st("st"), &ev.id).await.unwrap().unwrap().processed);
+    s.clear_outbox(&st("st"), &crate::model::test_id("h2"))
+        .await
+        .unwrap();
     assert!(s.outbox_due(i64::MAX, 100).await.unwrap().is_empty());
 
     // Forgetting a payment method: off the account, off the subscriptions that used it.
@@ -522,14 +535,28 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
     s.complete_checkout(&with_pm, &|x| x.add_order(&with_pm), &Extras::default())
         .await
         .unwrap();
-    crate::service::payment_methods::forget(s.as_ref(), "st", &a.id, "pm_1", &Extras::default())
-        .await
-        .unwrap();
-    let after = s.account("st", &a.id).await.unwrap().unwrap();
+    crate::service::payment_methods::forget(
+        s.as_ref(),
+        &st("st"),
+        &a.id,
+        "pm_1",
+        &Extras::default(),
+    )
+    .await
+    .unwrap();
+    let after = s.account(&st("st"), &a.id).await.unwrap().unwrap();
     assert!(after.payment_methods.is_empty());
     let subs = &with_pm.subscriptions;
-    let s1 = s.subscription("st", &subs[0].id).await.unwrap().unwrap();
-    let s2 = s.subscription("st", &subs[1].id).await.unwrap().unwrap();
+    let s1 = s
+        .subscription(&st("st"), &subs[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    let s2 = s
+        .subscription(&st("st"), &subs[1].id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((s1.payment_method, s1.auto_renew), (None, false));
     assert_eq!(s2.payment_method.as_deref(), Some("pm_2"));
 }
@@ -554,18 +581,29 @@ pub async fn events_list_in_time_order_by_processed_flag(open: Open) {
         .unwrap();
         evs.push(e);
     }
-    s.set_processed("st", &evs[1].id, true, None).await.unwrap();
-    let (un, more) = s.events("st", 0, false, 10).await.unwrap();
+    s.set_processed(&st("st"), &evs[1].id, true, None)
+        .await
+        .unwrap();
+    let (un, more) = s.events(&st("st"), 0, false, 10).await.unwrap();
     let ids: Vec<_> = un.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, vec![evs[0].id.clone(), evs[2].id.clone()]);
     assert!(!more);
-    let (later, _) = s.events("st", evs[2].created, false, 10).await.unwrap();
+    let (later, _) = s
+        .events(&st("st"), evs[2].created, false, 10)
+        .await
+        .unwrap();
     assert_eq!(later.len(), 1);
-    let (one, more) = s.events("st", 0, false, 1).await.unwrap();
+    let (one, more) = s.events(&st("st"), 0, false, 1).await.unwrap();
     assert_eq!((one.len(), more), (1, true));
-    assert!(s.events("other", 0, false, 10).await.unwrap().0.is_empty());
+    assert!(
+        s.events(&st("other"), 0, false, 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
     assert!(matches!(
-        s.set_processed("other", &evs[0].id, true, None).await,
+        s.set_processed(&st("other"), &evs[0].id, true, None).await,
         Err(StorageError::NotFound)
     ));
 }

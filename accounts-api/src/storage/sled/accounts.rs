@@ -13,7 +13,7 @@ impl SledStorage {
             {
                 return abort(StorageError::State("store already exists"));
             }
-            tx.insert(u.as_bytes(), store.id.as_bytes())?;
+            tx.insert(u.as_bytes(), store.id.as_str().as_bytes())?;
             tx_put(tx, format!("s/{}", store.id).as_bytes(), store)
         });
         finish(r)
@@ -23,19 +23,19 @@ impl SledStorage {
         &self,
         username: &str,
     ) -> Result<Option<StoreRecord>, StorageError> {
-        match self.get_str(format!("u/{username}").as_bytes())? {
+        match self.get_id::<StoreId>(format!("u/{username}").as_bytes())? {
             Some(id) => self.store(&id),
             None => Ok(None),
         }
     }
 
-    pub(super) fn store(&self, id: &str) -> Result<Option<StoreRecord>, StorageError> {
+    pub(super) fn store(&self, id: &StoreId) -> Result<Option<StoreRecord>, StorageError> {
         self.get(format!("s/{id}").as_bytes())
     }
 
     pub(super) fn claim_idempotency(
         &self,
-        store: &str,
+        store: &StoreId,
         k: &str,
         request_hash: &str,
         claim: &str,
@@ -76,7 +76,7 @@ impl SledStorage {
 
     pub(super) fn release_idempotency(
         &self,
-        store: &str,
+        store: &StoreId,
         k: &str,
         claim: &str,
     ) -> Result<(), StorageError> {
@@ -99,19 +99,22 @@ impl SledStorage {
     ) -> Result<(), StorageError> {
         let store = &account.store;
         let r = self.tree.transaction(|tx| {
-            let ek = key("e", store, &account.email_key());
-            if let Some(existing) = tx_get_str(tx, &ek)? {
+            let ek = key("e", store, account.email_key());
+            if let Some(existing) = tx_get_id::<AccountId>(tx, &ek)? {
                 return abort(StorageError::EmailTaken(existing));
             }
             if let Some(c) = &account.custom {
                 let ck = key("c", store, c);
-                if let Some(existing) = tx_get_str(tx, &ck)? {
+                if let Some(existing) = tx_get_id::<AccountId>(tx, &ck)? {
                     return abort(StorageError::CustomTaken(existing));
                 }
-                tx.insert(ck, account.id.as_bytes())?;
+                tx.insert(ck, account.id.as_str().as_bytes())?;
             }
-            tx.insert(ek, account.id.as_bytes())?;
-            tx.insert(key("g", store, &account.global), account.id.as_bytes())?;
+            tx.insert(ek, account.id.as_str().as_bytes())?;
+            tx.insert(
+                key("g", store, &account.global),
+                account.id.as_str().as_bytes(),
+            )?;
             tx_put(tx, &key("a", store, &account.id), account)?;
             tx_extras(tx, store, extras, self.live)
         });
@@ -120,8 +123,8 @@ impl SledStorage {
 
     pub(super) fn update_account(
         &self,
-        store: &str,
-        id: &str,
+        store: &StoreId,
+        id: &AccountId,
         change: AccountChange<'_>,
         extras: &Extras,
     ) -> Result<AccountRecord, StorageError> {
@@ -135,23 +138,23 @@ impl SledStorage {
             let (old_e, new_e) = (before.email_key(), after.email_key());
             if old_e != new_e {
                 let nk = key("e", store, &new_e);
-                if let Some(existing) = tx_get_str(tx, &nk)?
-                    && existing != id
+                if let Some(existing) = tx_get_id::<AccountId>(tx, &nk)?
+                    && existing != *id
                 {
                     return abort(StorageError::EmailTaken(existing));
                 }
                 tx.remove(key("e", store, &old_e))?;
-                tx.insert(nk, id.as_bytes())?;
+                tx.insert(nk, id.as_str().as_bytes())?;
             }
             if before.custom != after.custom {
                 if let Some(c) = &after.custom {
                     let ck = key("c", store, c);
-                    if let Some(existing) = tx_get_str(tx, &ck)?
-                        && existing != id
+                    if let Some(existing) = tx_get_id::<AccountId>(tx, &ck)?
+                        && existing != *id
                     {
                         return abort(StorageError::CustomTaken(existing));
                     }
-                    tx.insert(ck, id.as_bytes())?;
+                    tx.insert(ck, id.as_str().as_bytes())?;
                 }
                 if let Some(c) = &before.custom {
                     tx.remove(key("c", store, c))?;
@@ -166,27 +169,27 @@ impl SledStorage {
 
     pub(super) fn account(
         &self,
-        store: &str,
-        id: &str,
+        store: &StoreId,
+        id: &AccountId,
     ) -> Result<Option<AccountRecord>, StorageError> {
         self.get(&key("a", store, id))
     }
 
     pub(super) fn account_by(
         &self,
-        store: &str,
+        store: &StoreId,
         index: Index,
         k: &str,
-    ) -> Result<Option<String>, StorageError> {
-        self.get_str(&key(index.prefix(), store, k))
+    ) -> Result<Option<AccountId>, StorageError> {
+        self.get_id(&key(index.prefix(), store, k))
     }
 
     pub(super) fn list_accounts(
         &self,
-        store: &str,
+        store: &StoreId,
         offset: usize,
         limit: usize,
-    ) -> Result<(Vec<String>, usize), StorageError> {
+    ) -> Result<(Vec<AccountId>, usize), StorageError> {
         self.page("a", store, offset, limit)
     }
 
@@ -199,7 +202,7 @@ impl SledStorage {
         let store = &c.store;
         let r = self.tree.transaction(|tx| {
             if let Some(email) = &c.email_key {
-                let current = tx_get_str(tx, &key("e", store, email))?;
+                let current = tx_get_id::<AccountId>(tx, &key("e", store, email))?;
                 let expected = if c.create.is_some() {
                     None
                 } else {
@@ -208,17 +211,14 @@ impl SledStorage {
                 if current.as_ref() != expected {
                     // Lost a race with a concurrent first order (or the account changed its
                     // email meanwhile): the caller redoes the checkout with the winner.
-                    return match current {
-                        Some(winner) => abort(StorageError::EmailRace(winner)),
-                        None => abort(StorageError::EmailRace(String::new())),
-                    };
+                    return abort(StorageError::EmailRace(current));
                 }
             }
             let ak = key("a", store, &c.account_id);
             let mut account = match &c.create {
                 Some(new) => {
-                    tx.insert(key("e", store, &new.email_key()), new.id.as_bytes())?;
-                    tx.insert(key("g", store, &new.global), new.id.as_bytes())?;
+                    tx.insert(key("e", store, new.email_key()), new.id.as_str().as_bytes())?;
+                    tx.insert(key("g", store, &new.global), new.id.as_str().as_bytes())?;
                     new.clone()
                 }
                 None => match tx_get::<AccountRecord>(tx, &ak)? {
@@ -230,7 +230,7 @@ impl SledStorage {
             if tx.get(&rk)?.is_some() {
                 return abort(StorageError::State("order reference collision"));
             }
-            tx.insert(rk, c.order.id.as_bytes())?;
+            tx.insert(rk, c.order.id.as_str().as_bytes())?;
             tx_put(tx, &key("o", store, &c.order.id), &c.order)?;
             for s in &c.subscriptions {
                 tx_put(tx, &key("b", store, &s.id), s)?;
@@ -242,39 +242,43 @@ impl SledStorage {
         finish(r)
     }
 
-    pub(super) fn order(&self, store: &str, id: &str) -> Result<Option<OrderRecord>, StorageError> {
+    pub(super) fn order(
+        &self,
+        store: &StoreId,
+        id: &OrderId,
+    ) -> Result<Option<OrderRecord>, StorageError> {
         self.get(&key("o", store, id))
     }
 
     pub(super) fn order_by_reference(
         &self,
-        store: &str,
+        store: &StoreId,
         reference: &str,
-    ) -> Result<Option<String>, StorageError> {
-        self.get_str(&key("r", store, reference))
+    ) -> Result<Option<OrderId>, StorageError> {
+        self.get_id(&key("r", store, reference))
     }
 
     pub(super) fn subscription(
         &self,
-        store: &str,
-        id: &str,
+        store: &StoreId,
+        id: &SubscriptionId,
     ) -> Result<Option<SubscriptionRecord>, StorageError> {
         self.get(&key("b", store, id))
     }
 
     pub(super) fn list_subscriptions(
         &self,
-        store: &str,
+        store: &StoreId,
         offset: usize,
         limit: usize,
-    ) -> Result<(Vec<String>, usize), StorageError> {
+    ) -> Result<(Vec<SubscriptionId>, usize), StorageError> {
         self.page("b", store, offset, limit)
     }
 
     pub(super) fn update_subscriptions(
         &self,
-        store: &str,
-        ids: &[String],
+        store: &StoreId,
+        ids: &[SubscriptionId],
         change: SubscriptionChange<'_>,
         extras: &Extras,
     ) -> Result<Vec<SubscriptionRecord>, StorageError> {
@@ -326,8 +330,8 @@ impl SledStorage {
 
     pub(super) fn apply_renewal(
         &self,
-        store: &str,
-        id: &str,
+        store: &StoreId,
+        id: &SubscriptionId,
         change: RenewalChange<'_>,
     ) -> Result<SubscriptionRecord, StorageError> {
         let r = self.tree.transaction(|tx| {
@@ -363,8 +367,8 @@ impl SledStorage {
 
     pub(super) fn update_account_and_subscriptions(
         &self,
-        store: &str,
-        account: &str,
+        store: &StoreId,
+        account: &AccountId,
         account_change: AccountChange<'_>,
         subscription_change: &(dyn Fn(&mut SubscriptionRecord) -> bool + Sync),
         extras: &Extras,

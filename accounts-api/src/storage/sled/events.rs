@@ -26,7 +26,7 @@ impl SledStorage {
 impl SledStorage {
     pub(super) fn events(
         &self,
-        store: &str,
+        store: &StoreId,
         begin: i64,
         processed: bool,
         limit: usize,
@@ -54,14 +54,18 @@ impl SledStorage {
         Ok((out, false))
     }
 
-    pub(super) fn event(&self, store: &str, id: &str) -> Result<Option<EventRecord>, StorageError> {
+    pub(super) fn event(
+        &self,
+        store: &StoreId,
+        id: &EventId,
+    ) -> Result<Option<EventRecord>, StorageError> {
         self.typed(&format!("v/{store}/{id}"))
     }
 
     pub(super) fn set_processed(
         &self,
-        store: &str,
-        id: &str,
+        store: &StoreId,
+        id: &EventId,
         processed: bool,
         idem: Option<&IdempotencyWrite>,
     ) -> Result<EventRecord, StorageError> {
@@ -85,13 +89,13 @@ impl SledStorage {
         finish(r)
     }
 
-    pub(super) fn webhooks(&self, store: &str) -> Result<Vec<WebhookRecord>, StorageError> {
+    pub(super) fn webhooks(&self, store: &StoreId) -> Result<Vec<WebhookRecord>, StorageError> {
         Ok(self.typed(&webhooks_key(store))?.unwrap_or_default())
     }
 
     pub(super) fn update_webhooks(
         &self,
-        store: &str,
+        store: &StoreId,
         change: WebhooksChange<'_>,
         idem: Option<&IdempotencyWrite>,
     ) -> Result<Vec<WebhookRecord>, StorageError> {
@@ -112,7 +116,11 @@ impl SledStorage {
         finish(r)
     }
 
-    pub(super) fn clear_outbox(&self, store: &str, hook: &str) -> Result<(), StorageError> {
+    pub(super) fn clear_outbox(
+        &self,
+        store: &StoreId,
+        hook: &WebhookId,
+    ) -> Result<(), StorageError> {
         let prefix = format!("wo/{store}/{hook}/");
         for k in self.tree().scan_prefix(prefix.as_bytes()).keys() {
             self.tree().remove(k?)?;
@@ -122,10 +130,10 @@ impl SledStorage {
 
     pub(super) fn outbox_settle(
         &self,
-        store: &str,
-        hook: &str,
-        events: &[String],
-        processed: &[String],
+        store: &StoreId,
+        hook: &WebhookId,
+        events: &[EventId],
+        processed: &[EventId],
     ) -> Result<(), StorageError> {
         let now = now_ms();
         let r = self.tree().transaction(|tx| {
@@ -154,9 +162,9 @@ impl SledStorage {
 
     pub(super) fn outbox_retry(
         &self,
-        store: &str,
-        hook: &str,
-        rows: &[(String, OutboxState)],
+        store: &StoreId,
+        hook: &WebhookId,
+        rows: &[(EventId, OutboxState)],
     ) -> Result<(), StorageError> {
         let encoded = rows
             .iter()
@@ -234,9 +242,9 @@ pub(super) fn outbox_due(
         let mut parts = key.splitn(4, '/').skip(1);
         if let (Some(store), Some(hook), Some(event)) = (parts.next(), parts.next(), parts.next()) {
             out.push(OutboxItem {
-                store: store.to_owned(),
-                hook: hook.to_owned(),
-                event: event.to_owned(),
+                store: parse_id(store.as_bytes())?,
+                hook: parse_id(hook.as_bytes())?,
+                event: parse_id(event.as_bytes())?,
                 attempts: state.attempts,
             });
         }

@@ -29,12 +29,14 @@ use super::{
     WebhooksChange,
 };
 use crate::model::{
-    AccountRecord, EventRecord, IdempotencyRecord, OrderRecord, OutboxState, SessionRecord,
-    SsoTokenRecord, StoreRecord, SubscriptionRecord, WebhookRecord,
+    AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,
+    OutboxState, SessionRecord, SsoTokenRecord, StoreId, StoreRecord, SubscriptionId,
+    SubscriptionRecord, WebhookId, WebhookRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use std::fmt::Display;
 use std::path::Path;
 
 impl From<sled::Error> for StorageError {
@@ -59,11 +61,11 @@ impl Index {
     }
 }
 
-fn webhooks_key(store: &str) -> String {
+fn webhooks_key(store: &StoreId) -> String {
     format!("wh/{store}")
 }
 
-fn outbox_key(store: &str, hook: &str, event: &str) -> String {
+fn outbox_key(store: &StoreId, hook: &WebhookId, event: &EventId) -> String {
     format!("wo/{store}/{hook}/{event}")
 }
 
@@ -72,7 +74,7 @@ fn outbox_key(store: &str, hook: &str, event: &str) -> String {
 /// after this one's lease ran out, aborts the whole change.
 fn tx_idempotency(
     tx: &TransactionalTree,
-    store: &str,
+    store: &StoreId,
     w: Option<&IdempotencyWrite>,
 ) -> TxResult<()> {
     let Some(w) = w else { return Ok(()) };
@@ -92,7 +94,7 @@ fn tx_idempotency(
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StorageError>>;
 
-fn key(prefix: &str, store: &str, id: &str) -> Vec<u8> {
+fn key(prefix: &str, store: &StoreId, id: impl Display) -> Vec<u8> {
     format!("{prefix}/{store}/{id}").into_bytes()
 }
 
@@ -110,8 +112,20 @@ fn tx_get<T: DeserializeOwned>(tx: &TransactionalTree, k: &[u8]) -> TxResult<Opt
     }
 }
 
-fn tx_get_str(tx: &TransactionalTree, k: &[u8]) -> TxResult<Option<String>> {
-    Ok(tx.get(k)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+/// An id read back from a key or an index row; one that does not parse is a corrupt row.
+fn parse_id<T: TryFrom<String>>(v: &[u8]) -> Result<T, StorageError> {
+    T::try_from(String::from_utf8_lossy(v).into_owned())
+        .map_err(|_| StorageError::Backend("a stored id is not a valid id".into()))
+}
+
+fn tx_get_id<T: TryFrom<String>>(tx: &TransactionalTree, k: &[u8]) -> TxResult<Option<T>> {
+    match tx.get(k)? {
+        None => Ok(None),
+        Some(v) => match parse_id(&v) {
+            Ok(id) => Ok(Some(id)),
+            Err(e) => abort(e),
+        },
+    }
 }
 
 fn tx_put<T: Serialize>(tx: &TransactionalTree, k: &[u8], value: &T) -> TxResult<()> {
@@ -124,7 +138,7 @@ fn tx_put<T: Serialize>(tx: &TransactionalTree, k: &[u8], value: &T) -> TxResult
     }
 }
 
-fn tx_extras(tx: &TransactionalTree, store: &str, extras: &Extras, live: bool) -> TxResult<()> {
+fn tx_extras(tx: &TransactionalTree, store: &StoreId, extras: &Extras, live: bool) -> TxResult<()> {
     tx_idempotency(tx, store, extras.idempotency.as_ref())?;
     for ev in &extras.events {
         if live && !ev.live {
@@ -237,27 +251,24 @@ impl SledStorage {
         }
     }
 
-    fn get_str(&self, k: &[u8]) -> Result<Option<String>, StorageError> {
-        Ok(self
-            .tree
-            .get(k)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    fn get_id<T: TryFrom<String>>(&self, k: &[u8]) -> Result<Option<T>, StorageError> {
+        self.tree.get(k)?.map(|v| parse_id(&v)).transpose()
     }
 
-    fn page(
+    fn page<T: TryFrom<String>>(
         &self,
         prefix: &str,
-        store: &str,
+        store: &StoreId,
         offset: usize,
         limit: usize,
-    ) -> Result<(Vec<String>, usize), StorageError> {
+    ) -> Result<(Vec<T>, usize), StorageError> {
         let p = format!("{prefix}/{store}/");
         let mut ids = Vec::new();
         let mut total = 0;
         for kv in self.tree.scan_prefix(p.as_bytes()).keys() {
             let k = kv?;
             if total >= offset && ids.len() < limit {
-                ids.push(String::from_utf8_lossy(&k[p.len()..]).into_owned());
+                ids.push(parse_id(&k[p.len()..])?);
             }
             total += 1;
         }
@@ -315,13 +326,13 @@ impl Storage for SledStorage {
     ) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>> {
         inline!(SledStorage::store_by_username(self, username))
     }
-    fn store<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>> {
+    fn store<'a>(&'a self, id: &'a StoreId) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>> {
         inline!(SledStorage::store(self, id))
     }
 
     fn claim_idempotency<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         key: &'a str,
         request_hash: &'a str,
         claim: &'a str,
@@ -340,7 +351,7 @@ impl Storage for SledStorage {
     }
     fn release_idempotency<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         key: &'a str,
         claim: &'a str,
     ) -> BoxFuture<'a, StorageResult<()>> {
@@ -356,8 +367,8 @@ impl Storage for SledStorage {
     }
     fn update_account<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a AccountId,
         change: AccountChange<'a>,
         extras: &'a Extras,
     ) -> BoxFuture<'a, StorageResult<AccountRecord>> {
@@ -365,25 +376,25 @@ impl Storage for SledStorage {
     }
     fn account<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a AccountId,
     ) -> BoxFuture<'a, StorageResult<Option<AccountRecord>>> {
         inline!(SledStorage::account(self, store, id))
     }
     fn account_by<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         index: Index,
         key: &'a str,
-    ) -> BoxFuture<'a, StorageResult<Option<String>>> {
+    ) -> BoxFuture<'a, StorageResult<Option<AccountId>>> {
         inline!(SledStorage::account_by(self, store, index, key))
     }
     fn list_accounts<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         offset: usize,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<(Vec<String>, usize)>> {
+    ) -> BoxFuture<'a, StorageResult<(Vec<AccountId>, usize)>> {
         inline!(SledStorage::list_accounts(self, store, offset, limit))
     }
 
@@ -402,38 +413,38 @@ impl Storage for SledStorage {
     }
     fn order<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a OrderId,
     ) -> BoxFuture<'a, StorageResult<Option<OrderRecord>>> {
         inline!(SledStorage::order(self, store, id))
     }
     fn order_by_reference<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         reference: &'a str,
-    ) -> BoxFuture<'a, StorageResult<Option<String>>> {
+    ) -> BoxFuture<'a, StorageResult<Option<OrderId>>> {
         inline!(SledStorage::order_by_reference(self, store, reference))
     }
 
     fn subscription<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a SubscriptionId,
     ) -> BoxFuture<'a, StorageResult<Option<SubscriptionRecord>>> {
         inline!(SledStorage::subscription(self, store, id))
     }
     fn list_subscriptions<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         offset: usize,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<(Vec<String>, usize)>> {
+    ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>> {
         inline!(SledStorage::list_subscriptions(self, store, offset, limit))
     }
     fn update_subscriptions<'a>(
         &'a self,
-        store: &'a str,
-        ids: &'a [String],
+        store: &'a StoreId,
+        ids: &'a [SubscriptionId],
         change: SubscriptionChange<'a>,
         extras: &'a Extras,
     ) -> BoxFuture<'a, StorageResult<Vec<SubscriptionRecord>>> {
@@ -450,16 +461,16 @@ impl Storage for SledStorage {
     }
     fn apply_renewal<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a SubscriptionId,
         change: RenewalChange<'a>,
     ) -> BoxFuture<'a, StorageResult<SubscriptionRecord>> {
         inline!(SledStorage::apply_renewal(self, store, id, change))
     }
     fn update_account_and_subscriptions<'a>(
         &'a self,
-        store: &'a str,
-        account: &'a str,
+        store: &'a StoreId,
+        account: &'a AccountId,
         account_change: AccountChange<'a>,
         subscription_change: &'a (dyn Fn(&mut SubscriptionRecord) -> bool + Sync),
         extras: &'a Extras,
@@ -476,7 +487,7 @@ impl Storage for SledStorage {
 
     fn events<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         begin: i64,
         processed: bool,
         limit: usize,
@@ -485,26 +496,29 @@ impl Storage for SledStorage {
     }
     fn event<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a EventId,
     ) -> BoxFuture<'a, StorageResult<Option<EventRecord>>> {
         inline!(SledStorage::event(self, store, id))
     }
     fn set_processed<'a>(
         &'a self,
-        store: &'a str,
-        id: &'a str,
+        store: &'a StoreId,
+        id: &'a EventId,
         processed: bool,
         idem: Option<&'a IdempotencyWrite>,
     ) -> BoxFuture<'a, StorageResult<EventRecord>> {
         inline!(SledStorage::set_processed(self, store, id, processed, idem))
     }
-    fn webhooks<'a>(&'a self, store: &'a str) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>> {
+    fn webhooks<'a>(
+        &'a self,
+        store: &'a StoreId,
+    ) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>> {
         inline!(SledStorage::webhooks(self, store))
     }
     fn update_webhooks<'a>(
         &'a self,
-        store: &'a str,
+        store: &'a StoreId,
         change: WebhooksChange<'a>,
         idem: Option<&'a IdempotencyWrite>,
     ) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>> {
@@ -512,8 +526,8 @@ impl Storage for SledStorage {
     }
     fn clear_outbox<'a>(
         &'a self,
-        store: &'a str,
-        hook: &'a str,
+        store: &'a StoreId,
+        hook: &'a WebhookId,
     ) -> BoxFuture<'a, StorageResult<()>> {
         inline!(SledStorage::clear_outbox(self, store, hook))
     }
@@ -523,10 +537,10 @@ impl Storage for SledStorage {
     }
     fn outbox_settle<'a>(
         &'a self,
-        store: &'a str,
-        hook: &'a str,
-        events: &'a [String],
-        processed: &'a [String],
+        store: &'a StoreId,
+        hook: &'a WebhookId,
+        events: &'a [EventId],
+        processed: &'a [EventId],
     ) -> BoxFuture<'a, StorageResult<()>> {
         inline!(SledStorage::outbox_settle(
             self, store, hook, events, processed
@@ -534,9 +548,9 @@ impl Storage for SledStorage {
     }
     fn outbox_retry<'a>(
         &'a self,
-        store: &'a str,
-        hook: &'a str,
-        rows: &'a [(String, OutboxState)],
+        store: &'a StoreId,
+        hook: &'a WebhookId,
+        rows: &'a [(EventId, OutboxState)],
     ) -> BoxFuture<'a, StorageResult<()>> {
         inline!(SledStorage::outbox_retry(self, store, hook, rows))
     }
@@ -570,5 +584,130 @@ impl Storage for SledStorage {
     fn sweep_expired(&self, now: i64) -> BoxFuture<'_, StorageResult<usize>> {
         let tree = self.tree.clone();
         Box::pin(blocking(move || events::sweep_expired(&tree, now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::model::test_id;
+
+    fn json(record: &impl Serialize) -> String {
+        serde_json::to_string(record).unwrap()
+    }
+
+    const STORE: &str = r#"{"id":"acme-1a2b3c4d","name":"Acme","username":"sr_00","salt":"00","password_hash":"11","created":1}"#;
+    const ACCOUNT: &str = r#"{"id":"AZLd3wv9cTyMHb8FtDqE1w","store":"acme-1a2b3c4d","global":"AZLd3wv9cTyMHb8FtDqE1x","contact":{"first":"J","last":"D","email":"j@example.com","company":null,"phone":null},"address":null,"country":"US","language":"en","custom":"cust-1","orders":["AZLd3wv9cTyMHb8FtDqE1y"],"subscriptions":["AZLd3wv9cTyMHb8FtDqE1z"],"paymentMethods":[{"id":"pm_0123456789abcdef0123456789abcdef","kind":"card","brand":"visa","last4":"4242","expMonth":12,"expYear":2030}],"charges":[{"currency":"USD","total":1495,"status":"successful","order":"AZLd3wv9cTyMHb8FtDqE1y","orderReference":"SR260101-0001-00001","subscription":null,"timestamp":2},{"currency":"USD","total":1495,"status":"successful","order":null,"orderReference":null,"subscription":"AZLd3wv9cTyMHb8FtDqE1z","timestamp":3}],"created":1}"#;
+    const ORDER: &str = r#"{"id":"AZLd3wv9cTyMHb8FtDqE1y","reference":"SR260101-0001-00001","store":"acme-1a2b3c4d","account":"AZLd3wv9cTyMHb8FtDqE1w","customer":{"first":"J","last":"D","email":"j@example.com","company":null,"phone":null},"address":null,"country":"US","language":"en","currency":"USD","items":[{"product":"pro","quantity":1,"price":1495,"subscription":"AZLd3wv9cTyMHb8FtDqE1z"}],"total":1495,"payment":{"kind":"card","brand":"visa","last4":"4242"},"paymentMethod":"pm_0123456789abcdef0123456789abcdef","completed":2,"live":false}"#;
+    const SUBSCRIPTION: &str = r#"{"id":"AZLd3wv9cTyMHb8FtDqE1z","store":"acme-1a2b3c4d","account":"AZLd3wv9cTyMHb8FtDqE1w","order":"AZLd3wv9cTyMHb8FtDqE1y","product":"pro","quantity":1,"price":1495,"currency":"USD","intervalUnit":"month","intervalLength":1,"state":"active","autoRenew":true,"paymentMethod":"pm_0123456789abcdef0123456789abcdef","paymentKind":"card","brand":"visa","last4":"4242","expiry":"12/30","begin":2,"next":4,"canceled":null,"renewal":{"pending":null,"declineReason":null,"failedAttempts":0,"retryAt":null,"cardExpiring":false,"expiringNotified":null,"reminded":null,"lastCharged":3},"live":false}"#;
+    const EVENT: &str = r#"{"id":"019b7a3c4d5e7f00a1b2c3d4e5f60718","type":"order.completed","created":2,"live":false,"processed":false,"data":{"id":"AZLd3wv9cTyMHb8FtDqE1y"}}"#;
+    const WEBHOOKS: &str = r#"[{"id":"AZLd3wv9cTyMHb8FtDqE10","url":"http://127.0.0.1:9/hook","secret":null,"created":1}]"#;
+    const SESSION: &str = r#"{"store":"acme-1a2b3c4d","account":"AZLd3wv9cTyMHb8FtDqE1w","expires":9999999999999,"csrf":"c"}"#;
+    const LINK: &str =
+        r#"{"store":"acme-1a2b3c4d","account":"AZLd3wv9cTyMHb8FtDqE1w","expires":9999999999999}"#;
+
+    /// Rows exactly as accounts-api wrote them while ids were plain strings: they decode
+    /// through the typed port, and encode back to the same bytes (the JSON of a typed id is
+    /// the string it was).
+    #[tokio::test]
+    async fn records_written_before_ids_were_typed_decode_and_encode_to_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStorage::open(dir.path()).unwrap();
+        let st = "acme-1a2b3c4d";
+        let (a, o, b) = (
+            "AZLd3wv9cTyMHb8FtDqE1w",
+            "AZLd3wv9cTyMHb8FtDqE1y",
+            "AZLd3wv9cTyMHb8FtDqE1z",
+        );
+        let ev = "019b7a3c4d5e7f00a1b2c3d4e5f60718";
+        let rows: Vec<(String, &str)> = vec![
+            (format!("s/{st}"), STORE),
+            ("u/sr_00".into(), st),
+            (format!("a/{st}/{a}"), ACCOUNT),
+            (format!("e/{st}/j@example.com"), a),
+            (format!("c/{st}/cust-1"), a),
+            (format!("g/{st}/AZLd3wv9cTyMHb8FtDqE1x"), a),
+            (format!("o/{st}/{o}"), ORDER),
+            (format!("r/{st}/SR260101-0001-00001"), o),
+            (format!("b/{st}/{b}"), SUBSCRIPTION),
+            (format!("v/{st}/{ev}"), EVENT),
+            (format!("wh/{st}"), WEBHOOKS),
+            (
+                format!("wo/{st}/AZLd3wv9cTyMHb8FtDqE10/{ev}"),
+                r#"{"attempts":0,"due":0}"#,
+            ),
+            ("ses/h".into(), SESSION),
+            ("sso/h".into(), LINK),
+        ];
+        for (k, v) in &rows {
+            s.tree().insert(k.as_bytes(), v.as_bytes()).unwrap();
+        }
+        let store: StoreId = test_id(st);
+        let account: AccountId = test_id(a);
+
+        let rec = s.store_by_username("sr_00").unwrap().unwrap();
+        assert_eq!((rec.id.as_str(), json(&rec).as_str()), (st, STORE));
+        let rec = Storage::account(&s, &store, &account)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(json(&rec), ACCOUNT);
+        for (index, key) in [
+            (Index::Email, "j@example.com"),
+            (Index::Custom, "cust-1"),
+            (Index::Global, "AZLd3wv9cTyMHb8FtDqE1x"),
+        ] {
+            assert_eq!(
+                Storage::account_by(&s, &store, index, key).await.unwrap(),
+                Some(account.clone())
+            );
+        }
+        assert_eq!(
+            Storage::list_accounts(&s, &store, 0, 10).await.unwrap(),
+            (vec![account.clone()], 1)
+        );
+        let order: OrderId = test_id(o);
+        assert_eq!(
+            Storage::order_by_reference(&s, &store, "SR260101-0001-00001")
+                .await
+                .unwrap(),
+            Some(order.clone())
+        );
+        let rec = Storage::order(&s, &store, &order).await.unwrap().unwrap();
+        assert_eq!(json(&rec), ORDER);
+        let sub: SubscriptionId = test_id(b);
+        let rec = Storage::subscription(&s, &store, &sub)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(json(&rec), SUBSCRIPTION);
+        assert_eq!(
+            Storage::list_subscriptions(&s, &store, 0, 10)
+                .await
+                .unwrap(),
+            (vec![sub], 1)
+        );
+        let rec = Storage::event(&s, &store, &test_id(ev))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(json(&rec), EVENT);
+        let hooks = Storage::webhooks(&s, &store).await.unwrap();
+        assert_eq!(serde_json::to_string(&hooks).unwrap(), WEBHOOKS);
+        let due = Storage::outbox_due(&s, 1, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (
+                due[0].store.as_str(),
+                due[0].hook.as_str(),
+                due[0].event.as_str()
+            ),
+            (st, "AZLd3wv9cTyMHb8FtDqE10", ev)
+        );
+        let rec = Storage::session(&s, "h").await.unwrap().unwrap();
+        assert_eq!(json(&rec), SESSION);
+        let rec = Storage::take_sso_token(&s, "h").await.unwrap().unwrap();
+        assert_eq!(json(&rec), LINK);
     }
 }

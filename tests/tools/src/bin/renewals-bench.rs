@@ -13,8 +13,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary: failing loudly is right
 
 use accounts_api::model::{
-    AccountRecord, Contact, IntervalUnit, OrderPayment, OrderRecord, SubState, SubscriptionRecord,
-    new_id, now_ms,
+    AccountId, AccountRecord, Contact, IntervalUnit, OrderId, OrderPayment, OrderRecord, StoreId,
+    SubState, SubscriptionId, SubscriptionRecord, new_id, now_ms,
 };
 use accounts_api::storage::{Checkout, Extras, SledStorage, Storage};
 use accounts_api::vault::{VaultClient, VaultConfig};
@@ -138,13 +138,14 @@ fn contact() -> Contact {
 /// Writes `n` due automatic subscriptions, one account each, spread over `pms`.
 fn seed(storage: &SledStorage, n: usize, pms: &[String]) -> i64 {
     let now = now_ms();
+    let store = StoreId::parse(STORE).unwrap();
     for i in 0..n {
-        let account_id = new_id();
+        let account_id = AccountId::generate();
         let mut c = contact();
         c.email = format!("bench{i}@example.com");
         let account = AccountRecord {
             id: account_id.clone(),
-            store: STORE.into(),
+            store: store.clone(),
             global: new_id(),
             contact: c.clone(),
             address: None,
@@ -158,9 +159,9 @@ fn seed(storage: &SledStorage, n: usize, pms: &[String]) -> i64 {
             charges: vec![],
         };
         let order = OrderRecord {
-            id: new_id(),
+            id: OrderId::generate(),
             reference: new_id(),
-            store: STORE.into(),
+            store: store.clone(),
             account: account_id.clone(),
             customer: c,
             address: None,
@@ -179,8 +180,8 @@ fn seed(storage: &SledStorage, n: usize, pms: &[String]) -> i64 {
             live: false,
         };
         let sub = SubscriptionRecord {
-            id: new_id(),
-            store: STORE.into(),
+            id: SubscriptionId::generate(),
+            store: store.clone(),
             account: account_id.clone(),
             order: order.id.clone(),
             product: "pro-plan".into(),
@@ -205,7 +206,7 @@ fn seed(storage: &SledStorage, n: usize, pms: &[String]) -> i64 {
         storage
             .complete_checkout(
                 &Checkout {
-                    store: STORE.into(),
+                    store: store.clone(),
                     account_id,
                     email_key: None,
                     create: Some(account),
