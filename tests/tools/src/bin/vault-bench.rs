@@ -8,6 +8,11 @@
 //!    HTTP/1.1 keep-alive, at concurrency 1 and 32: ops/s, p50, p99;
 //! 3. the vault process's resident memory (VmRSS) after the given number of stored records.
 //!
+//! Each load phase also prints the vault process's CPU time per request (user + system, from
+//! `/proc/<pid>/stat`): it moves less than ops/s when other work shares the machine (it still
+//! rises with the load), so alternating runs of two builds compare by it. `--store-only` runs
+//! just the durable-store phases, for such runs.
+//!
 //! The load generator runs on the same 2 cores as the vault, so the figures are a floor.
 
 use bytes::Bytes;
@@ -29,6 +34,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn main() -> Result<(), BoxError> {
     let mut seconds = 4u64;
     let mut records = 100_000u64;
+    let mut store_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -44,9 +50,10 @@ fn main() -> Result<(), BoxError> {
                     .and_then(|v| v.parse().ok())
                     .ok_or("--records N")?
             }
+            "--store-only" => store_only = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: vault-bench [--seconds N (per load phase, 4)] [--records N (RSS fill, 100000)]"
+                    "usage: vault-bench [--seconds N (per load phase, 4)] [--records N (RSS fill, 100000)] [--store-only]"
                 );
                 return Ok(());
             }
@@ -54,12 +61,14 @@ fn main() -> Result<(), BoxError> {
         }
     }
     shared::tls::install_crypto_provider();
-    seal_open_in_process()?;
-    store_in_process()?;
+    if !store_only {
+        seal_open_in_process()?;
+        store_in_process()?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(over_mtls(Duration::from_secs(seconds), records))
+    rt.block_on(over_mtls(Duration::from_secs(seconds), records, store_only))
 }
 
 fn seal_open_in_process() -> Result<(), BoxError> {
@@ -207,6 +216,18 @@ fn start_vault(dir: &Path) -> Result<VaultChild, BoxError> {
     Ok(VaultChild { child, addr })
 }
 
+/// User and system CPU seconds a process has used so far (`/proc/<pid>/stat` fields 14 and
+/// 15, in clock ticks of 1/100 s, the Linux default).
+fn cpu_secs(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; the fields after it are plain numbers.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime as f64 / 100.0, stime as f64 / 100.0))
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -287,10 +308,20 @@ fn extract_id(body: &[u8]) -> Option<String> {
     text.get(start..start + len).map(str::to_owned)
 }
 
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    vault_user: f64,
+    vault_sys: f64,
+    generator: f64,
+}
+
 struct PhaseResult {
     ops: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU seconds used in the phase: the vault process in user and system mode, and this
+    /// load generator (both).
+    cpu: Cpu,
 }
 
 /// Runs `concurrency` keep-alive connections doing `op` until `duration` passes or `limit`
@@ -301,6 +332,8 @@ struct Target {
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     ids: Arc<std::sync::Mutex<Vec<String>>>,
+    /// For the CPU time per request.
+    vault_pid: String,
 }
 
 async fn phase(
@@ -311,11 +344,26 @@ async fn phase(
     limit: u64,
     counter: Arc<AtomicU64>,
 ) -> Result<PhaseResult, BoxError> {
-    let Target { addr, tls, ids } = target.clone();
+    let Target {
+        addr,
+        tls,
+        ids,
+        vault_pid,
+    } = target.clone();
     let mut senders = Vec::new();
     for _ in 0..concurrency {
         senders.push(connect(addr, tls.clone()).await?);
     }
+    let cpu = || {
+        let (vault_user, vault_sys) = cpu_secs(&vault_pid).unwrap_or_default();
+        let (u, s) = cpu_secs("self").unwrap_or_default();
+        Cpu {
+            vault_user,
+            vault_sys,
+            generator: u + s,
+        }
+    };
+    let cpu_start = cpu();
     let start = Instant::now();
     let deadline = start + duration;
     let sent = Arc::new(AtomicU64::new(0));
@@ -349,11 +397,17 @@ async fn phase(
         latencies.extend(t.await??);
     }
     let elapsed = start.elapsed();
+    let cpu_end = cpu();
     latencies.sort_unstable();
     Ok(PhaseResult {
         ops: latencies.len() as u64,
         elapsed,
         latencies,
+        cpu: Cpu {
+            vault_user: cpu_end.vault_user - cpu_start.vault_user,
+            vault_sys: cpu_end.vault_sys - cpu_start.vault_sys,
+            generator: cpu_end.generator - cpu_start.generator,
+        },
     })
 }
 
@@ -366,23 +420,33 @@ fn pct(lat: &[Duration], p: f64) -> f64 {
 }
 
 fn report(name: &str, concurrency: usize, r: &PhaseResult) {
+    let per_op_us = |secs: f64| secs * 1e6 / r.ops.max(1) as f64;
     println!(
-        "  {name:<16} c={concurrency:<3} {:>8.0} ops/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests)",
+        "  {name:<16} c={concurrency:<3} {:>8.0} ops/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests; CPU/request: vault {:.0} us = user {:.0} + sys {:.0}, load generator {:.0} us)",
         r.ops as f64 / r.elapsed.as_secs_f64(),
         pct(&r.latencies, 0.50),
         pct(&r.latencies, 0.99),
-        r.ops
+        r.ops,
+        per_op_us(r.cpu.vault_user + r.cpu.vault_sys),
+        per_op_us(r.cpu.vault_user),
+        per_op_us(r.cpu.vault_sys),
+        per_op_us(r.cpu.generator),
     );
 }
 
-async fn over_mtls(duration: Duration, records: u64) -> Result<(), BoxError> {
+async fn over_mtls(duration: Duration, records: u64, store_only: bool) -> Result<(), BoxError> {
     let tmp = std::env::temp_dir().join(format!("vault-bench-{}", std::process::id()));
-    let result = over_mtls_in(&tmp, duration, records).await;
+    let result = over_mtls_in(&tmp, duration, records, store_only).await;
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
 
-async fn over_mtls_in(dir: &Path, duration: Duration, records: u64) -> Result<(), BoxError> {
+async fn over_mtls_in(
+    dir: &Path,
+    duration: Duration,
+    records: u64,
+    store_only: bool,
+) -> Result<(), BoxError> {
     let vault = start_vault(dir)?;
     let pki: PathBuf = dir.join("pki");
     let files = shared::tls::TlsFiles {
@@ -418,11 +482,15 @@ async fn over_mtls_in(dir: &Path, duration: Duration, records: u64) -> Result<()
         addr: vault.addr,
         tls: tls.clone(),
         ids,
+        vault_pid: vault.child.id().to_string(),
     };
 
     for c in [1usize, 32] {
         let r = phase(&target, Op::Store, c, duration, u64::MAX, counter.clone()).await?;
         report("durable store", c, &r);
+    }
+    if store_only {
+        return Ok(());
     }
     for c in [1usize, 32] {
         let r = phase(
