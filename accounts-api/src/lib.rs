@@ -10,21 +10,27 @@ mod auth;
 pub mod config;
 pub mod dev;
 mod domain;
-mod error;
 mod http;
+/// The one error mapping (FastSpring's envelope), at its short path.
+use http::error;
 mod iso;
 mod jobs;
 pub mod model;
 mod openapi;
 mod ops;
 mod pages;
-pub mod routes;
 pub mod service;
 
 pub mod settings;
 pub mod startup;
 pub mod storage;
 pub mod vault;
+
+/// Raw-bytes entry points of the fuzz targets (`accounts-api/fuzz`); not API.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::http::routes::orders::parse_checkout_bytes;
+}
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Stored records, and the typed inputs the request parsers (`http::requests`) produce.
 //!
 //! Records are what the storage layer keeps (JSON in sled); none of them can hold a payment
-//! token — the only token-bearing type is the checkout request in `routes::orders`, which hands
+//! token — the only token-bearing type is the checkout request in `http::routes::orders`, which hands
 //! the token to the vault or drops it. Input parsing collects every invalid field so one 422
 //! names them all; messages are fixed text, never the rejected value.
 

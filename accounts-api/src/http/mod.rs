@@ -1,11 +1,13 @@
 //! The HTTP layer of accounts-api: the router with its layers (body limit, oversized bodies,
 //! rejections rewritten into the envelope, 404/405), the extractors every handler shares
-//! ([`extract`]), and the success answers. Handlers live in `crate::routes`, one module per
+//! ([`extract`]), and the success answers. Handlers live in [`routes`], one module per
 //! resource, and answer typed views (`crate::http::views`) from which the OpenAPI document is
 //! built; errors go through the one mapping in `crate::error`.
 
+pub mod error;
 pub mod extract;
 pub mod requests;
+pub mod routes;
 pub mod views;
 
 use crate::app::SharedState;
@@ -23,12 +25,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<SharedState> {
     use utoipa::OpenApi as _;
     utoipa_axum::router::OpenApiRouter::with_openapi(crate::openapi::Base::openapi())
-        .merge(crate::routes::accounts::router())
-        .merge(crate::routes::orders::router())
-        .merge(crate::routes::subscriptions::router())
-        .merge(crate::routes::payment_methods::router())
-        .merge(crate::routes::events::router())
-        .merge(crate::routes::webhooks::router())
+        .merge(crate::http::routes::accounts::router())
+        .merge(crate::http::routes::orders::router())
+        .merge(crate::http::routes::subscriptions::router())
+        .merge(crate::http::routes::payment_methods::router())
+        .merge(crate::http::routes::events::router())
+        .merge(crate::http::routes::webhooks::router())
         .merge(crate::pages::router())
 }
 

@@ -20,7 +20,7 @@
 //!
 //! Time is a parameter (`now`, ms) of [`run_due`] and [`renew_one`], so schedules are testable
 //! without waiting. The periodic worker is `jobs::renewals`; `POST /subscriptions/charge` is in
-//! `routes::subscriptions`.
+//! `http::routes::subscriptions`.
 
 use crate::app::{AppState, SharedState};
 pub use crate::domain::renewal::{DAY_MS, REMIND_AHEAD_MS, RETRY_DAYS, has_work};
