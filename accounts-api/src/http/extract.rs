@@ -277,6 +277,31 @@ impl Drop for Idempotent {
     }
 }
 
+/// The keyed hash (HMAC-SHA256 under the installation's key) that identifies a request under
+/// its Idempotency-Key: of method and path, and of the body, which may hold a payment token.
+fn request_hash(state: &AppState, method_path: &str, body: &[u8]) -> String {
+    let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.storage.request_hash_key());
+    let mut ctx = ring::hmac::Context::with_key(&hmac_key);
+    ctx.update(method_path.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(body);
+    hex::encode(ctx.sign().as_ref())
+}
+
+/// The answer recorded under a key, again, marked `Idempotent-Replayed: true`.
+fn replay(rec: IdempotencyRecord) -> Response {
+    let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
+    let mut resp = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        rec.body,
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
+}
+
 enum IdempotencyStart {
     /// The key was seen with the same request: answer what was answered then.
     Replay(Response),
@@ -310,12 +335,7 @@ async fn idempotency(
             ));
         }
     };
-    let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.storage.request_hash_key());
-    let mut ctx = ring::hmac::Context::with_key(&hmac_key);
-    ctx.update(method_path.as_bytes());
-    ctx.update(b"\n");
-    ctx.update(body);
-    let request_hash = hex::encode(ctx.sign().as_ref());
+    let request_hash = request_hash(state, method_path, body);
 
     // The lock is an optimisation (a retry here waits for the answer); the claim below is what
     // makes one execution per key, across instances too.
@@ -334,18 +354,7 @@ async fn idempotency(
         .await;
     match claimed {
         Err(e) => Err(e.into_api(action)),
-        Ok(IdempotencyClaim::Replay(rec)) => {
-            let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
-            let mut resp = (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                rec.body,
-            )
-                .into_response();
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(IdempotencyStart::Replay(resp))
-        }
+        Ok(IdempotencyClaim::Replay(rec)) => Ok(IdempotencyStart::Replay(replay(rec))),
         Ok(IdempotencyClaim::Mismatch) => {
             Err(ApiError::new(action, ErrorKind::IdempotencyMismatch))
         }
