@@ -219,24 +219,12 @@ impl System {
 
     /// The payment methods the vault holds for (store, account), asked over mTLS as `accounts`.
     pub async fn vault_payment_methods(&self, store: &str, account: &str) -> Vec<Value> {
-        let pki = self.vault_dir().join("pki");
-        let client = crate::vault::mtls_client(
-            &pki.join("ca.pem"),
-            &pki.join("accounts.pem"),
-            &pki.join("accounts.key"),
-        );
-        let url = format!(
-            "https://{}/v1/payment-methods?store={store}&account={account}",
-            self.vault_addr
-        );
-        let resp = client
-            .get(url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("vault list: {e}"));
-        assert!(resp.status().is_success(), "vault list: {}", resp.status());
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        v["paymentMethods"].as_array().cloned().unwrap_or_default()
+        vault_payment_methods(&self.vault_dir(), &self.vault_addr, store, account).await
+    }
+
+    /// The typed calls of [`Merchant`] as the store `creds` on this system.
+    pub fn merchant(&self, creds: &Credentials) -> Merchant {
+        Merchant::new(&self.http, &self.api, creds)
     }
 
     /// Everything both services printed (the vault's log goes through the dev process).
@@ -292,7 +280,244 @@ pub fn order_body(
     })
 }
 
+/// The checkout's "save payment details for automated renewal" box, as [`order_body`]'s
+/// `presented` and `accepted`: the token is saved for a subscription unless it is `Unticked`.
+#[derive(Clone, Copy, Debug)]
+pub enum SaveBox {
+    /// Not shown (`presented: false, accepted: false`).
+    NotShown,
+    /// Shown and ticked.
+    Ticked,
+    /// Shown and left unticked.
+    Unticked,
+}
+
+/// [`order_body`] for a one-off item with a fresh token (never saved: no vault needed).
+pub fn one_off_order(email: &str) -> Value {
+    order_body(email, &unique_token(), false, false, false)
+}
+
+/// [`order_body`] for a monthly subscription with a fresh token and the box as given.
+pub fn subscription_order(email: &str, save: SaveBox) -> Value {
+    let (presented, accepted) = match save {
+        SaveBox::NotShown => (false, false),
+        SaveBox::Ticked => (true, true),
+        SaveBox::Unticked => (true, false),
+    };
+    order_body(email, &unique_token(), true, presented, accepted)
+}
+
 /// A token no test shares: processor-like prefix plus random hex.
 pub fn unique_token() -> String {
     format!("tok_test_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The payment methods a vault (its folder, for the `accounts` client certificate, and its
+/// address) holds for (store, account), asked over mTLS as `accounts`.
+pub async fn vault_payment_methods(
+    vault_dir: &Path,
+    vault_addr: &str,
+    store: &str,
+    account: &str,
+) -> Vec<Value> {
+    let pki = vault_dir.join("pki");
+    let client = crate::vault::mtls_client(
+        &pki.join("ca.pem"),
+        &pki.join("accounts.pem"),
+        &pki.join("accounts.key"),
+    );
+    let url = format!("https://{vault_addr}/v1/payment-methods?store={store}&account={account}");
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("vault list: {e}"));
+    assert!(resp.status().is_success(), "vault list: {}", resp.status());
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    v["paymentMethods"].as_array().cloned().unwrap_or_default()
+}
+
+impl Answer {
+    /// The string at a JSON pointer of the body (`"/account"`, `"/items/0/subscription"`), or
+    /// `""` when it is missing or not a string.
+    pub fn str(&self, pointer: &str) -> String {
+        self.json
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// One store's typed view of a running accounts-api, for either tier (the in-process
+/// [`crate::inproc::App`] derefs to its demo store's; [`System::merchant`] for the binaries):
+/// one method per route, so a test reads `complete_order(&body)` rather than a method and a path
+/// in strings. Each sends exactly the request [`call`] would and returns the whole [`Answer`]:
+/// the test still asserts the status and fields itself.
+#[derive(Clone)]
+pub struct Merchant {
+    pub http: reqwest::Client,
+    pub api: String,
+    pub creds: Credentials,
+    key: Option<String>,
+}
+
+impl Merchant {
+    pub fn new(http: &reqwest::Client, api: &str, creds: &Credentials) -> Merchant {
+        Merchant {
+            http: http.clone(),
+            api: api.to_owned(),
+            creds: creds.clone(),
+            key: None,
+        }
+    }
+
+    /// The same store sending `Idempotency-Key: key` with every request.
+    pub fn with_key(&self, key: &str) -> Merchant {
+        Merchant {
+            key: Some(key.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// Any request as this store (for what no typed method covers: odd paths, wrong methods).
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Answer {
+        call(
+            &self.http,
+            &self.api,
+            Some(&self.creds),
+            method,
+            path,
+            body,
+            self.key.as_deref(),
+        )
+        .await
+    }
+
+    /// `POST /accounts`.
+    pub async fn create_account(&self, body: &Value) -> Answer {
+        self.call("POST", "/accounts", Some(body)).await
+    }
+
+    /// `POST /accounts/{id}` (a partial update).
+    pub async fn update_account(&self, id: &str, body: &Value) -> Answer {
+        self.call("POST", &format!("/accounts/{id}"), Some(body))
+            .await
+    }
+
+    /// `GET /accounts/{id}`.
+    pub async fn get_account(&self, id: &str) -> Answer {
+        self.call("GET", &format!("/accounts/{id}"), None).await
+    }
+
+    /// `GET /accounts?filter=value` (`email`, `custom`, `global`, `orderId`, …).
+    pub async fn lookup(&self, filter: &str, value: &str) -> Answer {
+        self.list_accounts(&[(filter, value)]).await
+    }
+
+    /// `GET /accounts?k=v&…` as written (paging, several filters); `&[]`: no query.
+    pub async fn list_accounts(&self, query: &[(&str, &str)]) -> Answer {
+        self.call("GET", &with_query("/accounts", query), None)
+            .await
+    }
+
+    /// `POST /orders` (checkout completion).
+    pub async fn complete_order(&self, body: &Value) -> Answer {
+        self.call("POST", "/orders", Some(body)).await
+    }
+
+    /// `GET /orders/{id}`.
+    pub async fn get_order(&self, id: &str) -> Answer {
+        self.call("GET", &format!("/orders/{id}"), None).await
+    }
+
+    /// `GET /subscriptions/{id}`.
+    pub async fn get_subscription(&self, id: &str) -> Answer {
+        self.call("GET", &format!("/subscriptions/{id}"), None)
+            .await
+    }
+
+    /// `GET /subscriptions?k=v&…`.
+    pub async fn list_subscriptions(&self, query: &[(&str, &str)]) -> Answer {
+        self.call("GET", &with_query("/subscriptions", query), None)
+            .await
+    }
+
+    /// `DELETE /subscriptions/{id}`.
+    pub async fn cancel_subscription(&self, id: &str) -> Answer {
+        self.call("DELETE", &format!("/subscriptions/{id}"), None)
+            .await
+    }
+
+    /// `POST /subscriptions/{id}` with `{"subscriptions": [{"subscription": id,
+    /// "deactivation": null}]}`: resumes a canceled subscription.
+    pub async fn resume_subscription(&self, id: &str) -> Answer {
+        let body = json!({"subscriptions": [{"subscription": id, "deactivation": null}]});
+        self.call("POST", &format!("/subscriptions/{id}"), Some(&body))
+            .await
+    }
+
+    /// `GET /accounts/{account}/payment-methods`.
+    pub async fn payment_methods(&self, account: &str) -> Answer {
+        self.call("GET", &format!("/accounts/{account}/payment-methods"), None)
+            .await
+    }
+
+    /// `DELETE /accounts/{account}/payment-methods/{pm}`.
+    pub async fn remove_payment_method(&self, account: &str, pm: &str) -> Answer {
+        let path = format!("/accounts/{account}/payment-methods/{pm}");
+        self.call("DELETE", &path, None).await
+    }
+
+    /// `GET /events/unprocessed?k=v&…`.
+    pub async fn unprocessed_events(&self, query: &[(&str, &str)]) -> Answer {
+        self.call("GET", &with_query("/events/unprocessed", query), None)
+            .await
+    }
+
+    /// `GET /events/processed?k=v&…`.
+    pub async fn processed_events(&self, query: &[(&str, &str)]) -> Answer {
+        self.call("GET", &with_query("/events/processed", query), None)
+            .await
+    }
+
+    /// `GET /events/{id}`.
+    pub async fn get_event(&self, id: &str) -> Answer {
+        self.call("GET", &format!("/events/{id}"), None).await
+    }
+
+    /// `POST /events/{id}` (e.g. `{"processed": true}`).
+    pub async fn mark_event(&self, id: &str, body: &Value) -> Answer {
+        self.call("POST", &format!("/events/{id}"), Some(body))
+            .await
+    }
+
+    /// `POST /webhooks`.
+    pub async fn add_webhook(&self, body: &Value) -> Answer {
+        self.call("POST", "/webhooks", Some(body)).await
+    }
+
+    /// `GET /webhooks`.
+    pub async fn list_webhooks(&self) -> Answer {
+        self.call("GET", "/webhooks", None).await
+    }
+
+    /// `DELETE /webhooks/{id}`.
+    pub async fn delete_webhook(&self, id: &str) -> Answer {
+        self.call("DELETE", &format!("/webhooks/{id}"), None).await
+    }
+
+    /// `POST /webhooks/keys` (rotates a hook's secret).
+    pub async fn rotate_webhook_key(&self, body: &Value) -> Answer {
+        self.call("POST", "/webhooks/keys", Some(body)).await
+    }
+}
+
+/// `path?k=v&…` exactly as written (the tests' values need no escaping); `path` alone for none.
+fn with_query(path: &str, query: &[(&str, &str)]) -> String {
+    if query.is_empty() {
+        return path.to_owned();
+    }
+    let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{path}?{}", q.join("&"))
 }

@@ -1,6 +1,7 @@
 //! Test harness shared by the end-to-end tests in `tests/tests/`: locate the workspace's real
 //! binaries, run them as child processes on 127.0.0.1 with OS-chosen ports, wait for their
-//! readiness lines, and keep everything they print so tests can scan logs for secrets.
+//! readiness lines, and keep everything they print so tests can scan logs for secrets; or
+//! (`inproc`) run accounts-api's router in the test process for tests that need no process.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod accounts;
+pub mod inproc;
 pub mod receiver;
 pub mod recipe;
 pub mod sandbox;

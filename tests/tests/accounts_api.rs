@@ -1,8 +1,10 @@
-//! The merchant API against the real binaries: accounts CRUD, lookups, pagination,
+//! The merchant API, in process (`tests::inproc`: the real router on 127.0.0.1:0; the real
+//! vault binary where a checkout saves a token): accounts CRUD, lookups, pagination,
 //! subscriptions, idempotency, and every kind of bad input.
 
 use serde_json::{Value, json};
-use tests::accounts::{System, create_store, order_body, start_system, unique_token};
+use tests::accounts::{SaveBox, one_off_order, order_body, subscription_order, unique_token};
+use tests::inproc::{App, spawn_app, spawn_app_with_vault};
 
 fn account_body(email: &str) -> Value {
     json!({"contact": {"first": "Leeroy", "last": "Jenkins", "email": email, "company": "ABC",
@@ -11,28 +13,27 @@ fn account_body(email: &str) -> Value {
         "postalCode": "93101"}})
 }
 
-async fn create_account(sys: &System, body: &Value) -> String {
-    let a = sys.call(&sys.demo, "POST", "/accounts", Some(body)).await;
+/// `POST /accounts` as the demo store, which must succeed; the new account's id.
+async fn new_account(app: &App, body: &Value) -> String {
+    let a = app.create_account(body).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.json["action"], "account.create");
-    a.json["account"].as_str().unwrap_or_default().to_owned()
+    a.str("/account")
 }
 
-async fn account_total(sys: &System) -> u64 {
-    let all = sys.call(&sys.demo, "GET", "/accounts", None).await;
+async fn account_total(app: &App) -> u64 {
+    let all = app.list_accounts(&[]).await;
     assert_eq!(all.status, 200, "{}", all.text);
     all.json["total"].as_u64().unwrap_or(u64::MAX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_are_created_read_and_partially_updated() {
-    let sys = start_system();
+    let app = spawn_app();
     let mut body = account_body("leeroy@example.com");
     body["lookup"] = json!({"custom": "cust-0001"});
-    let id = create_account(&sys, &body).await;
-    let got = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{id}"), None)
-        .await;
+    let id = new_account(&app, &body).await;
+    let got = app.get_account(&id).await;
     assert_eq!(got.status, 200);
     let a = &got.json["accounts"][0];
     assert_eq!(a["id"], id.as_str());
@@ -49,18 +50,14 @@ async fn accounts_are_created_read_and_partially_updated() {
     assert_eq!(a["subscribed"], false);
 
     // Only the phone and the city change; everything else stays.
-    let upd = sys
-        .call(
-            &sys.demo,
-            "POST",
-            &format!("/accounts/{id}"),
-            Some(&json!({"contact": {"phone": "+44 1234"}, "address": {"city": "Goleta"}})),
+    let upd = app
+        .update_account(
+            &id,
+            &json!({"contact": {"phone": "+44 1234"}, "address": {"city": "Goleta"}}),
         )
         .await;
     assert_eq!(upd.status, 200, "{}", upd.text);
-    let got = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{id}"), None)
-        .await;
+    let got = app.get_account(&id).await;
     let a = &got.json["accounts"][0];
     assert_eq!(a["contact"]["phone"], "+44 1234");
     assert_eq!(a["contact"]["first"], "Leeroy");
@@ -71,121 +68,69 @@ async fn accounts_are_created_read_and_partially_updated() {
     assert_eq!(a["lookup"]["custom"], "cust-0001");
 
     // A new email moves the lookup with it.
-    let upd = sys
-        .call(
-            &sys.demo,
-            "POST",
-            &format!("/accounts/{id}"),
-            Some(&json!({"contact": {"email": "new@example.com"}})),
-        )
+    let upd = app
+        .update_account(&id, &json!({"contact": {"email": "new@example.com"}}))
         .await;
     assert_eq!(upd.status, 200, "{}", upd.text);
-    assert_eq!(
-        sys.call(&sys.demo, "GET", "/accounts?email=new@example.com", None)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        sys.call(&sys.demo, "GET", "/accounts?email=leeroy@example.com", None)
-            .await
-            .status,
-        404
-    );
+    assert_eq!(app.lookup("email", "new@example.com").await.status, 200);
+    assert_eq!(app.lookup("email", "leeroy@example.com").await.status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_find_the_account_by_every_filter() {
-    let sys = start_system();
+    let app = spawn_app();
     let mut body = account_body("find.me@example.com");
     body["lookup"] = json!({"custom": "crm_42"});
-    let id = create_account(&sys, &body).await;
-    create_account(&sys, &account_body("someone.else@example.com")).await;
-    let mut order = order_body("ignored@example.com", &unique_token(), true, true, false);
+    let id = new_account(&app, &body).await;
+    new_account(&app, &account_body("someone.else@example.com")).await;
+    let mut order = subscription_order("ignored@example.com", SaveBox::Unticked);
     order["account"] = json!(id);
-    let o = sys.call(&sys.demo, "POST", "/orders", Some(&order)).await;
+    let o = app.complete_order(&order).await;
     assert_eq!(o.status, 200, "{}", o.text);
     assert_eq!(
         o.json["account"],
         id.as_str(),
         "a pre-created account id is used as given"
     );
-    let global = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{id}"), None)
-        .await
-        .json["accounts"][0]["lookup"]["global"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let global = app.get_account(&id).await.str("/accounts/0/lookup/global");
     let filters = [
         ("email", "FIND.ME@example.com".to_owned()),
         ("custom", "crm_42".to_owned()),
         ("global", global),
-        (
-            "orderId",
-            o.json["id"].as_str().unwrap_or_default().to_owned(),
-        ),
-        (
-            "orderReference",
-            o.json["reference"].as_str().unwrap_or_default().to_owned(),
-        ),
-        (
-            "subscriptionId",
-            o.json["items"][0]["subscription"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
+        ("orderId", o.str("/id")),
+        ("orderReference", o.str("/reference")),
+        ("subscriptionId", o.str("/items/0/subscription")),
     ];
     for (f, v) in &filters {
-        let a = sys
-            .call(&sys.demo, "GET", &format!("/accounts?{f}={v}"), None)
-            .await;
+        let a = app.lookup(f, v).await;
         assert_eq!(a.status, 200, "{f}: {}", a.text);
         assert_eq!(a.json["accounts"][0]["id"], id.as_str(), "{f}");
         assert_eq!(a.json["action"], "account.lookup");
     }
-    let miss = sys
-        .call(&sys.demo, "GET", "/accounts?custom=nobody", None)
-        .await;
+    let miss = app.lookup("custom", "nobody").await;
     assert_eq!(miss.status, 404);
     assert_eq!(miss.json["error"]["custom"], "Account not found");
-    let two = sys
-        .call(
-            &sys.demo,
-            "GET",
-            "/accounts?email=a@b.co&custom=crm_42",
-            None,
-        )
+    let two = app
+        .list_accounts(&[("email", "a@b.co"), ("custom", "crm_42")])
         .await;
     assert_eq!(two.status, 422);
     // Another store's filters find nothing.
-    let other = create_store(sys.data.path(), "Other");
-    assert_eq!(
-        sys.call(&other, "GET", "/accounts?custom=crm_42", None)
-            .await
-            .status,
-        404
-    );
+    let other = app.as_store(&app.create_store("Other").await);
+    assert_eq!(other.lookup("custom", "crm_42").await.status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_without_a_filter_pages_through_account_ids() {
-    let sys = start_system();
+    let app = spawn_app();
     let mut created = std::collections::BTreeSet::new();
     for i in 0..7 {
-        created.insert(create_account(&sys, &account_body(&format!("p{i}@example.com"))).await);
+        created.insert(new_account(&app, &account_body(&format!("p{i}@example.com"))).await);
     }
     let mut seen = std::collections::BTreeSet::new();
     let mut page = 1;
     loop {
-        let a = sys
-            .call(
-                &sys.demo,
-                "GET",
-                &format!("/accounts?limit=3&page={page}"),
-                None,
-            )
+        let a = app
+            .list_accounts(&[("limit", "3"), ("page", &page.to_string())])
             .await;
         assert_eq!(a.status, 200, "{}", a.text);
         assert_eq!(a.json["total"], 7);
@@ -202,25 +147,15 @@ async fn listing_without_a_filter_pages_through_account_ids() {
     }
     assert_eq!(page, 3);
     assert_eq!(seen, created);
-    let default = sys.call(&sys.demo, "GET", "/accounts", None).await;
+    let default = app.list_accounts(&[]).await;
     assert_eq!(default.json["limit"], 50);
-    assert_eq!(
-        sys.call(&sys.demo, "GET", "/accounts?limit=0", None)
-            .await
-            .status,
-        422
-    );
-    assert_eq!(
-        sys.call(&sys.demo, "GET", "/accounts?page=x", None)
-            .await
-            .status,
-        422
-    );
+    assert_eq!(app.list_accounts(&[("limit", "0")]).await.status, 422);
+    assert_eq!(app.list_accounts(&[("page", "x")]).await.status, 422);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_account_field_is_a_422_naming_it_and_nothing_is_written() {
-    let sys = start_system();
+    let app = spawn_app();
     let long = "x".repeat(256);
     let cases: Vec<(&str, Value)> = vec![
         (
@@ -262,7 +197,7 @@ async fn every_invalid_account_field_is_a_422_naming_it_and_nothing_is_written()
         ),
     ];
     for (field, body) in &cases {
-        let a = sys.call(&sys.demo, "POST", "/accounts", Some(body)).await;
+        let a = app.create_account(body).await;
         assert_eq!(a.status, 422, "{field}: {}", a.text);
         assert_eq!(a.json["result"], "error");
         assert_eq!(a.json["action"], "account.create");
@@ -272,27 +207,20 @@ async fn every_invalid_account_field_is_a_422_naming_it_and_nothing_is_written()
             a.text
         );
     }
-    assert_eq!(account_total(&sys).await, 0);
+    assert_eq!(account_total(&app).await, 0);
     // Partial update validates the same way and changes nothing.
-    let id = create_account(&sys, &account_body("ok@example.com")).await;
-    let bad = sys
-        .call(
-            &sys.demo,
-            "POST",
-            &format!("/accounts/{id}"),
-            Some(&json!({"contact": {"phone": "1", "email": "nope"}})),
-        )
+    let id = new_account(&app, &account_body("ok@example.com")).await;
+    let bad = app
+        .update_account(&id, &json!({"contact": {"phone": "1", "email": "nope"}}))
         .await;
     assert_eq!(bad.status, 422);
-    let got = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{id}"), None)
-        .await;
+    let got = app.get_account(&id).await;
     assert_eq!(got.json["accounts"][0]["contact"]["phone"], "+1254789654");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_checkout_field_is_a_422_naming_it_and_nothing_is_written() {
-    let sys = start_system();
+    let app = spawn_app();
     let token = unique_token();
     let base = order_body("buyer@example.com", &token, true, true, true);
     let with = |path: &[&str], v: Value| {
@@ -380,7 +308,7 @@ async fn every_invalid_checkout_field_is_a_422_naming_it_and_nothing_is_written(
         ("surprise", with(&["surprise"], json!(1))),
     ];
     for (field, body) in &cases {
-        let a = sys.call(&sys.demo, "POST", "/orders", Some(body)).await;
+        let a = app.complete_order(body).await;
         assert_eq!(a.status, 422, "{field}: {}", a.text);
         assert!(
             a.json["error"][*field].is_string(),
@@ -393,7 +321,7 @@ async fn every_invalid_checkout_field_is_a_422_naming_it_and_nothing_is_written(
     let mut mixed = base.clone();
     mixed["items"] =
         json!([base["items"][0], {"product": "b", "quantity": 1, "price": 1, "currency": "EUR"}]);
-    let a = sys.call(&sys.demo, "POST", "/orders", Some(&mixed)).await;
+    let a = app.complete_order(&mixed).await;
     assert_eq!(a.status, 422);
     assert!(
         a.json["error"]["items[1].currency"].is_string(),
@@ -401,28 +329,21 @@ async fn every_invalid_checkout_field_is_a_422_naming_it_and_nothing_is_written(
         a.text
     );
     // An unknown pre-created account.
-    let a = sys
-        .call(
-            &sys.demo,
-            "POST",
-            "/orders",
-            Some(&with(&["account"], json!("nope"))),
-        )
-        .await;
+    let a = app.complete_order(&with(&["account"], json!("nope"))).await;
     assert_eq!(a.status, 404, "{}", a.text);
-    assert_eq!(account_total(&sys).await, 0, "nothing half-written");
-    let subs = sys.call(&sys.demo, "GET", "/subscriptions", None).await;
+    assert_eq!(account_total(&app).await, 0, "nothing half-written");
+    let subs = app.list_subscriptions(&[]).await;
     assert_eq!(subs.json["total"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_400_and_oversized_bodies_are_413_in_the_envelope() {
-    let sys = start_system();
+    let app = spawn_app();
     for path in ["/accounts", "/orders"] {
-        let resp = sys
+        let resp = app
             .http
-            .post(format!("{}{path}", sys.api))
-            .basic_auth(&sys.demo.username, Some(&sys.demo.password))
+            .post(format!("{}{path}", app.api))
+            .basic_auth(&app.demo.username, Some(&app.demo.password))
             .header("content-type", "application/json")
             .body("{\"contact\": ")
             .send()
@@ -437,10 +358,10 @@ async fn malformed_json_is_400_and_oversized_bodies_are_413_in_the_envelope() {
             "{{\"contact\": {{\"first\": \"{}\"}}}}",
             "a".repeat(200 * 1024)
         );
-        let resp = sys
+        let resp = app
             .http
-            .post(format!("{}{path}", sys.api))
-            .basic_auth(&sys.demo.username, Some(&sys.demo.password))
+            .post(format!("{}{path}", app.api))
+            .basic_auth(&app.demo.username, Some(&app.demo.password))
             .header("content-type", "application/json")
             .body(big)
             .send()
@@ -451,18 +372,18 @@ async fn malformed_json_is_400_and_oversized_bodies_are_413_in_the_envelope() {
         assert_eq!(v["result"], "error", "{v}");
     }
     // A path that is not UTF-8 after percent-decoding: still the envelope, never plain text.
-    let bad_path = sys.call(&sys.demo, "GET", "/accounts/%FF%FE", None).await;
+    let bad_path = app.get_account("%FF%FE").await;
     assert_eq!(bad_path.status, 400);
     assert_eq!(bad_path.json["result"], "error", "{}", bad_path.text);
-    assert_eq!(account_total(&sys).await, 0);
+    assert_eq!(account_total(&app).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_wrong_credentials_are_401_with_a_basic_challenge() {
-    let sys = start_system();
-    let mut wrong = sys.demo.clone();
+    let app = spawn_app();
+    let mut wrong = app.demo.clone();
     wrong.password.push('x');
-    let mut unknown = sys.demo.clone();
+    let mut unknown = app.demo.clone();
     unknown.username = "sr_nobody".into();
     for creds in [None, Some(&wrong), Some(&unknown)] {
         for (m, p) in [
@@ -470,7 +391,7 @@ async fn missing_or_wrong_credentials_are_401_with_a_basic_challenge() {
             ("POST", "/orders"),
             ("GET", "/subscriptions/x"),
         ] {
-            let a = tests::accounts::call(&sys.http, &sys.api, creds, m, p, Some(&json!({})), None)
+            let a = tests::accounts::call(&app.http, &app.api, creds, m, p, Some(&json!({})), None)
                 .await;
             assert_eq!(a.status, 401, "{m} {p}");
             let challenge = a
@@ -486,80 +407,53 @@ async fn missing_or_wrong_credentials_are_401_with_a_basic_challenge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_stores_ids_answer_404_and_are_left_alone() {
-    let sys = start_system();
-    let o = sys
-        .call(
-            &sys.demo,
-            "POST",
-            "/orders",
-            Some(&order_body(
-                "mine@example.com",
-                &unique_token(),
-                true,
-                false,
-                false,
-            )),
-        )
+    let app = spawn_app_with_vault();
+    let o = app
+        .complete_order(&subscription_order("mine@example.com", SaveBox::NotShown))
         .await;
     assert_eq!(o.status, 200, "{}", o.text);
-    let account = o.json["account"].as_str().unwrap_or_default();
-    let sub = o.json["items"][0]["subscription"]
-        .as_str()
-        .unwrap_or_default();
-    let other = create_store(sys.data.path(), "Intruder");
+    let account = o.str("/account");
+    let sub = o.str("/items/0/subscription");
+    let other = app.as_store(&app.create_store("Intruder").await);
     let checks = [
-        ("GET", format!("/accounts/{account}"), None),
+        ("GET account", other.get_account(&account).await),
         (
-            "POST",
-            format!("/accounts/{account}"),
-            Some(json!({"contact": {"first": "X"}})),
+            "POST account",
+            other
+                .update_account(&account, &json!({"contact": {"first": "X"}}))
+                .await,
+        ),
+        ("GET order", other.get_order(&o.str("/id")).await),
+        ("GET subscription", other.get_subscription(&sub).await),
+        ("DELETE subscription", other.cancel_subscription(&sub).await),
+        (
+            "GET subscriptions?accountId",
+            other.list_subscriptions(&[("accountId", &account)]).await,
         ),
         (
-            "GET",
-            format!("/orders/{}", o.json["id"].as_str().unwrap_or_default()),
-            None,
+            "GET accounts?subscriptionId",
+            other.lookup("subscriptionId", &sub).await,
         ),
-        ("GET", format!("/subscriptions/{sub}"), None),
-        ("DELETE", format!("/subscriptions/{sub}"), None),
-        ("GET", format!("/subscriptions?accountId={account}"), None),
-        ("GET", format!("/accounts?subscriptionId={sub}"), None),
     ];
-    for (m, p, body) in &checks {
-        let a = sys.call(&other, m, p, body.as_ref()).await;
-        assert_eq!(a.status, 404, "{m} {p}: {}", a.text);
+    for (what, a) in &checks {
+        assert_eq!(a.status, 404, "{what}: {}", a.text);
     }
-    let mut order = order_body("x@example.com", &unique_token(), false, false, false);
+    let mut order = one_off_order("x@example.com");
     order["account"] = json!(account);
-    assert_eq!(
-        sys.call(&other, "POST", "/orders", Some(&order))
-            .await
-            .status,
-        404
-    );
-    let mine = sys
-        .call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
-        .await;
+    assert_eq!(other.complete_order(&order).await.status, 404);
+    let mine = app.get_subscription(&sub).await;
     assert_eq!(mine.json["state"], "active");
-    let acc = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
-        .await;
+    let acc = app.get_account(&account).await;
     assert_eq!(acc.json["accounts"][0]["contact"]["first"], "Jane");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_email_or_custom_id_is_409_naming_the_existing_account() {
-    let sys = start_system();
+    let app = spawn_app();
     let mut body = account_body("dup@example.com");
     body["lookup"] = json!({"custom": "dup-key"});
-    let id = create_account(&sys, &body).await;
-    let again = sys
-        .call(
-            &sys.demo,
-            "POST",
-            "/accounts",
-            Some(&account_body("DUP@example.com")),
-        )
-        .await;
+    let id = new_account(&app, &body).await;
+    let again = app.create_account(&account_body("DUP@example.com")).await;
     assert_eq!(again.status, 409, "{}", again.text);
     assert!(
         again.json["error"]["email"]
@@ -569,9 +463,7 @@ async fn duplicate_email_or_custom_id_is_409_naming_the_existing_account() {
     );
     let mut custom = account_body("other@example.com");
     custom["lookup"] = json!({"custom": "dup-key"});
-    let c = sys
-        .call(&sys.demo, "POST", "/accounts", Some(&custom))
-        .await;
+    let c = app.create_account(&custom).await;
     assert_eq!(c.status, 409, "{}", c.text);
     assert!(
         c.json["error"]["custom"]
@@ -580,53 +472,34 @@ async fn duplicate_email_or_custom_id_is_409_naming_the_existing_account() {
             .contains(&id)
     );
     assert_eq!(
-        account_total(&sys).await,
+        account_total(&app).await,
         1,
         "the refused account left no trace"
     );
-    assert_eq!(
-        sys.call(&sys.demo, "GET", "/accounts?email=other@example.com", None)
-            .await
-            .status,
-        404
-    );
+    assert_eq!(app.lookup("email", "other@example.com").await.status, 404);
     // An update may not take another account's email or custom id either.
-    let second = create_account(&sys, &account_body("second@example.com")).await;
-    let u = sys
-        .call(
-            &sys.demo,
-            "POST",
-            &format!("/accounts/{second}"),
-            Some(&json!({"contact": {"email": "dup@example.com"}})),
-        )
+    let second = new_account(&app, &account_body("second@example.com")).await;
+    let u = app
+        .update_account(&second, &json!({"contact": {"email": "dup@example.com"}}))
         .await;
     assert_eq!(u.status, 409);
-    let u = sys
-        .call(
-            &sys.demo,
-            "POST",
-            &format!("/accounts/{second}"),
-            Some(&json!({"lookup": {"custom": "dup-key"}})),
-        )
+    let u = app
+        .update_account(&second, &json!({"lookup": {"custom": "dup-key"}}))
         .await;
     assert_eq!(u.status, 409);
     // The same email in another store is fine.
-    let other = create_store(sys.data.path(), "Elsewhere");
-    let a = sys.call(&other, "POST", "/accounts", Some(&body)).await;
+    let other = app.as_store(&app.create_store("Elsewhere").await);
+    let a = other.create_account(&body).await;
     assert_eq!(a.status, 200, "{}", a.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_retry_returns_the_first_answer_and_changes_nothing() {
-    let sys = start_system();
-    let body = order_body("idem@example.com", &unique_token(), true, false, false);
-    let first = sys
-        .call_with_key(&sys.demo, "POST", "/orders", Some(&body), "order-key-1")
-        .await;
+    let app = spawn_app_with_vault();
+    let body = subscription_order("idem@example.com", SaveBox::NotShown);
+    let first = app.with_key("order-key-1").complete_order(&body).await;
     assert_eq!(first.status, 200, "{}", first.text);
-    let retry = sys
-        .call_with_key(&sys.demo, "POST", "/orders", Some(&body), "order-key-1")
-        .await;
+    let retry = app.with_key("order-key-1").complete_order(&body).await;
     assert_eq!(retry.status, 200);
     assert_eq!(
         retry.json, first.json,
@@ -639,53 +512,32 @@ async fn an_idempotent_retry_returns_the_first_answer_and_changes_nothing() {
             .and_then(|v| v.to_str().ok()),
         Some("true")
     );
-    let account = first.json["account"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let acc = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
-        .await;
+    let account = first.str("/account");
+    let acc = app.get_account(&account).await;
     assert_eq!(
         acc.json["accounts"][0]["orders"].as_array().map(Vec::len),
         Some(1)
     );
     assert_eq!(
-        sys.vault_payment_methods(&sys.demo.store, &account)
+        app.vault_payment_methods(&app.demo.store, &account)
             .await
             .len(),
         1
     );
 
-    let changed = order_body("idem@example.com", &unique_token(), true, false, false);
-    let conflict = sys
-        .call_with_key(&sys.demo, "POST", "/orders", Some(&changed), "order-key-1")
-        .await;
+    let changed = subscription_order("idem@example.com", SaveBox::NotShown);
+    let conflict = app.with_key("order-key-1").complete_order(&changed).await;
     assert_eq!(conflict.status, 409, "{}", conflict.text);
     assert!(conflict.json["error"]["idempotencyKey"].is_string());
 
     // Ten concurrent requests with one new key: one execution, ten identical answers.
-    let body = order_body("idem2@example.com", &unique_token(), false, false, false);
+    let body = one_off_order("idem2@example.com");
     let mut tasks = Vec::new();
     for _ in 0..10 {
-        let (http, api, demo, body) = (
-            sys.http.clone(),
-            sys.api.clone(),
-            sys.demo.clone(),
-            body.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            tests::accounts::call(
-                &http,
-                &api,
-                Some(&demo),
-                "POST",
-                "/orders",
-                Some(&body),
-                Some("order-key-2"),
-            )
-            .await
-        }));
+        let (keyed, body) = (app.with_key("order-key-2"), body.clone());
+        tasks.push(tokio::spawn(
+            async move { keyed.complete_order(&body).await },
+        ));
     }
     let mut answers = Vec::new();
     for t in tasks {
@@ -694,32 +546,20 @@ async fn an_idempotent_retry_returns_the_first_answer_and_changes_nothing() {
         answers.push(a.json);
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]));
-    let acc = sys
-        .call(&sys.demo, "GET", "/accounts?email=idem2@example.com", None)
-        .await;
+    let acc = app.lookup("email", "idem2@example.com").await;
     assert_eq!(
         acc.json["accounts"][0]["orders"].as_array().map(Vec::len),
         Some(1)
     );
 
     // Other mutating routes honour the header too.
-    let a1 = sys
-        .call_with_key(
-            &sys.demo,
-            "POST",
-            "/accounts",
-            Some(&account_body("k@example.com")),
-            "acct-1",
-        )
+    let a1 = app
+        .with_key("acct-1")
+        .create_account(&account_body("k@example.com"))
         .await;
-    let a2 = sys
-        .call_with_key(
-            &sys.demo,
-            "POST",
-            "/accounts",
-            Some(&account_body("k@example.com")),
-            "acct-1",
-        )
+    let a2 = app
+        .with_key("acct-1")
+        .create_account(&account_body("k@example.com"))
         .await;
     assert_eq!(
         (a1.status.as_u16(), a2.status.as_u16()),
@@ -728,31 +568,11 @@ async fn an_idempotent_retry_returns_the_first_answer_and_changes_nothing() {
         a2.text
     );
     assert_eq!(a1.json, a2.json);
-    let sub = first.json["items"][0]["subscription"]
-        .as_str()
-        .unwrap_or_default();
-    let c1 = sys
-        .call_with_key(
-            &sys.demo,
-            "DELETE",
-            &format!("/subscriptions/{sub}"),
-            None,
-            "cancel-1",
-        )
-        .await;
-    let c2 = sys
-        .call_with_key(
-            &sys.demo,
-            "DELETE",
-            &format!("/subscriptions/{sub}"),
-            None,
-            "cancel-1",
-        )
-        .await;
+    let sub = first.str("/items/0/subscription");
+    let c1 = app.with_key("cancel-1").cancel_subscription(&sub).await;
+    let c2 = app.with_key("cancel-1").cancel_subscription(&sub).await;
     assert_eq!((c1.status.as_u16(), c2.status.as_u16()), (200, 200));
-    let c3 = sys
-        .call(&sys.demo, "DELETE", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let c3 = app.cancel_subscription(&sub).await;
     assert_eq!(
         c3.status, 409,
         "without the key a second cancel is refused: {}",
@@ -762,25 +582,20 @@ async fn an_idempotent_retry_returns_the_first_answer_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_are_read_listed_by_account_canceled_and_resumed() {
-    let sys = start_system();
-    let mut body = order_body("subs@example.com", &unique_token(), true, false, false);
+    let app = spawn_app_with_vault();
+    let mut body = subscription_order("subs@example.com", SaveBox::NotShown);
     body["items"] = json!([
         {"product": "monthly", "quantity": 2, "price": 9.99, "currency": "USD", "subscription": {"intervalUnit": "month", "intervalLength": 1}},
         {"product": "yearly", "quantity": 1, "price": 99, "currency": "USD", "subscription": {"intervalUnit": "year", "intervalLength": 1}},
         {"product": "ebook", "quantity": 1, "price": 5, "currency": "USD"},
     ]);
-    let o = sys.call(&sys.demo, "POST", "/orders", Some(&body)).await;
+    let o = app.complete_order(&body).await;
     assert_eq!(o.status, 200, "{}", o.text);
     assert_eq!(o.json["total"], 123.98);
-    let account = o.json["account"].as_str().unwrap_or_default();
-    let sub = o.json["items"][0]["subscription"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let account = o.str("/account");
+    let sub = o.str("/items/0/subscription");
     assert!(o.json["items"][2]["subscription"].is_null());
-    let s = sys
-        .call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let s = app.get_subscription(&sub).await;
     assert_eq!(s.status, 200);
     for (k, v) in [
         ("account", json!(account)),
@@ -799,14 +614,7 @@ async fn subscriptions_are_read_listed_by_account_canceled_and_resumed() {
         assert_eq!(s.json[k], v, "{k}: {}", s.text);
     }
     assert!(s.json["next"].as_i64().unwrap_or(0) > s.json["begin"].as_i64().unwrap_or(i64::MAX));
-    let list = sys
-        .call(
-            &sys.demo,
-            "GET",
-            &format!("/subscriptions?accountId={account}"),
-            None,
-        )
-        .await;
+    let list = app.list_subscriptions(&[("accountId", &account)]).await;
     assert_eq!(
         list.json["subscriptions"].as_array().map(Vec::len),
         Some(2),
@@ -814,37 +622,12 @@ async fn subscriptions_are_read_listed_by_account_canceled_and_resumed() {
         list.text
     );
 
-    let c = sys
-        .call(&sys.demo, "DELETE", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let c = app.cancel_subscription(&sub).await;
     assert_eq!(c.status, 200, "{}", c.text);
     assert_eq!(c.json["subscriptions"][0]["action"], "subscription.cancel");
-    assert_eq!(
-        sys.call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
-            .await
-            .json["state"],
-        "canceled"
-    );
-    let resume = json!({"subscriptions": [{"subscription": sub, "deactivation": null}]});
-    let r = sys
-        .call(
-            &sys.demo,
-            "POST",
-            &format!("/subscriptions/{sub}"),
-            Some(&resume),
-        )
-        .await;
+    assert_eq!(app.get_subscription(&sub).await.json["state"], "canceled");
+    let r = app.resume_subscription(&sub).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(
-        sys.call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
-            .await
-            .json["state"],
-        "active"
-    );
-    assert_eq!(
-        sys.call(&sys.demo, "GET", "/subscriptions/unknown", None)
-            .await
-            .status,
-        404
-    );
+    assert_eq!(app.get_subscription(&sub).await.json["state"], "active");
+    assert_eq!(app.get_subscription("unknown").await.status, 404);
 }

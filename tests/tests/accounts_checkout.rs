@@ -1,53 +1,29 @@
-//! Checkout completion against the real binaries: account find-or-create (also under 20
-//! concurrent first orders), store isolation, the consent matrix with secret scans, and saved
-//! payment methods.
+//! Checkout completion: account find-or-create (also under 20 concurrent first orders), store
+//! isolation and saved payment methods in process (`tests::inproc`, the real vault binary where
+//! a token is saved); the consent matrix with its log and folder scans, dev's restart and a dead
+//! vault against the real binaries.
 
 use serde_json::{Value, json};
-use tests::accounts::{create_store, order_body, start_system, unique_token};
+use tests::accounts::{
+    Merchant, SaveBox, one_off_order, order_body, start_system, subscription_order, unique_token,
+};
+use tests::inproc::{spawn_app, spawn_app_with_vault};
 use tests::{all_files, contains_bytes};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_order_creates_the_account_second_joins_it_and_another_store_gets_its_own() {
-    let sys = start_system();
-    let demo = sys.demo.clone();
-    let first = sys
-        .call(
-            &demo,
-            "POST",
-            "/orders",
-            Some(&order_body(
-                "Jane@Example.com",
-                &unique_token(),
-                false,
-                false,
-                false,
-            )),
-        )
-        .await;
+    let app = spawn_app();
+    let first = app.complete_order(&one_off_order("Jane@Example.com")).await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.json["result"], "success");
     assert_eq!(first.json["completed"], true);
-    let account = first.json["account"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let account = first.str("/account");
     assert!(!account.is_empty());
     assert_eq!(first.json["payment"]["cardEnding"], "4242");
     assert_eq!(first.json["payment"]["creditCard"], "Visa");
 
-    let second = sys
-        .call(
-            &demo,
-            "POST",
-            "/orders",
-            Some(&order_body(
-                " jane@example.COM",
-                &unique_token(),
-                false,
-                false,
-                false,
-            )),
-        )
+    let second = app
+        .complete_order(&one_off_order(" jane@example.COM"))
         .await;
     assert_eq!(second.status, 200, "{}", second.text);
     assert_eq!(
@@ -57,9 +33,7 @@ async fn first_order_creates_the_account_second_joins_it_and_another_store_gets_
     );
     assert_ne!(second.json["id"], first.json["id"]);
 
-    let got = sys
-        .call(&demo, "GET", &format!("/accounts/{account}"), None)
-        .await;
+    let got = app.get_account(&account).await;
     assert_eq!(got.status, 200);
     let orders = got.json["accounts"][0]["orders"]
         .as_array()
@@ -78,21 +52,11 @@ async fn first_order_creates_the_account_second_joins_it_and_another_store_gets_
     assert_eq!(charges[0]["status"], "successful");
 
     // A second store, created over the admin socket while the server runs.
-    let other = create_store(sys.data.path(), "Other Shop");
-    assert_ne!(other.store, demo.store);
-    let third = sys
-        .call(
-            &other,
-            "POST",
-            "/orders",
-            Some(&order_body(
-                "jane@example.com",
-                &unique_token(),
-                false,
-                false,
-                false,
-            )),
-        )
+    let other_creds = app.create_store("Other Shop").await;
+    assert_ne!(other_creds.store, app.demo.store);
+    let other = app.as_store(&other_creds);
+    let third = other
+        .complete_order(&one_off_order("jane@example.com"))
         .await;
     assert_eq!(third.status, 200, "{}", third.text);
     assert_ne!(
@@ -101,20 +65,11 @@ async fn first_order_creates_the_account_second_joins_it_and_another_store_gets_
         "another store: another account"
     );
     // And neither store sees the other's records.
-    let cross = sys
-        .call(&other, "GET", &format!("/accounts/{account}"), None)
-        .await;
+    let cross = other.get_account(&account).await;
     assert_eq!(cross.status, 404);
-    let order_id = first.json["id"].as_str().unwrap_or_default();
-    assert_eq!(
-        sys.call(&other, "GET", &format!("/orders/{order_id}"), None)
-            .await
-            .status,
-        404
-    );
-    let own = sys
-        .call(&demo, "GET", &format!("/orders/{order_id}"), None)
-        .await;
+    let order_id = first.str("/id");
+    assert_eq!(other.get_order(&order_id).await.status, 404);
+    let own = app.get_order(&order_id).await;
     assert_eq!(own.status, 200);
     assert_eq!(own.json["account"], account.as_str());
     assert_eq!(own.json["reference"], first.json["reference"]);
@@ -122,45 +77,31 @@ async fn first_order_creates_the_account_second_joins_it_and_another_store_gets_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_first_orders_with_one_email_make_exactly_one_account() {
-    let sys = start_system();
-    let demo = sys.demo.clone();
+    let app = spawn_app_with_vault();
     let mut tasks = Vec::new();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
     for _ in 0..20 {
-        let http = sys.http.clone();
-        let api = sys.api.clone();
-        let demo = demo.clone();
+        let demo = Merchant::clone(&app);
         let barrier = std::sync::Arc::clone(&barrier);
         // Every one saves a card: the vault call between resolving the account and the
         // transaction keeps them in flight together, so most lose the race and redo.
-        let body = order_body("race@example.com", &unique_token(), true, false, false);
+        let body = subscription_order("race@example.com", SaveBox::NotShown);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            tests::accounts::call(
-                &http,
-                &api,
-                Some(&demo),
-                "POST",
-                "/orders",
-                Some(&body),
-                None,
-            )
-            .await
+            demo.complete_order(&body).await
         }));
     }
     let mut accounts = std::collections::HashSet::new();
     for t in tasks {
         let a = t.await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.status, 200, "{}", a.text);
-        accounts.insert(a.json["account"].as_str().unwrap_or_default().to_owned());
+        accounts.insert(a.str("/account"));
     }
     assert_eq!(accounts.len(), 1, "{accounts:?}");
-    let all = sys.call(&demo, "GET", "/accounts", None).await;
+    let all = app.list_accounts(&[]).await;
     assert_eq!(all.json["total"], 1, "{}", all.text);
     let account = accounts.into_iter().next().unwrap_or_default();
-    let got = sys
-        .call(&demo, "GET", &format!("/accounts/{account}"), None)
-        .await;
+    let got = app.get_account(&account).await;
     assert_eq!(
         got.json["accounts"][0]["orders"].as_array().map(Vec::len),
         Some(20)
@@ -173,7 +114,9 @@ async fn twenty_concurrent_first_orders_with_one_email_make_exactly_one_account(
     );
     // Twenty distinct tokens saved, all under the one account.
     assert_eq!(
-        sys.vault_payment_methods(&demo.store, &account).await.len(),
+        app.vault_payment_methods(&app.demo.store, &account)
+            .await
+            .len(),
         20
     );
     assert_eq!(got.json["accounts"][0]["payment"]["methods"], 20);
@@ -294,27 +237,14 @@ async fn consent_matrix_saves_the_token_only_for_consenting_subscriptions_and_le
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saved_payment_methods_show_brand_last_four_and_expiry_only_and_removal_makes_renewal_manual()
  {
-    let sys = start_system();
-    let demo = sys.demo.clone();
+    let app = spawn_app_with_vault();
     let token = unique_token();
-    let o = sys
-        .call(
-            &demo,
-            "POST",
-            "/orders",
-            Some(&order_body("pm@example.com", &token, true, true, true)),
-        )
+    let o = app
+        .complete_order(&order_body("pm@example.com", &token, true, true, true))
         .await;
     assert_eq!(o.status, 200, "{}", o.text);
-    let account = o.json["account"].as_str().unwrap_or_default().to_owned();
-    let list = sys
-        .call(
-            &demo,
-            "GET",
-            &format!("/accounts/{account}/payment-methods"),
-            None,
-        )
-        .await;
+    let account = o.str("/account");
+    let list = app.payment_methods(&account).await;
     assert_eq!(list.status, 200, "{}", list.text);
     let pms = list.json["paymentMethods"]
         .as_array()
@@ -338,55 +268,38 @@ async fn saved_payment_methods_show_brand_last_four_and_expiry_only_and_removal_
     assert!(!list.text.contains(&token));
 
     // The same token again for the same account: the vault recognises it, still one method.
-    let again = sys
-        .call(
-            &demo,
-            "POST",
-            "/orders",
-            Some(&order_body("pm@example.com", &token, true, false, false)),
-        )
+    let again = app
+        .complete_order(&order_body("pm@example.com", &token, true, false, false))
         .await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(
-        sys.vault_payment_methods(&demo.store, &account).await.len(),
+        app.vault_payment_methods(&app.demo.store, &account)
+            .await
+            .len(),
         1
     );
 
     // Another store cannot see or remove it.
-    let other = create_store(sys.data.path(), "Nosy");
+    let other = app.as_store(&app.create_store("Nosy").await);
     let pm_id = pm["id"].as_str().unwrap_or_default();
-    let path = format!("/accounts/{account}/payment-methods/{pm_id}");
-    assert_eq!(sys.call(&other, "DELETE", &path, None).await.status, 404);
     assert_eq!(
-        sys.call(
-            &other,
-            "GET",
-            &format!("/accounts/{account}/payment-methods"),
-            None
-        )
-        .await
-        .status,
+        other.remove_payment_method(&account, pm_id).await.status,
         404
     );
+    assert_eq!(other.payment_methods(&account).await.status, 404);
 
-    let removed = sys.call(&demo, "DELETE", &path, None).await;
+    let removed = app.remove_payment_method(&account, pm_id).await;
     assert_eq!(removed.status, 200, "{}", removed.text);
     assert!(
-        sys.vault_payment_methods(&demo.store, &account)
+        app.vault_payment_methods(&app.demo.store, &account)
             .await
             .is_empty()
     );
-    let sid = o.json["items"][0]["subscription"]
-        .as_str()
-        .unwrap_or_default();
-    let s = sys
-        .call(&demo, "GET", &format!("/subscriptions/{sid}"), None)
-        .await;
+    let sid = o.str("/items/0/subscription");
+    let s = app.get_subscription(&sid).await;
     assert_eq!(s.json["autoRenew"], false, "{}", s.text);
     assert_eq!(s.json["paymentMethodId"], Value::Null);
-    let acc = sys
-        .call(&demo, "GET", &format!("/accounts/{account}"), None)
-        .await;
+    let acc = app.get_account(&account).await;
     assert_eq!(
         acc.json["accounts"][0]["payment"],
         json!({"methods": 0, "active": 0})
@@ -513,24 +426,16 @@ async fn with_the_dev_vault_gone_saving_checkouts_answer_503_and_others_still_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paypal_subscription_saves_a_method_shown_with_a_masked_email_only() {
-    let sys = start_system();
-    let demo = sys.demo.clone();
+    let app = spawn_app_with_vault();
     let token = unique_token();
     let mut body = order_body("payer@example.com", &token, true, false, false);
     body["payment"] =
         json!({"token": token, "type": "paypal", "email": "Payer.Person@Example.com"});
-    let o = sys.call(&demo, "POST", "/orders", Some(&body)).await;
+    let o = app.complete_order(&body).await;
     assert_eq!(o.status, 200, "{}", o.text);
     assert_eq!(o.json["payment"]["type"], "paypal");
-    let account = o.json["account"].as_str().unwrap_or_default();
-    let list = sys
-        .call(
-            &demo,
-            "GET",
-            &format!("/accounts/{account}/payment-methods"),
-            None,
-        )
-        .await;
+    let account = o.str("/account");
+    let list = app.payment_methods(&account).await;
     assert_eq!(list.status, 200, "{}", list.text);
     assert_eq!(list.json["paymentMethods"][0]["type"], "paypal");
     assert_eq!(
@@ -542,12 +447,8 @@ async fn a_paypal_subscription_saves_a_method_shown_with_a_masked_email_only() {
         "clear payer email shown: {}",
         list.text
     );
-    let sid = o.json["items"][0]["subscription"]
-        .as_str()
-        .unwrap_or_default();
-    let s = sys
-        .call(&demo, "GET", &format!("/subscriptions/{sid}"), None)
-        .await;
+    let sid = o.str("/items/0/subscription");
+    let s = app.get_subscription(&sid).await;
     assert_eq!(s.json["paymentMethod"], "PAYPAL");
     assert_eq!(s.json["autoRenew"], true);
 }

@@ -1,14 +1,14 @@
-//! Events against the real binaries: the stream of a checkout (exactly one `account.created`,
-//! also under concurrent first orders), each state change writing its event, and the pull API
-//! (`/events/unprocessed`, `/events/processed`, `POST /events/{id}`), scoped per store.
+//! Events, in process (`tests::inproc`; the real vault binary where a checkout saves a token):
+//! the stream of a checkout (exactly one `account.created`, also under concurrent first orders),
+//! each state change writing its event, and the pull API (`/events/unprocessed`,
+//! `/events/processed`, `POST /events/{id}`), scoped per store.
 
 use serde_json::{Value, json};
-use tests::accounts::{System, create_store, order_body, start_system, unique_token};
+use tests::accounts::{Merchant, SaveBox, one_off_order, subscription_order};
+use tests::inproc::{spawn_app, spawn_app_with_vault};
 
-async fn unprocessed(sys: &System) -> Vec<Value> {
-    let a = sys
-        .call(&sys.demo, "GET", "/events/unprocessed?begin=0", None)
-        .await;
+async fn unprocessed(store: &Merchant) -> Vec<Value> {
+    let a = store.unprocessed_events(&[("begin", "0")]).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.json["action"], "events.get");
     assert_eq!(a.json["result"], "success");
@@ -21,31 +21,17 @@ fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_orders_emit_exactly_one_account_created_and_one_order_completed_each() {
-    let sys = start_system();
+    let app = spawn_app_with_vault();
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default();
     let mut tasks = Vec::new();
     for _ in 0..12 {
-        let (http, api, demo) = (sys.http.clone(), sys.api.clone(), sys.demo.clone());
+        let demo = Merchant::clone(&app);
         tasks.push(tokio::spawn(async move {
-            tests::accounts::call(
-                &http,
-                &api,
-                Some(&demo),
-                "POST",
-                "/orders",
-                Some(&order_body(
-                    "race@example.com",
-                    &unique_token(),
-                    true,
-                    true,
-                    true,
-                )),
-                None,
-            )
-            .await
+            demo.complete_order(&subscription_order("race@example.com", SaveBox::Ticked))
+                .await
         }));
     }
     let mut orders = Vec::new();
@@ -54,7 +40,7 @@ async fn concurrent_first_orders_emit_exactly_one_account_created_and_one_order_
         assert_eq!(a.status, 200, "{}", a.text);
         orders.push(a.json["id"].as_str().unwrap_or_default().to_owned());
     }
-    let events = unprocessed(&sys).await;
+    let events = unprocessed(&app).await;
     let created = of_type(&events, "account.created");
     assert_eq!(
         created.len(),
@@ -102,72 +88,37 @@ async fn concurrent_first_orders_emit_exactly_one_account_created_and_one_order_
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1] + 5), "{times:?}");
     // `begin` filters by creation time.
-    let later = sys
-        .call(
-            &sys.demo,
-            "GET",
-            &format!("/events/unprocessed?begin={}", started + 3_600_000),
-            None,
-        )
+    let later = app
+        .unprocessed_events(&[("begin", &(started + 3_600_000).to_string())])
         .await;
     assert_eq!(later.json["events"].as_array().map(Vec::len), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_state_change_writes_its_event() {
-    let sys = start_system();
-    let demo = sys.demo.clone();
-    let order = sys.subscribe(&demo, "changes@example.com").await;
-    let account = order["account"].as_str().unwrap_or_default().to_owned();
-    let sub = order["items"][0]["subscription"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let upd = sys
-        .call(
-            &demo,
-            "POST",
-            &format!("/accounts/{account}"),
-            Some(&json!({"contact": {"phone": "+1 555 0100"}})),
-        )
+    let app = spawn_app_with_vault();
+    let order = app
+        .complete_order(&subscription_order("changes@example.com", SaveBox::Ticked))
+        .await;
+    assert_eq!(order.status, 200, "{}", order.text);
+    let account = order.str("/account");
+    let sub = order.str("/items/0/subscription");
+    let upd = app
+        .update_account(&account, &json!({"contact": {"phone": "+1 555 0100"}}))
         .await;
     assert_eq!(upd.status, 200, "{}", upd.text);
-    let cancel = sys
-        .call(&demo, "DELETE", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let cancel = app.cancel_subscription(&sub).await;
     assert_eq!(cancel.status, 200, "{}", cancel.text);
-    let resume = sys
-        .call(
-            &demo,
-            "POST",
-            &format!("/subscriptions/{sub}"),
-            Some(&json!({"subscriptions": [{"subscription": sub, "deactivation": null}]})),
-        )
-        .await;
+    let resume = app.resume_subscription(&sub).await;
     assert_eq!(resume.status, 200, "{}", resume.text);
-    let pms = sys
-        .call(
-            &demo,
-            "GET",
-            &format!("/accounts/{account}/payment-methods"),
-            None,
-        )
-        .await;
-    let pm = pms.json["paymentMethods"][0]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let rm = sys
-        .call(
-            &demo,
-            "DELETE",
-            &format!("/accounts/{account}/payment-methods/{pm}"),
-            None,
-        )
-        .await;
+    let pm = app
+        .payment_methods(&account)
+        .await
+        .str("/paymentMethods/0/id");
+    let rm = app.remove_payment_method(&account, &pm).await;
     assert_eq!(rm.status, 200, "{}", rm.text);
 
-    let events = unprocessed(&sys).await;
+    let events = unprocessed(&app).await;
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(
         types,
@@ -191,16 +142,12 @@ async fn each_state_change_writes_its_event() {
     );
 
     // A refused change writes no event: cancelling twice is a 409 and nothing more.
-    let once = sys
-        .call(&demo, "DELETE", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let once = app.cancel_subscription(&sub).await;
     assert_eq!(once.status, 200, "{}", once.text);
-    let again = sys
-        .call(&demo, "DELETE", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let again = app.cancel_subscription(&sub).await;
     assert_eq!(again.status, 409, "{}", again.text);
     assert_eq!(
-        of_type(&unprocessed(&sys).await, "subscription.canceled").len(),
+        of_type(&unprocessed(&app).await, "subscription.canceled").len(),
         2,
         "one more cancel succeeded, the refused one wrote nothing"
     );
@@ -208,88 +155,42 @@ async fn each_state_change_writes_its_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marking_an_event_processed_moves_it_to_the_processed_list_within_its_store_only() {
-    let sys = start_system();
-    let demo = sys.demo.clone();
-    let order = sys
-        .call(
-            &demo,
-            "POST",
-            "/orders",
-            Some(&order_body(
-                "pull@example.com",
-                &unique_token(),
-                false,
-                false,
-                false,
-            )),
-        )
-        .await;
+    let app = spawn_app();
+    let order = app.complete_order(&one_off_order("pull@example.com")).await;
     assert_eq!(order.status, 200, "{}", order.text);
-    let events = unprocessed(&sys).await;
+    let events = unprocessed(&app).await;
     assert_eq!(events.len(), 2);
     let id = events[0]["id"].as_str().unwrap_or_default().to_owned();
 
     // Another store sees neither the event nor can it mark it.
-    let other = create_store(sys.data.path(), "Other");
-    let foreign = sys
-        .call(&other, "GET", "/events/unprocessed?begin=0", None)
-        .await;
+    let other = app.as_store(&app.create_store("Other").await);
+    let foreign = other.unprocessed_events(&[("begin", "0")]).await;
     assert_eq!(foreign.json["events"].as_array().map(Vec::len), Some(0));
-    let foreign = sys
-        .call(
-            &other,
-            "POST",
-            &format!("/events/{id}"),
-            Some(&json!({"processed": true})),
-        )
-        .await;
+    let foreign = other.mark_event(&id, &json!({"processed": true})).await;
     assert_eq!(foreign.status, 404, "{}", foreign.text);
 
-    let bad = sys
-        .call(
-            &demo,
-            "POST",
-            &format!("/events/{id}"),
-            Some(&json!({"processed": "yes"})),
-        )
-        .await;
+    let bad = app.mark_event(&id, &json!({"processed": "yes"})).await;
     assert_eq!(bad.status, 422, "{}", bad.text);
-    let unknown = sys
-        .call(
-            &demo,
-            "POST",
-            "/events/0000",
-            Some(&json!({"processed": true})),
-        )
-        .await;
+    let unknown = app.mark_event("0000", &json!({"processed": true})).await;
     assert_eq!(unknown.status, 404);
 
-    let mark = sys
-        .call(
-            &demo,
-            "POST",
-            &format!("/events/{id}"),
-            Some(&json!({"processed": true})),
-        )
-        .await;
+    let mark = app.mark_event(&id, &json!({"processed": true})).await;
     assert_eq!(mark.status, 200, "{}", mark.text);
-    let left = unprocessed(&sys).await;
+    let left = unprocessed(&app).await;
     assert_eq!(left.len(), 1);
     assert_ne!(left[0]["id"], id.as_str());
-    let done = sys
-        .call(&demo, "GET", "/events/processed?days=1", None)
-        .await;
+    let done = app.processed_events(&[("days", "1")]).await;
     assert_eq!(done.status, 200, "{}", done.text);
     let done = done.json["events"].as_array().cloned().unwrap_or_default();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["id"], id.as_str());
     assert_eq!(done[0]["processed"], true);
-    let one = sys.call(&demo, "GET", &format!("/events/{id}"), None).await;
+    let one = app.get_event(&id).await;
     assert_eq!(one.json["processed"], true);
 
     let unauth = tests::accounts::call(
-        &sys.http,
-        &sys.api,
+        &app.http,
+        &app.api,
         None,
         "GET",
         "/events/unprocessed",

@@ -1,16 +1,24 @@
-//! Single sign-on and the account page against the real binaries: one-time links (replayed,
-//! expired, tampered → refusal page, no session), the session cookie's attributes, the strict
-//! CSP, HTML escaping, CSRF on every form (missing or wrong → 403 with nothing changed), changes
-//! that emit their events, logout and session expiry.
+//! Single sign-on and the account page, in process with the real vault binary (`tests::inproc`;
+//! the test that scans the logs runs the real binaries): one-time links (replayed, expired,
+//! tampered → refusal page, no session), the session cookie's attributes, the strict CSP, HTML
+//! escaping, CSRF on every form (missing or wrong → 403 with nothing changed), changes that emit
+//! their events, logout and session expiry.
 
+use accounts_api::settings::Settings;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use tests::accounts::{System, create_store, order_body, start_system_with_env, unique_token};
+use tests::accounts::{Merchant, SaveBox, System, start_system_with_env, subscription_order};
+use tests::inproc::{App, spawn_app_with};
 use tests::temp_dir;
 
 fn fresh(env: &[(&str, &str)]) -> System {
     start_system_with_env(Arc::new(temp_dir("strongroom-sso-")), env)
+}
+
+/// In process, with the real vault binary (the customers' checkouts save a card).
+fn fresh_app(settings: Settings) -> App {
+    spawn_app_with(true, settings)
 }
 
 /// A client that does not follow redirects and keeps no cookies (the tests handle both).
@@ -23,10 +31,10 @@ fn browser() -> reqwest::Client {
 }
 
 /// A saving subscription checkout; returns (account id, order answer).
-async fn customer(sys: &System, email: &str, first: &str) -> (String, Value) {
-    let mut body = order_body(email, &unique_token(), true, true, true);
+async fn customer(store: &Merchant, email: &str, first: &str) -> (String, Value) {
+    let mut body = subscription_order(email, SaveBox::Ticked);
     body["customer"]["first"] = json!(first);
-    let a = sys.call(&sys.demo, "POST", "/orders", Some(&body)).await;
+    let a = store.complete_order(&body).await;
     assert_eq!(a.status, 200, "{}", a.text);
     (
         a.json["account"].as_str().unwrap_or_default().to_owned(),
@@ -34,14 +42,9 @@ async fn customer(sys: &System, email: &str, first: &str) -> (String, Value) {
     )
 }
 
-async fn sso_url(sys: &System, account: &str) -> String {
-    let a = sys
-        .call(
-            &sys.demo,
-            "GET",
-            &format!("/accounts/{account}/authenticate"),
-            None,
-        )
+async fn sso_url(store: &Merchant, account: &str) -> String {
+    let a = store
+        .call("GET", &format!("/accounts/{account}/authenticate"), None)
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
     let item = &a.json["accounts"][0];
@@ -75,9 +78,9 @@ async fn open(url: &str) -> (u16, Option<String>, String, String) {
     (status, cookie, set, r.text().await.unwrap_or_default())
 }
 
-async fn page(sys: &System, cookie: &str) -> (u16, reqwest::header::HeaderMap, String) {
+async fn page(store: &Merchant, cookie: &str) -> (u16, reqwest::header::HeaderMap, String) {
     let r = browser()
-        .get(format!("{}/account", sys.api))
+        .get(format!("{}/account", store.api))
         .header("cookie", cookie)
         .send()
         .await
@@ -86,14 +89,19 @@ async fn page(sys: &System, cookie: &str) -> (u16, reqwest::header::HeaderMap, S
     (s, h, r.text().await.unwrap_or_default())
 }
 
-async fn post_form(sys: &System, cookie: &str, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+async fn post_form(
+    store: &Merchant,
+    cookie: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (u16, String) {
     let body: String = form
         .iter()
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
         .collect::<Vec<_>>()
         .join("&");
     let r = browser()
-        .post(format!("{}{path}", sys.api))
+        .post(format!("{}{path}", store.api))
         .header("cookie", cookie)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body)
@@ -129,10 +137,8 @@ fn csrf(html: &str) -> String {
         .to_owned()
 }
 
-async fn event_types(sys: &System) -> Vec<String> {
-    let a = sys
-        .call(&sys.demo, "GET", "/events/unprocessed?begin=0", None)
-        .await;
+async fn event_types(store: &Merchant) -> Vec<String> {
+    let a = store.unprocessed_events(&[("begin", "0")]).await;
     a.json["events"]
         .as_array()
         .map(|v| {
@@ -145,27 +151,21 @@ async fn event_types(sys: &System) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticate_answers_404_for_an_unknown_or_another_stores_account() {
-    let sys = fresh(&[]);
-    let (account, _) = customer(&sys, "sso404@example.com", "Ann").await;
-    let unknown = sys
-        .call(&sys.demo, "GET", "/accounts/nope/authenticate", None)
-        .await;
+    let app = fresh_app(Settings::default());
+    let (account, _) = customer(&app, "sso404@example.com", "Ann").await;
+    let unknown = app.call("GET", "/accounts/nope/authenticate", None).await;
     assert_eq!(unknown.status, 404, "{}", unknown.text);
     assert_eq!(unknown.json["accounts"][0]["result"], "error");
-    let other = create_store(sys.data.path(), "Other");
-    let foreign = sys
-        .call(
-            &other,
-            "GET",
-            &format!("/accounts/{account}/authenticate"),
-            None,
-        )
+    let other = app.create_store("Other").await;
+    let foreign = app
+        .as_store(&other)
+        .call("GET", &format!("/accounts/{account}/authenticate"), None)
         .await;
     assert_eq!(foreign.status, 404, "{}", foreign.text);
     assert!(!foreign.text.contains("/account/sso/"));
     let anon = tests::accounts::call(
-        &sys.http,
-        &sys.api,
+        &app.http,
+        &app.api,
         None,
         "GET",
         &format!("/accounts/{account}/authenticate"),
@@ -180,8 +180,9 @@ async fn authenticate_answers_404_for_an_unknown_or_another_stores_account() {
 async fn a_sign_in_link_opens_once_with_a_strict_cookie_and_a_replayed_or_tampered_link_is_refused()
 {
     let sys = fresh(&[]);
-    let (account, _) = customer(&sys, "once@example.com", "Jane").await;
-    let url = sso_url(&sys, &account).await;
+    let demo = sys.merchant(&sys.demo);
+    let (account, _) = customer(&demo, "once@example.com", "Jane").await;
+    let url = sso_url(&demo, &account).await;
     let token = url.rsplit('/').next().unwrap_or_default().to_owned();
     assert_eq!(token.len(), 43, "256 bits in base64url");
 
@@ -206,7 +207,7 @@ async fn a_sign_in_link_opens_once_with_a_strict_cookie_and_a_replayed_or_tamper
         "the session is not the link token"
     );
 
-    let (status, headers, html) = page(&sys, &cookie).await;
+    let (status, headers, html) = page(&demo, &cookie).await;
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("once@example.com"));
     assert!(html.contains("4242"), "the card's last four");
@@ -239,7 +240,7 @@ async fn a_sign_in_link_opens_once_with_a_strict_cookie_and_a_replayed_or_tamper
     assert!(!body.contains("once@example.com") && !body.contains("4242"));
 
     // No cookie or a made-up one → not signed in.
-    let (status, _, body) = page(&sys, "sr_session=made-up").await;
+    let (status, _, body) = page(&demo, "sr_session=made-up").await;
     assert_eq!(status, 401);
     assert!(!body.contains("once@example.com"));
     // Tokens never reach the logs.
@@ -252,49 +253,43 @@ async fn a_sign_in_link_opens_once_with_a_strict_cookie_and_a_replayed_or_tamper
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_link_is_refused_and_sessions_expire() {
-    let sys = fresh(&[
-        ("STRONGROOM_SSO_TTL_SECS", "1"),
-        ("STRONGROOM_SESSION_TTL_SECS", "2"),
-    ]);
-    let (account, _) = customer(&sys, "expiry@example.com", "Eve").await;
-    let stale = sso_url(&sys, &account).await;
-    let fresh_url = sso_url(&sys, &account).await;
+    let app = fresh_app(Settings {
+        sso_ttl: Duration::from_secs(1),
+        session_ttl: Duration::from_secs(2),
+        ..Settings::default()
+    });
+    let (account, _) = customer(&app, "expiry@example.com", "Eve").await;
+    let stale = sso_url(&app, &account).await;
+    let fresh_url = sso_url(&app, &account).await;
     let (status, cookie, _, _) = open(&fresh_url).await;
     assert_eq!(status, 303);
     let cookie = cookie.unwrap_or_default();
-    assert_eq!(page(&sys, &cookie).await.0, 200);
+    assert_eq!(page(&app, &cookie).await.0, 200);
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let (status, none, _, body) = open(&stale).await;
     assert_eq!(status, 410, "expired link refused");
     assert!(none.is_none() && !body.contains("expiry@example.com"));
-    let (status, _, body) = page(&sys, &cookie).await;
+    let (status, _, body) = page(&app, &cookie).await;
     assert_eq!(status, 401, "the session expired");
     assert!(!body.contains("expiry@example.com"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
-    let sys = fresh(&[]);
-    let (account, order) = customer(&sys, "csrf@example.com", "Carl").await;
+    let app = fresh_app(Settings::default());
+    let (account, order) = customer(&app, "csrf@example.com", "Carl").await;
     let sub = order["items"][0]["subscription"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let (_, cookie, _, _) = open(&sso_url(&sys, &account).await).await;
+    let (_, cookie, _, _) = open(&sso_url(&app, &account).await).await;
     let cookie = cookie.unwrap_or_default();
-    let (_, _, html) = page(&sys, &cookie).await;
+    let (_, _, html) = page(&app, &cookie).await;
     let token = csrf(&html);
-    let before_events = event_types(&sys).await;
-    let before = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
-        .await;
-    let pm = sys
-        .call(
-            &sys.demo,
-            "GET",
-            &format!("/accounts/{account}/payment-methods"),
-            None,
-        )
+    let before_events = event_types(&app).await;
+    let before = app.get_account(&account).await;
+    let pm = app
+        .call("GET", &format!("/accounts/{account}/payment-methods"), None)
         .await;
     let pm = pm.json["paymentMethods"][0]["id"]
         .as_str()
@@ -303,8 +298,8 @@ async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
     assert!(!pm.is_empty());
 
     // A second session's token is not this session's token.
-    let (_, other_cookie, _, _) = open(&sso_url(&sys, &account).await).await;
-    let other_token = csrf(&page(&sys, &other_cookie.unwrap_or_default()).await.2);
+    let (_, other_cookie, _, _) = open(&sso_url(&app, &account).await).await;
+    let other_token = csrf(&page(&app, &other_cookie.unwrap_or_default()).await.2);
     assert_ne!(other_token, token);
 
     for bad in [None, Some(""), Some("forged"), Some(other_token.as_str())] {
@@ -325,27 +320,25 @@ async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
             ("/account/logout".to_owned(), profile[2..].to_vec()),
         ];
         for (path, form) in targets {
-            let (status, _) = post_form(&sys, &cookie, &path, &form).await;
+            let (status, _) = post_form(&app, &cookie, &path, &form).await;
             assert_eq!(status, 403, "{path} with csrf {bad:?}");
         }
     }
-    let after = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
-        .await;
+    let after = app.get_account(&account).await;
     assert_eq!(before.json, after.json, "nothing changed");
-    assert_eq!(event_types(&sys).await, before_events, "no event");
+    assert_eq!(event_types(&app).await, before_events, "no event");
     assert_eq!(
-        sys.vault_payment_methods(&sys.demo.store, &account)
+        app.vault_payment_methods(&app.demo.store, &account)
             .await
             .len(),
         1,
         "card still in the vault"
     );
-    assert_eq!(page(&sys, &cookie).await.0, 200, "still signed in");
+    assert_eq!(page(&app, &cookie).await.0, 200, "still signed in");
 
     // With the right token each form works and emits its event.
     let (status, _) = post_form(
-        &sys,
+        &app,
         &cookie,
         "/account/profile",
         &[("csrf", &token), ("phone", "+1 555 0123")],
@@ -353,19 +346,17 @@ async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
     .await;
     assert_eq!(status, 303);
     let (status, _) = post_form(
-        &sys,
+        &app,
         &cookie,
         &format!("/account/subscriptions/{sub}/cancel"),
         &[("csrf", &token)],
     )
     .await;
     assert_eq!(status, 303);
-    let s = sys
-        .call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let s = app.get_subscription(&sub).await;
     assert_eq!(s.json["state"], "canceled");
     let (status, _) = post_form(
-        &sys,
+        &app,
         &cookie,
         &format!("/account/subscriptions/{sub}/resume"),
         &[("csrf", &token)],
@@ -373,7 +364,7 @@ async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
     .await;
     assert_eq!(status, 303);
     let (status, _) = post_form(
-        &sys,
+        &app,
         &cookie,
         &format!("/account/payment-methods/{pm}/remove"),
         &[("csrf", &token)],
@@ -381,24 +372,20 @@ async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
     .await;
     assert_eq!(status, 303);
     assert!(
-        sys.vault_payment_methods(&sys.demo.store, &account)
+        app.vault_payment_methods(&app.demo.store, &account)
             .await
             .is_empty(),
         "crypto-shredded in the vault"
     );
-    let s = sys
-        .call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let s = app.get_subscription(&sub).await;
     assert_eq!(s.json["state"], "active");
     assert_eq!(
         s.json["autoRenew"], false,
         "manual renewal without the card"
     );
-    let a = sys
-        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
-        .await;
+    let a = app.get_account(&account).await;
     assert_eq!(a.json["accounts"][0]["contact"]["phone"], "+1 555 0123");
-    let events = event_types(&sys).await;
+    let events = event_types(&app).await;
     assert_eq!(
         events[before_events.len()..].to_vec(),
         vec![
@@ -410,16 +397,16 @@ async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
     );
 
     // Logout ends the session.
-    let (status, body) = post_form(&sys, &cookie, "/account/logout", &[("csrf", &token)]).await;
+    let (status, body) = post_form(&app, &cookie, "/account/logout", &[("csrf", &token)]).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(page(&sys, &cookie).await.0, 401);
+    assert_eq!(page(&app, &cookie).await.0, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_followed_from_another_site_sets_the_session_and_moves_on_without_a_redirect() {
-    let sys = fresh(&[]);
-    let (account, _) = customer(&sys, "crosssite@example.com", "Cy").await;
-    let url = sso_url(&sys, &account).await;
+    let app = fresh_app(Settings::default());
+    let (account, _) = customer(&app, "crosssite@example.com", "Cy").await;
+    let url = sso_url(&app, &account).await;
     let token = url.rsplit('/').next().unwrap_or_default().to_owned();
     let r = browser()
         .get(&url)
@@ -446,17 +433,16 @@ async fn a_link_followed_from_another_site_sets_the_session_and_moves_on_without
     );
     assert!(!body.contains(&token) && !body.contains("crosssite@example.com"));
     let cookie = set.split(';').next().unwrap_or_default().to_owned();
-    assert_eq!(page(&sys, &cookie).await.0, 200);
+    assert_eq!(page(&app, &cookie).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_with_html_special_characters_are_escaped_on_the_page() {
-    let sys = fresh(&[]);
+    let app = fresh_app(Settings::default());
     let evil = "<script>alert(1)</script>\"'&";
-    let (account, _) = customer(&sys, "xss@example.com", evil).await;
-    let upd = sys
+    let (account, _) = customer(&app, "xss@example.com", evil).await;
+    let upd = app
         .call(
-            &sys.demo,
             "POST",
             &format!("/accounts/{account}"),
             Some(
@@ -466,8 +452,8 @@ async fn names_with_html_special_characters_are_escaped_on_the_page() {
         )
         .await;
     assert_eq!(upd.status, 200, "{}", upd.text);
-    let (_, cookie, _, _) = open(&sso_url(&sys, &account).await).await;
-    let (status, _, html) = page(&sys, &cookie.unwrap_or_default()).await;
+    let (_, cookie, _, _) = open(&sso_url(&app, &account).await).await;
+    let (status, _, html) = page(&app, &cookie.unwrap_or_default()).await;
     assert_eq!(status, 200);
     assert!(!html.contains("<script>alert(1)"), "{html}");
     assert!(!html.contains("<img src=x"), "{html}");
@@ -481,10 +467,8 @@ async fn names_with_html_special_characters_are_escaped_on_the_page() {
 
 /// The `subscription.canceled` (and `subscription.resumed`) events of one subscription, in
 /// order, from the events API.
-async fn subscription_events(sys: &System, kind: &str, sub: &str) -> Vec<Value> {
-    let a = sys
-        .call(&sys.demo, "GET", "/events/unprocessed?begin=0", None)
-        .await;
+async fn subscription_events(store: &Merchant, kind: &str, sub: &str) -> Vec<Value> {
+    let a = store.unprocessed_events(&[("begin", "0")]).await;
     assert_eq!(a.status, 200, "{}", a.text);
     a.json["events"]
         .as_array()
@@ -498,20 +482,20 @@ async fn subscription_events(sys: &System, kind: &str, sub: &str) -> Vec<Value> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_from_the_account_page_and_from_the_api_emit_the_same_subscription_object() {
-    let sys = fresh(&[]);
-    let (account, order) = customer(&sys, "samecancel@example.com", "Sam").await;
+    let app = fresh_app(Settings::default());
+    let (account, order) = customer(&app, "samecancel@example.com", "Sam").await;
     let sub = order["items"][0]["subscription"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let (_, cookie, _, _) = open(&sso_url(&sys, &account).await).await;
+    let (_, cookie, _, _) = open(&sso_url(&app, &account).await).await;
     let cookie = cookie.unwrap_or_default();
-    let (_, _, html) = page(&sys, &cookie).await;
+    let (_, _, html) = page(&app, &cookie).await;
     let token = csrf(&html);
     // Customer cancels and resumes on the page, then the merchant cancels and resumes by API.
     for action in ["cancel", "resume"] {
         let (status, _) = post_form(
-            &sys,
+            &app,
             &cookie,
             &format!("/account/subscriptions/{sub}/{action}"),
             &[("csrf", &token)],
@@ -519,18 +503,11 @@ async fn a_cancel_from_the_account_page_and_from_the_api_emit_the_same_subscript
         .await;
         assert_eq!(status, 303, "{action}");
     }
-    let c = sys
-        .call(&sys.demo, "DELETE", &format!("/subscriptions/{sub}"), None)
-        .await;
+    let c = app.cancel_subscription(&sub).await;
     assert_eq!(c.status, 200, "{}", c.text);
     let body = json!({"subscriptions": [{"subscription": sub, "deactivation": null}]});
-    let r = sys
-        .call(
-            &sys.demo,
-            "POST",
-            &format!("/subscriptions/{sub}"),
-            Some(&body),
-        )
+    let r = app
+        .call("POST", &format!("/subscriptions/{sub}"), Some(&body))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
@@ -538,7 +515,7 @@ async fn a_cancel_from_the_account_page_and_from_the_api_emit_the_same_subscript
         ("subscription.canceled", "canceled"),
         ("subscription.resumed", "active"),
     ] {
-        let evs = subscription_events(&sys, kind, &sub).await;
+        let evs = subscription_events(&app, kind, &sub).await;
         assert_eq!(evs.len(), 2, "{kind}: page and API: {evs:?}");
         let keys = |v: &Value| {
             let mut k: Vec<String> = v

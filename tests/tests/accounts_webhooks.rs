@@ -1,14 +1,16 @@
-//! Webhooks against the real binaries and a real HTTP receiver in the test: signed delivery,
-//! 200 and 202 semantics, retries while the receiver is down, no event lost across an
-//! accounts-api restart, URL validation, and configuration by API and by CLI while the server
-//! runs. The secret never comes back in an answer and never reaches a log.
+//! Webhooks with a real HTTP receiver in the test: signed delivery, 200 and 202 semantics,
+//! retries while the receiver is down, no event lost across an accounts-api restart, URL
+//! validation, and configuration by API and by CLI while the server runs. The secret never
+//! comes back in an answer and never reaches a log. Tests that read the logs or restart the
+//! server run the real binaries (`fresh`); the others run in process (`fresh_app`).
 
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use tests::accounts::{System, order_body, start_system_with_env, unique_token};
+use tests::accounts::{Merchant, System, one_off_order, start_system_with_env};
+use tests::inproc::{App, spawn_app_with};
 use tests::receiver::{Receiver, Reply};
 use tests::{bin_path, run, temp_dir};
 
@@ -22,33 +24,35 @@ fn fresh(env: &[(&str, &str)]) -> System {
     start_system_with_env(Arc::new(temp_dir("strongroom-hooks-")), env)
 }
 
-async fn add_hook(sys: &System, url: &str, secret: Option<&str>) -> Value {
+/// [`FAST`] (or the defaults) for the in-process tier.
+fn fresh_app(fast: bool) -> App {
+    let mut settings = accounts_api::settings::Settings::default();
+    if fast {
+        settings.webhook_retry_base = Duration::from_millis(200);
+        settings.webhook_max_attempts = 50;
+    }
+    spawn_app_with(false, settings)
+}
+
+async fn add_hook(store: &Merchant, url: &str, secret: Option<&str>) -> Value {
     let mut body = json!({ "url": url });
     if let Some(s) = secret {
         body["hmacSecret"] = json!(s);
     }
-    let a = sys.call(&sys.demo, "POST", "/webhooks", Some(&body)).await;
+    let a = store.add_webhook(&body).await;
     assert_eq!(a.status, 200, "{}", a.text);
     a.json
 }
 
-async fn checkout(sys: &System, email: &str) -> Value {
-    let a = sys
-        .call(
-            &sys.demo,
-            "POST",
-            "/orders",
-            Some(&order_body(email, &unique_token(), false, false, false)),
-        )
-        .await;
+/// A one-off order (no token saved, so no vault needed).
+async fn checkout(store: &Merchant, email: &str) -> Value {
+    let a = store.complete_order(&one_off_order(email)).await;
     assert_eq!(a.status, 200, "{}", a.text);
     a.json
 }
 
-async fn unprocessed_ids(sys: &System) -> Vec<String> {
-    let a = sys
-        .call(&sys.demo, "GET", "/events/unprocessed?begin=0", None)
-        .await;
+async fn unprocessed_ids(store: &Merchant) -> Vec<String> {
+    let a = store.unprocessed_events(&[("begin", "0")]).await;
     a.json["events"]
         .as_array()
         .map(|v| {
@@ -61,7 +65,7 @@ async fn unprocessed_ids(sys: &System) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_url_that_is_not_http_or_https_is_refused_with_422() {
-    let sys = fresh(&[]);
+    let app = fresh_app(false);
     for bad in [
         "ftp://example.com/hook",
         "file:///etc/passwd",
@@ -69,29 +73,23 @@ async fn a_webhook_url_that_is_not_http_or_https_is_refused_with_422() {
         "not a url",
         "https://user:pw@example.com/",
     ] {
-        let a = sys
-            .call(&sys.demo, "POST", "/webhooks", Some(&json!({"url": bad})))
-            .await;
+        let a = app.add_webhook(&json!({"url": bad})).await;
         assert_eq!(a.status, 422, "{bad}: {}", a.text);
         assert!(a.json["error"]["url"].is_string(), "{}", a.text);
     }
     let long = "x".repeat(101);
-    let a = sys
-        .call(
-            &sys.demo,
-            "POST",
-            "/webhooks",
-            Some(&json!({"url": "https://example.com/h", "hmacSecret": long})),
-        )
+    let a = app
+        .add_webhook(&json!({"url": "https://example.com/h", "hmacSecret": long}))
         .await;
     assert_eq!(a.status, 422, "{}", a.text);
-    let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
+    let list = app.list_webhooks().await;
     assert_eq!(list.json["webhooks"], json!([]), "nothing was added");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
     let sys = fresh(FAST);
+    let demo = sys.merchant(&sys.demo);
     let secret = "whsec-test-3f9c1d0b7a";
     let rx = Receiver::start(
         "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
@@ -99,17 +97,17 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
         Reply::Ok,
     )
     .await;
-    let hook = add_hook(&sys, &rx.url(), Some(secret)).await;
+    let hook = add_hook(&demo, &rx.url(), Some(secret)).await;
     assert_eq!(hook["webhook"]["signed"], true);
     assert!(
         !hook.to_string().contains(secret),
         "the secret is never returned"
     );
-    let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
+    let list = demo.list_webhooks().await;
     assert!(!list.text.contains(secret), "{}", list.text);
     assert_eq!(list.json["webhooks"][0]["url"], rx.url());
 
-    let order = checkout(&sys, "hooked@example.com").await;
+    let order = checkout(&demo, "hooked@example.com").await;
     rx.wait_until(Duration::from_secs(15), "two events", |p| {
         p.iter().flat_map(|p| p.event_ids()).count() >= 2
     })
@@ -136,13 +134,13 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
     assert_eq!(types, vec!["account.created", "order.completed"]);
     assert_eq!(events[1]["data"]["order"], order["id"]);
     // 200: all processed (the settling write follows the answer; give it a moment).
-    let mut left = unprocessed_ids(&sys).await;
+    let mut left = unprocessed_ids(&demo).await;
     for _ in 0..50 {
         if left.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        left = unprocessed_ids(&sys).await;
+        left = unprocessed_ids(&demo).await;
     }
     assert!(left.is_empty(), "still unprocessed: {left:?}");
     // Nothing is re-sent after a 200.
@@ -151,17 +149,12 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
     assert!(!sys.logs().contains(secret), "the secret reached a log");
 
     // Rotating the secret (FastSpring's POST /webhooks/keys) signs later posts with the new one.
-    let rot = sys
-        .call(
-            &sys.demo,
-            "POST",
-            "/webhooks/keys",
-            Some(&json!({"url": rx.url(), "hmacSecret": "rotated-secret-value"})),
-        )
+    let rot = demo
+        .rotate_webhook_key(&json!({"url": rx.url(), "hmacSecret": "rotated-secret-value"}))
         .await;
     assert_eq!(rot.status, 200, "{}", rot.text);
     assert_eq!(rot.json["action"], "webhooks.update");
-    checkout(&sys, "hooked@example.com").await;
+    checkout(&demo, "hooked@example.com").await;
     rx.wait_until(Duration::from_secs(15), "the next post", |p| {
         p.len() >= 2 && p.iter().flat_map(|p| p.event_ids()).count() >= 3
     })
@@ -176,7 +169,7 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_202_with_event_ids_marks_only_the_listed_events_processed() {
-    let sys = fresh(FAST);
+    let app = fresh_app(true);
     let rx = Receiver::start(
         "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
         None,
@@ -184,8 +177,8 @@ async fn a_202_with_event_ids_marks_only_the_listed_events_processed() {
     )
     .await;
     // Find the ids first (receiver failing), then acknowledge only the order.completed.
-    add_hook(&sys, &rx.url(), None).await;
-    checkout(&sys, "partial@example.com").await;
+    add_hook(&app, &rx.url(), None).await;
+    checkout(&app, "partial@example.com").await;
     rx.wait_until(Duration::from_secs(15), "a first attempt", |p| {
         !p.is_empty()
     })
@@ -217,13 +210,13 @@ async fn a_202_with_event_ids_marks_only_the_listed_events_processed() {
     .await;
     // Same event ids on the retry.
     assert_eq!(rx.posts()[n].event_ids().len(), 2);
-    let mut left = unprocessed_ids(&sys).await;
+    let mut left = unprocessed_ids(&app).await;
     for _ in 0..50 {
         if left.len() == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        left = unprocessed_ids(&sys).await;
+        left = unprocessed_ids(&app).await;
     }
     assert_eq!(
         left,
@@ -240,6 +233,7 @@ async fn a_202_with_event_ids_marks_only_the_listed_events_processed() {
 async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a_restart() {
     let data = Arc::new(temp_dir("strongroom-hooks-restart-"));
     let mut sys = start_system_with_env(Arc::clone(&data), FAST);
+    let demo = sys.merchant(&sys.demo);
     // A port with nobody listening yet: bound (so no other process is handed it, e.g. the
     // restarted server) but not listening, so connections to it are refused.
     let reserved = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
@@ -247,10 +241,15 @@ async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a
         .bind("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()))
         .unwrap_or_else(|e| panic!("{e}"));
     let addr: SocketAddr = reserved.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    add_hook(&sys, &format!("http://{addr}/hook"), Some("restart-secret")).await;
-    checkout(&sys, "down1@example.com").await;
-    checkout(&sys, "down2@example.com").await;
-    let expected = unprocessed_ids(&sys).await;
+    add_hook(
+        &demo,
+        &format!("http://{addr}/hook"),
+        Some("restart-secret"),
+    )
+    .await;
+    checkout(&demo, "down1@example.com").await;
+    checkout(&demo, "down2@example.com").await;
+    let expected = unprocessed_ids(&demo).await;
     assert_eq!(expected.len(), 4);
     // Let some attempts fail, then crash the server (SIGKILL, no goodbye).
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -274,6 +273,7 @@ async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a
     drop(sys);
 
     let sys = start_system_with_env(Arc::clone(&data), FAST);
+    let demo = sys.merchant(&sys.demo);
     // Start listening on the reserved socket itself: dropping it and binding again would leave
     // a window in which the port can be handed out as some connection's ephemeral port.
     let listener = reserved.listen(128).unwrap_or_else(|e| panic!("{e}"));
@@ -289,13 +289,13 @@ async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a
     )
     .await;
     assert!(rx.posts().iter().all(|p| p.signature_valid == Some(true)));
-    let mut left = unprocessed_ids(&sys).await;
+    let mut left = unprocessed_ids(&demo).await;
     for _ in 0..50 {
         if left.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        left = unprocessed_ids(&sys).await;
+        left = unprocessed_ids(&demo).await;
     }
     assert!(left.is_empty(), "{left:?}");
 }
@@ -312,19 +312,20 @@ async fn after_the_last_retry_events_stay_unprocessed_for_the_pull_api() {
         Reply::Fail,
     )
     .await;
-    add_hook(&sys, &rx.url(), None).await;
-    checkout(&sys, "giveup@example.com").await;
+    let demo = sys.merchant(&sys.demo);
+    add_hook(&demo, &rx.url(), None).await;
+    checkout(&demo, "giveup@example.com").await;
     rx.wait_until(Duration::from_secs(15), "three attempts", |p| p.len() >= 3)
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rx.posts().len(), 3, "no attempt after the last");
-    assert_eq!(unprocessed_ids(&sys).await.len(), 2);
+    assert_eq!(unprocessed_ids(&demo).await.len(), 2);
     assert!(sys.logs().contains("gave up"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_adds_lists_and_removes_webhooks_while_the_server_runs() {
-    let sys = fresh(FAST);
+    let app = fresh_app(true);
     let rx = Receiver::start(
         "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
         Some("cli-secret-1234"),
@@ -336,9 +337,9 @@ async fn the_cli_adds_lists_and_removes_webhooks_while_the_server_runs() {
         cmd.arg("webhook")
             .args(args)
             .arg("--store")
-            .arg(&sys.demo.store)
+            .arg(&app.demo.store)
             .arg("--data")
-            .arg(sys.data.path());
+            .arg(app.data.path());
         match stdin {
             None => run(cmd),
             Some(input) => {
@@ -375,7 +376,7 @@ async fn the_cli_adds_lists_and_removes_webhooks_while_the_server_runs() {
         "{out}"
     );
 
-    checkout(&sys, "cli@example.com").await;
+    checkout(&app, "cli@example.com").await;
     rx.wait_until(Duration::from_secs(15), "a signed post", |p| !p.is_empty())
         .await;
     assert_eq!(rx.posts()[0].signature_valid, Some(true));
@@ -383,58 +384,38 @@ async fn the_cli_adds_lists_and_removes_webhooks_while_the_server_runs() {
     let id = added["id"].as_str().unwrap_or_default();
     let (ok, out, err) = cli(&["remove", "--id", id], None);
     assert!(ok, "{out}{err}");
-    let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
+    let list = app.list_webhooks().await;
     assert_eq!(list.json["webhooks"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_calls_retried_with_an_idempotency_key_answer_the_same_and_change_nothing_twice() {
-    let sys = fresh(&[]);
+    let app = fresh_app(false);
     let body = json!({"url": "https://hooks.example.com/fs", "hmacSecret": "idem-secret"});
-    let first = sys
-        .call_with_key(&sys.demo, "POST", "/webhooks", Some(&body), "hook-create-1")
-        .await;
+    let first = app.with_key("hook-create-1").add_webhook(&body).await;
     assert_eq!(first.status, 200, "{}", first.text);
-    let again = sys
-        .call_with_key(&sys.demo, "POST", "/webhooks", Some(&body), "hook-create-1")
-        .await;
+    let again = app.with_key("hook-create-1").add_webhook(&body).await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.json, first.json, "the first answer, replayed");
     assert!(!again.text.contains("idem-secret"));
-    let list = sys.call(&sys.demo, "GET", "/webhooks", None).await;
+    let list = app.list_webhooks().await;
     assert_eq!(list.json["webhooks"].as_array().map(Vec::len), Some(1));
     // The same key with another body is refused.
     let other = json!({"url": "https://hooks.example.com/other"});
-    let clash = sys
-        .call_with_key(
-            &sys.demo,
-            "POST",
-            "/webhooks",
-            Some(&other),
-            "hook-create-1",
-        )
-        .await;
+    let clash = app.with_key("hook-create-1").add_webhook(&other).await;
     assert_eq!(clash.status, 409, "{}", clash.text);
     // Without a key a second identical create is a conflict (one URL per store).
-    let dup = sys.call(&sys.demo, "POST", "/webhooks", Some(&body)).await;
+    let dup = app.add_webhook(&body).await;
     assert_eq!(dup.status, 409, "{}", dup.text);
 
-    let id = first.json["webhook"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let path = format!("/webhooks/{id}");
-    let del = sys
-        .call_with_key(&sys.demo, "DELETE", &path, None, "hook-del-1")
-        .await;
+    let id = first.str("/webhook/id");
+    let del = app.with_key("hook-del-1").delete_webhook(&id).await;
     assert_eq!(del.status, 200, "{}", del.text);
-    let del2 = sys
-        .call_with_key(&sys.demo, "DELETE", &path, None, "hook-del-1")
-        .await;
+    let del2 = app.with_key("hook-del-1").delete_webhook(&id).await;
     assert_eq!(
         (del2.status, del2.json.clone()),
         (del.status, del.json.clone())
     );
-    let gone = sys.call(&sys.demo, "DELETE", &path, None).await;
+    let gone = app.delete_webhook(&id).await;
     assert_eq!(gone.status, 404);
 }
