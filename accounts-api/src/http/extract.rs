@@ -166,15 +166,26 @@ async fn request_identity(parts: &mut Parts, state: &SharedState) -> String {
         .map(|m| m.as_str().to_owned());
     let params = RawPathParams::from_request_parts(parts, state).await;
     let path = match (template, params) {
-        (Some(mut path), Ok(params)) => {
-            for (name, value) in &params {
-                path = path.replace(&format!("{{{name}}}"), value);
-            }
-            path
+        (Some(template), Ok(params)) => {
+            let params: Vec<(&str, &str)> = params.iter().collect();
+            fill(&template, &params)
         }
         _ => parts.uri.path().to_owned(),
     };
     format!("{} {path}", parts.method)
+}
+
+/// `template` (`/accounts/{id}`) with each whole `{name}` segment replaced by its value.
+fn fill(template: &str, params: &[(&str, &str)]) -> String {
+    template
+        .split('/')
+        .map(|segment| {
+            let name = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+            let value = name.and_then(|n| params.iter().find(|(k, _)| *k == n));
+            value.map_or(segment, |(_, v)| v)
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The caller's store, from HTTP Basic credentials; 401 otherwise.
@@ -373,5 +384,21 @@ async fn idempotency(
             storage: Arc::clone(&state.storage),
             guard: Some(guard),
         }))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill;
+
+    #[test]
+    fn a_request_is_identified_by_its_path_with_the_decoded_parameters() {
+        let params = [("id", "a1"), ("pm", "p {id} 2")];
+        assert_eq!(
+            fill("/accounts/{id}/payment-methods/{pm}", &params),
+            "/accounts/a1/payment-methods/p {id} 2",
+            "each value once, in its own segment, as the handlers' format! strings had it"
+        );
+        assert_eq!(fill("/webhooks/keys", &[]), "/webhooks/keys");
     }
 }

@@ -21,13 +21,15 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Sent, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
-/// Reads a JSON object as the body type `T`. Every field of a body type accepts any JSON value,
-/// so this fails only for a non-object, which the parsers refuse before.
+/// Reads a JSON object as the body type `T`. Every field of a body type accepts any JSON value
+/// and the unknown ones go to a map, so reading an object cannot fail (the default is never
+/// reached; the parsers refuse non-objects before).
 pub fn read_body<T: for<'de> Deserialize<'de> + Default>(obj: &Map<String, Value>) -> T {
     T::deserialize(obj).unwrap_or_default()
 }
 
-/// `contact` of an account, `customer` of a checkout.
+/// `contact` of an account, `customer` of a checkout. `first`, `last` and `email` are required
+/// when an account is created and in a checkout's `customer`; an update may give any of them.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct ContactBody {
     #[serde(default, deserialize_with = "present")]
@@ -113,10 +115,10 @@ pub struct AccountBody {
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionBody {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, pattern = "^(day|week|month|year)$")]
+    #[schema(required = true, value_type = String, pattern = "^(day|week|month|year)$")]
     pub interval_unit: Sent,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = u32, minimum = 1, maximum = 365)]
+    #[schema(required = true, value_type = u32, minimum = 1, maximum = 365)]
     pub interval_length: Sent,
     #[serde(flatten)]
     #[schema(ignore)]
@@ -127,18 +129,18 @@ pub struct SubscriptionBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct ItemBody {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 255)]
     pub product: Sent,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = u32, minimum = 1, maximum = 10000)]
+    #[schema(required = true, value_type = u32, minimum = 1, maximum = 10000)]
     pub quantity: Sent,
     /// Unit price in major units (`9.99`), with at most the currency's decimals.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = f64, minimum = 0)]
+    #[schema(required = true, value_type = f64, minimum = 0)]
     pub price: Sent,
     /// ISO 4217; the same for every item.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, pattern = "^[A-Z]{3}$")]
+    #[schema(required = true, value_type = String, pattern = "^[A-Z]{3}$")]
     pub currency: Sent,
     /// Present: a subscription item.
     #[serde(default, deserialize_with = "present")]
@@ -150,17 +152,18 @@ pub struct ItemBody {
 }
 
 /// The processor's payment token and its display data. The token goes to the vault only: it is
-/// moved out of the parsed body into a zeroizing secret before this type reads the rest.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+/// moved out of the parsed body into a zeroizing secret before this type reads the rest. No
+/// `Debug`: it may hold the token (as may [`CheckoutBody`]; [`WebhookBody`] the HMAC secret).
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentBody {
     /// Processor token (secret: stored in the vault, never returned or logged). The parser
     /// takes it out at once into a zeroizing secret.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, min_length = 1, max_length = 2048)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 2048)]
     pub token: Sent,
     #[serde(default, deserialize_with = "present", rename = "type")]
-    #[schema(value_type = String, pattern = "^(card|paypal)$")]
+    #[schema(required = true, value_type = String, pattern = "^(card|paypal)$")]
     pub kind: Sent,
     /// Card: the brand.
     #[serde(default, deserialize_with = "present")]
@@ -192,11 +195,11 @@ pub struct PaymentBody {
 pub struct ConsentBody {
     /// Whether the box was shown.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = bool)]
+    #[schema(required = true, value_type = bool)]
     pub presented: Sent,
     /// Whether it was checked.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = bool)]
+    #[schema(required = true, value_type = bool)]
     pub accepted: Sent,
     #[serde(flatten)]
     #[schema(ignore)]
@@ -204,7 +207,7 @@ pub struct ConsentBody {
 }
 
 /// `POST /orders` (Strongroom extension: checkout completion). Unknown fields → 422.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 pub struct CheckoutBody {
     /// An existing account; otherwise found or created by (store, email).
     #[serde(default, deserialize_with = "present")]
@@ -227,13 +230,13 @@ pub struct CheckoutBody {
     pub language: Sent,
     /// 1 to 100 items.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Vec<ItemBody>, min_items = 1, max_items = 100)]
+    #[schema(required = true, value_type = Vec<ItemBody>, min_items = 1, max_items = 100)]
     pub items: Sent,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = PaymentBody)]
+    #[schema(required = true, value_type = PaymentBody)]
     pub payment: Sent,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = ConsentBody)]
+    #[schema(required = true, value_type = ConsentBody)]
     pub consent: Sent,
     #[serde(flatten)]
     #[schema(ignore)]
@@ -244,7 +247,7 @@ pub struct CheckoutBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SubscriptionRef {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, min_length = 1, max_length = 64)]
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 64)]
     pub subscription: Sent,
     /// Resume: must be `null`.
     #[serde(default, deserialize_with = "present")]
@@ -257,7 +260,7 @@ pub struct SubscriptionRef {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SubscriptionsBody {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Vec<SubscriptionRef>)]
+    #[schema(required = true, value_type = Vec<SubscriptionRef>)]
     pub subscriptions: Sent,
 }
 
@@ -265,17 +268,17 @@ pub struct SubscriptionsBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct EventBody {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = bool)]
+    #[schema(required = true, value_type = bool)]
     pub processed: Sent,
 }
 
 /// `POST /webhooks` (`hmacSecret` optional) and `POST /webhooks/keys` (required).
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookBody {
     /// An absolute http or https URL without credentials.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String, pattern = "^https?://")]
+    #[schema(required = true, value_type = String, pattern = "^https?://")]
     pub url: Sent,
     /// Signs each delivery (`X-FS-Signature`, HMAC-SHA256, base64): 1 to 100 characters.
     #[serde(default, deserialize_with = "present")]

@@ -98,9 +98,9 @@ fn base_url(state: &SharedState, headers: &HeaderMap) -> Option<String> {
 )]
 async fn authenticate(
     State(state): State<SharedState>,
-    caller: Caller<Authenticate>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    caller: Caller<Authenticate>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Authenticate::NAME;
     let store = caller.store;

@@ -170,7 +170,9 @@ pub async fn standing(
         })
         .count();
     for s in &a.subscriptions {
-        if matches!(storage.subscription(&a.store, s).await?, Some(r) if r.state == SubState::Active)
+        // As the account object always did: a subscription that cannot be read counts as not
+        // active rather than failing the whole answer.
+        if matches!(storage.subscription(&a.store, s).await, Ok(Some(r)) if r.state == SubState::Active)
         {
             return Ok((active, true));
         }

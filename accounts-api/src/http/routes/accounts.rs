@@ -84,8 +84,8 @@ async fn create(
 )]
 async fn read(
     State(state): State<SharedState>,
-    caller: Caller<Read>,
     Path(id): Path<String>,
+    caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
     let lookup = async |id: &AccountId| state.storage.account(&caller.store, id).await;
     let account = with_named(&id, Ok(None), lookup)

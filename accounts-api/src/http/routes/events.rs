@@ -138,8 +138,8 @@ fn not_found(action: &'static str) -> ApiError {
 )]
 async fn read(
     State(state): State<SharedState>,
-    caller: Caller<Read>,
     Path(id): Path<String>,
+    caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
     let ev = with_named(&id, Ok(None), async |id: &EventId| {
         state.storage.event(&caller.store, id).await

@@ -42,8 +42,8 @@ fn account_missing(action: &'static str) -> ApiError {
 )]
 async fn list(
     State(state): State<SharedState>,
-    caller: Caller<List>,
     Path(id): Path<String>,
+    caller: Caller<List>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = List::NAME;
     // An id that does not parse names no account.

@@ -66,8 +66,8 @@ fn map_err(e: StorageError, action: &'static str) -> ApiError {
 )]
 async fn read(
     State(state): State<SharedState>,
-    caller: Caller<Read>,
     Path(id): Path<String>,
+    caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Read::NAME;
     let s = with_named(&id, Ok(None), async |id: &SubscriptionId| {

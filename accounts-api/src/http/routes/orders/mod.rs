@@ -45,8 +45,8 @@ const ACTION: &str = Complete::NAME;
 )]
 async fn read(
     State(state): State<SharedState>,
-    caller: Caller<Read>,
     Path(id): Path<String>,
+    caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Read::NAME;
     let o = with_named(&id, Ok(None), async |id: &OrderId| {
