@@ -29,6 +29,7 @@ pub mod vault;
 /// Raw-bytes entry points of the fuzz targets (`accounts-api/fuzz`); not API.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
+    pub use crate::http::requests::parse_account;
     pub use crate::http::routes::orders::parse_checkout_bytes;
 }
 
