@@ -118,12 +118,12 @@ async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
         )
         .await
         {
-            Ok(h) => h.to_json(),
+            Ok(h) => webhook_json(&h),
             Err(e) => return json!({"error": e.to_string()}),
         },
         "webhook.list" => match storage.webhooks(store).await {
             Ok(hooks) => {
-                json!({"webhooks": hooks.iter().map(crate::model::WebhookRecord::to_json).collect::<Vec<_>>()})
+                json!({"webhooks": hooks.iter().map(webhook_json).collect::<Vec<_>>()})
             }
             Err(e) => return json!({"error": e.to_string()}),
         },
@@ -216,4 +216,9 @@ pub async fn create_store_cli(data: &Path, name: &str) -> Result<Value, String> 
             Ok(created.to_json())
         }
     }
+}
+
+/// A webhook as the API's `/webhooks` shows it (never its secret).
+fn webhook_json(h: &crate::model::WebhookRecord) -> serde_json::Value {
+    serde_json::to_value(crate::http::views::WebhookView::of(h)).unwrap_or_default()
 }

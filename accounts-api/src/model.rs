@@ -282,12 +282,6 @@ impl EventRecord {
             processed_at: None,
         }
     }
-
-    /// The event as the events API and webhook deliveries show it (FastSpring's shape).
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({"id": self.id, "type": self.kind, "created": self.created,
-            "live": self.live, "processed": self.processed, "data": self.data})
-    }
 }
 
 /// A webhook endpoint of a store. No `Debug` derive: it holds the HMAC secret, which is kept
@@ -307,14 +301,6 @@ impl std::fmt::Debug for WebhookRecord {
             .field("url", &self.url)
             .field("signed", &self.secret.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-impl WebhookRecord {
-    /// The public view: never the secret, only whether there is one.
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({"id": self.id, "url": self.url, "signed": self.secret.is_some(),
-            "created": self.created})
     }
 }
 

@@ -158,7 +158,8 @@ async fn deliver(
     let mut sent = Vec::with_capacity(ids.len());
     for id in &ids {
         if let Ok(Some(ev)) = events.event(store, id).await {
-            bodies.push(ev.to_json());
+            // The delivery carries each event as the events API shows it.
+            bodies.push(crate::http::views::EventView::of(&ev, None));
             sent.push(id.clone());
         }
     }

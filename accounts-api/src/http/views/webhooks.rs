@@ -79,7 +79,10 @@ mod tests {
             let new = serde_json::to_value(WebhookView::of(&h))
                 .unwrap()
                 .to_string();
-            assert_eq!(new, h.to_json().to_string());
+            // What `WebhookRecord::to_json` built before this view.
+            let old = serde_json::json!({"id": h.id, "url": h.url,
+                "signed": h.secret.is_some(), "created": h.created});
+            assert_eq!(new, old.to_string());
             assert!(!new.contains("s3cret-hmac"));
         }
     }
