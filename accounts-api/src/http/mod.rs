@@ -119,6 +119,20 @@ async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
 }
 
+/// The record a client's id names, or `missing()` — the route's not-found answer — when there
+/// is none or the id does not parse (it then names nothing, as [`crate::storage::with_named`]).
+pub async fn found<T: TryFrom<String>, R>(
+    raw: &str,
+    action: &'static str,
+    missing: impl FnOnce() -> ApiError,
+    lookup: impl AsyncFnOnce(&T) -> crate::storage::StorageResult<Option<R>>,
+) -> Result<R, ApiError> {
+    crate::storage::with_named(raw, Ok(None), lookup)
+        .await
+        .map_err(|e| e.into_api(action))?
+        .ok_or_else(missing)
+}
+
 /// A typed view as the success answer. Serialized through a `serde_json` map, so keys go out
 /// sorted as every `json!` body did (identical bytes whichever way a body is built).
 pub fn ok_view<T: serde::Serialize>(view: &T) -> Response {

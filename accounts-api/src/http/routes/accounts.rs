@@ -8,7 +8,7 @@ use crate::http::views::IdPage;
 use crate::http::views::{
     AccountChanged, AccountFound, AccountIds, AccountList, AccountLookup, AccountView,
 };
-use crate::http::{ok_view, paging};
+use crate::http::{found, ok_view, paging};
 use crate::model::{AccountId, AccountRecord};
 use crate::service::accounts;
 use crate::storage::with_named;
@@ -87,16 +87,16 @@ async fn read(
     Path(id): Path<String>,
     caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
-    let lookup = async |id: &AccountId| state.storage.account(&caller.store, id).await;
-    let account = with_named(&id, Ok(None), lookup)
-        .await
-        .map_err(|e| e.into_api(Read::NAME))?
-        .ok_or_else(|| {
-            ApiError::new(
-                Read::NAME,
-                ErrorKind::NotFound("account", "account not found"),
-            )
-        })?;
+    let missing = || {
+        ApiError::new(
+            Read::NAME,
+            ErrorKind::NotFound("account", "account not found"),
+        )
+    };
+    let account = found(&id, Read::NAME, missing, async |id: &AccountId| {
+        state.storage.account(&caller.store, id).await
+    })
+    .await?;
     let accounts = vec![view(&state, &account, Read::NAME).await?];
     Ok(ok_view(&AccountList { accounts }))
 }

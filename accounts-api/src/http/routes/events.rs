@@ -5,9 +5,9 @@
 use crate::app::SharedState;
 use crate::error::{ApiError, ErrorKind, StorageError};
 use crate::http::extract::{Action, Caller, Mutation, actions};
-use crate::http::ok_view;
 use crate::http::requests::{EventBody, read_body};
 use crate::http::views::{EventList, EventMarked, EventView};
+use crate::http::{found, ok_view};
 use crate::model::EventId;
 use crate::storage::with_named;
 use axum::extract::rejection::QueryRejection;
@@ -141,12 +141,11 @@ async fn read(
     Path(id): Path<String>,
     caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
-    let ev = with_named(&id, Ok(None), async |id: &EventId| {
+    let missing = || not_found(Read::NAME);
+    let ev = found(&id, Read::NAME, missing, async |id: &EventId| {
         state.storage.event(&caller.store, id).await
     })
-    .await
-    .map_err(|e| e.into_api(Read::NAME))?
-    .ok_or_else(|| not_found(Read::NAME))?;
+    .await?;
     Ok(ok_view(&EventView::of(&ev, Some(Read::NAME))))
 }
 

@@ -9,7 +9,7 @@ use crate::http::views::{
     AccountSubscriptions, ChargeItem, ChargeResults, IdPage, ItemError, SubscriptionChanged,
     SubscriptionIds, SubscriptionList, SubscriptionResult, SubscriptionView,
 };
-use crate::http::{ok_view, paging};
+use crate::http::{found, ok_view, paging};
 use crate::model::{AccountId, SubscriptionId, now_ms};
 use crate::service::renewals::{Outcome, charge_named};
 use crate::service::subscriptions::{self, By};
@@ -70,12 +70,13 @@ async fn read(
     caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Read::NAME;
-    let s = with_named(&id, Ok(None), async |id: &SubscriptionId| {
-        state.storage.subscription(&caller.store, id).await
-    })
-    .await
-    .map_err(|e| e.into_api(ACTION))?
-    .ok_or_else(|| not_found(ACTION))?;
+    let s = found(
+        &id,
+        ACTION,
+        || not_found(ACTION),
+        async |id: &SubscriptionId| state.storage.subscription(&caller.store, id).await,
+    )
+    .await?;
     Ok(ok_view(&SubscriptionView::of(&s, Some(ACTION))))
 }
 
@@ -100,17 +101,16 @@ async fn list(
         return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
     };
     if let Some(account) = q.get("accountId") {
-        let a = with_named(account, Ok(None), async |id: &AccountId| {
-            state.storage.account(store, id).await
-        })
-        .await
-        .map_err(|e| e.into_api(ACTION))?
-        .ok_or_else(|| {
+        let missing = || {
             ApiError::new(
                 ACTION,
                 ErrorKind::NotFound("accountId", "account not found"),
             )
-        })?;
+        };
+        let a = found(account, ACTION, missing, async |id: &AccountId| {
+            state.storage.account(store, id).await
+        })
+        .await?;
         let mut subs = Vec::new();
         for id in &a.subscriptions {
             if let Some(s) = state

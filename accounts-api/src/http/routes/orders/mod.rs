@@ -9,11 +9,10 @@ mod body;
 use crate::app::SharedState;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::extract::{Action, Caller, Mutation, actions};
-use crate::http::ok_view;
 use crate::http::views::OrderView;
+use crate::http::{found, ok_view};
 use crate::model::{OrderId, OrderRecord};
 use crate::service::checkout::{self, CheckoutError, Deps};
-use crate::storage::with_named;
 use crate::vault::VaultError;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -49,12 +48,11 @@ async fn read(
     caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Read::NAME;
-    let o = with_named(&id, Ok(None), async |id: &OrderId| {
+    let missing = || ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found"));
+    let o = found(&id, ACTION, missing, async |id: &OrderId| {
         state.storage.order(&caller.store, id).await
     })
-    .await
-    .map_err(|e| e.into_api(ACTION))?
-    .ok_or_else(|| ApiError::new(ACTION, ErrorKind::NotFound("order", "Not found")))?;
+    .await?;
     Ok(ok_view(&OrderView::of(&o, Some(ACTION))))
 }
 
