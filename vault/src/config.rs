@@ -111,6 +111,41 @@ impl Default for Storage {
     }
 }
 
+/// `[audit]`: where the audit segments live, when they rotate, where they are archived and how
+/// long archived ones stay in the data folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditFile {
+    /// Segment folder; default `audit` inside the data folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A segment closes (with its signed checkpoint) at this size…
+    pub segment_max_bytes: u64,
+    /// … or at this age, whichever comes first.
+    pub segment_max_age_secs: u64,
+    /// Closed segments are copied here (e.g. a mount of the central log server), checked, and
+    /// marked archived; without it, run `vault audit archive --to DIR` (cron).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_dir: Option<PathBuf>,
+    /// Archived segments older than this leave the data folder (0: kept).
+    pub keep_days: u64,
+    /// Archived segments leave the data folder, oldest first, while it holds more (0: no cap).
+    pub max_bytes: u64,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            segment_max_bytes: 64 * 1024 * 1024,
+            segment_max_age_secs: 86_400,
+            archive_dir: None,
+            keep_days: 90,
+            max_bytes: 0,
+        }
+    }
+}
+
 /// `[processor]`: the Stripe-compatible endpoint the charge route calls. Without a `base_url`
 /// the vault runs without charging (the charge route answers 503).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,10 +193,13 @@ pub struct FileConfig {
     pub data_dir: PathBuf,
     pub master_key_file: PathBuf,
     pub fingerprint_key_file: PathBuf,
+    /// Signs audit checkpoints (created beside the other keys if absent).
+    pub audit_key_file: PathBuf,
     pub tls: TlsPaths,
     pub permissions: BTreeMap<String, Vec<Permission>>,
     pub limits: Limits,
     pub storage: Storage,
+    pub audit: AuditFile,
     pub processor: ProcessorFile,
 }
 
@@ -192,6 +230,7 @@ impl FileConfig {
             data_dir: "data".into(),
             master_key_file: "master.key".into(),
             fingerprint_key_file: "fingerprint.key".into(),
+            audit_key_file: "audit.key".into(),
             tls: TlsPaths {
                 ca: "pki/ca.pem".into(),
                 cert: "pki/vault.pem".into(),
@@ -200,6 +239,7 @@ impl FileConfig {
             permissions,
             limits: Limits::default(),
             storage: Storage::default(),
+            audit: AuditFile::default(),
             processor: ProcessorFile::default(),
         }
     }
@@ -210,7 +250,8 @@ impl FileConfig {
             "# Strongroom vault configuration, written by `vault init`.\n\
              # Relative paths are relative to this file's folder.\n\
              # Environment overrides: VAULT_LISTEN, VAULT_DATA_DIR, VAULT_MASTER_KEY_FILE,\n\
-             # VAULT_FINGERPRINT_KEY_FILE, VAULT_MASTER_KEY, VAULT_FINGERPRINT_KEY,\n\
+             # VAULT_FINGERPRINT_KEY_FILE, VAULT_AUDIT_KEY_FILE, VAULT_MASTER_KEY,\n\
+             # VAULT_FINGERPRINT_KEY, VAULT_AUDIT_KEY,\n\
              # VAULT_PROCESSOR_URL, VAULT_PROCESSOR_SECRET_KEY_FILE, VAULT_PROCESSOR_SECRET_KEY,\n\
              # VAULT_PROCESSOR_TIMEOUT_MS. Without [processor] base_url charging is off.\n\n{body}"
         ))
@@ -230,10 +271,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub master_key: KeySource,
     pub fingerprint_key: KeySource,
+    pub audit_key: KeySource,
     pub tls: shared::tls::TlsFiles,
     pub permissions: BTreeMap<String, Vec<Permission>>,
     pub limits: Limits,
     pub storage: Storage,
+    pub audit: crate::audit::AuditSettings,
     pub processor: ProcessorSettings,
 }
 
@@ -268,8 +311,10 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
     pub fingerprint_key_file: Option<PathBuf>,
+    pub audit_key_file: Option<PathBuf>,
     pub master_key: Option<zeroize::Zeroizing<String>>,
     pub fingerprint_key: Option<zeroize::Zeroizing<String>>,
+    pub audit_key: Option<zeroize::Zeroizing<String>>,
     pub processor_url: Option<String>,
     pub processor_secret_key_file: Option<PathBuf>,
     pub processor_secret_key: Option<zeroize::Zeroizing<String>>,
@@ -284,8 +329,10 @@ impl Overrides {
             data_dir: var("VAULT_DATA_DIR").map(PathBuf::from),
             master_key_file: var("VAULT_MASTER_KEY_FILE").map(PathBuf::from),
             fingerprint_key_file: var("VAULT_FINGERPRINT_KEY_FILE").map(PathBuf::from),
+            audit_key_file: var("VAULT_AUDIT_KEY_FILE").map(PathBuf::from),
             master_key: var("VAULT_MASTER_KEY").map(zeroize::Zeroizing::new),
             fingerprint_key: var("VAULT_FINGERPRINT_KEY").map(zeroize::Zeroizing::new),
+            audit_key: var("VAULT_AUDIT_KEY").map(zeroize::Zeroizing::new),
             processor_url: var("VAULT_PROCESSOR_URL"),
             processor_secret_key_file: var("VAULT_PROCESSOR_SECRET_KEY_FILE").map(PathBuf::from),
             processor_secret_key: var("VAULT_PROCESSOR_SECRET_KEY").map(zeroize::Zeroizing::new),
@@ -346,6 +393,11 @@ impl Config {
             overrides.fingerprint_key_file,
             &file.fingerprint_key_file,
         );
+        let audit_key = key_source(
+            overrides.audit_key,
+            overrides.audit_key_file,
+            &file.audit_key_file,
+        );
         let processor_secret = key_source(
             overrides.processor_secret_key,
             overrides.processor_secret_key_file,
@@ -370,14 +422,37 @@ impl Config {
         if file.limits.max_connections == 0 || file.limits.max_body_bytes == 0 {
             return Err(ConfigError::Parse("limits must be positive".into()));
         }
+        if file.audit.segment_max_bytes < 4096 || file.audit.segment_max_age_secs == 0 {
+            return Err(ConfigError::Parse(
+                "[audit] segment_max_bytes must be at least 4096 and segment_max_age_secs positive"
+                    .into(),
+            ));
+        }
+        let data_dir = overrides
+            .data_dir
+            .map(absolute)
+            .unwrap_or_else(|| resolve(&base, &file.data_dir));
+        let audit = crate::audit::AuditSettings {
+            dir: file
+                .audit
+                .dir
+                .as_deref()
+                .map(|d| resolve(&base, d))
+                .unwrap_or_else(|| data_dir.join("audit")),
+            segment_max_bytes: file.audit.segment_max_bytes,
+            segment_max_age: std::time::Duration::from_secs(file.audit.segment_max_age_secs),
+            flush_every: std::time::Duration::from_millis(file.storage.flush_every_ms.max(1)),
+            archive_dir: file.audit.archive_dir.as_deref().map(|d| resolve(&base, d)),
+            keep_days: file.audit.keep_days,
+            max_bytes: file.audit.max_bytes,
+        };
         Ok(Self {
             listen,
-            data_dir: overrides
-                .data_dir
-                .map(absolute)
-                .unwrap_or_else(|| resolve(&base, &file.data_dir)),
+            data_dir,
             master_key,
             fingerprint_key,
+            audit_key,
+            audit,
             tls: shared::tls::TlsFiles {
                 ca: resolve(&base, &file.tls.ca),
                 cert: resolve(&base, &file.tls.cert),

@@ -65,12 +65,40 @@ async fn metrics_page(
 ) -> ApiResult<Response> {
     caller.op("metrics").require(Permission::Audit)?;
     let keyring = state.vault.key_versions();
+    let st = state.clone();
+    let audit = tokio::task::spawn_blocking(move || st.vault.audit_stats())
+        .await
+        .unwrap_or_default();
     let gauges = vec![
         Gauge {
             name: "audit_chain_length",
             help: "Entries in the audit hash chain.",
             labels: vec![],
             value: state.vault.audit_length() as f64,
+        },
+        Gauge {
+            name: "audit_bytes_on_disk",
+            help: "Bytes of audit segment files in the data folder.",
+            labels: vec![],
+            value: audit.bytes_on_disk as f64,
+        },
+        Gauge {
+            name: "audit_segments",
+            help: "Audit segment files in the data folder (the active one included).",
+            labels: vec![],
+            value: audit.segments as f64,
+        },
+        Gauge {
+            name: "audit_unarchived_segments",
+            help: "Closed audit segments not yet archived.",
+            labels: vec![],
+            value: audit.unarchived_closed as f64,
+        },
+        Gauge {
+            name: "audit_oldest_unarchived_age_seconds",
+            help: "Seconds since the oldest closed, unarchived audit segment was closed (0: none).",
+            labels: vec![],
+            value: audit.oldest_unarchived_age_secs as f64,
         },
         Gauge {
             name: "key_versions",

@@ -197,6 +197,16 @@ fn create_keys_and_folder(
         created_keys.push(fp.clone());
     }
     println!("fingerprint key: {} ({})", fp.display(), status(fp_created));
+    if let crate::config::KeySource::File(audit) = &config.audit_key {
+        if let Some(dir) = audit.parent() {
+            shared::pki::create_private_dir(dir)?;
+        }
+        let created = keys::ensure_audit_key_file(audit, Some(&id))?;
+        if created {
+            created_keys.push(audit.clone());
+        }
+        println!("audit key: {} ({})", audit.display(), status(created));
+    }
     // Key files that existed unbound (written by hand) are bound to the folder now.
     for p in [&master, &fp] {
         if !created_keys.contains(p) && p.exists() && keys::binding_of(p)?.is_none() {

@@ -6,6 +6,7 @@
 //! a broken chain.
 
 mod admin;
+mod audit;
 mod init;
 
 use crate::api::AppState;
@@ -68,13 +69,27 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain. Run it on a stopped vault: sled locks its data folder.
+    /// Walk the hash chain across every segment (and archived ones) and check each segment's
+    /// signed checkpoint. Works while the vault runs.
     Verify {
         #[arg(long)]
         config: PathBuf,
+        /// Also read archived segments from this folder (default: `[audit] archive_dir`).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+    /// Copy closed segments to DIR after verifying the chain, check the copies, mark them
+    /// archived; then prune archived ones by `[audit] keep_days` / `max_bytes`. Works while
+    /// the vault runs.
+    Archive {
+        #[arg(long)]
+        config: PathBuf,
+        /// Archive folder (default: `[audit] archive_dir`).
+        #[arg(long)]
+        to: Option<PathBuf>,
     },
     /// Write entries as JSON lines (with `prevHash` and `hash`) to stdout, so an external system
-    /// can keep and re-verify them. Run it on a stopped vault.
+    /// can keep and re-verify them. Reads the segment files (works while the vault runs).
     Export {
         #[command(flatten)]
         admin: AdminArgs,
@@ -158,15 +173,18 @@ pub fn main(cli: Cli) -> ExitCode {
             if online {
                 admin::audit_export_online(&admin, &since)
             } else {
-                audit_export(&admin.config, &since)
+                audit::export(&admin.config, &since)
             }
         }
         Command::Serve { config, listen } => {
             serve(&config, listen.as_deref()).map(|()| ExitCode::SUCCESS)
         }
         Command::Audit {
-            command: AuditCommand::Verify { config },
-        } => audit_verify(&config),
+            command: AuditCommand::Verify { config, archive },
+        } => audit::verify(&config, archive.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Archive { config, to },
+        } => audit::archive(&config, to.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -183,46 +201,6 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// Opens a stopped vault's data folder (sled refuses, by name, one a running vault holds).
-fn open_stopped_db(config_path: &Path) -> CliResult<crate::store::StoppedFolder> {
-    let config = Config::load(config_path, Overrides::from_env(), None)?;
-    if !config.data_dir.is_dir() {
-        return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
-    }
-    Ok(crate::store::StoppedFolder::open(
-        &config.data_dir,
-        config.storage.cache_capacity_bytes,
-        config.storage.flush_every_ms,
-    )?)
-}
-
-/// `vault audit export --config FILE --since <seq | RFC 3339>` on a stopped vault: JSON lines
-/// on stdout (the same bytes as `--online` for the same range).
-fn audit_export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
-    let since = crate::audit_export::Since::parse(since)?;
-    let folder = open_stopped_db(config_path)?;
-    use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut failed = None;
-    let mut write = |chunk: Vec<u8>| match out.write_all(&chunk) {
-        Ok(()) => true,
-        Err(e) => {
-            failed = Some(e);
-            false
-        }
-    };
-    let Some((start, n)) = folder.export_audit(&since, &mut write)? else {
-        eprintln!("exported 0 audit entries");
-        return Ok(ExitCode::SUCCESS);
-    };
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    out.flush()?;
-    eprintln!("exported {n} audit entries from seq {start}");
-    Ok(ExitCode::SUCCESS)
-}
 
 /// Everything `serve` checks and loads before it listens. Public so tests and the benchmark can
 /// run the real server in-process.
@@ -389,17 +367,3 @@ async fn shutdown_signal() {
     }
 }
 
-/// `vault audit verify --config FILE`.
-fn audit_verify(config_path: &Path) -> CliResult<ExitCode> {
-    let folder = open_stopped_db(config_path)?;
-    match folder.verify_audit()? {
-        crate::audit::Verdict::Ok { entries } => {
-            println!("audit chain: {entries} entries ok");
-            Ok(ExitCode::SUCCESS)
-        }
-        crate::audit::Verdict::Broken { position, reason } => {
-            println!("audit chain BROKEN at entry {position}: {reason}");
-            Ok(ExitCode::from(2))
-        }
-    }
-}

@@ -30,6 +30,9 @@ const MASTER_HEADER: &str = "strongroom-master-key v1";
 const FINGERPRINT_HEADER: &str = "strongroom-fingerprint-key v1";
 const RETIRED_MASTER_HEADER: &str = "strongroom-retired-master-key v1";
 const RETIRED_FINGERPRINT_HEADER: &str = "strongroom-retired-fingerprint-key v1";
+/// The audit key signs the checkpoint that closes each audit segment (`audit::segment`). One
+/// version: it never rotates, since archived segments must stay verifiable for years.
+const AUDIT_HEADER: &str = "strongroom-audit-key v1";
 /// Start of the line that binds a key file to its data folder.
 pub(crate) const DATA_FOLDER_PREFIX: &str = "data-folder ";
 const WARNING: &str =
@@ -181,6 +184,8 @@ fn read_with_header(path: &Path, header: &str) -> Result<Zeroizing<String>, KeyE
             source_name: path.display().to_string(),
             reason: if header == MASTER_HEADER {
                 "missing header line `strongroom-master-key v1` (see the README: key file format)"
+            } else if header == AUDIT_HEADER {
+                "missing header line `strongroom-audit-key v1` (see the README: key file format)"
             } else {
                 "missing header line `strongroom-fingerprint-key v1` (see the README: key file format)"
             },
@@ -218,6 +223,40 @@ pub fn load_fingerprint_versions(path: &Path) -> Result<Vec<(u32, SecretKey)>, K
 
 pub fn parse_fingerprint_env(value: &str) -> Result<SecretKey, KeyError> {
     parse_hex_key(value, "VAULT_FINGERPRINT_KEY")
+}
+
+/// Loads the audit key (version 1 of an `strongroom-audit-key v1` file).
+pub fn load_audit_key(path: &Path) -> Result<SecretKey, KeyError> {
+    let text = read_with_header(path, AUDIT_HEADER)?;
+    let name = path.display().to_string();
+    parse_versions(text.lines().skip(1), &name)?
+        .into_iter()
+        .find(|(v, _)| *v == 1)
+        .map(|(_, k)| k)
+        .ok_or(KeyError::Format {
+            source_name: name,
+            reason: "no key version 1 in it",
+        })
+}
+
+pub fn parse_audit_env(value: &str) -> Result<SecretKey, KeyError> {
+    parse_hex_key(value, "VAULT_AUDIT_KEY")
+}
+
+/// Writes a fresh random audit key unless the file exists (owner-only, bound to `folder`).
+/// Returns whether it wrote.
+pub fn ensure_audit_key_file(path: &Path, folder: Option<&str>) -> Result<bool, KeyError> {
+    if path.exists() {
+        return Ok(false);
+    }
+    let key = SecretKey::generate().map_err(|e| KeyError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let text = key_file_text(AUDIT_HEADER, folder, std::iter::once((1, &key)));
+    // Atomic (temp file, fsync, rename): a crash never leaves a half-written key.
+    replace_file(path, text.as_bytes())?;
+    Ok(true)
 }
 
 /// The data-folder id a key file is bound to (`None` for a file written before binding, or

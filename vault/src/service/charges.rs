@@ -8,12 +8,14 @@
 //!    or currency is a conflict; a live lease of another instance is "in progress". Of racing
 //!    claims exactly one wins, in any number of processes: correctness does not rest on the
 //!    in-process per-key lock, which only saves losers a round trip;
-//! 2. wait until the claim is on disk;
+//! 2. append the audit entry `charge attempt` (outcome 202) and wait until it and the claim
+//!    are on disk: no processor call ever happens without a durable entry recording it;
 //! 3. decrypt the token, call the processor with the processor idempotency key
 //!    `{store}:{key}` (the same on every retry, so the processor dedupes a call that reached it
 //!    before a crash or timeout), zeroize the token;
-//! 4. record the outcome and the request's audit entry in one swap from the claimed entry,
-//!    wait until durable, answer. `failed` stays retryable.
+//! 4. record the outcome in one swap from the claimed entry, append the request's audit entry
+//!    (`charge succeeded|declined|failed`), wait until both are durable, answer. `failed` stays
+//!    retryable.
 //!
 //! Leases: a claim names this process (`instance`) and lapses after [`LEASE_SECS`]. On a store
 //! only one process can open (sled), another instance's lease is a dead process's and is taken
@@ -126,7 +128,7 @@ impl Drop for ClaimGuard {
             released.lease = None;
             let _ = self
                 .store
-                .charge_swap(&self.st, &self.key, Some(&e), &released, None);
+                .charge_swap(&self.st, &self.key, Some(&e), &released);
         }
     }
 }
@@ -196,7 +198,7 @@ impl Vault {
             };
             match self
                 .store
-                .charge_swap(&req.store, &req.key, current.as_ref(), &next, None)?
+                .charge_swap(&req.store, &req.key, current.as_ref(), &next)?
             {
                 Swap::Done => return Ok(Claim::Won(next)),
                 Swap::Changed(now_there) => current = now_there.map(|b| *b),
@@ -271,8 +273,16 @@ impl Vault {
             key: req.key.clone(),
             held: Some(claimed.clone()),
         };
-        // The intent is on disk before the token is opened or the processor called.
-        self.store.durable().await?;
+        // The intent and its audit entry are on disk before the token is opened or the
+        // processor called.
+        let mut attempt = actor.draft();
+        attempt.operation = "charge attempt".into();
+        attempt.record = Some(req.id.to_string());
+        attempt.outcome = 202;
+        self.audit.append(attempt)?;
+        let (stored, audited) = tokio::join!(self.store.durable(), self.audit.durable());
+        stored?;
+        audited?;
         let result = self
             .call_processor(&*processor, &req, &record.account)
             .await?;
@@ -290,16 +300,19 @@ impl Vault {
         draft.outcome = 200;
         match self
             .store
-            .charge_swap(&req.store, &req.key, Some(&claimed), &done, Some(draft))?
+            .charge_swap(&req.store, &req.key, Some(&claimed), &done)?
         {
             Swap::Done => {
                 guard.held = None;
+                self.audit.append(draft)?;
                 actor.written();
             }
             // Only after the lease lapsed: the other attempt used the same processor key.
             Swap::Changed(_) => tracing::warn!(record = %req.id, "charge claim was taken over"),
         }
-        self.store.durable().await?;
+        let (stored, audited) = tokio::join!(self.store.durable(), self.audit.durable());
+        stored?;
+        audited?;
         tracing::info!(
             record = %req.id,
             status = %done.status,
@@ -342,8 +355,10 @@ mod tests {
         }
     }
 
-    /// One vault process (its own instance id, locks and keys) on `store`.
+    /// One vault process (its own instance id, locks, keys and audit log) on `store`.
     fn instance(store: Arc<dyn Store>, processor: Arc<Counting>) -> Vault {
+        let audit_dir = tempfile::tempdir().unwrap().keep();
+        let audit = Arc::new(crate::audit::SegmentLog::ephemeral(&audit_dir).unwrap());
         let kek = Kek {
             version: 1,
             key: SecretKey::from_slice(&[1; 32]).unwrap(),
@@ -355,7 +370,7 @@ mod tests {
                 f: Fingerprinter::new(&SecretKey::from_slice(&[2; 32]).unwrap()),
             }],
         };
-        Vault::assemble(Keyring::new(vec![kek]), fp, store).with_processor(Some(processor))
+        Vault::assemble(Keyring::new(vec![kek]), fp, store, audit).with_processor(Some(processor))
     }
 
     fn stored(v: &Vault) -> PaymentMethodId {

@@ -4,9 +4,14 @@
 //! retirement, unseal (`keys`, `unseal`) and fingerprint rotation / re-index (`fingerprints`).
 //!
 //! The service talks to storage only through the `Store` port (`Arc<dyn Store>`), never to a
-//! backend. A use case called on behalf of a request ([`Actor`]) returns only once its change is
-//! on disk and audited: its audit entry is written in the same storage transaction as the change
-//! and the actor is marked, so the API layer adds an entry only for requests that wrote nothing.
+//! backend, and owns the audit log (`Arc<dyn AuditLog>`, segment files of this instance). A use
+//! case called on behalf of a request ([`Actor`]) returns only once its change is on disk and
+//! audited. Token operations (store, delete, erase, charge) are write-ahead audited: the entry
+//! is appended and fsynced *before* the change is applied (or the processor called), so no such
+//! operation takes effect, even across a kill -9 or a power cut at any point, without a durable
+//! entry recording it; a crash in between leaves an entry for a change that never happened and
+//! was never acknowledged. The actor is marked, so the API layer adds an entry only for requests
+//! that wrote nothing.
 //!
 //! Invariants: a token is in clear only inside `store_payment_method` (sealed and fingerprinted,
 //! then dropped, zeroized), inside the value `reveal_token` returns (zeroizing) and for the
@@ -32,7 +37,7 @@ use self::custody::CustodyError;
 use self::fingerprints::{FpKey, FpRing, check_fingerprints};
 use self::rotation::{RewrapProgress, check_keyring};
 use self::unseal::UnsealBuffer;
-use crate::audit::{AuditDraft, Verdict};
+use crate::audit::{AuditDraft, AuditError, AuditLog, Verdict};
 use crate::audit_export::Since;
 use crate::config::{Config, KeySource};
 use crate::crypto::{CryptoError, Fingerprinter, Keyring, SecretKey};
@@ -49,6 +54,8 @@ pub enum CoreError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The keys do not go with the data folder (stale, foreign, or in use elsewhere).
     #[error(transparent)]
     Custody(#[from] CustodyError),
@@ -121,6 +128,8 @@ pub struct Vault {
     /// The fingerprint key file, when the key came from one (rotation rewrites it).
     fp_file: Option<std::path::PathBuf>,
     store: Arc<dyn Store>,
+    /// This instance's audit chain.
+    audit: Arc<dyn AuditLog>,
     /// Also serialises rotate / retire / unseal.
     persistence: Mutex<KeyPersistence>,
     unseal: Mutex<UnsealBuffer>,
@@ -160,6 +169,27 @@ impl<S> std::ops::Deref for InProcess<S> {
     type Target = Vault;
     fn deref(&self) -> &Vault {
         &self.vault
+    }
+}
+
+/// The audit key: from `VAULT_AUDIT_KEY`, or its file, created (bound to the data folder) when
+/// absent, which is how folders from before segment files get one at their first start. A file
+/// bound to another data folder is refused.
+fn load_audit_key(src: &KeySource, folder_id: &str) -> Result<SecretKey, CoreError> {
+    match src {
+        KeySource::Env(v) => Ok(keys::parse_audit_env(v)?),
+        KeySource::File(p) => {
+            if keys::ensure_audit_key_file(p, Some(folder_id))? {
+                tracing::info!(path = %p.display(), "created the audit key (back it up with the other keys)");
+            }
+            match keys::binding_of(p)? {
+                Some(bound) if bound != folder_id => Err(CoreError::KeyState(format!(
+                    "the audit key {} belongs to another data folder; refusing to start",
+                    p.display()
+                ))),
+                _ => Ok(keys::load_audit_key(p)?),
+            }
+        }
     }
 }
 
@@ -247,7 +277,13 @@ impl Vault {
         if let Some(ring) = &keyring {
             check_keyring(ring, &*store, master_file, &config.data_dir)?;
         }
-        let mut core = Self::assemble(keyring, fp_ring, store);
+        let audit_key = load_audit_key(&config.audit_key, &folder_id)?;
+        let audit = crate::audit::SegmentLog::open(
+            config.audit.clone(),
+            crate::audit::segment::AuditKey::new(&audit_key),
+            store.legacy_audit(),
+        )?;
+        let mut core = Self::assemble(keyring, fp_ring, store, Arc::new(audit));
         core.persistence = Mutex::new(persistence);
         core.fp_file = fp_file;
         core.folder_id = Some(folder_id);
@@ -257,12 +293,18 @@ impl Vault {
         Ok(core)
     }
 
-    fn assemble(keyring: Option<Keyring>, fingerprints: FpRing, store: Arc<dyn Store>) -> Self {
+    fn assemble(
+        keyring: Option<Keyring>,
+        fingerprints: FpRing,
+        store: Arc<dyn Store>,
+        audit: Arc<dyn AuditLog>,
+    ) -> Self {
         Self {
             keyring: RwLock::new(keyring),
             fingerprints: RwLock::new(fingerprints),
             fp_file: None,
             store,
+            audit,
             persistence: Mutex::new(KeyPersistence::Unpersisted),
             unseal: Mutex::new(UnsealBuffer::default()),
             rewrap: RewrapProgress::default(),
@@ -284,6 +326,7 @@ impl Vault {
         keyring: Keyring,
         fingerprinter: Fingerprinter,
         store: S,
+        audit: Arc<dyn AuditLog>,
     ) -> Result<InProcess<S>, CoreError> {
         let where_ = std::path::Path::new("(in-process store)");
         check_keyring(&keyring, &store, None, where_)?;
@@ -298,7 +341,7 @@ impl Vault {
         let store = Arc::new(store);
         let dyn_store: Arc<dyn Store> = store.clone();
         Ok(InProcess {
-            vault: Self::assemble(Some(keyring), fp_ring, dyn_store),
+            vault: Self::assemble(Some(keyring), fp_ring, dyn_store, audit),
             store,
         })
     }
@@ -326,9 +369,9 @@ impl Vault {
         let out = change(self)?;
         let mut draft = actor.draft();
         draft.outcome = outcome;
-        self.store.audit().append(draft)?;
+        self.audit.append(draft)?;
         actor.written();
-        self.store.flush()?;
+        self.audit.flush()?;
         Ok(out)
     }
 
@@ -340,17 +383,23 @@ impl Vault {
     /// Appends the audit entry of a request that wrote nothing (reads, refusals); it reaches
     /// disk with the next flush (`flush_every_ms`) or the next durable write.
     pub fn append_audit(&self, draft: AuditDraft) -> Result<(), CoreError> {
-        Ok(self.store.audit().append(draft)?)
+        self.audit.append(draft)?;
+        Ok(())
     }
 
     /// Entries in the audit chain.
     pub fn audit_length(&self) -> u64 {
-        self.store.audit().length()
+        self.audit.length()
+    }
+
+    /// Bytes on disk and archival lag of the audit log (for the metrics).
+    pub fn audit_stats(&self) -> crate::audit::log::AuditStats {
+        self.audit.stats()
     }
 
     /// Walks the audit chain (blocking: a full read).
     pub fn verify_audit(&self) -> Result<Verdict, CoreError> {
-        Ok(self.store.audit().verify()?)
+        Ok(self.audit.verify()?)
     }
 
     /// Streams the entries from `since` to `upto` as JSON lines into `batch` (blocking).
@@ -360,7 +409,7 @@ impl Vault {
         upto: Option<u64>,
         batch: &mut dyn FnMut(Vec<u8>) -> bool,
     ) -> Result<u64, CoreError> {
-        let log = self.store.audit();
+        let log = &self.audit;
         match log.first_since(since)? {
             Some(from) => Ok(log.export(from, upto, batch)?),
             None => Ok(0),
@@ -403,7 +452,8 @@ mod tests {
         };
         let store = SledStore::new(db, false).unwrap();
         let fp = Fingerprinter::new(&SecretKey::from_slice(&[fp_byte; 32]).unwrap());
-        Vault::with_store(Keyring::new(keks).unwrap(), fp, store)
+        let audit = Arc::new(crate::audit::SegmentLog::ephemeral(&dir.join("audit")).unwrap());
+        Vault::with_store(Keyring::new(keks).unwrap(), fp, store, audit)
     }
 
     fn new_card() -> NewPaymentMethod {

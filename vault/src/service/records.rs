@@ -1,7 +1,9 @@
 //! Records: store (dedupe by keyed fingerprint), masked reads, token reveal, delete and
-//! account erasure. The request-facing calls (`store`, `delete`, `erase_account`) return only
-//! after the change and its audit entry, written in one storage transaction, are on disk.
+//! account erasure. The request-facing calls (`store`, `delete`, `erase_account`) are
+//! write-ahead audited (see the service header): dedupe lookup → audit entry appended and
+//! fsynced → change applied → change flushed → answer.
 
+use super::fingerprints::FpRing;
 use super::{Actor, CoreError, NewPaymentMethod, Vault};
 use crate::audit::AuditDraft;
 use crate::store::{StoreError, Stored, StoredRecord};
@@ -19,45 +21,50 @@ fn new_record_id() -> Result<PaymentMethodId, CoreError> {
         .map_err(|_| CoreError::Store(StoreError::Corrupt("generated id does not parse")))
 }
 
+/// What a store will do, decided (and audited) before it does it.
+enum Intent {
+    Existing(StoredRecord),
+    Create(PaymentMethodId),
+}
+
+/// The token's fingerprints under every version held (the current one first, which indexes a
+/// new record; while a re-index runs the token may still be indexed under an older one).
+fn fingerprints_of(
+    fps: &FpRing,
+    new: &NewPaymentMethod,
+    token: &[u8],
+) -> Result<(Vec<[u8; 32]>, u32), CoreError> {
+    let current = fps.current()?;
+    let (store, account) = (new.store.as_str(), new.account.as_str());
+    let mut out = vec![current.f.fingerprint(store, account, token)];
+    out.extend(
+        fps.keys
+            .iter()
+            .filter(|k| k.version != current.version)
+            .map(|k| k.f.fingerprint(store, account, token)),
+    );
+    Ok((out, current.version))
+}
+
 impl Vault {
-    /// Seals and stores a token, or finds the record already holding it for this store+account;
-    /// `audit` is appended in the same transaction. Committed, not yet flushed: the
-    /// request-facing [`Vault::store`] waits for durability; in-process callers (tests, the
-    /// benchmark) call this directly.
-    #[tracing::instrument(skip_all)]
-    pub fn store_payment_method(
+    /// Seals `token` as record `id` under the current keys and inserts it (dedupe inside the
+    /// store's transaction).
+    fn seal_and_insert(
         &self,
         new: &NewPaymentMethod,
         token: &PaymentToken,
-        audit: AuditDraft,
+        id: &PaymentMethodId,
     ) -> Result<Stored, CoreError> {
         let token_bytes = token.expose_secret().as_bytes();
         // Held until the insert: a fingerprint rotation waits for in-flight stores, so its
         // re-index sees every record indexed under an older version.
         let fps = self.fingerprints.read().map_err(|_| CoreError::Poisoned)?;
-        let current_fp = fps.current()?;
-        let fp_version = current_fp.version;
-        let fingerprint =
-            current_fp
-                .f
-                .fingerprint(new.store.as_str(), new.account.as_str(), token_bytes);
-        // While a re-index runs, the token may still be indexed under an older version: every
-        // version held dedupes, the current one indexes the new record.
-        let mut fingerprints = vec![fingerprint];
-        fingerprints.extend(
-            fps.keys
-                .iter()
-                .filter(|k| k.version != fp_version)
-                .map(|k| {
-                    k.f.fingerprint(new.store.as_str(), new.account.as_str(), token_bytes)
-                }),
-        );
-        let id = new_record_id()?;
+        let (fingerprints, fp_version) = fingerprints_of(&fps, new, token_bytes)?;
         // The read guard is held until the record is in: retirement (write lock) can never
         // destroy a version between sealing and inserting.
         let guard = self.keyring.read().map_err(|_| CoreError::Poisoned)?;
         let keyring = guard.as_ref().ok_or(CoreError::Sealed)?;
-        // Sealed before the transaction (which may retry); wasted only on a dedupe hit.
+        // Sealed before the transaction (which may retry); wasted only on a dedupe race.
         let sealed = keyring.seal_token(new.store.as_str(), id.as_str(), token_bytes)?;
         let created = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
@@ -78,13 +85,89 @@ impl Vault {
             wrap_version: Some(sealed.wrap_version),
             wrapped_dek: hex::encode(&sealed.wrapped_dek),
             sealed_token: hex::encode(&sealed.ciphertext),
-            fingerprint: hex::encode(fingerprint),
+            fingerprint: hex::encode(fingerprints[0]),
             fp_version: Some(fp_version),
         };
-        let stored = self.store.insert(record, &fingerprints, audit)?;
+        let stored = self.store.insert(record, &fingerprints)?;
         drop(guard);
         drop(fps);
         Ok(stored)
+    }
+
+    /// Step 1 of a store: the dedupe lookup, and the audit entry of what will happen
+    /// (appended: in the file, not yet fsynced).
+    fn store_intent(
+        &self,
+        new: &NewPaymentMethod,
+        token: &PaymentToken,
+        mut draft: AuditDraft,
+    ) -> Result<Intent, CoreError> {
+        if self.is_sealed() {
+            return Err(CoreError::Sealed);
+        }
+        let existing = {
+            let fps = self.fingerprints.read().map_err(|_| CoreError::Poisoned)?;
+            let (fingerprints, _) =
+                fingerprints_of(&fps, new, token.expose_secret().as_bytes())?;
+            self.store.find_fingerprint(&fingerprints)?
+        };
+        let intent = match existing {
+            Some(r) => {
+                draft.outcome = 200;
+                draft.record = Some(r.id.clone());
+                Intent::Existing(r)
+            }
+            None => {
+                let id = new_record_id()?;
+                draft.outcome = 201;
+                draft.record = Some(id.to_string());
+                Intent::Create(id)
+            }
+        };
+        self.audit.append(draft)?;
+        Ok(intent)
+    }
+
+    /// Step 3 of a store: the change. A concurrent store of the same token that won meanwhile
+    /// makes the answer its record, and a second entry says so; a failure gets an entry too.
+    fn store_apply(
+        &self,
+        new: &NewPaymentMethod,
+        token: &PaymentToken,
+        id: &PaymentMethodId,
+        mut draft: AuditDraft,
+    ) -> Result<Stored, CoreError> {
+        match self.seal_and_insert(new, token, id) {
+            Ok(Stored::Existing(r)) => {
+                draft.outcome = 200;
+                draft.record = Some(r.id.clone());
+                self.audit.append(draft)?;
+                Ok(Stored::Existing(r))
+            }
+            Ok(created) => Ok(created),
+            Err(e) => {
+                draft.outcome = 500;
+                draft.record = Some(id.to_string());
+                let _ = self.audit.append(draft);
+                Err(e)
+            }
+        }
+    }
+
+    /// Seals and stores a token, or finds the record already holding it for this store+account,
+    /// for in-process callers (tests, the benchmark): the audit entry `audit` is written before
+    /// the change, neither is flushed (the request-facing [`Vault::store`] waits for both).
+    #[tracing::instrument(skip_all)]
+    pub fn store_payment_method(
+        &self,
+        new: &NewPaymentMethod,
+        token: &PaymentToken,
+        audit: AuditDraft,
+    ) -> Result<Stored, CoreError> {
+        match self.store_intent(new, token, audit.clone())? {
+            Intent::Existing(r) => Ok(Stored::Existing(r)),
+            Intent::Create(id) => self.store_apply(new, token, &id, audit),
+        }
     }
 
     /// A record if it exists and belongs to `store` (another store's record is "not found").
@@ -127,8 +210,9 @@ impl Vault {
         )?))
     }
 
-    /// `store_payment_method` for a request: audited in its transaction, answered once durable
-    /// (group commit shares one flush among concurrent writers).
+    /// `store_payment_method` for a request, write-ahead audited: its entry is on disk before
+    /// the record is written; answered once the record is on disk too (group commits share
+    /// each fsync among concurrent writers).
     pub async fn store(
         &self,
         actor: &Actor,
@@ -136,15 +220,21 @@ impl Vault {
         token: &PaymentToken,
     ) -> Result<Stored, CoreError> {
         actor.store(&new.store);
-        let stored = self.store_payment_method(new, token, actor.draft())?;
+        let intent = self.store_intent(new, token, actor.draft())?;
         actor.written();
+        self.audit.durable().await?;
+        let stored = match intent {
+            Intent::Existing(r) => Stored::Existing(r),
+            Intent::Create(id) => self.store_apply(new, token, &id, actor.draft())?,
+        };
         actor.record(&stored.record().id);
+        // An existing record may be a concurrent store's, not yet flushed.
         self.store.durable().await?;
         Ok(stored)
     }
 
     /// Deletes one record (its wrapped data key with it: crypto-shredding). Another store's
-    /// record is `NotFound`, like a missing one.
+    /// record is `NotFound`, like a missing one (audited 404 by the API layer).
     pub async fn delete(
         &self,
         actor: &Actor,
@@ -153,9 +243,27 @@ impl Vault {
     ) -> Result<(), CoreError> {
         actor.store(store);
         actor.record(id.as_str());
-        let found = self.store.delete(store, id, actor.draft())?;
+        if self.get(store, id)?.is_none() {
+            return Err(CoreError::NotFound);
+        }
+        let mut draft = actor.draft();
+        draft.record = Some(id.to_string());
+        draft.outcome = 204;
+        self.audit.append(draft.clone())?;
         actor.written();
+        self.audit.durable().await?;
+        let found = match self.store.delete(store, id) {
+            Ok(found) => found,
+            Err(e) => {
+                draft.outcome = 500;
+                let _ = self.audit.append(draft);
+                return Err(e.into());
+            }
+        };
         if !found {
+            // Deleted by a concurrent request meanwhile.
+            draft.outcome = 404;
+            self.audit.append(draft)?;
             return Err(CoreError::NotFound);
         }
         self.store.durable().await?;
@@ -170,8 +278,19 @@ impl Vault {
         account: &AccountId,
     ) -> Result<u64, CoreError> {
         actor.store(store);
-        let erased = self.store.erase_account(store, account, actor.draft())?;
+        let mut draft = actor.draft();
+        draft.outcome = 200;
+        self.audit.append(draft.clone())?;
         actor.written();
+        self.audit.durable().await?;
+        let erased = match self.store.erase_account(store, account) {
+            Ok(n) => n,
+            Err(e) => {
+                draft.outcome = 500;
+                let _ = self.audit.append(draft);
+                return Err(e.into());
+            }
+        };
         self.store.durable().await?;
         Ok(erased)
     }

@@ -3,7 +3,7 @@
 //! unchanged). Each case gets a fresh, empty store from `make`.
 //!
 //! Cases: uniqueness under a race (16 concurrent stores of one token → one record), atomicity
-//! (record + indexes + audit entry together), the ledger claim (concurrent insert-if-absent of
+//! (record + indexes together), the ledger claim (concurrent insert-if-absent of
 //! one idempotency key → one winner; compare-and-swap from a stale value fails), delete and
 //! erase (index entries gone, other stores untouched), list by account (no prefix bleed).
 //! Concurrency uses scoped threads, bounded at 16.
@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::{ChargeEntry, Store, Stored, StoredRecord, Swap};
-use crate::audit::{AuditDraft, Verdict};
+
 use shared::domain::{AccountId, CardBrand, Last4, PaymentMethodId, PaymentType, StoreId};
 use std::sync::{Arc, Barrier};
 
@@ -20,7 +20,7 @@ const RACERS: usize = 16;
 /// Runs every case, each on a store fresh from `make`.
 pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     concurrent_stores_of_one_token_make_exactly_one_record(&*make());
-    a_record_its_indexes_and_its_audit_entry_are_written_together(&*make());
+    a_record_and_its_indexes_are_written_together(&*make());
     concurrent_claims_of_one_idempotency_key_have_one_winner(&*make());
     a_swap_from_a_stale_entry_fails_and_shows_the_current_one(&*make());
     delete_removes_the_record_and_its_index_entries_and_respects_the_store(&*make());
@@ -74,17 +74,8 @@ fn fp_of(id: &str) -> [u8; 32] {
     d.as_ref().try_into().unwrap()
 }
 
-fn draft(op: &str) -> AuditDraft {
-    AuditDraft {
-        identity: "accounts".into(),
-        operation: op.into(),
-        store: Some("s1".into()),
-        ..AuditDraft::default()
-    }
-}
-
 fn insert(s: &dyn Store, r: StoredRecord, fp: [u8; 32]) -> Stored {
-    s.insert(r, &[fp], draft("store")).unwrap()
+    s.insert(r, &[fp]).unwrap()
 }
 
 fn concurrent_stores_of_one_token_make_exactly_one_record(s: &dyn Store) {
@@ -114,14 +105,18 @@ fn concurrent_stores_of_one_token_make_exactly_one_record(s: &dyn Store) {
     );
     assert_eq!(s.record_count().unwrap(), 1);
     assert_eq!(s.list(&sid("s1"), &aid("a1")).unwrap().len(), 1);
-    assert_eq!(s.audit().length(), RACERS as u64, "each store is audited");
 }
 
-fn a_record_its_indexes_and_its_audit_entry_are_written_together(s: &dyn Store) {
+fn a_record_and_its_indexes_are_written_together(s: &dyn Store) {
     let r = record(&id(1), "s1", "a1");
     let fp = fp_of(&r.id);
+    assert!(s.find_fingerprint(&[fp]).unwrap().is_none());
     assert!(matches!(insert(s, r.clone(), fp), Stored::Created(_)));
-    // The record, the account index, the fingerprint index and one audit entry.
+    // The record, the account index and the fingerprint index.
+    assert_eq!(
+        s.find_fingerprint(&[[9; 32], fp]).unwrap().map(|g| g.id),
+        Some(r.id.clone())
+    );
     assert_eq!(
         s.get(&pid(&r.id)).unwrap().map(|g| g.id),
         Some(r.id.clone())
@@ -132,10 +127,8 @@ fn a_record_its_indexes_and_its_audit_entry_are_written_together(s: &dyn Store) 
         Stored::Created(_) => panic!("the fingerprint index was not written"),
     }
     assert_eq!(s.record_count().unwrap(), 1);
-    assert_eq!(s.audit().length(), 2);
-    assert_eq!(s.audit().verify().unwrap(), Verdict::Ok { entries: 2 });
     // An older fingerprint version recognises the record too (re-index in progress).
-    match s.insert(record(&id(3), "s1", "a1"), &[[9; 32], fp], draft("store")) {
+    match s.insert(record(&id(3), "s1", "a1"), &[[9; 32], fp]) {
         Ok(Stored::Existing(e)) => assert_eq!(e.id, r.id),
         _ => panic!("an older fingerprint must dedupe"),
     }
@@ -167,7 +160,7 @@ fn concurrent_claims_of_one_idempotency_key_have_one_winner(s: &dyn Store) {
                     barrier.wait();
                     let mine = pending(&id(i + 1), 1);
                     match s
-                        .charge_swap(&sid("s1"), "sub:1", None, &mine, None)
+                        .charge_swap(&sid("s1"), "sub:1", None, &mine)
                         .unwrap()
                     {
                         Swap::Done => 1,
@@ -191,29 +184,21 @@ fn a_swap_from_a_stale_entry_fails_and_shows_the_current_one(s: &dyn Store) {
     let (st, key) = (sid("s1"), "sub:2");
     let first = pending(&id(1), 1);
     assert_eq!(
-        s.charge_swap(&st, key, None, &first, None).unwrap(),
+        s.charge_swap(&st, key, None, &first).unwrap(),
         Swap::Done
     );
     let mut done = first.clone();
     done.status = "succeeded".into();
-    let audited = Some(draft("charge succeeded"));
     assert_eq!(
-        s.charge_swap(&st, key, Some(&first), &done, audited.clone())
-            .unwrap(),
+        s.charge_swap(&st, key, Some(&first), &done).unwrap(),
         Swap::Done
     );
+    // A second writer still holding `first` loses.
     assert_eq!(
-        s.audit().length(),
-        1,
-        "the outcome and its audit entry together"
-    );
-    // A second writer still holding `first` loses, and writes no audit entry.
-    assert_eq!(
-        s.charge_swap(&st, key, Some(&first), &pending(&id(1), 2), audited)
+        s.charge_swap(&st, key, Some(&first), &pending(&id(1), 2))
             .unwrap(),
         Swap::Changed(Some(Box::new(done.clone())))
     );
-    assert_eq!(s.audit().length(), 1);
     assert_eq!(s.charge_get(&st, key).unwrap(), Some(done));
 }
 
@@ -222,11 +207,11 @@ fn delete_removes_the_record_and_its_index_entries_and_respects_the_store(s: &dy
     let fp = fp_of(&r.id);
     insert(s, r.clone(), fp);
     assert!(
-        !s.delete(&sid("s2"), &pid(&r.id), draft("delete")).unwrap(),
+        !s.delete(&sid("s2"), &pid(&r.id)).unwrap(),
         "another store's delete must miss"
     );
     assert!(s.get(&pid(&r.id)).unwrap().is_some());
-    assert!(s.delete(&sid("s1"), &pid(&r.id), draft("delete")).unwrap());
+    assert!(s.delete(&sid("s1"), &pid(&r.id)).unwrap());
     assert!(s.get(&pid(&r.id)).unwrap().is_none());
     assert!(s.list(&sid("s1"), &aid("a1")).unwrap().is_empty());
     // The fingerprint index entry went with it: the same token can be stored anew.
@@ -234,11 +219,6 @@ fn delete_removes_the_record_and_its_index_entries_and_respects_the_store(s: &dy
         insert(s, record(&id(2), "s1", "a1"), fp),
         Stored::Created(_)
     ));
-    assert_eq!(
-        s.audit().length(),
-        4,
-        "two inserts, two deletes (one a miss)"
-    );
 }
 
 fn erase_removes_only_that_accounts_records(s: &dyn Store) {
@@ -253,8 +233,7 @@ fn erase_removes_only_that_accounts_records(s: &dyn Store) {
         insert(s, r, fp);
     }
     assert_eq!(
-        s.erase_account(&sid("s1"), &aid("a1"), draft("erase_account"))
-            .unwrap(),
+        s.erase_account(&sid("s1"), &aid("a1")).unwrap(),
         2
     );
     assert!(s.list(&sid("s1"), &aid("a1")).unwrap().is_empty());

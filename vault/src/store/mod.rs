@@ -5,15 +5,16 @@
 //! dedupe under several fingerprint versions, the charge protocol, key custody) is the service's.
 //!
 //! Invariants every backend keeps (checked by the conformance suite, `conformance.rs`):
-//! - a record, its index entries and the request's audit entry change together or not at all;
+//! - a record and its index entries change together or not at all;
 //! - two concurrent inserts with one fingerprint make one record (the second sees the first);
 //! - [`Store::charge_swap`] is a compare-and-swap: of concurrent swaps from one expected value,
 //!   exactly one succeeds;
 //! - a write is on disk once [`Store::durable`] resolves (callers acknowledge only then).
 //!
-//! The audit chain sits behind its own small trait, [`AuditLog`] (a later issue moves it from
-//! the record store to segment files); writes that must be audited atomically take their
-//! [`AuditDraft`] here.
+//! The audit log is not in the store: it is the service's, in segment files (`crate::audit`),
+//! and the service writes a token operation's entry durably before the change reaches the
+//! store. A backend of an older folder hands its audit entries over once
+//! ([`Store::legacy_audit`]).
 
 mod record;
 pub(crate) mod sled;
@@ -24,7 +25,7 @@ pub(crate) mod conformance;
 pub use self::sled::{SledStore, StoppedFolder, open_db};
 pub use record::{ChargeEntry, ChargeLease, RewrapBatch, Stored, StoredRecord};
 
-use crate::audit::{AuditDraft, Verdict};
+use crate::audit::log::LegacyEntries;
 use shared::domain::{AccountId, PaymentMethodId, StoreId};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -68,33 +69,26 @@ pub type Counts = (BTreeMap<u32, u64>, u64);
 /// runtime run long scans (`count_by`, batches) off the async workers.
 pub trait Store: Send + Sync {
     /// Inserts `record` unless one of `fingerprints` is already indexed (then returns that
-    /// record); indexes it under `fingerprints[0]`. Appends `audit` (outcome 201, or 200 for an
-    /// existing record) in the same transaction.
+    /// record); indexes it under `fingerprints[0]`.
     fn insert(
         &self,
         record: StoredRecord,
         fingerprints: &[[u8; 32]],
-        audit: AuditDraft,
     ) -> Result<Stored, StoreError>;
+    /// The record indexed under the first of `fingerprints` that is indexed.
+    fn find_fingerprint(
+        &self,
+        fingerprints: &[[u8; 32]],
+    ) -> Result<Option<StoredRecord>, StoreError>;
     /// The record with this id, whatever its store (the service scopes it).
     fn get(&self, id: &PaymentMethodId) -> Result<Option<StoredRecord>, StoreError>;
     /// Records of one account, oldest first.
     fn list(&self, store: &StoreId, account: &AccountId) -> Result<Vec<StoredRecord>, StoreError>;
     /// Removes the record (and with it its wrapped data key) and its index entries if it
-    /// belongs to `store`; appends `audit` (204 or 404) in the same transaction.
-    fn delete(
-        &self,
-        store: &StoreId,
-        id: &PaymentMethodId,
-        audit: AuditDraft,
-    ) -> Result<bool, StoreError>;
-    /// Removes every record of one account; appends `audit` (200); returns how many.
-    fn erase_account(
-        &self,
-        store: &StoreId,
-        account: &AccountId,
-        audit: AuditDraft,
-    ) -> Result<u64, StoreError>;
+    /// belongs to `store`; false if there was none.
+    fn delete(&self, store: &StoreId, id: &PaymentMethodId) -> Result<bool, StoreError>;
+    /// Removes every record of one account; returns how many.
+    fn erase_account(&self, store: &StoreId, account: &AccountId) -> Result<u64, StoreError>;
     fn record_count(&self) -> Result<u64, StoreError>;
     /// Records per value of `f`, plus undecodable ones. A full scan; no token is opened.
     fn count_by(&self, f: &dyn Fn(&StoredRecord) -> u32) -> Result<Counts, StoreError>;
@@ -134,18 +128,17 @@ pub trait Store: Send + Sync {
     /// The ledger entry for (store, idempotency key).
     fn charge_get(&self, store: &StoreId, key: &str) -> Result<Option<ChargeEntry>, StoreError>;
     /// Compare-and-swap of one ledger entry: writes `new` only if the entry is `expected`
-    /// (`None`: absent, i.e. insert-if-absent), appending `audit` in the same transaction.
+    /// (`None`: absent, i.e. insert-if-absent).
     fn charge_swap(
         &self,
         store: &StoreId,
         key: &str,
         expected: Option<&ChargeEntry>,
         new: &ChargeEntry,
-        audit: Option<AuditDraft>,
     ) -> Result<Swap, StoreError>;
 
-    /// The audit chain of this store.
-    fn audit(&self) -> &dyn AuditLog;
+    /// Audit entries an older format of this backend kept (`None`: none left).
+    fn legacy_audit(&self) -> Option<&dyn LegacyEntries>;
     /// Resolves once every write made before the call is on disk (group commit when serving).
     fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Blocking flush, for batch jobs that end with one.
@@ -153,26 +146,6 @@ pub trait Store: Send + Sync {
     /// True when no other process can open this store at the same time (sled locks its
     /// folder): a charge lease left by another process instance is then one of a dead process.
     fn single_process(&self) -> bool;
-}
-
-/// The append-only, hash-chained audit log (`crate::audit` defines entries and the chain).
-pub trait AuditLog: Send + Sync {
-    /// Appends one entry for a request that wrote nothing else.
-    fn append(&self, draft: AuditDraft) -> Result<(), StoreError>;
-    /// Entries in the chain (the head's sequence number; numbering starts at 1).
-    fn length(&self) -> u64;
-    /// Walks the whole chain.
-    fn verify(&self) -> Result<Verdict, StoreError>;
-    /// The first sequence number at or after `since` (`None`: no such entry).
-    fn first_since(&self, since: &crate::audit_export::Since) -> Result<Option<u64>, StoreError>;
-    /// Calls `batch` with the entries `from..=upto` as JSON lines, in batches; stops early when
-    /// it returns false. Returns the count.
-    fn export(
-        &self,
-        from: u64,
-        upto: Option<u64>,
-        batch: &mut dyn FnMut(Vec<u8>) -> bool,
-    ) -> Result<u64, StoreError>;
 }
 
 /// Opens the configured backend on `data_dir` (sled: one folder, locked while open).

@@ -1,32 +1,30 @@
-//! The sled backend of [`Store`]: one embedded folder, zero setup. The only module (with its
-//! `audit` child) that names sled.
+//! The sled backend of [`Store`]: one embedded folder, zero setup. The only module that names
+//! sled.
 //!
-//! Layout (one `Db`, six trees):
+//! Layout (one `Db`, five trees; folders written before segment files also hold an `audit`
+//! tree, moved into audit segment 1 at the first start and then dropped):
 //! - `records`:      record id → [`StoredRecord`] JSON (masked view fields + sealed token)
 //! - `fingerprints`: keyed fingerprint (32 bytes) → record id; dedupe without decryption
 //! - `by_account`:   `store \0 account \0 id` → empty; lists and erasure per account
-//! - `audit`:        sequence number (u64 BE) → audit entry JSON (see `audit.rs` here)
 //! - `meta`:         key-check values, custody markers, the data folder id
 //! - `charges`:      `store \0 idempotency key` → [`ChargeEntry`] JSON (the charge ledger)
 //!
 //! Invariants:
-//! - A record and its index entries (and the request's audit entry) change in one sled
-//!   transaction: no half-written record, no dangling index; dedupe is checked inside it.
+//! - A record and its index entries change in one sled transaction: no half-written record, no
+//!   dangling index; dedupe is checked inside it.
 //! - Store and account ids are 1–64 chars of `A-Za-z0-9_-` (parsed newtypes), so the `\0`
 //!   separator in `by_account` and `charges` keys cannot be forged.
 //! - `durable` goes through one group-commit flusher (RUST-NOTES trap 4: concurrent
 //!   `flush_async` deadlocks sled 0.34).
 
-mod audit;
 mod folder;
 
 pub use folder::{StoppedFolder, open_db};
 
-use self::audit::{ChainHead, SledAudit, entry_bytes};
-use crate::audit::{AuditDraft, AuditEntry};
+use crate::audit::AuditError;
+use crate::audit::log::LegacyEntries;
 use crate::store::{
-    AuditLog, BoxFuture, ChargeEntry, Counts, RewrapBatch, Store, StoreError, Stored, StoredRecord,
-    Swap,
+    BoxFuture, ChargeEntry, Counts, RewrapBatch, Store, StoreError, Stored, StoredRecord, Swap,
 };
 use ::sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -46,7 +44,6 @@ pub struct SledStore {
     by_account: ::sled::Tree,
     meta: ::sled::Tree,
     charges: ::sled::Tree,
-    audit: SledAudit,
     commit: Option<shared::durable::GroupCommit>,
     /// Always true (sled locks its folder); tests turn it off to play a shared database.
     single_process: bool,
@@ -91,21 +88,6 @@ fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
-/// Appends the entry after `head` inside a transaction; returns it for the head to advance.
-fn append_in_tx(
-    tree: &TransactionalTree,
-    head: &ChainHead,
-    draft: &AuditDraft,
-) -> TxResult<AuditEntry> {
-    let entry = AuditEntry::next(head.seq, &head.hash, draft);
-    let eb = match entry_bytes(&entry) {
-        Ok(b) => b,
-        Err(e) => return abort(e),
-    };
-    tree.insert(&crate::audit::key(entry.seq), eb)?;
-    Ok(entry)
-}
-
 impl SledStore {
     /// Wraps an open `Db`. Group commit needs a tokio runtime: pass `with_group_commit = false`
     /// from synchronous tools (tests, the benchmark), where `durable` then flushes inline.
@@ -117,7 +99,6 @@ impl SledStore {
             by_account: db.open_tree("by_account")?,
             meta: db.open_tree("meta")?,
             charges: db.open_tree("charges")?,
-            audit: SledAudit::open(&db)?,
             commit,
             single_process: true,
             db,
@@ -190,52 +171,50 @@ impl Store for SledStore {
         &self,
         record: StoredRecord,
         fingerprints: &[[u8; 32]],
-        draft: AuditDraft,
     ) -> Result<Stored, StoreError> {
         let Some(primary) = fingerprints.first() else {
             return Err(StoreError::Corrupt("insert without a fingerprint"));
         };
         let value = record.encode()?;
         let akey = account_key(&record.store, &record.account, &record.id);
-        let trees = (
-            &self.records,
-            &self.fingerprints,
-            &self.by_account,
-            &self.audit.tree,
-        );
-        self.audit.with_head(|head| {
-            let (result, entry) = trees
-                .transaction(|(records, fps, by_account, audit_tree)| {
-                    // Dedupe inside the transaction: two concurrent stores of one token cannot
-                    // both create a record.
-                    let mut hit = None;
-                    for fp in fingerprints {
-                        if hit.is_none() {
-                            hit = fps.get(fp)?;
-                        }
+        let trees = (&self.records, &self.fingerprints, &self.by_account);
+        trees
+            .transaction(|(records, fps, by_account)| {
+                // Dedupe inside the transaction: two concurrent stores of one token cannot
+                // both create a record.
+                let mut hit = None;
+                for fp in fingerprints {
+                    if hit.is_none() {
+                        hit = fps.get(fp)?;
                     }
-                    let mut d = draft.clone();
-                    if let Some(existing_id) = hit {
-                        let Some(bytes) = records.get(&existing_id)? else {
-                            return abort(StoreError::Corrupt("fingerprint index points nowhere"));
-                        };
-                        let existing = decode_in_tx(&bytes)?;
-                        d.outcome = 200;
-                        d.record = Some(existing.id.clone());
-                        let entry = append_in_tx(audit_tree, head, &d)?;
-                        return Ok((Stored::Existing(existing), entry));
-                    }
-                    records.insert(record.id.as_bytes(), value.as_slice())?;
-                    fps.insert(primary, record.id.as_bytes())?;
-                    by_account.insert(akey.as_slice(), &[][..])?;
-                    d.outcome = 201;
-                    d.record = Some(record.id.clone());
-                    let entry = append_in_tx(audit_tree, head, &d)?;
-                    Ok((Stored::Created(record.clone()), entry))
-                })
-                .map_err(tx_err)?;
-            Ok((result, Some(entry)))
-        })
+                }
+                if let Some(existing_id) = hit {
+                    let Some(bytes) = records.get(&existing_id)? else {
+                        return abort(StoreError::Corrupt("fingerprint index points nowhere"));
+                    };
+                    return Ok(Stored::Existing(decode_in_tx(&bytes)?));
+                }
+                records.insert(record.id.as_bytes(), value.as_slice())?;
+                fps.insert(primary, record.id.as_bytes())?;
+                by_account.insert(akey.as_slice(), &[][..])?;
+                Ok(Stored::Created(record.clone()))
+            })
+            .map_err(tx_err)
+    }
+
+    fn find_fingerprint(
+        &self,
+        fingerprints: &[[u8; 32]],
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        for fp in fingerprints {
+            if let Some(id) = self.fingerprints.get(fp)? {
+                let Some(bytes) = self.records.get(&id)? else {
+                    return Err(StoreError::Corrupt("fingerprint index points nowhere"));
+                };
+                return Ok(Some(StoredRecord::decode(&bytes)?));
+            }
+        }
+        Ok(None)
     }
 
     fn get(&self, id: &PaymentMethodId) -> Result<Option<StoredRecord>, StoreError> {
@@ -261,80 +240,47 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn delete(
-        &self,
-        store: &StoreId,
-        id: &PaymentMethodId,
-        draft: AuditDraft,
-    ) -> Result<bool, StoreError> {
-        let trees = (
-            &self.records,
-            &self.fingerprints,
-            &self.by_account,
-            &self.audit.tree,
-        );
-        self.audit.with_head(|head| {
-            let (found, entry) = trees
-                .transaction(|(records, fps, by_account, audit_tree)| {
-                    let existing = match records.get(id.as_str())? {
-                        Some(bytes) => Some(decode_in_tx(&bytes)?),
-                        None => None,
-                    };
-                    // Another store's record is answered exactly like a missing one.
-                    let existing = existing.filter(|r| r.store == store.as_str());
-                    let mut d = draft.clone();
-                    d.record = Some(id.to_string());
-                    d.outcome = if existing.is_some() { 204 } else { 404 };
-                    if let Some(r) = &existing {
-                        remove_in_tx(records, fps, by_account, r)?;
-                    }
-                    let entry = append_in_tx(audit_tree, head, &d)?;
-                    Ok((existing.is_some(), entry))
-                })
-                .map_err(tx_err)?;
-            Ok((found, Some(entry)))
-        })
+    fn delete(&self, store: &StoreId, id: &PaymentMethodId) -> Result<bool, StoreError> {
+        let trees = (&self.records, &self.fingerprints, &self.by_account);
+        trees
+            .transaction(|(records, fps, by_account)| {
+                let existing = match records.get(id.as_str())? {
+                    Some(bytes) => Some(decode_in_tx(&bytes)?),
+                    None => None,
+                };
+                // Another store's record is answered exactly like a missing one.
+                let existing = existing.filter(|r| r.store == store.as_str());
+                if let Some(r) = &existing {
+                    remove_in_tx(records, fps, by_account, r)?;
+                }
+                Ok(existing.is_some())
+            })
+            .map_err(tx_err)
     }
 
-    fn erase_account(
-        &self,
-        store: &StoreId,
-        account: &AccountId,
-        draft: AuditDraft,
-    ) -> Result<u64, StoreError> {
+    fn erase_account(&self, store: &StoreId, account: &AccountId) -> Result<u64, StoreError> {
         // sled transactions cannot iterate, so collect the ids first; each is re-checked inside
         // the transaction. A record stored concurrently with the erase may survive it (the
         // caller sees it in the next list); none is ever half-removed.
         let ids = self.account_ids(store.as_str(), account.as_str())?;
-        let trees = (
-            &self.records,
-            &self.fingerprints,
-            &self.by_account,
-            &self.audit.tree,
-        );
-        self.audit.with_head(|head| {
-            let (n, entry) = trees
-                .transaction(|(records, fps, by_account, audit_tree)| {
-                    let mut n = 0u64;
-                    for id in &ids {
-                        let Some(bytes) = records.get(id)? else {
-                            continue;
-                        };
-                        let r = decode_in_tx(&bytes)?;
-                        if r.store != store.as_str() || r.account != account.as_str() {
-                            continue;
-                        }
-                        remove_in_tx(records, fps, by_account, &r)?;
-                        n += 1;
+        let trees = (&self.records, &self.fingerprints, &self.by_account);
+        trees
+            .transaction(|(records, fps, by_account)| {
+                let mut n = 0u64;
+                for id in &ids {
+                    let Some(bytes) = records.get(id)? else {
+                        continue;
+                    };
+                    let r = decode_in_tx(&bytes)?;
+                    if r.store != store.as_str() || r.account != account.as_str() {
+                        continue;
                     }
-                    let mut d = draft.clone();
-                    d.outcome = 200;
-                    let entry = append_in_tx(audit_tree, head, &d)?;
-                    Ok((n, entry))
-                })
-                .map_err(tx_err)?;
-            Ok((n, Some(entry)))
-        })
+                    remove_in_tx(records, fps, by_account, &r)?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .map_err(tx_err)
     }
 
     fn record_count(&self) -> Result<u64, StoreError> {
@@ -487,7 +433,6 @@ impl Store for SledStore {
         key: &str,
         expected: Option<&ChargeEntry>,
         new: &ChargeEntry,
-        audit: Option<AuditDraft>,
     ) -> Result<Swap, StoreError> {
         let k = charge_key(store.as_str(), key);
         let value = new.encode()?;
@@ -513,17 +458,12 @@ impl Store for SledStore {
                 Err(_) => continue,
             }
         }
-        // The outcome's audit entry follows the swap before the caller waits for durability,
-        // so both are on disk before the answer; a crash between the two leaves an outcome
-        // without its entry (the retry with the same key is audited as a replay).
-        if let Some(d) = audit {
-            self.audit.append(d)?;
-        }
         Ok(Swap::Done)
     }
 
-    fn audit(&self) -> &dyn AuditLog {
-        &self.audit
+    fn legacy_audit(&self) -> Option<&dyn LegacyEntries> {
+        let has = self.db.tree_names().iter().any(|n| n.as_ref() == b"audit");
+        has.then_some(self as &dyn LegacyEntries)
     }
 
     fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -545,6 +485,31 @@ impl Store for SledStore {
 
     fn single_process(&self) -> bool {
         self.single_process
+    }
+}
+
+/// The `audit` tree of folders written before segment files.
+impl LegacyEntries for SledStore {
+    fn each(&self, f: &mut dyn FnMut(&[u8]) -> Result<(), AuditError>) -> Result<u64, AuditError> {
+        let tree = self
+            .db
+            .open_tree("audit")
+            .map_err(|e| AuditError::Corrupt(e.to_string()))?;
+        let mut n = 0;
+        for item in tree.iter() {
+            let (_, v) = item.map_err(|e| AuditError::Corrupt(e.to_string()))?;
+            f(&v)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn remove(&self) -> Result<(), AuditError> {
+        self.db
+            .drop_tree("audit")
+            .and_then(|_| self.db.flush())
+            .map(|_| ())
+            .map_err(|e| AuditError::Corrupt(e.to_string()))
     }
 }
 

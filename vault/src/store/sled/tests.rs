@@ -1,7 +1,6 @@
 //! Unit tests of the sled backend (the shared contract runs in `store::conformance`).
 
 use super::*;
-use crate::audit::Verdict;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,23 +21,29 @@ fn sled_passes_the_store_conformance_suite() {
 }
 
 #[test]
-fn the_audit_chain_continues_across_a_reopen_and_verifies() {
+fn a_folder_of_the_previous_format_hands_its_audit_entries_over_once() {
     let dir = tempfile::tempdir().unwrap();
-    let d = AuditDraft {
-        identity: "accounts".into(),
-        operation: "store".into(),
-        ..AuditDraft::default()
-    };
     {
         let s = open(dir.path());
-        s.audit().append(d.clone()).unwrap();
-        s.audit().append(d.clone()).unwrap();
+        assert!(s.legacy_audit().is_none(), "a new folder has no sled audit tree");
+        let tree = s.db().open_tree("audit").unwrap();
+        tree.insert(1u64.to_be_bytes(), &b"{}"[..]).unwrap();
+        tree.insert(2u64.to_be_bytes(), &b"{\"x\":1}"[..]).unwrap();
         s.db().flush().unwrap();
     }
     let s = open(dir.path());
-    s.audit().append(d).unwrap();
-    assert_eq!(s.audit().verify().unwrap(), Verdict::Ok { entries: 3 });
-    assert_eq!(s.audit().length(), 3);
+    let legacy = s.legacy_audit().expect("the old tree is offered");
+    let mut seen = Vec::new();
+    let n = legacy
+        .each(&mut |b| {
+            seen.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(seen, vec![b"{}".to_vec(), b"{\"x\":1}".to_vec()]);
+    legacy.remove().unwrap();
+    assert!(s.legacy_audit().is_none(), "removed once handed over");
 }
 
 #[test]

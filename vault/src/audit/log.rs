@@ -1,0 +1,743 @@
+//! The writer: [`SegmentLog`] appends entries to the active segment, rotates by size and age
+//! (closing each segment with a signed checkpoint), and runs one group-commit flusher thread
+//! for the file.
+//!
+//! Durability: [`AuditLog::append`] returns once the entry's line is written to the file
+//! (`write(2)`, so it survives a kill of the process); [`AuditLog::durable`] resolves once it is
+//! fsynced. Every caller waiting when an fsync *starts* is woken when it ends, so concurrent
+//! writers share one fsync. Without waiters the flusher syncs every `flush_every` if anything was
+//! appended (reads, refusals and health checks are on disk within that interval).
+//!
+//! Invariants: appends hold one mutex (the head), so sequence numbers are dense and the chain
+//! linear; a failed write is cut back off the file, and if that fails too the writer stops
+//! (every later append fails) rather than continue a chain it cannot vouch for.
+
+use super::segment::{self, AuditKey, Checkpoint, DiskEntry, Header, Line};
+use super::{AuditDraft, AuditEntry, AuditError, AuditLog, BoxFuture, GENESIS, Verdict};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// `[audit]` as resolved from `vault.toml`.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The segment folder (default: `audit/` inside the data folder).
+    pub dir: PathBuf,
+    /// A segment closes once it holds this many bytes.
+    pub segment_max_bytes: u64,
+    /// … or once it is this old (and holds an entry).
+    pub segment_max_age: Duration,
+    /// Periodic fsync of entries nobody waits for.
+    pub flush_every: Duration,
+    /// Where closed segments are copied (then marked archived); `None`: `vault audit archive`.
+    pub archive_dir: Option<PathBuf>,
+    /// Archived segments older than this are removed from `dir` (0: never by age).
+    pub keep_days: u64,
+    /// Archived segments are removed (oldest first) while `dir` holds more (0: no limit).
+    pub max_bytes: u64,
+}
+
+impl AuditSettings {
+    /// Settings for a folder with the documented defaults (tests, the benchmark).
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            segment_max_bytes: 64 * 1024 * 1024,
+            segment_max_age: Duration::from_secs(86_400),
+            flush_every: Duration::from_millis(500),
+            archive_dir: None,
+            keep_days: 90,
+            max_bytes: 0,
+        }
+    }
+}
+
+/// What the metrics export about the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditStats {
+    pub bytes_on_disk: u64,
+    pub segments: u64,
+    pub unarchived_closed: u64,
+    /// Seconds since the oldest closed, unarchived segment was closed (0: none).
+    pub oldest_unarchived_age_secs: u64,
+}
+
+enum Waiter {
+    Async(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Sync(std::sync::mpsc::Sender<Result<(), String>>),
+}
+
+impl Waiter {
+    fn send(self, r: Result<(), String>) {
+        match self {
+            Self::Async(t) => {
+                let _ = t.send(r);
+            }
+            Self::Sync(t) => {
+                let _ = t.send(r);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct FlushQueue {
+    waiters: Vec<Waiter>,
+    stop: bool,
+}
+
+struct Writer {
+    file: Arc<File>,
+    path: PathBuf,
+    header: Header,
+    opened: Instant,
+    bytes: u64,
+    entries: u64,
+    head_seq: u64,
+    head_hash: [u8; 32],
+    dirty: bool,
+    stopped: bool,
+}
+
+struct Shared {
+    settings: AuditSettings,
+    key: AuditKey,
+    instance: String,
+    writer: Mutex<Writer>,
+    queue: Mutex<FlushQueue>,
+    wake: Condvar,
+    length: AtomicU64,
+    archiving: AtomicBool,
+}
+
+/// The audit log of one vault instance, in segment files.
+pub struct SegmentLog {
+    shared: Arc<Shared>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+fn now_text() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| AuditError::io(dir, e))
+}
+
+/// Creates `path` with `bytes` (owner-only), fsyncs it and its folder.
+pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| AuditError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| AuditError::io(path, e))?;
+    f.sync_all().map_err(|e| AuditError::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(f)
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the folder).
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write_new_file(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| AuditError::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The instance id of this audit folder (random, written once).
+fn instance_id(dir: &Path) -> Result<String, AuditError> {
+    let path = dir.join("instance");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AuditError::io(&path, e)),
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    replace_file(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}
+
+/// The entries of a folder written before segment files (the sled `audit` tree), in order.
+pub trait LegacyEntries {
+    /// Calls `f` with each stored entry's bytes, in sequence order.
+    fn each(&self, f: &mut dyn FnMut(&[u8]) -> Result<(), AuditError>) -> Result<u64, AuditError>;
+    /// Removes them once they are safely in segment 1.
+    fn remove(&self) -> Result<(), AuditError>;
+}
+
+/// What the last segment file holds, read at open.
+struct Tail {
+    header: Option<Header>,
+    entries: u64,
+    head: Option<(u64, [u8; 32])>,
+    checkpoint: Option<Checkpoint>,
+    /// Length of the complete lines (a torn last line is cut back to this).
+    good_len: u64,
+    torn: bool,
+}
+
+fn read_tail(path: &Path) -> Result<Tail, AuditError> {
+    let mut lines = segment::open_lines(path)?;
+    let mut t = Tail {
+        header: None,
+        entries: 0,
+        head: None,
+        checkpoint: None,
+        good_len: 0,
+        torn: false,
+    };
+    while let Some(line) = lines.next_line().map_err(|e| AuditError::io(path, e))? {
+        let l = match line {
+            Ok(l) => l,
+            Err(_) => {
+                t.torn = true;
+                break;
+            }
+        };
+        let len = l.len() as u64 + 1;
+        match segment::parse_line(l) {
+            Some(Line::Header(h)) if t.header.is_none() => t.header = Some(h),
+            Some(Line::Entry(e)) if t.header.is_some() && t.checkpoint.is_none() => {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&e.hash, &mut hash)
+                    .map_err(|_| AuditError::Corrupt(format!("{}: entry {} hash", path.display(), e.seq)))?;
+                t.head = Some((e.seq, hash));
+                t.entries += 1;
+            }
+            Some(Line::Checkpoint(c)) if t.header.is_some() && t.checkpoint.is_none() => {
+                t.checkpoint = Some(c)
+            }
+            _ => {
+                return Err(AuditError::Corrupt(format!(
+                    "{}: a line does not parse or is out of place; the chain cannot continue \
+                     from it (run `vault audit verify`)",
+                    path.display()
+                )));
+            }
+        }
+        t.good_len += len;
+    }
+    Ok(t)
+}
+
+impl Shared {
+    fn lock(&self) -> Result<MutexGuard<'_, Writer>, AuditError> {
+        self.writer.lock().map_err(|_| AuditError::Stopped)
+    }
+
+    /// Starts segment `number` after `prev` (the checkpoint of the segment before, if any).
+    fn create_segment(
+        settings: &AuditSettings,
+        instance: &str,
+        number: u64,
+        first_seq: u64,
+        prev_hash: [u8; 32],
+        prev: Option<Checkpoint>,
+    ) -> Result<Writer, AuditError> {
+        let header = Header {
+            v: segment::FORMAT_VERSION,
+            segment: number,
+            instance: instance.to_owned(),
+            first_seq,
+            prev_hash: hex::encode(prev_hash),
+            created: now_text(),
+            prev,
+        };
+        let bytes = segment::header_line(&header)?;
+        let path = settings.dir.join(segment::file_name(number));
+        let file = write_new_file(&path, &bytes)?;
+        Ok(Writer {
+            file: Arc::new(file),
+            path,
+            header,
+            opened: Instant::now(),
+            bytes: bytes.len() as u64,
+            entries: 0,
+            head_seq: first_seq - 1,
+            head_hash: prev_hash,
+            dirty: false,
+            stopped: false,
+        })
+    }
+
+    /// Closes the active segment with its signed checkpoint and opens the next one.
+    fn rotate(&self, w: &mut Writer) -> Result<(), AuditError> {
+        let mut c = Checkpoint {
+            segment: w.header.segment,
+            instance: self.instance.clone(),
+            first_seq: w.header.first_seq,
+            last_seq: w.head_seq,
+            last_hash: hex::encode(w.head_hash),
+            time: now_text(),
+            prev_mac: w.header.prev.as_ref().map(|p| p.mac.clone()).unwrap_or_default(),
+            mac: String::new(),
+        };
+        self.key.sign(&mut c);
+        let line = segment::checkpoint_line(&c)?;
+        (&*w.file).write_all(&line).map_err(|e| AuditError::io(&w.path, e))?;
+        w.file.sync_data().map_err(|e| AuditError::io(&w.path, e))?;
+        let next = Self::create_segment(
+            &self.settings,
+            &self.instance,
+            w.header.segment + 1,
+            w.head_seq + 1,
+            w.head_hash,
+            Some(c),
+        )?;
+        *w = next;
+        Ok(())
+    }
+
+    fn rotation_due(&self, w: &Writer) -> bool {
+        w.entries > 0
+            && (w.bytes >= self.settings.segment_max_bytes
+                || w.opened.elapsed() >= self.settings.segment_max_age)
+    }
+
+    fn append(self: &Arc<Self>, draft: &AuditDraft) -> Result<u64, AuditError> {
+        let rotated;
+        let seq = {
+            let mut w = self.lock()?;
+            if w.stopped {
+                return Err(AuditError::Stopped);
+            }
+            let entry = AuditEntry::next(w.head_seq, &w.head_hash, &self.instance, draft);
+            let line = segment::entry_line(&DiskEntry::of(&entry))?;
+            if let Err(e) = (&*w.file).write_all(&line) {
+                // Cut a partial line back off; if that fails too, stop appending.
+                if w.file.set_len(w.bytes).is_err() {
+                    w.stopped = true;
+                }
+                return Err(AuditError::io(&w.path, e));
+            }
+            w.bytes += line.len() as u64;
+            w.entries += 1;
+            w.head_seq = entry.seq;
+            w.head_hash = entry.hash_bytes().ok_or(AuditError::Corrupt("entry hash".into()))?;
+            w.dirty = true;
+            self.length.store(entry.seq, Ordering::Release);
+            rotated = self.rotation_due(&w);
+            if rotated {
+                if let Err(e) = self.rotate(&mut w) {
+                    w.stopped = true;
+                    return Err(e);
+                }
+            }
+            entry.seq
+        };
+        if rotated {
+            self.after_rotation();
+        }
+        Ok(seq)
+    }
+
+    /// Archives and prunes in the background when an archive folder is configured.
+    fn after_rotation(self: &Arc<Self>) {
+        if self.settings.archive_dir.is_none() && self.settings.max_bytes == 0 {
+            return;
+        }
+        if self.archiving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("audit-archive".into())
+            .spawn(move || {
+                if let Some(to) = &me.settings.archive_dir {
+                    match super::archive::archive(&me.settings.dir, to, &me.key) {
+                        Ok(r) if r.copied > 0 => {
+                            tracing::info!(segments = r.copied, to = %to.display(), "audit segments archived")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "audit archive failed"),
+                    }
+                }
+                if let Err(e) = super::archive::prune(&me.settings) {
+                    tracing::error!(error = %e, "audit prune failed");
+                }
+                me.archiving.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.archiving.store(false, Ordering::Release);
+        }
+    }
+
+    fn enqueue(&self, w: Waiter) {
+        match self.queue.lock() {
+            Ok(mut q) => {
+                q.waiters.push(w);
+                self.wake.notify_one();
+            }
+            Err(_) => w.send(Err("audit flusher lock poisoned".into())),
+        }
+    }
+
+    /// The flusher thread: one fsync for everyone waiting when it starts.
+    fn run_flusher(self: Arc<Self>) {
+        loop {
+            let (waiters, stop) = {
+                let Ok(mut q) = self.queue.lock() else { return };
+                let deadline = Instant::now() + self.settings.flush_every;
+                while q.waiters.is_empty() && !q.stop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    q = match self.wake.wait_timeout(q, left) {
+                        Ok((g, _)) => g,
+                        Err(_) => return,
+                    };
+                }
+                (std::mem::take(&mut q.waiters), q.stop)
+            };
+            let (file, dirty, path, rotated) = match self.lock() {
+                Ok(mut w) => {
+                    let mut rotated = false;
+                    if self.rotation_due(&w) && !w.stopped {
+                        rotated = match self.rotate(&mut w) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::error!(error = %e, "audit segment rotation failed");
+                                w.stopped = true;
+                                false
+                            }
+                        };
+                    }
+                    let d = std::mem::take(&mut w.dirty);
+                    (Arc::clone(&w.file), d, w.path.clone(), rotated)
+                }
+                Err(_) => return,
+            };
+            let result = if dirty || !waiters.is_empty() {
+                file.sync_data().map_err(|e| format!("{}: {e}", path.display()))
+            } else {
+                Ok(())
+            };
+            if result.is_err()
+                && let Ok(mut w) = self.lock()
+            {
+                // Entries that may not be on disk must not be followed by acknowledged ones.
+                w.stopped = true;
+            }
+            for w in waiters {
+                w.send(result.clone());
+            }
+            if rotated {
+                self.after_rotation();
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the audit folder: continues the active segment after cutting off a
+    /// torn last line, or starts the next one; on a folder without segments, moves the
+    /// entries of `legacy` (the sled tree of older folders) into segment 1 first.
+    pub fn open(
+        settings: AuditSettings,
+        key: AuditKey,
+        legacy: Option<&dyn LegacyEntries>,
+    ) -> Result<Self, AuditError> {
+        shared::pki::create_private_dir(&settings.dir).map_err(|e| AuditError::io(&settings.dir, e))?;
+        let instance = instance_id(&settings.dir)?;
+        let mut files = segment::list(&settings.dir)?;
+        if files.is_empty()
+            && let Some(l) = legacy
+        {
+            migrate(&settings, &key, &instance, l)?;
+            files = segment::list(&settings.dir)?;
+        } else if let Some(l) = legacy {
+            // A crash after the migration's rename left the sled entries behind.
+            l.remove()?;
+        }
+        let writer = match files.last() {
+            None => Shared::create_segment(&settings, &instance, 1, 1, GENESIS, None)?,
+            Some((n, path)) => resume(&settings, &instance, *n, path)?,
+        };
+        let length = writer.head_seq;
+        let shared = Arc::new(Shared {
+            settings,
+            key,
+            instance,
+            writer: Mutex::new(writer),
+            queue: Mutex::new(FlushQueue::default()),
+            wake: Condvar::new(),
+            length: AtomicU64::new(length),
+            archiving: AtomicBool::new(false),
+        });
+        let s = Arc::clone(&shared);
+        let flusher = std::thread::Builder::new()
+            .name("audit-flush".into())
+            .spawn(move || s.run_flusher())
+            .map_err(|e| AuditError::io(&shared.settings.dir, e))?;
+        shared.after_rotation();
+        Ok(Self {
+            shared,
+            flusher: Some(flusher),
+        })
+    }
+
+    /// A log in `dir` under a random audit key that dies with the process, for in-process
+    /// callers (tests, the benchmark): its checkpoints verify only inside this process.
+    pub fn ephemeral(dir: &Path) -> Result<Self, AuditError> {
+        let key = crate::crypto::SecretKey::generate()
+            .map_err(|e| AuditError::Refused(e.to_string()))?;
+        Self::open(AuditSettings::in_dir(dir), AuditKey::new(&key), None)
+    }
+
+    /// Walks this log with its own key (also archived segments in `archive`).
+    pub fn verify_with_archive(&self, archive: Option<&Path>) -> Result<super::walk::Report, AuditError> {
+        super::walk::verify(&self.shared.settings.dir, archive, &self.shared.key, Some(self.length()))
+    }
+
+    /// Archives closed segments to `to` with this log's key (see `archive`).
+    pub fn archive_to(&self, to: &Path) -> Result<super::archive::ArchiveReport, AuditError> {
+        super::archive::archive(&self.shared.settings.dir, to, &self.shared.key)
+    }
+
+    pub fn settings(&self) -> &AuditSettings {
+        &self.shared.settings
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// Closes the active segment now (tests; `vault audit` could expose it later).
+    pub fn rotate_now(&self) -> Result<(), AuditError> {
+        {
+            let mut w = self.shared.lock()?;
+            if w.entries == 0 {
+                return Ok(());
+            }
+            self.shared.rotate(&mut w)?;
+        }
+        self.shared.after_rotation();
+        Ok(())
+    }
+}
+
+/// Continues from the last segment file `n`.
+fn resume(settings: &AuditSettings, instance: &str, n: u64, path: &Path) -> Result<Writer, AuditError> {
+    let tail = read_tail(path)?;
+    let Some(header) = tail.header else {
+        // A crash while the segment was being created: it holds no entry yet.
+        let prev = match n.checked_sub(1).filter(|p| *p > 0) {
+            Some(p) => {
+                let before = read_tail(&settings.dir.join(segment::file_name(p)))?;
+                before.checkpoint
+            }
+            None => None,
+        };
+        std::fs::remove_file(path).map_err(|e| AuditError::io(path, e))?;
+        return match prev {
+            Some(c) => {
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&c.last_hash, &mut h)
+                    .map_err(|_| AuditError::Corrupt("checkpoint hash".into()))?;
+                Shared::create_segment(settings, instance, n, c.last_seq + 1, h, Some(c))
+            }
+            None if n == 1 => Shared::create_segment(settings, instance, 1, 1, GENESIS, None),
+            None => Err(AuditError::Corrupt(format!(
+                "{}: no header, and the segment before it has no checkpoint",
+                path.display()
+            ))),
+        };
+    };
+    if header.instance != instance {
+        return Err(AuditError::Corrupt(format!(
+            "{} belongs to instance {}, this folder is {instance}",
+            path.display(),
+            header.instance
+        )));
+    }
+    let (head_seq, head_hash) = match tail.head {
+        Some(h) => h,
+        None => {
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(&header.prev_hash, &mut h)
+                .map_err(|_| AuditError::Corrupt("header hash".into()))?;
+            (header.first_seq - 1, h)
+        }
+    };
+    if let Some(c) = tail.checkpoint {
+        // Closed before a crash: the next segment starts from its checkpoint.
+        return Shared::create_segment(settings, instance, n + 1, head_seq + 1, head_hash, Some(c));
+    }
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| AuditError::io(path, e))?;
+    if tail.torn {
+        tracing::warn!(
+            segment = %path.display(),
+            "audit segment ended in a partial line (a crash mid-write, never acknowledged); cut it off"
+        );
+        file.set_len(tail.good_len).map_err(|e| AuditError::io(path, e))?;
+        file.sync_all().map_err(|e| AuditError::io(path, e))?;
+    }
+    // Age counts from the header's time, across restarts.
+    let age = time::OffsetDateTime::parse(&header.created, &time::format_description::well_known::Rfc3339)
+        .map(|c| (time::OffsetDateTime::now_utc() - c).unsigned_abs())
+        .unwrap_or_default();
+    let opened = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+    Ok(Writer {
+        file: Arc::new(file),
+        path: path.to_owned(),
+        header,
+        opened,
+        bytes: tail.good_len,
+        entries: tail.entries,
+        head_seq,
+        head_hash,
+        dirty: false,
+        stopped: false,
+    })
+}
+
+/// Moves the sled entries of an older folder into segment 1, closed with its checkpoint: the
+/// file is written under a temporary name, fsynced and renamed, and only then are the sled
+/// entries removed (a crash in between repeats or finishes the move).
+fn migrate(
+    settings: &AuditSettings,
+    key: &AuditKey,
+    instance: &str,
+    legacy: &dyn LegacyEntries,
+) -> Result<(), AuditError> {
+    let header = Header {
+        v: segment::FORMAT_VERSION,
+        segment: 1,
+        instance: instance.to_owned(),
+        first_seq: 1,
+        prev_hash: hex::encode(GENESIS),
+        created: now_text(),
+        prev: None,
+    };
+    let mut body = segment::header_line(&header)?;
+    let mut last: Option<AuditEntry> = None;
+    let n = legacy.each(&mut |bytes| {
+        let e = AuditEntry::decode(bytes)
+            .map_err(|_| AuditError::Corrupt("an entry in the sled audit tree does not parse; refusing to move it".into()))?;
+        body.extend_from_slice(&segment::entry_line(&DiskEntry::of(&e))?);
+        last = Some(e);
+        Ok(())
+    })?;
+    let Some(last) = last else {
+        return legacy.remove();
+    };
+    let mut c = Checkpoint {
+        segment: 1,
+        instance: instance.to_owned(),
+        first_seq: 1,
+        last_seq: last.seq,
+        last_hash: last.hash.clone(),
+        time: now_text(),
+        prev_mac: String::new(),
+        mac: String::new(),
+    };
+    key.sign(&mut c);
+    body.extend_from_slice(&segment::checkpoint_line(&c)?);
+    replace_file(&settings.dir.join(segment::file_name(1)), &body)?;
+    tracing::info!(entries = n, "audit entries moved from the data store into segment 1");
+    legacy.remove()
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.stop = true;
+            self.shared.wake.notify_one();
+        }
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+        if let Ok(w) = self.shared.writer.lock() {
+            let _ = w.file.sync_data();
+        }
+    }
+}
+
+impl AuditLog for SegmentLog {
+    fn append(&self, draft: AuditDraft) -> Result<u64, AuditError> {
+        self.shared.append(&draft)
+    }
+
+    fn durable(&self) -> BoxFuture<'_, Result<(), AuditError>> {
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.shared.enqueue(Waiter::Async(tx));
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(AuditError::Io {
+                    path: self.shared.settings.dir.display().to_string(),
+                    reason: e,
+                }),
+                Err(_) => Err(AuditError::Stopped),
+            }
+        })
+    }
+
+    fn flush(&self) -> Result<(), AuditError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.shared.enqueue(Waiter::Sync(tx));
+        match rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::Io {
+                path: self.shared.settings.dir.display().to_string(),
+                reason: e,
+            }),
+            Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    fn length(&self) -> u64 {
+        self.shared.length.load(Ordering::Acquire)
+    }
+
+    fn verify(&self) -> Result<Verdict, AuditError> {
+        let s = &self.shared.settings;
+        let head = self.length();
+        Ok(super::walk::verify(&s.dir, s.archive_dir.as_deref(), &self.shared.key, Some(head))?.verdict)
+    }
+
+    fn first_since(&self, since: &crate::audit_export::Since) -> Result<Option<u64>, AuditError> {
+        let s = &self.shared.settings;
+        super::walk::first_since(&s.dir, s.archive_dir.as_deref(), since, self.length())
+    }
+
+    fn export(
+        &self,
+        from: u64,
+        upto: Option<u64>,
+        batch: &mut dyn FnMut(Vec<u8>) -> bool,
+    ) -> Result<u64, AuditError> {
+        let s = &self.shared.settings;
+        let head = self.length();
+        let upto = upto.map_or(head, |u| u.min(head));
+        super::walk::export(&s.dir, s.archive_dir.as_deref(), from, upto, batch)
+    }
+
+    fn stats(&self) -> AuditStats {
+        super::archive::stats(&self.shared.settings.dir).unwrap_or_default()
+    }
+}
