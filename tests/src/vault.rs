@@ -168,6 +168,22 @@ pub fn audit_verify(config: &Path) -> (bool, String) {
     (ok, format!("{out}{err}"))
 }
 
+/// Every audit entry of a vault folder, read with `vault audit export --config FILE` (the
+/// segment files need no lock: works while the vault runs).
+pub fn audit_entries(config: &Path) -> Vec<vault::audit::AuditEntry> {
+    let mut cmd = Command::new(bin_path("vault"));
+    cmd.args(["audit", "export", "--since", "1", "--config"])
+        .arg(config);
+    let (ok, out, err) = run(cmd);
+    assert!(ok, "vault audit export failed:\n{err}");
+    out.lines()
+        .map(|l| {
+            vault::audit::AuditEntry::decode(l.as_bytes())
+                .unwrap_or_else(|_| panic!("export line {l:?}"))
+        })
+        .collect()
+}
+
 /// A card store request body as JSON.
 pub fn card_body(store: &str, account: &str, token: &str) -> serde_json::Value {
     serde_json::json!({

@@ -116,20 +116,22 @@ async fn a_charge_reaches_the_processor_once_and_a_repeat_returns_the_recorded_o
     vault.stop();
     let (ok, verdict) = tests::vault::audit_verify(&vault.config_path());
     assert!(ok, "{verdict}");
-    let db = sled::open(vault.data_dir()).unwrap_or_else(|e| panic!("{e}"));
-    let audit = db.open_tree("audit").unwrap_or_else(|e| panic!("{e}"));
-    let ops: Vec<String> = audit
-        .iter()
-        .filter_map(|kv| kv.ok())
-        .filter_map(|(_, v)| serde_json::from_slice::<Value>(&v).ok())
-        .map(|e| e["operation"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let entries = tests::vault::audit_entries(&vault.config_path());
+    let ops: Vec<String> = entries.iter().map(|e| e.operation.clone()).collect();
+    // Write-ahead: the attempt's entry comes before the outcome's, once per processor call.
+    let attempt = ops.iter().position(|o| o == "charge attempt");
+    let done = ops.iter().position(|o| o == "charge succeeded");
+    assert!(attempt.is_some() && attempt < done, "{ops:?}");
+    assert_eq!(
+        ops.iter().filter(|o| *o == "charge attempt").count(),
+        1,
+        "{ops:?}"
+    );
     assert!(ops.contains(&"charge succeeded".to_owned()), "{ops:?}");
     assert!(
         ops.contains(&"charge succeeded (replayed)".to_owned()),
         "{ops:?}"
     );
-    drop(db);
     for (path, bytes) in all_files(&vault.dir) {
         assert!(
             !contains_bytes(&bytes, tok.as_bytes()),

@@ -202,12 +202,7 @@ async fn an_unknown_identity_or_a_missing_permission_gets_403_and_an_audit_entry
     );
 
     v.stop();
-    let db = vault::store::open_db(&v.data_dir(), 1 << 20, 500).unwrap();
-    let audit = db.open_tree("audit").unwrap();
-    let entries: Vec<vault::audit::AuditEntry> = audit
-        .iter()
-        .map(|r| serde_json::from_slice(&r.unwrap().1).unwrap())
-        .collect();
+    let entries = tests::vault::audit_entries(&v.config_path());
     let has = |identity: &str, operation: &str| {
         entries
             .iter()

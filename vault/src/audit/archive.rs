@@ -9,9 +9,9 @@
 //! (about 150 bytes each): they tell `verify` that the segments before the first local one
 //! were archived, not deleted.
 
+use super::log::{AuditSettings, AuditStats, replace_file};
 use super::segment::{self, AuditKey};
 use super::{AuditError, Verdict};
-use super::log::{AuditSettings, AuditStats, replace_file};
 use std::path::Path;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,7 +94,10 @@ pub fn archive(dir: &Path, to: &Path, key: &AuditKey) -> Result<ArchiveReport, A
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
         });
-        replace_file(&dir.join(segment::marker_name(n)), format!("{marker}\n").as_bytes())?;
+        replace_file(
+            &dir.join(segment::marker_name(n)),
+            format!("{marker}\n").as_bytes(),
+        )?;
     }
     Ok(out)
 }
@@ -136,7 +139,10 @@ pub fn prune(settings: &AuditSettings) -> Result<u64, AuditError> {
         pruned += 1;
     }
     if pruned > 0 {
-        tracing::info!(segments = pruned, "archived audit segments pruned from the data folder");
+        tracing::info!(
+            segments = pruned,
+            "archived audit segments pruned from the data folder"
+        );
     }
     Ok(pruned)
 }

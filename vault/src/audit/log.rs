@@ -216,8 +216,9 @@ fn read_tail(path: &Path) -> Result<Tail, AuditError> {
             Some(Line::Header(h)) if t.header.is_none() => t.header = Some(h),
             Some(Line::Entry(e)) if t.header.is_some() && t.checkpoint.is_none() => {
                 let mut hash = [0u8; 32];
-                hex::decode_to_slice(&e.hash, &mut hash)
-                    .map_err(|_| AuditError::Corrupt(format!("{}: entry {} hash", path.display(), e.seq)))?;
+                hex::decode_to_slice(&e.hash, &mut hash).map_err(|_| {
+                    AuditError::Corrupt(format!("{}: entry {} hash", path.display(), e.seq))
+                })?;
                 t.head = Some((e.seq, hash));
                 t.entries += 1;
             }
@@ -286,12 +287,19 @@ impl Shared {
             last_seq: w.head_seq,
             last_hash: hex::encode(w.head_hash),
             time: now_text(),
-            prev_mac: w.header.prev.as_ref().map(|p| p.mac.clone()).unwrap_or_default(),
+            prev_mac: w
+                .header
+                .prev
+                .as_ref()
+                .map(|p| p.mac.clone())
+                .unwrap_or_default(),
             mac: String::new(),
         };
         self.key.sign(&mut c);
         let line = segment::checkpoint_line(&c)?;
-        (&*w.file).write_all(&line).map_err(|e| AuditError::io(&w.path, e))?;
+        (&*w.file)
+            .write_all(&line)
+            .map_err(|e| AuditError::io(&w.path, e))?;
         w.file.sync_data().map_err(|e| AuditError::io(&w.path, e))?;
         let next = Self::create_segment(
             &self.settings,
@@ -330,7 +338,9 @@ impl Shared {
             w.bytes += line.len() as u64;
             w.entries += 1;
             w.head_seq = entry.seq;
-            w.head_hash = entry.hash_bytes().ok_or(AuditError::Corrupt("entry hash".into()))?;
+            w.head_hash = entry
+                .hash_bytes()
+                .ok_or(AuditError::Corrupt("entry hash".into()))?;
             w.dirty = true;
             self.length.store(entry.seq, Ordering::Release);
             rotated = self.rotation_due(&w);
@@ -426,7 +436,8 @@ impl Shared {
                 Err(_) => return,
             };
             let result = if dirty || !waiters.is_empty() {
-                file.sync_data().map_err(|e| format!("{}: {e}", path.display()))
+                file.sync_data()
+                    .map_err(|e| format!("{}: {e}", path.display()))
             } else {
                 Ok(())
             };
@@ -458,7 +469,8 @@ impl SegmentLog {
         key: AuditKey,
         legacy: Option<&dyn LegacyEntries>,
     ) -> Result<Self, AuditError> {
-        shared::pki::create_private_dir(&settings.dir).map_err(|e| AuditError::io(&settings.dir, e))?;
+        shared::pki::create_private_dir(&settings.dir)
+            .map_err(|e| AuditError::io(&settings.dir, e))?;
         let instance = instance_id(&settings.dir)?;
         let mut files = segment::list(&settings.dir)?;
         if files.is_empty()
@@ -500,14 +512,22 @@ impl SegmentLog {
     /// A log in `dir` under a random audit key that dies with the process, for in-process
     /// callers (tests, the benchmark): its checkpoints verify only inside this process.
     pub fn ephemeral(dir: &Path) -> Result<Self, AuditError> {
-        let key = crate::crypto::SecretKey::generate()
-            .map_err(|e| AuditError::Refused(e.to_string()))?;
+        let key =
+            crate::crypto::SecretKey::generate().map_err(|e| AuditError::Refused(e.to_string()))?;
         Self::open(AuditSettings::in_dir(dir), AuditKey::new(&key), None)
     }
 
     /// Walks this log with its own key (also archived segments in `archive`).
-    pub fn verify_with_archive(&self, archive: Option<&Path>) -> Result<super::walk::Report, AuditError> {
-        super::walk::verify(&self.shared.settings.dir, archive, &self.shared.key, Some(self.length()))
+    pub fn verify_with_archive(
+        &self,
+        archive: Option<&Path>,
+    ) -> Result<super::walk::Report, AuditError> {
+        super::walk::verify(
+            &self.shared.settings.dir,
+            archive,
+            &self.shared.key,
+            Some(self.length()),
+        )
     }
 
     /// Archives closed segments to `to` with this log's key (see `archive`).
@@ -538,7 +558,12 @@ impl SegmentLog {
 }
 
 /// Continues from the last segment file `n`.
-fn resume(settings: &AuditSettings, instance: &str, n: u64, path: &Path) -> Result<Writer, AuditError> {
+fn resume(
+    settings: &AuditSettings,
+    instance: &str,
+    n: u64,
+    path: &Path,
+) -> Result<Writer, AuditError> {
     let tail = read_tail(path)?;
     let Some(header) = tail.header else {
         // A crash while the segment was being created: it holds no entry yet.
@@ -593,13 +618,17 @@ fn resume(settings: &AuditSettings, instance: &str, n: u64, path: &Path) -> Resu
             segment = %path.display(),
             "audit segment ended in a partial line (a crash mid-write, never acknowledged); cut it off"
         );
-        file.set_len(tail.good_len).map_err(|e| AuditError::io(path, e))?;
+        file.set_len(tail.good_len)
+            .map_err(|e| AuditError::io(path, e))?;
         file.sync_all().map_err(|e| AuditError::io(path, e))?;
     }
     // Age counts from the header's time, across restarts.
-    let age = time::OffsetDateTime::parse(&header.created, &time::format_description::well_known::Rfc3339)
-        .map(|c| (time::OffsetDateTime::now_utc() - c).unsigned_abs())
-        .unwrap_or_default();
+    let age = time::OffsetDateTime::parse(
+        &header.created,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map(|c| (time::OffsetDateTime::now_utc() - c).unsigned_abs())
+    .unwrap_or_default();
     let opened = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
     Ok(Writer {
         file: Arc::new(file),
@@ -636,8 +665,11 @@ fn migrate(
     let mut body = segment::header_line(&header)?;
     let mut last: Option<AuditEntry> = None;
     let n = legacy.each(&mut |bytes| {
-        let e = AuditEntry::decode(bytes)
-            .map_err(|_| AuditError::Corrupt("an entry in the sled audit tree does not parse; refusing to move it".into()))?;
+        let e = AuditEntry::decode(bytes).map_err(|_| {
+            AuditError::Corrupt(
+                "an entry in the sled audit tree does not parse; refusing to move it".into(),
+            )
+        })?;
         body.extend_from_slice(&segment::entry_line(&DiskEntry::of(&e))?);
         last = Some(e);
         Ok(())
@@ -658,7 +690,10 @@ fn migrate(
     key.sign(&mut c);
     body.extend_from_slice(&segment::checkpoint_line(&c)?);
     replace_file(&settings.dir.join(segment::file_name(1)), &body)?;
-    tracing::info!(entries = n, "audit entries moved from the data store into segment 1");
+    tracing::info!(
+        entries = n,
+        "audit entries moved from the data store into segment 1"
+    );
     legacy.remove()
 }
 
@@ -717,7 +752,13 @@ impl AuditLog for SegmentLog {
     fn verify(&self) -> Result<Verdict, AuditError> {
         let s = &self.shared.settings;
         let head = self.length();
-        Ok(super::walk::verify(&s.dir, s.archive_dir.as_deref(), &self.shared.key, Some(head))?.verdict)
+        Ok(super::walk::verify(
+            &s.dir,
+            s.archive_dir.as_deref(),
+            &self.shared.key,
+            Some(head),
+        )?
+        .verdict)
     }
 
     fn first_since(&self, since: &crate::audit_export::Since) -> Result<Option<u64>, AuditError> {

@@ -184,10 +184,15 @@ pub fn key(seq: u64) -> [u8; 8] {
 /// Result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Ok { entries: u64 },
+    Ok {
+        entries: u64,
+    },
     /// `position` is the sequence number of the first entry that does not fit (for a damaged
     /// or missing segment: the first sequence number it should hold).
-    Broken { position: u64, reason: String },
+    Broken {
+        position: u64,
+        reason: String,
+    },
 }
 
 /// Audit failures (I/O, a damaged segment the writer cannot continue from).
@@ -323,9 +328,15 @@ mod tests {
         let mut e = AuditEntry::next(0, &GENESIS, "inst-a", &d);
         assert!(e.hash_is_valid());
         e.instance = Some("inst-b".into());
-        assert!(!e.hash_is_valid(), "another instance's name must break the hash");
+        assert!(
+            !e.hash_is_valid(),
+            "another instance's name must break the hash"
+        );
         e.instance = None;
-        assert!(!e.hash_is_valid(), "dropping the instance must break the hash");
+        assert!(
+            !e.hash_is_valid(),
+            "dropping the instance must break the hash"
+        );
     }
 
     #[test]

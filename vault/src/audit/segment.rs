@@ -301,7 +301,12 @@ mod tests {
         let mut e = AuditEntry::next(9_999_999, &GENESIS, "0123456789ab", &d);
         e.time = "2026-12-01T23:54:18.123456789Z".into();
         let line = entry_line(&DiskEntry::of(&e)).unwrap();
-        assert!(line.len() <= 300, "{} bytes: {}", line.len(), String::from_utf8_lossy(&line));
+        assert!(
+            line.len() <= 300,
+            "{} bytes: {}",
+            line.len(),
+            String::from_utf8_lossy(&line)
+        );
         match parse_line(&line[..line.len() - 1]) {
             Some(Line::Entry(back)) => assert_eq!(back.with_prev(&e.prev_hash), e),
             _ => panic!("entry line does not parse back"),
@@ -322,7 +327,10 @@ mod tests {
         };
         key(1).sign(&mut c);
         assert!(key(1).verifies(&c));
-        assert!(!key(2).verifies(&c), "another key's checkpoint must not verify");
+        assert!(
+            !key(2).verifies(&c),
+            "another key's checkpoint must not verify"
+        );
         let mut moved = c.clone();
         moved.last_seq = 19;
         assert!(!key(1).verifies(&moved));

@@ -86,11 +86,17 @@ fn entries_with_a_record_id_take_under_300_bytes_of_disk_each() {
 fn a_deleted_middle_segment_is_reported_with_its_number_and_position() {
     let dir = tempfile::tempdir().unwrap();
     drop(written(dir.path(), 120));
-    let first_of_3 = walk::read_header(&seg(dir.path(), 3)).unwrap().unwrap().first_seq;
+    let first_of_3 = walk::read_header(&seg(dir.path(), 3))
+        .unwrap()
+        .unwrap()
+        .first_seq;
     std::fs::remove_file(seg(dir.path(), 3)).unwrap();
     let (pos, why) = broken_at(&verdict(dir.path(), None));
     assert_eq!(pos, first_of_3);
-    assert!(why.contains("segment 3") && why.contains("missing"), "{why}");
+    assert!(
+        why.contains("segment 3") && why.contains("missing"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -99,7 +105,10 @@ fn a_deleted_first_segment_that_was_never_archived_is_reported() {
     drop(written(dir.path(), 120));
     std::fs::remove_file(seg(dir.path(), 1)).unwrap();
     let (_, why) = broken_at(&verdict(dir.path(), None));
-    assert!(why.contains("segment 1") && why.contains("not archived"), "{why}");
+    assert!(
+        why.contains("segment 1") && why.contains("not archived"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -140,7 +149,11 @@ fn an_edited_entry_is_reported_at_its_sequence_number() {
 fn swapped_segment_files_are_reported_as_reordered() {
     let dir = tempfile::tempdir().unwrap();
     drop(written(dir.path(), 120));
-    let (a, b, t) = (seg(dir.path(), 2), seg(dir.path(), 3), dir.path().join("swap"));
+    let (a, b, t) = (
+        seg(dir.path(), 2),
+        seg(dir.path(), 3),
+        dir.path().join("swap"),
+    );
     std::fs::rename(&a, &t).unwrap();
     std::fs::rename(&b, &a).unwrap();
     std::fs::rename(&t, &b).unwrap();
@@ -175,7 +188,8 @@ fn a_segment_rewritten_with_recomputed_hashes_fails_on_its_checkpoint() {
         let line = segment::entry_line(&segment::DiskEntry::of(&full)).unwrap();
         out.push(String::from_utf8(line).unwrap().trim_end().to_owned());
     }
-    let Some(segment::Line::Checkpoint(mut c)) = segment::parse_line(lines[lines.len() - 1].as_bytes())
+    let Some(segment::Line::Checkpoint(mut c)) =
+        segment::parse_line(lines[lines.len() - 1].as_bytes())
     else {
         panic!("checkpoint");
     };
@@ -196,14 +210,22 @@ fn archive_then_prune_leaves_a_chain_that_starts_from_the_archived_checkpoint() 
     let log = written(dir.path(), 120);
     let report = log.archive_to(archive.path()).unwrap();
     let segments = segment::list(dir.path()).unwrap().len() as u64;
-    assert_eq!(report.copied, segments - 1, "every closed segment, not the active one");
+    assert_eq!(
+        report.copied,
+        segments - 1,
+        "every closed segment, not the active one"
+    );
     // Prune everything archived (max_bytes 1: the cap is always exceeded).
     let mut s = settings(dir.path(), 4096);
     s.keep_days = 0;
     s.max_bytes = 1;
     let pruned = super::archive::prune(&s).unwrap();
     assert_eq!(pruned, segments - 1);
-    assert_eq!(segment::list(dir.path()).unwrap().len(), 1, "only the active segment stays");
+    assert_eq!(
+        segment::list(dir.path()).unwrap().len(),
+        1,
+        "only the active segment stays"
+    );
     // Locally the chain verifies from the signed checkpoint of the last archived segment…
     let r = log.verify_with_archive(None).unwrap();
     assert_eq!(r.verdict, Verdict::Ok { entries: 120 });
@@ -217,9 +239,15 @@ fn archive_then_prune_leaves_a_chain_that_starts_from_the_archived_checkpoint() 
     assert_eq!(log.verify().unwrap(), Verdict::Ok { entries: 121 });
     // An archived copy edited afterwards is found when the archive is read.
     let copy = archive.path().join(segment::file_name(1));
-    let text = std::fs::read_to_string(&copy).unwrap().replacen("\"read\"", "\"list\"", 1);
+    let text = std::fs::read_to_string(&copy)
+        .unwrap()
+        .replacen("\"read\"", "\"list\"", 1);
     std::fs::write(&copy, text).unwrap();
-    let (_, why) = broken_at(&log.verify_with_archive(Some(archive.path())).unwrap().verdict);
+    let (_, why) = broken_at(
+        &log.verify_with_archive(Some(archive.path()))
+            .unwrap()
+            .verdict,
+    );
     assert!(why.contains("segment 1"), "{why}");
 }
 
@@ -230,29 +258,44 @@ fn archive_refuses_a_broken_chain_and_prune_never_removes_unarchived_segments() 
     let log = written(dir.path(), 120);
     let mut s = settings(dir.path(), 4096);
     s.max_bytes = 1;
-    assert_eq!(super::archive::prune(&s).unwrap(), 0, "nothing was archived");
+    assert_eq!(
+        super::archive::prune(&s).unwrap(),
+        0,
+        "nothing was archived"
+    );
     let p = seg(dir.path(), 2);
-    let text = std::fs::read_to_string(&p).unwrap().replacen("\"read\"", "\"list\"", 1);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replacen("\"read\"", "\"list\"", 1);
     std::fs::write(&p, text).unwrap();
-    assert!(matches!(log.archive_to(archive.path()), Err(AuditError::Refused(_))));
+    assert!(matches!(
+        log.archive_to(archive.path()),
+        Err(AuditError::Refused(_))
+    ));
     assert!(segment::list(archive.path()).unwrap().is_empty());
 }
 
 #[test]
 fn a_torn_last_line_is_cut_off_at_reopen_and_the_chain_continues() {
     let dir = tempfile::tempdir().unwrap();
-    drop(SegmentLog::open(AuditSettings::in_dir(dir.path()), key(1), None).and_then(|l| {
-        for i in 0..5 {
-            l.append(draft(i))?;
-        }
-        l.flush()?;
-        Ok(l)
-    }));
+    drop(
+        SegmentLog::open(AuditSettings::in_dir(dir.path()), key(1), None).and_then(|l| {
+            for i in 0..5 {
+                l.append(draft(i))?;
+            }
+            l.flush()?;
+            Ok(l)
+        }),
+    );
     let p = seg(dir.path(), 1);
     let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
     std::io::Write::write_all(&mut f, b"{\"seq\":6,\"time\":\"2026").unwrap();
     drop(f);
-    assert_eq!(verdict(dir.path(), None), Verdict::Ok { entries: 5 }, "a torn tail of the active segment is not a break");
+    assert_eq!(
+        verdict(dir.path(), None),
+        Verdict::Ok { entries: 5 },
+        "a torn tail of the active segment is not a break"
+    );
     let log = SegmentLog::open(AuditSettings::in_dir(dir.path()), key(1), None).unwrap();
     assert_eq!(log.length(), 5);
     log.append(draft(5)).unwrap();
@@ -291,22 +334,36 @@ fn entries_of_the_previous_format_move_into_a_closed_first_segment_and_still_ver
     let dir = tempfile::tempdir().unwrap();
     let legacy = Legacy(old, Default::default());
     let log = SegmentLog::open(AuditSettings::in_dir(dir.path()), key(1), Some(&legacy)).unwrap();
-    assert!(legacy.1.load(std::sync::atomic::Ordering::SeqCst), "the old entries are removed once moved");
+    assert!(
+        legacy.1.load(std::sync::atomic::Ordering::SeqCst),
+        "the old entries are removed once moved"
+    );
     assert_eq!(log.length(), 4);
     log.append(draft(4)).unwrap();
     assert_eq!(log.verify().unwrap(), Verdict::Ok { entries: 5 });
-    assert_eq!(segment::list(dir.path()).unwrap().len(), 2, "segment 1 closed, segment 2 active");
+    assert_eq!(
+        segment::list(dir.path()).unwrap().len(),
+        2,
+        "segment 1 closed, segment 2 active"
+    );
     // An edited migrated entry is still found.
     let p = seg(dir.path(), 1);
-    let text = std::fs::read_to_string(&p).unwrap().replacen("\"outcome\":200", "\"outcome\":201", 1);
+    let text =
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .replacen("\"outcome\":200", "\"outcome\":201", 1);
     std::fs::write(&p, text).unwrap();
-    assert!(matches!(verdict(dir.path(), None), Verdict::Broken { position: 1, .. }));
+    assert!(matches!(
+        verdict(dir.path(), None),
+        Verdict::Broken { position: 1, .. }
+    ));
 }
 
 #[test]
 fn verify_while_writers_append_sees_a_consistent_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    let log = std::sync::Arc::new(SegmentLog::open(settings(dir.path(), 8192), key(1), None).unwrap());
+    let log =
+        std::sync::Arc::new(SegmentLog::open(settings(dir.path(), 8192), key(1), None).unwrap());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
         .map(|_| {

@@ -23,7 +23,10 @@ pub struct Report {
 }
 
 /// The segment files to read: local ones, and archived ones the local folder no longer holds.
-pub fn sources(local: &Path, archive: Option<&Path>) -> Result<Vec<(u64, PathBuf, bool)>, AuditError> {
+pub fn sources(
+    local: &Path,
+    archive: Option<&Path>,
+) -> Result<Vec<(u64, PathBuf, bool)>, AuditError> {
     let mut by_number: BTreeMap<u64, (PathBuf, bool)> = BTreeMap::new();
     if let Some(a) = archive {
         for (n, p) in segment::list(a)? {
@@ -98,9 +101,15 @@ fn check_header(
     match chain {
         Some(c) => {
             if c.instance.as_deref() != Some(h.instance.as_str()) {
-                return Err(format!("segment {n} belongs to another instance ({})", h.instance));
+                return Err(format!(
+                    "segment {n} belongs to another instance ({})",
+                    h.instance
+                ));
             }
-            if h.first_seq != c.next_seq || h.prev_hash != c.prev_hash || h.prev != c.prev_checkpoint {
+            if h.first_seq != c.next_seq
+                || h.prev_hash != c.prev_hash
+                || h.prev != c.prev_checkpoint
+            {
                 return Err(format!(
                     "segment {n} does not continue from the segment before it (a segment \
                      removed, reordered or replaced)"
@@ -118,7 +127,10 @@ fn check_header(
                              audit key (forged, or another key)"
                         ));
                     }
-                    if p.segment + 1 != n || p.last_seq + 1 != h.first_seq || p.last_hash != h.prev_hash {
+                    if p.segment + 1 != n
+                        || p.last_seq + 1 != h.first_seq
+                        || p.last_hash != h.prev_hash
+                    {
                         return Err(format!(
                             "segment {n} does not continue from the checkpoint it names"
                         ));
@@ -154,10 +166,20 @@ fn walk_segment(
     let header = match lines.next_line().map_err(|e| AuditError::io(path, e))? {
         Some(Ok(l)) => match segment::parse_line(l) {
             Some(Line::Header(h)) => h,
-            _ => return broken(expected, format!("segment {n} ({name}) has no valid header line")),
+            _ => {
+                return broken(
+                    expected,
+                    format!("segment {n} ({name}) has no valid header line"),
+                );
+            }
         },
         Some(Err(_)) | None if last => return Ok(Ok(SegmentEnd::Open)),
-        _ => return broken(expected, format!("segment {n} ({name}) is empty or cut short")),
+        _ => {
+            return broken(
+                expected,
+                format!("segment {n} ({name}) is empty or cut short"),
+            );
+        }
     };
     if let Err(reason) = check_header(&header, n, &name, chain, key) {
         return broken(expected, reason);
@@ -170,7 +192,10 @@ fn walk_segment(
             None => break,
             Some(Err(_)) if last => break,
             Some(Err(_)) => {
-                return broken(c.next_seq, format!("segment {n} ({name}) ends in a partial line (truncated)"));
+                return broken(
+                    c.next_seq,
+                    format!("segment {n} ({name}) ends in a partial line (truncated)"),
+                );
             }
             Some(Ok(l)) => l,
         };
@@ -183,7 +208,9 @@ fn walk_segment(
                 if e.seq != position {
                     return broken(
                         position,
-                        format!("segment {n}: sequence number out of order (entry removed, added or moved)"),
+                        format!(
+                            "segment {n}: sequence number out of order (entry removed, added or moved)"
+                        ),
                     );
                 }
                 if e.instance.is_some() && e.instance != c.instance {
@@ -193,7 +220,9 @@ fn walk_segment(
                 if full.recomputed_hash() != full.hash {
                     return broken(
                         position,
-                        format!("segment {n}: hash does not match the entry's contents (entry edited)"),
+                        format!(
+                            "segment {n}: hash does not match the entry's contents (entry edited)"
+                        ),
                     );
                 }
                 c.prev_hash = full.hash;
@@ -205,27 +234,44 @@ fn walk_segment(
                     && cp.first_seq == header.first_seq
                     && cp.last_seq + 1 == c.next_seq
                     && cp.last_hash == c.prev_hash
-                    && cp.prev_mac == c.prev_checkpoint.as_ref().map(|p| p.mac.clone()).unwrap_or_default();
+                    && cp.prev_mac
+                        == c.prev_checkpoint
+                            .as_ref()
+                            .map(|p| p.mac.clone())
+                            .unwrap_or_default();
                 if !ok_fields {
                     return broken(
                         c.next_seq,
-                        format!("segment {n}: its checkpoint does not match its entries (entries removed or added)"),
+                        format!(
+                            "segment {n}: its checkpoint does not match its entries (entries removed or added)"
+                        ),
                     );
                 }
                 if !key.verifies(&cp) {
                     return broken(
                         c.next_seq,
-                        format!("segment {n}: checkpoint does not verify under the audit key (forged, or another key)"),
+                        format!(
+                            "segment {n}: checkpoint does not verify under the audit key (forged, or another key)"
+                        ),
                     );
                 }
-                if !matches!(lines.next_line().map_err(|e| AuditError::io(path, e))?, None) {
-                    return broken(c.next_seq, format!("segment {n}: lines after its checkpoint"));
+                if !matches!(
+                    lines.next_line().map_err(|e| AuditError::io(path, e))?,
+                    None
+                ) {
+                    return broken(
+                        c.next_seq,
+                        format!("segment {n}: lines after its checkpoint"),
+                    );
                 }
                 c.prev_checkpoint = Some(cp.clone());
                 return Ok(Ok(SegmentEnd::Closed));
             }
             _ => {
-                return broken(c.next_seq, format!("segment {n} ({name}): a line does not parse"));
+                return broken(
+                    c.next_seq,
+                    format!("segment {n} ({name}): a line does not parse"),
+                );
             }
         }
     }
@@ -322,13 +368,15 @@ fn first_header(files: &[(u64, PathBuf, bool)]) -> Result<Option<Header>, AuditE
 /// The header line of a segment file (`None`: none yet, or it does not parse).
 pub fn read_header(path: &Path) -> Result<Option<Header>, AuditError> {
     let mut lines = segment::open_lines(path)?;
-    Ok(match lines.next_line().map_err(|e| AuditError::io(path, e))? {
-        Some(Ok(l)) => match segment::parse_line(l) {
-            Some(Line::Header(h)) => Some(h),
+    Ok(
+        match lines.next_line().map_err(|e| AuditError::io(path, e))? {
+            Some(Ok(l)) => match segment::parse_line(l) {
+                Some(Line::Header(h)) => Some(h),
+                _ => None,
+            },
             _ => None,
         },
-        _ => None,
-    })
+    )
 }
 
 /// Headers of the segments to read, in order.
@@ -398,7 +446,10 @@ pub fn export(
     let mut buf = Vec::with_capacity(BATCH_BYTES + 1024);
     let mut n = 0u64;
     for (i, (path, h)) in hs.iter().enumerate() {
-        if hs.get(i + 1).is_some_and(|(_, next)| next.first_seq <= from) {
+        if hs
+            .get(i + 1)
+            .is_some_and(|(_, next)| next.first_seq <= from)
+        {
             continue;
         }
         if h.first_seq > upto {
@@ -411,7 +462,12 @@ pub fn export(
             let e = match segment::parse_line(l) {
                 Some(Line::Entry(e)) => e,
                 Some(Line::Checkpoint(_)) => break,
-                _ => return Err(AuditError::Corrupt(format!("{}: a line does not parse", path.display()))),
+                _ => {
+                    return Err(AuditError::Corrupt(format!(
+                        "{}: a line does not parse",
+                        path.display()
+                    )));
+                }
             };
             if e.seq > upto {
                 break;
@@ -419,7 +475,8 @@ pub fn export(
             let hash = e.hash.clone();
             if e.seq >= from {
                 let full = e.with_prev(&prev_hash);
-                serde_json::to_writer(&mut buf, &full).map_err(|e| AuditError::Corrupt(e.to_string()))?;
+                serde_json::to_writer(&mut buf, &full)
+                    .map_err(|e| AuditError::Corrupt(e.to_string()))?;
                 buf.push(b'\n');
                 n += 1;
                 if buf.len() >= BATCH_BYTES && !batch(std::mem::take(&mut buf)) {

@@ -62,7 +62,10 @@ pub fn verify(config_path: &Path, archive: Option<&Path>) -> CliResult<ExitCode>
         } else {
             Verdict::Ok { entries: 0 }
         };
-        return Ok(print_verdict(verdict, " (in the data store: written before segment files)"));
+        return Ok(print_verdict(
+            verdict,
+            " (in the data store: written before segment files)",
+        ));
     }
     let key = audit_key(&config)?;
     let archive = archive.or(config.audit.archive_dir.as_deref());
@@ -100,7 +103,10 @@ pub fn export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
     let found = if has_segments(&config)? {
         let (dir, archive) = (&config.audit.dir, config.audit.archive_dir.as_deref());
         match walk::first_since(dir, archive, &since, u64::MAX)? {
-            Some(from) => Some((from, walk::export(dir, archive, from, u64::MAX, &mut write)?)),
+            Some(from) => Some((
+                from,
+                walk::export(dir, archive, from, u64::MAX, &mut write)?,
+            )),
             None => None,
         }
     } else {

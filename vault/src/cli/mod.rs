@@ -366,4 +366,3 @@ async fn shutdown_signal() {
         () = term => {},
     }
 }
-

@@ -107,8 +107,7 @@ impl Vault {
         }
         let existing = {
             let fps = self.fingerprints.read().map_err(|_| CoreError::Poisoned)?;
-            let (fingerprints, _) =
-                fingerprints_of(&fps, new, token.expose_secret().as_bytes())?;
+            let (fingerprints, _) = fingerprints_of(&fps, new, token.expose_secret().as_bytes())?;
             self.store.find_fingerprint(&fingerprints)?
         };
         let intent = match existing {

@@ -159,10 +159,7 @@ fn concurrent_claims_of_one_idempotency_key_have_one_winner(s: &dyn Store) {
                 t.spawn(move || {
                     barrier.wait();
                     let mine = pending(&id(i + 1), 1);
-                    match s
-                        .charge_swap(&sid("s1"), "sub:1", None, &mine)
-                        .unwrap()
-                    {
+                    match s.charge_swap(&sid("s1"), "sub:1", None, &mine).unwrap() {
                         Swap::Done => 1,
                         Swap::Changed(Some(_)) => 0,
                         Swap::Changed(None) => panic!("lost claim sees no entry"),
@@ -183,10 +180,7 @@ fn concurrent_claims_of_one_idempotency_key_have_one_winner(s: &dyn Store) {
 fn a_swap_from_a_stale_entry_fails_and_shows_the_current_one(s: &dyn Store) {
     let (st, key) = (sid("s1"), "sub:2");
     let first = pending(&id(1), 1);
-    assert_eq!(
-        s.charge_swap(&st, key, None, &first).unwrap(),
-        Swap::Done
-    );
+    assert_eq!(s.charge_swap(&st, key, None, &first).unwrap(), Swap::Done);
     let mut done = first.clone();
     done.status = "succeeded".into();
     assert_eq!(
@@ -232,10 +226,7 @@ fn erase_removes_only_that_accounts_records(s: &dyn Store) {
         let fp = fp_of(&r.id);
         insert(s, r, fp);
     }
-    assert_eq!(
-        s.erase_account(&sid("s1"), &aid("a1")).unwrap(),
-        2
-    );
+    assert_eq!(s.erase_account(&sid("s1"), &aid("a1")).unwrap(), 2);
     assert!(s.list(&sid("s1"), &aid("a1")).unwrap().is_empty());
     assert_eq!(
         s.list(&sid("s1"), &aid("a10")).unwrap().len(),

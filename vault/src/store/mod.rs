@@ -70,11 +70,8 @@ pub type Counts = (BTreeMap<u32, u64>, u64);
 pub trait Store: Send + Sync {
     /// Inserts `record` unless one of `fingerprints` is already indexed (then returns that
     /// record); indexes it under `fingerprints[0]`.
-    fn insert(
-        &self,
-        record: StoredRecord,
-        fingerprints: &[[u8; 32]],
-    ) -> Result<Stored, StoreError>;
+    fn insert(&self, record: StoredRecord, fingerprints: &[[u8; 32]])
+    -> Result<Stored, StoreError>;
     /// The record indexed under the first of `fingerprints` that is indexed.
     fn find_fingerprint(
         &self,

@@ -103,8 +103,8 @@ fn seal_open_in_process() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The storage path without HTTP: sealed record + indexes + audit entry in one sled transaction,
-/// and what one flush costs on this disk.
+/// The storage path without HTTP: dedupe lookup, audit entry appended to its segment file,
+/// sealed record + indexes in one sled transaction; and what one flush costs on this disk.
 fn store_in_process() -> Result<(), BoxError> {
     use shared::domain::{AccountId, CardBrand, Expiry, Last4, PaymentType, StoreId};
     let dir = std::env::temp_dir().join(format!("vault-bench-inproc-{}", std::process::id()));
@@ -116,7 +116,8 @@ fn store_in_process() -> Result<(), BoxError> {
     }])
     .ok_or("keyring")?;
     let fp = vault::crypto::Fingerprinter::new(&SecretKey::generate()?);
-    let core = vault::core::VaultCore::with_store(ring, fp, store)?;
+    let audit = std::sync::Arc::new(vault::audit::SegmentLog::ephemeral(&dir.join("audit"))?);
+    let core = vault::core::VaultCore::with_store(ring, fp, store, audit)?;
     let new = vault::core::NewPaymentMethod {
         store: StoreId::parse("bench")?,
         account: AccountId::parse("acct")?,
@@ -153,7 +154,7 @@ fn store_in_process() -> Result<(), BoxError> {
     }
     flushes.sort_unstable();
     println!(
-        "  store txn {rate:>10.0} ops/s (seal + fingerprint + 4-tree sled transaction, no flush)"
+        "  store txn {rate:>10.0} ops/s (seal + fingerprint + audit append + 3-tree sled transaction, no flush)"
     );
     println!(
         "  flush     p50 {:.2} ms, p99 {:.2} ms (one sled flush = fsync after one record)",

@@ -25,7 +25,10 @@ fn a_folder_of_the_previous_format_hands_its_audit_entries_over_once() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = open(dir.path());
-        assert!(s.legacy_audit().is_none(), "a new folder has no sled audit tree");
+        assert!(
+            s.legacy_audit().is_none(),
+            "a new folder has no sled audit tree"
+        );
         let tree = s.db().open_tree("audit").unwrap();
         tree.insert(1u64.to_be_bytes(), &b"{}"[..]).unwrap();
         tree.insert(2u64.to_be_bytes(), &b"{\"x\":1}"[..]).unwrap();
