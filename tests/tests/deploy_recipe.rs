@@ -189,6 +189,7 @@ async fn the_readme_production_recipe_installs_runs_rotates_backs_up_and_restore
     for p in [
         "/var/lib/strongroom-vault/keys/master.key",
         "/var/lib/strongroom-vault/keys/fingerprint.key",
+        "/var/lib/strongroom-vault/keys/audit.key",
     ] {
         assert_eq!(mode(&root.at(p)), 0o600, "{p} (init output:\n{init})");
     }

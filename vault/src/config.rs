@@ -6,8 +6,9 @@
 //! environment are relative to the working directory, like any other command-line path.
 //!
 //! Environment overrides: `VAULT_LISTEN`, `VAULT_DATA_DIR`, `VAULT_MASTER_KEY_FILE`,
-//! `VAULT_FINGERPRINT_KEY_FILE`, and the key material itself via `VAULT_MASTER_KEY` /
-//! `VAULT_FINGERPRINT_KEY` (instead of the files; see `keys`). The payment processor (`[processor]`):
+//! `VAULT_FINGERPRINT_KEY_FILE`, `VAULT_AUDIT_KEY_FILE`, and the key material itself via
+//! `VAULT_MASTER_KEY` / `VAULT_FINGERPRINT_KEY` / `VAULT_AUDIT_KEY` (instead of the files; see
+//! `keys`). The payment processor (`[processor]`):
 //! `VAULT_PROCESSOR_URL`, `VAULT_PROCESSOR_SECRET_KEY_FILE`, `VAULT_PROCESSOR_SECRET_KEY` (the key
 //! itself) and `VAULT_PROCESSOR_TIMEOUT_MS`.
 

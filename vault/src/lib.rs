@@ -4,7 +4,7 @@
 //! `service` (the use cases: records, charges, key lifecycle, custody; returns once durable
 //! and audited) → `store` (the `Store` port) → `store::sled` (the backend). Beside them:
 //! `config` (vault.toml + env), `keys` (key files), `crypto` (envelope encryption,
-//! fingerprints), `audit` (hash-chain entries), `processor` (payment-processor connectors),
+//! fingerprints), `audit` (the hash-chained audit log in append-only segment files), `processor` (payment-processor connectors),
 //! `server` (mTLS listener), `cli` (init / serve / audit verify), `hardening` (core dumps off).
 //! `main` only parses arguments and calls into `cli`; tests and the benchmark run the same code.
 

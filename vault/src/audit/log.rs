@@ -344,11 +344,9 @@ impl Shared {
             w.dirty = true;
             self.length.store(entry.seq, Ordering::Release);
             rotated = self.rotation_due(&w);
-            if rotated {
-                if let Err(e) = self.rotate(&mut w) {
-                    w.stopped = true;
-                    return Err(e);
-                }
+            if rotated && let Err(e) = self.rotate(&mut w) {
+                w.stopped = true;
+                return Err(e);
             }
             entry.seq
         };

@@ -20,7 +20,7 @@ fn settings(dir: &Path, segment_bytes: u64) -> AuditSettings {
 fn draft(i: u64) -> AuditDraft {
     AuditDraft {
         identity: "accounts".into(),
-        operation: if i % 3 == 0 { "store" } else { "read" }.into(),
+        operation: if i.is_multiple_of(3) { "store" } else { "read" }.into(),
         record: Some(format!("pm_{i:032x}")),
         store: Some("s1".into()),
         outcome: 200,

@@ -255,10 +255,11 @@ fn walk_segment(
                         ),
                     );
                 }
-                if !matches!(
-                    lines.next_line().map_err(|e| AuditError::io(path, e))?,
-                    None
-                ) {
+                if lines
+                    .next_line()
+                    .map_err(|e| AuditError::io(path, e))?
+                    .is_some()
+                {
                     return broken(
                         c.next_seq,
                         format!("segment {n}: lines after its checkpoint"),
@@ -310,9 +311,8 @@ pub fn verify(
         return Ok(report);
     }
     let mut chain: Option<Chain> = None;
-    let mut expected_number = first;
     let count = files.len();
-    for (i, (n, path, archived)) in files.iter().enumerate() {
+    for (expected_number, (i, (n, path, archived))) in (first..).zip(files.iter().enumerate()) {
         let position = chain.as_ref().map(|c| c.next_seq).unwrap_or(1);
         if *n != expected_number {
             let hint = if marked.contains(&expected_number) {
@@ -347,7 +347,6 @@ pub fn verify(
             Ok(SegmentEnd::Reached) => break,
             Ok(_) => {}
         }
-        expected_number += 1;
     }
     if let Some(first_header) = first_header(&files)? {
         report.checked_from = first_header.first_seq;

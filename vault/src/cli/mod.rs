@@ -1,9 +1,9 @@
-//! The commands: `init`, `serve`, `key …`, `audit verify|export`.
+//! The commands: `init`, `serve`, `key …`, `audit verify|export|archive`.
 //!
 //! Output contract: `serve` prints exactly one stdout line, `VAULT_LISTENING <addr>`, once the
 //! listener accepts connections; every log line goes to stderr. `init` prints paths, never keys.
 //! Exit codes: 0 success; 1 refused or failed (clear message on stderr); 2 `audit verify` found
-//! a broken chain.
+//! a broken chain, or `audit archive` refused to archive from one.
 
 mod admin;
 mod audit;

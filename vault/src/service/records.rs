@@ -23,7 +23,7 @@ fn new_record_id() -> Result<PaymentMethodId, CoreError> {
 
 /// What a store will do, decided (and audited) before it does it.
 enum Intent {
-    Existing(StoredRecord),
+    Existing(Box<StoredRecord>),
     Create(PaymentMethodId),
 }
 
@@ -114,7 +114,7 @@ impl Vault {
             Some(r) => {
                 draft.outcome = 200;
                 draft.record = Some(r.id.clone());
-                Intent::Existing(r)
+                Intent::Existing(Box::new(r))
             }
             None => {
                 let id = new_record_id()?;
@@ -164,7 +164,7 @@ impl Vault {
         audit: AuditDraft,
     ) -> Result<Stored, CoreError> {
         match self.store_intent(new, token, audit.clone())? {
-            Intent::Existing(r) => Ok(Stored::Existing(r)),
+            Intent::Existing(r) => Ok(Stored::Existing(*r)),
             Intent::Create(id) => self.store_apply(new, token, &id, audit),
         }
     }
@@ -223,7 +223,7 @@ impl Vault {
         actor.written();
         self.audit.durable().await?;
         let stored = match intent {
-            Intent::Existing(r) => Stored::Existing(r),
+            Intent::Existing(r) => Stored::Existing(*r),
             Intent::Create(id) => self.store_apply(new, token, &id, actor.draft())?,
         };
         actor.record(&stored.record().id);

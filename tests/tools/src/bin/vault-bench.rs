@@ -253,6 +253,8 @@ async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Sen
 enum Op {
     Store,
     Read,
+    /// `GET /v1/health`: the stack's ceiling (mTLS, HTTP, identity, audit entry; no storage).
+    Health,
 }
 
 /// Sends one request on a keep-alive connection; returns the status. Store responses add their
@@ -273,7 +275,7 @@ async fn request(
                 ids.get(i).map(String::as_str).unwrap_or("none")
             )
         }
-        Op::Store => String::new(),
+        Op::Store | Op::Health => String::new(),
     };
     sender.ready().await?;
     let req = match op {
@@ -289,6 +291,9 @@ async fn request(
                 .body(Full::new(Bytes::from(body)))?
         }
         Op::Read => Request::get(read_path.as_str())
+            .header(HOST, "localhost")
+            .body(Full::new(Bytes::new()))?,
+        Op::Health => Request::get("/v1/health")
             .header(HOST, "localhost")
             .body(Full::new(Bytes::new()))?,
     };
@@ -382,7 +387,7 @@ async fn phase(
                 lat.push(t.elapsed());
                 let expected = match op {
                     Op::Store => 201,
-                    Op::Read => 200,
+                    Op::Read | Op::Health => 200,
                 };
                 if status != expected {
                     return Err::<Vec<Duration>, BoxError>(
@@ -420,11 +425,25 @@ fn pct(lat: &[Duration], p: f64) -> f64 {
     lat[idx.min(lat.len() - 1)].as_secs_f64() * 1000.0
 }
 
+fn rate(r: &PhaseResult) -> f64 {
+    r.ops as f64 / r.elapsed.as_secs_f64()
+}
+
+/// `report`, plus the figure as a share of `/v1/health` at the same concurrency, same run.
+fn report_vs(name: &str, concurrency: usize, r: &PhaseResult, ceiling: f64) {
+    report(name, concurrency, r);
+    println!(
+        "  {:<16} {:>13.0}% of /v1/health c={concurrency} ({ceiling:.0} ops/s, the stack's ceiling in this run)",
+        "",
+        100.0 * rate(r) / ceiling.max(1.0)
+    );
+}
+
 fn report(name: &str, concurrency: usize, r: &PhaseResult) {
     let per_op_us = |secs: f64| secs * 1e6 / r.ops.max(1) as f64;
     println!(
         "  {name:<16} c={concurrency:<3} {:>8.0} ops/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests; CPU/request: vault {:.0} us = user {:.0} + sys {:.0}, load generator {:.0} us)",
-        r.ops as f64 / r.elapsed.as_secs_f64(),
+        rate(r),
         pct(&r.latencies, 0.50),
         pct(&r.latencies, 0.99),
         r.ops,
@@ -486,14 +505,29 @@ async fn over_mtls_in(
         vault_pid: vault.child.id().to_string(),
     };
 
-    for c in [1usize, 32] {
+    let health_counter = Arc::new(AtomicU64::new(0));
+    let mut ceiling = [0.0f64; 2];
+    for (i, c) in [1usize, 32].into_iter().enumerate() {
+        let r = phase(
+            &target,
+            Op::Health,
+            c,
+            duration,
+            u64::MAX,
+            health_counter.clone(),
+        )
+        .await?;
+        report("health (ceiling)", c, &r);
+        ceiling[i] = rate(&r);
+    }
+    for (i, c) in [1usize, 32].into_iter().enumerate() {
         let r = phase(&target, Op::Store, c, duration, u64::MAX, counter.clone()).await?;
-        report("durable store", c, &r);
+        report_vs("durable store", c, &r, ceiling[i]);
     }
     if store_only {
         return Ok(());
     }
-    for c in [1usize, 32] {
+    for (i, c) in [1usize, 32].into_iter().enumerate() {
         let r = phase(
             &target,
             Op::Read,
@@ -503,7 +537,7 @@ async fn over_mtls_in(
             read_counter.clone(),
         )
         .await?;
-        report("masked read", c, &r);
+        report_vs("masked read", c, &r, ceiling[i]);
     }
 
     let stored = counter.load(Ordering::Relaxed) + 1;
@@ -525,6 +559,17 @@ async fn over_mtls_in(
             fill_start.elapsed().as_secs_f64(),
             r.ops as f64 / r.elapsed.as_secs_f64()
         );
+        // The ceiling again at this size (the audit log and caches have grown too).
+        let h = phase(
+            &target,
+            Op::Health,
+            32,
+            duration,
+            u64::MAX,
+            health_counter.clone(),
+        )
+        .await?;
+        report("health (ceiling)", 32, &h);
         let r = phase(
             &target,
             Op::Read,
@@ -534,7 +579,7 @@ async fn over_mtls_in(
             read_counter.clone(),
         )
         .await?;
-        report("masked read", 32, &r);
+        report_vs(&format!("read {records} rnd"), 32, &r, rate(&h));
     }
     // Let sled's background work settle before sampling.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -545,12 +590,43 @@ async fn over_mtls_in(
         "  at {records} records {:>6.1} MiB (VmRSS)",
         rss as f64 / 1024.0
     );
-    let du: u64 = tests_du(&dir.join("data"));
+    drop(vault);
+    let audit_dir = dir.join("data").join("audit");
+    let audit_bytes = tests_du(&audit_dir);
+    let records_bytes = tests_du(&dir.join("data")).saturating_sub(audit_bytes);
+    let entries = audit_entries(&audit_dir);
+    let stored = counter.load(Ordering::Relaxed) + 1;
+    println!("disk (after the vault stopped):");
     println!(
-        "  data folder on disk {:>6.1} MiB",
-        du as f64 / (1024.0 * 1024.0)
+        "  records (sled)    {:>8.1} MiB = {:>6.0} bytes per stored record ({stored} records)",
+        records_bytes as f64 / (1024.0 * 1024.0),
+        records_bytes as f64 / stored.max(1) as f64
+    );
+    println!(
+        "  audit segments    {:>8.1} MiB = {:>6.0} bytes per audited request ({entries} entries)",
+        audit_bytes as f64 / (1024.0 * 1024.0),
+        audit_bytes as f64 / entries.max(1) as f64
     );
     Ok(())
+}
+
+/// Entry lines in the audit segment files.
+fn audit_entries(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        if e.path().extension().is_some_and(|x| x == "log")
+            && let Ok(bytes) = std::fs::read(e.path())
+        {
+            n += bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| l.starts_with(b"{\"seq\":"))
+                .count() as u64;
+        }
+    }
+    n
 }
 
 fn tests_du(dir: &Path) -> u64 {
