@@ -3,7 +3,12 @@
 //! 1. checkout completions per second — new customer, subscription item, consent given, so each
 //!    completion stores the token in the vault (durable there) and writes the account, order,
 //!    subscription and indexes in one transaction (durable here) before the 2xx;
-//! 2. `GET /accounts/{id}` per second.
+//! 2. `GET /accounts/{id}` per second;
+//!
+//! each next to `GET /healthz` at the same concurrency measured in the same run (the stack's
+//! ceiling: HTTP, no authentication, no storage), then the resident memory of accounts-api and
+//! of its vault child and the disk used per completed checkout (accounts data, vault records,
+//! vault audit segments).
 //!
 //! Run: `cargo build --release --workspace && ./target/release/accounts-bench`
 //! (`BENCH_SECONDS`, default 10, sets each phase's length).
@@ -32,8 +37,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn report(name: &str, mut lat: Vec<Duration>, errors: usize, elapsed: Duration) {
+fn report(name: &str, mut lat: Vec<Duration>, errors: usize, elapsed: Duration) -> f64 {
     lat.sort();
+    let rate = lat.len() as f64 / elapsed.as_secs_f64();
     println!(
         "{name:<28} {:>9.0} ops/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ok, {} errors, {:.1} s)",
         lat.len() as f64 / elapsed.as_secs_f64(),
@@ -43,6 +49,63 @@ fn report(name: &str, mut lat: Vec<Duration>, errors: usize, elapsed: Duration) 
         errors,
         elapsed.as_secs_f64()
     );
+    rate
+}
+
+fn vs_ceiling(rate: f64, ceiling: f64) {
+    println!(
+        "{:<28} {:>8.0}% of GET /healthz c={CONCURRENCY} ({ceiling:.0} ops/s, the stack's ceiling in this run)",
+        "",
+        100.0 * rate / ceiling.max(1.0)
+    );
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Child processes of `pid` (the dev process starts the vault).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Bytes under `dir`, and of them those under folders named `audit`.
+fn du(dir: &std::path::Path) -> (u64, u64) {
+    let (mut total, mut audit) = (0, 0);
+    let mut stack = vec![(dir.to_owned(), false)];
+    while let Some((d, in_audit)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => {
+                    let a = in_audit || e.file_name() == "audit";
+                    stack.push((e.path(), a));
+                }
+                Ok(m) => {
+                    total += m.len();
+                    if in_audit {
+                        audit += m.len();
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (total, audit)
 }
 
 /// Runs `make(worker, i)` requests from `CONCURRENCY` workers for `secs`; returns latencies of
@@ -145,6 +208,21 @@ async fn main() {
         target.api
     );
 
+    let (t, h) = (Arc::clone(&target), http.clone());
+    let (lat, errs, elapsed, _) = phase(secs, move |_, _| {
+        let (t, h) = (Arc::clone(&t), h.clone());
+        async move {
+            let resp = h.get(format!("{}/healthz", t.api)).send().await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok(Value::Null)
+        }
+    })
+    .await;
+    let ceiling = report("GET /healthz (ceiling)", lat, errs, elapsed);
+
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let (t, h, r) = (Arc::clone(&target), http.clone(), run_id.clone());
     let (lat, errs, elapsed, created) = phase(secs, move |w, i| {
@@ -167,7 +245,9 @@ async fn main() {
         }
     })
     .await;
-    report("checkout completions", lat, errs, elapsed);
+    let completions = lat.len() as u64;
+    let rate = report("checkout completions", lat, errs, elapsed);
+    vs_ceiling(rate, ceiling);
 
     let ids: Arc<Vec<String>> = Arc::new(
         created
@@ -195,12 +275,25 @@ async fn main() {
         }
     })
     .await;
-    report("GET /accounts/{id}", lat, errs, elapsed);
+    let rate = report("GET /accounts/{id}", lat, errs, elapsed);
+    vs_ceiling(rate, ceiling);
+    println!("resident memory (VmRSS):");
+    println!("  accounts-api {:>7.1} MiB", rss_mib(child.id()).unwrap_or(0.0));
+    for pid in children(child.id()) {
+        println!("  vault        {:>7.1} MiB (pid {pid})", rss_mib(pid).unwrap_or(0.0));
+    }
 
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
+    let (total, audit) = du(&data);
+    println!(
+        "disk: {:.1} MiB in the data folders = {:.0} bytes per completed checkout ({completions}), of which vault audit segments {:.0} bytes",
+        total as f64 / (1024.0 * 1024.0),
+        total as f64 / completions.max(1) as f64,
+        audit as f64 / completions.max(1) as f64
+    );
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -62,3 +62,51 @@ fn a_record_value_under_the_wrong_key_is_reported_corrupt() {
     s.records.insert(y.as_str(), &b"{not json"[..]).unwrap();
     assert!(matches!(s.get(&y), Err(StoreError::Corrupt(_))));
 }
+
+#[test]
+#[ignore]
+fn scratch_bench_txn_vs_batch() {
+    use ::sled::Transactional;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path(), 16 << 20, 500).unwrap();
+    let (a, b, c) = (db.open_tree("a").unwrap(), db.open_tree("b").unwrap(), db.open_tree("c").unwrap());
+    let one = db.open_tree("one").unwrap();
+    let val = vec![7u8; 700];
+    let n = 20_000u32;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let k = uuid::Uuid::now_v7().simple().to_string();
+        let fp = ring::digest::digest(&ring::digest::SHA256, &i.to_be_bytes());
+        (&a, &b, &c).transaction(|(a, b, c)| {
+            let _ = b.get(fp.as_ref())?;
+            a.insert(k.as_bytes(), val.as_slice())?;
+            b.insert(fp.as_ref(), k.as_bytes())?;
+            c.insert(format!("s\0a\0{k}").as_bytes(), &[][..])?;
+            Ok::<_, ::sled::transaction::ConflictableTransactionError<()>>(())
+        }).unwrap();
+    }
+    eprintln!("txn 3 trees: {:.0}/s", f64::from(n) / t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let k = uuid::Uuid::now_v7().simple().to_string();
+        let fp = ring::digest::digest(&ring::digest::SHA256, &(i + n).to_be_bytes());
+        let mut fk = b"f".to_vec(); fk.extend_from_slice(fp.as_ref());
+        let _ = one.get(&fk).unwrap();
+        let mut batch = ::sled::Batch::default();
+        batch.insert(format!("r{k}").as_bytes(), val.as_slice());
+        batch.insert(fk, k.as_bytes());
+        batch.insert(format!("a s\0a\0{k}").as_bytes(), &[][..]);
+        one.apply_batch(batch).unwrap();
+    }
+    eprintln!("batch 1 tree: {:.0}/s", f64::from(n) / t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let k = uuid::Uuid::now_v7().simple().to_string();
+        let fp = ring::digest::digest(&ring::digest::SHA256, &(i + 2 * n).to_be_bytes());
+        let _ = b.get(fp.as_ref()).unwrap();
+        a.insert(k.as_bytes(), val.as_slice()).unwrap();
+        b.insert(fp.as_ref(), k.as_bytes()).unwrap();
+        c.insert(format!("s\0a\0{k}").as_bytes(), &[][..]).unwrap();
+    }
+    eprintln!("3 plain inserts: {:.0}/s", f64::from(n) / t.elapsed().as_secs_f64());
+}
