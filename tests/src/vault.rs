@@ -184,6 +184,35 @@ pub fn audit_entries(config: &Path) -> Vec<vault::audit::AuditEntry> {
         .collect()
 }
 
+/// Makes the audit segments of an initialised vault folder rotate every 4 KiB (about 15
+/// entries), so a short test spans many segments.
+pub fn tiny_audit_segments(dir: &Path) {
+    let path = dir.join("vault.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replace("segment_max_bytes = 67108864", "segment_max_bytes = 4096");
+    assert_ne!(
+        changed, text,
+        "vault.toml has no default segment_max_bytes line"
+    );
+    std::fs::write(&path, changed).unwrap();
+}
+
+/// `vault audit archive --config FILE --to DIR`; panics unless it succeeds. Returns how many
+/// segments it copied.
+pub fn audit_archive(config: &Path, to: &Path) -> u64 {
+    let mut cmd = Command::new(bin_path("vault"));
+    cmd.args(["audit", "archive", "--config"])
+        .arg(config)
+        .arg("--to")
+        .arg(to);
+    let (ok, out, err) = run(cmd);
+    assert!(ok, "vault audit archive failed:\n{out}\n{err}");
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected archive output: {out}"))
+}
+
 /// A card store request body as JSON.
 pub fn card_body(store: &str, account: &str, token: &str) -> serde_json::Value {
     serde_json::json!({

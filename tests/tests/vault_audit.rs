@@ -233,3 +233,81 @@ async fn the_admin_identity_verifies_the_chain_of_a_running_vault_and_others_may
     // 3 stores + the refused verify; the admin's own request is audited after it answers.
     assert_eq!(body, serde_json::json!({"entries": 4, "ok": true}));
 }
+
+#[tokio::test]
+async fn archive_and_prune_on_a_running_vault_leave_a_chain_that_verifies_with_and_without_the_archive()
+ {
+    let dir = temp_dir("vault-audit-archive");
+    init_vault(dir.path());
+    tests::vault::tiny_audit_segments(dir.path());
+    // Prune every archived segment at once (the data folder is always over 1 byte).
+    let config = dir.path().join("vault.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("max_bytes = 0", "max_bytes = 1")).unwrap();
+    let mut v = VaultProcess::serve(dir.path(), serve_command(dir.path()));
+    let c = v.client("accounts");
+    for i in 0..120 {
+        let resp = c
+            .post(v.url("/v1/payment-methods"))
+            .json(&card_body("s1", "a1", &format!("tok_archive_{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    let archive = dir.path().join("archive");
+    let copied = tests::vault::audit_archive(&config, &archive);
+    assert!(copied >= 5, "{copied} segments archived");
+    let audit_dir = v.data_dir().join("audit");
+    assert!(
+        !audit_dir.join("000000000001.log").exists(),
+        "archived segments are pruned from the data folder"
+    );
+    assert!(archive.join("000000000001.log").exists());
+    // Without the archive: verified from the signed checkpoint the first local segment starts from.
+    let (ok, out) = audit_verify(&config);
+    assert!(
+        ok && out.contains("120 entries ok") && out.contains("archived segments"),
+        "{out}"
+    );
+    // With it: every entry from 1.
+    let mut cmd = std::process::Command::new(tests::bin_path("vault"));
+    cmd.args(["audit", "verify", "--config"])
+        .arg(&config)
+        .arg("--archive")
+        .arg(&archive);
+    let (ok, out, err) = tests::run(cmd);
+    assert!(
+        ok && out.contains("120 entries ok") && out.contains("from the archive"),
+        "{out}{err}"
+    );
+    // The chain goes on; a second archive run copies only the new closed segments.
+    for i in 0..40 {
+        let resp = c
+            .post(v.url("/v1/payment-methods"))
+            .json(&card_body("s1", "a1", &format!("tok_archive_more_{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    let again = tests::vault::audit_archive(&config, &archive);
+    assert!(
+        again >= 1 && again < copied,
+        "only the new closed segments: {again}"
+    );
+    v.stop();
+    verify_until(&config, "160 entries ok");
+    // An archived segment deleted from the archive is reported when the archive is read.
+    std::fs::remove_file(archive.join("000000000002.log")).unwrap();
+    let mut cmd = std::process::Command::new(tests::bin_path("vault"));
+    cmd.args(["audit", "verify", "--config"])
+        .arg(&config)
+        .arg("--archive")
+        .arg(&archive);
+    let (ok, out, _) = tests::run(cmd);
+    assert!(
+        !ok && out.contains("segment 2") && out.contains("missing"),
+        "{out}"
+    );
+}

@@ -1,16 +1,20 @@
 //! Byte-scan: after many distinct tokens went through the real server (stored, stored again,
-//! sent in refused requests), none of them appears in any file under the vault folder, in the
-//! captured log output (debug level), or in any response body.
+//! sent in refused requests), none of them appears in any file under the vault folder (the
+//! audit segments and their archived copies included: tiny segments make it rotate and
+//! `vault audit archive` copy them), in the captured log output (debug level), or in any
+//! response body.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::json;
-use tests::vault::{card_body, start_vault};
+use tests::vault::{VaultProcess, card_body, init_vault, serve_command, tiny_audit_segments};
 use tests::{all_files, contains_bytes, temp_dir};
 
 #[tokio::test]
 async fn no_token_appears_in_the_data_folder_the_logs_or_any_response() {
     let dir = temp_dir("vault-secrets");
-    let mut v = start_vault(dir.path());
+    init_vault(dir.path());
+    tiny_audit_segments(dir.path());
+    let mut v = VaultProcess::serve(dir.path(), serve_command(dir.path()));
     let c = v.client("accounts");
     let renewals = v.client("renewals");
     let tokens: Vec<String> = (0..150)
@@ -115,6 +119,8 @@ async fn no_token_appears_in_the_data_folder_the_logs_or_any_response() {
         record(c.get(url).send().await.unwrap().text().await.unwrap());
     }
     assert!(responses.len() > 150);
+    let archived = tests::vault::audit_archive(&v.config_path(), &dir.path().join("archive"));
+    assert!(archived >= 5, "{archived} segments archived");
     // Stop so sled has written everything it ever will; then scan.
     v.stop();
     let files = all_files(&v.dir);

@@ -212,7 +212,11 @@ async fn main() {
     let (lat, errs, elapsed, _) = phase(secs, move |_, _| {
         let (t, h) = (Arc::clone(&t), h.clone());
         async move {
-            let resp = h.get(format!("{}/healthz", t.api)).send().await.map_err(|e| e.to_string())?;
+            let resp = h
+                .get(format!("{}/healthz", t.api))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
                 return Err(format!("status {}", resp.status()));
             }
@@ -278,9 +282,15 @@ async fn main() {
     let rate = report("GET /accounts/{id}", lat, errs, elapsed);
     vs_ceiling(rate, ceiling);
     println!("resident memory (VmRSS):");
-    println!("  accounts-api {:>7.1} MiB", rss_mib(child.id()).unwrap_or(0.0));
+    println!(
+        "  accounts-api {:>7.1} MiB",
+        rss_mib(child.id()).unwrap_or(0.0)
+    );
     for pid in children(child.id()) {
-        println!("  vault        {:>7.1} MiB (pid {pid})", rss_mib(pid).unwrap_or(0.0));
+        println!(
+            "  vault        {:>7.1} MiB (pid {pid})",
+            rss_mib(pid).unwrap_or(0.0)
+        );
     }
 
     let _ = Command::new("kill")
