@@ -188,13 +188,13 @@ pub fn audit_entries(config: &Path) -> Vec<vault::audit::AuditEntry> {
 /// entries), so a short test spans many segments.
 pub fn tiny_audit_segments(dir: &Path) {
     let path = dir.join("vault.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     let changed = text.replace("segment_max_bytes = 67108864", "segment_max_bytes = 4096");
     assert_ne!(
         changed, text,
         "vault.toml has no default segment_max_bytes line"
     );
-    std::fs::write(&path, changed).unwrap();
+    std::fs::write(&path, changed).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `vault audit archive --config FILE --to DIR`; panics unless it succeeds. Returns how many
