@@ -17,9 +17,12 @@
 //! - `durable` goes through one group-commit flusher (RUST-NOTES trap 4: concurrent
 //!   `flush_async` deadlocks sled 0.34).
 
+mod filter;
 mod folder;
 
 pub use folder::{StoppedFolder, open_db};
+
+use self::filter::FpFilter;
 
 use crate::audit::AuditError;
 use crate::audit::log::LegacyEntries;
@@ -44,6 +47,12 @@ pub struct SledStore {
     by_account: ::sled::Tree,
     meta: ::sled::Tree,
     charges: ::sled::Tree,
+    /// Which fingerprints may be indexed (no false "no"; see `filter`).
+    fp_filter: FpFilter,
+    /// Inserts of one primary fingerprint run one at a time (sharded): the filter check, the
+    /// index read when it says "maybe" and the insert happen as one step in this process, the
+    /// only one that can open the folder.
+    fp_locks: Vec<std::sync::Mutex<()>>,
     commit: Option<shared::durable::GroupCommit>,
     /// Always true (sled locks its folder); tests turn it off to play a shared database.
     single_process: bool,
@@ -93,9 +102,18 @@ impl SledStore {
     /// from synchronous tools (tests, the benchmark), where `durable` then flushes inline.
     pub fn new(db: ::sled::Db, with_group_commit: bool) -> Result<Self, StoreError> {
         let commit = with_group_commit.then(|| shared::durable::GroupCommit::start(db.clone()));
+        let fingerprints = db.open_tree("fingerprints")?;
+        let fp_filter = FpFilter::with_capacity(2 * fingerprints.len() as u64);
+        for item in fingerprints.iter().keys() {
+            if let Ok(fp) = <[u8; 32]>::try_from(item?.as_ref()) {
+                fp_filter.add(&fp);
+            }
+        }
         Ok(Self {
             records: db.open_tree("records")?,
-            fingerprints: db.open_tree("fingerprints")?,
+            fingerprints,
+            fp_filter,
+            fp_locks: (0..256).map(|_| std::sync::Mutex::new(())).collect(),
             by_account: db.open_tree("by_account")?,
             meta: db.open_tree("meta")?,
             charges: db.open_tree("charges")?,
@@ -177,15 +195,22 @@ impl Store for SledStore {
         };
         let value = record.encode()?;
         let akey = account_key(&record.store, &record.account, &record.id);
+        let _serial = self.fp_locks[usize::from(primary[0])]
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
+        // Dedupe: with the shard held, an index entry for one of `fingerprints` either exists
+        // already (then the filter says maybe and the transaction reads it) or cannot appear
+        // before this insert ends.
+        let maybe_indexed = fingerprints.iter().any(|f| self.fp_filter.may_contain(f));
         let trees = (&self.records, &self.fingerprints, &self.by_account);
-        trees
+        let stored = trees
             .transaction(|(records, fps, by_account)| {
-                // Dedupe inside the transaction: two concurrent stores of one token cannot
-                // both create a record.
                 let mut hit = None;
-                for fp in fingerprints {
-                    if hit.is_none() {
-                        hit = fps.get(fp)?;
+                if maybe_indexed {
+                    for fp in fingerprints {
+                        if hit.is_none() {
+                            hit = fps.get(fp)?;
+                        }
                     }
                 }
                 if let Some(existing_id) = hit {
@@ -199,14 +224,21 @@ impl Store for SledStore {
                 by_account.insert(akey.as_slice(), &[][..])?;
                 Ok(Stored::Created(record.clone()))
             })
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        if matches!(stored, Stored::Created(_)) {
+            self.fp_filter.add(primary);
+        }
+        Ok(stored)
     }
 
     fn find_fingerprint(
         &self,
         fingerprints: &[[u8; 32]],
     ) -> Result<Option<StoredRecord>, StoreError> {
-        for fp in fingerprints {
+        for fp in fingerprints
+            .iter()
+            .filter(|f| self.fp_filter.may_contain(f))
+        {
             if let Some(id) = self.fingerprints.get(fp)? {
                 let Some(bytes) = self.records.get(&id)? else {
                     return Err(StoreError::Corrupt("fingerprint index points nowhere"));
@@ -369,6 +401,8 @@ impl Store for SledStore {
         new_fingerprint: [u8; 32],
         new_version: u32,
     ) -> Result<bool, StoreError> {
+        // Before the index entry exists: the filter never answers a false "no".
+        self.fp_filter.add(&new_fingerprint);
         (&self.records, &self.fingerprints)
             .transaction(|(records, fps)| {
                 let Some(bytes) = records.get(id)? else {
