@@ -358,7 +358,8 @@ impl Shared {
 
     /// Archives and prunes in the background when an archive folder is configured.
     fn after_rotation(self: &Arc<Self>) {
-        if self.settings.archive_dir.is_none() && self.settings.max_bytes == 0 {
+        let s = &self.settings;
+        if s.archive_dir.is_none() && s.keep_days == 0 && s.max_bytes == 0 {
             return;
         }
         if self.archiving.swap(true, Ordering::AcqRel) {
