@@ -6,8 +6,9 @@
 //! archive from a chain that does not verify. `prune` removes local segments only if they are
 //! marked archived, oldest first and only as a prefix (the local chain stays contiguous), when
 //! they are older than `keep_days` or the folder holds more than `max_bytes`. Markers stay
-//! (about 150 bytes each): they tell `verify` that the segments before the first local one
-//! were archived, not deleted.
+//! (about 250 bytes each) and carry a MAC under the audit key over the segment number and the
+//! archived file's SHA-256: they tell `verify` that the segments before the first local one
+//! were archived, not deleted, and cannot be forged without the key.
 
 use super::log::{AuditSettings, AuditStats, replace_file};
 use super::segment::{self, AuditKey};
@@ -59,7 +60,7 @@ pub fn archive(dir: &Path, to: &Path, key: &AuditKey) -> Result<ArchiveReport, A
     let marked = super::walk::markers(dir)?;
     let mut out = ArchiveReport::default();
     for (n, path) in segment::list(dir)? {
-        if marked.contains(&n) {
+        if marked.get(&n).is_some_and(|m| m.signed_by(n, key)) {
             out.already += 1;
             continue;
         }
@@ -89,6 +90,7 @@ pub fn archive(dir: &Path, to: &Path, key: &AuditKey) -> Result<ArchiveReport, A
         let marker = serde_json::json!({
             "segment": n,
             "sha256": local_sum,
+            "mac": key.marker_mac(n, &local_sum),
             "archivedTo": to.display().to_string(),
             "time": time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
@@ -111,8 +113,9 @@ fn age_secs(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes archived segments by `keep_days` / `max_bytes`; returns how many.
-pub fn prune(settings: &AuditSettings) -> Result<u64, AuditError> {
+/// Removes archived segments (a marker signed under `key`) by `keep_days` / `max_bytes`;
+/// returns how many.
+pub fn prune(settings: &AuditSettings, key: &AuditKey) -> Result<u64, AuditError> {
     if settings.keep_days == 0 && settings.max_bytes == 0 {
         return Ok(0);
     }
@@ -125,7 +128,7 @@ pub fn prune(settings: &AuditSettings) -> Result<u64, AuditError> {
     let mut pruned = 0;
     // Never the last file (the active segment), only a prefix of archived ones.
     for (n, path) in files.iter().take(files.len().saturating_sub(1)) {
-        if !marked.contains(n) {
+        if !marked.get(n).is_some_and(|m| m.signed_by(*n, key)) {
             break;
         }
         let too_old = settings.keep_days > 0 && age_secs(path) > settings.keep_days * 86_400;
@@ -156,7 +159,7 @@ pub fn stats(dir: &Path) -> Result<AuditStats, AuditError> {
     for (i, (n, p)) in files.iter().enumerate() {
         s.bytes_on_disk += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         s.segments += 1;
-        if i + 1 < count && !marked.contains(n) {
+        if i + 1 < count && !marked.contains_key(n) {
             s.unarchived_closed += 1;
             s.oldest_unarchived_age_secs = s.oldest_unarchived_age_secs.max(age_secs(p));
         }

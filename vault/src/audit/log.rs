@@ -111,6 +111,10 @@ struct Shared {
     wake: Condvar,
     length: AtomicU64,
     archiving: AtomicBool,
+    /// Set for good after a failed fsync or rotation, or once the flusher thread is gone:
+    /// every later `durable`/`flush` fails (an entry that may not be on disk must never be
+    /// followed by an acknowledged change).
+    failed: AtomicBool,
 }
 
 /// The audit log of one vault instance, in segment files.
@@ -150,8 +154,9 @@ pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File, AuditErr
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the folder).
 pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
+    // A name of its own: the vault's archiver and `vault audit archive` may run at once.
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), &unique[..8]));
     write_new_file(&tmp, bytes)?;
     std::fs::rename(&tmp, path).map_err(|e| AuditError::io(path, e))?;
     if let Some(dir) = path.parent() {
@@ -207,6 +212,19 @@ fn read_tail(path: &Path) -> Result<Tail, AuditError> {
         let l = match line {
             Ok(l) => l,
             Err(_) => {
+                // Only the very end may be torn (a write cut short); anything after it means
+                // a damaged line in the middle.
+                if lines
+                    .next_line()
+                    .map_err(|e| AuditError::io(path, e))?
+                    .is_some()
+                {
+                    return Err(AuditError::Corrupt(format!(
+                        "{}: a line in the middle is damaged; the chain cannot continue from \
+                         it (run `vault audit verify`)",
+                        path.display()
+                    )));
+                }
                 t.torn = true;
                 break;
             }
@@ -314,6 +332,9 @@ impl Shared {
     }
 
     fn rotation_due(&self, w: &Writer) -> bool {
+        if w.stopped {
+            return false;
+        }
         w.entries > 0
             && (w.bytes >= self.settings.segment_max_bytes
                 || w.opened.elapsed() >= self.settings.segment_max_age)
@@ -323,7 +344,7 @@ impl Shared {
         let rotated;
         let seq = {
             let mut w = self.lock()?;
-            if w.stopped {
+            if w.stopped || self.failed.load(Ordering::Acquire) {
                 return Err(AuditError::Stopped);
             }
             let entry = AuditEntry::next(w.head_seq, &w.head_hash, &self.instance, draft);
@@ -378,7 +399,7 @@ impl Shared {
                         Err(e) => tracing::error!(error = %e, "audit archive failed"),
                     }
                 }
-                if let Err(e) = super::archive::prune(&me.settings) {
+                if let Err(e) = super::archive::prune(&me.settings, &me.key) {
                     tracing::error!(error = %e, "audit prune failed");
                 }
                 me.archiving.store(false, Ordering::Release);
@@ -389,20 +410,59 @@ impl Shared {
     }
 
     fn enqueue(&self, w: Waiter) {
+        if self.failed.load(Ordering::Acquire) {
+            return w.send(Err("the audit log failed earlier; restart the vault".into()));
+        }
         match self.queue.lock() {
-            Ok(mut q) => {
+            Ok(mut q) if !q.stop => {
                 q.waiters.push(w);
                 self.wake.notify_one();
             }
-            Err(_) => w.send(Err("audit flusher lock poisoned".into())),
+            _ => w.send(Err("the audit flusher is not running".into())),
+        }
+    }
+
+    /// Marks the log failed and fails everyone still queued (the flusher is stopping or
+    /// cannot vouch for the file any more).
+    fn fail_all(&self) {
+        self.failed.store(true, Ordering::Release);
+        let waiters = match self.queue.lock() {
+            Ok(mut q) => {
+                q.stop = true;
+                std::mem::take(&mut q.waiters)
+            }
+            Err(p) => std::mem::take(&mut p.into_inner().waiters),
+        };
+        for w in waiters {
+            w.send(Err("the audit log failed; restart the vault".into()));
         }
     }
 
     /// The flusher thread: one fsync for everyone waiting when it starts.
     fn run_flusher(self: Arc<Self>) {
+        self.flush_loop();
+        // However the loop ended, nobody may wait for it any more.
+        let stopping_cleanly = !self.failed.load(Ordering::Acquire);
+        if stopping_cleanly {
+            // A clean stop (drop): fail only the waiters that arrived after the last round.
+            let waiters = match self.queue.lock() {
+                Ok(mut q) => std::mem::take(&mut q.waiters),
+                Err(p) => std::mem::take(&mut p.into_inner().waiters),
+            };
+            for w in waiters {
+                w.send(Err("the audit flusher stopped".into()));
+            }
+        } else {
+            self.fail_all();
+        }
+    }
+
+    fn flush_loop(self: &Arc<Self>) {
         loop {
             let (waiters, stop) = {
-                let Ok(mut q) = self.queue.lock() else { return };
+                let Ok(mut q) = self.queue.lock() else {
+                    return self.fail_all();
+                };
                 let deadline = Instant::now() + self.settings.flush_every;
                 while q.waiters.is_empty() && !q.stop {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -411,12 +471,12 @@ impl Shared {
                     }
                     q = match self.wake.wait_timeout(q, left) {
                         Ok((g, _)) => g,
-                        Err(_) => return,
+                        Err(_) => return self.fail_all(),
                     };
                 }
                 (std::mem::take(&mut q.waiters), q.stop)
             };
-            let (file, dirty, path, rotated) = match self.lock() {
+            let (file, dirty, path, rotated, stopped) = match self.lock() {
                 Ok(mut w) => {
                     let mut rotated = false;
                     if self.rotation_due(&w) && !w.stopped {
@@ -430,21 +490,27 @@ impl Shared {
                         };
                     }
                     let d = std::mem::take(&mut w.dirty);
-                    (Arc::clone(&w.file), d, w.path.clone(), rotated)
+                    (Arc::clone(&w.file), d, w.path.clone(), rotated, w.stopped)
                 }
-                Err(_) => return,
+                Err(_) => return self.fail_all(),
             };
-            let result = if dirty || !waiters.is_empty() {
+            let result = if stopped || self.failed.load(Ordering::Acquire) {
+                Err("the audit log failed earlier; restart the vault".to_owned())
+            } else if dirty || !waiters.is_empty() {
                 file.sync_data()
                     .map_err(|e| format!("{}: {e}", path.display()))
             } else {
                 Ok(())
             };
-            if result.is_err()
-                && let Ok(mut w) = self.lock()
-            {
-                // Entries that may not be on disk must not be followed by acknowledged ones.
-                w.stopped = true;
+            if let Err(e) = &result {
+                // Entries that may not be on disk must never be followed by acknowledged
+                // ones: after one failed fsync the log refuses for good (Linux reports a
+                // writeback error once; a later fsync can succeed without the lost pages).
+                tracing::error!(error = %e, "audit log fsync failed; refusing further writes");
+                if let Ok(mut w) = self.lock() {
+                    w.stopped = true;
+                }
+                self.failed.store(true, Ordering::Release);
             }
             for w in waiters {
                 w.send(result.clone());
@@ -478,7 +544,9 @@ impl SegmentLog {
             migrate(&settings, &key, &instance, l)?;
             files = segment::list(&settings.dir)?;
         } else if let Some(l) = legacy {
-            // A crash after the migration's rename left the sled entries behind.
+            // A crash after the migration's rename left the sled entries behind: they go only
+            // if segment 1 holds exactly them.
+            check_migrated(&settings, l)?;
             l.remove()?;
         }
         let writer = match files.last() {
@@ -495,6 +563,7 @@ impl SegmentLog {
             wake: Condvar::new(),
             length: AtomicU64::new(length),
             archiving: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
         });
         let s = Arc::clone(&shared);
         let flusher = std::thread::Builder::new()
@@ -588,6 +657,14 @@ fn resume(
             ))),
         };
     };
+    if header.segment != n || header.first_seq == 0 {
+        return Err(AuditError::Corrupt(format!(
+            "{}: its header names segment {} from entry {} (renamed or edited)",
+            path.display(),
+            header.segment,
+            header.first_seq
+        )));
+    }
     if header.instance != instance {
         return Err(AuditError::Corrupt(format!(
             "{} belongs to instance {}, this folder is {instance}",
@@ -663,12 +740,23 @@ fn migrate(
     };
     let mut body = segment::header_line(&header)?;
     let mut last: Option<AuditEntry> = None;
+    // Moved only if the chain verifies: a signed segment 1 must not launder a broken one.
     let n = legacy.each(&mut |bytes| {
-        let e = AuditEntry::decode(bytes).map_err(|_| {
-            AuditError::Corrupt(
-                "an entry in the sled audit tree does not parse; refusing to move it".into(),
-            )
-        })?;
+        let broken = |seq: u64, why: &str| {
+            AuditError::Corrupt(format!(
+                "the audit chain in the data store is broken at entry {seq} ({why}); refusing \
+                 to move it into segment files (run `vault audit verify` on the stopped vault \
+                 with the previous release, and keep an export)"
+            ))
+        };
+        let expected = last.as_ref().map_or(1, |l| l.seq + 1);
+        let e = AuditEntry::decode(bytes).map_err(|_| broken(expected, "does not parse"))?;
+        let prev = last
+            .as_ref()
+            .map_or_else(|| hex::encode(GENESIS), |l| l.hash.clone());
+        if e.seq != expected || e.prev_hash != prev || !e.hash_is_valid() {
+            return Err(broken(expected, "sequence, link or hash does not match"));
+        }
         body.extend_from_slice(&segment::entry_line(&DiskEntry::of(&e))?);
         last = Some(e);
         Ok(())
@@ -694,6 +782,34 @@ fn migrate(
         "audit entries moved from the data store into segment 1"
     );
     legacy.remove()
+}
+
+/// Whether segment 1 ends exactly where the sled entries of an older folder end.
+fn check_migrated(settings: &AuditSettings, legacy: &dyn LegacyEntries) -> Result<(), AuditError> {
+    let mut last: Option<(u64, String)> = None;
+    legacy.each(&mut |bytes| {
+        if let Ok(e) = AuditEntry::decode(bytes) {
+            last = Some((e.seq, e.hash));
+        }
+        Ok(())
+    })?;
+    let Some((seq, hash)) = last else {
+        return Ok(());
+    };
+    let first = settings.dir.join(segment::file_name(1));
+    let cp = if first.exists() {
+        read_tail(&first)?.checkpoint
+    } else {
+        None
+    };
+    match cp {
+        Some(c) if c.last_seq == seq && c.last_hash == hash => Ok(()),
+        _ => Err(AuditError::Corrupt(format!(
+            "the data store holds audit entries (up to {seq}) that are not in audit segment 1 \
+             of {}; refusing to start rather than drop them",
+            settings.dir.display()
+        ))),
+    }
 }
 
 impl Drop for SegmentLog {

@@ -199,6 +199,27 @@ impl AuditKey {
         c.mac = hex::encode(ring::hmac::sign(&self.0, &Self::message(c)).as_ref());
     }
 
+    /// The MAC of an archive marker: segment number and the archived file's SHA-256.
+    pub fn marker_mac(&self, segment: u64, sha256: &str) -> String {
+        let mut m = Vec::with_capacity(128);
+        m.extend_from_slice(b"strongroom/audit/archived/v1");
+        m.extend_from_slice(&segment.to_be_bytes());
+        m.extend_from_slice(sha256.as_bytes());
+        hex::encode(ring::hmac::sign(&self.0, &m).as_ref())
+    }
+
+    /// Whether `mac` is this key's marker MAC for `segment` / `sha256` (constant-time).
+    pub fn marker_verifies(&self, segment: u64, sha256: &str, mac: &str) -> bool {
+        let Ok(tag) = hex::decode(mac) else {
+            return false;
+        };
+        let mut m = Vec::with_capacity(128);
+        m.extend_from_slice(b"strongroom/audit/archived/v1");
+        m.extend_from_slice(&segment.to_be_bytes());
+        m.extend_from_slice(sha256.as_bytes());
+        ring::hmac::verify(&self.0, &m, &tag).is_ok()
+    }
+
     /// Whether `c.mac` is this key's MAC over `c` (constant-time compare).
     pub fn verifies(&self, c: &Checkpoint) -> bool {
         match hex::decode(&c.mac) {
@@ -244,6 +265,9 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
     Ok(out)
 }
 
+/// Longest line a reader accepts (entries are ~250 bytes, headers and checkpoints under 1 KiB).
+pub const MAX_LINE: usize = 64 * 1024;
+
 /// Reads lines of a segment file; a last line without its newline (a write cut short by a
 /// crash, or one being written right now) is returned as `Err(partial bytes)`.
 pub struct Lines<R> {
@@ -259,10 +283,15 @@ impl<R: std::io::BufRead> Lines<R> {
         }
     }
 
-    /// The next complete line (without `\n`), `Ok(None)` at the end, or the torn tail.
+    /// The next complete line (without `\n`), `Ok(None)` at the end, or the torn tail. A line
+    /// longer than [`MAX_LINE`] (no entry is) is returned as a torn tail too, so a damaged file
+    /// cannot make a reader buffer it whole.
     pub fn next_line(&mut self) -> std::io::Result<Option<Result<&[u8], usize>>> {
+        use std::io::{BufRead, Read};
         self.buf.clear();
-        let n = self.reader.read_until(b'\n', &mut self.buf)?;
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut self.buf)?;
         if n == 0 {
             return Ok(None);
         }

@@ -106,7 +106,7 @@ fn a_deleted_first_segment_that_was_never_archived_is_reported() {
     std::fs::remove_file(seg(dir.path(), 1)).unwrap();
     let (_, why) = broken_at(&verdict(dir.path(), None));
     assert!(
-        why.contains("segment 1") && why.contains("not archived"),
+        why.contains("segment 1") && why.contains("no signed archive marker"),
         "{why}"
     );
 }
@@ -219,7 +219,7 @@ fn archive_then_prune_leaves_a_chain_that_starts_from_the_archived_checkpoint() 
     let mut s = settings(dir.path(), 4096);
     s.keep_days = 0;
     s.max_bytes = 1;
-    let pruned = super::archive::prune(&s).unwrap();
+    let pruned = super::archive::prune(&s, &key(1)).unwrap();
     assert_eq!(pruned, segments - 1);
     assert_eq!(
         segment::list(dir.path()).unwrap().len(),
@@ -259,7 +259,7 @@ fn archive_refuses_a_broken_chain_and_prune_never_removes_unarchived_segments() 
     let mut s = settings(dir.path(), 4096);
     s.max_bytes = 1;
     assert_eq!(
-        super::archive::prune(&s).unwrap(),
+        super::archive::prune(&s, &key(1)).unwrap(),
         0,
         "nothing was archived"
     );
@@ -411,4 +411,112 @@ fn an_export_re_adds_prev_hash_so_each_line_verifies_alone() {
     assert_eq!(entries.first().map(|e| e.seq), Some(10));
     assert!(entries.iter().all(super::AuditEntry::hash_is_valid));
     assert!(entries.windows(2).all(|w| w[1].prev_hash == w[0].hash));
+}
+
+/// Rewrites segment `n` with every outcome changed and hashes recomputed, signed with `forger`.
+fn rewrite_with_recomputed_hashes(dir: &Path, n: u64, forger: u8) {
+    let p = seg(dir, n);
+    let text = std::fs::read_to_string(&p).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(segment::Line::Header(h)) = segment::parse_line(lines[0].as_bytes()) else {
+        panic!("header");
+    };
+    let mut prev = h.prev_hash.clone();
+    let mut out = vec![lines[0].to_owned()];
+    for l in &lines[1..lines.len() - 1] {
+        let Some(segment::Line::Entry(mut e)) = segment::parse_line(l.as_bytes()) else {
+            panic!("entry");
+        };
+        e.outcome = 204;
+        let mut full = e.clone().with_prev(&prev);
+        full.hash = full.recomputed_hash();
+        prev = full.hash.clone();
+        let line = segment::entry_line(&segment::DiskEntry::of(&full)).unwrap();
+        out.push(String::from_utf8(line).unwrap().trim_end().to_owned());
+    }
+    let Some(segment::Line::Checkpoint(mut c)) =
+        segment::parse_line(lines[lines.len() - 1].as_bytes())
+    else {
+        panic!("checkpoint");
+    };
+    c.last_hash = prev;
+    key(forger).sign(&mut c);
+    let line = segment::checkpoint_line(&c).unwrap();
+    out.push(String::from_utf8(line).unwrap().trim_end().to_owned());
+    std::fs::write(&p, out.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn a_running_vault_whose_head_ends_a_closed_segment_still_checks_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(AuditSettings::in_dir(dir.path()), key(1), None).unwrap();
+    for i in 0..10 {
+        log.append(draft(i)).unwrap();
+    }
+    log.rotate_now().unwrap();
+    // The head (10) is the last entry of the just-closed segment 1.
+    rewrite_with_recomputed_hashes(dir.path(), 1, 2);
+    let (_, why) = broken_at(&log.verify().unwrap());
+    assert!(why.contains("forged"), "{why}");
+}
+
+#[test]
+fn a_running_vault_notices_entries_cut_off_its_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(AuditSettings::in_dir(dir.path()), key(1), None).unwrap();
+    for i in 0..10 {
+        log.append(draft(i)).unwrap();
+    }
+    log.flush().unwrap();
+    let p = seg(dir.path(), 1);
+    let text = std::fs::read_to_string(&p).unwrap();
+    let keep: Vec<&str> = text.lines().take(8).collect();
+    std::fs::write(&p, keep.join("\n") + "\n").unwrap();
+    let (pos, why) = broken_at(&log.verify().unwrap());
+    assert_eq!(pos, 8);
+    assert!(why.contains("missing at the end"), "{why}");
+}
+
+#[test]
+fn an_unsigned_archive_marker_does_not_excuse_a_deleted_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(written(dir.path(), 120));
+    std::fs::remove_file(seg(dir.path(), 1)).unwrap();
+    let fake = format!(
+        "{{\"segment\":1,\"sha256\":\"{}\",\"mac\":\"00\"}}\n",
+        "ab".repeat(32)
+    );
+    std::fs::write(dir.path().join(segment::marker_name(1)), fake).unwrap();
+    let (_, why) = broken_at(&verdict(dir.path(), None));
+    assert!(
+        why.contains("segment 1") && why.contains("no signed archive marker"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_broken_chain_in_the_data_store_is_not_moved_into_a_signed_segment() {
+    let mut old = Vec::new();
+    let (mut seq, mut hash) = (0u64, super::GENESIS);
+    for i in 0..4 {
+        let mut e = super::AuditEntry::next(seq, &hash, "x", &draft(i));
+        e.instance = None;
+        e.hash = e.recomputed_hash();
+        seq = e.seq;
+        hash = e.hash_bytes().unwrap();
+        old.push(serde_json::to_vec(&e).unwrap());
+    }
+    old.remove(1);
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Legacy(old, Default::default());
+    let err = SegmentLog::open(AuditSettings::in_dir(dir.path()), key(1), Some(&legacy))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap();
+    assert!(err.contains("broken at entry 2"), "{err}");
+    assert!(
+        !legacy.1.load(std::sync::atomic::Ordering::SeqCst),
+        "the old entries stay"
+    );
+    assert!(segment::list(dir.path()).unwrap().is_empty());
 }

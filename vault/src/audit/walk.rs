@@ -5,7 +5,7 @@
 
 use super::segment::{self, AuditKey, Checkpoint, Header, Line};
 use super::{AuditError, GENESIS, Verdict};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What `verify` found, beyond the verdict.
@@ -22,26 +22,74 @@ pub struct Report {
     pub checked_from: u64,
 }
 
+/// One segment file to read: where, whether from the archive, and the archived copy to fall
+/// back to when a concurrent prune removes the local one while it is being read.
+pub struct Source {
+    pub number: u64,
+    pub path: PathBuf,
+    pub archived: bool,
+    pub fallback: Option<PathBuf>,
+}
+
 /// The segment files to read: local ones, and archived ones the local folder no longer holds.
-pub fn sources(
-    local: &Path,
-    archive: Option<&Path>,
-) -> Result<Vec<(u64, PathBuf, bool)>, AuditError> {
-    let mut by_number: BTreeMap<u64, (PathBuf, bool)> = BTreeMap::new();
+pub fn sources(local: &Path, archive: Option<&Path>) -> Result<Vec<Source>, AuditError> {
+    let mut by_number: BTreeMap<u64, Source> = BTreeMap::new();
     if let Some(a) = archive {
         for (n, p) in segment::list(a)? {
-            by_number.insert(n, (p, true));
+            by_number.insert(
+                n,
+                Source {
+                    number: n,
+                    path: p,
+                    archived: true,
+                    fallback: None,
+                },
+            );
         }
     }
     for (n, p) in segment::list(local)? {
-        by_number.insert(n, (p, false));
+        let fallback = by_number.remove(&n).map(|s| s.path);
+        by_number.insert(
+            n,
+            Source {
+                number: n,
+                path: p,
+                archived: false,
+                fallback,
+            },
+        );
     }
-    Ok(by_number.into_iter().map(|(n, (p, a))| (n, p, a)).collect())
+    Ok(by_number.into_values().collect())
 }
 
-/// Segment numbers the local folder marks as archived.
-pub fn markers(local: &Path) -> Result<BTreeSet<u64>, AuditError> {
-    let mut out = BTreeSet::new();
+/// Opens a segment, or its archived copy if the local file was pruned meanwhile.
+fn open_source(
+    s: &Source,
+) -> Result<segment::Lines<std::io::BufReader<std::fs::File>>, AuditError> {
+    match (segment::open_lines(&s.path), &s.fallback) {
+        (Err(AuditError::Io { .. }), Some(f)) if !s.path.exists() => segment::open_lines(f),
+        (r, _) => r,
+    }
+}
+
+/// A `<segment>.archived` marker: the archived file's SHA-256 and its MAC under the audit key.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Marker {
+    pub sha256: String,
+    #[serde(default)]
+    pub mac: String,
+}
+
+impl Marker {
+    pub fn signed_by(&self, segment: u64, key: &AuditKey) -> bool {
+        key.marker_verifies(segment, &self.sha256, &self.mac)
+    }
+}
+
+/// The archive markers of the local folder, by segment number (a marker that does not parse
+/// counts as absent).
+pub fn markers(local: &Path) -> Result<BTreeMap<u64, Marker>, AuditError> {
+    let mut out = BTreeMap::new();
     let rd = match std::fs::read_dir(local) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -54,8 +102,10 @@ pub fn markers(local: &Path) -> Result<BTreeSet<u64>, AuditError> {
         if let Some(stem) = name.strip_suffix(".archived")
             && stem.len() == 12
             && let Ok(n) = stem.parse::<u64>()
+            && let Ok(text) = std::fs::read(item.path())
+            && let Ok(m) = serde_json::from_slice::<Marker>(&text)
         {
-            out.insert(n);
+            out.insert(n, m);
         }
     }
     Ok(out)
@@ -63,6 +113,8 @@ pub fn markers(local: &Path) -> Result<BTreeSet<u64>, AuditError> {
 
 /// The walk's state between segments.
 struct Chain {
+    /// First sequence number of the first segment read.
+    first_seq: u64,
     next_seq: u64,
     prev_hash: String,
     prev_checkpoint: Option<Checkpoint>,
@@ -127,8 +179,8 @@ fn check_header(
                              audit key (forged, or another key)"
                         ));
                     }
-                    if p.segment + 1 != n
-                        || p.last_seq + 1 != h.first_seq
+                    if p.segment.checked_add(1) != Some(n)
+                        || p.last_seq.checked_add(1) != Some(h.first_seq)
                         || p.last_hash != h.prev_hash
                     {
                         return Err(format!(
@@ -138,6 +190,7 @@ fn check_header(
                 }
             }
             *chain = Some(Chain {
+                first_seq: h.first_seq,
                 next_seq: h.first_seq,
                 prev_hash: h.prev_hash.clone(),
                 prev_checkpoint: h.prev.clone(),
@@ -150,19 +203,19 @@ fn check_header(
 
 /// Walks one segment; `Ok(Err(verdict))` is a break.
 fn walk_segment(
-    n: u64,
-    path: &Path,
+    src: &Source,
     last: bool,
     chain: &mut Option<Chain>,
     key: &AuditKey,
     upto: Option<u64>,
 ) -> Result<Result<SegmentEnd, Verdict>, AuditError> {
+    let (n, path) = (src.number, src.path.as_path());
     let name = path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let expected = chain.as_ref().map(|c| c.next_seq).unwrap_or(1);
-    let mut lines = segment::open_lines(path)?;
+    let mut lines = open_source(src)?;
     let header = match lines.next_line().map_err(|e| AuditError::io(path, e))? {
         Some(Ok(l)) => match segment::parse_line(l) {
             Some(Line::Header(h)) => h,
@@ -199,10 +252,12 @@ fn walk_segment(
             }
             Some(Ok(l)) => l,
         };
-        if upto.is_some_and(|u| c.next_seq > u) {
-            return Ok(Ok(SegmentEnd::Reached));
-        }
         match segment::parse_line(line) {
+            // Past the head a running vault gave: written after the walk started. Checkpoints
+            // are always checked (the head is often the last entry of a just-closed segment).
+            Some(Line::Entry(e)) if upto.is_some_and(|u| e.seq > u && c.next_seq > u) => {
+                return Ok(Ok(SegmentEnd::Reached));
+            }
             Some(Line::Entry(e)) => {
                 let position = c.next_seq;
                 if e.seq != position {
@@ -232,7 +287,7 @@ fn walk_segment(
                 let ok_fields = cp.segment == n
                     && Some(&cp.instance) == c.instance.as_ref()
                     && cp.first_seq == header.first_seq
-                    && cp.last_seq + 1 == c.next_seq
+                    && cp.last_seq.checked_add(1) == Some(c.next_seq)
                     && cp.last_hash == c.prev_hash
                     && cp.prev_mac
                         == c.prev_checkpoint
@@ -296,26 +351,41 @@ pub fn verify(
         from_archive: 0,
         checked_from: 1,
     };
-    let Some(&(first, _, _)) = files.first() else {
+    let Some(first) = files.first().map(|s| s.number) else {
         return Ok(report);
     };
-    // Segments before the first one present must have been archived (and pruned).
-    if let Some(missing) = (1..first).find(|n| !marked.contains(n)) {
+    // Segments before the first one present (here or in the archive) must have been
+    // archived, by a marker signed under the audit key, and then pruned (or expired from the
+    // archive): an unsigned or forged marker does not count.
+    let unaccounted = (1..first).find(|n| !marked.get(n).is_some_and(|m| m.signed_by(*n, key)));
+    if let Some(missing) = unaccounted {
+        let where_ = if archive.is_some() {
+            "not here, not in the archive, no signed archive marker"
+        } else {
+            "not here, no signed archive marker"
+        };
         report.verdict = Verdict::Broken {
             position: 1,
             reason: format!(
-                "segment {missing} ({}) is missing: not here, not archived",
+                "segment {missing} ({}) is missing: {where_}",
                 segment::file_name(missing)
             ),
         };
         return Ok(report);
     }
+    if let Some(reason) = foreign_instance(local, &files)? {
+        report.verdict = Verdict::Broken {
+            position: 1,
+            reason,
+        };
+        return Ok(report);
+    }
     let mut chain: Option<Chain> = None;
     let count = files.len();
-    for (expected_number, (i, (n, path, archived))) in (first..).zip(files.iter().enumerate()) {
+    for (expected_number, (i, src)) in (first..).zip(files.iter().enumerate()) {
         let position = chain.as_ref().map(|c| c.next_seq).unwrap_or(1);
-        if *n != expected_number {
-            let hint = if marked.contains(&expected_number) {
+        if src.number != expected_number {
+            let hint = if marked.contains_key(&expected_number) {
                 " (it was archived: pass the archive folder)"
             } else {
                 ""
@@ -330,9 +400,13 @@ pub fn verify(
             return Ok(report);
         }
         report.segments += 1;
-        report.from_archive += u64::from(*archived);
+        report.from_archive += u64::from(src.archived);
         let last = i + 1 == count;
-        match walk_segment(*n, path, last, &mut chain, key, upto)? {
+        let end = walk_segment(src, last, &mut chain, key, upto)?;
+        if i == 0 {
+            report.checked_from = chain.as_ref().map(|c| c.first_seq).unwrap_or(1);
+        }
+        match end {
             Err(v) => {
                 report.verdict = v;
                 return Ok(report);
@@ -340,7 +414,10 @@ pub fn verify(
             Ok(SegmentEnd::Open) if !last => {
                 report.verdict = Verdict::Broken {
                     position: chain.as_ref().map(|c| c.next_seq).unwrap_or(position),
-                    reason: format!("segment {n} ends without its checkpoint (truncated)"),
+                    reason: format!(
+                        "segment {} ends without its checkpoint (truncated)",
+                        src.number
+                    ),
                 };
                 return Ok(report);
             }
@@ -348,20 +425,42 @@ pub fn verify(
             Ok(_) => {}
         }
     }
-    if let Some(first_header) = first_header(&files)? {
-        report.checked_from = first_header.first_seq;
+    let walked = chain.map(|c| c.next_seq - 1).unwrap_or(0);
+    // A running vault knows its head: fewer entries on disk means some were cut off the end.
+    if let Some(head) = upto
+        && walked < head
+    {
+        report.verdict = Verdict::Broken {
+            position: walked + 1,
+            reason: format!(
+                "entries {}-{head} are missing at the end of the chain (cut off, or the last \
+                 segment removed)",
+                walked + 1
+            ),
+        };
+        return Ok(report);
     }
-    report.verdict = Verdict::Ok {
-        entries: chain.map(|c| c.next_seq - 1).unwrap_or(0),
-    };
+    report.verdict = Verdict::Ok { entries: walked };
     Ok(report)
 }
 
-fn first_header(files: &[(u64, PathBuf, bool)]) -> Result<Option<Header>, AuditError> {
-    match files.first() {
-        Some((_, p, _)) => read_header(p),
-        None => Ok(None),
-    }
+/// A segment of another instance than the folder's `instance` file names.
+fn foreign_instance(local: &Path, files: &[Source]) -> Result<Option<String>, AuditError> {
+    let Ok(id) = std::fs::read_to_string(local.join("instance")) else {
+        return Ok(None);
+    };
+    let Some(first) = files.first() else {
+        return Ok(None);
+    };
+    Ok(match read_header(&first.path)? {
+        Some(h) if h.instance != id.trim() => Some(format!(
+            "segment {} belongs to instance {}, this folder is {}",
+            first.number,
+            h.instance,
+            id.trim()
+        )),
+        _ => None,
+    })
 }
 
 /// The header line of a segment file (`None`: none yet, or it does not parse).
@@ -380,10 +479,24 @@ pub fn read_header(path: &Path) -> Result<Option<Header>, AuditError> {
 
 /// Headers of the segments to read, in order.
 fn headers(local: &Path, archive: Option<&Path>) -> Result<Vec<(PathBuf, Header)>, AuditError> {
+    let files = sources(local, archive)?;
+    let count = files.len();
     let mut out = Vec::new();
-    for (_, p, _) in sources(local, archive)? {
-        if let Some(h) = read_header(&p)? {
-            out.push((p, h));
+    for (i, src) in files.into_iter().enumerate() {
+        let path = match (&src.fallback, src.path.exists()) {
+            (Some(f), false) => f.clone(),
+            _ => src.path,
+        };
+        match read_header(&path)? {
+            Some(h) => out.push((path, h)),
+            // Only the segment being created may have no header yet.
+            None if i + 1 == count => {}
+            None => {
+                return Err(AuditError::Corrupt(format!(
+                    "{}: no valid header line (run `vault audit verify`)",
+                    path.display()
+                )));
+            }
         }
     }
     Ok(out)

@@ -144,7 +144,7 @@ pub fn archive(config_path: &Path, to: Option<&Path>) -> CliResult<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let pruned = arch::prune(&config.audit)?;
+    let pruned = arch::prune(&config.audit, &key)?;
     println!(
         "archived {} segments to {} ({} already archived); pruned {pruned} from the data folder",
         r.copied,
