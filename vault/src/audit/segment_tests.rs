@@ -163,42 +163,11 @@ fn swapped_segment_files_are_reported_as_reordered() {
 
 #[test]
 fn a_segment_rewritten_with_recomputed_hashes_fails_on_its_checkpoint() {
-    // An attacker without the audit key rebuilds segment 2 with an edited entry and a fresh
+    // An attacker without the audit key rebuilds segment 2 with edited entries and a fresh
     // chain of hashes, and signs the checkpoint with a key of their own.
     let dir = tempfile::tempdir().unwrap();
     drop(written(dir.path(), 120));
-    let p = seg(dir.path(), 2);
-    let text = std::fs::read_to_string(&p).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let Some(segment::Line::Header(h)) = segment::parse_line(lines[0].as_bytes()) else {
-        panic!("header");
-    };
-    let mut prev = h.prev_hash.clone();
-    let mut out = vec![lines[0].to_owned()];
-    let mut last_seq = 0;
-    for l in &lines[1..lines.len() - 1] {
-        let Some(segment::Line::Entry(mut e)) = segment::parse_line(l.as_bytes()) else {
-            panic!("entry");
-        };
-        e.outcome = 204;
-        let mut full = e.clone().with_prev(&prev);
-        full.hash = full.recomputed_hash();
-        prev = full.hash.clone();
-        last_seq = full.seq;
-        let line = segment::entry_line(&segment::DiskEntry::of(&full)).unwrap();
-        out.push(String::from_utf8(line).unwrap().trim_end().to_owned());
-    }
-    let Some(segment::Line::Checkpoint(mut c)) =
-        segment::parse_line(lines[lines.len() - 1].as_bytes())
-    else {
-        panic!("checkpoint");
-    };
-    c.last_hash = prev;
-    assert_eq!(c.last_seq, last_seq);
-    key(2).sign(&mut c);
-    let line = segment::checkpoint_line(&c).unwrap();
-    out.push(String::from_utf8(line).unwrap().trim_end().to_owned());
-    std::fs::write(&p, out.join("\n") + "\n").unwrap();
+    rewrite_with_recomputed_hashes(dir.path(), 2, 2);
     let (_, why) = broken_at(&verdict(dir.path(), None));
     assert!(why.contains("segment 2") && why.contains("forged"), "{why}");
 }
