@@ -17,6 +17,7 @@
 
 pub mod archive;
 pub mod log;
+mod recover;
 pub mod segment;
 pub mod walk;
 

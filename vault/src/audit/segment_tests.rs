@@ -272,6 +272,21 @@ fn a_torn_last_line_is_cut_off_at_reopen_and_the_chain_continues() {
     assert_eq!(log.verify().unwrap(), Verdict::Ok { entries: 6 });
 }
 
+/// `n` v1 entries as the sled tree of older folders held them (no instance, the v1 hash recipe).
+fn legacy_chain(n: u64) -> Vec<Vec<u8>> {
+    let mut old = Vec::new();
+    let (mut seq, mut hash) = (0u64, super::GENESIS);
+    for i in 0..n {
+        let mut e = super::AuditEntry::next(seq, &hash, "x", &draft(i));
+        e.instance = None;
+        e.hash = e.recomputed_hash();
+        seq = e.seq;
+        hash = e.hash_bytes().unwrap();
+        old.push(serde_json::to_vec(&e).unwrap());
+    }
+    old
+}
+
 struct Legacy(Vec<Vec<u8>>, std::sync::atomic::AtomicBool);
 
 impl LegacyEntries for Legacy {
@@ -289,17 +304,7 @@ impl LegacyEntries for Legacy {
 
 #[test]
 fn entries_of_the_previous_format_move_into_a_closed_first_segment_and_still_verify() {
-    // v1 entries as the sled tree held them (no instance, the v1 hash recipe).
-    let mut old = Vec::new();
-    let (mut seq, mut hash) = (0u64, super::GENESIS);
-    for i in 0..4 {
-        let mut e = super::AuditEntry::next(seq, &hash, "x", &draft(i));
-        e.instance = None;
-        e.hash = e.recomputed_hash();
-        seq = e.seq;
-        hash = e.hash_bytes().unwrap();
-        old.push(serde_json::to_vec(&e).unwrap());
-    }
+    let old = legacy_chain(4);
     let dir = tempfile::tempdir().unwrap();
     let legacy = Legacy(old, Default::default());
     let log = SegmentLog::open(AuditSettings::in_dir(dir.path()), key(1), Some(&legacy)).unwrap();
@@ -465,16 +470,7 @@ fn an_unsigned_archive_marker_does_not_excuse_a_deleted_segment() {
 
 #[test]
 fn a_broken_chain_in_the_data_store_is_not_moved_into_a_signed_segment() {
-    let mut old = Vec::new();
-    let (mut seq, mut hash) = (0u64, super::GENESIS);
-    for i in 0..4 {
-        let mut e = super::AuditEntry::next(seq, &hash, "x", &draft(i));
-        e.instance = None;
-        e.hash = e.recomputed_hash();
-        seq = e.seq;
-        hash = e.hash_bytes().unwrap();
-        old.push(serde_json::to_vec(&e).unwrap());
-    }
+    let mut old = legacy_chain(4);
     old.remove(1);
     let dir = tempfile::tempdir().unwrap();
     let legacy = Legacy(old, Default::default());
