@@ -515,14 +515,6 @@ impl SegmentLog {
         super::archive::archive(&self.shared.settings.dir, to, &self.shared.key)
     }
 
-    pub fn settings(&self) -> &AuditSettings {
-        &self.shared.settings
-    }
-
-    pub fn instance(&self) -> &str {
-        &self.shared.instance
-    }
-
     /// Closes the active segment now (tests; `vault audit` could expose it later).
     pub fn rotate_now(&self) -> Result<(), AuditError> {
         {
