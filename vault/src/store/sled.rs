@@ -203,7 +203,9 @@ impl Store for SledStore {
         // before this insert ends.
         let maybe_indexed = fingerprints.iter().any(|f| self.fp_filter.may_contain(f));
         let trees = (&self.records, &self.fingerprints, &self.by_account);
-        let stored = trees
+        // `None`: created (the record is moved into the answer after the commit, not cloned
+        // inside a closure that may run more than once).
+        let existing = trees
             .transaction(|(records, fps, by_account)| {
                 let mut hit = None;
                 if maybe_indexed {
@@ -217,18 +219,21 @@ impl Store for SledStore {
                     let Some(bytes) = records.get(&existing_id)? else {
                         return abort(StoreError::Corrupt("fingerprint index points nowhere"));
                     };
-                    return Ok(Stored::Existing(decode_in_tx(&bytes)?));
+                    return Ok(Some(decode_in_tx(&bytes)?));
                 }
                 records.insert(record.id.as_bytes(), value.as_slice())?;
                 fps.insert(primary, record.id.as_bytes())?;
                 by_account.insert(akey.as_slice(), &[][..])?;
-                Ok(Stored::Created(record.clone()))
+                Ok(None)
             })
             .map_err(tx_err)?;
-        if matches!(stored, Stored::Created(_)) {
-            self.fp_filter.add(primary);
-        }
-        Ok(stored)
+        Ok(match existing {
+            Some(r) => Stored::Existing(r),
+            None => {
+                self.fp_filter.add(primary);
+                Stored::Created(record)
+            }
+        })
     }
 
     fn find_fingerprint(
