@@ -281,6 +281,21 @@ async fn archive_and_prune_on_a_running_vault_leave_a_chain_that_verifies_with_a
         ok && out.contains("120 entries ok") && out.contains("from the archive"),
         "{out}{err}"
     );
+    // An export from 1 says where the pruned entries went and starts at the first one held.
+    let mut cmd = std::process::Command::new(tests::bin_path("vault"));
+    cmd.args(["audit", "export", "--since", "1", "--config"])
+        .arg(&config);
+    let (ok, out, err) = tests::run(cmd);
+    assert!(ok && err.contains("in archived segments"), "{err}");
+    let first: u64 = out
+        .lines()
+        .next()
+        .map(|l| vault::audit::AuditEntry::decode(l.as_bytes()).unwrap().seq)
+        .unwrap();
+    assert!(
+        first > 1 && err.contains(&format!("from seq {first}")),
+        "{first}: {err}"
+    );
     // The chain goes on; a second archive run copies only the new closed segments.
     for i in 0..40 {
         let resp = c

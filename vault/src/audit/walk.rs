@@ -502,6 +502,11 @@ fn headers(local: &Path, archive: Option<&Path>) -> Result<Vec<(PathBuf, Header)
     Ok(out)
 }
 
+/// The first sequence number the segments at hand hold (`None`: no segment with a header).
+pub fn first_held(local: &Path, archive: Option<&Path>) -> Result<Option<u64>, AuditError> {
+    Ok(headers(local, archive)?.first().map(|(_, h)| h.first_seq))
+}
+
 /// The first sequence number at or after `since`.
 pub fn first_since(
     local: &Path,

@@ -103,10 +103,22 @@ pub fn export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
     let found = if has_segments(&config)? {
         let (dir, archive) = (&config.audit.dir, config.audit.archive_dir.as_deref());
         match walk::first_since(dir, archive, &since, u64::MAX)? {
-            Some(from) => Some((
-                from,
-                walk::export(dir, archive, from, u64::MAX, &mut write)?,
-            )),
+            Some(from) => {
+                // Entries of pruned segments are only in the archive.
+                let held = walk::first_held(dir, archive)?.unwrap_or(from);
+                if held > from {
+                    eprintln!(
+                        "entries {from}-{} are in archived segments no longer in the data \
+                         folder (set [audit] archive_dir to read them)",
+                        held - 1
+                    );
+                }
+                let start = from.max(held);
+                Some((
+                    start,
+                    walk::export(dir, archive, start, u64::MAX, &mut write)?,
+                ))
+            }
             None => None,
         }
     } else {
