@@ -6,6 +6,7 @@ pub mod domain;
 pub mod durable;
 pub mod net;
 pub mod ops;
+pub mod pg;
 pub mod pki;
 pub mod secret;
 pub mod tls;
