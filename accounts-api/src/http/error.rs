@@ -28,6 +28,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The vault could not be reached or failed (503 with Retry-After).
     VaultUnavailable,
+    /// The database could not be reached (503 with Retry-After; nothing was written).
+    DatabaseUnavailable,
     /// Anything else (500, generic body; detail logged where it happened).
     Internal,
 }
@@ -60,7 +62,9 @@ impl ApiError {
             ErrorKind::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Conflict(..) | ErrorKind::IdempotencyMismatch => StatusCode::CONFLICT,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::VaultUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::VaultUnavailable | ErrorKind::DatabaseUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -85,6 +89,9 @@ impl ApiError {
             ),
             ErrorKind::TooLarge => put("request", "body too large"),
             ErrorKind::VaultUnavailable => put("vault", "temporarily unavailable, retry later"),
+            ErrorKind::DatabaseUnavailable => {
+                put("database", "temporarily unavailable, retry later")
+            }
             ErrorKind::Internal => put("request", "internal error"),
         }
         m
@@ -143,7 +150,7 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Basic realm=\"strongroom\""),
                 );
             }
-            ErrorKind::VaultUnavailable => {
+            ErrorKind::VaultUnavailable | ErrorKind::DatabaseUnavailable => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
@@ -176,6 +183,10 @@ impl StorageError {
             Self::Backend(detail) => {
                 tracing::error!(%detail, action, "storage failure");
                 ApiError::internal(action)
+            }
+            Self::Unavailable(detail) => {
+                tracing::warn!(%detail, action, "database unavailable");
+                ApiError::new(action, ErrorKind::DatabaseUnavailable)
             }
         }
     }

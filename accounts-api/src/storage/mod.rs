@@ -1,7 +1,7 @@
 //! The storage port (DESIGN.md, "Storage behind a seam"): every service and handler talks to
-//! one async, backend-neutral [`Storage`] object, never to a database. sled is the backend
-//! today ([`sled::SledStorage`]); PostgreSQL is the next implementation, and it is done when it
-//! passes the same conformance suite (`conformance.rs`).
+//! one async, backend-neutral [`Storage`] object, never to a database. sled is the embedded
+//! default ([`sled::SledStorage`]); PostgreSQL ([`postgres::PgStorage`]) is the engine for
+//! several instances on one database. Both pass the same conformance suite (`conformance/`).
 //!
 //! Invariants every backend keeps:
 //! - uniqueness (one account per store + normalised email, one custom id per store, one order
@@ -24,6 +24,7 @@
 //! Changes passed as closures (`AccountChange`, …) run inside the transaction on the freshly
 //! read record; a SQL backend runs them between `SELECT … FOR UPDATE` and `UPDATE`.
 
+pub mod postgres;
 pub mod sled;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ use crate::model::{
 use std::future::Future;
 use std::pin::Pin;
 
+pub use self::postgres::PgStorage;
 pub use self::sled::SledStorage;
 
 /// What every port method returns: the port is object-safe (`Arc<dyn Storage>`), so its futures
@@ -68,6 +70,9 @@ pub enum StorageError {
     /// The backend or (de)serialization failed; detail for the log only.
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The database cannot be reached (a 503: retry later; nothing was written).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Runs `op` on the id a client sent (a path segment, a query or body field), parsed. An id

@@ -7,7 +7,9 @@ use super::*;
 /// can be taken again.
 pub async fn an_idempotency_key_is_claimed_once(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let Some(s) = open(dir.path()).await else {
+        return; // PostgreSQL absent: SKIPPED was printed (a failure under STRONGROOM_REQUIRE_TOOLS)
+    };
     let now = now_ms();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..16 {

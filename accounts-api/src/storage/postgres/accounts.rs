@@ -1,0 +1,395 @@
+//! Stores, Idempotency-Key claims, accounts, orders and subscriptions on PostgreSQL (bodies of
+//! the [`Storage`](crate::storage::Storage) impl in `mod.rs`). No business rule here: what a
+//! change does to a record comes in as a closure from the service, run on the row as locked.
+
+use super::*;
+use crate::storage::Lease;
+
+/// The account holding `email_key` / `custom` in a store, checked before a write that would
+/// take them; the unique constraints decide a concurrent race (the loser runs again and lands
+/// here).
+async fn holder(
+    tx: &Transaction<'_>,
+    store: &StoreId,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<AccountId>, Fail> {
+    let sql = match column {
+        "email_key" => "SELECT id FROM accounts WHERE store = $1 AND email_key = $2",
+        _ => "SELECT id FROM accounts WHERE store = $1 AND custom = $2",
+    };
+    match row(tx, sql, &[&store.as_str(), &value]).await? {
+        Some(r) => Ok(Some(id_of(&r, 0)?)),
+        None => Ok(None),
+    }
+}
+
+async fn locked_account(
+    tx: &Transaction<'_>,
+    store: &StoreId,
+    id: &AccountId,
+) -> Result<Option<AccountRecord>, Fail> {
+    match row(
+        tx,
+        "SELECT doc FROM accounts WHERE store = $1 AND id = $2 FOR UPDATE",
+        &[&store.as_str(), &id.as_str()],
+    )
+    .await?
+    {
+        Some(r) => Ok(Some(doc(&r, 0)?)),
+        None => Ok(None),
+    }
+}
+
+async fn locked_subscription(
+    tx: &Transaction<'_>,
+    store: &StoreId,
+    id: &SubscriptionId,
+) -> Result<Option<SubscriptionRecord>, Fail> {
+    match row(
+        tx,
+        "SELECT doc FROM subscriptions WHERE store = $1 AND id = $2 FOR UPDATE",
+        &[&store.as_str(), &id.as_str()],
+    )
+    .await?
+    {
+        Some(r) => Ok(Some(doc(&r, 0)?)),
+        None => Ok(None),
+    }
+}
+
+/// Inserts or rewrites an account row with its index columns.
+async fn put_account(tx: &Transaction<'_>, a: &AccountRecord) -> Result<(), Fail> {
+    exec(
+        tx,
+        "INSERT INTO accounts (store, id, email_key, custom, global, doc) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (store, id) DO UPDATE SET email_key = EXCLUDED.email_key, \
+         custom = EXCLUDED.custom, global = EXCLUDED.global, doc = EXCLUDED.doc",
+        &[
+            &a.store.as_str(),
+            &a.id.as_str(),
+            &a.email_key(),
+            &a.custom,
+            &a.global,
+            &Doc(a),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+impl PgStorage {
+    pub(super) async fn create_store(&self, store: &StoreRecord) -> StorageResult<()> {
+        transaction!(self, |tx| {
+            let taken = row(
+                tx,
+                "SELECT 1 FROM stores WHERE id = $1 OR username = $2",
+                &[&store.id.as_str(), &store.username],
+            )
+            .await?;
+            if taken.is_some() {
+                return Err(Fail::Store(StorageError::State("store already exists")));
+            }
+            exec(
+                tx,
+                "INSERT INTO stores (id, username, doc) VALUES ($1, $2, $3)",
+                &[&store.id.as_str(), &store.username, &Doc(store)],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    pub(super) async fn claim_idempotency(
+        &self,
+        store: &StoreId,
+        key: &str,
+        request_hash: &str,
+        claim: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> StorageResult<IdempotencyClaim> {
+        let pending = IdempotencyRecord::pending(
+            request_hash,
+            claim,
+            Lease {
+                holder: self.instance.clone(),
+                until: now.saturating_add(lease_ms),
+            },
+        );
+        transaction!(self, |tx| {
+            let current: Option<IdempotencyRecord> = match row(
+                tx,
+                "SELECT doc FROM idempotency_keys WHERE store = $1 AND key = $2 FOR UPDATE",
+                &[&store.as_str(), &key],
+            )
+            .await?
+            {
+                Some(r) => Some(doc(&r, 0)?),
+                None => None,
+            };
+            // Another instance's lease is honoured until it runs out (not exclusive).
+            let take = match &current {
+                None => true,
+                Some(rec) => rec
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| !p.lease.blocks(&self.instance, false, now)),
+            };
+            if take {
+                // A concurrent first claim of the key makes one of these inserts a unique
+                // violation: that transaction runs again and finds the winner's claim.
+                let sql = if current.is_none() {
+                    "INSERT INTO idempotency_keys (store, key, doc) VALUES ($1, $2, $3)"
+                } else {
+                    "UPDATE idempotency_keys SET doc = $3 WHERE store = $1 AND key = $2"
+                };
+                exec(tx, sql, &[&store.as_str(), &key, &Doc(&pending)]).await?;
+                return Ok(IdempotencyClaim::Claimed);
+            }
+            Ok(match current {
+                Some(rec) if rec.request_hash != request_hash => IdempotencyClaim::Mismatch,
+                Some(rec) if rec.pending.is_some() => IdempotencyClaim::InProgress,
+                Some(rec) => IdempotencyClaim::Replay(rec),
+                None => IdempotencyClaim::Claimed,
+            })
+        })
+    }
+
+    pub(super) async fn release_idempotency(
+        &self,
+        store: &StoreId,
+        key: &str,
+        claim: &str,
+    ) -> StorageResult<()> {
+        // Only a pending claim that is still this request's.
+        self.read_rows(
+            "DELETE FROM idempotency_keys WHERE store = $1 AND key = $2 \
+             AND doc -> 'pending' ->> 'claim' = $3",
+            &[&store.as_str(), &key, &claim],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(super) async fn create_account(
+        &self,
+        account: &AccountRecord,
+        extras: &Extras,
+    ) -> StorageResult<()> {
+        let store = &account.store;
+        transaction!(self, |tx| {
+            if let Some(existing) = holder(tx, store, "email_key", &account.email_key()).await? {
+                return Err(Fail::Store(StorageError::EmailTaken(existing)));
+            }
+            if let Some(c) = &account.custom
+                && let Some(existing) = holder(tx, store, "custom", c).await?
+            {
+                return Err(Fail::Store(StorageError::CustomTaken(existing)));
+            }
+            put_account(tx, account).await?;
+            self.extras(tx, store, extras).await
+        })
+    }
+
+    pub(super) async fn update_account(
+        &self,
+        store: &StoreId,
+        id: &AccountId,
+        change: AccountChange<'_>,
+        extras: &Extras,
+    ) -> StorageResult<AccountRecord> {
+        transaction!(self, |tx| {
+            let Some(before) = locked_account(tx, store, id).await? else {
+                return Err(Fail::Store(StorageError::NotFound));
+            };
+            let mut after = before.clone();
+            change(&mut after);
+            let new_email = after.email_key();
+            if before.email_key() != new_email
+                && let Some(existing) = holder(tx, store, "email_key", &new_email).await?
+                && existing != *id
+            {
+                return Err(Fail::Store(StorageError::EmailTaken(existing)));
+            }
+            if before.custom != after.custom
+                && let Some(c) = &after.custom
+                && let Some(existing) = holder(tx, store, "custom", c).await?
+                && existing != *id
+            {
+                return Err(Fail::Store(StorageError::CustomTaken(existing)));
+            }
+            put_account(tx, &after).await?;
+            self.extras(tx, store, extras).await?;
+            Ok(after)
+        })
+    }
+
+    pub(super) async fn complete_checkout(
+        &self,
+        c: &Checkout,
+        account_change: AccountChange<'_>,
+        extras: &Extras,
+    ) -> StorageResult<()> {
+        let store = &c.store;
+        transaction!(self, |tx| {
+            if let Some(email) = &c.email_key {
+                let current = holder(tx, store, "email_key", email).await?;
+                let expected = if c.create.is_some() {
+                    None
+                } else {
+                    Some(&c.account_id)
+                };
+                if current.as_ref() != expected {
+                    // Lost a race with a concurrent first order (or the account changed its
+                    // email meanwhile): the caller redoes the checkout with the winner.
+                    return Err(Fail::Store(StorageError::EmailRace(current)));
+                }
+            }
+            let mut account = match &c.create {
+                Some(new) => new.clone(),
+                None => match locked_account(tx, store, &c.account_id).await? {
+                    Some(a) => a,
+                    None => return Err(Fail::Store(StorageError::NotFound)),
+                },
+            };
+            let taken = row(
+                tx,
+                "SELECT 1 FROM orders WHERE store = $1 AND reference = $2",
+                &[&store.as_str(), &c.order.reference],
+            )
+            .await?;
+            if taken.is_some() {
+                return Err(Fail::Store(StorageError::State(
+                    "order reference collision",
+                )));
+            }
+            exec(
+                tx,
+                "INSERT INTO orders (store, id, reference, doc) VALUES ($1, $2, $3, $4)",
+                &[
+                    &store.as_str(),
+                    &c.order.id.as_str(),
+                    &c.order.reference,
+                    &Doc(&c.order),
+                ],
+            )
+            .await?;
+            for s in &c.subscriptions {
+                put_subscription(tx, store, s).await?;
+            }
+            account_change(&mut account);
+            // For a new account this insert is what claims the email: a concurrent first
+            // order's insert makes it a unique violation, and the retry answers `EmailRace`.
+            put_account(tx, &account).await?;
+            self.extras(tx, store, extras).await
+        })
+    }
+
+    pub(super) async fn update_subscriptions(
+        &self,
+        store: &StoreId,
+        ids: &[SubscriptionId],
+        change: SubscriptionChange<'_>,
+        extras: &Extras,
+    ) -> StorageResult<Vec<SubscriptionRecord>> {
+        transaction!(self, |tx| {
+            let mut out = Vec::with_capacity(ids.len());
+            let mut events = extras.events.clone();
+            for id in ids {
+                let Some(mut s) = locked_subscription(tx, store, id).await? else {
+                    return Err(Fail::Store(StorageError::NotFound));
+                };
+                events.extend(change(&mut s)?);
+                put_subscription(tx, store, &s).await?;
+                out.push(s);
+            }
+            let all = Extras {
+                idempotency: extras.idempotency.clone(),
+                events,
+            };
+            self.extras(tx, store, &all).await?;
+            Ok(out)
+        })
+    }
+
+    pub(super) async fn due_subscriptions(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> StorageResult<Vec<SubscriptionRecord>> {
+        self.read_rows(
+            "SELECT doc FROM subscriptions WHERE work_at <= $1 ORDER BY work_at LIMIT $2",
+            &[&now, &to_i64(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| doc(r, 0))
+        .collect::<Result<Vec<_>, Fail>>()
+        .map_err(fail_err)
+    }
+
+    pub(super) async fn apply_renewal(
+        &self,
+        store: &StoreId,
+        id: &SubscriptionId,
+        change: RenewalChange<'_>,
+    ) -> StorageResult<SubscriptionRecord> {
+        transaction!(self, |tx| {
+            // Lock order account → subscription, as every change of an account and its
+            // subscriptions takes them (a subscription's account never changes).
+            let account_of = row(
+                tx,
+                "SELECT account FROM subscriptions WHERE store = $1 AND id = $2",
+                &[&store.as_str(), &id.as_str()],
+            )
+            .await?;
+            let Some(account_of) = account_of else {
+                return Err(Fail::Store(StorageError::NotFound));
+            };
+            let account_id: AccountId = id_of(&account_of, 0)?;
+            let Some(mut account) = locked_account(tx, store, &account_id).await? else {
+                return Err(Fail::Store(StorageError::NotFound));
+            };
+            let Some(mut sub) = locked_subscription(tx, store, id).await? else {
+                return Err(Fail::Store(StorageError::NotFound));
+            };
+            let events = change(&mut sub, &mut account)?;
+            put_subscription(tx, store, &sub).await?;
+            put_account(tx, &account).await?;
+            let extras = Extras {
+                idempotency: None,
+                events,
+            };
+            self.extras(tx, store, &extras).await?;
+            Ok(sub)
+        })
+    }
+
+    pub(super) async fn update_account_and_subscriptions(
+        &self,
+        store: &StoreId,
+        account: &AccountId,
+        account_change: AccountChange<'_>,
+        subscription_change: &(dyn Fn(&mut SubscriptionRecord) -> bool + Sync),
+        extras: &Extras,
+    ) -> StorageResult<AccountRecord> {
+        transaction!(self, |tx| {
+            let Some(mut a) = locked_account(tx, store, account).await? else {
+                return Err(Fail::Store(StorageError::NotFound));
+            };
+            account_change(&mut a);
+            for sid in &a.subscriptions {
+                if let Some(mut s) = locked_subscription(tx, store, sid).await?
+                    && subscription_change(&mut s)
+                {
+                    put_subscription(tx, store, &s).await?;
+                }
+            }
+            put_account(tx, &a).await?;
+            self.extras(tx, store, extras).await?;
+            Ok(a)
+        })
+    }
+}

@@ -1,0 +1,800 @@
+//! The PostgreSQL backend of the storage port (issue 11): the engine for running several
+//! accounts-api instances on one database. It passes the same conformance suite as sled.
+//!
+//! What replaces sled's single-process guarantees:
+//! - every multi-row change is one transaction (READ COMMITTED); rows a change reads and then
+//!   writes are locked with `SELECT … FOR UPDATE`, so a closure from the service always runs on
+//!   the current record;
+//! - uniqueness (email, custom id, global id, order reference, username) is a unique
+//!   constraint. A transaction that loses a race on one gets a unique violation, is rolled back
+//!   and runs again from the start; its reads then see the winner, and it answers as sled does
+//!   (`EmailTaken`/`CustomTaken` naming the holder, `EmailRace` naming the winner). Deadlocks
+//!   and serialization failures are retried the same way, a bounded number of times (the
+//!   service's closures may run more than once, as the port says);
+//! - claims (Idempotency-Keys, renewal charges) are rows with a lease; the backend is not
+//!   `exclusive`, so a lease held by another instance is honoured until it runs out;
+//! - a sign-in link is consumed by one `DELETE … RETURNING`;
+//! - durability: a transaction is on disk when its commit returns (start refuses a server
+//!   with `synchronous_commit = off`), so [`Storage::durable`] has nothing left to wait for.
+//!
+//! A database that cannot be reached answers [`StorageError::Unavailable`] (the API's 503);
+//! nothing is half-written because nothing commits.
+//!
+//! `accounts.rs` and `events.rs` hold the bodies; this file holds the pool, the transaction
+//! loop and the [`Storage`] impl that delegates to them.
+
+mod accounts;
+mod events;
+mod schema;
+
+use super::{
+    AccountChange, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite, Index,
+    OutboxItem, RenewalChange, Storage, StorageError, StorageResult, SubscriptionChange,
+    WebhooksChange,
+};
+use crate::model::{
+    AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,
+    OutboxState, SessionRecord, SsoTokenRecord, StoreId, StoreRecord, SubscriptionId,
+    SubscriptionRecord, WebhookId, WebhookRecord,
+};
+use deadpool_postgres::{Object, Pool, Transaction};
+use serde::de::DeserializeOwned;
+use shared::pg::{PgError, PgSettings};
+use tokio_postgres::Row;
+use tokio_postgres::types::{Json, ToSql};
+
+/// How many times a transaction runs before a persistent conflict is reported.
+const MAX_ATTEMPTS: u32 = 8;
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Why a transaction body stopped: a database error (maybe worth another attempt) or an
+/// answer of the port (a rule refused the change).
+enum Fail {
+    Pg(tokio_postgres::Error),
+    Store(StorageError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Pg(e)
+    }
+}
+
+impl From<StorageError> for Fail {
+    fn from(e: StorageError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// A database error as the port's: unreachable → `Unavailable`, anything else → `Backend`.
+/// Only the server's message and code are kept: its detail line may quote row values.
+fn pg_err(e: tokio_postgres::Error) -> StorageError {
+    if shared::pg::is_unavailable(&e) {
+        return StorageError::Unavailable(e.to_string());
+    }
+    match e.as_db_error() {
+        Some(db) => StorageError::Backend(format!("{}: {}", db.code().code(), db.message())),
+        None => StorageError::Backend(e.to_string()),
+    }
+}
+
+fn pool_err(e: PgError) -> StorageError {
+    match e {
+        PgError::Unavailable(text) => StorageError::Unavailable(text),
+        other => StorageError::Backend(other.to_string()),
+    }
+}
+
+/// Whether a failed attempt should run again: a lost uniqueness race (the next attempt's reads
+/// see the winner), a deadlock or a serialization failure.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    shared::pg::is_retryable(e) || shared::pg::unique_violation(e).is_some()
+}
+
+/// Runs `$body` (an expression using `$tx`, a `&Transaction`, whose `?` yields [`Fail`]) in a
+/// transaction, committing on `Ok`; retried from the start as [`retryable`] says.
+macro_rules! transaction {
+    ($self:ident, |$tx:ident| $body:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut conn = $self.conn().await?;
+            let tx = conn.transaction().await.map_err(pg_err)?;
+            let result: Result<_, Fail> = async {
+                let $tx = &tx;
+                $body
+            }
+            .await;
+            match result {
+                Ok(v) => match tx.commit().await {
+                    Ok(()) => break Ok(v),
+                    Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => continue,
+                    Err(e) => break Err(pg_err(e)),
+                },
+                Err(Fail::Pg(e)) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                    drop(tx);
+                    continue;
+                }
+                Err(Fail::Pg(e)) => break Err(pg_err(e)),
+                Err(Fail::Store(e)) => break Err(e),
+            }
+        }
+    }};
+}
+pub(crate) use transaction;
+
+/// One statement in a transaction (prepared once per connection).
+async fn row(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Option<Row>, Fail> {
+    let st = tx.prepare_cached(sql).await?;
+    Ok(tx.query_opt(&st, p).await?)
+}
+
+async fn exec(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<u64, Fail> {
+    let st = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&st, p).await?)
+}
+
+/// A record written as a `jsonb` parameter. Unlike `tokio_postgres::types::Json` it needs no
+/// `Debug` of the record and has a redacting one: rows hold personal data and, for sessions, the
+/// CSRF secret, and no parameter may end up in a log line.
+struct Doc<'a, T>(&'a T);
+
+impl<T> std::fmt::Debug for Doc<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Doc(<redacted>)")
+    }
+}
+
+impl<T: serde::Serialize> ToSql for Doc<'_, T> {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut as _;
+        if *ty == tokio_postgres::types::Type::JSONB {
+            out.put_u8(1); // jsonb's binary format version
+        }
+        serde_json::to_writer(out.writer(), self.0)?;
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        matches!(
+            *ty,
+            tokio_postgres::types::Type::JSONB | tokio_postgres::types::Type::JSON
+        )
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// The JSON document in column `i`.
+fn doc<T: DeserializeOwned>(r: &Row, i: usize) -> Result<T, Fail> {
+    Ok(r.try_get::<_, Json<T>>(i)?.0)
+}
+
+/// An id read back from a row; one that does not parse is a corrupt row.
+fn id_of<T: TryFrom<String>>(r: &Row, i: usize) -> Result<T, Fail> {
+    let s: String = r.try_get(i)?;
+    T::try_from(s).map_err(|_| {
+        Fail::Store(StorageError::Backend(
+            "a stored id is not a valid id".into(),
+        ))
+    })
+}
+
+/// The PostgreSQL [`Storage`]. Cheap to share: a pool of connections.
+pub struct PgStorage {
+    pool: Pool,
+    hash_key: [u8; 32],
+    /// Live mode (`live` in the config), stamped on every event as it is written.
+    live: bool,
+    /// This process's claimer id for leases.
+    instance: String,
+}
+
+impl PgStorage {
+    /// Connects, refuses a database that would lose acknowledged writes, applies the missing
+    /// migrations (one instance at a time) and reads (or, first, writes) the request-hash key.
+    pub async fn open(settings: &PgSettings) -> Result<Self, String> {
+        let pool = shared::pg::pool(settings).map_err(|e| e.to_string())?;
+        shared::pg::check(&pool).await.map_err(|e| e.to_string())?;
+        shared::pg::migrate(&pool, "accounts-api", schema::MIGRATIONS)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut storage = Self {
+            pool,
+            hash_key: [0; 32],
+            live: false,
+            instance: crate::model::new_id(),
+        };
+        storage.hash_key = storage
+            .request_hash_key_of_database()
+            .await
+            .map_err(|e| format!("cannot read the request-hash key: {e}"))?;
+        Ok(storage)
+    }
+
+    /// Marks every event written from now on as live (`live = true` in the config).
+    #[must_use]
+    pub fn with_live(mut self, live: bool) -> Self {
+        self.live = live;
+        self
+    }
+
+    async fn conn(&self) -> StorageResult<Object> {
+        shared::pg::connection(&self.pool).await.map_err(pool_err)
+    }
+
+    /// The installation's request-hash key: the first instance's random key wins (insert if
+    /// absent), every instance reads the same one.
+    async fn request_hash_key_of_database(&self) -> StorageResult<[u8; 32]> {
+        let mut fresh = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+            .map_err(|_| StorageError::Backend("no system randomness".into()))?;
+        let value: Vec<u8> = transaction!(self, |tx| {
+            exec(
+                tx,
+                "INSERT INTO meta (key, value) VALUES ('request-hash-key', $1) \
+                 ON CONFLICT (key) DO NOTHING",
+                &[&&fresh[..]],
+            )
+            .await?;
+            let r = row(
+                tx,
+                "SELECT value FROM meta WHERE key = 'request-hash-key'",
+                &[],
+            )
+            .await?;
+            match r {
+                Some(r) => Ok(r.try_get::<_, Vec<u8>>(0)?),
+                None => Err(Fail::Store(StorageError::Backend(
+                    "no request-hash key".into(),
+                ))),
+            }
+        })?;
+        value.try_into().map_err(|_| {
+            StorageError::Backend("the stored request-hash key is not 32 bytes".into())
+        })
+    }
+
+    /// Reads outside a transaction: one statement on a pooled connection.
+    async fn read_rows(&self, sql: &str, p: Params<'_>) -> StorageResult<Vec<Row>> {
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(sql).await.map_err(pg_err)?;
+        conn.query(&st, p).await.map_err(pg_err)
+    }
+
+    async fn read_row(&self, sql: &str, p: Params<'_>) -> StorageResult<Option<Row>> {
+        Ok(self.read_rows(sql, p).await?.into_iter().next())
+    }
+
+    async fn read_doc<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> StorageResult<Option<T>> {
+        match self.read_row(sql, p).await? {
+            Some(r) => doc(&r, 0).map(Some).map_err(fail_err),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_id<T: TryFrom<String>>(
+        &self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> StorageResult<Option<T>> {
+        match self.read_row(sql, p).await? {
+            Some(r) => id_of(&r, 0).map(Some).map_err(fail_err),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of ids of a store's rows in `table`, and how many there are.
+    async fn page<T: TryFrom<String>>(
+        &self,
+        table: &'static str,
+        store: &StoreId,
+        offset: usize,
+        limit: usize,
+    ) -> StorageResult<(Vec<T>, usize)> {
+        let (offset, limit) = (to_i64(offset), to_i64(limit));
+        let ids = self
+            .read_rows(
+                &format!("SELECT id FROM {table} WHERE store = $1 ORDER BY id LIMIT $2 OFFSET $3"),
+                &[&store.as_str(), &limit, &offset],
+            )
+            .await?
+            .iter()
+            .map(|r| id_of(r, 0))
+            .collect::<Result<Vec<T>, Fail>>()
+            .map_err(fail_err)?;
+        let total: i64 = self
+            .read_row(
+                &format!("SELECT count(*) FROM {table} WHERE store = $1"),
+                &[&store.as_str()],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?
+            .unwrap_or(0);
+        Ok((ids, usize::try_from(total).unwrap_or(0)))
+    }
+
+    /// Event rows (stamped live in live mode) and, for each webhook of the store, an outbox row
+    /// per event, plus the Idempotency-Key answer: written with the change they describe.
+    async fn extras(&self, tx: &Transaction<'_>, store: &StoreId, x: &Extras) -> Result<(), Fail> {
+        idempotency_answer(tx, store, x.idempotency.as_ref()).await?;
+        for ev in &x.events {
+            let mut ev = ev.clone();
+            ev.live |= self.live;
+            put_event(tx, store, &ev).await?;
+        }
+        if !x.events.is_empty() {
+            // FOR SHARE: a concurrent change of the store's webhook list (FOR UPDATE) waits for
+            // this transaction or is waited for, so every committed event reaches every webhook
+            // that existed when it committed.
+            let hooks: Vec<WebhookRecord> = match row(
+                tx,
+                "SELECT doc FROM webhooks WHERE store = $1 FOR SHARE",
+                &[&store.as_str()],
+            )
+            .await?
+            {
+                Some(r) => doc(&r, 0)?,
+                None => Vec::new(),
+            };
+            if !hooks.is_empty() {
+                let hook_ids: Vec<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
+                let event_ids: Vec<&str> = x.events.iter().map(|e| e.id.as_str()).collect();
+                exec(
+                    tx,
+                    "INSERT INTO outbox (store, hook, event, attempts, due) \
+                     SELECT $1, h, e, 0, 0 FROM unnest($2::text[]) AS h, unnest($3::text[]) AS e",
+                    &[&store.as_str(), &hook_ids, &event_ids],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fail_err(f: Fail) -> StorageError {
+    match f {
+        Fail::Pg(e) => pg_err(e),
+        Fail::Store(e) => e,
+    }
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Writes the answer under an Idempotency-Key if the key is still claimed by this request (or
+/// unclaimed: callers outside HTTP); otherwise the whole change is refused.
+async fn idempotency_answer(
+    tx: &Transaction<'_>,
+    store: &StoreId,
+    w: Option<&IdempotencyWrite>,
+) -> Result<(), Fail> {
+    let Some(w) = w else { return Ok(()) };
+    let current = row(
+        tx,
+        "SELECT doc FROM idempotency_keys WHERE store = $1 AND key = $2 FOR UPDATE",
+        &[&store.as_str(), &w.key],
+    )
+    .await?;
+    if let Some(r) = current {
+        let current: IdempotencyRecord = doc(&r, 0)?;
+        match &current.pending {
+            Some(p) if p.claim == w.claim => {}
+            _ => {
+                return Err(Fail::Store(StorageError::State(
+                    "idempotency key claimed by another request",
+                )));
+            }
+        }
+    }
+    exec(
+        tx,
+        "INSERT INTO idempotency_keys (store, key, doc) VALUES ($1, $2, $3) \
+         ON CONFLICT (store, key) DO UPDATE SET doc = EXCLUDED.doc",
+        &[&store.as_str(), &w.key, &Doc(&w.record)],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn put_event(tx: &Transaction<'_>, store: &StoreId, ev: &EventRecord) -> Result<(), Fail> {
+    exec(
+        tx,
+        "INSERT INTO events (store, id, created, processed, doc) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (store, id) DO UPDATE SET processed = EXCLUDED.processed, doc = EXCLUDED.doc",
+        &[
+            &store.as_str(),
+            &ev.id.as_str(),
+            &ev.created,
+            &ev.processed,
+            &Doc(ev),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn put_subscription(
+    tx: &Transaction<'_>,
+    store: &StoreId,
+    s: &SubscriptionRecord,
+) -> Result<(), Fail> {
+    exec(
+        tx,
+        "INSERT INTO subscriptions (store, id, account, work_at, doc) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (store, id) DO UPDATE SET work_at = EXCLUDED.work_at, doc = EXCLUDED.doc",
+        &[
+            &store.as_str(),
+            &s.id.as_str(),
+            &s.account.as_str(),
+            &s.work_at(),
+            &Doc(s),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+impl Storage for PgStorage {
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+    fn exclusive(&self) -> bool {
+        false
+    }
+    fn request_hash_key(&self) -> [u8; 32] {
+        self.hash_key
+    }
+    fn durable(&self) -> BoxFuture<'_, StorageResult<()>> {
+        // Every change was committed (synchronous_commit on) before its call returned.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn create_store<'a>(&'a self, store: &'a StoreRecord) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(self.create_store(store))
+    }
+    fn store_by_username<'a>(
+        &'a self,
+        username: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>> {
+        Box::pin(async move {
+            self.read_doc("SELECT doc FROM stores WHERE username = $1", &[&username])
+                .await
+        })
+    }
+    fn store<'a>(&'a self, id: &'a StoreId) -> BoxFuture<'a, StorageResult<Option<StoreRecord>>> {
+        Box::pin(async move {
+            self.read_doc("SELECT doc FROM stores WHERE id = $1", &[&id.as_str()])
+                .await
+        })
+    }
+
+    fn claim_idempotency<'a>(
+        &'a self,
+        store: &'a StoreId,
+        key: &'a str,
+        request_hash: &'a str,
+        claim: &'a str,
+        now: i64,
+        lease_ms: i64,
+    ) -> BoxFuture<'a, StorageResult<IdempotencyClaim>> {
+        Box::pin(self.claim_idempotency(store, key, request_hash, claim, now, lease_ms))
+    }
+    fn release_idempotency<'a>(
+        &'a self,
+        store: &'a StoreId,
+        key: &'a str,
+        claim: &'a str,
+    ) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(self.release_idempotency(store, key, claim))
+    }
+
+    fn create_account<'a>(
+        &'a self,
+        account: &'a AccountRecord,
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(self.create_account(account, extras))
+    }
+    fn update_account<'a>(
+        &'a self,
+        store: &'a StoreId,
+        id: &'a AccountId,
+        change: AccountChange<'a>,
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<AccountRecord>> {
+        Box::pin(self.update_account(store, id, change, extras))
+    }
+    fn account<'a>(
+        &'a self,
+        store: &'a StoreId,
+        id: &'a AccountId,
+    ) -> BoxFuture<'a, StorageResult<Option<AccountRecord>>> {
+        Box::pin(async move {
+            self.read_doc(
+                "SELECT doc FROM accounts WHERE store = $1 AND id = $2",
+                &[&store.as_str(), &id.as_str()],
+            )
+            .await
+        })
+    }
+    fn account_by<'a>(
+        &'a self,
+        store: &'a StoreId,
+        index: Index,
+        key: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<AccountId>>> {
+        let sql = match index {
+            Index::Email => "SELECT id FROM accounts WHERE store = $1 AND email_key = $2",
+            Index::Custom => "SELECT id FROM accounts WHERE store = $1 AND custom = $2",
+            Index::Global => "SELECT id FROM accounts WHERE store = $1 AND global = $2",
+        };
+        Box::pin(async move { self.read_id(sql, &[&store.as_str(), &key]).await })
+    }
+    fn list_accounts<'a>(
+        &'a self,
+        store: &'a StoreId,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<AccountId>, usize)>> {
+        Box::pin(self.page("accounts", store, offset, limit))
+    }
+
+    fn complete_checkout<'a>(
+        &'a self,
+        checkout: &'a Checkout,
+        account_change: AccountChange<'a>,
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(self.complete_checkout(checkout, account_change, extras))
+    }
+    fn order<'a>(
+        &'a self,
+        store: &'a StoreId,
+        id: &'a OrderId,
+    ) -> BoxFuture<'a, StorageResult<Option<OrderRecord>>> {
+        Box::pin(async move {
+            self.read_doc(
+                "SELECT doc FROM orders WHERE store = $1 AND id = $2",
+                &[&store.as_str(), &id.as_str()],
+            )
+            .await
+        })
+    }
+    fn order_by_reference<'a>(
+        &'a self,
+        store: &'a StoreId,
+        reference: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<OrderId>>> {
+        Box::pin(async move {
+            self.read_id(
+                "SELECT id FROM orders WHERE store = $1 AND reference = $2",
+                &[&store.as_str(), &reference],
+            )
+            .await
+        })
+    }
+
+    fn subscription<'a>(
+        &'a self,
+        store: &'a StoreId,
+        id: &'a SubscriptionId,
+    ) -> BoxFuture<'a, StorageResult<Option<SubscriptionRecord>>> {
+        Box::pin(async move {
+            self.read_doc(
+                "SELECT doc FROM subscriptions WHERE store = $1 AND id = $2",
+                &[&store.as_str(), &id.as_str()],
+            )
+            .await
+        })
+    }
+    fn list_subscriptions<'a>(
+        &'a self,
+        store: &'a StoreId,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>> {
+        Box::pin(self.page("subscriptions", store, offset, limit))
+    }
+    fn update_subscriptions<'a>(
+        &'a self,
+        store: &'a StoreId,
+        ids: &'a [SubscriptionId],
+        change: SubscriptionChange<'a>,
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<Vec<SubscriptionRecord>>> {
+        Box::pin(self.update_subscriptions(store, ids, change, extras))
+    }
+    fn due_subscriptions(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, StorageResult<Vec<SubscriptionRecord>>> {
+        Box::pin(self.due_subscriptions(now, limit))
+    }
+    fn apply_renewal<'a>(
+        &'a self,
+        store: &'a StoreId,
+        id: &'a SubscriptionId,
+        change: RenewalChange<'a>,
+    ) -> BoxFuture<'a, StorageResult<SubscriptionRecord>> {
+        Box::pin(self.apply_renewal(store, id, change))
+    }
+    fn update_account_and_subscriptions<'a>(
+        &'a self,
+        store: &'a StoreId,
+        account: &'a AccountId,
+        account_change: AccountChange<'a>,
+        subscription_change: &'a (dyn Fn(&mut SubscriptionRecord) -> bool + Sync),
+        extras: &'a Extras,
+    ) -> BoxFuture<'a, StorageResult<AccountRecord>> {
+        Box::pin(self.update_account_and_subscriptions(
+            store,
+            account,
+            account_change,
+            subscription_change,
+            extras,
+        ))
+    }
+
+    fn events<'a>(
+        &'a self,
+        store: &'a StoreId,
+        begin: i64,
+        processed: bool,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<EventRecord>, bool)>> {
+        Box::pin(self.events(store, begin, processed, limit))
+    }
+    fn event<'a>(
+        &'a self,
+        store: &'a StoreId,
+        id: &'a EventId,
+    ) -> BoxFuture<'a, StorageResult<Option<EventRecord>>> {
+        Box::pin(async move {
+            self.read_doc(
+                "SELECT doc FROM events WHERE store = $1 AND id = $2",
+                &[&store.as_str(), &id.as_str()],
+            )
+            .await
+        })
+    }
+    fn set_processed<'a>(
+        &'a self,
+        store: &'a StoreId,
+        id: &'a EventId,
+        processed: bool,
+        idem: Option<&'a IdempotencyWrite>,
+    ) -> BoxFuture<'a, StorageResult<EventRecord>> {
+        Box::pin(self.set_processed(store, id, processed, idem))
+    }
+    fn webhooks<'a>(
+        &'a self,
+        store: &'a StoreId,
+    ) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>> {
+        Box::pin(async move {
+            Ok(self
+                .read_doc(
+                    "SELECT doc FROM webhooks WHERE store = $1",
+                    &[&store.as_str()],
+                )
+                .await?
+                .unwrap_or_default())
+        })
+    }
+    fn update_webhooks<'a>(
+        &'a self,
+        store: &'a StoreId,
+        change: WebhooksChange<'a>,
+        idem: Option<&'a IdempotencyWrite>,
+    ) -> BoxFuture<'a, StorageResult<Vec<WebhookRecord>>> {
+        Box::pin(self.update_webhooks(store, change, idem))
+    }
+    fn clear_outbox<'a>(
+        &'a self,
+        store: &'a StoreId,
+        hook: &'a WebhookId,
+    ) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(async move {
+            self.read_rows(
+                "DELETE FROM outbox WHERE store = $1 AND hook = $2",
+                &[&store.as_str(), &hook.as_str()],
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+    fn outbox_due(&self, now: i64, limit: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxItem>>> {
+        Box::pin(self.outbox_due(now, limit))
+    }
+    fn outbox_settle<'a>(
+        &'a self,
+        store: &'a StoreId,
+        hook: &'a WebhookId,
+        events: &'a [EventId],
+        processed: &'a [EventId],
+    ) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(self.outbox_settle(store, hook, events, processed))
+    }
+    fn outbox_retry<'a>(
+        &'a self,
+        store: &'a StoreId,
+        hook: &'a WebhookId,
+        rows: &'a [(EventId, OutboxState)],
+    ) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(self.outbox_retry(store, hook, rows))
+    }
+
+    fn put_sso_token<'a>(
+        &'a self,
+        hash: &'a str,
+        rec: &'a SsoTokenRecord,
+    ) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(async move {
+            self.read_rows(
+                "INSERT INTO sign_in_links (hash, expires, doc) VALUES ($1, $2, $3) \
+                 ON CONFLICT (hash) DO UPDATE SET expires = EXCLUDED.expires, doc = EXCLUDED.doc",
+                &[&hash, &rec.expires, &Doc(rec)],
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+    fn take_sso_token<'a>(
+        &'a self,
+        hash: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<SsoTokenRecord>>> {
+        // One statement: of two concurrent openings (on any instances) exactly one gets the row.
+        Box::pin(async move {
+            self.read_doc(
+                "DELETE FROM sign_in_links WHERE hash = $1 RETURNING doc",
+                &[&hash],
+            )
+            .await
+        })
+    }
+    fn put_session<'a>(
+        &'a self,
+        hash: &'a str,
+        rec: &'a SessionRecord,
+    ) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(async move {
+            self.read_rows(
+                "INSERT INTO sessions (hash, expires, doc) VALUES ($1, $2, $3) \
+                 ON CONFLICT (hash) DO UPDATE SET expires = EXCLUDED.expires, doc = EXCLUDED.doc",
+                &[&hash, &rec.expires, &Doc(rec)],
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+    fn session<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, StorageResult<Option<SessionRecord>>> {
+        Box::pin(async move {
+            self.read_doc("SELECT doc FROM sessions WHERE hash = $1", &[&hash])
+                .await
+        })
+    }
+    fn delete_session<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, StorageResult<()>> {
+        Box::pin(async move {
+            self.read_rows("DELETE FROM sessions WHERE hash = $1", &[&hash])
+                .await
+                .map(|_| ())
+        })
+    }
+    fn sweep_expired(&self, now: i64) -> BoxFuture<'_, StorageResult<usize>> {
+        Box::pin(self.sweep_expired(now))
+    }
+}

@@ -1,0 +1,90 @@
+//! The PostgreSQL schema of accounts-api, as embedded migrations (`shared::pg::migrate` applies
+//! the missing ones at start, once, under an advisory lock). Append new migrations; never edit
+//! one that has shipped.
+//!
+//! Each kind of record is one row whose `doc` is the record's JSON (the same serde shape sled
+//! stores), plus the columns a rule or a query needs: the uniqueness rules are unique
+//! constraints (one account per store + normalised email, one custom id and one global id per
+//! store, one order reference per store, one username), and the job queries have indexes
+//! (`subscriptions.work_at`, `outbox.due`). Ids are compared byte-wise (`COLLATE "C"`), so
+//! listings come in the same order as sled's keys.
+
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE stores (
+    id text COLLATE "C" PRIMARY KEY,
+    username text COLLATE "C" NOT NULL CONSTRAINT stores_username UNIQUE,
+    doc jsonb NOT NULL
+);
+CREATE TABLE accounts (
+    store text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    email_key text COLLATE "C" NOT NULL,
+    custom text COLLATE "C",
+    global text COLLATE "C" NOT NULL,
+    doc jsonb NOT NULL,
+    PRIMARY KEY (store, id),
+    CONSTRAINT accounts_email UNIQUE (store, email_key),
+    CONSTRAINT accounts_custom UNIQUE (store, custom),
+    CONSTRAINT accounts_global UNIQUE (store, global)
+);
+CREATE TABLE orders (
+    store text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    reference text COLLATE "C" NOT NULL,
+    doc jsonb NOT NULL,
+    PRIMARY KEY (store, id),
+    CONSTRAINT orders_reference UNIQUE (store, reference)
+);
+CREATE TABLE subscriptions (
+    store text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    account text COLLATE "C" NOT NULL,
+    -- SubscriptionRecord::work_at(), written with the row: when the renewal job has work on it.
+    work_at bigint,
+    doc jsonb NOT NULL,
+    PRIMARY KEY (store, id)
+);
+CREATE INDEX subscriptions_work_at ON subscriptions (work_at) WHERE work_at IS NOT NULL;
+CREATE TABLE idempotency_keys (
+    store text COLLATE "C" NOT NULL,
+    key text COLLATE "C" NOT NULL,
+    doc jsonb NOT NULL,
+    PRIMARY KEY (store, key)
+);
+CREATE TABLE events (
+    store text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    created bigint NOT NULL,
+    processed boolean NOT NULL,
+    doc jsonb NOT NULL,
+    PRIMARY KEY (store, id)
+);
+CREATE INDEX events_by_flag ON events (store, processed, id);
+CREATE TABLE webhooks (
+    store text COLLATE "C" PRIMARY KEY,
+    doc jsonb NOT NULL
+);
+CREATE TABLE outbox (
+    store text COLLATE "C" NOT NULL,
+    hook text COLLATE "C" NOT NULL,
+    event text COLLATE "C" NOT NULL,
+    attempts integer NOT NULL,
+    due bigint NOT NULL,
+    PRIMARY KEY (store, hook, event)
+);
+CREATE INDEX outbox_due ON outbox (due);
+CREATE TABLE sign_in_links (
+    hash text COLLATE "C" PRIMARY KEY,
+    expires bigint NOT NULL,
+    doc jsonb NOT NULL
+);
+CREATE TABLE sessions (
+    hash text COLLATE "C" PRIMARY KEY,
+    expires bigint NOT NULL,
+    doc jsonb NOT NULL
+);
+CREATE TABLE meta (
+    key text COLLATE "C" PRIMARY KEY,
+    value bytea NOT NULL
+);
+"#];
