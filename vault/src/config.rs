@@ -12,10 +12,18 @@
 //! `VAULT_PROCESSOR_URL`, `VAULT_PROCESSOR_SECRET_KEY_FILE`, `VAULT_PROCESSOR_SECRET_KEY` (the key
 //! itself) and `VAULT_PROCESSOR_TIMEOUT_MS`.
 
+//!
+//! `[storage]` (the backend, and the database for PostgreSQL): see [`storage`].
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+mod storage;
+
+use storage::database_settings;
+pub use storage::{Backend, Storage};
 
 /// What a client identity may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -89,25 +97,6 @@ impl Default for Limits {
             request_timeout_secs: 15,
             max_headers: 64,
             max_header_bytes: 16 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Storage {
-    /// sled page cache bound in bytes. Keeps resident memory flat as records grow.
-    pub cache_capacity_bytes: u64,
-    /// sled's background flush interval. Writes are flushed explicitly before they are
-    /// acknowledged; this only bounds how long read-audit entries wait for the next flush.
-    pub flush_every_ms: u64,
-}
-
-impl Default for Storage {
-    fn default() -> Self {
-        Self {
-            cache_capacity_bytes: 4 * 1024 * 1024,
-            flush_every_ms: 500,
         }
     }
 }
@@ -254,7 +243,10 @@ impl FileConfig {
              # VAULT_FINGERPRINT_KEY_FILE, VAULT_AUDIT_KEY_FILE, VAULT_MASTER_KEY,\n\
              # VAULT_FINGERPRINT_KEY, VAULT_AUDIT_KEY,\n\
              # VAULT_PROCESSOR_URL, VAULT_PROCESSOR_SECRET_KEY_FILE, VAULT_PROCESSOR_SECRET_KEY,\n\
-             # VAULT_PROCESSOR_TIMEOUT_MS. Without [processor] base_url charging is off.\n\n{body}"
+             # VAULT_PROCESSOR_TIMEOUT_MS, VAULT_DATABASE_URL. Without [processor] base_url\n\
+             # charging is off. [storage] backend = \"postgres\" (several instances on one\n\
+             # database) takes database_url_file, pool_size, database_ca, database_cert,\n\
+             # database_key.\n\n{body}"
         ))
     }
 }
@@ -277,6 +269,8 @@ pub struct Config {
     pub permissions: BTreeMap<String, Vec<Permission>>,
     pub limits: Limits,
     pub storage: Storage,
+    /// `Some` exactly when `[storage] backend = "postgres"`: where the shared database is.
+    pub database: Option<shared::pg::PgSettings>,
     pub audit: crate::audit::AuditSettings,
     pub processor: ProcessorSettings,
 }
@@ -320,6 +314,8 @@ pub struct Overrides {
     pub processor_secret_key_file: Option<PathBuf>,
     pub processor_secret_key: Option<zeroize::Zeroizing<String>>,
     pub processor_timeout_ms: Option<String>,
+    /// The database URL itself (may hold a password; never printed).
+    pub database_url: Option<shared::SecretString>,
 }
 
 impl Overrides {
@@ -338,6 +334,7 @@ impl Overrides {
             processor_secret_key_file: var("VAULT_PROCESSOR_SECRET_KEY_FILE").map(PathBuf::from),
             processor_secret_key: var("VAULT_PROCESSOR_SECRET_KEY").map(zeroize::Zeroizing::new),
             processor_timeout_ms: var("VAULT_PROCESSOR_TIMEOUT_MS"),
+            database_url: var("VAULT_DATABASE_URL").map(shared::SecretString::new),
         }
     }
 }
@@ -429,6 +426,7 @@ impl Config {
                     .into(),
             ));
         }
+        let database = database_settings(&base, &file.storage, overrides.database_url)?;
         let data_dir = overrides
             .data_dir
             .map(absolute)
@@ -462,6 +460,7 @@ impl Config {
             permissions: file.permissions,
             limits: file.limits,
             storage: file.storage,
+            database,
             processor,
         })
     }

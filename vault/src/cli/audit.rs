@@ -28,15 +28,20 @@ fn has_segments(config: &Config) -> CliResult<bool> {
 }
 
 /// Opens a stopped vault's data folder (sled refuses, by name, one a running vault holds).
-fn open_stopped_db(config: &Config) -> CliResult<crate::store::StoppedFolder> {
+/// `None` on PostgreSQL: its audit entries were never in a store (segment files from the start),
+/// and opening sled there would create a database in the audit folder.
+fn open_stopped_db(config: &Config) -> CliResult<Option<crate::store::StoppedFolder>> {
     if !config.data_dir.is_dir() {
         return Err(format!("data folder {} does not exist", config.data_dir.display()).into());
     }
-    Ok(crate::store::StoppedFolder::open(
+    if config.database.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(crate::store::StoppedFolder::open(
         &config.data_dir,
         config.storage.cache_capacity_bytes,
         config.storage.flush_every_ms,
-    )?)
+    )?))
 }
 
 fn print_verdict(verdict: Verdict, note: &str) -> ExitCode {
@@ -56,11 +61,9 @@ fn print_verdict(verdict: Verdict, note: &str) -> ExitCode {
 pub fn verify(config_path: &Path, archive: Option<&Path>) -> CliResult<ExitCode> {
     let config = load(config_path)?;
     if !has_segments(&config)? {
-        let folder = open_stopped_db(&config)?;
-        let verdict = if folder.has_legacy_audit() {
-            folder.verify_legacy_audit()?
-        } else {
-            Verdict::Ok { entries: 0 }
+        let verdict = match open_stopped_db(&config)? {
+            Some(folder) if folder.has_legacy_audit() => folder.verify_legacy_audit()?,
+            _ => Verdict::Ok { entries: 0 },
         };
         return Ok(print_verdict(
             verdict,
@@ -122,11 +125,11 @@ pub fn export(config_path: &Path, since: &str) -> CliResult<ExitCode> {
             None => None,
         }
     } else {
-        let folder = open_stopped_db(&config)?;
-        if folder.has_legacy_audit() {
-            folder.export_legacy_audit(&since, &mut write)?
-        } else {
-            None
+        match open_stopped_db(&config)? {
+            Some(folder) if folder.has_legacy_audit() => {
+                folder.export_legacy_audit(&since, &mut write)?
+            }
+            _ => None,
         }
     };
     let Some((start, n)) = found else {

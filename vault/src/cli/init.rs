@@ -9,12 +9,18 @@
 //! folder is created only together with key files that are new or still unbound; key files
 //! already bound to a folder that is not at `data_dir` are refused, so `init` can never attach the
 //! live keys to a second, empty data folder. Nothing existing is overwritten or re-moded.
+//!
+//! With `[storage] backend = "postgres"` the folder id lives in the database (migrated here if
+//! new), shared by every instance: the first `init` records it; an `init` for a further instance
+//! (same key files, copied to its machine) finds it and only creates its local data folder (its
+//! audit chain). Bound key files with a database that has no id are refused, as with an empty
+//! sled folder.
 
 use super::CliResult;
 use crate::config::{Config, FileConfig, KeySource, Overrides};
 use crate::keys::{self, KeyKind};
 use crate::service::custody::FOLDER_ID_KEY;
-use crate::store::StoppedFolder;
+use crate::store::{PgStore, StoppedFolder, Store};
 use std::path::{Path, PathBuf};
 
 /// `vault init --dir DIR [--shares N --threshold K]`.
@@ -97,16 +103,16 @@ fn key_file(source: &KeySource, what: &str) -> CliResult<PathBuf> {
     }
 }
 
-/// The id stored in an existing data folder, if the folder holds a database.
-fn folder_id(config: &Config) -> CliResult<Option<String>> {
-    if !config.data_dir.join("conf").exists() {
-        return Ok(None);
-    }
-    let folder = StoppedFolder::open(&config.data_dir, config.storage.cache_capacity_bytes, 500)?;
-    let id = folder
-        .meta_get(FOLDER_ID_KEY)?
-        .and_then(|v| String::from_utf8(v).ok());
-    Ok(id)
+/// The id stored in an existing data folder (if the folder holds a database), or in the
+/// shared database.
+fn folder_id(config: &Config, database: Option<&PgStore>) -> CliResult<Option<String>> {
+    let id = match database {
+        Some(db) => db.meta_get(FOLDER_ID_KEY)?,
+        None if !config.data_dir.join("conf").exists() => return Ok(None),
+        None => StoppedFolder::open(&config.data_dir, config.storage.cache_capacity_bytes, 500)?
+            .meta_get(FOLDER_ID_KEY)?,
+    };
+    Ok(id.and_then(|v| String::from_utf8(v).ok()))
 }
 
 fn create_keys_and_folder(
@@ -124,7 +130,8 @@ fn create_keys_and_folder(
         .into_iter()
         .flatten()
         .collect();
-    let existing = folder_id(config)?;
+    let database = config.database.as_ref().map(PgStore::open).transpose()?;
+    let existing = folder_id(config, database.as_ref())?;
     let id = match (&existing, bindings.first()) {
         (Some(f), _) => {
             if let Some((p, other)) = bindings.iter().find(|(_, b)| b != f) {
@@ -139,6 +146,16 @@ fn create_keys_and_folder(
             f.clone()
         }
         (None, Some((p, bound))) => {
+            if database.is_some() {
+                return Err(format!(
+                    "key file {} belongs to data folder {bound}, which is not the configured \
+                     database (it has no data folder id): restore that database, or point the \
+                     config at new key file paths to start a new vault (refusing to bind \
+                     existing keys to a new database)",
+                    p.display()
+                )
+                .into());
+            }
             if !config.data_dir.join("conf").exists() {
                 return Err(format!(
                     "key file {} belongs to data folder {bound}, which is not at {}: restore that \
@@ -216,9 +233,13 @@ fn create_keys_and_folder(
     }
     let data_created = !config.data_dir.exists();
     shared::pki::create_private_dir(&config.data_dir)?;
-    if existing.is_none() {
-        StoppedFolder::open(&config.data_dir, config.storage.cache_capacity_bytes, 500)?
-            .meta_put(FOLDER_ID_KEY, id.as_bytes())?;
+    match (&existing, &database) {
+        (Some(_), _) => {}
+        (None, Some(db)) => db.meta_apply(&[(FOLDER_ID_KEY, id.as_bytes())], &[])?,
+        (None, None) => {
+            StoppedFolder::open(&config.data_dir, config.storage.cache_capacity_bytes, 500)?
+                .meta_put(FOLDER_ID_KEY, id.as_bytes())?
+        }
     }
     println!(
         "data: {} ({}), data folder id {id}",

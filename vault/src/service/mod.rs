@@ -238,7 +238,7 @@ impl Vault {
         shared::pki::create_private_dir(&config.data_dir).map_err(|e| StoreError::Locked {
             path: format!("{} ({e})", config.data_dir.display()),
         })?;
-        let store = crate::store::open(&config.data_dir, &config.storage, group_commit)?;
+        let store = crate::store::open(config, group_commit)?;
         let key_files: Vec<&std::path::Path> = [&config.master_key, &config.fingerprint_key]
             .into_iter()
             .filter_map(|s| match s {

@@ -1,5 +1,6 @@
-//! The vault's storage port: the [`Store`] trait the service talks to, and its backends (sled
-//! today, in [`sled`]; PostgreSQL next). A backend only stores: it keeps each multi-key change
+//! The vault's storage port: the [`Store`] trait the service talks to, and its backends (sled,
+//! the embedded default, in [`sled`]; PostgreSQL for several instances, in [`postgres`]). A
+//! backend only stores: it keeps each multi-key change
 //! in one transaction and enforces the uniqueness rules there (one record per keyed
 //! fingerprint, one ledger entry per store + idempotency key); every business rule (sealing,
 //! dedupe under several fingerprint versions, the charge protocol, key custody) is the service's.
@@ -16,12 +17,14 @@
 //! store. A backend of an older folder hands its audit entries over once
 //! ([`Store::legacy_audit`]).
 
+pub(crate) mod postgres;
 mod record;
 pub(crate) mod sled;
 
 #[cfg(test)]
 pub(crate) mod conformance;
 
+pub use self::postgres::PgStore;
 pub use self::sled::{SledStore, StoppedFolder, open_db};
 pub use record::{ChargeEntry, ChargeLease, RewrapBatch, Stored, StoredRecord};
 
@@ -145,17 +148,53 @@ pub trait Store: Send + Sync {
     fn single_process(&self) -> bool;
 }
 
-/// Opens the configured backend on `data_dir` (sled: one folder, locked while open).
-/// `group_commit` needs a tokio runtime (the server); synchronous tools pass `false`.
+/// Opens the configured backend. sled: the data folder itself, locked while open. PostgreSQL:
+/// the configured database (connect, refuse `synchronous_commit = off`, migrate), and the data
+/// folder stays this instance's own (its audit chain), locked while open by a lock file since no
+/// database lock covers it. `group_commit` needs a tokio runtime (the server); synchronous tools
+/// pass `false`.
 pub fn open(
-    data_dir: &std::path::Path,
-    storage: &crate::config::Storage,
+    config: &crate::config::Config,
     group_commit: bool,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    let data_dir = &config.data_dir;
+    if let Some(database) = &config.database {
+        let lock = lock_folder(data_dir)?;
+        return Ok(Arc::new(PgStore::open(database)?.with_folder_lock(lock)));
+    }
+    let storage = &config.storage;
     let db = open_db(
         data_dir,
         storage.cache_capacity_bytes,
         storage.flush_every_ms,
     )?;
     Ok(Arc::new(SledStore::new(db, group_commit)?))
+}
+
+/// Name of the lock file in a data folder whose store is not sled.
+pub const LOCK_FILE: &str = "vault.lock";
+
+/// Takes an exclusive, non-blocking `flock` on `data_dir/vault.lock` (std's `File::try_lock`,
+/// which is `flock(LOCK_EX | LOCK_NB)` on Linux, as the key-folder lock in `custody`): two vault
+/// processes never share one audit folder. Released when the handle is dropped or the process
+/// dies.
+pub fn lock_folder(data_dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let locked = |_| StoreError::Locked {
+        path: data_dir.display().to_string(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(locked(())),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Backend(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
 }
