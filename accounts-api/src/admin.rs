@@ -218,6 +218,29 @@ pub async fn create_store_cli(data: &Path, name: &str) -> Result<Value, String> 
     }
 }
 
+/// `store create` with PostgreSQL: the database is shared by every instance, so the store is
+/// written there directly (no admin socket needed, running instances or not).
+pub async fn create_store_in_database(
+    db: &shared::pg::PgSettings,
+    name: &str,
+) -> Result<Value, String> {
+    let storage = crate::storage::PgStorage::open(db).await?;
+    let created = create_store(&storage, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(created.to_json())
+}
+
+/// An admin request (`webhook …`) answered on the PostgreSQL database directly.
+pub async fn request_in_database(db: &shared::pg::PgSettings, req: Value) -> Result<Value, String> {
+    let storage = crate::storage::PgStorage::open(db).await?;
+    let v = handle(&storage, &req.to_string()).await;
+    match v.get("error") {
+        Some(e) => Err(e.as_str().unwrap_or("error").to_owned()),
+        None => Ok(v),
+    }
+}
+
 /// A webhook as the API's `/webhooks` shows it (never its secret).
 fn webhook_json(h: &crate::model::WebhookRecord) -> serde_json::Value {
     serde_json::to_value(crate::http::views::WebhookView::of(h)).unwrap_or_default()

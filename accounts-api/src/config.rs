@@ -15,6 +15,12 @@
 //! cert = "pki/renewals.pem"           # default: renewals.pem next to vault.cert
 //! key = "pki/renewals.key"            # default: renewals.key next to vault.cert
 //! interval_secs = 60                  # periodic run; 0 = on demand only
+//! [database]                          # PostgreSQL instead of the embedded sled (several instances)
+//! url_file = "database.url"           # owner-only file holding the URL (or STRONGROOM_DATABASE_URL)
+//! pool_size = 16
+//! ca = "pki/db-ca.pem"                # TLS, verified against this CA (required off this machine)
+//! cert = "pki/db-client.pem"          # optional client certificate
+//! key = "pki/db-client.key"
 //! [limits]                            # all optional; defaults shown in the README
 //! auth_failures_per_address = 20
 //! store_requests_per_sec = 0          # 0: unlimited
@@ -22,7 +28,8 @@
 //! Overrides: `STRONGROOM_LISTEN`, `STRONGROOM_DATA`, `STRONGROOM_PUBLIC_URL`, `STRONGROOM_LIVE`,
 //! `STRONGROOM_VAULT_ADDR`, `STRONGROOM_VAULT_SERVER_NAME`, `STRONGROOM_VAULT_CA`,
 //! `STRONGROOM_VAULT_CERT`, `STRONGROOM_VAULT_KEY`, `STRONGROOM_RENEWALS_ENABLED`,
-//! `STRONGROOM_RENEWALS_CERT`, `STRONGROOM_RENEWALS_KEY`, `STRONGROOM_RENEWALS_INTERVAL_SECS`.
+//! `STRONGROOM_RENEWALS_CERT`, `STRONGROOM_RENEWALS_KEY`, `STRONGROOM_RENEWALS_INTERVAL_SECS`,
+//! `STRONGROOM_DATABASE_URL` (the URL itself; selects PostgreSQL even without `[database]`).
 //!
 //! Every mistake is an error that names the key: an unknown key, a missing required one, a
 //! public URL without scheme, renewals on (the default) without their certificate files.
@@ -43,8 +50,69 @@ struct FileConfig {
     live: Option<bool>,
     vault: Option<VaultFile>,
     renewals: Option<RenewalsFile>,
+    database: Option<DatabaseFile>,
     #[serde(default)]
     limits: crate::ops::Limits,
+}
+
+/// `[database]`: PostgreSQL. The URL may hold a password, so it is never written in this file:
+/// it comes from an owner-only file or the environment.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DatabaseFile {
+    url_file: Option<PathBuf>,
+    pool_size: Option<usize>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    connect_timeout_ms: Option<u64>,
+}
+
+/// The database settings: `None` is the embedded sled under `data`; `Some` is PostgreSQL,
+/// chosen by a `[database]` section or `STRONGROOM_DATABASE_URL`.
+fn database(
+    file: Option<DatabaseFile>,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Option<shared::pg::PgSettings>, String> {
+    let from_env = env("STRONGROOM_DATABASE_URL").map(shared::SecretString::new);
+    if file.is_none() && from_env.is_none() {
+        return Ok(None);
+    }
+    let d = file.unwrap_or_default();
+    let url = match (from_env, d.url_file.map(rel)) {
+        (Some(url), _) => url,
+        (None, Some(path)) => {
+            shared::tls::check_key_file_owner_only(&path)
+                .map_err(|e| format!("database.url_file: {e}"))?;
+            let text =
+                zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
+                    format!("database.url_file: cannot read {}: {e}", path.display())
+                })?);
+            shared::SecretString::new(text.trim().to_owned())
+        }
+        (None, None) => {
+            return Err(
+                "database.url_file (or STRONGROOM_DATABASE_URL) is required with \
+                        [database]"
+                    .into(),
+            );
+        }
+    };
+    let client_cert = match (d.cert.map(rel), d.key.map(rel)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("database.cert and database.key go together".into()),
+    };
+    let settings = shared::pg::PgSettings {
+        url,
+        pool_size: d.pool_size.unwrap_or(shared::pg::DEFAULT_POOL_SIZE),
+        ca: d.ca.map(rel),
+        client_cert,
+        connect_timeout: std::time::Duration::from_millis(d.connect_timeout_ms.unwrap_or(5000)),
+    };
+    // Parse now: a bad URL is a start error that names the key, not a 503 later.
+    shared::pg::parse_url(&settings.url).map_err(|e| e.to_string())?;
+    Ok(Some(settings))
 }
 
 #[derive(Deserialize, Default)]
@@ -105,6 +173,8 @@ pub struct Config {
     pub live: bool,
     /// `[limits]`: abuse and resource limits (see [`crate::ops::Limits`]).
     pub limits: crate::ops::Limits,
+    /// `[database]`: `None` = the embedded sled under `data/accounts`; `Some` = PostgreSQL.
+    pub database: Option<shared::pg::PgSettings>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -138,6 +208,7 @@ impl Config {
             key: need("STRONGROOM_VAULT_KEY", v.key, "key")?,
         };
         let renewals = renewals(file.renewals.unwrap_or_default(), &tls.cert, &rel)?;
+        let database = database(file.database, &rel)?;
         let public_url = match env("STRONGROOM_PUBLIC_URL") {
             Some(u) => Some(parse_public_url(&u, "STRONGROOM_PUBLIC_URL")?),
             None => file
@@ -170,22 +241,29 @@ impl Config {
             public_url,
             live,
             limits: file.limits,
+            database,
         })
     }
 
     /// Only the data folder (for `store create --config`), without requiring the vault part.
     pub fn data_folder(path: &Path) -> Result<PathBuf, String> {
+        Ok(Self::storage_of(path)?.0)
+    }
+
+    /// The data folder and the database settings (for `store create --config`), without
+    /// requiring the vault part.
+    pub fn storage_of(path: &Path) -> Result<(PathBuf, Option<shared::pg::PgSettings>), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let file: FileConfig =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        env("STRONGROOM_DATA")
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let data = env("STRONGROOM_DATA")
             .map(PathBuf::from)
-            .or(file
-                .data
-                .map(|p| if p.is_absolute() { p } else { base.join(p) }))
-            .ok_or_else(|| "data is required".into())
+            .or(file.data.map(rel))
+            .ok_or_else(|| "data is required".to_owned())?;
+        Ok((data, database(file.database, &rel)?))
     }
 }
 

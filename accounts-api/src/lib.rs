@@ -53,9 +53,52 @@ pub fn build_with_renewals(
     build_with_settings(data, vault, renewals, settings::Settings::from_env()?)
 }
 
-/// [`build_with_renewals`] with explicit settings (`serve` merges `public_url` and `live` from
-/// its config file into them).
+/// [`build_with_renewals`] with explicit settings, on the embedded sled database under
+/// `data/accounts`.
 pub fn build_with_settings(
+    data: &Path,
+    vault: &vault::VaultConfig,
+    renewals: Option<&config::RenewalsConfig>,
+    settings: settings::Settings,
+) -> Result<app::SharedState, String> {
+    let storage = open_sled(data, settings.live)?;
+    build_with_storage(storage, data, vault, renewals, settings)
+}
+
+/// The embedded sled database under `data/accounts`.
+fn open_sled(data: &Path, live: bool) -> Result<Arc<dyn storage::Storage>, String> {
+    let dir = config::accounts_dir(data);
+    admin::private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(Arc::new(
+        storage::SledStorage::open(&dir.join("db"))
+            .map_err(|e| format!("cannot open the database: {e}"))?
+            .with_live(live),
+    ))
+}
+
+/// The configured database: PostgreSQL when `database` is given (connects, checks durability,
+/// migrates), else the embedded sled under `data/accounts`.
+pub async fn open_storage(
+    data: &Path,
+    database: Option<&shared::pg::PgSettings>,
+    live: bool,
+) -> Result<Arc<dyn storage::Storage>, String> {
+    match database {
+        None => open_sled(data, live),
+        Some(db) => Ok(Arc::new(
+            storage::PgStorage::open(db)
+                .await
+                .map_err(|e| format!("cannot open the database: {e}"))?
+                .with_live(live),
+        )),
+    }
+}
+
+/// Builds the service on an opened `storage` (see [`open_storage`]): the vault clients, the
+/// admin socket under `data/accounts`, the webhook dispatcher and, when `renewals` has an
+/// interval, the periodic renewal job.
+pub fn build_with_storage(
+    storage: Arc<dyn storage::Storage>,
     data: &Path,
     vault: &vault::VaultConfig,
     renewals: Option<&config::RenewalsConfig>,
@@ -64,17 +107,12 @@ pub fn build_with_settings(
     let dir = config::accounts_dir(data);
     admin::private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     // The client identities first: a key file others can read refuses the start before any
-    // database is opened.
+    // background work begins.
     let client = vault::VaultClient::new(vault)?;
     let renewals_client = match renewals {
         Some(r) => Some(vault::VaultClient::renewals(vault, r)?),
         None => None,
     };
-    let storage: Arc<dyn storage::Storage> = Arc::new(
-        storage::SledStorage::open(&dir.join("db"))
-            .map_err(|e| format!("cannot open the database: {e}"))?
-            .with_live(settings.live),
-    );
     let admin = admin::bind(&dir).map_err(|e| format!("admin socket: {e}"))?;
     let http = jobs::webhooks::client(&settings)?;
     let state = app::AppState::build(

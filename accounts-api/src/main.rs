@@ -120,8 +120,13 @@ async fn webhook(cmd: WebhookCommand) -> Result<(), String> {
     };
     let mut req = req;
     req["store"] = serde_json::Value::String(target.store.clone());
-    let data = data_of(target.data, target.config)?;
-    let answer = accounts_api::admin::request(&data, req).await?;
+    let answer = match (target.data, target.config) {
+        (None, Some(c)) => match accounts_api::config::Config::storage_of(&c)? {
+            (_, Some(db)) => accounts_api::admin::request_in_database(&db, req).await?,
+            (data, None) => accounts_api::admin::request(&data, req).await?,
+        },
+        (data, config) => accounts_api::admin::request(&data_of(data, config)?, req).await?,
+    };
     println!("{answer}");
     Ok(())
 }
@@ -150,8 +155,15 @@ async fn serve(config: PathBuf, log_format: shared::ops::LogFormat) -> Result<()
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| listen_error(cfg.listen, &e))?;
-    let state =
-        accounts_api::build_with_settings(&cfg.data, &cfg.vault, cfg.renewals.as_ref(), settings)?;
+    let storage =
+        accounts_api::open_storage(&cfg.data, cfg.database.as_ref(), settings.live).await?;
+    let state = accounts_api::build_with_storage(
+        storage,
+        &cfg.data,
+        &cfg.vault,
+        cfg.renewals.as_ref(),
+        settings,
+    )?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("ACCOUNTS_API_LISTENING http://{addr}");
     tracing::info!(%addr, "accounts-api listening");
@@ -188,12 +200,16 @@ async fn store_create(
     data: Option<PathBuf>,
     config: Option<PathBuf>,
 ) -> Result<(), String> {
-    let data = match (data, config) {
-        (Some(d), _) => d,
-        (None, Some(c)) => accounts_api::config::Config::data_folder(&c)?,
-        (None, None) => PathBuf::from("./data"),
+    let (data, database) = match (data, config) {
+        (Some(d), _) => (d, None),
+        (None, Some(c)) => accounts_api::config::Config::storage_of(&c)?,
+        (None, None) => (PathBuf::from("./data"), None),
     };
-    let created = accounts_api::admin::create_store_cli(&data, &name).await?;
+    let created = match database {
+        // Every instance shares the database: write there, running instances or not.
+        Some(db) => accounts_api::admin::create_store_in_database(&db, &name).await?,
+        None => accounts_api::admin::create_store_cli(&data, &name).await?,
+    };
     println!("{created}");
     Ok(())
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio_postgres::config::Host;
 
 /// Where and how to reach the database.
+#[derive(Clone)]
 pub struct PgSettings {
     /// `postgres://user[:password]@host[:port]/database[?options]` or the key=value form.
     pub url: SecretString,

@@ -1,0 +1,371 @@
+//! Two `accounts-api serve` instances on one PostgreSQL database (issue 11), in front of one
+//! vault, with requests alternating between them: what one instance wrote, the other reads;
+//! an Idempotency-Key answered on one replays on the other; races between the instances end as
+//! they do inside one (one account per email, one execution per key, one session per sign-in
+//! link). PostgreSQL is a throwaway server on a free loopback port (`pgtest`); without it the
+//! tests print SKIPPED (and fail under STRONGROOM_REQUIRE_TOOLS=1).
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tests::accounts::{
+    Credentials, Merchant, SaveBox, http_client, one_off_order, subscription_order,
+};
+use tests::vault::{VaultProcess, start_vault};
+use tests::{Service, bin_path, run, temp_dir};
+
+/// A vault, a database and two accounts-api instances (A and B) on them.
+struct Cluster {
+    root: tempfile::TempDir,
+    vault: VaultProcess,
+    apis: Vec<(Service, String)>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// `None` when PostgreSQL is not installed (the test then checks nothing, visibly).
+    fn start() -> Option<Cluster> {
+        let url = pgtest::fresh_database()?;
+        shared::tls::install_crypto_provider();
+        let root = temp_dir("strongroom-pg-cluster-");
+        let vault = start_vault(&root.path().join("vault"));
+        let url_file = root.path().join("database.url");
+        std::fs::write(&url_file, format!("{url}\n")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut cluster = Cluster {
+            root,
+            vault,
+            apis: Vec::new(),
+            http: http_client(),
+        };
+        for name in ["a", "b"] {
+            let config = cluster.write_config(name);
+            let service = Service::spawn(&format!("accounts-api {name}"), serve(&config));
+            let api = service.wait_for_line("ACCOUNTS_API_LISTENING ", Duration::from_secs(30));
+            cluster.apis.push((service, api));
+        }
+        Some(cluster)
+    }
+
+    /// `name.toml`: its own data folder (admin socket), the shared vault and database.
+    fn write_config(&self, name: &str) -> PathBuf {
+        let pki = self.vault.pki_dir();
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let text = format!(
+            "data = \"data-{name}\"\nlisten = \"127.0.0.1:0\"\n\
+             [vault]\naddr = \"{}\"\nserver_name = \"localhost\"\nca = {}\ncert = {}\nkey = {}\n\
+             [renewals]\nenabled = false\n\
+             [database]\nurl_file = \"database.url\"\npool_size = 8\n",
+            self.vault.addr,
+            q(&pki.join("ca.pem")),
+            q(&pki.join("accounts.pem")),
+            q(&pki.join("accounts.key")),
+        );
+        let path = self.root.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
+    /// `accounts-api store create --config a.toml`: written to the database, no server asked.
+    fn create_store(&self, name: &str) -> Credentials {
+        let mut cmd = Command::new(bin_path("accounts-api"));
+        cmd.args(["store", "create", "--name", name, "--config"])
+            .arg(self.root.path().join("a.toml"));
+        clean_env(&mut cmd);
+        let (ok, out, err) = run(cmd);
+        assert!(ok, "store create failed:\n{out}\n{err}");
+        Credentials::from_json(
+            &serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}")),
+        )
+    }
+
+    /// The store's typed client on instance `i` (0 = A, 1 = B).
+    fn on(&self, i: usize, creds: &Credentials) -> Merchant {
+        Merchant::new(&self.http, &self.apis[i].1, creds)
+    }
+
+    /// Records in the vault's folder, counted offline once it is gone (sled locks the folder;
+    /// every acknowledged store was flushed before its answer).
+    fn vault_records_after_stop(mut self) -> u64 {
+        for (s, _) in &mut self.apis {
+            s.kill();
+        }
+        self.vault.service.kill();
+        let db = vault::store::open_db(&self.vault.data_dir(), 1 << 20, 500)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store = vault::store::SledStore::new(db, false).unwrap_or_else(|e| panic!("{e}"));
+        vault::store::Store::record_count(&store).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// No STRONGROOM_* from the test's own environment reaches the child.
+fn clean_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("STRONGROOM_") {
+            cmd.env_remove(k);
+        }
+    }
+}
+
+fn serve(config: &Path) -> Command {
+    let mut cmd = Command::new(bin_path("accounts-api"));
+    cmd.arg("serve").arg("--config").arg(config);
+    clean_env(&mut cmd);
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+fn account_body(email: &str) -> Value {
+    json!({"contact": {"first": "Ada", "last": "Lovelace", "email": email}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_one_instance_writes_the_other_reads_and_an_idempotency_key_replays_across_them() {
+    let Some(c) = Cluster::start() else { return };
+    let creds = c.create_store("Shared Store");
+    let (a, b) = (c.on(0, &creds), c.on(1, &creds));
+
+    // A store created by the CLI authenticates on both.
+    for m in [&a, &b] {
+        assert_eq!(m.list_accounts(&[]).await.status, StatusCode::OK);
+    }
+    // An account written on A reads on B, by id and by email.
+    let created = a.create_account(&account_body("ada@example.com")).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text);
+    let id = created.str("/account");
+    let read = b.get_account(&id).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+    assert_eq!(
+        read.json["accounts"][0]["contact"]["email"],
+        "ada@example.com"
+    );
+    let found = b.lookup("email", "ada@example.com").await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.text);
+    assert!(found.text.contains(&id), "{}", found.text);
+    // The email is taken for A's and B's writes alike (409 naming the holder).
+    let dup = b.create_account(&account_body("ADA@example.com")).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.text);
+    assert!(dup.text.contains(&id), "{}", dup.text);
+
+    // An order with an Idempotency-Key on B replays on A: same answer, one order.
+    let body = one_off_order("grace@example.com");
+    let first = b.with_key("order-key-1").complete_order(&body).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let again = a.with_key("order-key-1").complete_order(&body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.json, first.json, "the replay is the first answer");
+    let account = first.str("/account");
+    let acc = a.get_account(&account).await;
+    assert_eq!(
+        acc.json["accounts"][0]["orders"].as_array().map(Vec::len),
+        Some(1),
+        "one execution: {}",
+        acc.text
+    );
+    // The same key with another request is refused on either instance.
+    let other = a
+        .with_key("order-key-1")
+        .complete_order(&one_off_order("other@example.com"))
+        .await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{}", other.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_orders_for_one_email_over_both_instances_make_one_account_and_no_orphan()
+{
+    let Some(c) = Cluster::start() else { return };
+    let creds = c.create_store("Race Store");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let m = c.on(i % 2, &creds);
+        set.spawn(async move {
+            // A saved card each: a losing checkout must delete its vault record again.
+            let a = m
+                .complete_order(&subscription_order("race@example.com", SaveBox::Ticked))
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+            a.str("/account")
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = set.join_next().await {
+        ids.push(r.unwrap_or_else(|e| panic!("{e}")));
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every order went to one account: {ids:?}");
+    let b = c.on(1, &creds);
+    let list = b.list_accounts(&[]).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let acc = c.on(0, &creds).get_account(&ids[0]).await;
+    assert_eq!(
+        acc.json["accounts"][0]["orders"].as_array().map(Vec::len),
+        Some(16),
+        "{}",
+        acc.text
+    );
+    assert_eq!(
+        acc.json["accounts"][0]["subscriptions"]
+            .as_array()
+            .map(Vec::len),
+        Some(16),
+        "{}",
+        acc.text
+    );
+    let created = b.unprocessed_events(&[("begin", "0")]).await;
+    let count = |kind: &str| {
+        created.json["events"]
+            .as_array()
+            .map(|v| v.iter().filter(|e| e["type"] == kind).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("account.created"), 1, "{}", created.text);
+    assert_eq!(count("order.completed"), 16, "{}", created.text);
+    // 16 tokens saved, every one on the winning account: no vault record left behind by a
+    // checkout that lost the race.
+    assert_eq!(c.vault_records_after_stop(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_sent_to_both_instances_at_once_executes_once() {
+    let Some(c) = Cluster::start() else { return };
+    let creds = c.create_store("Key Store");
+    let body = one_off_order("once@example.com");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let m = c.on(i % 2, &creds).with_key("same-key");
+        let body = body.clone();
+        set.spawn(async move { m.complete_order(&body).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(r) = set.join_next().await {
+        answers.push(r.unwrap_or_else(|e| panic!("{e}")));
+    }
+    // Each answer is the execution's own (200) or "in progress" (409); every 200 is the same.
+    let ok: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .map(|a| &a.json)
+        .collect();
+    assert!(!ok.is_empty());
+    assert!(ok.iter().all(|j| *j == ok[0]), "{ok:?}");
+    for a in &answers {
+        assert!(
+            a.status == StatusCode::OK || a.status == StatusCode::CONFLICT,
+            "{} {}",
+            a.status,
+            a.text
+        );
+    }
+    // After the dust settles the key replays on both, and there is exactly one order.
+    for i in 0..2 {
+        let again = c
+            .on(i, &creds)
+            .with_key("same-key")
+            .complete_order(&body)
+            .await;
+        assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+        assert_eq!(&again.json, ok[0]);
+    }
+    let account = ok[0]["account"].as_str().unwrap_or_default();
+    let acc = c.on(0, &creds).get_account(account).await;
+    assert_eq!(
+        acc.json["accounts"][0]["orders"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        acc.text
+    );
+}
+
+/// A client that does not follow redirects and keeps no cookies.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The session cookie (`sr_session=…`) a sign-in link set, if any.
+async fn open_link(url: String) -> Option<String> {
+    let r = browser().get(url).send().await.ok()?;
+    let set = r.headers().get("set-cookie")?.to_str().ok()?.to_owned();
+    set.split(';')
+        .next()
+        .filter(|c| c.starts_with("sr_session=") && c.len() > 11)
+        .map(str::to_owned)
+}
+
+async fn account_page(api: &str, cookie: &str) -> StatusCode {
+    browser()
+        .get(format!("{api}/account"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sign_in_link_opened_on_both_instances_at_once_makes_one_session_valid_on_both() {
+    let Some(c) = Cluster::start() else { return };
+    let creds = c.create_store("Sso Store");
+    let (a, b) = (c.on(0, &creds), c.on(1, &creds));
+    let order = a.complete_order(&one_off_order("sso@example.com")).await;
+    assert_eq!(order.status, StatusCode::OK, "{}", order.text);
+    let account = order.str("/account");
+    let link = a
+        .call("GET", &format!("/accounts/{account}/authenticate"), None)
+        .await;
+    assert_eq!(link.status, StatusCode::OK, "{}", link.text);
+    let url = link.json["accounts"][0]["url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(url.starts_with(&c.apis[0].1), "{url}");
+    let on_b = url.replacen(&c.apis[0].1, &c.apis[1].1, 1);
+    let (x, y) = tokio::join!(open_link(url), open_link(on_b));
+    let sessions: Vec<String> = [x, y].into_iter().flatten().collect();
+    assert_eq!(sessions.len(), 1, "the link opens once across instances");
+    let cookie = &sessions[0];
+    // The session works on both instances.
+    assert_eq!(account_page(&c.apis[0].1, cookie).await, StatusCode::OK);
+    assert_eq!(account_page(&c.apis[1].1, cookie).await, StatusCode::OK);
+    // Logout on B ends it on A.
+    let page = browser()
+        .get(format!("{}/account", c.apis[1].1))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).map(|i| i + marker.len()).unwrap_or(0);
+    let csrf = page[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!csrf.is_empty(), "no csrf field: {page}");
+    let out = browser()
+        .post(format!("{}/account/logout", c.apis[1].1))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status().is_success() || out.status().is_redirection(),
+        "{}",
+        out.status()
+    );
+    assert_ne!(account_page(&c.apis[0].1, cookie).await, StatusCode::OK);
+    let _ = b;
+}
