@@ -258,3 +258,7 @@ fn create_keys_and_folder(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

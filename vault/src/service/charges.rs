@@ -410,9 +410,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open_db(dir.path(), 1 << 20, 500).unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::new(db, false).unwrap().shared_for_test());
+        race_one_key(store.clone(), store).await;
+    }
+
+    /// The same race over two PostgreSQL stores on one database: two vault processes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_instances_on_one_postgres_database_racing_one_key_make_one_processor_call() {
+        let Some(url) = pgtest::fresh_database() else {
+            return;
+        };
+        let settings = || shared::pg::PgSettings {
+            url: shared::SecretString::new(url.clone()),
+            pool_size: 8,
+            ca: None,
+            client_cert: None,
+            connect_timeout: std::time::Duration::from_secs(5),
+        };
+        let a: Arc<dyn Store> = Arc::new(crate::store::PgStore::open(&settings()).unwrap());
+        let b: Arc<dyn Store> = Arc::new(crate::store::PgStore::open(&settings()).unwrap());
+        race_one_key(a, b).await;
+    }
+
+    /// 16 charges of one key, alternating between an instance on `a` and one on `b`.
+    async fn race_one_key(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         let processor = Arc::new(Counting::default());
-        let a = Arc::new(instance(store.clone(), processor.clone()));
-        let b = Arc::new(instance(store, processor.clone()));
+        let a = Arc::new(instance(a, processor.clone()));
+        let b = Arc::new(instance(b, processor.clone()));
         let id = stored(&a);
         // Each instance has its own per-key lock: only the claim in the ledger is shared.
         let tasks: Vec<_> = (0..16)
