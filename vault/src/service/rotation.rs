@@ -64,10 +64,28 @@ pub struct VersionCount {
 pub(super) const REWRAP_BATCH: usize = 256;
 
 impl Vault {
+    /// Key changes made online by one instance of a store several processes share (PostgreSQL)
+    /// would reach only that instance's key files: the others could not open its new records
+    /// (master key) or would fingerprint under an old key and store duplicates (fingerprint
+    /// key). Until key changes work across instances (issue 11) they are refused (409), never
+    /// left to diverge.
+    pub(super) fn refuse_shared_key_change(&self) -> Result<(), CoreError> {
+        if self.store.single_process() {
+            return Ok(());
+        }
+        Err(CoreError::KeyState(
+            "key changes are not available online while vault instances share one database \
+             ([storage] backend = \"postgres\"): the other instances would not get the new \
+             key version"
+                .into(),
+        ))
+    }
+
     /// Adds a new master-key version: key-check value first, then the persisted key file, then
     /// memory — a crash in between leaves a harmless extra check value, never a key in memory
     /// only. New writes use it at once. Returns the new version.
     pub fn rotate(&self) -> Result<u32, CoreError> {
+        self.refuse_shared_key_change()?;
         let mut persistence = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
         if self.is_sealed() {
             return Err(CoreError::Sealed);
@@ -275,6 +293,7 @@ impl Vault {
     /// wrapped under one of them, and refused for the current version. Holds the keyring write
     /// lock across the check and the removal, so no store can slip a record in between.
     pub fn retire_below(&self, below: u32) -> Result<Vec<u32>, CoreError> {
+        self.refuse_shared_key_change()?;
         let mut persistence = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
         let mut guard = self.keyring.write().map_err(|_| CoreError::Poisoned)?;
         let ring = guard.as_mut().ok_or(CoreError::Sealed)?;

@@ -63,6 +63,14 @@ fn instances_with_the_same_keys_share_one_database_and_other_keys_are_refused() 
     let id = PaymentMethodId::parse(&stored.record().id).unwrap();
     let revealed = b.reveal_token(&new.store, &id).unwrap().unwrap();
     assert_eq!(revealed.as_slice(), b"tok_shared");
+    // Key changes would reach one instance's key files only: refused, not left to diverge.
+    for refused in [a.rotate(), a.rotate_fingerprint_key()] {
+        assert!(
+            matches!(refused, Err(CoreError::KeyState(_))),
+            "{refused:?}"
+        );
+    }
+    assert!(matches!(a.retire_below(1), Err(CoreError::KeyState(_))));
     // The same data folder twice: refused, as sled refuses it.
     assert!(matches!(
         open(&b_dir),
