@@ -47,6 +47,10 @@ struct Inner {
     secret: Option<String>,
     reply: Mutex<Reply>,
     posts: Mutex<Vec<Post>>,
+    /// How long each answer takes (a slow receiver), and the most posts seen at once.
+    delay: Mutex<Duration>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 pub struct Receiver {
@@ -65,6 +69,19 @@ fn hmac_b64(secret: &str, parts: &[&[u8]]) -> String {
 }
 
 async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = inner.in_flight.fetch_add(1, SeqCst) + 1;
+    inner.max_in_flight.fetch_max(now, SeqCst);
+    let delay = inner.delay.lock().map(|d| *d).unwrap_or_default();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let answer = answer(&inner, &headers, body);
+    inner.in_flight.fetch_sub(1, SeqCst);
+    answer
+}
+
+fn answer(inner: &Inner, headers: &HeaderMap, body: Bytes) -> Response {
     let h = |k: &str| {
         headers
             .get(k)
@@ -127,6 +144,9 @@ impl Receiver {
             secret: secret.map(str::to_owned),
             reply: Mutex::new(reply),
             posts: Mutex::new(Vec::new()),
+            delay: Mutex::new(Duration::ZERO),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
         });
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let app = axum::Router::new()
@@ -155,6 +175,20 @@ impl Receiver {
         if let Ok(mut r) = self.inner.reply.lock() {
             *r = reply;
         }
+    }
+
+    /// Every answer waits `delay` first (a slow receiver: posts can overlap).
+    pub fn set_delay(&self, delay: Duration) {
+        if let Ok(mut d) = self.inner.delay.lock() {
+            *d = delay;
+        }
+    }
+
+    /// The most posts that were in progress at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn posts(&self) -> Vec<Post> {

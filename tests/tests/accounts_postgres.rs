@@ -369,3 +369,60 @@ async fn a_sign_in_link_opened_on_both_instances_at_once_makes_one_session_valid
     assert_ne!(account_page(&c.apis[0].1, cookie).await, StatusCode::OK);
     let _ = b;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_from_both_instances_reach_a_webhook_once_each_one_post_at_a_time() {
+    let Some(c) = Cluster::start() else { return };
+    let creds = c.create_store("Hook Store");
+    let rx = tests::receiver::Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        None,
+        tests::receiver::Reply::Ok,
+    )
+    .await;
+    // A slow receiver: two dispatchers posting to it at once would overlap.
+    rx.set_delay(Duration::from_millis(150));
+    let hook = c.on(0, &creds).add_webhook(&json!({"url": rx.url()})).await;
+    assert_eq!(hook.status, StatusCode::OK, "{}", hook.text);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let m = c.on(i % 2, &creds);
+        set.spawn(async move {
+            let a = m
+                .complete_order(&one_off_order(&format!("h{i}@example.com")))
+                .await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // 20 new accounts and 20 orders: 40 events, written on both instances.
+    let expected = 40;
+    rx.wait_until(Duration::from_secs(60), "every event", |posts| {
+        let mut ids: Vec<String> = posts.iter().flat_map(|p| p.event_ids()).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len() >= expected
+    })
+    .await;
+    // Both dispatchers keep scanning for a while: nothing acknowledged comes again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ids = rx.event_ids();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), expected);
+    assert_eq!(
+        ids.len(),
+        expected,
+        "an event was posted again after its 200"
+    );
+    assert_eq!(rx.max_in_flight(), 1, "two posts to one webhook overlapped");
+    let left = c.on(1, &creds).unprocessed_events(&[("begin", "0")]).await;
+    assert_eq!(
+        left.json["events"],
+        json!([]),
+        "every delivered event is processed"
+    );
+}

@@ -71,7 +71,7 @@ pub async fn dispatch(
     mut shutdown: crate::jobs::Shutdown,
 ) {
     let mut last_sweep = 0i64;
-    let in_flight: Arc<std::sync::Mutex<HashSet<(StoreId, WebhookId)>>> = Arc::default();
+    let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
     let mut posts = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -84,6 +84,9 @@ pub async fn dispatch(
             last_sweep = now;
             let _ = events.sweep_expired(now).await;
         }
+        // Rows read by this scan may already be settled by a post that ends while the scan
+        // runs: a webhook whose post ended after this instant waits for the next scan.
+        let scan_started = std::time::Instant::now();
         let due = match events.outbox_due(now, 10_000).await {
             Ok(d) => d,
             Err(e) => {
@@ -107,8 +110,10 @@ pub async fn dispatch(
             // without a slow receiver holding up the other webhooks.
             let key = (store.clone(), hook.clone());
             match in_flight.lock() {
-                Ok(mut busy) => {
-                    if busy.len() >= MAX_IN_FLIGHT || !busy.insert(key.clone()) {
+                Ok(mut f) => {
+                    let settled_since = f.ended.get(&key).is_some_and(|t| *t >= scan_started);
+                    if settled_since || f.busy.len() >= MAX_IN_FLIGHT || !f.busy.insert(key.clone())
+                    {
                         continue;
                     }
                 }
@@ -124,13 +129,25 @@ pub async fn dispatch(
             );
             posts.spawn(async move {
                 deliver(events.as_ref(), &http, &settings, &store, &hook, items).await;
-                if let Ok(mut busy) = in_flight.lock() {
-                    busy.remove(&key);
+                if let Ok(mut f) = in_flight.lock() {
+                    f.busy.remove(&key);
+                    if f.ended.len() > 4 * MAX_IN_FLIGHT {
+                        let old = std::time::Instant::now() - Duration::from_secs(60);
+                        f.ended.retain(|_, t| *t > old);
+                    }
+                    f.ended.insert(key, std::time::Instant::now());
                 }
             });
         }
     }
     while posts.join_next().await.is_some() {}
+}
+
+/// The webhooks being posted to by this process, and when each one's last post ended.
+#[derive(Default)]
+struct InFlight {
+    busy: HashSet<(StoreId, WebhookId)>,
+    ended: std::collections::HashMap<(StoreId, WebhookId), std::time::Instant>,
 }
 
 /// Posts one batch to one webhook and settles it.

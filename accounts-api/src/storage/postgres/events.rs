@@ -5,6 +5,11 @@
 use super::*;
 use crate::model::now_ms;
 
+/// How long a webhook's delivery lease lasts without being settled: longer than any post can
+/// take (the webhook client's timeout is seconds), short enough that a crashed instance's
+/// webhooks resume on another one within minutes.
+const WEBHOOK_LEASE_MS: i64 = 120_000;
+
 impl PgStorage {
     pub(super) async fn events(
         &self,
@@ -102,23 +107,102 @@ impl PgStorage {
         limit: usize,
     ) -> StorageResult<Vec<OutboxItem>> {
         // In (store, webhook, event) order, as sled's keys: a webhook's events come oldest first.
-        self.read_rows(
-            "SELECT store, hook, event, attempts FROM outbox WHERE due <= $1 \
-             ORDER BY store, hook, event LIMIT $2",
-            &[&now, &to_i64(limit)],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(OutboxItem {
-                store: id_of(r, 0)?,
-                hook: id_of(r, 1)?,
-                event: id_of(r, 2)?,
-                attempts: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
-            })
+        // Only rows of webhooks this instance holds the delivery lease of (taken here, for those
+        // whose lease is free or ran out): two instances never post to one webhook at once.
+        // The lease ends when the post is settled (`outbox_settle`/`outbox_retry`), or runs out
+        // after WEBHOOK_LEASE_MS if this instance dies mid-post; then another one re-sends.
+        // The lease first, then the rows: a lease just released by another instance's settle
+        // (which the claim waits for) must not come with rows read before that settle.
+        transaction!(self, |tx| {
+            let candidates = tx
+                .query(
+                    &tx.prepare_cached(
+                        "SELECT DISTINCT store, hook FROM outbox WHERE due <= $1 \
+                         ORDER BY store, hook LIMIT $2",
+                    )
+                    .await?,
+                    &[&now, &to_i64(limit)],
+                )
+                .await?;
+            if candidates.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut stores = Vec::with_capacity(candidates.len());
+            let mut hooks = Vec::with_capacity(candidates.len());
+            for r in &candidates {
+                stores.push(r.try_get::<_, String>(0)?);
+                hooks.push(r.try_get::<_, String>(1)?);
+            }
+            let held = tx
+                .query(
+                    &tx.prepare_cached(
+                        "INSERT INTO webhook_leases (store, hook, holder, until) \
+                         SELECT s, h, $3, $4 FROM unnest($1::text[], $2::text[]) AS t(s, h) \
+                         ON CONFLICT (store, hook) DO UPDATE \
+                         SET holder = EXCLUDED.holder, until = EXCLUDED.until \
+                         WHERE webhook_leases.until <= $5 \
+                            OR webhook_leases.holder = EXCLUDED.holder \
+                         RETURNING store, hook",
+                    )
+                    .await?,
+                    &[
+                        &stores,
+                        &hooks,
+                        &self.instance,
+                        &now.saturating_add(WEBHOOK_LEASE_MS),
+                        &now,
+                    ],
+                )
+                .await?;
+            if held.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (mut stores, mut hooks) = (Vec::new(), Vec::new());
+            for r in &held {
+                stores.push(r.try_get::<_, String>(0)?);
+                hooks.push(r.try_get::<_, String>(1)?);
+            }
+            // A new statement, so a new snapshot: it sees every settle committed before the
+            // leases were taken.
+            let due = tx
+                .query(
+                    &tx.prepare_cached(
+                        "SELECT o.store, o.hook, o.event, o.attempts FROM outbox o \
+                         JOIN unnest($2::text[], $3::text[]) AS t(s, h) \
+                           ON o.store = t.s AND o.hook = t.h \
+                         WHERE o.due <= $1 ORDER BY o.store, o.hook, o.event LIMIT $4",
+                    )
+                    .await?,
+                    &[&now, &stores, &hooks, &to_i64(limit)],
+                )
+                .await?;
+            let mut items = Vec::with_capacity(due.len());
+            for r in &due {
+                items.push(OutboxItem {
+                    store: id_of(r, 0)?,
+                    hook: id_of(r, 1)?,
+                    event: id_of(r, 2)?,
+                    attempts: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
+                });
+            }
+            Ok(items)
         })
-        .collect::<Result<Vec<_>, Fail>>()
-        .map_err(fail_err)
+    }
+
+    /// Ends this instance's delivery lease on a webhook (its post was settled).
+    async fn release_lease(
+        &self,
+        tx: &Transaction<'_>,
+        store: &StoreId,
+        hook: &WebhookId,
+    ) -> Result<(), Fail> {
+        exec(
+            tx,
+            "DELETE FROM webhook_leases WHERE store = $1 AND hook = $2 AND holder = $3",
+            &[&store.as_str(), &hook.as_str(), &self.instance],
+        )
+        .await?;
+        Ok(())
     }
 
     pub(super) async fn outbox_settle(
@@ -137,6 +221,7 @@ impl PgStorage {
                 &[&store.as_str(), &hook.as_str(), &settled],
             )
             .await?;
+            self.release_lease(tx, store, hook).await?;
             for e in processed {
                 let current = row(
                     tx,
@@ -180,7 +265,7 @@ impl PgStorage {
                 )
                 .await?;
             }
-            Ok(())
+            self.release_lease(tx, store, hook).await
         })
     }
 

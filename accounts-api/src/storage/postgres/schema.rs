@@ -9,7 +9,8 @@
 //! (`subscriptions.work_at`, `outbox.due`). Ids are compared byte-wise (`COLLATE "C"`), so
 //! listings come in the same order as sled's keys.
 
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE stores (
     id text COLLATE "C" PRIMARY KEY,
     username text COLLATE "C" NOT NULL CONSTRAINT stores_username UNIQUE,
@@ -87,4 +88,16 @@ CREATE TABLE meta (
     key text COLLATE "C" PRIMARY KEY,
     value bytea NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Who delivers a webhook's due events right now: at most one instance per webhook, so posts to
+-- one receiver never overlap and keep event order across the cluster.
+CREATE TABLE webhook_leases (
+    store text COLLATE "C" NOT NULL,
+    hook text COLLATE "C" NOT NULL,
+    holder text NOT NULL,
+    until bigint NOT NULL,
+    PRIMARY KEY (store, hook)
+);
+"#,
+];
