@@ -35,6 +35,12 @@ enum Command {
         /// 0 picks a free port.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Run on this PostgreSQL database instead of the embedded sled (postgres://…).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// With --database-url: how many vaults and accounts-api instances to start.
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
     },
     /// Store (tenant) administration.
     Store {
@@ -221,7 +227,15 @@ async fn main() -> std::process::ExitCode {
     accounts_api::init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Serve { config } => serve(config, cli.log_format).await,
-        Command::Dev { data, port } => accounts_api::dev::run(data, port).await,
+        Command::Dev {
+            data,
+            port,
+            database_url,
+            instances,
+        } => {
+            let database = database_url.map(shared::SecretString::new);
+            accounts_api::dev::run(data, port, database, instances).await
+        }
         Command::Store {
             command: StoreCommand::Create { name, data, config },
         } => store_create(name, data, config).await,

@@ -44,6 +44,10 @@ pub struct System {
     pub processor: String,
     /// Shared so a test can start a second system on the same folder after stopping the first.
     pub data: std::sync::Arc<tempfile::TempDir>,
+    /// With `--database-url`: every accounts-api instance's URL (`api` first) and every vault's
+    /// address (`vault_addr` first); empty on sled.
+    pub apis: Vec<String>,
+    pub vaults: Vec<String>,
     pub http: reqwest::Client,
     stopped: bool,
 }
@@ -64,12 +68,32 @@ pub fn start_system_with_env(
     data: std::sync::Arc<tempfile::TempDir>,
     env: &[(&str, &str)],
 ) -> System {
+    start_system_with_args(data, env, &[])
+}
+
+/// `accounts-api dev --database-url URL --instances N` on a fresh folder: N vaults and N
+/// accounts-api instances on one PostgreSQL database.
+pub fn start_cluster(database_url: &str, instances: usize) -> System {
+    let n = instances.to_string();
+    start_system_with_args(
+        std::sync::Arc::new(temp_dir("strongroom-cluster-")),
+        &[],
+        &["--database-url", database_url, "--instances", &n],
+    )
+}
+
+fn start_system_with_args(
+    data: std::sync::Arc<tempfile::TempDir>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> System {
     shared::tls::install_crypto_provider();
     let mut cmd = Command::new(bin_path("accounts-api"));
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.arg("dev")
+        .args(args)
         .arg("--data")
         .arg(data.path())
         .arg("--port")
@@ -86,11 +110,24 @@ pub fn start_system_with_env(
         vault_addr: ready["vault"].as_str().unwrap_or_default().to_owned(),
         vault_pid: ready["vaultPid"].as_u64().unwrap_or_default() as u32,
         processor: ready["processor"].as_str().unwrap_or_default().to_owned(),
+        apis: strings(&ready["apis"]),
+        vaults: strings(&ready["vaults"]),
         service,
         data,
         http: http_client(),
         stopped: false,
     }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn http_client() -> reqwest::Client {

@@ -253,17 +253,33 @@ pub async fn renew_one(
             };
             let (intent, lease) = (p.clone(), lease(state));
             // Insert-if-absent of the intent is the claim: a second worker finds it pending.
-            state
+            // Another instance can win that race (the per-subscription lock above is this
+            // process's only): then it charges, and this call does nothing.
+            let claimed = state
                 .storage
                 .apply_renewal(store, id, &|s, _| {
-                    if s.state != SubState::Active || s.renewal.pending.is_some() {
+                    if s.renewal.pending.is_some() {
+                        return Err(StorageError::State(CLAIMED_ELSEWHERE));
+                    }
+                    if s.state != SubState::Active {
                         return Err(StorageError::State("the subscription changed meanwhile"));
                     }
                     s.renewal.pending = Some(intent.clone());
                     s.renewal.lease = Some(lease.clone());
                     Ok(vec![])
                 })
-                .await?;
+                .await;
+            match claimed {
+                Ok(_) => {}
+                Err(StorageError::State(CLAIMED_ELSEWHERE)) => {
+                    return Ok(if on_demand {
+                        Outcome::Refused("RENEWAL_IN_PROGRESS")
+                    } else {
+                        Outcome::Skipped
+                    });
+                }
+                Err(e) => return Err(e),
+            }
             // The intent is on disk before the vault hears of the charge.
             state.storage.durable().await?;
             p

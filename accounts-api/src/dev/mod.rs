@@ -12,6 +12,14 @@
 //! `sandbox-processor` binary from the same build, with a fresh random secret key handed to both
 //! children through their environment, and points the vault at it. The renewal job runs with the
 //! `renewals` certificate of the dev PKI every `STRONGROOM_RENEWALS_INTERVAL_SECS` (default 60).
+//!
+//! With `--database-url URL [--instances N]` the same system runs on PostgreSQL, N of each
+//! service (see `cluster`): N vaults (each its own folder, keys copied from the first, its own
+//! audit chain) and N accounts-api instances (this process and N−1 `accounts-api serve`
+//! children), instance i on vault i, all on that database. The READY line then also carries
+//! `apis`, `apiPids`, `vaults` and `vaultPids` (`api` stays the first instance).
+
+mod cluster;
 
 use crate::vault::VaultConfig;
 use serde_json::{Value, json};
@@ -213,54 +221,34 @@ fn print_banner(api: &str, demo: &Value) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
-    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    // A real processor from the environment, or the local sandbox.
-    let external = std::env::var("VAULT_PROCESSOR_URL")
-        .ok()
-        .filter(|v| !v.is_empty());
-    let vault_bin = dev_binaries(external.is_none())?;
-    let vault_dir = data.join("vault");
-    let vault_toml = vault_dir.join("vault.toml");
-    if !vault_toml.exists() {
-        let status = tokio::process::Command::new(&vault_bin)
-            .arg("init")
-            .arg("--dir")
-            .arg(&vault_dir)
-            .stdout(Stdio::null())
-            .status()
-            .await
-            .map_err(|e| format!("vault init: {e}"))?;
-        if !status.success() {
-            return Err(format!("vault init failed: {status}"));
-        }
+/// A started vault child and the address it listens on.
+struct VaultChild {
+    child: tokio::process::Child,
+    addr: String,
+    pid: Option<u32>,
+}
+
+/// Starts `vault serve --config toml --listen 127.0.0.1:0` with the processor environment;
+/// waits for its `VAULT_LISTENING` line and keeps draining its stdout.
+async fn start_vault(
+    vault_bin: &Path,
+    toml: &Path,
+    processor_env: &[(&str, &str)],
+) -> Result<VaultChild, String> {
+    let mut cmd = tokio::process::Command::new(vault_bin);
+    for (k, v) in processor_env {
+        cmd.env(k, v);
     }
-    let mut sandbox = None;
-    let mut vault_cmd = tokio::process::Command::new(&vault_bin);
-    let processor = match external {
-        Some(url) => url,
-        None => {
-            let secret = random_secret()?;
-            let (child, addr) = start_sandbox(&vault_bin, &secret).await?;
-            sandbox = Some(child);
-            let url = format!("http://{addr}");
-            vault_cmd
-                .env("VAULT_PROCESSOR_URL", &url)
-                .env("VAULT_PROCESSOR_SECRET_KEY", secret.as_str());
-            url
-        }
-    };
-    let sandbox_pid = sandbox.as_ref().and_then(tokio::process::Child::id);
     // The vault child logs in the same format as we do unless told otherwise.
     if std::env::var_os("VAULT_LOG_FORMAT").is_none()
         && let Some(f) = std::env::var_os("STRONGROOM_LOG_FORMAT")
     {
-        vault_cmd.env("VAULT_LOG_FORMAT", f);
+        cmd.env("VAULT_LOG_FORMAT", f);
     }
-    let mut child = vault_cmd
+    let mut child = cmd
         .arg("serve")
         .arg("--config")
-        .arg(&vault_toml)
+        .arg(toml)
         .arg("--listen")
         .arg("127.0.0.1:0")
         .stdin(Stdio::null())
@@ -269,12 +257,24 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("vault serve: {e}"))?;
-    let vault_pid = child.id();
+    let pid = child.id();
     let stdout = child.stdout.take().ok_or("vault stdout")?;
+    let addr = first_line_with(stdout, "VAULT_LISTENING ")
+        .await
+        .ok_or("the vault did not start (no VAULT_LISTENING line)")?;
+    Ok(VaultChild { child, addr, pid })
+}
+
+/// Waits (30 s at most) for the line starting with `prefix` on a child's stdout, echoing other
+/// lines to stderr; then keeps draining the stream so the child never blocks on a full pipe.
+async fn first_line_with(
+    stdout: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    prefix: &str,
+) -> Option<String> {
     let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(a) = line.strip_prefix("VAULT_LISTENING ") {
+            if let Some(a) = line.strip_prefix(prefix) {
                 return Some(a.trim().to_owned());
             }
             eprintln!("{line}");
@@ -283,16 +283,18 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
     })
     .await
     .ok()
-    .flatten()
-    .ok_or("the vault did not start (no VAULT_LISTENING line)")?;
-    // Keep draining the vault's stdout so it never blocks on a full pipe.
+    .flatten();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("{line}");
         }
     });
-    let pki = vault_dir.join("pki");
-    let vault_cfg = VaultConfig {
+    found
+}
+
+/// The vault client settings for the dev PKI in `pki` and a vault at `addr`.
+fn vault_config(pki: &Path, addr: &str) -> Result<VaultConfig, String> {
+    Ok(VaultConfig {
         addr: addr
             .parse()
             .map_err(|_| format!("bad vault address {addr}"))?,
@@ -302,42 +304,142 @@ pub async fn run(data: PathBuf, port: u16) -> Result<(), String> {
             cert: pki.join("accounts.pem"),
             key: pki.join("accounts.key"),
         },
+    })
+}
+
+/// `accounts-api dev [--database-url URL --instances N]`: without a database, one vault and one
+/// accounts-api on sled under `data` (the default); with one, `instances` vaults and
+/// accounts-api instances on that PostgreSQL database (see `cluster`).
+pub async fn run(
+    data: PathBuf,
+    port: u16,
+    database: Option<shared::SecretString>,
+    instances: usize,
+) -> Result<(), String> {
+    if instances == 0 {
+        return Err("--instances must be at least 1".into());
+    }
+    if instances > 1 && database.is_none() {
+        return Err(
+            "--instances above 1 needs --database-url: the embedded sled database is one \
+             process's"
+                .into(),
+        );
+    }
+    std::fs::create_dir_all(&data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    // A real processor from the environment, or the local sandbox.
+    let external = std::env::var("VAULT_PROCESSOR_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let vault_bin = dev_binaries(external.is_none())?;
+    let db = match &database {
+        Some(url) => Some(cluster::Database::prepare(&data, url)?),
+        None => None,
     };
+    // Vault folders: `data/vault` on sled; `data/vaults/<i>` on PostgreSQL (copies of the first
+    // one's keys and PKI, each with its own data folder and audit chain).
+    let vault_dirs = match &db {
+        None => {
+            let dir = data.join("vault");
+            if !dir.join("vault.toml").exists() {
+                cluster::vault_init(&vault_bin, &dir).await?;
+            }
+            vec![dir]
+        }
+        Some(db) => cluster::vault_folders(&vault_bin, &data, db, instances).await?,
+    };
+    let mut sandbox = None;
+    let mut secret = None;
+    let processor = match external {
+        Some(url) => url,
+        None => {
+            let key = random_secret()?;
+            let (child, addr) = start_sandbox(&vault_bin, &key).await?;
+            sandbox = Some(child);
+            secret = Some(key);
+            format!("http://{addr}")
+        }
+    };
+    let sandbox_pid = sandbox.as_ref().and_then(tokio::process::Child::id);
+    let processor_env: Vec<(&str, &str)> = match &secret {
+        Some(key) => vec![
+            ("VAULT_PROCESSOR_URL", processor.as_str()),
+            ("VAULT_PROCESSOR_SECRET_KEY", key.as_str()),
+        ],
+        None => Vec::new(),
+    };
+    let mut vaults = Vec::with_capacity(vault_dirs.len());
+    for dir in &vault_dirs {
+        vaults.push(start_vault(&vault_bin, &dir.join("vault.toml"), &processor_env).await?);
+    }
+    let pki = vault_dirs[0].join("pki");
+    let vault_cfg = vault_config(&pki, &vaults[0].addr)?;
     let renewals = crate::config::RenewalsConfig {
         cert: pki.join("renewals.pem"),
         key: pki.join("renewals.key"),
         interval: crate::config::RenewalsConfig::interval_from_env(60)?,
     };
-    let state = crate::build_with_renewals(&data, &vault_cfg, Some(&renewals))?;
+    let settings = crate::settings::Settings::from_env()?;
+    let storage = crate::open_storage(
+        &data,
+        db.as_ref().map(cluster::Database::settings).as_ref(),
+        settings.live,
+    )
+    .await?;
+    let state = crate::build_with_storage(storage, &data, &vault_cfg, Some(&renewals), settings)?;
     let demo = demo_store(&state, &crate::config::accounts_dir(&data)).await?;
+    // The other accounts-api instances: `accounts-api serve` children, instance i on vault i.
+    let mut apis = Vec::new();
+    if let Some(db) = &db {
+        for (i, vault) in vaults.iter().enumerate().skip(1) {
+            apis.push(cluster::start_api(&data, db, i + 1, &pki, &vault.addr).await?);
+        }
+    }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| format!("bind: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let ready = json!({
-        "api": format!("http://{local}"),
+    let api = format!("http://{local}");
+    let mut ready = json!({
+        "api": api,
         "store": demo.get("store"),
         "username": demo.get("username"),
         "password": demo.get("password"),
-        "vault": addr,
-        "vaultPid": vault_pid,
+        "vault": vaults[0].addr,
+        "vaultPid": vaults[0].pid,
         "processor": processor,
         "processorPid": sandbox_pid,
     });
+    if db.is_some() {
+        let mut all_apis = vec![json!(api)];
+        all_apis.extend(apis.iter().map(|a| json!(a.url)));
+        let mut api_pids = vec![json!(std::process::id())];
+        api_pids.extend(apis.iter().map(|a| json!(a.child.id())));
+        ready["apis"] = json!(all_apis);
+        ready["apiPids"] = json!(api_pids);
+        ready["vaults"] = json!(vaults.iter().map(|v| v.addr.clone()).collect::<Vec<_>>());
+        ready["vaultPids"] = json!(vaults.iter().map(|v| v.pid).collect::<Vec<_>>());
+    }
     println!("STRONGROOM_READY {ready}");
-    print_banner(&format!("http://{local}"), &demo)?;
-    tracing::info!(api = %local, vault = %addr, "strongroom dev system ready");
+    print_banner(&api, &demo)?;
+    tracing::info!(api = %local, vault = %vaults[0].addr, instances, "strongroom dev system ready");
     let server = crate::app::run(listener, state, crate::shutdown_signal());
     tokio::pin!(server);
+    let first = &mut vaults[0].child;
     let served = tokio::select! {
         r = &mut server => r,
-        status = child.wait() => {
+        status = first.wait() => {
             // Say so loudly, but keep serving: vault calls answer 503 until it is restarted.
             tracing::error!(?status, "the vault process exited; calls that need it answer 503");
             server.await
         }
     };
-    let _ = child.kill().await;
+    for mut a in apis {
+        cluster::stop(&mut a.child).await;
+    }
+    for v in &mut vaults {
+        let _ = v.child.kill().await;
+    }
     if let Some(mut s) = sandbox {
         let _ = s.kill().await;
     }

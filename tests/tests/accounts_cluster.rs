@@ -1,0 +1,108 @@
+//! `accounts-api dev --database-url URL --instances 2` (issue 11): two vaults and two
+//! accounts-api instances (plus the sandbox processor) on one throwaway PostgreSQL, with
+//! requests alternating between the instances. Instance i talks to vault i, so these also show
+//! the vaults sharing records and the charge ledger. Without PostgreSQL the tests print SKIPPED
+//! (and fail under STRONGROOM_REQUIRE_TOOLS=1).
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tests::accounts::{Merchant, SaveBox, System, start_cluster, subscription_order};
+use tests::sandbox;
+
+fn cluster() -> Option<System> {
+    let url = pgtest::fresh_database()?;
+    let sys = start_cluster(&url, 2);
+    assert_eq!(sys.apis.len(), 2, "READY lists both instances");
+    assert_eq!(sys.vaults.len(), 2, "READY lists both vaults");
+    assert_eq!(sys.apis[0], sys.api, "api stays the first instance");
+    assert_ne!(sys.vaults[0], sys.vaults[1]);
+    Some(sys)
+}
+
+fn on(sys: &System, i: usize) -> Merchant {
+    Merchant::new(&sys.http, &sys.apis[i], &sys.demo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_card_saved_through_one_instance_and_vault_shows_on_the_other() {
+    let Some(sys) = cluster() else { return };
+    let (a, b) = (on(&sys, 0), on(&sys, 1));
+    // The demo store works on both.
+    for m in [&a, &b] {
+        assert_eq!(m.list_accounts(&[]).await.status, StatusCode::OK);
+    }
+    let order = b
+        .complete_order(&subscription_order("card@example.com", SaveBox::Ticked))
+        .await;
+    assert_eq!(order.status, StatusCode::OK, "{}", order.text);
+    let account = order.str("/account");
+    // Saved through instance B and vault 2; listed through instance A, which asks vault 1.
+    let methods = a.payment_methods(&account).await;
+    assert_eq!(methods.status, StatusCode::OK, "{}", methods.text);
+    assert!(methods.text.contains("4242"), "{}", methods.text);
+    let sub = order.str("/items/0/subscription");
+    let on_a = a.get_subscription(&sub).await;
+    assert_eq!(on_a.status, StatusCode::OK, "{}", on_a.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebill_sent_to_both_instances_at_once_charges_each_subscription_once() {
+    let Some(sys) = cluster() else { return };
+    let (a, b) = (on(&sys, 0), on(&sys, 1));
+    let mut subs = Vec::new();
+    for i in 0..12 {
+        let m = if i % 2 == 0 { &a } else { &b };
+        let o = m
+            .complete_order(&subscription_order(
+                &format!("rebill{i}@example.com"),
+                SaveBox::Ticked,
+            ))
+            .await;
+        assert_eq!(o.status, StatusCode::OK, "{}", o.text);
+        subs.push(o.str("/items/0/subscription"));
+    }
+    let ledger = sandbox::charges(&sys.processor).await;
+    let before = ledger["charges"].as_array().map(Vec::len).unwrap_or(0);
+    let replays_before = ledger["replays"].as_u64().unwrap_or(0);
+    // Each subscription charged on demand through both instances (and so both vaults) at once.
+    let mut set = tokio::task::JoinSet::new();
+    for sub in &subs {
+        for m in [&a, &b] {
+            let (m, sub) = (m.clone(), sub.clone());
+            set.spawn(async move {
+                let body = json!({"subscriptions": [{"subscription": sub}]});
+                m.call("POST", "/subscriptions/charge", Some(&body)).await
+            });
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        let answer = r.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    }
+    let all = sandbox::charges(&sys.processor).await;
+    let after = all["charges"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        after.len() - before,
+        subs.len(),
+        "one processor charge per subscription: {all}"
+    );
+    assert_eq!(
+        all["replays"].as_u64().unwrap_or(0),
+        replays_before,
+        "no charge key reached the processor a second time: {all}"
+    );
+    for sub in &subs {
+        let mine: Vec<_> = after
+            .iter()
+            .filter(|c| {
+                c["idempotencyKey"]
+                    .as_str()
+                    .is_some_and(|k| k.contains(sub.as_str()))
+            })
+            .collect();
+        assert_eq!(mine.len(), 1, "{sub}: {all}");
+        // Both instances see the one renewal: one charge on the account after the checkout's.
+        let s = b.get_subscription(sub).await;
+        assert_eq!(s.status, StatusCode::OK, "{}", s.text);
+    }
+}
