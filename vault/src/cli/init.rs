@@ -170,6 +170,14 @@ fn create_keys_and_folder(
         }
         (None, None) => uuid::Uuid::new_v4().to_string(),
     };
+    // On a database, the id is claimed before any key file is bound to it, with
+    // insert-if-absent: of two `init`s racing on one empty database, the second takes the
+    // first's id, exactly as if it had run after it (its keys are then checked at start).
+    let id = match (&existing, &database) {
+        (None, Some(db)) => String::from_utf8(db.meta_put_if_absent(FOLDER_ID_KEY, id.as_bytes())?)
+            .map_err(|_| "the database holds a data folder id that is not text")?,
+        _ => id,
+    };
     for p in [&master, &fp] {
         if let Some(dir) = p.parent() {
             shared::pki::create_private_dir(dir)?;
@@ -233,13 +241,9 @@ fn create_keys_and_folder(
     }
     let data_created = !config.data_dir.exists();
     shared::pki::create_private_dir(&config.data_dir)?;
-    match (&existing, &database) {
-        (Some(_), _) => {}
-        (None, Some(db)) => db.meta_apply(&[(FOLDER_ID_KEY, id.as_bytes())], &[])?,
-        (None, None) => {
-            StoppedFolder::open(&config.data_dir, config.storage.cache_capacity_bytes, 500)?
-                .meta_put(FOLDER_ID_KEY, id.as_bytes())?
-        }
+    if existing.is_none() && database.is_none() {
+        StoppedFolder::open(&config.data_dir, config.storage.cache_capacity_bytes, 500)?
+            .meta_put(FOLDER_ID_KEY, id.as_bytes())?
     }
     println!(
         "data: {} ({}), data folder id {id}",

@@ -267,7 +267,12 @@ fn is_fresh(store: &dyn Store) -> Result<bool, StoreError> {
 }
 
 /// Point 3 of the module header. `files` are the key files in use (environment keys have none).
-/// Returns the folder id; binds unbound files (and an unbound folder) to it.
+/// Returns the folder id, recording one in a folder (or database) that has none. The key files
+/// are bound by [`bind_key_files`] only after the key-check values accepted the keys.
+///
+/// The id is recorded with insert-if-absent: instances starting at the same moment on one empty
+/// database all take the first one's id (the key-check values then decide which keys run), so
+/// no instance works with an id the database does not hold.
 pub fn check_binding(
     store: &dyn Store,
     data_dir: &Path,
@@ -317,15 +322,37 @@ pub fn check_binding(
         }
         (None, None) => uuid::Uuid::new_v4().to_string(),
     };
-    if folder_id.is_none() {
-        store.meta_apply(&[(FOLDER_ID_KEY, id.as_bytes())], &[])?;
-        tracing::info!(data_folder = %id, "data folder id recorded");
+    if folder_id.is_some() {
+        return Ok(id);
     }
+    let recorded = store.meta_put_if_absent(FOLDER_ID_KEY, id.as_bytes())?;
+    let recorded = String::from_utf8(recorded).map_err(|_| StoreError::Corrupt("folder id"))?;
+    if recorded == id {
+        tracing::info!(data_folder = %id, "data folder id recorded");
+        return Ok(id);
+    }
+    // Another instance recorded its id first: the checks above, against that id.
+    if let Some((p, file_id)) = bound.iter().find(|(_, b)| *b != recorded) {
+        return Err(CustodyError::ForeignKeyFile {
+            path: p.display().to_string(),
+            file_id: file_id.clone(),
+            folder_id: recorded,
+            data_dir: data,
+        });
+    }
+    Ok(recorded)
+}
+
+/// Binds the key files among `files` that are not bound yet to data folder `id` (point 3):
+/// files written before binding existed, or keys a first start just accepted. Called once the
+/// key-check values accepted the keys, so a refused key file is never bound to a folder it
+/// does not open.
+pub fn bind_key_files(files: &[&Path], id: &str) -> Result<(), CustodyError> {
     for f in files {
-        if bound.iter().any(|(p, _)| p == f) {
+        if keys::binding_of(f)?.is_some() {
             continue;
         }
-        match keys::bind_file(f, &id) {
+        match keys::bind_file(f, id) {
             Ok(()) => tracing::warn!(
                 path = %f.display(),
                 "key file bound to its data folder: back up the key file now"
@@ -337,7 +364,7 @@ pub fn check_binding(
             ),
         }
     }
-    Ok(id)
+    Ok(())
 }
 
 /// Point 4 of the module header: locks the folder holding `key_file` until the returned handle

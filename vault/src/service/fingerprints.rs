@@ -293,11 +293,16 @@ pub(super) fn check_fingerprints(
 ) -> Result<(), CoreError> {
     for k in &ring.keys {
         let check = k.f.check_value();
-        match store.meta_get(&fp_kcv_key(k.version))? {
-            Some(v) if v.as_slice() == check.as_slice() => {}
-            Some(_) => return Err(CoreError::WrongFingerprintKey),
-            // Version 1 on a fresh folder, or a version added to the file by hand.
-            None => store.meta_apply(&[(&fp_kcv_key(k.version), &check)], &[])?,
+        let key = fp_kcv_key(k.version);
+        let stored = match store.meta_get(&key)? {
+            Some(v) => v,
+            // Version 1 on a fresh folder, or a version added to the file by hand: recorded
+            // only if still absent, so of two instances starting at once with different keys
+            // the second sees the first's value and is refused below.
+            None => store.meta_put_if_absent(&key, &check)?,
+        };
+        if stored.as_slice() != check.as_slice() {
+            return Err(CoreError::WrongFingerprintKey);
         }
     }
     let held: Vec<u32> = ring.keys.iter().map(|k| k.version).collect();

@@ -277,6 +277,7 @@ impl Vault {
         if let Some(ring) = &keyring {
             check_keyring(ring, &*store, master_file, &config.data_dir)?;
         }
+        custody::bind_key_files(&key_files, &folder_id)?;
         let audit_key = load_audit_key(&config.audit_key, &folder_id)?;
         let audit = crate::audit::SegmentLog::open(
             config.audit.clone(),

@@ -413,14 +413,17 @@ pub(super) fn check_keyring(
     data_dir: &std::path::Path,
 ) -> Result<(), CoreError> {
     for kek in keyring.versions() {
-        match store.meta_get(&kcv_key(kek.version))? {
-            Some(kcv) if Keyring::verify_key_check(kek, &kcv) => {}
-            Some(_) => return Err(CoreError::WrongMasterKey(kek.version)),
-            // A fresh folder, or a version added to the file by hand: nothing to overwrite.
-            None => {
-                let kcv = Keyring::key_check_value(kek)?;
-                store.meta_apply(&[(&kcv_key(kek.version), &kcv)], &[])?
-            }
+        let key = kcv_key(kek.version);
+        let kcv = match store.meta_get(&key)? {
+            Some(kcv) => kcv,
+            // A fresh folder, or a version added to the file by hand: recorded only if still
+            // absent. Another instance starting at the same moment on the same (empty) database
+            // may record its own first; then that is the value checked below, and a different
+            // key is refused here instead of both instances running with their own.
+            None => store.meta_put_if_absent(&key, &Keyring::key_check_value(kek)?)?,
+        };
+        if !Keyring::verify_key_check(kek, &kcv) {
+            return Err(CoreError::WrongMasterKey(kek.version));
         }
     }
     let held: Vec<u32> = keyring.versions().map(|k| k.version).collect();

@@ -5,7 +5,8 @@
 //! Cases: uniqueness under a race (16 concurrent stores of one token → one record), atomicity
 //! (record + indexes together), the ledger claim (concurrent insert-if-absent of
 //! one idempotency key → one winner; compare-and-swap from a stale value fails), delete and
-//! erase (index entries gone, other stores untouched), list by account (no prefix bleed).
+//! erase (index entries gone, other stores untouched), list by account (no prefix bleed), first
+//! writes of a setting (16 concurrent insert-if-absent with different values → all see one).
 //! Concurrency uses scoped threads, bounded at 16.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -27,6 +28,7 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     erase_removes_only_that_accounts_records(&*make());
     list_returns_one_accounts_records_oldest_first(&*make());
     meta_changes_apply_together(&*make());
+    concurrent_first_writes_of_a_setting_all_see_the_one_winner(&*make());
 }
 
 fn id(n: usize) -> String {
@@ -274,4 +276,41 @@ fn meta_changes_apply_together(s: &dyn Store) {
         .collect();
     assert_eq!(keys, vec!["kcv/master/2".to_owned()]);
     assert_eq!(s.meta_get("custody/x").unwrap(), Some(Vec::new()));
+}
+
+fn concurrent_first_writes_of_a_setting_all_see_the_one_winner(s: &dyn Store) {
+    let barrier = Barrier::new(RACERS);
+    let seen: Vec<(Vec<u8>, Vec<u8>)> = std::thread::scope(|t| {
+        let handles: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let barrier = &barrier;
+                t.spawn(move || {
+                    let mine = format!("value of racer {i}").into_bytes();
+                    barrier.wait();
+                    let stored = s.meta_put_if_absent("kcv/master/1", &mine).unwrap();
+                    (mine, stored)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winner = s
+        .meta_get("kcv/master/1")
+        .unwrap()
+        .expect("one value stored");
+    assert!(
+        seen.iter().all(|(_, stored)| *stored == winner),
+        "every racer answers the stored value: {seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|(mine, _)| *mine == winner).count(),
+        1,
+        "the stored value is one racer's own"
+    );
+    // Later calls change nothing and answer the winner too.
+    assert_eq!(
+        s.meta_put_if_absent("kcv/master/1", b"late").unwrap(),
+        winner
+    );
+    assert_eq!(s.meta_put_if_absent("custody/y", b"new").unwrap(), b"new");
 }

@@ -10,6 +10,7 @@
 //! - two concurrent inserts with one fingerprint make one record (the second sees the first);
 //! - [`Store::charge_swap`] is a compare-and-swap: of concurrent swaps from one expected value,
 //!   exactly one succeeds;
+//! - [`Store::meta_put_if_absent`] has one winner: concurrent callers all get the same value;
 //! - a write is on disk once [`Store::durable`] resolves (callers acknowledge only then).
 //!
 //! The audit log is not in the store: it is the service's, in segment files (`crate::audit`),
@@ -124,6 +125,12 @@ pub trait Store: Send + Sync {
     fn meta_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Puts and removes as one atomic change, on disk when it returns.
     fn meta_apply(&self, puts: &[(&str, &[u8])], removes: &[&str]) -> Result<(), StoreError>;
+    /// Writes `value` under `key` only if the key is absent, and returns what `key` holds now:
+    /// `value`, or what another writer (another instance starting at the same moment) put
+    /// there first. Of concurrent calls on an absent key, every caller gets the one winner's
+    /// value. On disk when it returns. First-start values (key-check values, the folder id)
+    /// go through this, never through an upsert, so a loser sees the winner's value.
+    fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
 
     /// The ledger entry for (store, idempotency key).
     fn charge_get(&self, store: &StoreId, key: &str) -> Result<Option<ChargeEntry>, StoreError>;

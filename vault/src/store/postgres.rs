@@ -14,6 +14,8 @@
 //!   unique fingerprint; a loser (the server makes it wait for the winner's commit) then reads
 //!   the winner. Each statement is atomic on its own and the unique index is what decides, so
 //!   no surrounding transaction is needed (it would only add two round trips).
+//! - `meta_put_if_absent` is `INSERT … ON CONFLICT DO NOTHING`, then a read of the winner: two
+//!   instances starting at once on an empty database agree on one key-check value / folder id.
 //! - `charge_swap` is a compare-and-swap in the database: insert-if-absent, or `SELECT … FOR
 //!   UPDATE`, compare the decoded entry, update, in one transaction.
 //! - Ids are `COLLATE "C"`: `record_ids_after` and `rewrap_batch` walk them in byte order, as
@@ -481,6 +483,38 @@ impl Store for PgStore {
                     .map_err(db_err)?;
             }
             tx.commit().await.map_err(db_err)
+        })
+    }
+
+    fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.call(move |c| async move {
+            let insert = c
+                .prepare_cached(
+                    "INSERT INTO vault_meta (name, value) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .await
+                .map_err(db_err)?;
+            let select = c
+                .prepare_cached("SELECT value FROM vault_meta WHERE name = $1")
+                .await
+                .map_err(db_err)?;
+            // The unique name decides: a racing insert waits for the winner's commit and then
+            // does nothing; the next statement (a new snapshot) reads the winner. Two
+            // statements, since one would read with the snapshot taken before the winner
+            // committed. A winner removed in between leaves the key absent: try again.
+            for _ in 0..3 {
+                if c.execute(&insert, &[&key, &value]).await.map_err(db_err)? == 1 {
+                    return Ok(value);
+                }
+                if let Some(row) = c.query_opt(&select, &[&key]).await.map_err(db_err)? {
+                    return row.try_get(0).map_err(db_err);
+                }
+            }
+            Err(StoreError::Backend(
+                "a settings key kept changing hands during one insert".into(),
+            ))
         })
     }
 

@@ -459,6 +459,29 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn meta_put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        // A single-key compare-and-swap from "absent": sled decides the winner, and a lost
+        // swap reports the value that won. A key removed in between is absent again: retry.
+        for _ in 0..3 {
+            let current = match self
+                .meta
+                .compare_and_swap(key, None::<&[u8]>, Some(value))?
+            {
+                Ok(()) => value.to_vec(),
+                Err(lost) => match lost.current {
+                    Some(winner) => winner.to_vec(),
+                    None => continue,
+                },
+            };
+            // The winner's value too: the caller acts on it, so it must be on disk.
+            self.db.flush()?;
+            return Ok(current);
+        }
+        Err(StoreError::Backend(
+            "a settings key kept changing hands during one insert".into(),
+        ))
+    }
+
     fn charge_get(&self, store: &StoreId, key: &str) -> Result<Option<ChargeEntry>, StoreError> {
         match self.charges.get(charge_key(store.as_str(), key))? {
             None => Ok(None),

@@ -104,3 +104,168 @@ fn key_files_of_another_vault_are_not_bound_to_an_empty_database() {
         .to_string();
     assert!(err.contains("not the configured database"), "{err}");
 }
+
+/// The data folder id the database of instance folder `dir` holds.
+fn folder_id_in(dir: &Path) -> String {
+    use crate::store::Store;
+    let config = Config::load(&dir.join("vault.toml"), Overrides::default(), None).unwrap();
+    let db = crate::store::PgStore::open(&config.database.unwrap()).unwrap();
+    let id = db.meta_get(crate::service::custody::FOLDER_ID_KEY).unwrap();
+    String::from_utf8(id.expect("a folder id")).unwrap()
+}
+
+/// Runs `f` for each of `n` racers released at once; their answers in racer order.
+fn race<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|t| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, f) = (&barrier, &f);
+                t.spawn(move || {
+                    barrier.wait();
+                    f(i)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn two_vaults_with_different_master_keys_starting_at_once_on_an_empty_database_one_opens() {
+    use crate::crypto::{Fingerprinter, Kek, Keyring, SecretKey};
+    // Several rounds, each on a new empty database: the race is on the first key-check value.
+    for round in 0..4u8 {
+        let Some(url) = pgtest::fresh_database() else {
+            return;
+        };
+        let settings = shared::pg::PgSettings {
+            url: shared::SecretString::new(url),
+            pool_size: 4,
+            ca: None,
+            client_cert: None,
+            connect_timeout: std::time::Duration::from_secs(5),
+        };
+        let audit_root = tempfile::tempdir().unwrap();
+        let opened = race(2, |i| {
+            let store = crate::store::PgStore::open(&settings).unwrap();
+            let byte = u8::try_from(i).unwrap() + 1;
+            let ring = Keyring::new(vec![Kek {
+                version: 1,
+                key: SecretKey::from_slice(&[byte; 32]).unwrap(),
+            }])
+            .unwrap();
+            // One fingerprint key for both: the master key is what differs.
+            let fp = Fingerprinter::new(&SecretKey::from_slice(&[9; 32]).unwrap());
+            let audit = std::sync::Arc::new(
+                crate::audit::SegmentLog::ephemeral(&audit_root.path().join(i.to_string()))
+                    .unwrap(),
+            );
+            Vault::with_store(ring, fp, store, audit).map(drop)
+        });
+        let refused: Vec<_> = opened.iter().filter(|r| r.is_err()).collect();
+        assert_eq!(
+            refused.len(),
+            1,
+            "round {round}: exactly one of two instances with other master keys opens: {opened:?}"
+        );
+        assert!(
+            matches!(refused[0], Err(CoreError::WrongMasterKey(1))),
+            "round {round}: {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn unbound_keys_racing_onto_an_empty_database_leave_one_vault_and_the_loser_unbound() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    // Two instances with key files of their own, not bound to any data folder yet (written
+    // before binding existed, or by hand), starting at once on one empty database.
+    let dirs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let dir = instance_dir(root.path(), name, &url);
+            crate::keys::ensure_key_file(
+                &dir.join("master.key"),
+                crate::keys::KeyKind::Master,
+                None,
+            )
+            .unwrap();
+            crate::keys::ensure_key_file(
+                &dir.join("fingerprint.key"),
+                crate::keys::KeyKind::Fingerprint,
+                None,
+            )
+            .unwrap();
+            dir
+        })
+        .collect();
+    let opened = race(2, |i| open(&dirs[i]));
+    let winner = match opened.iter().position(Result::is_ok) {
+        Some(w) => w,
+        None => panic!(
+            "one instance must open: {:?}",
+            opened.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>()
+        ),
+    };
+    let loser = 1 - winner;
+    assert!(
+        matches!(
+            opened[loser],
+            Err(CoreError::WrongFingerprintKey | CoreError::WrongMasterKey(1))
+        ),
+        "the other keys are refused: {:?}",
+        opened[loser].as_ref().err()
+    );
+    // Both saw one folder id: the winner's key files are bound to the one the database holds,
+    // and the refused key files were bound to nothing.
+    let id = folder_id_in(&dirs[winner]);
+    for key in ["master.key", "fingerprint.key"] {
+        assert_eq!(
+            crate::keys::binding_of(&dirs[winner].join(key)).unwrap(),
+            Some(id.clone())
+        );
+        assert_eq!(
+            crate::keys::binding_of(&dirs[loser].join(key)).unwrap(),
+            None
+        );
+    }
+}
+
+#[test]
+fn two_inits_racing_on_an_empty_database_bind_both_key_sets_to_its_one_folder_id() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| instance_dir(root.path(), name, &url))
+        .collect();
+    let inits = race(2, |i| {
+        init_config(&dirs[i].join("vault.toml"), None).map_err(|e| e.to_string())
+    });
+    assert!(inits.iter().all(Result::is_ok), "{inits:?}");
+    let id = folder_id_in(&dirs[0]);
+    for dir in &dirs {
+        for key in ["master.key", "fingerprint.key"] {
+            assert_eq!(
+                crate::keys::binding_of(&dir.join(key)).unwrap().as_deref(),
+                Some(id.as_str()),
+                "{}",
+                dir.join(key).display()
+            );
+        }
+    }
+    // Then the keys decide: one set starts, the other (other keys) is refused.
+    let opened = race(2, |i| open(&dirs[i]));
+    assert_eq!(
+        opened.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{:?}",
+        opened.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>()
+    );
+}
