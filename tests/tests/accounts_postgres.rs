@@ -28,7 +28,11 @@ struct Cluster {
 impl Cluster {
     /// `None` when PostgreSQL is not installed (the test then checks nothing, visibly).
     fn start() -> Option<Cluster> {
-        let url = pgtest::fresh_database()?;
+        Some(Cluster::start_on(&pgtest::fresh_database()?, 2))
+    }
+
+    /// `instances` accounts-api instances on the database at `url`.
+    fn start_on(url: &str, instances: usize) -> Cluster {
         shared::tls::install_crypto_provider();
         let root = temp_dir("strongroom-pg-cluster-");
         let vault = start_vault(&root.path().join("vault"));
@@ -42,13 +46,13 @@ impl Cluster {
             apis: Vec::new(),
             http: http_client(),
         };
-        for name in ["a", "b"] {
+        for name in ["a", "b"].into_iter().take(instances) {
             let config = cluster.write_config(name);
             let service = Service::spawn(&format!("accounts-api {name}"), serve(&config));
             let api = service.wait_for_line("ACCOUNTS_API_LISTENING ", Duration::from_secs(30));
             cluster.apis.push((service, api));
         }
-        Some(cluster)
+        cluster
     }
 
     /// `name.toml`: its own data folder (admin socket), the shared vault and database.
@@ -425,4 +429,140 @@ async fn events_from_both_instances_reach_a_webhook_once_each_one_post_at_a_time
         json!([]),
         "every delivered event is processed"
     );
+}
+
+/// One checkout of the outage test: its key, email and the first answer's status.
+struct Attempt {
+    key: String,
+    email: String,
+    status: StatusCode,
+    order: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_killed_during_checkouts_answers_503_loses_no_acknowledged_order_and_resumes() {
+    let Some(pg) = pgtest::private() else { return };
+    let pg = std::sync::Arc::new(pg);
+    let c = Cluster::start_on(&pg.url("postgres"), 1);
+    let creds = c.create_store("Outage Store");
+    let m = c.on(0, &creds);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four clients checking out without pause, each order with its own Idempotency-Key.
+    let mut load = tokio::task::JoinSet::new();
+    for client in 0..4 {
+        let (m, stop) = (m.clone(), std::sync::Arc::clone(&stop));
+        load.spawn(async move {
+            let mut done = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && i < 2000 {
+                i += 1;
+                let key = format!("outage-{client}-{i}");
+                let email = format!("c{client}n{i}@example.com");
+                let a = m
+                    .with_key(&key)
+                    .complete_order(&one_off_order(&email))
+                    .await;
+                if a.status == StatusCode::SERVICE_UNAVAILABLE {
+                    assert_eq!(
+                        a.json["error"]["database"], "temporarily unavailable, retry later",
+                        "{}",
+                        a.text
+                    );
+                    assert!(a.headers.contains_key("retry-after"), "{:?}", a.headers);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                done.push(Attempt {
+                    key,
+                    email,
+                    status: a.status,
+                    order: a.str("/id"),
+                });
+            }
+            done
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.kill();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let again = std::sync::Arc::clone(&pg);
+    tokio::task::spawn_blocking(move || again.restart())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut attempts = Vec::new();
+    while let Some(r) = load.join_next().await {
+        attempts.extend(r.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let count = |s: StatusCode| attempts.iter().filter(|a| a.status == s).count();
+    let (ok, down) = (
+        count(StatusCode::OK),
+        count(StatusCode::SERVICE_UNAVAILABLE),
+    );
+    assert_eq!(
+        ok + down,
+        attempts.len(),
+        "every answer is a success or a 503: {:?}",
+        attempts.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    println!("checkouts: {ok} acknowledged, {down} answered 503 while the database was down");
+    assert!(down > 0, "the outage was seen");
+    assert!(ok > 0);
+    assert!(
+        attempts
+            .iter()
+            .rev()
+            .take(4)
+            .any(|a| a.status == StatusCode::OK),
+        "checkouts succeed again after the restart"
+    );
+    // Every acknowledged order is there; every refused one was not half-written: retried
+    // with its key it executes once; and each email has exactly one order.
+    for a in &attempts {
+        if a.status == StatusCode::OK {
+            let o = m.get_order(&a.order).await;
+            assert_eq!(
+                o.status,
+                StatusCode::OK,
+                "acknowledged order {} lost",
+                a.order
+            );
+            continue;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = m
+                .with_key(&a.key)
+                .complete_order(&one_off_order(&a.email))
+                .await;
+            if r.status == StatusCode::OK {
+                break;
+            }
+            // The refused attempt's claim is released once the database is back.
+            assert!(
+                r.status == StatusCode::CONFLICT || r.status == StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                r.text
+            );
+            assert!(std::time::Instant::now() < deadline, "{}", r.text);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for a in &attempts {
+        let found = m.lookup("email", &a.email).await;
+        assert_eq!(found.status, StatusCode::OK, "{}", found.text);
+        let id = found.json["accounts"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let acc = m.get_account(&id).await;
+        assert_eq!(
+            acc.json["accounts"][0]["orders"].as_array().map(Vec::len),
+            Some(1),
+            "{}: {}",
+            a.email,
+            acc.text
+        );
+    }
 }

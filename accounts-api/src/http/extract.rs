@@ -7,7 +7,7 @@
 use crate::app::{AppState, SharedState};
 use crate::error::{ApiError, ErrorKind};
 use crate::model::{IdempotencyRecord, StoreId};
-use crate::storage::{IdempotencyClaim, IdempotencyWrite, Storage};
+use crate::storage::{IdempotencyClaim, IdempotencyWrite, Storage, StorageError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request};
@@ -279,10 +279,23 @@ impl Drop for Idempotent {
         );
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = storage.release_idempotency(&store, &key, &claim).await {
+                let mut result = storage.release_idempotency(&store, &key, &claim).await;
+                drop(guard);
+                // The database was unreachable (the request itself most likely failed with a
+                // 503 for the same reason): keep trying while the claim would still block, so a
+                // client's retry with the same key executes soon after the database is back
+                // instead of answering "in progress" until the lease runs out.
+                let deadline = tokio::time::Instant::now()
+                    + std::time::Duration::from_millis(IDEMPOTENCY_LEASE_MS.unsigned_abs());
+                while matches!(result, Err(StorageError::Unavailable(_)))
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    result = storage.release_idempotency(&store, &key, &claim).await;
+                }
+                if let Err(e) = result {
                     tracing::error!(error = %e, "idempotency claim not released");
                 }
-                drop(guard);
             });
         }
     }

@@ -21,11 +21,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The running server of this test process.
+/// A running server: this test process's shared one ([`require`]), or a private one
+/// ([`private`]) that a test may kill and restart.
 pub struct PgServer {
     port: u16,
     bin: PathBuf,
     socket_dir: PathBuf,
+    data: PathBuf,
+    root: bool,
     /// Kept for the life of the process (the watcher stops it when the process is gone).
     child: Mutex<Child>,
 }
@@ -46,9 +49,57 @@ impl PgServer {
         psql(&self.bin, &self.socket_dir, self.port, sql)
     }
 
-    /// The postmaster's pid (tests that stop the database kill it).
+    /// The postmaster's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.lock().ok().map(|c| c.id())
+    }
+
+    /// `kill -9` of the postmaster: the database goes away at once, as in a crash.
+    pub fn kill(&self) {
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same folder and port after [`PgServer::kill`] (crash
+    /// recovery replays the WAL); waits until it answers.
+    pub fn restart(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The killed postmaster's backends notice its death and exit within moments; until
+            // then the new one refuses to start on their shared memory.
+            let mut child = spawn_postgres(
+                &self.bin,
+                self.root,
+                &self.data,
+                &self.socket_dir,
+                self.port,
+            )?;
+            match wait_ready(
+                &self.bin,
+                &self.socket_dir,
+                self.port,
+                &mut child,
+                Duration::from_secs(10),
+            ) {
+                Ok(()) => {
+                    if let Ok(mut c) = self.child.lock() {
+                        *c = child;
+                    }
+                    return Ok(());
+                }
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+impl Drop for PgServer {
+    /// A private server ends with its test (the shared one lives in a static: never dropped).
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -86,6 +137,14 @@ pub fn require() -> Option<&'static PgServer> {
         }
         Err(e) => panic!("the test PostgreSQL did not start: {e}"),
     }
+}
+
+/// A server of the caller's own (not shared with other tests of the process), for tests that
+/// kill and restart the database. `None` as [`require`].
+pub fn private() -> Option<PgServer> {
+    require()?;
+    let bin = find_bin()?;
+    Some(start(&bin).unwrap_or_else(|e| panic!("a private test PostgreSQL did not start: {e}")))
 }
 
 /// A new, empty database on this process's server; its URL. `None` as [`require`].
@@ -196,48 +255,79 @@ fn start(bin: &Path) -> Result<PgServer, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    watch(&dir);
     // A port can be taken between the probe and the bind: try a few.
     let mut last = String::new();
     for _ in 0..5 {
         let port = free_port()?;
-        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
-        let mut child = as_pg_user(&bin.join("postgres"), root)
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&dir)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("postgres: {e}"))?;
-        watch(child.id(), &dir);
-        let server = |child| PgServer {
-            port,
-            bin: bin.to_owned(),
-            socket_dir: dir.clone(),
-            child: Mutex::new(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match psql(bin, &dir, port, "SELECT 1") {
-                Ok(_) => return Ok(server(child)),
-                Err(e) => last = e,
+        let mut child = spawn_postgres(bin, root, &data, &dir, port)?;
+        match wait_ready(bin, &dir, port, &mut child, Duration::from_secs(30)) {
+            Ok(()) => {
+                return Ok(PgServer {
+                    port,
+                    bin: bin.to_owned(),
+                    socket_dir: dir.clone(),
+                    data,
+                    root,
+                    child: Mutex::new(child),
+                });
             }
-            let exited = child.try_wait().ok().flatten().is_some();
-            if exited || Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                last = format!("{last}\n{log}");
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Err(e) => last = e,
         }
     }
     Err(format!("postgres did not start: {last}"))
+}
+
+fn spawn_postgres(
+    bin: &Path,
+    root: bool,
+    data: &Path,
+    dir: &Path,
+    port: u16,
+) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .map_err(|e| e.to_string())?;
+    as_pg_user(&bin.join("postgres"), root)
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("postgres: {e}"))
+}
+
+/// Waits until the server answers a query; on failure (it exited, or `timeout`) kills it and
+/// returns its log.
+fn wait_ready(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let err = match psql(bin, dir, port, "SELECT 1") {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let exited = child.try_wait().ok().flatten().is_some();
+        if exited || Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{err}\n{log}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn psql(bin: &Path, socket_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
@@ -266,13 +356,15 @@ fn psql(bin: &Path, socket_dir: &Path, port: u16, sql: &str) -> Result<String, S
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Starts the watcher: once this process is gone, stop the server (fast shutdown) and remove
-/// its folder.
-fn watch(pg_pid: u32, dir: &Path) {
+/// Starts the watcher: once this process is gone, stop the server (fast shutdown; its pid is
+/// read then from `postmaster.pid`, so a restarted server is stopped too) and remove its folder.
+fn watch(dir: &Path) {
     let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -INT {pg_pid} 2>/dev/null; \
-         for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pg_pid} 2>/dev/null || break; sleep 0.5; done; \
-         kill -KILL {pg_pid} 2>/dev/null; rm -rf '{dir}'",
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
+         pid=$(head -n 1 '{dir}/data/postmaster.pid' 2>/dev/null); \
+         if [ -n \"$pid\" ]; then kill -INT \"$pid\" 2>/dev/null; \
+         for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.5; done; \
+         kill -KILL \"$pid\" 2>/dev/null; fi; rm -rf '{dir}'",
         me = std::process::id(),
         dir = dir.display()
     );
@@ -302,5 +394,18 @@ mod tests {
             .unwrap();
         assert!(n >= 2);
         assert_eq!(s.psql("SHOW synchronous_commit").unwrap(), "on");
+    }
+
+    #[test]
+    fn a_private_server_killed_and_restarted_keeps_its_committed_rows() {
+        let Some(s) = private() else { return };
+        s.psql("CREATE TABLE t (n int); INSERT INTO t VALUES (7)")
+            .unwrap();
+        let before = s.pid();
+        s.kill();
+        assert!(s.psql("SELECT 1").is_err(), "the server is gone");
+        s.restart().unwrap();
+        assert_ne!(s.pid(), before);
+        assert_eq!(s.psql("SELECT n FROM t").unwrap(), "7");
     }
 }
