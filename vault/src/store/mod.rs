@@ -25,7 +25,7 @@ pub(crate) mod sled;
 #[cfg(test)]
 pub(crate) mod conformance;
 
-pub use self::postgres::PgStore;
+pub use self::postgres::{MIGRATIONS, PgStore};
 pub use self::sled::{SledStore, StoppedFolder, open_db};
 pub use record::{ChargeEntry, ChargeLease, RewrapBatch, Stored, StoredRecord};
 
