@@ -46,9 +46,16 @@ impl Cluster {
             apis: Vec::new(),
             http: http_client(),
         };
-        for name in ["a", "b"].into_iter().take(instances) {
+        // Started all at once, then waited for: on an empty database they race to migrate.
+        let mut started = Vec::new();
+        for name in ["a", "b", "c", "d"].into_iter().take(instances) {
             let config = cluster.write_config(name);
-            let service = Service::spawn(&format!("accounts-api {name}"), serve(&config));
+            started.push(Service::spawn(
+                &format!("accounts-api {name}"),
+                serve(&config),
+            ));
+        }
+        for service in started {
             let api = service.wait_for_line("ACCOUNTS_API_LISTENING ", Duration::from_secs(30));
             cluster.apis.push((service, api));
         }
@@ -565,4 +572,30 @@ async fn a_database_killed_during_checkouts_answers_503_loses_no_acknowledged_or
             acc.text
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_started_at_once_on_an_empty_database_migrate_it_once_and_all_serve() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let c = Cluster::start_on(&url, 4);
+    let creds = c.create_store("Four Store");
+    for i in 0..4 {
+        let a = c
+            .on(i, &creds)
+            .create_account(&account_body(&format!("four{i}@example.com")))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "instance {i}: {}", a.text);
+    }
+    let server = pgtest::require().unwrap_or_else(|| panic!("the server runs"));
+    let db = url.rsplit('/').next().unwrap_or_default();
+    let versions = server
+        .psql_in(
+            db,
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM strongroom_migrations \
+             WHERE component = 'accounts-api'",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(versions, "1,2", "each migration applied once");
 }

@@ -49,6 +49,11 @@ impl PgServer {
         psql(&self.bin, &self.socket_dir, self.port, sql)
     }
 
+    /// [`PgServer::psql`] in database `db` (the last path segment of a [`fresh_database`] URL).
+    pub fn psql_in(&self, db: &str, sql: &str) -> Result<String, String> {
+        psql_db(&self.bin, &self.socket_dir, self.port, db, sql)
+    }
+
     /// The postmaster's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.lock().ok().map(|c| c.id())
@@ -331,6 +336,16 @@ fn wait_ready(
 }
 
 fn psql(bin: &Path, socket_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
+    psql_db(bin, socket_dir, port, "postgres", sql)
+}
+
+fn psql_db(
+    bin: &Path,
+    socket_dir: &Path,
+    port: u16,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
     let out = Command::new(bin.join("psql"))
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(socket_dir)
@@ -340,7 +355,7 @@ fn psql(bin: &Path, socket_dir: &Path, port: u16, sql: &str) -> Result<String, S
             "-U",
             "postgres",
             "-d",
-            "postgres",
+            db,
             "-c",
             sql,
         ])
