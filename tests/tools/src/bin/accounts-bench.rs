@@ -12,6 +12,12 @@
 //!
 //! Run: `cargo build --release --workspace && ./target/release/accounts-bench`
 //! (`BENCH_SECONDS`, default 10, sets each phase's length).
+//!
+//! With `--database-url URL` (a PostgreSQL database; issue 11) it then also runs the system on
+//! that database, once with 1 and once with 2 instances of each service
+//! (`accounts-api dev --database-url URL --instances N`, the load split over the instances),
+//! and prints checkout completions/s for each next to the sled figure and that run's
+//! `GET /healthz` ceiling.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark binary: failing loudly is right
 
@@ -231,17 +237,15 @@ async fn main() {
     let (t, h, r) = (Arc::clone(&target), http.clone(), run_id.clone());
     let (lat, errs, elapsed, created) = phase(secs, move |w, i| {
         let (t, h) = (Arc::clone(&t), h.clone());
-        let body = json!({
-            "customer": {"first": "Bench", "last": "User", "email": format!("b{w}-{i}-{r}@example.com")},
-            "country": "US",
-            "items": [{"product": "pro", "quantity": 1, "price": 9.99, "currency": "USD",
-                "subscription": {"intervalUnit": "month", "intervalLength": 1}}],
-            "payment": {"token": format!("tok_bench_{r}_{w}_{i}"), "type": "card", "brand": "visa",
-                "last4": "4242", "expMonth": 12, "expYear": 2031},
-            "consent": {"presented": true, "accepted": true},
-        });
+        let body = checkout_body(&r, w, i);
         async move {
-            let resp = h.post(format!("{}/orders", t.api)).basic_auth(&t.user, Some(&t.pass)).json(&body).send().await.map_err(|e| e.to_string())?;
+            let resp = h
+                .post(format!("{}/orders", t.api))
+                .basic_auth(&t.user, Some(&t.pass))
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
                 return Err(format!("status {}", resp.status()));
             }
@@ -251,6 +255,7 @@ async fn main() {
     .await;
     let completions = lat.len() as u64;
     let rate = report("checkout completions", lat, errs, elapsed);
+    let sled_rate = rate;
     vs_ceiling(rate, ceiling);
 
     let ids: Arc<Vec<String>> = Arc::new(
@@ -306,4 +311,137 @@ async fn main() {
         audit as f64 / completions.max(1) as f64
     );
     let _ = std::fs::remove_dir_all(&data);
+
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(url) = args
+        .iter()
+        .position(|a| a == "--database-url")
+        .and_then(|i| args.get(i + 1))
+    {
+        println!("checkout completions on PostgreSQL (sled above: {sled_rate:.0} ops/s):");
+        for instances in [1usize, 2] {
+            postgres_run(&exe, url, instances, secs, &http).await;
+        }
+    }
+}
+
+/// `accounts-api dev --database-url url --instances n`: checkouts spread over the instances,
+/// next to `GET /healthz` of the first instance in the same run.
+async fn postgres_run(
+    exe: &std::path::Path,
+    url: &str,
+    instances: usize,
+    secs: u64,
+    http: &reqwest::Client,
+) {
+    let data = std::env::temp_dir().join(format!(
+        "accounts-bench-pg-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut child = Command::new(exe)
+        .arg("dev")
+        .arg("--data")
+        .arg(&data)
+        .arg("--port")
+        .arg("0")
+        .arg("--database-url")
+        .arg(url)
+        .arg("--instances")
+        .arg(instances.to_string())
+        .env("RUST_LOG", "warn")
+        .env("VAULT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = loop {
+        let line = lines.next().expect("dev exited before READY").unwrap();
+        if let Some(j) = line.strip_prefix("STRONGROOM_READY ") {
+            break serde_json::from_str(j).unwrap();
+        }
+    };
+    let apis: Arc<Vec<String>> = Arc::new(
+        ready["apis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect(),
+    );
+    let (user, pass) = (
+        ready["username"].as_str().unwrap().to_owned(),
+        ready["password"].as_str().unwrap().to_owned(),
+    );
+    let (a, h) = (Arc::clone(&apis), http.clone());
+    let (lat, errs, elapsed, _) = phase(secs, move |_, _| {
+        let (a, h) = (Arc::clone(&a), h.clone());
+        async move {
+            let resp = h
+                .get(format!("{}/healthz", a[0]))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok(Value::Null)
+        }
+    })
+    .await;
+    let ceiling = report(
+        &format!("  {instances} instance(s): GET /healthz"),
+        lat,
+        errs,
+        elapsed,
+    );
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let (a, h) = (Arc::clone(&apis), http.clone());
+    let (lat, errs, elapsed, _) = phase(secs, move |w, i| {
+        let (a, h, user, pass) = (Arc::clone(&a), h.clone(), user.clone(), pass.clone());
+        let api = a[w % a.len()].clone();
+        let body = checkout_body(&run_id, w, i);
+        async move {
+            let resp = h
+                .post(format!("{api}/orders"))
+                .basic_auth(&user, Some(&pass))
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok(Value::Null)
+        }
+    })
+    .await;
+    let rate = report(
+        &format!("  {instances} instance(s): checkouts"),
+        lat,
+        errs,
+        elapsed,
+    );
+    vs_ceiling(rate, ceiling);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A new customer's checkout with a saved card (stored in the vault).
+fn checkout_body(run: &str, w: usize, i: usize) -> Value {
+    json!({
+        "customer": {"first": "Bench", "last": "User", "email": format!("b{w}-{i}-{run}@example.com")},
+        "country": "US",
+        "items": [{"product": "pro", "quantity": 1, "price": 9.99, "currency": "USD",
+            "subscription": {"intervalUnit": "month", "intervalLength": 1}}],
+        "payment": {"token": format!("tok_bench_{run}_{w}_{i}"), "type": "card", "brand": "visa",
+            "last4": "4242", "expMonth": 12, "expYear": 2031},
+        "consent": {"presented": true, "accepted": true},
+    })
 }
