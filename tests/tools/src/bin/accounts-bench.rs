@@ -13,8 +13,9 @@
 //! Run: `cargo build --release --workspace && ./target/release/accounts-bench`
 //! (`BENCH_SECONDS`, default 10, sets each phase's length).
 //!
-//! With `--database-url URL` (a PostgreSQL database; issue 11) it then also runs the system on
-//! that database, once with 1 and once with 2 instances of each service
+//! With `--database-url URL` (a PostgreSQL database the bench may `CREATE DATABASE` from; issue
+//! 11) it then also runs the system on that server, in a fresh database per run, once with 1
+//! and once with 2 instances of each service
 //! (`accounts-api dev --database-url URL --instances N`, the load split over the instances),
 //! and prints checkout completions/s for each next to the sled figure and that run's
 //! `GET /healthz` ceiling.
@@ -329,11 +330,13 @@ async fn main() {
 /// next to `GET /healthz` of the first instance in the same run.
 async fn postgres_run(
     exe: &std::path::Path,
-    url: &str,
+    server: &str,
     instances: usize,
     secs: u64,
     http: &reqwest::Client,
 ) {
+    // Each run is a new system (new keys): it gets a database of its own on that server.
+    let url = &fresh_database(server).await;
     let data = std::env::temp_dir().join(format!(
         "accounts-bench-pg-{}",
         uuid::Uuid::new_v4().simple()
@@ -431,6 +434,26 @@ async fn postgres_run(
         .status();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Creates `strongroom_bench_<random>` on the server of `url` (a database the bench may
+/// `CREATE DATABASE` from) and returns `url` with that database.
+async fn fresh_database(url: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("--database-url: cannot connect (plain text to this machine)");
+    tokio::spawn(conn);
+    let name = format!("strongroom_bench_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("CREATE DATABASE");
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let server = base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base);
+    format!("{server}/{name}{query}")
 }
 
 /// A new customer's checkout with a saved card (stored in the vault).
