@@ -13,6 +13,13 @@
 //! rises with the load), so alternating runs of two builds compare by it. `--store-only` runs
 //! just the durable-store phases, for such runs.
 //!
+//! `--database-url URL` adds, in the same run, the durable store at c=32 on PostgreSQL with 1
+//! and with 2 vault instances (the load split over both), each next to its `/v1/health`
+//! ceiling and to the sled figure above. The bench needs a role that may `CREATE DATABASE`: each
+//! configuration runs on a new database it makes and drops, so nothing already in URL's
+//! database is touched and every run starts empty (new keys need an empty vault database). The
+//! URL reaches the vaults through their environment and is never printed.
+//!
 //! The load generator runs on the same 2 cores as the vault, so the figures are a floor.
 
 use bytes::Bytes;
@@ -35,6 +42,7 @@ fn main() -> Result<(), BoxError> {
     let mut seconds = 4u64;
     let mut records = 100_000u64;
     let mut store_only = false;
+    let mut database_url: Option<shared::SecretString> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -51,9 +59,14 @@ fn main() -> Result<(), BoxError> {
                     .ok_or("--records N")?
             }
             "--store-only" => store_only = true,
+            "--database-url" => {
+                database_url = Some(shared::SecretString::new(
+                    args.next().ok_or("--database-url URL")?,
+                ))
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: vault-bench [--seconds N (per load phase, 4)] [--records N (RSS fill, 100000)] [--store-only]"
+                    "usage: vault-bench [--seconds N (per load phase, 4)] [--records N (RSS fill, 100000)] [--store-only] [--database-url URL (also on PostgreSQL; a role that may CREATE DATABASE)]"
                 );
                 return Ok(());
             }
@@ -68,7 +81,14 @@ fn main() -> Result<(), BoxError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(over_mtls(Duration::from_secs(seconds), records, store_only))
+    let duration = Duration::from_secs(seconds);
+    rt.block_on(async {
+        let sled_store = over_mtls(duration, records, store_only).await?;
+        match &database_url {
+            Some(url) => on_postgres(url, duration, sled_store).await,
+            None => Ok(()),
+        }
+    })
 }
 
 fn seal_open_in_process() -> Result<(), BoxError> {
@@ -180,15 +200,7 @@ impl Drop for VaultChild {
 }
 
 fn start_vault(dir: &Path) -> Result<VaultChild, BoxError> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("vault");
-    if !bin.exists() {
-        return Err(format!(
-            "{} missing: cargo build --release --workspace",
-            bin.display()
-        )
-        .into());
-    }
+    let bin = vault_bin()?;
     let status = Command::new(&bin)
         .arg("init")
         .arg("--dir")
@@ -198,14 +210,36 @@ fn start_vault(dir: &Path) -> Result<VaultChild, BoxError> {
     if !status.success() {
         return Err("vault init failed".into());
     }
-    let mut child = Command::new(&bin)
-        .args(["serve", "--config"])
+    serve_vault(dir, &[])
+}
+
+/// The `vault` binary next to this one.
+fn vault_bin() -> Result<PathBuf, BoxError> {
+    let bin = std::env::current_exe()?.with_file_name("vault");
+    if !bin.exists() {
+        return Err(format!(
+            "{} missing: cargo build --release --workspace",
+            bin.display()
+        )
+        .into());
+    }
+    Ok(bin)
+}
+
+/// `vault serve` on an initialised folder, with extra environment (the database URL).
+fn serve_vault(dir: &Path, env: &[(&str, &str)]) -> Result<VaultChild, BoxError> {
+    let mut cmd = Command::new(vault_bin()?);
+    cmd.args(["serve", "--config"])
         .arg(dir.join("vault.toml"))
         .args(["--listen", "127.0.0.1:0"])
         .env("VAULT_LOG", "warn")
+        .env_remove("VAULT_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -330,8 +364,6 @@ struct PhaseResult {
     cpu: Cpu,
 }
 
-/// Runs `concurrency` keep-alive connections doing `op` until `duration` passes or `limit`
-/// requests were sent in total.
 /// Where the load goes.
 #[derive(Clone)]
 struct Target {
@@ -342,6 +374,8 @@ struct Target {
     vault_pid: String,
 }
 
+/// Runs `concurrency` keep-alive connections doing `op` until `duration` passes or `limit`
+/// requests were sent in total.
 async fn phase(
     target: &Target,
     op: Op,
@@ -350,18 +384,40 @@ async fn phase(
     limit: u64,
     counter: Arc<AtomicU64>,
 ) -> Result<PhaseResult, BoxError> {
-    let Target {
-        addr,
-        tls,
-        ids,
-        vault_pid,
-    } = target.clone();
+    phase_on(
+        std::slice::from_ref(target),
+        op,
+        concurrency,
+        duration,
+        limit,
+        counter,
+    )
+    .await
+}
+
+/// [`phase`] with the connections spread round-robin over several vault instances (their CPU
+/// time added up).
+async fn phase_on(
+    targets: &[Target],
+    op: Op,
+    concurrency: usize,
+    duration: Duration,
+    limit: u64,
+    counter: Arc<AtomicU64>,
+) -> Result<PhaseResult, BoxError> {
     let mut senders = Vec::new();
-    for _ in 0..concurrency {
-        senders.push(connect(addr, tls.clone()).await?);
+    for i in 0..concurrency {
+        let t = &targets[i % targets.len()];
+        senders.push((connect(t.addr, t.tls.clone()).await?, t.ids.clone()));
     }
+    let pids: Vec<String> = targets.iter().map(|t| t.vault_pid.clone()).collect();
     let cpu = || {
-        let (vault_user, vault_sys) = cpu_secs(&vault_pid).unwrap_or_default();
+        let (mut vault_user, mut vault_sys) = (0.0, 0.0);
+        for pid in &pids {
+            let (u, s) = cpu_secs(pid).unwrap_or_default();
+            vault_user += u;
+            vault_sys += s;
+        }
         let (u, s) = cpu_secs("self").unwrap_or_default();
         Cpu {
             vault_user,
@@ -374,10 +430,9 @@ async fn phase(
     let deadline = start + duration;
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for mut sender in senders {
+    for (mut sender, ids) in senders {
         let counter = counter.clone();
         let sent = sent.clone();
-        let ids = ids.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < limit {
@@ -454,7 +509,8 @@ fn report(name: &str, concurrency: usize, r: &PhaseResult) {
     );
 }
 
-async fn over_mtls(duration: Duration, records: u64, store_only: bool) -> Result<(), BoxError> {
+/// The phases on sled; answers the durable store rate at c=32 (for the PostgreSQL comparison).
+async fn over_mtls(duration: Duration, records: u64, store_only: bool) -> Result<f64, BoxError> {
     let tmp = std::env::temp_dir().join(format!("vault-bench-{}", std::process::id()));
     let result = over_mtls_in(&tmp, duration, records, store_only).await;
     let _ = std::fs::remove_dir_all(&tmp);
@@ -466,7 +522,7 @@ async fn over_mtls_in(
     duration: Duration,
     records: u64,
     store_only: bool,
-) -> Result<(), BoxError> {
+) -> Result<f64, BoxError> {
     let vault = start_vault(dir)?;
     let pki: PathBuf = dir.join("pki");
     let files = shared::tls::TlsFiles {
@@ -520,12 +576,14 @@ async fn over_mtls_in(
         report("health (ceiling)", c, &r);
         ceiling[i] = rate(&r);
     }
+    let mut store_rate = 0.0;
     for (i, c) in [1usize, 32].into_iter().enumerate() {
         let r = phase(&target, Op::Store, c, duration, u64::MAX, counter.clone()).await?;
         report_vs("durable store", c, &r, ceiling[i]);
+        store_rate = rate(&r);
     }
     if store_only {
-        return Ok(());
+        return Ok(store_rate);
     }
     for (i, c) in [1usize, 32].into_iter().enumerate() {
         let r = phase(
@@ -607,7 +665,7 @@ async fn over_mtls_in(
         audit_bytes as f64 / (1024.0 * 1024.0),
         audit_bytes as f64 / entries.max(1) as f64
     );
-    Ok(())
+    Ok(store_rate)
 }
 
 /// Entry lines in the audit segment files.
@@ -645,4 +703,148 @@ fn tests_du(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// `--database-url`: durable store at c=32 on PostgreSQL with 1 and 2 vault instances, each
+/// configuration on a new database made (and dropped) through `url`.
+async fn on_postgres(
+    url: &shared::SecretString,
+    duration: Duration,
+    sled_store: f64,
+) -> Result<(), BoxError> {
+    let admin_settings = pg_settings(url.clone());
+    let admin_pool = shared::pg::pool(&admin_settings)?;
+    let admin = shared::pg::connection(&admin_pool).await?;
+    let tmp = std::env::temp_dir().join(format!("vault-bench-pg-{}", std::process::id()));
+    println!(
+        "on PostgreSQL (xN = N vault instances sharing the load; each N on a new database; durable store c=32 on sled: {sled_store:.0} ops/s above):"
+    );
+    let mut rates = Vec::new();
+    for instances in [1usize, 2] {
+        let name = format!("strongroom_vault_bench_{}_{instances}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let result = pg_instances(
+            &with_dbname(url, &name),
+            &tmp.join(format!("x{instances}")),
+            instances,
+            duration,
+        )
+        .await;
+        // The vaults are gone (killed on drop inside): the database can go too.
+        let dropped = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+        rates.push(result?);
+        dropped?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "  durable store c=32: sled {sled_store:.0} ops/s, PostgreSQL 1 vault {:.0} ops/s, 2 vaults {:.0} ops/s",
+        rates[0], rates[1]
+    );
+    Ok(())
+}
+
+fn pg_settings(url: shared::SecretString) -> shared::pg::PgSettings {
+    shared::pg::PgSettings {
+        url,
+        pool_size: 1,
+        ca: None,
+        client_cert: None,
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+/// `url` pointing at database `name` instead (a later `dbname` overrides the URL's path in
+/// libpq's and tokio-postgres' syntax alike).
+fn with_dbname(url: &shared::SecretString, name: &str) -> shared::SecretString {
+    let u = url.expose_secret();
+    let joined = if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+        let sep = if u.contains('?') { '&' } else { '?' };
+        format!("{u}{sep}dbname={name}")
+    } else {
+        format!("{u} dbname={name}")
+    };
+    shared::SecretString::new(joined)
+}
+
+/// `instances` vaults on the (empty) database at `url`: the first made by `vault init --config`
+/// (dev PKI, new keys), the others copies of its keys, PKI and config with their own data
+/// folders. Prints the health ceiling and the durable store at c=32 across all of them (the
+/// connections split evenly); answers the store rate.
+async fn pg_instances(
+    url: &shared::SecretString,
+    root: &Path,
+    instances: usize,
+    duration: Duration,
+) -> Result<f64, BoxError> {
+    let first = root.join("v0");
+    shared::pki::create_private_dir(&first)?;
+    shared::pki::ensure_dev_pki(&first.join("pki"))?;
+    let config = vault::config::FileConfig::defaults()
+        .to_toml()?
+        .replace("backend = \"sled\"", "backend = \"postgres\"");
+    std::fs::write(first.join("vault.toml"), config)?;
+    let env = [("VAULT_DATABASE_URL", url.expose_secret())];
+    let status = Command::new(vault_bin()?)
+        .args(["init", "--config"])
+        .arg(first.join("vault.toml"))
+        .envs(env)
+        .env("VAULT_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err("vault init --config on PostgreSQL failed".into());
+    }
+    let mut dirs = vec![first.clone()];
+    for i in 1..instances {
+        let dir = root.join(format!("v{i}"));
+        shared::pki::create_private_dir(&dir.join("pki"))?;
+        for e in std::fs::read_dir(first.join("pki"))?.flatten() {
+            std::fs::copy(e.path(), dir.join("pki").join(e.file_name()))?;
+        }
+        for f in ["vault.toml", "master.key", "fingerprint.key"] {
+            std::fs::copy(first.join(f), dir.join(f))?;
+        }
+        dirs.push(dir);
+    }
+    let mut vaults = Vec::new();
+    for dir in &dirs {
+        vaults.push(serve_vault(dir, &env)?);
+    }
+    let pki = first.join("pki");
+    let files = shared::tls::TlsFiles {
+        ca: pki.join("ca.pem"),
+        cert: pki.join("accounts.pem"),
+        key: pki.join("accounts.key"),
+    };
+    let tls = Arc::new(shared::tls::mtls_client_config(&files)?);
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let targets: Vec<Target> = vaults
+        .iter()
+        .map(|v| Target {
+            addr: v.addr,
+            tls: tls.clone(),
+            ids: ids.clone(),
+            vault_pid: v.child.id().to_string(),
+        })
+        .collect();
+    let which = format!("x{instances}");
+    let h = phase_on(
+        &targets,
+        Op::Health,
+        32,
+        duration,
+        u64::MAX,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await?;
+    report(&format!("health pg {which}"), 32, &h);
+    let counter = Arc::new(AtomicU64::new(0));
+    let r = phase_on(&targets, Op::Store, 32, duration, u64::MAX, counter).await?;
+    report_vs(&format!("store pg {which}"), 32, &r, rate(&h));
+    drop(vaults);
+    Ok(rate(&r))
 }
