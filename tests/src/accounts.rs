@@ -74,10 +74,19 @@ pub fn start_system_with_env(
 /// `accounts-api dev --database-url URL --instances N` on a fresh folder: N vaults and N
 /// accounts-api instances on one PostgreSQL database.
 pub fn start_cluster(database_url: &str, instances: usize) -> System {
+    start_cluster_with_env(database_url, instances, &[])
+}
+
+/// [`start_cluster`] with extra environment (every instance inherits it).
+pub fn start_cluster_with_env(
+    database_url: &str,
+    instances: usize,
+    env: &[(&str, &str)],
+) -> System {
     let n = instances.to_string();
     start_system_with_args(
         std::sync::Arc::new(temp_dir("strongroom-cluster-")),
-        &[],
+        env,
         &["--database-url", database_url, "--instances", &n],
     )
 }

@@ -6,7 +6,9 @@
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tests::accounts::{Merchant, SaveBox, System, start_cluster, subscription_order};
+use tests::accounts::{
+    Merchant, SaveBox, System, start_cluster, start_cluster_with_env, subscription_order,
+};
 use tests::sandbox;
 
 fn cluster() -> Option<System> {
@@ -105,4 +107,92 @@ async fn a_rebill_sent_to_both_instances_at_once_charges_each_subscription_once(
         let s = b.get_subscription(sub).await;
         assert_eq!(s.status, StatusCode::OK, "{}", s.text);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn due_subscriptions_renewed_by_both_instances_jobs_are_charged_exactly_once_each() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    // Both instances' renewal jobs run every second, racing for the same due subscriptions.
+    let sys = start_cluster_with_env(&url, 2, &[("STRONGROOM_RENEWALS_INTERVAL_SECS", "1")]);
+    let n = 200;
+    let mut subs = Vec::new();
+    for i in 0..n {
+        let o = on(&sys, i % 2)
+            .complete_order(&subscription_order(
+                &format!("due{i}@example.com"),
+                SaveBox::Ticked,
+            ))
+            .await;
+        assert_eq!(o.status, StatusCode::OK, "{}", o.text);
+        subs.push(o.str("/items/0/subscription"));
+    }
+    let before = sandbox::charges(&sys.processor).await["charges"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    // A month passes for all of them at once: their next charge date is now in the past.
+    let server = pgtest::require().unwrap_or_else(|| panic!("the server runs"));
+    let db = url.rsplit('/').next().unwrap_or_default();
+    let due = chrono_free_now_ms() - 1000;
+    let changed = server
+        .psql_in(
+            db,
+            &format!(
+                "WITH u AS (UPDATE subscriptions SET work_at = {due}, \
+                 doc = jsonb_set(doc, '{{next}}', to_jsonb({due}::bigint)) RETURNING 1) \
+                 SELECT count(*) FROM u"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(changed, n.to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let all = sandbox::charges(&sys.processor).await;
+        let count = all["charges"].as_array().map(Vec::len).unwrap_or(0) - before;
+        if count >= n {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} of {n} renewed in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // Both jobs keep running a while longer: nothing is charged twice.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let all = sandbox::charges(&sys.processor).await;
+    let charges = all["charges"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        charges.len() - before,
+        n,
+        "exactly one charge per due subscription"
+    );
+    assert_eq!(all["replays"].as_u64().unwrap_or(0), 0, "{all}");
+    for sub in &subs {
+        let mine = charges
+            .iter()
+            .filter(|c| {
+                c["idempotencyKey"]
+                    .as_str()
+                    .is_some_and(|k| k.contains(sub.as_str()))
+            })
+            .count();
+        assert_eq!(mine, 1, "{sub}");
+    }
+    // Each advanced one period, seen from either instance.
+    let s = on(&sys, 1).get_subscription(&subs[0]).await;
+    assert!(
+        s.json["next"].as_i64().unwrap_or_default() > due,
+        "{}",
+        s.text
+    );
+}
+
+fn chrono_free_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
