@@ -7,7 +7,9 @@
 //! `live` field of every order, subscription and event), `STRONGROOM_SSO_TTL_SECS` (300),
 //! `STRONGROOM_SESSION_TTL_SECS` (1800), `STRONGROOM_WEBHOOK_RETRY_BASE_MS` (5000, doubled per
 //! attempt, capped at one hour), `STRONGROOM_WEBHOOK_MAX_ATTEMPTS` (10),
-//! `STRONGROOM_WEBHOOK_TIMEOUT_MS` (10000).
+//! `STRONGROOM_WEBHOOK_TIMEOUT_MS` (10000), `STRONGROOM_RENEWAL_LEASE_MS` (300000: how long a
+//! renewal worker's claim on a subscription keeps other instances out; when it runs out after
+//! the worker died, another instance finishes the charge with the same key).
 
 use std::time::Duration;
 
@@ -23,6 +25,9 @@ pub struct Settings {
     pub webhook_retry_base: Duration,
     pub webhook_max_attempts: u32,
     pub webhook_timeout: Duration,
+    /// A renewal worker's claim on a subscription (`service::renewals`). Shorter than a charge
+    /// can take only costs an extra vault call: the vault's ledger still charges a key once.
+    pub renewal_lease: Duration,
 }
 
 impl Default for Settings {
@@ -35,6 +40,7 @@ impl Default for Settings {
             webhook_retry_base: Duration::from_secs(5),
             webhook_max_attempts: 10,
             webhook_timeout: Duration::from_secs(10),
+            renewal_lease: Duration::from_millis(crate::service::renewals::LEASE_MS.unsigned_abs()),
         }
     }
 }
@@ -113,6 +119,9 @@ impl Settings {
             webhook_timeout: num("STRONGROOM_WEBHOOK_TIMEOUT_MS")
                 .map(Duration::from_millis)
                 .unwrap_or(d.webhook_timeout),
+            renewal_lease: num("STRONGROOM_RENEWAL_LEASE_MS")
+                .map(Duration::from_millis)
+                .unwrap_or(d.renewal_lease),
         })
     }
 

@@ -48,6 +48,8 @@ pub struct System {
     /// address (`vault_addr` first); empty on sled.
     pub apis: Vec<String>,
     pub vaults: Vec<String>,
+    /// Their process ids (`api_pids[0]` is the dev process itself).
+    pub api_pids: Vec<u32>,
     pub http: reqwest::Client,
     stopped: bool,
 }
@@ -121,6 +123,15 @@ fn start_system_with_args(
         processor: ready["processor"].as_str().unwrap_or_default().to_owned(),
         apis: strings(&ready["apis"]),
         vaults: strings(&ready["vaults"]),
+        api_pids: ready["apiPids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_u64())
+                    .map(|p| p as u32)
+                    .collect()
+            })
+            .unwrap_or_default(),
         service,
         data,
         http: http_client(),

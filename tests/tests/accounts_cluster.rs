@@ -132,34 +132,8 @@ async fn due_subscriptions_renewed_by_both_instances_jobs_are_charged_exactly_on
         .as_array()
         .map(Vec::len)
         .unwrap_or(0);
-    // A month passes for all of them at once: their next charge date is now in the past.
-    let server = pgtest::require().unwrap_or_else(|| panic!("the server runs"));
-    let db = url.rsplit('/').next().unwrap_or_default();
-    let due = chrono_free_now_ms() - 1000;
-    let changed = server
-        .psql_in(
-            db,
-            &format!(
-                "WITH u AS (UPDATE subscriptions SET work_at = {due}, \
-                 doc = jsonb_set(doc, '{{next}}', to_jsonb({due}::bigint)) RETURNING 1) \
-                 SELECT count(*) FROM u"
-            ),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(changed, n.to_string());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let all = sandbox::charges(&sys.processor).await;
-        let count = all["charges"].as_array().map(Vec::len).unwrap_or(0) - before;
-        if count >= n {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{count} of {n} renewed in time"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    let due = make_all_due(&url, n);
+    wait_for_charges(&sys, before + n, 90).await;
     // Both jobs keep running a while longer: nothing is charged twice.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let all = sandbox::charges(&sys.processor).await;
@@ -190,9 +164,152 @@ async fn due_subscriptions_renewed_by_both_instances_jobs_are_charged_exactly_on
     );
 }
 
+/// A month passes for every subscription of the database at once: their next charge date is
+/// now in the past (the row's `next` and its indexed `work_at`). Returns that date.
+fn make_all_due(url: &str, n: usize) -> i64 {
+    let server = pgtest::require().unwrap_or_else(|| panic!("the server runs"));
+    let db = url.rsplit('/').next().unwrap_or_default();
+    let due = chrono_free_now_ms() - 1000;
+    let changed = server
+        .psql_in(
+            db,
+            &format!(
+                "WITH u AS (UPDATE subscriptions SET work_at = {due}, \
+                 doc = jsonb_set(doc, '{{next}}', to_jsonb({due}::bigint)) RETURNING 1) \
+                 SELECT count(*) FROM u"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(changed, n.to_string());
+    due
+}
+
+/// Waits until the sandbox holds `total` charges.
+async fn wait_for_charges(sys: &System, total: usize, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let all = sandbox::charges(&sys.processor).await;
+        let count = all["charges"].as_array().map(Vec::len).unwrap_or(0);
+        if count >= total {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} of {total} charges in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 fn chrono_free_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewals_an_instance_was_charging_when_killed_are_finished_once_by_the_other() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    // Slow charges (1.5 s at the processor) and a short renewal lease, so instance 2 can be
+    // killed with charges in flight and instance 1 takes them over within seconds.
+    let sys = start_cluster_with_env(
+        &url,
+        2,
+        &[
+            ("STRONGROOM_RENEWALS_INTERVAL_SECS", "1"),
+            ("STRONGROOM_RENEWAL_LEASE_MS", "3000"),
+            ("SANDBOX_CHARGE_DELAY_MS", "1500"),
+        ],
+    );
+    assert_eq!(sys.api_pids.len(), 2);
+    let n = 24;
+    let mut subs = Vec::new();
+    for i in 0..n {
+        let o = on(&sys, i % 2)
+            .complete_order(&subscription_order(
+                &format!("kill{i}@example.com"),
+                SaveBox::Ticked,
+            ))
+            .await;
+        assert_eq!(o.status, StatusCode::OK, "{}", o.text);
+        subs.push(o.str("/items/0/subscription"));
+    }
+    let before = sandbox::charges(&sys.processor).await["charges"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    make_all_due(&url, n);
+    // Wait until both instances hold charge intents in flight, then kill -9 instance 2.
+    let server = pgtest::require().unwrap_or_else(|| panic!("the server runs"));
+    let db = url.rsplit('/').next().unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let holders = server
+            .psql_in(
+                db,
+                "SELECT count(DISTINCT doc -> 'renewal' -> 'lease' ->> 'holder') FROM subscriptions \
+                 WHERE doc -> 'renewal' -> 'pending' <> 'null'::jsonb",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        if holders == "2" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both instances never charged at once"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &sys.api_pids[1].to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(killed.success());
+    // Instance 1 finishes everything, including the intents instance 2 held.
+    wait_for_charges(&sys, before + n, 90).await;
+    let a = on(&sys, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for sub in &subs {
+        loop {
+            let s = a.get_subscription(sub).await;
+            assert_eq!(s.status, StatusCode::OK, "{}", s.text);
+            let pending = server
+                .psql_in(
+                    db,
+                    &format!(
+                        "SELECT doc -> 'renewal' -> 'pending' = 'null'::jsonb \
+                         OR NOT (doc -> 'renewal' ? 'pending') FROM subscriptions \
+                         WHERE id = '{sub}'"
+                    ),
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            if pending == "t" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{sub} still pending");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let all = sandbox::charges(&sys.processor).await;
+    let charges = all["charges"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        charges.len() - before,
+        n,
+        "exactly one charge per subscription: {all}"
+    );
+    for sub in &subs {
+        let mine = charges
+            .iter()
+            .filter(|c| {
+                c["idempotencyKey"]
+                    .as_str()
+                    .is_some_and(|k| k.contains(sub.as_str()))
+            })
+            .count();
+        assert_eq!(mine, 1, "{sub}");
+    }
 }

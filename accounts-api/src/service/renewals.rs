@@ -41,8 +41,9 @@ use tokio::sync::Mutex;
 /// Charges the job runs at once.
 pub const CONCURRENCY: usize = 32;
 const LOCK_SHARDS: usize = 1024;
-/// How long a renewal worker's claim on a subscription keeps other instances out (wall clock;
-/// longer than the renewals client's whole-request timeout).
+/// How long a renewal worker's claim on a subscription keeps other instances out by default
+/// (wall clock; longer than the renewals client's whole-request timeout). The deployment's value
+/// is `Settings::renewal_lease` (`STRONGROOM_RENEWAL_LEASE_MS`).
 pub const LEASE_MS: i64 = 5 * 60_000;
 /// The refusal of a claim held by another worker (the step is skipped, not an error).
 const CLAIMED_ELSEWHERE: &str = "the subscription is being renewed by another worker";
@@ -298,7 +299,9 @@ pub async fn renew_one(
 fn lease(state: &AppState) -> Lease {
     Lease {
         holder: state.storage.instance().to_owned(),
-        until: now_ms().saturating_add(LEASE_MS),
+        until: now_ms().saturating_add(
+            i64::try_from(state.settings.renewal_lease.as_millis()).unwrap_or(LEASE_MS),
+        ),
     }
 }
 
