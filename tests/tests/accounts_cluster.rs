@@ -225,7 +225,9 @@ async fn renewals_an_instance_was_charging_when_killed_are_finished_once_by_the_
         ],
     );
     assert_eq!(sys.api_pids.len(), 2);
-    let n = 24;
+    // More due subscriptions than one job run charges at once (32), so both instances' jobs
+    // hold intents at the same time.
+    let n = 80;
     let mut subs = Vec::new();
     for i in 0..n {
         let o = on(&sys, i % 2)

@@ -234,8 +234,31 @@ impl PgStorage {
     ) -> StorageResult<()> {
         let store = &c.store;
         transaction!(self, |tx| {
-            if let Some(email) = &c.email_key {
-                let current = holder(tx, store, "email_key", email).await?;
+            // The checks, sent together: who holds the email now, and whether the reference
+            // is taken.
+            let email_holder = async {
+                match &c.email_key {
+                    Some(email) => holder(tx, store, "email_key", email).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let reference = async {
+                row(
+                    tx,
+                    "SELECT 1 FROM orders WHERE store = $1 AND reference = $2",
+                    &[&store.as_str(), &c.order.reference],
+                )
+                .await
+            };
+            let (email_holder, reference) = tokio::join!(email_holder, reference);
+            let (current, taken) = match (email_holder, reference) {
+                (Ok(h), Ok(r)) => (h, r),
+                (h, r) => {
+                    return Err(cause(h.err().into_iter().chain(r.err()))
+                        .unwrap_or(Fail::Store(StorageError::Backend("lost error".into()))));
+                }
+            };
+            if let Some(current) = current {
                 let expected = if c.create.is_some() {
                     None
                 } else {
@@ -247,6 +270,11 @@ impl PgStorage {
                     return Err(Fail::Store(StorageError::EmailRace(current)));
                 }
             }
+            if taken.is_some() {
+                return Err(Fail::Store(StorageError::State(
+                    "order reference collision",
+                )));
+            }
             let mut account = match &c.create {
                 Some(new) => new.clone(),
                 None => match locked_account(tx, store, &c.account_id).await? {
@@ -254,36 +282,37 @@ impl PgStorage {
                     None => return Err(Fail::Store(StorageError::NotFound)),
                 },
             };
-            let taken = row(
-                tx,
-                "SELECT 1 FROM orders WHERE store = $1 AND reference = $2",
-                &[&store.as_str(), &c.order.reference],
-            )
-            .await?;
-            if taken.is_some() {
-                return Err(Fail::Store(StorageError::State(
-                    "order reference collision",
-                )));
-            }
-            exec(
-                tx,
-                "INSERT INTO orders (store, id, reference, doc) VALUES ($1, $2, $3, $4)",
-                &[
-                    &store.as_str(),
-                    &c.order.id.as_str(),
-                    &c.order.reference,
-                    &Doc(&c.order),
-                ],
-            )
-            .await?;
-            for s in &c.subscriptions {
-                put_subscription(tx, store, s).await?;
-            }
             account_change(&mut account);
-            // For a new account this insert is what claims the email: a concurrent first
-            // order's insert makes it a unique violation, and the retry answers `EmailRace`.
-            put_account(tx, &account).await?;
-            self.extras(tx, store, extras).await
+            // The writes, sent together. For a new account its insert is what claims the email:
+            // a concurrent first order's insert makes it a unique violation, and the retry
+            // answers `EmailRace`.
+            let subscriptions = async {
+                for s in &c.subscriptions {
+                    put_subscription(tx, store, s).await?;
+                }
+                Ok(())
+            };
+            let order = async {
+                exec(
+                    tx,
+                    "INSERT INTO orders (store, id, reference, doc) VALUES ($1, $2, $3, $4)",
+                    &[
+                        &store.as_str(),
+                        &c.order.id.as_str(),
+                        &c.order.reference,
+                        &Doc(&c.order),
+                    ],
+                )
+                .await
+                .map(|_| ())
+            };
+            let (order, subscriptions, account, extras) = tokio::join!(
+                order,
+                subscriptions,
+                put_account(tx, &account),
+                self.extras(tx, store, extras),
+            );
+            all_ok([order, subscriptions, account, extras])
         })
     }
 

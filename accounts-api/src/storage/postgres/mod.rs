@@ -124,6 +124,31 @@ macro_rules! transaction {
 }
 pub(crate) use transaction;
 
+/// The error to act on among the results of statements sent together (pipelined) in one
+/// transaction: the server runs them in order, the first failure aborts the transaction and
+/// every later statement then fails with `in_failed_sql_transaction`, which says nothing. So the
+/// cause is the first error that is not that one.
+fn cause(errors: impl IntoIterator<Item = Fail>) -> Option<Fail> {
+    let mut first = None;
+    for e in errors {
+        let aborted = matches!(&e, Fail::Pg(pg) if pg.code()
+            == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION));
+        if !aborted {
+            return Some(e);
+        }
+        first.get_or_insert(e);
+    }
+    first
+}
+
+/// The results of statements sent together, as one: `Ok` when all succeeded, else the cause.
+fn all_ok<const N: usize>(results: [Result<(), Fail>; N]) -> Result<(), Fail> {
+    match cause(results.into_iter().filter_map(Result::err)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// One statement in a transaction (prepared once per connection).
 async fn row(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Option<Row>, Fail> {
     let st = tx.prepare_cached(sql).await?;
@@ -326,42 +351,85 @@ impl PgStorage {
     }
 
     /// Event rows (stamped live in live mode) and, for each webhook of the store, an outbox row
-    /// per event, plus the Idempotency-Key answer: written with the change they describe.
+    /// per event, plus the Idempotency-Key answer: written with the change they describe. The
+    /// three are sent together (one round trip), then the outbox rows.
     async fn extras(&self, tx: &Transaction<'_>, store: &StoreId, x: &Extras) -> Result<(), Fail> {
-        idempotency_answer(tx, store, x.idempotency.as_ref()).await?;
-        for ev in &x.events {
-            let mut ev = ev.clone();
-            ev.live |= self.live;
-            put_event(tx, store, &ev).await?;
-        }
-        if !x.events.is_empty() {
+        let hooks = async {
+            if x.events.is_empty() {
+                return Ok(Vec::new());
+            }
             // FOR SHARE: a concurrent change of the store's webhook list (FOR UPDATE) waits for
             // this transaction or is waited for, so every committed event reaches every webhook
             // that existed when it committed.
-            let hooks: Vec<WebhookRecord> = match row(
+            match row(
                 tx,
                 "SELECT doc FROM webhooks WHERE store = $1 FOR SHARE",
                 &[&store.as_str()],
             )
             .await?
             {
-                Some(r) => doc(&r, 0)?,
-                None => Vec::new(),
-            };
-            if !hooks.is_empty() {
-                let hook_ids: Vec<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
-                let event_ids: Vec<&str> = x.events.iter().map(|e| e.id.as_str()).collect();
-                exec(
-                    tx,
-                    "INSERT INTO outbox (store, hook, event, attempts, due) \
-                     SELECT $1, h, e, 0, 0 FROM unnest($2::text[]) AS h, unnest($3::text[]) AS e",
-                    &[&store.as_str(), &hook_ids, &event_ids],
-                )
-                .await?;
+                Some(r) => doc::<Vec<WebhookRecord>>(&r, 0),
+                None => Ok(Vec::new()),
             }
+        };
+        let (answer, events, hooks) = tokio::join!(
+            idempotency_answer(tx, store, x.idempotency.as_ref()),
+            put_events(tx, store, &x.events, self.live),
+            hooks,
+        );
+        let hooks = match (all_ok([answer, events]), hooks) {
+            (Ok(()), Ok(h)) => h,
+            (first, hooks) => {
+                return Err(cause(first.err().into_iter().chain(hooks.err()))
+                    .unwrap_or(Fail::Store(StorageError::Backend("lost error".into()))));
+            }
+        };
+        if !hooks.is_empty() {
+            let hook_ids: Vec<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
+            let event_ids: Vec<&str> = x.events.iter().map(|e| e.id.as_str()).collect();
+            exec(
+                tx,
+                "INSERT INTO outbox (store, hook, event, attempts, due) \
+                 SELECT $1, h, e, 0, 0 FROM unnest($2::text[]) AS h, unnest($3::text[]) AS e",
+                &[&store.as_str(), &hook_ids, &event_ids],
+            )
+            .await?;
         }
         Ok(())
     }
+}
+
+/// Inserts new event rows in one statement (stamped live in live mode).
+async fn put_events(
+    tx: &Transaction<'_>,
+    store: &StoreId,
+    events: &[EventRecord],
+    live: bool,
+) -> Result<(), Fail> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let stamped: Vec<EventRecord> = events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e.live |= live;
+            e
+        })
+        .collect();
+    let ids: Vec<&str> = stamped.iter().map(|e| e.id.as_str()).collect();
+    let created: Vec<i64> = stamped.iter().map(|e| e.created).collect();
+    let processed: Vec<bool> = stamped.iter().map(|e| e.processed).collect();
+    let docs: Vec<Doc<'_, EventRecord>> = stamped.iter().map(Doc).collect();
+    exec(
+        tx,
+        "INSERT INTO events (store, id, created, processed, doc) \
+         SELECT $1, i, c, p, d FROM unnest($2::text[], $3::bigint[], $4::boolean[], $5::jsonb[]) \
+         AS t(i, c, p, d)",
+        &[&store.as_str(), &ids, &created, &processed, &docs],
+    )
+    .await?;
+    Ok(())
 }
 
 fn fail_err(f: Fail) -> StorageError {
