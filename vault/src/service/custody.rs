@@ -36,14 +36,14 @@ pub enum CustodyError {
     /// A version the folder knows (check value stored, not retired) is missing from the keys.
     #[error(
         "{source_name} lacks {kind} key version {version}, which data folder {data_dir} was \
-         written with: the key file is older than the data (restore the key file backed up after \
-         the last key change); refusing to start"
+         written with: the key file is older than the data ({hint}); refusing to start"
     )]
     StaleKeyFile {
         kind: &'static str,
         version: u32,
         source_name: String,
         data_dir: String,
+        hint: &'static str,
     },
     /// Records use a version the keys do not hold.
     #[error(
@@ -203,7 +203,7 @@ pub fn check_versions(
             records,
             source_name: src.name(),
             data_dir,
-            hint: missing_hint(src, version),
+            hint: missing_hint(src, version, !store.single_process()),
         });
     }
     for version in kcv_versions(store, kind)? {
@@ -226,6 +226,11 @@ pub fn check_versions(
             version,
             source_name: src.name(),
             data_dir,
+            hint: if store.single_process() {
+                "restore the key file backed up after the last key change"
+            } else {
+                COPY_KEY_FILES
+            },
         });
     }
     // Rotations that reached the key file: their pending markers are done.
@@ -241,7 +246,12 @@ pub fn check_versions(
     Ok(())
 }
 
-fn missing_hint(src: &KeySourceInfo<'_>, version: u32) -> String {
+/// Why a key file lags a database that several instances share, and what to do.
+const COPY_KEY_FILES: &str = "another vault instance on this database changed keys: copy its key \
+     files (master.key or master.sealed, fingerprint.key, and the .retired archives beside them) \
+     into this instance's key folder, as every instance on one database needs the same key files";
+
+fn missing_hint(src: &KeySourceInfo<'_>, version: u32, shared: bool) -> String {
     let Some(file) = src.file else {
         return "Set the key with that version in the environment.".to_owned();
     };
@@ -256,6 +266,10 @@ fn missing_hint(src: &KeySourceInfo<'_>, version: u32) -> String {
             archive.display(),
             file.display()
         )
+    } else if shared {
+        let mut hint = format!("{COPY_KEY_FILES}.");
+        hint[..1].make_ascii_uppercase();
+        hint
     } else {
         "Restore the key file that was backed up with this data.".to_owned()
     }

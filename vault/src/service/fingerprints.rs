@@ -70,7 +70,7 @@ impl Vault {
     /// New stores index under it at once; until [`Self::reindex_fingerprints`] completes, a
     /// token is recognised under every version held, so dedupe keeps working throughout.
     pub fn rotate_fingerprint_key(&self) -> Result<u32, CoreError> {
-        self.refuse_shared_key_change()?;
+        let _only_instance = self.key_change_guard()?;
         let _serial = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
         if self.is_sealed() {
             return Err(CoreError::Sealed);

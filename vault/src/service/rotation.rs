@@ -9,7 +9,7 @@ use super::custody::{self, KeySourceInfo};
 use super::{CoreError, KeyPersistence, Vault};
 use crate::crypto::{Kek, Keyring, SecretKey};
 use crate::keys::{self, KeyKind};
-use crate::store::{Store, StoredRecord};
+use crate::store::{KeyChangeGuard, Store, StoredRecord};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -60,32 +60,40 @@ pub struct VersionCount {
     pub records: u64,
 }
 
+/// The 409 of a key change while other instances share the store: the sole-instance procedure.
+pub const OTHER_INSTANCES_RUNNING: &str = "other vault instances are running on this database: \
+     a key change made here would not reach their key files. Stop the other vault instances, \
+     run the key command on this one, copy its changed key files (master.key or master.sealed, \
+     fingerprint.key, and the .retired archives beside them) to every other instance's key \
+     folder, then start them. (Right after a database restart, retry in a few seconds: the \
+     running instances register again first.)";
+
 /// Records per re-wrap transaction: small enough that concurrent writers barely wait.
 pub(super) const REWRAP_BATCH: usize = 256;
 
 impl Vault {
-    /// Key changes made online by one instance of a store several processes share (PostgreSQL)
-    /// would reach only that instance's key files: the others could not open its new records
-    /// (master key) or would fingerprint under an old key and store duplicates (fingerprint
-    /// key). Until key changes work across instances (issue 11) they are refused (409), never
-    /// left to diverge.
-    pub(super) fn refuse_shared_key_change(&self) -> Result<(), CoreError> {
-        if self.store.single_process() {
-            return Ok(());
-        }
-        Err(CoreError::KeyState(
-            "key changes are not available online while vault instances share one database \
-             ([storage] backend = \"postgres\"): the other instances would not get the new \
-             key version"
-                .into(),
-        ))
+    /// Permission for one key change (rotate, retire, fingerprint rotation), held by the caller
+    /// until the change is done. A change made by one instance of a store several processes
+    /// share (PostgreSQL) would reach only that instance's key files: the others could not open
+    /// its new records (master key) or would fingerprint under an old key and store duplicates
+    /// (fingerprint key). So the store grants it only while no other instance runs, and keeps
+    /// new ones from starting until it is dropped (`Store::key_change_guard`); otherwise 409
+    /// naming the sole-instance procedure, never a change left to diverge.
+    ///
+    /// The re-wrap and re-index a change starts run without it: they move records between
+    /// versions every instance holding the changed key files has, and an instance started with
+    /// the old files meanwhile is refused by the custody checks (it lacks the new version).
+    pub(super) fn key_change_guard(&self) -> Result<KeyChangeGuard, CoreError> {
+        self.store
+            .key_change_guard()?
+            .ok_or_else(|| CoreError::KeyState(OTHER_INSTANCES_RUNNING.into()))
     }
 
     /// Adds a new master-key version: key-check value first, then the persisted key file, then
     /// memory — a crash in between leaves a harmless extra check value, never a key in memory
     /// only. New writes use it at once. Returns the new version.
     pub fn rotate(&self) -> Result<u32, CoreError> {
-        self.refuse_shared_key_change()?;
+        let _only_instance = self.key_change_guard()?;
         let mut persistence = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
         if self.is_sealed() {
             return Err(CoreError::Sealed);
@@ -293,7 +301,7 @@ impl Vault {
     /// wrapped under one of them, and refused for the current version. Holds the keyring write
     /// lock across the check and the removal, so no store can slip a record in between.
     pub fn retire_below(&self, below: u32) -> Result<Vec<u32>, CoreError> {
-        self.refuse_shared_key_change()?;
+        let _only_instance = self.key_change_guard()?;
         let mut persistence = self.persistence.lock().map_err(|_| CoreError::Poisoned)?;
         let mut guard = self.keyring.write().map_err(|_| CoreError::Poisoned)?;
         let ring = guard.as_mut().ok_or(CoreError::Sealed)?;

@@ -52,6 +52,52 @@ pub enum StoreError {
     Flush(String),
     #[error("internal lock poisoned")]
     Poisoned,
+    /// Start refused: another vault instance held the database's instance lock exclusively (it
+    /// is changing keys) for longer than this instance waits.
+    #[error(
+        "a key change is in progress on another vault instance of this database (waited \
+         {waited_secs} s for it): start this instance after it, with the changed key files \
+         copied from that instance"
+    )]
+    KeyChangeElsewhere { waited_secs: u64 },
+    /// This instance was cut off from the shared database while another instance changed keys:
+    /// its keys in memory are out of date, so it refuses every store call until restarted.
+    #[error(
+        "another vault instance changed keys while this one was cut off from the database: \
+         restart this instance with the changed key files copied from that instance"
+    )]
+    MissedKeyChange,
+}
+
+/// Held for the length of one key change (rotate, retire, fingerprint rotation): the store's
+/// word that no other vault process is using it, and that none can start until this is dropped
+/// (dropping releases it). A store only one process can open (sled) grants it for nothing; a
+/// shared database grants it only while no other instance is registered on it (`postgres`).
+#[must_use = "the key change is covered only while the guard is held"]
+pub struct KeyChangeGuard {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl KeyChangeGuard {
+    /// The guard of a store no other process can open: nothing to release.
+    pub fn sole_process() -> Self {
+        Self { release: None }
+    }
+
+    /// A guard that runs `release` when dropped.
+    pub fn releasing(release: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for KeyChangeGuard {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
 }
 
 /// Result of [`Store::charge_swap`].
@@ -153,6 +199,11 @@ pub trait Store: Send + Sync {
     /// True when no other process can open this store at the same time (sled locks its
     /// folder): a charge lease left by another process instance is then one of a dead process.
     fn single_process(&self) -> bool;
+    /// Permission for one key change: `Some` (hold it for the whole change) when no other
+    /// vault process uses this store now, nor can start while the guard is held; `None` when
+    /// other instances are running (their key files would miss the change: the caller refuses).
+    /// Never granted on the word of a connection that is gone.
+    fn key_change_guard(&self) -> Result<Option<KeyChangeGuard>, StoreError>;
 }
 
 /// Opens the configured backend. sled: the data folder itself, locked while open. PostgreSQL:

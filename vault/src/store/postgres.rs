@@ -26,11 +26,14 @@
 //! The blocking trait over the async driver: see `bridge`.
 
 mod bridge;
+mod instances;
 
 use self::bridge::Bridge;
+use self::instances::Instances;
 use crate::audit::log::LegacyEntries;
 use crate::store::{
-    BoxFuture, ChargeEntry, Counts, RewrapBatch, Store, StoreError, Stored, StoredRecord, Swap,
+    BoxFuture, ChargeEntry, Counts, KeyChangeGuard, RewrapBatch, Store, StoreError, Stored,
+    StoredRecord, Swap,
 };
 use deadpool_postgres::Pool;
 use shared::domain::{AccountId, PaymentMethodId, StoreId};
@@ -67,6 +70,9 @@ const SELECT_BY_FINGERPRINTS: &str =
 
 pub struct PgStore {
     pool: Pool,
+    /// This instance's registration (the instance lock of key changes, `instances`). Declared
+    /// before `bridge`: it unregisters on the bridge's runtime when dropped.
+    instances: Instances,
     bridge: Bridge,
     /// The lock file of this instance's data folder (audit chain), held while open; `None` for
     /// stores opened without a folder (tests playing several instances).
@@ -129,6 +135,14 @@ impl PgStore {
 
     /// [`PgStore::open`], and how many migrations this call applied.
     fn connect(settings: &shared::pg::PgSettings) -> Result<(Self, usize), StoreError> {
+        Self::connect_waiting(settings, instances::START_WAIT)
+    }
+
+    /// [`PgStore::connect`], waiting up to `wait` for a key change elsewhere to end.
+    fn connect_waiting(
+        settings: &shared::pg::PgSettings,
+        wait: std::time::Duration,
+    ) -> Result<(Self, usize), StoreError> {
         let bridge = Bridge::new()?;
         let pool = bridge
             .enter(|| shared::pg::pool(settings))?
@@ -143,8 +157,12 @@ impl PgStore {
         if applied > 0 {
             tracing::info!(applied, "vault database schema migrated");
         }
+        // After the migrations (the counter lives in `vault_meta`), before any custody check
+        // reads the key state (`instances`, point 1).
+        let instances = Instances::register(&bridge, settings, wait)?;
         let store = Self {
             pool,
+            instances,
             bridge,
             _folder_lock: None,
         };
@@ -164,6 +182,9 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        if self.instances.is_stale() {
+            return Err(StoreError::MissedKeyChange);
+        }
         let pool = self.pool.clone();
         self.bridge.run(async move { f(conn(&pool).await?).await })
     }
@@ -547,6 +568,10 @@ impl Store for PgStore {
 
     fn single_process(&self) -> bool {
         false
+    }
+
+    fn key_change_guard(&self) -> Result<Option<KeyChangeGuard>, StoreError> {
+        self.instances.grant(&self.bridge)
     }
 }
 

@@ -27,7 +27,8 @@ use self::filter::FpFilter;
 use crate::audit::AuditError;
 use crate::audit::log::LegacyEntries;
 use crate::store::{
-    BoxFuture, ChargeEntry, Counts, RewrapBatch, Store, StoreError, Stored, StoredRecord, Swap,
+    BoxFuture, ChargeEntry, Counts, KeyChangeGuard, RewrapBatch, Store, StoreError, Stored,
+    StoredRecord, Swap,
 };
 use ::sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -547,6 +548,11 @@ impl Store for SledStore {
 
     fn single_process(&self) -> bool {
         self.single_process
+    }
+
+    fn key_change_guard(&self) -> Result<Option<KeyChangeGuard>, StoreError> {
+        // The folder lock already keeps every other process out, for as long as this one runs.
+        Ok(self.single_process.then(KeyChangeGuard::sole_process))
     }
 }
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// An instance folder: dev PKI, a postgres `vault.toml`, the URL in an owner-only file.
-fn instance_dir(root: &Path, name: &str, url: &str) -> PathBuf {
+pub(super) fn instance_dir(root: &Path, name: &str, url: &str) -> PathBuf {
     let dir = root.join(name);
     shared::pki::create_private_dir(&dir).unwrap();
     shared::pki::ensure_dev_pki(&dir.join("pki")).unwrap();
@@ -21,7 +21,7 @@ fn instance_dir(root: &Path, name: &str, url: &str) -> PathBuf {
     dir
 }
 
-fn open(dir: &Path) -> Result<Vault, CoreError> {
+pub(super) fn open(dir: &Path) -> Result<Vault, CoreError> {
     let config = Config::load(&dir.join("vault.toml"), Overrides::default(), None).unwrap();
     Vault::open(&config, false)
 }

@@ -74,25 +74,19 @@ impl Bridge {
         Ok(f())
     }
 
+    /// The runtime's handle, for work that must reach it after the caller lets go of the
+    /// bridge (a key-change guard's release).
+    pub fn handle(&self) -> Result<tokio::runtime::Handle, StoreError> {
+        Ok(self.runtime()?.handle().clone())
+    }
+
     /// Starts `fut` on the backend's runtime, bounded by [`CALL_TIMEOUT`].
     pub fn spawn<T, F>(&self, fut: F) -> Result<Pending<T>, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime()?.spawn(async move {
-            let answer = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-                Ok(answer) => answer,
-                Err(_) => Err(StoreError::Backend(format!(
-                    "database did not answer within {} s",
-                    CALL_TIMEOUT.as_secs()
-                ))),
-            };
-            // The caller may be gone (its thread panicked); nobody is left to tell.
-            let _ = tx.send(answer);
-        });
-        Ok(Pending(rx))
+        Ok(spawn_on(self.runtime()?.handle(), CALL_TIMEOUT, fut))
     }
 
     /// [`Bridge::spawn`] and wait.
@@ -103,6 +97,28 @@ impl Bridge {
     {
         self.spawn(fut)?.wait()
     }
+}
+
+/// Starts `fut` on the runtime of `handle`, bounded by `limit`. On a runtime that has shut
+/// down the future is dropped unrun and [`Pending::wait`] answers an error.
+pub fn spawn_on<T, F>(handle: &tokio::runtime::Handle, limit: Duration, fut: F) -> Pending<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let answer = match tokio::time::timeout(limit, fut).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Backend(format!(
+                "database did not answer within {} s",
+                limit.as_secs()
+            ))),
+        };
+        // The caller may be gone (its thread panicked); nobody is left to tell.
+        let _ = tx.send(answer);
+    });
+    Pending(rx)
 }
 
 impl Drop for Bridge {

@@ -19,6 +19,9 @@ pub(super) fn batch(
     target: u32,
     rewrap: &dyn Fn(&StoredRecord) -> Option<(String, u32)>,
 ) -> Result<RewrapBatch, StoreError> {
+    if store.instances.is_stale() {
+        return Err(StoreError::MissedKeyChange);
+    }
     let after = id_text(after)?;
     let n = limit_param(limit);
     let (rows_tx, rows_rx) = std::sync::mpsc::sync_channel::<Rows>(1);

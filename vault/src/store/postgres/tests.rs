@@ -267,3 +267,173 @@ fn a_data_folder_is_held_by_one_instance_also_on_postgres() {
     assert!(crate::store::open(&cfg, false).is_ok(), "released on drop");
     drop(second);
 }
+
+/// Runs `sql` in the database of `url` (the last segment of a `pgtest` URL) as the superuser.
+fn psql_in(url: &str, sql: &str) -> String {
+    let db = url.rsplit('/').next().unwrap();
+    pgtest::require().unwrap().psql_in(db, sql).unwrap()
+}
+
+/// Backend pids holding the instance lock shared (registered instances) in `url`'s database.
+fn registered_sessions(url: &str) -> Vec<String> {
+    let id = instances::lock_id();
+    // A bigint advisory key shows as (classid, objid) = (high, low) 32 bits, objsubid 1.
+    let (high, low) = ((id >> 32) as u32, id as u32);
+    let out = psql_in(
+        url,
+        &format!(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' \
+             AND granted AND classid = {high} AND objid = {low} AND objsubid = 1 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+    );
+    out.lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Ends the instance sessions of `url`'s database from the server side (as a database restart
+/// does to every session), and waits until they are gone.
+fn terminate_registrations(url: &str) {
+    let pids = registered_sessions(url);
+    assert!(!pids.is_empty(), "an instance is registered");
+    for pid in &pids {
+        psql_in(url, &format!("SELECT pg_terminate_backend({pid})"));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pids.iter().any(|p| {
+        !psql_in(
+            url,
+            &format!("SELECT 1 FROM pg_stat_activity WHERE pid = {p}"),
+        )
+        .is_empty()
+    }) {
+        assert!(std::time::Instant::now() < deadline, "sessions did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_key_change_is_granted_only_to_the_sole_instance_and_holds_new_ones_at_start() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let wait = std::time::Duration::from_millis(500);
+    let a = open(&url);
+    let guard = a.key_change_guard().unwrap().expect("the only instance");
+    // A start during the change waits, then refuses with what is going on.
+    let e = PgStore::connect_waiting(&settings(&url), wait)
+        .err()
+        .expect("held at start");
+    assert!(matches!(e, StoreError::KeyChangeElsewhere { .. }), "{e}");
+    assert!(e.to_string().contains("key change is in progress"), "{e}");
+    // A start that is still waiting when the change ends goes on.
+    let late = std::thread::scope(|t| {
+        let starting = t.spawn(|| PgStore::connect_waiting(&settings(&url), 20 * wait));
+        std::thread::sleep(wait);
+        drop(guard);
+        starting.join().unwrap()
+    });
+    let (b, _) = late.unwrap();
+    assert_eq!(registered_sessions(&url).len(), 2);
+    assert!(a.key_change_guard().unwrap().is_none(), "b is running");
+    assert!(b.key_change_guard().unwrap().is_none(), "a is running");
+    drop(b);
+    assert_eq!(registered_sessions(&url).len(), 1, "unregistered on drop");
+    let again = a.key_change_guard().unwrap();
+    assert!(again.is_some(), "sole instance again");
+    // Two grants in a row on one session: each release gives back exactly its own.
+    drop(again);
+    drop(a.key_change_guard().unwrap().expect("granted again"));
+    let counted = psql_in(
+        &url,
+        &format!(
+            "SELECT convert_from(value, 'UTF8') FROM vault_meta WHERE name = '{}'",
+            instances::CHANGES_KEY
+        ),
+    );
+    assert_eq!(counted.trim(), "3", "every grant is counted");
+    assert!(
+        PgStore::connect_waiting(&settings(&url), wait).is_ok(),
+        "released after the change: a start goes through"
+    );
+}
+
+#[test]
+fn a_lost_session_registers_again_before_a_change_and_on_its_own() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let a = open(&url);
+    terminate_registrations(&url);
+    // Another instance starts while a's registration is gone: a change on a is refused (its
+    // session is replaced and registered again first, and then b counts).
+    let b = open(&url);
+    assert!(a.key_change_guard().unwrap().is_none());
+    assert_eq!(registered_sessions(&url).len(), 2);
+    drop(b);
+    // Lost again, nobody asking: the watcher registers a again within moments, so a newcomer
+    // cannot take a for stopped.
+    terminate_registrations(&url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while registered_sessions(&url).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a never registered again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let c = open(&url);
+    assert!(c.key_change_guard().unwrap().is_none(), "a counts again");
+    drop(c);
+    assert!(a.key_change_guard().unwrap().is_some());
+}
+
+#[test]
+fn an_instance_that_missed_a_key_change_while_cut_off_refuses_every_call() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let a = open(&url);
+    // Another instance's key change while a was cut off (its registration gone) shows as the
+    // counter every granted change bumps having moved since a registered; a learns it when it
+    // registers again.
+    psql_in(
+        &url,
+        &format!(
+            "INSERT INTO vault_meta (name, value) VALUES ('{}', convert_to('99', 'UTF8'))",
+            instances::CHANGES_KEY
+        ),
+    );
+    assert!(
+        !a.instances.is_stale(),
+        "registered all along: nothing missed"
+    );
+    terminate_registrations(&url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a.instances.is_stale() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(matches!(a.meta_get("x"), Err(StoreError::MissedKeyChange)));
+    assert!(a.key_change_guard().unwrap().is_none());
+    // A fresh start (what the error asks for) works: the custody checks judge its keys.
+    assert!(open(&url).meta_get("x").is_ok());
+}
+
+#[test]
+fn no_key_change_right_after_a_database_restart() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let mut a = open(&url);
+    // This server started less than an hour ago.
+    a.instances.restart_grace = std::time::Duration::from_secs(3600);
+    assert!(a.key_change_guard().unwrap().is_none());
+    a.instances.restart_grace = std::time::Duration::ZERO;
+    assert!(a.key_change_guard().unwrap().is_some());
+}
