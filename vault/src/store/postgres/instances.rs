@@ -352,10 +352,12 @@ impl Drop for Instances {
         let inner = self.inner.clone();
         let done = bridge::spawn_on(&self.runtime, RELEASE_TIMEOUT, async move {
             let mut s = inner.session.lock().await;
-            if let Some(c) = s.client.take() {
+            let client = s.client.take();
+            // A closed session holds nothing any more: no statement to wait for.
+            if let Some(c) = client.as_ref().filter(|c| !c.is_closed()) {
                 let _ = c.execute("SELECT pg_advisory_unlock_all()", &[]).await;
-                discard(Some(c));
             }
+            discard(client);
             Ok(())
         })
         .wait();
