@@ -117,21 +117,8 @@ async fn due_subscriptions_renewed_by_both_instances_jobs_are_charged_exactly_on
     // Both instances' renewal jobs run every second, racing for the same due subscriptions.
     let sys = start_cluster_with_env(&url, 2, &[("STRONGROOM_RENEWALS_INTERVAL_SECS", "1")]);
     let n = 200;
-    let mut subs = Vec::new();
-    for i in 0..n {
-        let o = on(&sys, i % 2)
-            .complete_order(&subscription_order(
-                &format!("due{i}@example.com"),
-                SaveBox::Ticked,
-            ))
-            .await;
-        assert_eq!(o.status, StatusCode::OK, "{}", o.text);
-        subs.push(o.str("/items/0/subscription"));
-    }
-    let before = sandbox::charges(&sys.processor).await["charges"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0);
+    let subs = saved_card_subscriptions(&sys, n, "due").await;
+    let before = charge_count(&sys).await;
     let due = make_all_due(&url, n);
     wait_for_charges(&sys, before + n, 90).await;
     // Both jobs keep running a while longer: nothing is charged twice.
@@ -162,6 +149,31 @@ async fn due_subscriptions_renewed_by_both_instances_jobs_are_charged_exactly_on
         "{}",
         s.text
     );
+}
+
+/// `n` checkouts of a monthly subscription with a saved card, alternating between the two
+/// instances; the subscription ids.
+async fn saved_card_subscriptions(sys: &System, n: usize, prefix: &str) -> Vec<String> {
+    let mut subs = Vec::new();
+    for i in 0..n {
+        let o = on(sys, i % 2)
+            .complete_order(&subscription_order(
+                &format!("{prefix}{i}@example.com"),
+                SaveBox::Ticked,
+            ))
+            .await;
+        assert_eq!(o.status, StatusCode::OK, "{}", o.text);
+        subs.push(o.str("/items/0/subscription"));
+    }
+    subs
+}
+
+/// How many charges the sandbox processor received so far.
+async fn charge_count(sys: &System) -> usize {
+    sandbox::charges(&sys.processor).await["charges"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0)
 }
 
 /// A month passes for every subscription of the database at once: their next charge date is
@@ -228,21 +240,8 @@ async fn renewals_an_instance_was_charging_when_killed_are_finished_once_by_the_
     // More due subscriptions than one job run charges at once (32), so both instances' jobs
     // hold intents at the same time.
     let n = 80;
-    let mut subs = Vec::new();
-    for i in 0..n {
-        let o = on(&sys, i % 2)
-            .complete_order(&subscription_order(
-                &format!("kill{i}@example.com"),
-                SaveBox::Ticked,
-            ))
-            .await;
-        assert_eq!(o.status, StatusCode::OK, "{}", o.text);
-        subs.push(o.str("/items/0/subscription"));
-    }
-    let before = sandbox::charges(&sys.processor).await["charges"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0);
+    let subs = saved_card_subscriptions(&sys, n, "kill").await;
+    let before = charge_count(&sys).await;
     make_all_due(&url, n);
     // Wait until both instances hold charge intents in flight, then kill -9 instance 2.
     let server = pgtest::require().unwrap_or_else(|| panic!("the server runs"));

@@ -181,25 +181,7 @@ async fn main() {
     );
     let data =
         std::env::temp_dir().join(format!("accounts-bench-{}", uuid::Uuid::new_v4().simple()));
-    let mut child = Command::new(&exe)
-        .arg("dev")
-        .arg("--data")
-        .arg(&data)
-        .arg("--port")
-        .arg("0")
-        .env("RUST_LOG", "warn")
-        .env("VAULT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready: Value = loop {
-        let line = lines.next().expect("dev exited before READY").unwrap();
-        if let Some(j) = line.strip_prefix("STRONGROOM_READY ") {
-            break serde_json::from_str(j).unwrap();
-        }
-    };
+    let (mut child, ready) = start_dev(&exe, &data, &[]);
     let target = Arc::new(Target {
         api: ready["api"].as_str().unwrap().to_owned(),
         user: ready["username"].as_str().unwrap().to_owned(),
@@ -215,45 +197,12 @@ async fn main() {
         target.api
     );
 
-    let (t, h) = (Arc::clone(&target), http.clone());
-    let (lat, errs, elapsed, _) = phase(secs, move |_, _| {
-        let (t, h) = (Arc::clone(&t), h.clone());
-        async move {
-            let resp = h
-                .get(format!("{}/healthz", t.api))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status()));
-            }
-            resp.bytes().await.map_err(|e| e.to_string())?;
-            Ok(Value::Null)
-        }
-    })
-    .await;
+    let (lat, errs, elapsed) = healthz_phase(&target.api, &http, secs).await;
     let ceiling = report("GET /healthz (ceiling)", lat, errs, elapsed);
 
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let (t, h, r) = (Arc::clone(&target), http.clone(), run_id.clone());
-    let (lat, errs, elapsed, created) = phase(secs, move |w, i| {
-        let (t, h) = (Arc::clone(&t), h.clone());
-        let body = checkout_body(&r, w, i);
-        async move {
-            let resp = h
-                .post(format!("{}/orders", t.api))
-                .basic_auth(&t.user, Some(&t.pass))
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status()));
-            }
-            resp.json::<Value>().await.map_err(|e| e.to_string())
-        }
-    })
-    .await;
+    let apis = vec![target.api.clone()];
+    let (lat, errs, elapsed, created) =
+        checkout_phase(&apis, &target.user, &target.pass, &http, secs).await;
     let completions = lat.len() as u64;
     let rate = report("checkout completions", lat, errs, elapsed);
     let sled_rate = rate;
@@ -341,86 +290,30 @@ async fn postgres_run(
         "accounts-bench-pg-{}",
         uuid::Uuid::new_v4().simple()
     ));
-    let mut child = Command::new(exe)
-        .arg("dev")
-        .arg("--data")
-        .arg(&data)
-        .arg("--port")
-        .arg("0")
-        .arg("--database-url")
-        .arg(url)
-        .arg("--instances")
-        .arg(instances.to_string())
-        .env("RUST_LOG", "warn")
-        .env("VAULT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready: Value = loop {
-        let line = lines.next().expect("dev exited before READY").unwrap();
-        if let Some(j) = line.strip_prefix("STRONGROOM_READY ") {
-            break serde_json::from_str(j).unwrap();
-        }
-    };
-    let apis: Arc<Vec<String>> = Arc::new(
-        ready["apis"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
-            .collect(),
+    let n = instances.to_string();
+    let (mut child, ready) = start_dev(
+        exe,
+        &data,
+        &["--database-url", url, "--instances", n.as_str()],
     );
+    let apis: Vec<String> = ready["apis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
     let (user, pass) = (
-        ready["username"].as_str().unwrap().to_owned(),
-        ready["password"].as_str().unwrap().to_owned(),
+        ready["username"].as_str().unwrap(),
+        ready["password"].as_str().unwrap(),
     );
-    let (a, h) = (Arc::clone(&apis), http.clone());
-    let (lat, errs, elapsed, _) = phase(secs, move |_, _| {
-        let (a, h) = (Arc::clone(&a), h.clone());
-        async move {
-            let resp = h
-                .get(format!("{}/healthz", a[0]))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status()));
-            }
-            resp.bytes().await.map_err(|e| e.to_string())?;
-            Ok(Value::Null)
-        }
-    })
-    .await;
+    let (lat, errs, elapsed) = healthz_phase(&apis[0], http, secs).await;
     let ceiling = report(
         &format!("  {instances} instance(s): GET /healthz"),
         lat,
         errs,
         elapsed,
     );
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let (a, h) = (Arc::clone(&apis), http.clone());
-    let (lat, errs, elapsed, _) = phase(secs, move |w, i| {
-        let (a, h, user, pass) = (Arc::clone(&a), h.clone(), user.clone(), pass.clone());
-        let api = a[w % a.len()].clone();
-        let body = checkout_body(&run_id, w, i);
-        async move {
-            let resp = h
-                .post(format!("{api}/orders"))
-                .basic_auth(&user, Some(&pass))
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status()));
-            }
-            resp.bytes().await.map_err(|e| e.to_string())?;
-            Ok(Value::Null)
-        }
-    })
-    .await;
+    let (lat, errs, elapsed, _) = checkout_phase(&apis, user, pass, http, secs).await;
     let rate = report(
         &format!("  {instances} instance(s): checkouts"),
         lat,
@@ -434,6 +327,97 @@ async fn postgres_run(
         .status();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `accounts-api dev --data data --port 0 [extra…]` with quiet logs; the child and its READY
+/// line.
+fn start_dev(
+    exe: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, Value) {
+    let mut child = Command::new(exe)
+        .arg("dev")
+        .arg("--data")
+        .arg(data)
+        .arg("--port")
+        .arg("0")
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .env("VAULT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = loop {
+        let line = lines.next().expect("dev exited before READY").unwrap();
+        if let Some(j) = line.strip_prefix("STRONGROOM_READY ") {
+            break serde_json::from_str(j).unwrap();
+        }
+    };
+    // Keep reading its stdout (the banner follows): a closed pipe would fail its next print.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, ready)
+}
+
+/// `GET /healthz` on `api` at the bench's concurrency: the stack's ceiling.
+async fn healthz_phase(
+    api: &str,
+    http: &reqwest::Client,
+    secs: u64,
+) -> (Vec<Duration>, usize, Duration) {
+    let (url, h) = (Arc::new(format!("{api}/healthz")), http.clone());
+    let (lat, errs, elapsed, _) = phase(secs, move |_, _| {
+        let (url, h) = (Arc::clone(&url), h.clone());
+        async move {
+            let resp = h
+                .get(url.as_str())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok(Value::Null)
+        }
+    })
+    .await;
+    (lat, errs, elapsed)
+}
+
+/// New customers' checkouts with a saved card, worker `w` on `apis[w % len]`; returns the
+/// answers of the first ones (for the reads that follow).
+async fn checkout_phase(
+    apis: &[String],
+    user: &str,
+    pass: &str,
+    http: &reqwest::Client,
+    secs: u64,
+) -> (Vec<Duration>, usize, Duration, Vec<Value>) {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let apis = Arc::new(apis.to_vec());
+    let (user, pass, h) = (user.to_owned(), pass.to_owned(), http.clone());
+    phase(secs, move |w, i| {
+        let (h, user, pass) = (h.clone(), user.clone(), pass.clone());
+        let url = format!("{}/orders", apis[w % apis.len()]);
+        let body = checkout_body(&run, w, i);
+        async move {
+            let resp = h
+                .post(url)
+                .basic_auth(&user, Some(&pass))
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            resp.json::<Value>().await.map_err(|e| e.to_string())
+        }
+    })
+    .await
 }
 
 /// Creates `strongroom_bench_<random>` on the server of `url` (a database the bench may
