@@ -194,7 +194,24 @@ fn client_tls(
 pub async fn connection(pool: &Pool) -> Result<deadpool_postgres::Object, PgError> {
     pool.get()
         .await
-        .map_err(|e| PgError::Unavailable(e.to_string()))
+        .map_err(|e| PgError::Unavailable(with_causes(&e)))
+}
+
+/// An error's text followed by its causes ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer"): the driver's own text stops at the outermost one. No cause of a
+/// connection error carries the URL or its password.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Connects once and refuses a database that would not keep acknowledged writes.

@@ -121,7 +121,7 @@ fn tools_required() -> bool {
 pub fn require() -> Option<&'static PgServer> {
     let server = SERVER.get_or_init(|| match find_bin() {
         None => Err(String::new()),
-        Some(bin) => start(&bin),
+        Some(bin) => start(&bin, None),
     });
     match server {
         Ok(s) => Some(s),
@@ -149,7 +149,21 @@ pub fn require() -> Option<&'static PgServer> {
 pub fn private() -> Option<PgServer> {
     require()?;
     let bin = find_bin()?;
-    Some(start(&bin).unwrap_or_else(|e| panic!("a private test PostgreSQL did not start: {e}")))
+    Some(
+        start(&bin, None)
+            .unwrap_or_else(|e| panic!("a private test PostgreSQL did not start: {e}")),
+    )
+}
+
+/// A private server that also speaks TLS (`ssl = on`) with this certificate chain and key
+/// (PEM); plain-text connections stay allowed, so a test can tell what the client insisted on.
+pub fn private_tls(cert_pem: &str, key_pem: &str) -> Option<PgServer> {
+    require()?;
+    let bin = find_bin()?;
+    Some(
+        start(&bin, Some((cert_pem, key_pem)))
+            .unwrap_or_else(|e| panic!("a private TLS test PostgreSQL did not start: {e}")),
+    )
 }
 
 /// A new, empty database on this process's server; its URL. `None` as [`require`].
@@ -224,7 +238,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free port: {e}"))
 }
 
-fn start(bin: &Path) -> Result<PgServer, String> {
+fn start(bin: &Path, tls: Option<(&str, &str)>) -> Result<PgServer, String> {
     let root = is_root();
     // Not a TempDir: the watcher removes it after this process is gone.
     let dir = tempfile::Builder::new()
@@ -259,6 +273,27 @@ fn start(bin: &Path) -> Result<PgServer, String> {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
+    }
+    if let Some((cert, key)) = tls {
+        // The server reads them as its own user and wants the key private.
+        for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).map_err(|e| format!("{name}: {e}"))?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{name}: {e}"))?;
+            if root {
+                let ok = Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&path)
+                    .status()
+                    .map_err(|e| format!("chown: {e}"))?
+                    .success();
+                if !ok {
+                    return Err(format!("chown postgres {} failed", path.display()));
+                }
+            }
+        }
     }
     watch(&dir);
     // A port can be taken between the probe and the bind: try a few.
@@ -295,7 +330,14 @@ fn spawn_postgres(
         .append(true)
         .open(dir.join("server.log"))
         .map_err(|e| e.to_string())?;
+    // `ssl = on` when the folder holds a certificate (`private_tls`).
+    let ssl = if data.join("server.crt").exists() {
+        "ssl=on"
+    } else {
+        "ssl=off"
+    };
     as_pg_user(&bin.join("postgres"), root)
+        .args(["-c", ssl])
         .arg("-D")
         .arg(data)
         .args(["-p", &port.to_string(), "-k"])
