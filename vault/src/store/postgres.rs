@@ -230,11 +230,17 @@ impl Store for PgStore {
                 .await
                 .map_err(db_err)?;
             // A lost race reads the winner on the next turn; a winner deleted in between
-            // lets this insert try again.
-            for _ in 0..3 {
-                let rows = c.query(&select, &[&fps]).await.map_err(db_err)?;
-                if let Some(existing) = first_indexed(&fps, &rows)? {
-                    return Ok(Stored::Existing(existing));
+            // lets this insert try again. With one fingerprint version (no re-index running) the
+            // unique index alone decides, so the insert goes first: the service has just looked
+            // the fingerprint up, and a conflict is the rare case that needs the read. With
+            // several versions an older one may index the token under another value the index
+            // cannot compare, so the read comes first.
+            for turn in 0..3 {
+                if turn > 0 || fps.len() > 1 {
+                    let rows = c.query(&select, &[&fps]).await.map_err(db_err)?;
+                    if let Some(existing) = first_indexed(&fps, &rows)? {
+                        return Ok(Stored::Existing(existing));
+                    }
                 }
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
                     &record.id,
