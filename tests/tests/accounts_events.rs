@@ -111,6 +111,11 @@ async fn each_state_change_writes_its_event() {
     assert_eq!(cancel.status, 200, "{}", cancel.text);
     let resume = app.resume_subscription(&sub).await;
     assert_eq!(resume.status, 200, "{}", resume.text);
+    // Uncancel is idempotent, as FastSpring's: the retry succeeds and changes nothing (no
+    // second `subscription.uncanceled` below).
+    let again = app.resume_subscription(&sub).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(app.get_subscription(&sub).await.json["state"], "active");
     let pm = app
         .payment_methods(&account)
         .await
@@ -128,7 +133,7 @@ async fn each_state_change_writes_its_event() {
             "subscription.activated",
             "account.updated",
             "subscription.canceled",
-            "subscription.resumed",
+            "subscription.uncanceled",
             "payment-method.removed",
         ]
     );

@@ -391,7 +391,7 @@ async fn form_posts_without_a_valid_csrf_token_are_403_and_change_nothing() {
         vec![
             "account.updated",
             "subscription.canceled",
-            "subscription.resumed",
+            "subscription.uncanceled",
             "payment-method.removed"
         ]
     );
@@ -465,7 +465,7 @@ async fn names_with_html_special_characters_are_escaped_on_the_page() {
     assert!(html.contains("&lt;img src=x onerror=alert(2)&gt;"));
 }
 
-/// The `subscription.canceled` (and `subscription.resumed`) events of one subscription, in
+/// The `subscription.canceled` (and `subscription.uncanceled`) events of one subscription, in
 /// order, from the events API.
 async fn subscription_events(store: &Merchant, kind: &str, sub: &str) -> Vec<Value> {
     let a = store.unprocessed_events(&[("begin", "0")]).await;
@@ -513,7 +513,7 @@ async fn a_cancel_from_the_account_page_and_from_the_api_emit_the_same_subscript
 
     for (kind, state) in [
         ("subscription.canceled", "canceled"),
-        ("subscription.resumed", "active"),
+        ("subscription.uncanceled", "active"),
     ] {
         let evs = subscription_events(&app, kind, &sub).await;
         assert_eq!(evs.len(), 2, "{kind}: page and API: {evs:?}");

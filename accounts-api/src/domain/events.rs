@@ -20,8 +20,9 @@ pub enum DomainEvent {
     /// Data: the subscription object as it is after the change (FastSpring's
     /// `subscription.canceled` payload: `id`, `subscription`, `account`, `state`, …).
     SubscriptionCanceled(SubscriptionRecord),
-    /// A canceled subscription was resumed (API or account page). Data: the subscription object.
-    SubscriptionResumed(SubscriptionRecord),
+    /// A canceled subscription was uncanceled (API or account page), FastSpring's
+    /// `subscription.uncanceled`. Data: the subscription object.
+    SubscriptionUncanceled(SubscriptionRecord),
     /// The saved card expires before the next charge date.
     CardExpiring {
         subscription: SubscriptionId,
@@ -77,7 +78,7 @@ impl DomainEvent {
             Self::OrderCompleted(_) => "order.completed",
             Self::SubscriptionActivated(_) => "subscription.activated",
             Self::SubscriptionCanceled(_) => "subscription.canceled",
-            Self::SubscriptionResumed(_) => "subscription.resumed",
+            Self::SubscriptionUncanceled(_) => "subscription.uncanceled",
             Self::CardExpiring { .. } => "subscription.card.expiring",
             Self::PaymentReminder { .. } => "subscription.payment.reminder",
             Self::ChargeCompleted { .. } => "subscription.charge.completed",

@@ -47,14 +47,19 @@ impl SubscriptionRecord {
         self.cancel(now)
     }
 
-    /// Resumes a canceled subscription (API and account page alike).
-    pub fn resume(&mut self) -> Result<(), Refusal> {
-        if self.state != SubState::Canceled {
-            return Err("the subscription is not canceled");
+    /// Uncancels a subscription (API and account page alike): a canceled one becomes active
+    /// again (`Ok(true)`); an active one is left as it is (`Ok(false)`: a retried uncancel
+    /// succeeds, as FastSpring's does, and changes nothing); any other state refuses.
+    pub fn resume(&mut self) -> Result<bool, Refusal> {
+        match self.state {
+            SubState::Canceled => {
+                self.state = SubState::Active;
+                self.canceled = None;
+                Ok(true)
+            }
+            SubState::Active => Ok(false),
+            _ => Err("the subscription is not canceled"),
         }
-        self.state = SubState::Active;
-        self.canceled = None;
-        Ok(())
     }
 
     /// The last decline of the retry schedule ends the subscription.
@@ -117,9 +122,14 @@ mod tests {
         s.cancel(7).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((s.state, s.canceled), (SubState::Canceled, Some(7)));
         assert!(s.cancel(8).is_err(), "already canceled");
-        s.resume().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.resume(), Ok(true));
         assert_eq!((s.state, s.canceled), (SubState::Active, None));
-        assert!(s.resume().is_err(), "not canceled");
+        assert_eq!(s.resume(), Ok(false), "uncancel again: success, no change");
+        assert_eq!((s.state, s.canceled), (SubState::Active, None));
+        assert!(
+            sub(SubState::Deactivated).resume().is_err(),
+            "a deactivated one is not uncanceled"
+        );
 
         let mut d = sub(SubState::Deactivated);
         assert!(

@@ -30,7 +30,7 @@ fn data(event: &DomainEvent) -> Value {
         DomainEvent::OrderCompleted(o) => to_data(&OrderView::of(o, None)),
         DomainEvent::SubscriptionActivated(s)
         | DomainEvent::SubscriptionCanceled(s)
-        | DomainEvent::SubscriptionResumed(s) => to_data(&SubscriptionView::of(s, None)),
+        | DomainEvent::SubscriptionUncanceled(s) => to_data(&SubscriptionView::of(s, None)),
         DomainEvent::CardExpiring {
             subscription,
             account,

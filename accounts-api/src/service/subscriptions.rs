@@ -47,7 +47,8 @@ pub async fn cancel(
     changed.pop().ok_or(StorageError::NotFound)
 }
 
-/// Resumes the canceled subscriptions `ids` of `store`, all or none.
+/// Uncancels the subscriptions `ids` of `store` (canceled ones become active, active ones stay),
+/// all or none.
 pub async fn resume(
     storage: &dyn Storage,
     store: &StoreId,
@@ -59,9 +60,13 @@ pub async fn resume(
             store,
             ids,
             &|s| {
-                s.resume().map_err(StorageError::State)?;
+                // One `subscription.uncanceled` per actual change: a retried uncancel of an
+                // active subscription succeeds without an event.
+                if !s.resume().map_err(StorageError::State)? {
+                    return Ok(vec![]);
+                }
                 Ok(vec![super::events::record(
-                    &DomainEvent::SubscriptionResumed(s.clone()),
+                    &DomainEvent::SubscriptionUncanceled(s.clone()),
                 )])
             },
             &Extras {
