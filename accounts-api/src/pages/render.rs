@@ -182,22 +182,31 @@ pub fn account(
             "<table><tr><th>Product</th><th>State</th><th>Renewal</th><th>Next charge</th><th></th></tr>",
         );
         for s in subs {
-            let (label, action) = match s.state {
-                // A deactivated subscription (renewal failed) can still be canceled for good.
-                SubState::Active | SubState::Deactivated => ("Cancel", "cancel"),
-                SubState::Canceled => ("Resume", "resume"),
+            // Only the action the state allows (the customer cancels an active subscription and
+            // uncancels a canceled one); a deactivated one has none.
+            let action = match s.state {
+                SubState::Active => Some(("Cancel", "cancel")),
+                SubState::Canceled => Some(("Resume", "resume")),
+                SubState::Deactivated => None,
+            };
+            let form = match action {
+                Some((label, action)) => format!(
+                    "<form class=\"inline\" method=\"post\" \
+                     action=\"/account/subscriptions/{}/{action}\">{csrf}\
+                     <button type=\"submit\">{label}</button></form>",
+                    esc(s.id.as_str())
+                ),
+                None => String::new(),
             };
             let _ = write!(
                 out,
                 "<tr class=\"subscription\"><td>{}</td><td>{}</td><td>{}</td><td>{} · {}</td><td>\
-                 <form class=\"inline\" method=\"post\" action=\"/account/subscriptions/{}/{action}\">{csrf}\
-                 <button type=\"submit\">{label}</button></form></td></tr>",
+                 {form}</td></tr>",
                 esc(&s.product),
                 s.state.as_str(),
                 if s.auto_renew { "automatic" } else { "manual" },
                 esc(&display_date(s.next)),
                 money(s.price * i64::from(s.quantity), &s.currency),
-                esc(s.id.as_str()),
             );
         }
         out.push_str("</table>");
@@ -227,4 +236,34 @@ pub fn account(
          <button type=\"submit\" id=\"logout\">Sign out</button></form>"
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::conformance::fixtures;
+
+    #[test]
+    fn a_subscription_offers_only_the_action_its_state_allows() {
+        let mut a = fixtures::account("st", "page@example.com", None);
+        let mut subs = Vec::new();
+        for state in [SubState::Active, SubState::Canceled, SubState::Deactivated] {
+            let mut s = fixtures::subscription("st", &a.id, 0, Some("pm_1"));
+            s.state = state;
+            a.subscriptions.push(s.id.clone());
+            subs.push(s);
+        }
+        let html = account(&a, &subs, &[], "");
+        let form = |s: &SubscriptionRecord, action: &str| {
+            format!("/account/subscriptions/{}/{action}", s.id.as_str())
+        };
+        assert!(html.contains(&form(&subs[0], "cancel")));
+        assert!(!html.contains(&form(&subs[0], "resume")));
+        assert!(html.contains(&form(&subs[1], "resume")));
+        assert!(!html.contains(&form(&subs[1], "cancel")));
+        // A deactivated subscription has no button (its cancel was refused: a click did nothing).
+        assert!(!html.contains(&form(&subs[2], "cancel")));
+        assert!(!html.contains(&form(&subs[2], "resume")));
+        assert!(html.contains("deactivated"), "its row is still shown");
+    }
 }
