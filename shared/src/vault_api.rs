@@ -16,6 +16,10 @@
 //! vault's OpenAPI document. No response type can hold a token: the only type that carries one
 //! is [`StorePaymentMethodRequest`].
 
+/// Largest amount one charge may have, in minor units (10^8: a million in two-decimal
+/// currencies). The vault refuses more (anything above is a bug or an attack, not a renewal), so
+/// accounts-api refuses a subscription whose renewals could never be charged.
+pub const MAX_CHARGE_MINOR: i64 = 100_000_000;
 use crate::secret::PaymentToken;
 use serde::{Deserialize, Serialize};
 

@@ -260,6 +260,13 @@ async fn every_invalid_checkout_field_is_a_422_naming_it_and_nothing_is_written(
             with(&["items", "0", "quantity"], json!(0)),
         ),
         ("items[0].price", with(&["items", "0", "price"], json!(-1))),
+        // A subscription whose renewals could never be charged: nothing, or above the vault's
+        // charge limit (10^8 minor units).
+        ("items[0].price", with(&["items", "0", "price"], json!(0))),
+        (
+            "items[0].price",
+            with(&["items", "0", "price"], json!(1_000_000.01)),
+        ),
         (
             "items[0].price",
             with(&["items", "0", "price"], json!(1.001)),
@@ -334,6 +341,11 @@ async fn every_invalid_checkout_field_is_a_422_naming_it_and_nothing_is_written(
     assert_eq!(account_total(&app).await, 0, "nothing half-written");
     let subs = app.list_subscriptions(&[]).await;
     assert_eq!(subs.json["total"], 0);
+    // Free is fine for a one-off item: only a subscription needs something to charge.
+    let mut free = one_off_order("free@example.com");
+    free["items"][0]["price"] = json!(0);
+    let a = app.complete_order(&free).await;
+    assert_eq!(a.status, 200, "{}", a.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,9 +30,9 @@ use shared::vault_api::{ChargeOutcome, ChargeStatus};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
-/// Largest amount one charge may have, in minor units (10^8: a million in two-decimal
-/// currencies). Anything above is a bug or an attack, not a renewal.
-pub const MAX_CHARGE_MINOR: i64 = 100_000_000;
+/// Largest amount one charge may have, in minor units: the wire contract's
+/// (`shared::vault_api`), which accounts-api checks subscriptions against at checkout.
+pub use shared::vault_api::MAX_CHARGE_MINOR;
 /// Longest client idempotency key (the processor key adds the store and stays within Stripe's 255).
 pub const MAX_KEY_LEN: usize = 180;
 /// How long a claim holds off other instances: well above the request timeout (15 s by

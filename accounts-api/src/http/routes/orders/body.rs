@@ -235,6 +235,23 @@ fn item(
     };
     let interval = opt_body::<SubscriptionBody>(&it.subscription, &f("subscription"), p)
         .map(|s| interval(&s, &f, p));
+    // A subscription is renewed by charging price × quantity each period: one the vault could
+    // never charge (nothing, or above its limit) would fail every renewal, so it is refused here.
+    if let (Some(_), Some(price), Some(quantity)) = (&interval, price, quantity) {
+        let per_period = price.saturating_mul(i64::from(quantity));
+        if per_period == 0 {
+            p.add(
+                f("price"),
+                "a subscription must cost more than 0 per period",
+            );
+        } else if per_period > shared::vault_api::MAX_CHARGE_MINOR {
+            p.add(
+                f("price"),
+                "a subscription's price × quantity per period is above the largest amount \
+                 that can be charged",
+            );
+        }
+    }
     Some(ItemInput {
         product: product?,
         quantity: quantity?,
