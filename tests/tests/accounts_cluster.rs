@@ -301,3 +301,64 @@ async fn renewals_an_instance_was_charging_when_killed_are_finished_once_by_the_
     );
     assert_one_charge_each(&charges, &subs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_the_vault_refuses_is_final_deactivates_and_never_reaches_the_processor() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let sys = start_cluster(&url, 1);
+    let a = on(&sys, 0);
+    let sub = saved_card_subscriptions(&sys, 1, "refused").await.remove(0);
+    // An amount the vault refuses to charge (above its limit), as a subscription written before
+    // checkout refused such amounts would have.
+    let server = pgtest::require().unwrap_or_else(|| panic!("the server runs"));
+    let db = url.rsplit('/').next().unwrap_or_default();
+    let changed = server
+        .psql_in(
+            db,
+            &format!(
+                "WITH u AS (UPDATE subscriptions SET doc = jsonb_set(doc, '{{price}}', \
+                 '200000000') WHERE id = '{sub}' RETURNING 1) SELECT count(*) FROM u"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(changed, "1");
+    let before = charge_count(&sys).await;
+    let body = json!({"subscriptions": [{"subscription": sub}]});
+    let first = a.call("POST", "/subscriptions/charge", Some(&body)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(
+        first.json["subscription"][0]["error"]["subscription"], "VAULT_REJECTED",
+        "{}",
+        first.text
+    );
+    // Final: deactivated at once, not retried on the next run or the next rebill.
+    let s = a.get_subscription(&sub).await;
+    assert_eq!(s.json["state"], "deactivated", "{}", s.text);
+    assert_eq!(s.json["active"], false, "{}", s.text);
+    let again = a.call("POST", "/subscriptions/charge", Some(&body)).await;
+    assert_eq!(
+        again.json["subscription"][0]["error"]["subscription"], "SUBSCRIPTION_NOT_ACTIVE",
+        "{}",
+        again.text
+    );
+    assert_eq!(
+        charge_count(&sys).await,
+        before,
+        "the processor was never called"
+    );
+    let events = a.unprocessed_events(&[("begin", "0")]).await;
+    let count = |kind: &str| {
+        events.json["events"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter(|e| e["type"] == kind && e["data"]["subscription"] == sub.as_str())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(count("subscription.charge.failed"), 1, "{}", events.text);
+    assert_eq!(count("subscription.deactivated"), 1, "{}", events.text);
+}

@@ -367,7 +367,8 @@ async fn charge_claimed(
     let pending = pending.clone();
     let Some(pm) = sub.payment_method.clone() else {
         // The card was removed while a charge was pending: nothing can be charged.
-        return settle_decline(state, store, id, &pending, "payment_method_missing", now).await;
+        return settle_decline(state, store, id, &pending, "payment_method_missing", now, false)
+            .await;
     };
     let req = ChargeRequest {
         store: store.to_string(),
@@ -383,14 +384,14 @@ async fn charge_claimed(
             }
             ChargeStatus::Declined => {
                 let reason = o.reason.unwrap_or_else(|| "card_declined".into());
-                settle_decline(state, store, id, &pending, &reason, now).await
+                settle_decline(state, store, id, &pending, &reason, now, false).await
             }
             ChargeStatus::Failed => Ok(Outcome::Failed {
                 reason: o.reason.unwrap_or_else(|| "processor_unavailable".into()),
             }),
         },
         Err(VaultError::NotFound) => {
-            settle_decline(state, store, id, &pending, "payment_method_missing", now).await
+            settle_decline(state, store, id, &pending, "payment_method_missing", now, false).await
         }
         Err(VaultError::Unavailable(_)) => Ok(Outcome::Failed {
             reason: "vault_unavailable".into(),
@@ -402,16 +403,16 @@ async fn charge_claimed(
             reason: "vault_unavailable".into(),
         }),
         Err(VaultError::Rejected { status, field }) => {
-            // Our request is wrong (it will not fix itself): keep the intent for an operator.
+            // The vault refused the charge request itself (a 4xx: e.g. an amount above its
+            // limit). That will not fix itself: retrying every run would refuse forever. It is
+            // final: recorded as a failed charge, no retry, the subscription deactivated.
             tracing::error!(
                 status,
                 ?field,
                 subscription = id.as_str(),
-                "vault refused a renewal charge"
+                "vault refused a renewal charge; the subscription is deactivated"
             );
-            Ok(Outcome::Failed {
-                reason: "vault_rejected".into(),
-            })
+            settle_decline(state, store, id, &pending, "vault_rejected", now, true).await
         }
     }
 }
@@ -524,6 +525,7 @@ async fn settle_decline(
     p: &PendingCharge,
     reason: &str,
     now: i64,
+    last: bool,
 ) -> Result<Outcome, StorageError> {
     let after = state
         .storage
@@ -535,7 +537,12 @@ async fn settle_decline(
             s.renewal.failed_attempts = s.renewal.failed_attempts.saturating_add(1);
             let n = s.renewal.failed_attempts as usize;
             let mut out = Vec::new();
-            let next_retry = RETRY_DAYS.get(n - 1).map(|d| p.period + d * DAY_MS);
+            // `last`: a failure no retry can mend ends the schedule now.
+            let next_retry = if last {
+                None
+            } else {
+                RETRY_DAYS.get(n - 1).map(|d| p.period + d * DAY_MS)
+            };
             s.renewal.retry_at = next_retry;
             out.push(events::record(&DomainEvent::ChargeFailed {
                 subscription: s.id.clone(),
