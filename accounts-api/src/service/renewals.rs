@@ -367,8 +367,16 @@ async fn charge_claimed(
     let pending = pending.clone();
     let Some(pm) = sub.payment_method.clone() else {
         // The card was removed while a charge was pending: nothing can be charged.
-        return settle_decline(state, store, id, &pending, "payment_method_missing", now, false)
-            .await;
+        return settle_decline(
+            state,
+            store,
+            id,
+            &pending,
+            "payment_method_missing",
+            now,
+            false,
+        )
+        .await;
     };
     let req = ChargeRequest {
         store: store.to_string(),
@@ -391,7 +399,16 @@ async fn charge_claimed(
             }),
         },
         Err(VaultError::NotFound) => {
-            settle_decline(state, store, id, &pending, "payment_method_missing", now, false).await
+            settle_decline(
+                state,
+                store,
+                id,
+                &pending,
+                "payment_method_missing",
+                now,
+                false,
+            )
+            .await
         }
         Err(VaultError::Unavailable(_)) => Ok(Outcome::Failed {
             reason: "vault_unavailable".into(),
