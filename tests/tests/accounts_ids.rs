@@ -101,21 +101,31 @@ async fn accounts_ids_that_do_not_parse_answer_what_unknown_ids_answer() {
             assert_eq!(got, want, "{method} {path} with {id:?}");
         }
     }
-    // The resume of several ids is all or none: an unparseable id after one that the rule
-    // refuses answers that refusal, as an unknown id there does.
+    // The uncancel of several ids is all or none: an unparseable id after a canceled one answers
+    // what an unknown id there answers (404, the uncancel of an active one being a success
+    // now), and the canceled one stays canceled.
     let order = sys.subscribe(&sys.demo, "ids2@example.com").await;
-    let active = order["items"][0]["subscription"]
+    let canceled = order["items"][0]["subscription"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let m = sys.merchant(&sys.demo);
+    let c = m.cancel_subscription(&canceled).await;
+    assert_eq!(c.status, 200, "{}", c.text);
     let two = json!({"subscriptions": [
-        {"subscription": active, "deactivation": null},
+        {"subscription": canceled, "deactivation": null},
         {"subscription": "{id}", "deactivation": null}]});
-    let path = format!("/subscriptions/{active}");
+    let path = format!("/subscriptions/{canceled}");
     let want = answer(&sys, "POST", &path, Some(&two), UNKNOWN, UNKNOWN).await;
-    assert_eq!(want.0, 409, "{want:?}");
+    assert_eq!(want.0, 404, "{want:?}");
     for (raw, id) in malformed() {
         let got = answer(&sys, "POST", &path, Some(&two), &raw, &id).await;
         assert_eq!(got, want, "resume with {id:?}");
     }
+    let after = m.get_subscription(&canceled).await;
+    assert_eq!(
+        after.json["state"], "canceled",
+        "nothing was written: {}",
+        after.text
+    );
 }
