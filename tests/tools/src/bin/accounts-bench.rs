@@ -220,17 +220,11 @@ async fn main() {
         let (t, h) = (Arc::clone(&t), h.clone());
         let id = ids[(w * 7919 + i) % ids.len()].clone();
         async move {
-            let resp = h
-                .get(format!("{}/accounts/{id}", t.api))
-                .basic_auth(&t.user, Some(&t.pass))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status()));
-            }
-            resp.bytes().await.map_err(|e| e.to_string())?;
-            Ok(Value::Null)
+            drained(
+                h.get(format!("{}/accounts/{id}", t.api))
+                    .basic_auth(&t.user, Some(&t.pass)),
+            )
+            .await
         }
     })
     .await;
@@ -361,6 +355,16 @@ fn start_dev(
     (child, ready)
 }
 
+/// Sends `req`; a 2xx answer's body is read to its end (the connection can be reused).
+async fn drained(req: reqwest::RequestBuilder) -> Result<Value, String> {
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    resp.bytes().await.map_err(|e| e.to_string())?;
+    Ok(Value::Null)
+}
+
 /// `GET /healthz` on `api` at the bench's concurrency: the stack's ceiling.
 async fn healthz_phase(
     api: &str,
@@ -370,18 +374,7 @@ async fn healthz_phase(
     let (url, h) = (Arc::new(format!("{api}/healthz")), http.clone());
     let (lat, errs, elapsed, _) = phase(secs, move |_, _| {
         let (url, h) = (Arc::clone(&url), h.clone());
-        async move {
-            let resp = h
-                .get(url.as_str())
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status()));
-            }
-            resp.bytes().await.map_err(|e| e.to_string())?;
-            Ok(Value::Null)
-        }
+        async move { drained(h.get(url.as_str())).await }
     })
     .await;
     (lat, errs, elapsed)
