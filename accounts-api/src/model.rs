@@ -177,6 +177,13 @@ pub struct SubscriptionRecord {
     /// Created in live mode (`live` in the config); absent in older records: false.
     #[serde(default)]
     pub live: bool,
+    /// A scheduled pause and the end time (absent in older records, and written only when set:
+    /// a record without them keeps its former bytes).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::domain::subscription::Lifecycle::is_empty"
+    )]
+    pub lifecycle: crate::domain::subscription::Lifecycle,
 }
 
 /// What the renewal job keeps on a subscription.
@@ -216,6 +223,12 @@ pub struct PendingCharge {
     pub amount: i64,
     pub currency: String,
     pub started: i64,
+    /// No attempt of this intent can have reached the vault yet (every one so far failed before
+    /// a request was sent: connection refused, TLS handshake refused, identity refused). Only
+    /// such an intent may be dropped when the subscription stops running; one that may have
+    /// reached the processor is finished with its key. Absent in older records: false.
+    #[serde(default)]
+    pub unsent: bool,
 }
 
 /// What a mutating request answered, kept under its Idempotency-Key so a retry gets the same

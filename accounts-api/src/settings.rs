@@ -28,6 +28,54 @@ pub struct Settings {
     /// A renewal worker's claim on a subscription (`service::renewals`). Shorter than a charge
     /// can take only costs an extra vault call: the vault's ledger still charges a key once.
     pub renewal_lease: Duration,
+    /// The time subscription lifecycles run on (the renewal job, cancel, pause, resume).
+    pub clock: Clock,
+}
+
+/// The time of the subscription lifecycle: the system clock, or — for `accounts-api dev` only,
+/// so tests can move a subscription through its periods without waiting — the system clock plus
+/// an offset in milliseconds read from the file named by `STRONGROOM_DEV_CLOCK_FILE` on every
+/// reading (absent or empty file: no offset). `serve` never reads that variable.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_file: Option<std::sync::Arc<std::path::PathBuf>>,
+}
+
+impl Clock {
+    /// The dev clock from `STRONGROOM_DEV_CLOCK_FILE`, or the system clock when it is unset.
+    pub fn dev_from_env() -> Self {
+        let offset_file = std::env::var_os("STRONGROOM_DEV_CLOCK_FILE")
+            .filter(|v| !v.is_empty())
+            .map(|v| std::sync::Arc::new(std::path::PathBuf::from(v)));
+        if let Some(f) = &offset_file {
+            tracing::warn!(
+                file = %f.display(),
+                "dev clock: subscription lifecycles run on the system clock plus the offset in this file"
+            );
+        }
+        Self { offset_file }
+    }
+
+    /// Now, in ms since the epoch.
+    pub fn now(&self) -> i64 {
+        crate::model::now_ms().saturating_add(self.offset())
+    }
+
+    fn offset(&self) -> i64 {
+        let Some(f) = &self.offset_file else {
+            return 0;
+        };
+        match std::fs::read_to_string(f.as_path()) {
+            Ok(text) if text.trim().is_empty() => 0,
+            Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+                tracing::warn!(
+                    "dev clock: the offset file does not hold a number of ms; no offset"
+                );
+                0
+            }),
+            Err(_) => 0,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -41,6 +89,7 @@ impl Default for Settings {
             webhook_max_attempts: 10,
             webhook_timeout: Duration::from_secs(10),
             renewal_lease: Duration::from_millis(crate::service::renewals::LEASE_MS.unsigned_abs()),
+            clock: Clock::default(),
         }
     }
 }
@@ -122,6 +171,7 @@ impl Settings {
             renewal_lease: num("STRONGROOM_RENEWAL_LEASE_MS")
                 .map(Duration::from_millis)
                 .unwrap_or(d.renewal_lease),
+            clock: Clock::default(),
         })
     }
 

@@ -112,6 +112,30 @@ pub enum VaultError {
     Rejected { status: u16, field: Option<String> },
 }
 
+impl VaultError {
+    /// The request certainly never reached the vault's handling: nothing listened, the TLS
+    /// handshake refused a certificate (no request is sent before it completes), or the vault
+    /// refused our identity before looking at the request. Anything else (a timeout, a broken
+    /// connection, a 5xx) may have reached it, and through it the processor.
+    pub fn never_sent(&self) -> bool {
+        match self {
+            Self::Unavailable(kind) => {
+                [
+                    Problem::ConnectRefused,
+                    Problem::Tls(TlsProblem::UnknownIssuer),
+                    Problem::Tls(TlsProblem::NameMismatch),
+                    Problem::Tls(TlsProblem::Expired),
+                ]
+                .iter()
+                .any(|p| p.kind() == kind)
+                    || kind == "tls_client_certificate_rejected"
+            }
+            Self::Forbidden { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// Cheap to clone: one shared connection pool.
 #[derive(Clone)]
 pub struct VaultClient {

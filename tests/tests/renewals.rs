@@ -190,14 +190,16 @@ async fn a_declined_renewal_records_the_reason_retries_after_1_3_5_days_and_deac
             retry_days.map(|d: i64| next + d * day),
             "attempt {attempt}"
         );
+        // Retries pending: `overdue` (still `active: true`); after the last: `deactivated`.
         assert_eq!(
             s["state"],
             if retry_days.is_some() {
-                "active"
+                "overdue"
             } else {
                 "deactivated"
             }
         );
+        assert_eq!(s["active"], retry_days.is_some());
         assert_eq!(s["next"], next, "a decline does not advance the period");
     }
     let a = charge_now(&sys, &sub).await;
@@ -211,9 +213,31 @@ async fn a_declined_renewal_records_the_reason_retries_after_1_3_5_days_and_deac
     assert!(charges.iter().all(|c| c["status"] == "declined"));
     assert!(!sys.logs().contains(&tok));
     sys.stop();
-    let ev = events(&sys, &sys.demo.store).await;
-    assert_eq!(of_type(&ev, "subscription.charge.failed", &sub).len(), 4);
-    assert_eq!(of_type(&ev, "subscription.deactivated", &sub).len(), 1);
+    let mut ev = events(&sys, &sys.demo.store).await;
+    ev.sort_by_key(|e| (e.created, e.id.to_string()));
+    let order: Vec<(&str, Value)> = ev
+        .iter()
+        .filter(|e| {
+            e.data["subscription"] == sub.as_str() && e.kind.contains("deactivated")
+                || e.data["subscription"] == sub.as_str() && e.kind == "subscription.charge.failed"
+        })
+        .map(|e| (e.kind.as_str(), e.data["attempt"].clone()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("subscription.charge.failed", json!(1)),
+            ("subscription.charge.failed", json!(2)),
+            ("subscription.charge.failed", json!(3)),
+            ("subscription.charge.failed", json!(4)),
+            ("subscription.deactivated", Value::Null),
+        ],
+        "the declines in order, then one deactivation"
+    );
+    let deactivated = of_type(&ev, "subscription.deactivated", &sub);
+    assert_eq!(deactivated[0].data["state"], "deactivated", "the object");
+    assert_eq!(deactivated[0].data["active"], false);
+    assert_eq!(deactivated[0].data["reason"], "insufficient_funds");
 }
 
 #[tokio::test]
@@ -245,26 +269,23 @@ async fn a_manual_subscription_is_never_charged_and_gets_a_payment_reminder_even
     assert!(of_type(&ev, "subscription.charge.completed", &sub).is_empty());
 }
 
-#[tokio::test]
-async fn killing_accounts_api_and_the_vault_mid_charge_then_restarting_charges_the_period_exactly_once()
- {
-    // A sandbox of our own that outlives the crash, deciding each charge after 3 s.
-    let sandbox = start_sandbox(&["--delay-ms", "3000"]);
-    let env = [
+/// The environment of a system whose vault charges through `sandbox` (which outlives the
+/// system), with the renewal job every `interval` seconds (`0`: on demand only).
+fn processor_env<'a>(sandbox: &'a sandbox::Sandbox, interval: &'a str) -> [(&'a str, &'a str); 3] {
+    [
         ("VAULT_PROCESSOR_URL", sandbox.url.as_str()),
         ("VAULT_PROCESSOR_SECRET_KEY", sandbox::SECRET),
-        ("STRONGROOM_RENEWALS_INTERVAL_SECS", "1"),
-    ];
-    let data = Arc::new(temp_dir("strongroom-crash-"));
-    let mut sys = start_system_with_env(Arc::clone(&data), &env);
-    assert_eq!(sys.processor, sandbox.url);
-    let tok = unique_token();
-    let (_, sub) = checkout(&sys, &tok, true).await;
-    let next = subscription(&sys, &sub).await["next"]
+        ("STRONGROOM_RENEWALS_INTERVAL_SECS", interval),
+    ]
+}
+
+/// Sends a rebill of `sub` and kills accounts-api and the vault (SIGKILL) 1.5 s later, while
+/// the processor (`sandbox`, started with `--delay-ms 3000`, outliving the system) is deciding
+/// it; waits until the processor has it. Returns the period's processor key and `next` then.
+async fn crash_mid_rebill(mut sys: System, sub: &str, sandbox: &sandbox::Sandbox) -> (String, i64) {
+    let next = subscription(&sys, sub).await["next"]
         .as_i64()
         .unwrap_or_default();
-
-    // Start the charge and crash both services while the processor is deciding it.
     let http = sys.http.clone();
     let url = format!("{}/subscriptions/charge", sys.api);
     let (user, pass) = (sys.demo.username.clone(), sys.demo.password.clone());
@@ -287,11 +308,9 @@ async fn killing_accounts_api_and_the_vault_mid_charge_then_restarting_charges_t
         in_flight.await.map(|r| r.is_err()).unwrap_or(true),
         "the client saw the crash"
     );
-    let store = sys.demo.store.clone();
+    let key = format!("{}:{sub}:{next}", sys.demo.store);
     drop(sys);
-
     // The processor completes the charge it received.
-    let key = format!("{store}:{sub}:{next}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while sandbox::charges_with_key(&sandbox.url, &key)
         .await
@@ -303,6 +322,23 @@ async fn killing_accounts_api_and_the_vault_mid_charge_then_restarting_charges_t
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    (key, next)
+}
+
+#[tokio::test]
+async fn killing_accounts_api_and_the_vault_mid_charge_then_restarting_charges_the_period_exactly_once()
+ {
+    // A sandbox of our own that outlives the crash, deciding each charge after 3 s.
+    let sandbox = start_sandbox(&["--delay-ms", "3000"]);
+    let env = processor_env(&sandbox, "1");
+    let data = Arc::new(temp_dir("strongroom-crash-"));
+    let sys = start_system_with_env(Arc::clone(&data), &env);
+    assert_eq!(sys.processor, sandbox.url);
+    let tok = unique_token();
+    let (_, sub) = checkout(&sys, &tok, true).await;
+
+    // Start the charge and crash both services while the processor is deciding it.
+    let (key, next) = crash_mid_rebill(sys, &sub, &sandbox).await;
 
     // Restart on the same data: the job resumes the pending intent with the same key.
     let sys = start_system_with_env(Arc::clone(&data), &env);
@@ -393,4 +429,445 @@ async fn a_card_that_expires_before_the_next_charge_is_flagged_ahead_of_time_wit
         1,
         "one expiring event per period, however often the job runs"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The subscription lifecycle (issue 13): time moves through `accounts-api dev`'s test clock
+// (`STRONGROOM_DEV_CLOCK_FILE`: an offset in ms added to the system clock), never by sleeping
+// through a period.
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A dev clock: the offset file and the environment that points `accounts-api dev` at it.
+struct TestClock {
+    _dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+}
+
+impl TestClock {
+    fn new() -> Self {
+        let dir = temp_dir("strongroom-clock-");
+        let file = dir.path().join("offset-ms");
+        std::fs::write(&file, "0").unwrap_or_else(|e| panic!("{e}"));
+        Self { _dir: dir, file }
+    }
+
+    /// `accounts-api dev` on this clock, its renewal job running every second.
+    fn start_system(&self, prefix: &str) -> System {
+        let env = [
+            (
+                "STRONGROOM_DEV_CLOCK_FILE",
+                self.file.to_str().unwrap_or_default(),
+            ),
+            ("STRONGROOM_RENEWALS_INTERVAL_SECS", "1"),
+        ];
+        start_system_with_env(Arc::new(temp_dir(prefix)), &env)
+    }
+
+    /// Moves the lifecycle's "now" to `at` (ms).
+    fn set(&self, at: i64) {
+        let offset = at - accounts_api::model::now_ms();
+        std::fs::write(&self.file, offset.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Polls `GET /subscriptions/{sub}` until `done` holds (the renewal job runs every second).
+async fn wait_for(sys: &System, sub: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = subscription(sys, sub).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The processor's charges for `sub` (its idempotency keys are `{store}:{sub}:…`).
+async fn charges_of(processor: &str, store: &str, sub: &str) -> Vec<Value> {
+    let prefix = format!("{store}:{sub}:");
+    sandbox::charges(processor).await["charges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            c["idempotencyKey"]
+                .as_str()
+                .is_some_and(|k| k.starts_with(&prefix))
+        })
+        .collect()
+}
+
+/// `POST /subscriptions/{sub}/pause` with `body`.
+async fn pause(sys: &System, sub: &str, body: &Value) -> tests::accounts::Answer {
+    let path = format!("/subscriptions/{sub}/pause");
+    sys.call(&sys.demo, "POST", &path, Some(body)).await
+}
+
+/// Lets the renewal job (every second) run a few times.
+async fn some_job_runs() {
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+}
+
+#[tokio::test]
+async fn a_subscription_canceled_at_period_end_runs_until_then_and_deactivates_once_and_billing_period_0_ends_one_now()
+ {
+    let clock = TestClock::new();
+    let mut sys = clock.start_system("strongroom-cancel-");
+    let (_, sub) = checkout(&sys, &unique_token(), true).await;
+    let (_, now_sub) = checkout(&sys, &unique_token(), true).await;
+    let next = subscription(&sys, &sub).await["next"]
+        .as_i64()
+        .unwrap_or_default();
+
+    let c = sys
+        .call(&sys.demo, "DELETE", &format!("/subscriptions/{sub}"), None)
+        .await;
+    assert_eq!(c.status.as_u16(), 200, "{}", c.text);
+    let s = subscription(&sys, &sub).await;
+    assert_eq!(
+        (&s["state"], &s["active"]),
+        (&json!("canceled"), &json!(true))
+    );
+    assert_eq!(s["deactivationDate"], next, "it ends with the paid period");
+
+    // Cancel now: deactivated at once.
+    let bad = sys
+        .call(
+            &sys.demo,
+            "DELETE",
+            &format!("/subscriptions/{now_sub}?billingPeriod=2"),
+            None,
+        )
+        .await;
+    assert_eq!(bad.status.as_u16(), 422, "{}", bad.text);
+    assert_eq!(
+        subscription(&sys, &now_sub).await["state"],
+        "active",
+        "nothing changed"
+    );
+    let c = sys
+        .call(
+            &sys.demo,
+            "DELETE",
+            &format!("/subscriptions/{now_sub}?billingPeriod=0"),
+            None,
+        )
+        .await;
+    assert_eq!(c.status.as_u16(), 200, "{}", c.text);
+    let s = subscription(&sys, &now_sub).await;
+    assert_eq!(
+        (&s["state"], &s["active"]),
+        (&json!("deactivated"), &json!(false))
+    );
+
+    // A day before the period ends it still runs.
+    clock.set(next - DAY_MS);
+    some_job_runs().await;
+    let s = subscription(&sys, &sub).await;
+    assert_eq!(
+        (&s["state"], &s["active"]),
+        (&json!("canceled"), &json!(true))
+    );
+
+    // At the end of the period the job deactivates it.
+    clock.set(next + 60_000);
+    let s = wait_for(&sys, &sub, "deactivated at period end", |s| {
+        s["state"] == "deactivated"
+    })
+    .await;
+    assert_eq!(s["active"], false);
+    assert_eq!(
+        s["deactivationDate"].as_i64().map(|d| d >= next),
+        Some(true)
+    );
+    some_job_runs().await;
+    let (store, processor) = (sys.demo.store.clone(), sys.processor.clone());
+    for s in [&sub, &now_sub] {
+        assert!(
+            charges_of(&processor, &store, s).await.is_empty(),
+            "never charged"
+        );
+    }
+    sys.stop();
+    let ev = events(&sys, &store).await;
+    for s in [&sub, &now_sub] {
+        let d = of_type(&ev, "subscription.deactivated", s);
+        assert_eq!(d.len(), 1, "exactly one deactivation of {s}");
+        assert_eq!(d[0].data["reason"], "canceled");
+        assert_eq!(d[0].data["active"], false);
+        assert_eq!(of_type(&ev, "subscription.canceled", s).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_rebill_that_failed_while_the_vault_was_down_is_dropped_when_the_customer_cancels_and_never_charged()
+ {
+    let sandbox = start_sandbox(&[]);
+    let env = processor_env(&sandbox, "1");
+    let data = Arc::new(temp_dir("strongroom-outage-cancel-"));
+    let mut sys = start_system_with_env(Arc::clone(&data), &env);
+    let (_, sub) = checkout(&sys, &unique_token(), true).await;
+    let store = sys.demo.store.clone();
+
+    // The vault goes away; the rebill records its intent and fails before reaching it.
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(sys.vault_pid.to_string())
+        .status();
+    let a = charge_now(&sys, &sub).await;
+    assert_eq!(
+        a.json["subscription"][0]["error"]["subscription"], "VAULT_UNAVAILABLE",
+        "{}",
+        a.text
+    );
+    // The customer cancels meanwhile.
+    let c = sys
+        .call(&sys.demo, "DELETE", &format!("/subscriptions/{sub}"), None)
+        .await;
+    assert_eq!(c.status.as_u16(), 200, "{}", c.text);
+    sys.stop();
+    drop(sys);
+
+    // The vault is back (the whole system restarts on the same data): no charge, ever.
+    let mut sys = start_system_with_env(Arc::clone(&data), &env);
+    let a = charge_now(&sys, &sub).await;
+    assert_eq!(
+        a.json["subscription"][0]["error"]["subscription"], "SUBSCRIPTION_NOT_ACTIVE",
+        "{}",
+        a.text
+    );
+    some_job_runs().await;
+    assert!(
+        charges_of(&sandbox.url, &store, &sub).await.is_empty(),
+        "the processor never saw a charge: {}",
+        sandbox::charges(&sandbox.url).await
+    );
+    assert_eq!(subscription(&sys, &sub).await["state"], "canceled");
+    sys.stop();
+    let ev = events(&sys, &store).await;
+    let dropped = of_type(&ev, "subscription.charge.canceled", &sub);
+    assert_eq!(
+        dropped.len(),
+        1,
+        "an event says the pending charge was dropped"
+    );
+    assert_eq!(dropped[0].data["reason"], "subscription_canceled");
+    assert!(of_type(&ev, "subscription.charge.completed", &sub).is_empty());
+}
+
+#[tokio::test]
+async fn a_renewal_that_may_have_reached_the_processor_is_finished_once_with_its_key_even_after_a_cancel()
+ {
+    // The processor decides each charge after 3 s; both services are killed while it decides.
+    let sandbox = start_sandbox(&["--delay-ms", "3000"]);
+    // No periodic job (`0`): only the calls below act.
+    let env = processor_env(&sandbox, "0");
+    let data = Arc::new(temp_dir("strongroom-reached-cancel-"));
+    let sys = start_system_with_env(Arc::clone(&data), &env);
+    let (_, sub) = checkout(&sys, &unique_token(), true).await;
+    let store = sys.demo.store.clone();
+    let (key, next) = crash_mid_rebill(sys, &sub, &sandbox).await;
+
+    // The customer cancels before the intent is finished: it may have been charged, so it is
+    // not dropped; the next rebill finishes it with the same key — one processor charge.
+    let mut sys = start_system_with_env(Arc::clone(&data), &env);
+    let c = sys
+        .call(&sys.demo, "DELETE", &format!("/subscriptions/{sub}"), None)
+        .await;
+    assert_eq!(c.status.as_u16(), 200, "{}", c.text);
+    let a = charge_now(&sys, &sub).await;
+    assert_eq!(a.json["subscription"][0]["result"], "success", "{}", a.text);
+    let s = subscription(&sys, &sub).await;
+    assert_eq!(s["state"], "canceled", "still canceled");
+    assert!(
+        s["next"].as_i64().unwrap_or_default() - next >= MONTH_MS_MIN,
+        "the paid period counts: {s}"
+    );
+    let again = charge_now(&sys, &sub).await;
+    assert_eq!(
+        again.json["subscription"][0]["error"]["subscription"],
+        "SUBSCRIPTION_NOT_ACTIVE"
+    );
+    assert_eq!(sandbox::charges_with_key(&sandbox.url, &key).await.len(), 1);
+    assert_eq!(
+        charges_of(&sandbox.url, &store, &sub).await.len(),
+        1,
+        "exactly one charge"
+    );
+    sys.stop();
+    let ev = events(&sys, &store).await;
+    assert_eq!(of_type(&ev, "subscription.charge.completed", &sub).len(), 1);
+    assert!(of_type(&ev, "subscription.charge.canceled", &sub).is_empty());
+}
+
+#[tokio::test]
+async fn a_pause_of_2_periods_skips_them_and_charges_on_the_resume_date_and_resume_ends_a_pause_early()
+ {
+    use accounts_api::model::{IntervalUnit, add_interval};
+    let clock = TestClock::new();
+    let mut sys = clock.start_system("strongroom-pause-");
+    let (_, sub) = checkout(&sys, &unique_token(), true).await;
+    let (_, early) = checkout(&sys, &unique_token(), true).await;
+    let (store, processor) = (sys.demo.store.clone(), sys.processor.clone());
+    let next = subscription(&sys, &sub).await["next"]
+        .as_i64()
+        .unwrap_or_default();
+
+    for bad in [
+        json!({}),
+        json!({"pausePeriodCount": 0}),
+        json!({"pausePeriodCount": 13}),
+        json!({"pausePeriodCount": 2, "extra": 1}),
+    ] {
+        let a = pause(&sys, &sub, &bad).await;
+        assert_eq!(a.status.as_u16(), 422, "{bad}: {}", a.text);
+    }
+    let a = pause(&sys, &sub, &json!({"pausePeriodCount": 2})).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text);
+    assert_eq!(
+        (&a.json["state"], &a.json["isPauseScheduled"]),
+        (&json!("active"), &json!(true))
+    );
+    let a = pause(&sys, &early, &json!({"pausePeriodCount": 3})).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text);
+
+    // The charge date: no charge, the pause begins; `next` is the resume date.
+    let resume = add_interval(
+        add_interval(next, IntervalUnit::Month, 1),
+        IntervalUnit::Month,
+        1,
+    );
+    clock.set(next + 3_600_000);
+    let s = wait_for(&sys, &sub, "paused at the charge date", |s| {
+        s["state"] == "paused"
+    })
+    .await;
+    assert_eq!((&s["next"], &s["active"]), (&json!(resume), &json!(true)));
+    wait_for(&sys, &early, "paused", |s| s["state"] == "paused").await;
+
+    // Resume early: active at once, and charged now.
+    let a = sys
+        .call(
+            &sys.demo,
+            "POST",
+            &format!("/subscriptions/{early}/resume"),
+            None,
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.text);
+    assert_eq!(a.json["state"], "active");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while charges_of(&processor, &store, &early).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the early resume was never charged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = sys
+        .call(
+            &sys.demo,
+            "POST",
+            &format!("/subscriptions/{early}/resume"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        again.status.as_u16(),
+        409,
+        "not paused any more: {}",
+        again.text
+    );
+
+    // Through both paused periods: no charge.
+    clock.set(resume - DAY_MS);
+    some_job_runs().await;
+    assert!(
+        charges_of(&processor, &store, &sub).await.is_empty(),
+        "no charge while paused"
+    );
+    assert_eq!(subscription(&sys, &sub).await["state"], "paused");
+
+    // The resume date: active again and charged for that period, once.
+    clock.set(resume + 60_000);
+    let s = wait_for(&sys, &sub, "resumed and charged", |s| {
+        s["state"] == "active" && s["next"].as_i64() > Some(resume)
+    })
+    .await;
+    assert_eq!(s["next"], add_interval(resume, IntervalUnit::Month, 1));
+    let charged = charges_of(&processor, &store, &sub).await;
+    assert_eq!(charged.len(), 1, "{charged:?}");
+    assert_eq!(
+        charged[0]["idempotencyKey"],
+        format!("{store}:{sub}:{resume}")
+    );
+    sys.stop();
+    let ev = events(&sys, &store).await;
+    assert_eq!(of_type(&ev, "subscription.paused", &sub).len(), 1);
+    assert_eq!(of_type(&ev, "subscription.resumed", &sub).len(), 1);
+    assert_eq!(of_type(&ev, "subscription.resumed", &early).len(), 1);
+    assert_eq!(
+        of_type(&ev, "subscription.updated", &sub).len(),
+        1,
+        "the pause scheduled"
+    );
+}
+
+#[tokio::test]
+async fn a_rebill_retried_with_its_idempotency_key_gets_the_first_answer_and_charges_once() {
+    let sys = start_system();
+    let (_, sub) = checkout(&sys, &unique_token(), true).await;
+    let body = json!({"subscriptions": [{"subscription": sub}]});
+    let first = sys
+        .call_with_key(
+            &sys.demo,
+            "POST",
+            "/subscriptions/charge",
+            Some(&body),
+            "rebill-1",
+        )
+        .await;
+    assert_eq!(
+        first.json["subscription"][0]["result"], "success",
+        "{}",
+        first.text
+    );
+    let retry = sys
+        .call_with_key(
+            &sys.demo,
+            "POST",
+            "/subscriptions/charge",
+            Some(&body),
+            "rebill-1",
+        )
+        .await;
+    assert_eq!(
+        (retry.status, &retry.json),
+        (first.status, &first.json),
+        "the same answer"
+    );
+    // Without the key, the same request is a new rebill (refused: one per day).
+    let fresh = charge_now(&sys, &sub).await;
+    assert_eq!(fresh.json["subscription"][0]["result"], "error");
+    let other = json!({"subscriptions": [{"subscription": "nope"}]});
+    let reused = sys
+        .call_with_key(
+            &sys.demo,
+            "POST",
+            "/subscriptions/charge",
+            Some(&other),
+            "rebill-1",
+        )
+        .await;
+    assert_eq!(
+        reused.status.as_u16(),
+        409,
+        "a key reused for another body: {}",
+        reused.text
+    );
+    let all = sandbox::charges(&sys.processor).await;
+    assert_eq!(all["charges"].as_array().map(Vec::len), Some(1), "{all}");
 }

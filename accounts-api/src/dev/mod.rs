@@ -379,7 +379,10 @@ pub async fn run(
         key: pki.join("renewals.key"),
         interval: crate::config::RenewalsConfig::interval_from_env(60)?,
     };
-    let settings = crate::settings::Settings::from_env()?;
+    let settings = crate::settings::Settings {
+        clock: crate::settings::Clock::dev_from_env(),
+        ..crate::settings::Settings::from_env()?
+    };
     let storage = crate::open_storage(
         &data,
         db.as_ref().map(cluster::Database::settings).as_ref(),

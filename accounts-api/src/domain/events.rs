@@ -23,6 +23,14 @@ pub enum DomainEvent {
     /// A canceled subscription was uncanceled (API or account page), FastSpring's
     /// `subscription.uncanceled`. Data: the subscription object.
     SubscriptionUncanceled(SubscriptionRecord),
+    /// The merchant changed a running subscription (a pause scheduled or removed), FastSpring's
+    /// `subscription.updated`. Data: the subscription object.
+    SubscriptionUpdated(SubscriptionRecord),
+    /// A scheduled pause took effect at the charge date. Data: the subscription object (`next`
+    /// is the resume date).
+    SubscriptionPaused(SubscriptionRecord),
+    /// A pause ended (its resume date, or an early resume). Data: the subscription object.
+    SubscriptionResumed(SubscriptionRecord),
     /// The saved card expires before the next charge date.
     CardExpiring {
         subscription: SubscriptionId,
@@ -56,10 +64,19 @@ pub enum DomainEvent {
         next_retry: Option<i64>,
         timestamp: i64,
     },
-    /// The last decline of the retry schedule ended the subscription.
-    SubscriptionDeactivated {
+    /// A renewal intent that never reached the vault was dropped because the subscription
+    /// stopped running (canceled, paused or deactivated) before it could be charged.
+    ChargeCanceled {
         subscription: SubscriptionId,
         account: AccountId,
+        amount: Money,
+        period: i64,
+        reason: String,
+    },
+    /// The subscription ended: a canceled one at its period end, a cancel now, or the last
+    /// decline of the retry schedule. Data: the subscription object plus `reason`.
+    SubscriptionDeactivated {
+        subscription: SubscriptionRecord,
         reason: String,
     },
     /// A saved payment method was removed from an account.
@@ -79,6 +96,10 @@ impl DomainEvent {
             Self::SubscriptionActivated(_) => "subscription.activated",
             Self::SubscriptionCanceled(_) => "subscription.canceled",
             Self::SubscriptionUncanceled(_) => "subscription.uncanceled",
+            Self::SubscriptionUpdated(_) => "subscription.updated",
+            Self::SubscriptionPaused(_) => "subscription.paused",
+            Self::SubscriptionResumed(_) => "subscription.resumed",
+            Self::ChargeCanceled { .. } => "subscription.charge.canceled",
             Self::CardExpiring { .. } => "subscription.card.expiring",
             Self::PaymentReminder { .. } => "subscription.payment.reminder",
             Self::ChargeCompleted { .. } => "subscription.charge.completed",

@@ -3,6 +3,8 @@
 //! renewals, and the idempotency key of each charge attempt. The protocol that acts on them is
 //! `service::renewals`.
 
+use super::events::DomainEvent;
+use super::money::Money;
 use super::subscription::SubState;
 use crate::model::SubscriptionRecord;
 
@@ -31,16 +33,24 @@ impl SubscriptionRecord {
     /// none until the record changes. The storage port's `due_subscriptions(now, …)` selects
     /// `work_at <= now` (a SQL backend keeps it as an indexed column).
     pub fn work_at(&self) -> Option<i64> {
-        // An interrupted charge is finished whatever happened to the subscription meanwhile:
+        // An interrupted charge is finished (or, if it never reached the vault and the
+        // subscription stopped running, dropped) whatever happened to the subscription meanwhile:
         // the processor may have taken it.
         if self.renewal.pending.is_some() {
             return Some(i64::MIN);
         }
-        if self.state != SubState::Active {
-            return None;
+        match self.state {
+            SubState::Deactivated => return None,
+            // The period end ends a canceled subscription and a pause.
+            SubState::Canceled | SubState::Paused => return Some(self.next),
+            SubState::Active | SubState::Overdue => {}
         }
         if expiry_needs_update(self) {
             return Some(i64::MIN);
+        }
+        if self.lifecycle.pause_scheduled.is_some() {
+            // The pause begins at the next charge date, instead of a charge or a reminder.
+            return Some(self.next);
         }
         if automatic(self) {
             Some(self.next.max(self.renewal.retry_at.unwrap_or(i64::MIN)))
@@ -49,6 +59,37 @@ impl SubscriptionRecord {
         } else {
             Some(self.next.saturating_sub(REMIND_AHEAD_MS))
         }
+    }
+
+    /// Whether the period end (`next <= now`) changes the state: a canceled subscription ends,
+    /// a scheduled pause begins, a pause ends ([`SubscriptionRecord::period_end`]).
+    pub fn has_period_transition(&self, now: i64) -> bool {
+        self.next <= now
+            && self.renewal.pending.is_none()
+            && match self.state {
+                SubState::Canceled | SubState::Paused => true,
+                SubState::Active => self.lifecycle.pause_scheduled.is_some(),
+                SubState::Overdue | SubState::Deactivated => false,
+            }
+    }
+
+    /// Drops the pending renewal intent if no attempt of it can have reached the vault, no
+    /// worker holds it, and the subscription no longer runs (canceled, paused, deactivated):
+    /// such a charge must never start. Returns the event that says so. An intent that may
+    /// have reached the processor stays, to be finished with its key.
+    pub fn drop_unsent_charge(&mut self) -> Option<DomainEvent> {
+        let p = self.renewal.pending.as_ref()?;
+        if self.state.charges() || !p.unsent || self.renewal.lease.is_some() {
+            return None;
+        }
+        let p = self.renewal.pending.take()?;
+        Some(DomainEvent::ChargeCanceled {
+            subscription: self.id.clone(),
+            account: self.account.clone(),
+            amount: Money::of(p.amount, &p.currency),
+            period: p.period,
+            reason: format!("subscription_{}", self.state.as_str()),
+        })
     }
 }
 
@@ -96,6 +137,7 @@ mod tests {
             canceled: None,
             renewal: RenewalState::default(),
             live: false,
+            lifecycle: Default::default(),
         }
     }
 
@@ -126,6 +168,7 @@ mod tests {
             amount: 1495,
             currency: "USD".into(),
             started: T,
+            unsent: false,
         });
         assert!(
             has_work(&s, T),
@@ -142,6 +185,7 @@ mod tests {
             amount: 1495,
             currency: "USD".into(),
             started: T,
+            unsent: false,
         });
         assert!(has_work(&s, T - 10 * DAY_MS));
     }

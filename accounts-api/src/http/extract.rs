@@ -39,20 +39,6 @@ macro_rules! actions {
 }
 pub(crate) use actions;
 
-/// A JSON object body read within the limit (413 beyond it, 400 if it is not a JSON object),
-/// for a request that is not idempotent by key. Put it after [`Caller`], so a request without
-/// credentials is refused before its body is read.
-pub struct StrictJson<A>(pub Map<String, Value>, pub PhantomData<A>);
-
-impl<A: Action> FromRequest<SharedState> for StrictJson<A> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
-        let body = body_bytes(Bytes::from_request(req, state).await, A::NAME)?;
-        Ok(Self(json_object(&body, A::NAME)?, PhantomData))
-    }
-}
-
 /// The authenticated caller: the store of valid HTTP Basic credentials; 401 otherwise.
 pub struct Caller<A> {
     pub store: StoreId,
@@ -172,7 +158,11 @@ async fn request_identity(parts: &mut Parts, state: &SharedState) -> String {
         }
         _ => parts.uri.path().to_owned(),
     };
-    format!("{} {path}", parts.method)
+    // The query is part of the request (`DELETE …?billingPeriod=0` is not the plain cancel).
+    match parts.uri.query() {
+        Some(q) if !q.is_empty() => format!("{} {path}?{q}", parts.method),
+        _ => format!("{} {path}", parts.method),
+    }
 }
 
 /// `template` (`/accounts/{id}`) with each whole `{name}` segment replaced by its value.

@@ -264,6 +264,16 @@ pub struct SubscriptionsBody {
     pub subscriptions: Sent,
 }
 
+/// `POST /subscriptions/{id}/pause`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseBody {
+    /// Periods to skip from the next charge date, 1 to 12.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(required = true, value_type = u32, minimum = 1, maximum = 12)]
+    pub pause_period_count: Sent,
+}
+
 /// `POST /events/{id}`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct EventBody {

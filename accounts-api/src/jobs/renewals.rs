@@ -1,7 +1,6 @@
 //! The renewal worker: [`crate::service::renewals::run_due`] on a timer, until shutdown.
 
 use crate::app::SharedState;
-use crate::model::now_ms;
 use crate::service::renewals::run_due;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ pub async fn periodic(state: SharedState, interval: Duration, mut shutdown: crat
             _ = tick.tick() => {}
             () = shutdown.wait() => break,
         }
-        match run_due(&state, now_ms()).await {
+        match run_due(&state, state.settings.clock.now()).await {
             Ok(s) if s.examined > 0 => tracing::info!(
                 examined = s.examined,
                 charged = s.charged,
@@ -23,6 +22,8 @@ pub async fn periodic(state: SharedState, interval: Duration, mut shutdown: crat
                 deactivated = s.deactivated,
                 failed = s.failed,
                 reminded = s.reminded,
+                transitioned = s.transitioned,
+                dropped = s.dropped,
                 errors = s.errors,
                 "renewal run"
             ),

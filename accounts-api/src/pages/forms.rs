@@ -100,12 +100,21 @@ async fn set_subscription(
             "There is no such subscription on your account.",
         );
     };
-    use crate::service::subscriptions::{self, By};
+    use crate::service::subscriptions::{self, By, CancelWhen};
     let storage = state.storage.as_ref();
+    let now = state.settings.clock.now();
     let r = if cancel {
-        subscriptions::cancel(storage, &sess.store, id, By::Customer, None)
-            .await
-            .map(drop)
+        subscriptions::cancel(
+            storage,
+            &sess.store,
+            id,
+            By::Customer,
+            CancelWhen::PeriodEnd,
+            now,
+            None,
+        )
+        .await
+        .map(drop)
     } else {
         subscriptions::resume(storage, &sess.store, std::slice::from_ref(id), None)
             .await

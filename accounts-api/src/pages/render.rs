@@ -182,10 +182,13 @@ pub fn account(
             "<table><tr><th>Product</th><th>State</th><th>Renewal</th><th>Next charge</th><th></th></tr>",
         );
         for s in subs {
-            // Only the action the state allows (the customer cancels an active subscription and
-            // uncancels a canceled one); a deactivated one has none.
+            // Only the action the state allows (the customer cancels a running subscription —
+            // active, overdue or paused — and uncancels a canceled one); a deactivated one has
+            // none.
             let action = match s.state {
-                SubState::Active => Some(("Cancel", "cancel")),
+                SubState::Active | SubState::Overdue | SubState::Paused => {
+                    Some(("Cancel", "cancel"))
+                }
                 SubState::Canceled => Some(("Resume", "resume")),
                 SubState::Deactivated => None,
             };
@@ -247,7 +250,13 @@ mod tests {
     fn a_subscription_offers_only_the_action_its_state_allows() {
         let mut a = fixtures::account("st", "page@example.com", None);
         let mut subs = Vec::new();
-        for state in [SubState::Active, SubState::Canceled, SubState::Deactivated] {
+        for state in [
+            SubState::Active,
+            SubState::Canceled,
+            SubState::Deactivated,
+            SubState::Overdue,
+            SubState::Paused,
+        ] {
             let mut s = fixtures::subscription("st", &a.id, 0, Some("pm_1"));
             s.state = state;
             a.subscriptions.push(s.id.clone());
@@ -265,5 +274,17 @@ mod tests {
         assert!(!html.contains(&form(&subs[2], "cancel")));
         assert!(!html.contains(&form(&subs[2], "resume")));
         assert!(html.contains("deactivated"), "its row is still shown");
+        for running in &subs[3..] {
+            assert!(
+                html.contains(&form(running, "cancel")),
+                "{:?}",
+                running.state
+            );
+            assert!(
+                !html.contains(&form(running, "resume")),
+                "{:?}",
+                running.state
+            );
+        }
     }
 }

@@ -294,6 +294,7 @@ async fn build_order(
                 canceled: None,
                 renewal: Default::default(),
                 live: deps.live,
+                lifecycle: Default::default(),
             });
         }
         items.push(OrderItem {

@@ -30,7 +30,10 @@ fn data(event: &DomainEvent) -> Value {
         DomainEvent::OrderCompleted(o) => to_data(&OrderView::of(o, None)),
         DomainEvent::SubscriptionActivated(s)
         | DomainEvent::SubscriptionCanceled(s)
-        | DomainEvent::SubscriptionUncanceled(s) => to_data(&SubscriptionView::of(s, None)),
+        | DomainEvent::SubscriptionUncanceled(s)
+        | DomainEvent::SubscriptionUpdated(s)
+        | DomainEvent::SubscriptionPaused(s)
+        | DomainEvent::SubscriptionResumed(s) => to_data(&SubscriptionView::of(s, None)),
         DomainEvent::CardExpiring {
             subscription,
             account,
@@ -67,11 +70,25 @@ fn data(event: &DomainEvent) -> Value {
         } => json!({"subscription": subscription, "account": account,
             "currency": amount.currency(), "total": amount.major(), "reason": reason,
             "attempt": attempt, "nextRetry": next_retry, "timestamp": timestamp}),
-        DomainEvent::SubscriptionDeactivated {
+        DomainEvent::ChargeCanceled {
             subscription,
             account,
+            amount,
+            period,
             reason,
-        } => json!({"subscription": subscription, "account": account, "reason": reason}),
+        } => json!({"subscription": subscription, "account": account,
+            "currency": amount.currency(), "total": amount.major(), "period": period,
+            "reason": reason}),
+        DomainEvent::SubscriptionDeactivated {
+            subscription,
+            reason,
+        } => {
+            let mut data = to_data(&SubscriptionView::of(subscription, None));
+            if let Value::Object(map) = &mut data {
+                map.insert("reason".into(), json!(reason));
+            }
+            data
+        }
         DomainEvent::PaymentMethodRemoved {
             account,
             payment_method,
@@ -109,8 +126,13 @@ mod tests {
             canceled: None,
             renewal: Default::default(),
             live: false,
+            lifecycle: Default::default(),
         };
-        assert!(s.cancel(5).is_ok());
+        let by = crate::domain::subscription::By::Merchant;
+        assert!(
+            s.cancel(by, crate::domain::subscription::CancelWhen::PeriodEnd, 5)
+                .is_ok()
+        );
         let ev = record(&DomainEvent::SubscriptionCanceled(s));
         assert_eq!(ev.kind, "subscription.canceled");
         let d = &ev.data;

@@ -47,6 +47,8 @@ const LOCK_SHARDS: usize = 1024;
 pub const LEASE_MS: i64 = 5 * 60_000;
 /// The refusal of a claim held by another worker (the step is skipped, not an error).
 const CLAIMED_ELSEWHERE: &str = "the subscription is being renewed by another worker";
+/// The subscription stopped running between the read and the intent's transaction.
+const CHANGED: &str = "the subscription changed meanwhile";
 
 /// The renewal job's own vault client (`renewals` certificate) and per-subscription locks.
 pub struct Renewals {
@@ -83,10 +85,17 @@ pub enum Outcome {
         reason: String,
         deactivated: bool,
     },
-    /// Transient: nothing paid; the intent stays and is retried with the same key.
+    /// Transient: nothing paid; the intent stays and is retried with the same key. `unsent`:
+    /// the attempt certainly never reached the vault.
     Failed {
         reason: String,
+        unsent: bool,
     },
+    /// A pending intent that never reached the vault was dropped: the subscription stopped
+    /// running before it could be charged.
+    Dropped,
+    /// A time-driven transition (period end of a canceled subscription, a pause beginning).
+    Transitioned,
     Reminded,
     /// Nothing to do now.
     Skipped,
@@ -102,6 +111,8 @@ impl Outcome {
             Self::Declined { .. } => "declined",
             Self::Failed { .. } => "failed",
             Self::Reminded => "reminded",
+            Self::Dropped => "dropped",
+            Self::Transitioned => "transitioned",
             Self::Skipped => "skipped",
             Self::Refused(_) => "refused",
         }
@@ -117,6 +128,10 @@ pub struct RunSummary {
     pub deactivated: usize,
     pub failed: usize,
     pub reminded: usize,
+    /// Period-end transitions (deactivations of canceled subscriptions, pauses and resumes).
+    pub transitioned: usize,
+    /// Pending intents dropped because the subscription stopped running.
+    pub dropped: usize,
     pub errors: usize,
 }
 
@@ -156,6 +171,8 @@ pub async fn run_due(state: &SharedState, now: i64) -> Result<RunSummary, Storag
                 }
                 Outcome::Failed { .. } => summary.failed += 1,
                 Outcome::Reminded => summary.reminded += 1,
+                Outcome::Transitioned => summary.transitioned += 1,
+                Outcome::Dropped => summary.dropped += 1,
                 Outcome::Skipped | Outcome::Refused(_) => {}
             },
             Ok(Err(e)) => {
@@ -203,96 +220,163 @@ pub async fn renew_one(
     let Some(mut sub) = state.storage.subscription(store, id).await? else {
         return Ok(Outcome::Refused("NOT_FOUND"));
     };
-    if sub.state != SubState::Active && sub.renewal.pending.is_none() {
-        return Ok(if on_demand {
-            Outcome::Refused("SUBSCRIPTION_NOT_ACTIVE")
-        } else {
-            Outcome::Skipped
-        });
-    }
-    if sub.state == SubState::Active && expiry_needs_update(&sub) {
-        sub = flag_expiry(state, store, id).await?;
+    let not_running = if on_demand {
+        Outcome::Refused("SUBSCRIPTION_NOT_ACTIVE")
+    } else {
+        Outcome::Skipped
+    };
+    // The time-driven transitions come first: a canceled subscription ends at its period end,
+    // a scheduled pause begins instead of the charge, a pause ends at its resume date.
+    let mut transitioned = false;
+    if sub.has_period_transition(now) {
+        sub = period_end(state, store, id, now).await?;
+        transitioned = true;
     }
 
     let pending = match sub.renewal.pending.clone() {
         Some(p) => {
-            // Resuming an intent: claim it, unless a live worker elsewhere is charging it.
+            // Resuming an intent: claim it, unless a live worker elsewhere is charging it. An
+            // intent that never reached the vault is dropped instead if the subscription
+            // stopped running meanwhile.
             match claim(state, store, id, &p).await {
+                Ok(s) if s.renewal.pending.is_none() => return Ok(Outcome::Dropped),
                 Ok(_) => {}
                 Err(StorageError::State(CLAIMED_ELSEWHERE)) => return Ok(Outcome::Skipped),
                 Err(e) => return Err(e),
             }
             p
         }
-        None if !automatic(&sub) => {
-            let reminder_due = on_demand || sub.next - REMIND_AHEAD_MS <= now;
-            if reminder_due && sub.renewal.reminded != Some(sub.next) {
-                remind(state, store, id).await?;
-            }
-            return Ok(if on_demand || reminder_due {
-                Outcome::Reminded
+        None if !sub.state.charges() => {
+            return Ok(if transitioned {
+                Outcome::Transitioned
             } else {
-                Outcome::Skipped
+                not_running
             });
         }
+        None if on_demand && sub.lifecycle.pause_scheduled.is_some() => {
+            // The upcoming period is the paused one.
+            return Ok(Outcome::Refused("SUBSCRIPTION_PAUSE_SCHEDULED"));
+        }
         None => {
-            let due = sub.next <= now && sub.renewal.retry_at.is_none_or(|t| t <= now);
-            if !due && !on_demand {
-                return Ok(Outcome::Skipped);
+            if expiry_needs_update(&sub) {
+                sub = flag_expiry(state, store, id).await?;
             }
-            if on_demand && sub.renewal.last_charged.is_some_and(|t| now - t < DAY_MS) {
-                return Ok(Outcome::Refused(
-                    "Only 1 successful rebill per day allowed.",
-                ));
+            match new_intent(state, store, id, &sub, now, on_demand).await? {
+                Ok(p) => p,
+                Err(o) => return Ok(o),
             }
-            let p = PendingCharge {
-                key: charge_key(&sub),
-                period: sub.next,
-                amount: sub.price.saturating_mul(i64::from(sub.quantity)),
-                currency: sub.currency.clone(),
-                started: now,
-            };
-            let (intent, lease) = (p.clone(), lease(state));
-            // Insert-if-absent of the intent is the claim: a second worker finds it pending.
-            // Another instance can win that race (the per-subscription lock above is this
-            // process's only): then it charges, and this call does nothing.
-            let claimed = state
-                .storage
-                .apply_renewal(store, id, &|s, _| {
-                    if s.renewal.pending.is_some() {
-                        return Err(StorageError::State(CLAIMED_ELSEWHERE));
-                    }
-                    if s.state != SubState::Active {
-                        return Err(StorageError::State("the subscription changed meanwhile"));
-                    }
-                    s.renewal.pending = Some(intent.clone());
-                    s.renewal.lease = Some(lease.clone());
-                    Ok(vec![])
-                })
-                .await;
-            match claimed {
-                Ok(_) => {}
-                Err(StorageError::State(CLAIMED_ELSEWHERE)) => {
-                    return Ok(if on_demand {
-                        Outcome::Refused("RENEWAL_IN_PROGRESS")
-                    } else {
-                        Outcome::Skipped
-                    });
-                }
-                Err(e) => return Err(e),
-            }
-            // The intent is on disk before the vault hears of the charge.
-            state.storage.durable().await?;
-            p
         }
     };
 
     let outcome = charge_claimed(state, renewals, store, id, &sub, &pending, now).await;
-    if !matches!(outcome, Ok(Outcome::Charged | Outcome::Declined { .. })) {
+    match &outcome {
+        Ok(Outcome::Charged | Outcome::Declined { .. }) => {}
         // The outcome was not written (transient failure or error): let the next run retry.
-        release(state, store, id).await?;
+        Ok(Outcome::Failed { unsent, .. }) => release(state, store, id, *unsent).await?,
+        _ => release(state, store, id, false).await?,
     }
     outcome
+}
+
+/// Records a new intent for the due period (or reminds a manual subscription). `Err(outcome)`:
+/// nothing to charge now.
+async fn new_intent(
+    state: &AppState,
+    store: &StoreId,
+    id: &SubscriptionId,
+    sub: &SubscriptionRecord,
+    now: i64,
+    on_demand: bool,
+) -> Result<Result<PendingCharge, Outcome>, StorageError> {
+    if !automatic(sub) {
+        let reminder_due = on_demand || sub.next - REMIND_AHEAD_MS <= now;
+        if reminder_due && sub.renewal.reminded != Some(sub.next) {
+            remind(state, store, id).await?;
+        }
+        return Ok(Err(if on_demand || reminder_due {
+            Outcome::Reminded
+        } else {
+            Outcome::Skipped
+        }));
+    }
+    let due = sub.next <= now && sub.renewal.retry_at.is_none_or(|t| t <= now);
+    if !due && !on_demand {
+        return Ok(Err(Outcome::Skipped));
+    }
+    if on_demand && sub.renewal.last_charged.is_some_and(|t| now - t < DAY_MS) {
+        return Ok(Err(Outcome::Refused(
+            "Only 1 successful rebill per day allowed.",
+        )));
+    }
+    let p = PendingCharge {
+        key: charge_key(sub),
+        period: sub.next,
+        amount: sub.price.saturating_mul(i64::from(sub.quantity)),
+        currency: sub.currency.clone(),
+        started: now,
+        // Nothing has been sent yet; the claim below is held until the attempt's outcome.
+        unsent: true,
+    };
+    let (intent, lease) = (p.clone(), lease(state));
+    // Insert-if-absent of the intent is the claim: a second worker finds it pending. Another
+    // instance can win that race (the per-subscription lock is this process's only): then it
+    // charges, and this call does nothing. The state is checked again here, in the same
+    // transaction: a charge never starts for a subscription that stopped running.
+    let claimed = state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            if s.renewal.pending.is_some() {
+                return Err(StorageError::State(CLAIMED_ELSEWHERE));
+            }
+            if !s.state.charges() || s.lifecycle.pause_scheduled.is_some() && s.next <= now {
+                return Err(StorageError::State(CHANGED));
+            }
+            s.renewal.pending = Some(intent.clone());
+            s.renewal.lease = Some(lease.clone());
+            Ok(vec![])
+        })
+        .await;
+    match claimed {
+        Ok(_) => {}
+        Err(StorageError::State(CLAIMED_ELSEWHERE)) => {
+            return Ok(Err(if on_demand {
+                Outcome::Refused("RENEWAL_IN_PROGRESS")
+            } else {
+                Outcome::Skipped
+            }));
+        }
+        Err(StorageError::State(CHANGED)) => {
+            return Ok(Err(if on_demand {
+                Outcome::Refused("SUBSCRIPTION_NOT_ACTIVE")
+            } else {
+                Outcome::Skipped
+            }));
+        }
+        Err(e) => return Err(e),
+    }
+    // The intent is on disk before the vault hears of the charge.
+    state.storage.durable().await?;
+    Ok(Ok(p))
+}
+
+/// The period-end transitions of [`SubscriptionRecord::period_end`], in one transaction.
+async fn period_end(
+    state: &AppState,
+    store: &StoreId,
+    id: &SubscriptionId,
+    now: i64,
+) -> Result<SubscriptionRecord, StorageError> {
+    let s = state
+        .storage
+        .apply_renewal(store, id, &|s, _| {
+            if !s.has_period_transition(now) {
+                return Ok(vec![]);
+            }
+            Ok(events::records(&s.period_end(now)))
+        })
+        .await?;
+    state.storage.durable().await?;
+    Ok(s)
 }
 
 /// A new claim on a subscription's renewal by this worker.
@@ -329,17 +413,30 @@ async fn claim(
             {
                 return Err(StorageError::State(CLAIMED_ELSEWHERE));
             }
+            if s.renewal.lease.take().is_some()
+                && let Some(pending) = s.renewal.pending.as_mut()
+            {
+                // A claim left behind: that attempt ended without an outcome (a crash), so it
+                // may have reached the processor.
+                pending.unsent = false;
+            }
+            if let Some(dropped) = s.drop_unsent_charge() {
+                return Ok(vec![events::record(&dropped)]);
+            }
             s.renewal.lease = Some(new.clone());
             Ok(vec![])
         })
         .await
 }
 
-/// Drops this worker's claim (the intent, if any, stays for the next run).
+/// Drops this worker's claim after an attempt without an outcome. The intent stays for the
+/// next run, unless the attempt certainly never reached the vault (`unsent`), none before it
+/// did, and the subscription stopped running meanwhile: then it is dropped (with its event).
 async fn release(
     state: &AppState,
     store: &StoreId,
     id: &SubscriptionId,
+    unsent: bool,
 ) -> Result<(), StorageError> {
     let me = state.storage.instance();
     state
@@ -348,7 +445,13 @@ async fn release(
             if s.renewal.lease.as_ref().is_some_and(|l| l.holder == me) {
                 s.renewal.lease = None;
             }
-            Ok(vec![])
+            if !unsent && let Some(p) = s.renewal.pending.as_mut() {
+                p.unsent = false;
+            }
+            Ok(s.drop_unsent_charge()
+                .map(|e| events::record(&e))
+                .into_iter()
+                .collect())
         })
         .await
         .map(drop)
@@ -394,8 +497,10 @@ async fn charge_claimed(
                 let reason = o.reason.unwrap_or_else(|| "card_declined".into());
                 settle_decline(state, store, id, &pending, &reason, now, false).await
             }
+            // The vault tried the processor: it may have taken the charge.
             ChargeStatus::Failed => Ok(Outcome::Failed {
                 reason: o.reason.unwrap_or_else(|| "processor_unavailable".into()),
+                unsent: false,
             }),
         },
         Err(VaultError::NotFound) => {
@@ -410,15 +515,15 @@ async fn charge_claimed(
             )
             .await
         }
-        Err(VaultError::Unavailable(_)) => Ok(Outcome::Failed {
-            reason: "vault_unavailable".into(),
-        }),
-        // Logged at ERROR by the client (the renewals certificate's identity lacks `charge`);
-        // the intent stays, so the charge goes out once the configuration is fixed. To the
-        // merchant it is an outage of ours, like any other: `VAULT_UNAVAILABLE`.
-        Err(VaultError::Forbidden { .. }) => Ok(Outcome::Failed {
-            reason: "vault_unavailable".into(),
-        }),
+        // Logged at ERROR by the client when the renewals certificate's identity lacks
+        // `charge`; the intent stays, so the charge goes out once the configuration is fixed.
+        // To the merchant it is an outage of ours, like any other: `VAULT_UNAVAILABLE`.
+        Err(e @ (VaultError::Unavailable(_) | VaultError::Forbidden { .. })) => {
+            Ok(Outcome::Failed {
+                reason: "vault_unavailable".into(),
+                unsent: e.never_sent(),
+            })
+        }
         Err(VaultError::Rejected { status, field }) => {
             // The vault refused the charge request itself (a 4xx: e.g. an amount above its
             // limit). That will not fix itself: retrying every run would refuse forever. It is
@@ -484,8 +589,9 @@ async fn remind(
     Ok(())
 }
 
+/// The intent `p` is still the pending one (by its key: its `unsent` flag may have changed).
 fn still_pending(s: &SubscriptionRecord, p: &PendingCharge) -> Result<(), StorageError> {
-    if s.renewal.pending.as_ref() == Some(p) {
+    if s.renewal.pending.as_ref().map(|q| &q.key) == Some(&p.key) {
         Ok(())
     } else {
         Err(StorageError::State("the pending charge changed meanwhile"))
@@ -505,6 +611,7 @@ async fn settle_success(
         .apply_renewal(store, id, &|s, account| {
             still_pending(s, p)?;
             s.next = add_interval(p.period, s.interval_unit, s.interval_length);
+            s.mark_paid();
             s.renewal = RenewalState {
                 last_charged: Some(now),
                 expiring_notified: s.renewal.expiring_notified,
@@ -571,12 +678,9 @@ async fn settle_decline(
                 timestamp: now,
             }));
             if next_retry.is_none() {
-                s.deactivate();
-                out.push(events::record(&DomainEvent::SubscriptionDeactivated {
-                    subscription: s.id.clone(),
-                    account: s.account.clone(),
-                    reason: reason.to_owned(),
-                }));
+                out.push(events::record(&s.deactivate(reason, now)));
+            } else {
+                s.mark_overdue();
             }
             Ok(out)
         })

@@ -1,42 +1,89 @@
-//! Subscriptions: cancel and resume, by the merchant (API) or the customer (account page). The
-//! state rules are the domain's (`domain::subscription`); the event is built from the record as
-//! changed, inside the same transaction.
+//! Subscriptions: cancel, uncancel, pause and resume, by the merchant (API) or the customer
+//! (account page). The state rules are the domain's (`domain::subscription`); the events are
+//! built from the record as changed, inside the same transaction.
 
 use crate::domain::DomainEvent;
-use crate::model::{StoreId, SubscriptionId, SubscriptionRecord, now_ms};
-use crate::storage::{Extras, IdempotencyWrite, Storage, StorageError};
+use crate::model::{StoreId, SubscriptionId, SubscriptionRecord};
+use crate::storage::{Extras, IdempotencyWrite, Storage, StorageError, SubscriptionChange};
 
-/// Who asks for the change: the rules differ (a customer cancels only an active subscription).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum By {
-    Merchant,
-    Customer,
+pub use crate::domain::subscription::{By, CancelWhen};
+
+/// The events of one transition as rows, plus the drop of a pending renewal intent that never
+/// reached the vault when the subscription stopped running.
+fn transition_rows(
+    s: &mut SubscriptionRecord,
+    events: Vec<DomainEvent>,
+) -> Vec<crate::model::EventRecord> {
+    let mut rows = super::events::records(&events);
+    if let Some(dropped) = s.drop_unsent_charge() {
+        rows.push(super::events::record(&dropped));
+    }
+    rows
 }
 
-/// Cancels subscription `id` of `store`; `State` (fixed text) if its state refuses it.
+/// Cancels subscription `id` of `store` at period end or now (`billingPeriod=0`); `State`
+/// (fixed text) if its state refuses it. A renewal intent that never reached the vault is
+/// dropped with it: the customer is not charged after cancelling.
 pub async fn cancel(
     storage: &dyn Storage,
     store: &StoreId,
     id: &SubscriptionId,
     by: By,
+    when: CancelWhen,
+    now: i64,
     answer: Option<IdempotencyWrite>,
 ) -> Result<SubscriptionRecord, StorageError> {
-    let now = now_ms();
+    change(storage, store, id, answer, &|s| {
+        let events = s.cancel(by, when, now).map_err(StorageError::State)?;
+        Ok(transition_rows(s, events))
+    })
+    .await
+}
+
+/// Schedules a pause of `periods` periods from the next charge date (`POST …/pause`).
+pub async fn pause(
+    storage: &dyn Storage,
+    store: &StoreId,
+    id: &SubscriptionId,
+    periods: u32,
+    answer: Option<IdempotencyWrite>,
+) -> Result<SubscriptionRecord, StorageError> {
+    change(storage, store, id, answer, &|s| {
+        let events = s.schedule_pause(periods).map_err(StorageError::State)?;
+        Ok(transition_rows(s, events))
+    })
+    .await
+}
+
+/// Removes a scheduled pause, or ends a pause now (`POST …/resume`): the next charge is due.
+pub async fn unpause(
+    storage: &dyn Storage,
+    store: &StoreId,
+    id: &SubscriptionId,
+    now: i64,
+    answer: Option<IdempotencyWrite>,
+) -> Result<SubscriptionRecord, StorageError> {
+    change(storage, store, id, answer, &|s| {
+        let events = s.resume_pause(now).map_err(StorageError::State)?;
+        Ok(transition_rows(s, events))
+    })
+    .await
+}
+
+/// One transition of one subscription, in one transaction with its events (and the answer).
+async fn change(
+    storage: &dyn Storage,
+    store: &StoreId,
+    id: &SubscriptionId,
+    answer: Option<IdempotencyWrite>,
+    rule: SubscriptionChange<'_>,
+) -> Result<SubscriptionRecord, StorageError> {
     let ids = [id.clone()];
     let mut changed = storage
         .update_subscriptions(
             store,
             &ids,
-            &|s| {
-                match by {
-                    By::Merchant => s.cancel(now),
-                    By::Customer => s.cancel_by_customer(now),
-                }
-                .map_err(StorageError::State)?;
-                Ok(vec![super::events::record(
-                    &DomainEvent::SubscriptionCanceled(s.clone()),
-                )])
-            },
+            rule,
             &Extras {
                 idempotency: answer,
                 events: vec![],
@@ -62,12 +109,9 @@ pub async fn resume(
             &|s| {
                 // One `subscription.uncanceled` per actual change: a retried uncancel of an
                 // active subscription succeeds without an event.
-                if !s.resume().map_err(StorageError::State)? {
-                    return Ok(vec![]);
-                }
-                Ok(vec![super::events::record(
-                    &DomainEvent::SubscriptionUncanceled(s.clone()),
-                )])
+                Ok(super::events::records(
+                    &s.uncancel().map_err(StorageError::State)?,
+                ))
             },
             &Extras {
                 idempotency: answer,
@@ -103,7 +147,7 @@ pub async fn resume_named(
                         .await?
                         .ok_or(StorageError::NotFound)?,
                 };
-                s.resume().map_err(StorageError::State)?;
+                s.uncancel().map_err(StorageError::State)?;
                 seen.push(s);
             }
             return Err(StorageError::NotFound);
@@ -111,4 +155,28 @@ pub async fn resume_named(
         parsed.push(id);
     }
     resume(storage, store, &parsed, answer).await
+}
+
+/// Keeps `answer` under its Idempotency-Key on its own (for requests whose changes were written
+/// by several transactions before the answer was known). Nothing to do without a key.
+pub async fn record_answer(
+    storage: &dyn Storage,
+    store: &StoreId,
+    answer: Option<IdempotencyWrite>,
+) -> Result<(), StorageError> {
+    if answer.is_none() {
+        return Ok(());
+    }
+    storage
+        .update_subscriptions(
+            store,
+            &[],
+            &|_| Ok(vec![]),
+            &Extras {
+                idempotency: answer,
+                events: vec![],
+            },
+        )
+        .await?;
+    storage.durable().await
 }

@@ -1,18 +1,18 @@
-//! `/subscriptions`: read one, list (by account or all), cancel (`DELETE`), resume (`POST` with
-//! `deactivation: null`).
+//! `/subscriptions`: read one, list (by account or all), cancel (`DELETE`, `billingPeriod=0`
+//! for now), uncancel (`POST` with `deactivation: null`), pause and resume, rebill.
 
 use crate::app::SharedState;
 use crate::error::{ApiError, ErrorKind, StorageError};
-use crate::http::extract::{Action, Caller, Mutation, StrictJson, actions};
-use crate::http::requests::{SubscriptionRef, SubscriptionsBody, read_body};
+use crate::http::extract::{Action, Caller, Mutation, actions};
+use crate::http::requests::{PauseBody, SubscriptionRef, SubscriptionsBody, read_body};
 use crate::http::views::{
     AccountSubscriptions, ChargeItem, ChargeResults, IdPage, ItemError, SubscriptionChanged,
     SubscriptionIds, SubscriptionList, SubscriptionResult, SubscriptionView,
 };
 use crate::http::{found, ok_view, paging};
-use crate::model::{AccountId, SubscriptionId, now_ms};
+use crate::model::{AccountId, SubscriptionId};
 use crate::service::renewals::{Outcome, charge_named};
-use crate::service::subscriptions::{self, By};
+use crate::service::subscriptions::{self, By, CancelWhen};
 use crate::storage::with_named;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -28,6 +28,8 @@ actions! {
     Cancel = "subscription.cancel",
     Resume = "subscription.update",
     Charge = "subscription.charge",
+    Pause = "subscription.pause",
+    Unpause = "subscription.resume",
 }
 
 pub fn router() -> OpenApiRouter<SharedState> {
@@ -35,6 +37,8 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(list))
         .routes(routes!(charge_route))
         .routes(routes!(read, cancel, resume))
+        .routes(routes!(pause))
+        .routes(routes!(unpause))
 }
 
 fn not_found(action: &'static str) -> ApiError {
@@ -147,21 +151,25 @@ async fn list(
     path = "/subscriptions/{id}",
     tags = ["subscriptions"],
     summary = "Cancel a subscription",
-    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("billingPeriod" = Option<u32>, Query, description = "0: deactivate now; absent: at the end of the paid period"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
     responses((status = 200, description = "Success", body = SubscriptionChanged)),
     security(("basic" = []))
 )]
 async fn cancel(
     State(state): State<SharedState>,
     Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     req: Mutation<Cancel>,
 ) -> Result<Response, ApiError> {
+    let when = cancel_when(query)?;
     let resp = SubscriptionChanged {
         subscriptions: vec![SubscriptionResult::success(&id, Cancel::NAME)],
     };
+    let now = state.settings.clock.now();
     let change = async |id: &SubscriptionId| {
         let storage = state.storage.as_ref();
-        subscriptions::cancel(storage, &req.store, id, By::Merchant, req.answer(&resp)).await
+        let answer = req.answer(&resp);
+        subscriptions::cancel(storage, &req.store, id, By::Merchant, when, now, answer).await
     };
     with_named(&id, Err(StorageError::NotFound), change)
         .await
@@ -199,6 +207,123 @@ async fn resume(
         .await
         .map_err(|e| map_err(e, Resume::NAME))?;
     Ok(ok_view(&resp))
+}
+
+/// `?billingPeriod=0` cancels now; absent, at the end of the paid period (FastSpring's default;
+/// it documents only 0). Any other parameter is refused.
+fn cancel_when(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<CancelWhen, ApiError> {
+    const ACTION: &str = Cancel::NAME;
+    let Ok(Query(q)) = query else {
+        return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
+    };
+    if let Some(unknown) = q.keys().find(|k| k.as_str() != "billingPeriod") {
+        return Err(ApiError::invalid(
+            ACTION,
+            unknown.clone(),
+            "is not a known parameter",
+        ));
+    }
+    match q.get("billingPeriod").map(String::as_str) {
+        None => Ok(CancelWhen::PeriodEnd),
+        Some("0") => Ok(CancelWhen::Now),
+        Some(_) => Err(ApiError::invalid(
+            ACTION,
+            "billingPeriod",
+            "must be 0 (cancel now) or absent (at the end of the period)",
+        )),
+    }
+}
+
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions.pause",
+    path = "/subscriptions/{id}/pause",
+    tags = ["subscriptions"],
+    summary = "Pause a subscription for a number of periods, from its next charge date",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    request_body(content = PauseBody, content_type = "application/json"),
+    responses((status = 200, description = "The subscription after the change", body = SubscriptionView)),
+    security(("basic" = []))
+)]
+async fn pause(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    req: Mutation<Pause>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = Pause::NAME;
+    let obj = req.object()?;
+    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "pausePeriodCount") {
+        return Err(ApiError::invalid(
+            ACTION,
+            unknown.clone(),
+            "is not a known field",
+        ));
+    }
+    let body: PauseBody = read_body(&obj);
+    let max = crate::domain::subscription::MAX_PAUSE_PERIODS;
+    let periods = body
+        .pause_period_count
+        .as_ref()
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                ACTION,
+                "pausePeriodCount",
+                "is required and must be 1 to 12",
+            )
+        })?;
+    changed_view(&state, &id, ACTION, &req, async |id: &SubscriptionId| {
+        subscriptions::pause(state.storage.as_ref(), &req.store, id, periods, None).await
+    })
+    .await
+}
+
+#[utoipa::path(
+    post,
+    operation_id = "subscriptions.unpause",
+    path = "/subscriptions/{id}/resume",
+    tags = ["subscriptions"],
+    summary = "Remove a scheduled pause, or resume a paused subscription now",
+    params(("id" = String, Path, description = "The id (scoped to the caller's store)"), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
+    responses((status = 200, description = "The subscription after the change", body = SubscriptionView)),
+    security(("basic" = []))
+)]
+async fn unpause(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    req: Mutation<Unpause>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = Unpause::NAME;
+    let now = state.settings.clock.now();
+    changed_view(&state, &id, ACTION, &req, async |id: &SubscriptionId| {
+        subscriptions::unpause(state.storage.as_ref(), &req.store, id, now, None).await
+    })
+    .await
+}
+
+/// Runs `change` on the subscription the client named and answers the subscription as it is
+/// after it (FastSpring's pause/resume answer), kept under the Idempotency-Key. The answer is
+/// built from the changed record, so the key is recorded in a second step: a retry after a
+/// crash between the two repeats the change, which the state rules make a refusal or a no-op.
+async fn changed_view<A: Action>(
+    state: &SharedState,
+    id: &str,
+    action: &'static str,
+    req: &Mutation<A>,
+    change: impl AsyncFn(&SubscriptionId) -> Result<crate::model::SubscriptionRecord, StorageError>,
+) -> Result<Response, ApiError> {
+    let s = with_named(id, Err(StorageError::NotFound), change)
+        .await
+        .map_err(|e| map_err(e, action))?;
+    let view = SubscriptionView::of(&s, Some(action));
+    subscriptions::record_answer(state.storage.as_ref(), &req.store, req.answer(&view))
+        .await
+        .map_err(|e| e.into_api(action))?;
+    Ok(ok_view(&view))
 }
 
 /// The items of a `{"subscriptions": [...]}` body (`None`: not an array); an item that is not an
@@ -255,9 +380,10 @@ fn charge_item(outcome: &Outcome, id: &str) -> ChargeItem {
     };
     match outcome {
         Outcome::Charged => ChargeItem::Charged(SubscriptionResult::success(id, Charge::NAME)),
-        Outcome::Declined { reason, .. } | Outcome::Failed { reason } => {
+        Outcome::Declined { reason, .. } | Outcome::Failed { reason, .. } => {
             err(reason.to_ascii_uppercase())
         }
+        Outcome::Dropped | Outcome::Transitioned => err("SUBSCRIPTION_NOT_ACTIVE".into()),
         Outcome::Reminded => err("MANUAL_RENEWAL".into()),
         Outcome::Skipped => err("NOTHING_DUE".into()),
         Outcome::Refused(code) => err((*code).to_owned()),
@@ -276,27 +402,34 @@ pub const MAX_ITEMS: usize = 1000;
     path = "/subscriptions/charge",
     tags = ["subscriptions"],
     summary = "Charge subscriptions now (rebill) with their saved payment methods",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Retry key: the same key with the same body answers the first answer again")),
     request_body(content = SubscriptionsBody, content_type = "application/json"),
     responses((status = 200, description = "One result per subscription, in request order", body = ChargeResults)),
     security(("basic" = []))
 )]
 pub async fn charge_route(
     State(state): State<SharedState>,
-    caller: Caller<Charge>,
-    StrictJson(obj, ..): StrictJson<Charge>,
+    req: Mutation<Charge>,
 ) -> Result<Response, ApiError> {
-    let ids = charge_ids(&obj)?;
+    let ids = charge_ids(&req.object()?)?;
     let mut items = Vec::with_capacity(ids.len());
     for id in &ids {
-        let outcome = charge_named(&state, &caller.store, id, now_ms())
+        let now = state.settings.clock.now();
+        let outcome = charge_named(&state, &req.store, id, now)
             .await
             .map_err(|e| e.into_api(Charge::NAME))?;
         crate::ops::metrics().inc("charges_total", &[("outcome", outcome.label())]);
         items.push(charge_item(&outcome, id));
     }
-    Ok(ok_view(&ChargeResults {
+    let resp = ChargeResults {
         subscription: items,
-    }))
+    };
+    // Each charge is written by its own renewal step; the answer is kept under the key after
+    // them, so a retry with the key gets this answer instead of a second rebill attempt.
+    subscriptions::record_answer(state.storage.as_ref(), &req.store, req.answer(&resp))
+        .await
+        .map_err(|e| e.into_api(Charge::NAME))?;
+    Ok(ok_view(&resp))
 }
 
 /// The ids of `{"subscriptions": [{"subscription": id}]}`: 1 to [`MAX_ITEMS`].

@@ -5,9 +5,7 @@
 //! Bodies go out through [`crate::app::ok_view`], which serializes via a `serde_json` map: keys
 //! in sorted order, byte for byte what the `json!` bodies these views replace produced.
 
-use crate::model::{
-    Address, Contact, OrderRecord, SubState, SubscriptionRecord, display_date, to_major,
-};
+use crate::model::{Address, Contact, OrderRecord, SubscriptionRecord, display_date, to_major};
 use serde::Serialize;
 use shared::{CardBrand, Currency};
 use utoipa::ToSchema;
@@ -71,10 +69,13 @@ pub struct SubscriptionView {
     /// `success` in an answer; absent in event data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<&'static str>,
-    /// False once deactivated (renewal failed for good).
+    /// False once deactivated (ended: canceled and past its period, canceled now, or renewal
+    /// failed for good).
     pub active: bool,
-    /// `active`, `canceled` or `deactivated`.
+    /// `active`, `overdue`, `canceled`, `paused` or `deactivated`.
     pub state: &'static str,
+    /// A pause begins at the next charge date.
+    pub is_pause_scheduled: bool,
     pub live: bool,
     pub account: String,
     pub product: String,
@@ -135,8 +136,9 @@ impl SubscriptionView {
             subscription: s.id.to_string(),
             action: action.map(str::to_owned),
             result: action.map(|_| "success"),
-            active: s.state != SubState::Deactivated,
+            active: s.state.is_live(),
             state: s.state.as_str(),
+            is_pause_scheduled: s.lifecycle.pause_scheduled.is_some(),
             live: s.live,
             account: s.account.to_string(),
             product: s.product.clone(),
@@ -159,7 +161,7 @@ impl SubscriptionView {
             next_charge_currency: s.currency.clone(),
             next_charge_total: to_major(s.price * i64::from(s.quantity), exp),
             canceled_date: s.canceled,
-            deactivation_date: s.canceled.map(|_| s.next),
+            deactivation_date: s.deactivation_date(),
             order: s.order.to_string(),
             decline_reason: s.renewal.decline_reason.clone(),
             failed_attempts: s.renewal.failed_attempts,
@@ -479,7 +481,7 @@ impl<Ids> IdPage<Ids> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::model::IntervalUnit;
+    use crate::model::{IntervalUnit, SubState};
 
     /// The body the `json!` builder this view replaced produced, for one record.
     fn old_json(s: &SubscriptionRecord, action: &str) -> serde_json::Value {
@@ -487,7 +489,7 @@ mod tests {
         serde_json::json!({
             "id": s.id, "subscription": s.id, "action": action, "result": "success",
             "active": s.state != SubState::Deactivated, "state": s.state.as_str(),
-            "live": s.live, "account": s.account, "product": s.product, "quantity": s.quantity,
+            "isPauseScheduled": false, "live": s.live, "account": s.account, "product": s.product, "quantity": s.quantity,
             "price": to_major(s.price, exp), "currency": s.currency, "autoRenew": s.auto_renew,
             "paymentMethod": "CREDIT_CARD", "paymentMethodId": s.payment_method,
             "cardType": "VISA", "cardEnding": s.last4, "expiry": s.expiry,
@@ -528,6 +530,7 @@ mod tests {
             canceled: Some(1_801_000_000_000),
             renewal: Default::default(),
             live: false,
+            lifecycle: Default::default(),
         };
         let view = serde_json::to_value(SubscriptionView::of(&s, Some("subscription.get")));
         let (new, old) = (view.unwrap(), old_json(&s, "subscription.get"));

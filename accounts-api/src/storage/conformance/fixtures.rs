@@ -89,6 +89,7 @@ pub(crate) fn subscription(
         canceled: None,
         renewal: RenewalState::default(),
         live: false,
+        lifecycle: Default::default(),
     }
 }
 

@@ -282,11 +282,23 @@ pub async fn due_subscriptions_are_the_ones_with_work_now(open: Open) {
         subscription("st2", &b.id, t - 1_000, Some("pm")),
     );
     let future = subscription("st", &a.id, t + 86_400_000, Some("pm"));
+    // A deactivated subscription never has work; a canceled one has at its period end (it is
+    // deactivated then), a later one not yet.
+    let mut ended = subscription("st", &a.id, t - 6_000, Some("pm"));
+    ended.state = SubState::Deactivated;
     let mut canceled = subscription("st", &a.id, t - 5_000, Some("pm"));
     canceled.state = SubState::Canceled;
+    let mut canceled_later = subscription("st", &a.id, t + 5_000, Some("pm"));
+    canceled_later.state = SubState::Canceled;
     let ca = checkout(&a, None, vec![late.clone()]);
     let ca = Checkout {
-        subscriptions: vec![early.clone(), future.clone(), canceled.clone()],
+        subscriptions: vec![
+            early.clone(),
+            future.clone(),
+            ended.clone(),
+            canceled.clone(),
+            canceled_later.clone(),
+        ],
         ..ca
     };
     let cb = checkout(&b, None, vec![late.clone()]);
@@ -302,10 +314,13 @@ pub async fn due_subscriptions_are_the_ones_with_work_now(open: Open) {
         .into_iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(due, vec![early.id.clone(), late.id.clone()]);
+    assert_eq!(
+        due,
+        vec![canceled.id.clone(), early.id.clone(), late.id.clone()]
+    );
     let one = s.due_subscriptions(t, 1).await.unwrap();
     assert_eq!(one.len(), 1);
-    assert_eq!(one[0].id, early.id);
+    assert_eq!(one[0].id, canceled.id);
     assert!(
         s.due_subscriptions(t - 10_000, 100)
             .await
@@ -319,7 +334,7 @@ pub async fn due_subscriptions_are_the_ones_with_work_now(open: Open) {
     })
     .await
     .unwrap();
-    assert_eq!(s.due_subscriptions(t, 100).await.unwrap().len(), 1);
+    assert_eq!(s.due_subscriptions(t, 100).await.unwrap().len(), 2);
 }
 
 /// Deleting and erasing: sessions, expired links, a webhook's outbox, a forgotten payment

@@ -100,4 +100,10 @@ CREATE TABLE webhook_leases (
     PRIMARY KEY (store, hook)
 );
 "#,
+    // 3: a canceled subscription has work at its period end now (it is deactivated then);
+    // rows written before had none. The record's own `next` is that time.
+    r#"
+UPDATE subscriptions SET work_at = (doc->>'next')::bigint
+ WHERE work_at IS NULL AND doc->>'state' = 'canceled';
+"#,
 ];

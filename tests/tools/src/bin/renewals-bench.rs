@@ -202,6 +202,7 @@ fn seed(storage: &SledStorage, n: usize, pms: &[String]) -> i64 {
             canceled: None,
             renewal: Default::default(),
             live: false,
+            lifecycle: Default::default(),
         };
         storage
             .complete_checkout(
