@@ -100,4 +100,9 @@ CREATE TABLE webhook_leases (
     PRIMARY KEY (store, hook)
 );
 "#,
+    r#"
+-- The webhook has the event (it answered a post carrying it with a 202 that did not list it):
+-- the row is re-sent only while the event is unprocessed (`OutboxState::received`).
+ALTER TABLE outbox ADD COLUMN received boolean NOT NULL DEFAULT false;
+"#,
 ];
