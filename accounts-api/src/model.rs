@@ -320,10 +320,18 @@ impl std::fmt::Debug for WebhookRecord {
 /// Delivery state of one event for one webhook (the durable outbox row).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutboxState {
-    /// Failed delivery attempts so far.
+    /// Attempts so far that did not acknowledge the event (failed posts, and 202s that did not
+    /// list it).
     pub attempts: u32,
     /// Not before this time (ms).
     pub due: i64,
+    /// The webhook has the event: it answered a post carrying it with a 202 that did not list
+    /// it. Such a row is re-sent only while the event is unprocessed (FastSpring re-sends
+    /// unprocessed events): once it is processed — by the pull API or another webhook — the row
+    /// is dropped unsent. A row without it is sent regardless (the webhook may never have got
+    /// the event). Absent in rows written before it existed: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub received: bool,
 }
 
 /// A one-time sign-in link, stored under the SHA-256 of its token (the token itself is not kept).

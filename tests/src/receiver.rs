@@ -1,6 +1,7 @@
 //! A webhook receiver for the tests: a real HTTP server (axum on 127.0.0.1) that records every
 //! post, verifies `X-FS-Signature` (base64 HMAC-SHA256 of the raw body) and the timestamped
-//! `X-Strongroom-Signature`, and answers as the test tells it (200, 202 with a list, or 5xx).
+//! `X-Strongroom-Signature`, and answers as the test tells it (200, 202 with a list, 5xx, or
+//! any status and body).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -19,6 +20,8 @@ pub enum Reply {
     /// 202 acknowledging only these event ids (one per line in the body).
     Partial(Vec<String>),
     Fail,
+    /// This status with this body, as given (e.g. a 202 whose body is not a list of ids).
+    Raw(u16, String),
 }
 
 /// One post as received.
@@ -120,6 +123,11 @@ fn answer(inner: &Inner, headers: &HeaderMap, body: Bytes) -> Response {
         Reply::Ok => StatusCode::OK.into_response(),
         Reply::Partial(ids) => (StatusCode::ACCEPTED, ids.join("\n")).into_response(),
         Reply::Fail => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Reply::Raw(status, body) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body,
+        )
+            .into_response(),
     }
 }
 

@@ -33,6 +33,11 @@ impl Cluster {
 
     /// `instances` accounts-api instances on the database at `url`.
     fn start_on(url: &str, instances: usize) -> Cluster {
+        Cluster::start_on_with(url, instances, &[])
+    }
+
+    /// [`Cluster::start_on`] with these environment variables for every instance.
+    fn start_on_with(url: &str, instances: usize, env: &[(&str, &str)]) -> Cluster {
         shared::tls::install_crypto_provider();
         let root = temp_dir("strongroom-pg-cluster-");
         let vault = start_vault(&root.path().join("vault"));
@@ -50,10 +55,9 @@ impl Cluster {
         let mut started = Vec::new();
         for name in ["a", "b", "c", "d"].into_iter().take(instances) {
             let config = cluster.write_config(name);
-            started.push(Service::spawn(
-                &format!("accounts-api {name}"),
-                serve(&config),
-            ));
+            let mut cmd = serve(&config);
+            cmd.envs(env.iter().copied());
+            started.push(Service::spawn(&format!("accounts-api {name}"), cmd));
         }
         for service in started {
             let api = service.wait_for_line("ACCOUNTS_API_LISTENING ", Duration::from_secs(30));
@@ -438,6 +442,114 @@ async fn events_from_both_instances_reach_a_webhook_once_each_one_post_at_a_time
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_202_listing_some_events_marks_those_processed_and_both_instances_re_send_only_the_rest()
+{
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    // Fast retries (production: 5 s base), so the re-sends come within seconds.
+    let c = Cluster::start_on_with(
+        &url,
+        2,
+        &[
+            ("STRONGROOM_WEBHOOK_RETRY_BASE_MS", "200"),
+            ("STRONGROOM_WEBHOOK_MAX_ATTEMPTS", "50"),
+        ],
+    );
+    let creds = c.create_store("Partial Hook Store");
+    let rx = tests::receiver::Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        None,
+        tests::receiver::Reply::Fail,
+    )
+    .await;
+    let hook = c.on(0, &creds).add_webhook(&json!({"url": rx.url()})).await;
+    assert_eq!(hook.status, StatusCode::OK, "{}", hook.text);
+    let order = c
+        .on(1, &creds)
+        .complete_order(&one_off_order("partial@example.com"))
+        .await;
+    assert_eq!(order.status, StatusCode::OK, "{}", order.text);
+    rx.wait_until(Duration::from_secs(30), "a first attempt", |p| {
+        !p.is_empty()
+    })
+    .await;
+    let first = rx.posts()[0].json["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let of = |kind: &str| {
+        first
+            .iter()
+            .find(|e| e["type"] == kind)
+            .and_then(|e| e["id"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (account_created, order_completed) = (of("account.created"), of("order.completed"));
+    assert!(
+        !account_created.is_empty() && !order_completed.is_empty(),
+        "{first:?}"
+    );
+    rx.set_reply(tests::receiver::Reply::Partial(vec![
+        order_completed.clone(),
+    ]));
+    let n = rx.posts().len();
+    // The 202, then two re-sends (whichever instance holds the webhook's lease posts them).
+    rx.wait_until(Duration::from_secs(30), "two re-sends after the 202", |p| {
+        p.len() >= n + 3
+    })
+    .await;
+    let posts = rx.posts();
+    let later = &posts[n + 1..];
+    assert!(
+        later
+            .iter()
+            .all(|p| p.event_ids() == vec![account_created.clone()]),
+        "after the 202 only the unlisted event is posted: {later:#?}"
+    );
+    assert_eq!(rx.max_in_flight(), 1, "two posts to one webhook overlapped");
+    for i in 0..2 {
+        let mut left = Vec::new();
+        for _ in 0..50 {
+            let a = c.on(i, &creds).unprocessed_events(&[("begin", "0")]).await;
+            left = a.json["events"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if left == vec![account_created.clone()] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(left, vec![account_created.clone()], "instance {i}");
+    }
+    // A 200 for the rest: processed, and nothing more arrives from either instance.
+    rx.set_reply(tests::receiver::Reply::Ok);
+    let mut done = false;
+    for _ in 0..100 {
+        let e = c.on(0, &creds).get_event(&account_created).await;
+        if e.json["processed"] == true {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done, "the 200 acknowledged the rest");
+    let n = rx.posts().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rx.posts().len(),
+        n,
+        "a post after every event was acknowledged"
+    );
+}
+
 /// One checkout of the outage test: its key, email and the first answer's status.
 struct Attempt {
     key: String,
@@ -597,5 +709,8 @@ async fn four_instances_started_at_once_on_an_empty_database_migrate_it_once_and
              WHERE component = 'accounts-api'",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(versions, "1,2", "each migration applied once");
+    let all: Vec<String> = (1..=accounts_api::storage::postgres::schema::MIGRATIONS.len())
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(versions, all.join(","), "each migration applied once");
 }

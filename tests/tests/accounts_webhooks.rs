@@ -1,4 +1,5 @@
-//! Webhooks with a real HTTP receiver in the test: signed delivery, 200 and 202 semantics,
+//! Webhooks with a real HTTP receiver in the test: signed delivery, 200 and 202 semantics (a
+//! 202's unlisted events are re-sent, its listed ones never again),
 //! retries while the receiver is down, no event lost across an accounts-api restart, URL
 //! validation, and configuration by API and by CLI while the server runs. The secret never
 //! comes back in an answer and never reaches a log. Tests that read the logs or restart the
@@ -167,18 +168,11 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_202_with_event_ids_marks_only_the_listed_events_processed() {
-    let app = fresh_app(true);
-    let rx = Receiver::start(
-        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-        None,
-        Reply::Fail,
-    )
-    .await;
-    // Find the ids first (receiver failing), then acknowledge only the order.completed.
-    add_hook(&app, &rx.url(), None).await;
-    checkout(&app, "partial@example.com").await;
+/// The receiver failing, a checkout: the ids of its two events from the first post, as
+/// (`account.created`, `order.completed`).
+async fn first_post_ids(app: &App, rx: &Receiver, email: &str) -> (String, String) {
+    add_hook(app, &rx.url(), None).await;
+    checkout(app, email).await;
     rx.wait_until(Duration::from_secs(15), "a first attempt", |p| {
         !p.is_empty()
     })
@@ -188,45 +182,155 @@ async fn a_202_with_event_ids_marks_only_the_listed_events_processed() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(first.len(), 2);
-    let order_completed = first
-        .iter()
-        .find(|e| e["type"] == "order.completed")
-        .and_then(|e| e["id"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let account_created = first
-        .iter()
-        .find(|e| e["type"] == "account.created")
-        .and_then(|e| e["id"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    rx.set_reply(Reply::Partial(vec![order_completed.clone()]));
-    let n = rx.posts().len();
-    rx.wait_until(
-        Duration::from_secs(15),
-        "a retried post answered 202",
-        |p| p.len() > n,
-    )
-    .await;
-    // Same event ids on the retry.
-    assert_eq!(rx.posts()[n].event_ids().len(), 2);
-    let mut left = unprocessed_ids(&app).await;
+    let of = |kind: &str| {
+        first
+            .iter()
+            .find(|e| e["type"] == kind)
+            .and_then(|e| e["id"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (of("account.created"), of("order.completed"))
+}
+
+/// Polls `GET /events/unprocessed` until it lists exactly `want` (the settling write follows
+/// the receiver's answer), or gives its last answer after 5 s.
+async fn unprocessed_become(store: &Merchant, want: &[String]) -> Vec<String> {
+    let mut left = unprocessed_ids(store).await;
     for _ in 0..50 {
-        if left.len() == 1 {
+        if left == want {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        left = unprocessed_ids(&app).await;
+        left = unprocessed_ids(store).await;
     }
-    assert_eq!(
-        left,
-        vec![account_created],
-        "only the acknowledged event is processed"
-    );
-    // The unlisted one stays for the pull API and is not re-sent.
+    left
+}
+
+/// Posts from the `n`th on: which carried `id`, and how many there are.
+fn posts_with(rx: &Receiver, from: usize, id: &str) -> (usize, usize) {
+    let posts = rx.posts();
+    let later = posts.get(from..).unwrap_or_default();
+    let with = later
+        .iter()
+        .filter(|p| p.event_ids().iter().any(|e| e == id))
+        .count();
+    (with, later.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_202_listing_some_events_marks_those_processed_and_the_rest_arrive_again() {
+    let app = fresh_app(true);
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        None,
+        Reply::Fail,
+    )
+    .await;
+    let (account_created, order_completed) = first_post_ids(&app, &rx, "partial@example.com").await;
+    // Acknowledge only the order.completed (and an id that was never in a post).
+    rx.set_reply(Reply::Partial(vec![
+        order_completed.clone(),
+        "not-an-event-of-this-post".into(),
+    ]));
     let n = rx.posts().len();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(rx.posts().len(), n);
+    rx.wait_until(Duration::from_secs(15), "a post answered 202", |p| {
+        p.len() > n
+    })
+    .await;
+    assert_eq!(rx.posts()[n].event_ids().len(), 2, "the same events again");
+    // The rest arrives again, on the backoff, twice more; the acknowledged one never.
+    rx.wait_until(Duration::from_secs(15), "two re-sends after the 202", |p| {
+        p.len() >= n + 3
+    })
+    .await;
+    let (with_ack, later) = posts_with(&rx, n + 1, &order_completed);
+    assert_eq!(with_ack, 0, "an acknowledged event was posted again");
+    let (with_rest, _) = posts_with(&rx, n + 1, &account_created);
+    assert_eq!(with_rest, later, "every re-send carries the unlisted event");
+    assert_eq!(
+        unprocessed_become(&app, std::slice::from_ref(&account_created)).await,
+        vec![account_created.clone()],
+        "GET /events/unprocessed lists exactly the unacknowledged event"
+    );
+    let one = app.get_event(&account_created).await;
+    assert_eq!(one.json["processed"], false, "{}", one.text);
+    let one = app.get_event(&order_completed).await;
+    assert_eq!(one.json["processed"], true, "{}", one.text);
+
+    // A 200 acknowledges the rest: then nothing more arrives.
+    rx.set_reply(Reply::Ok);
+    assert!(unprocessed_become(&app, &[]).await.is_empty());
+    let n = rx.posts().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rx.posts().len(),
+        n,
+        "a post after every event was acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_a_202_left_out_is_not_re_sent_once_marked_processed_by_the_events_api() {
+    let app = fresh_app(true);
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        None,
+        Reply::Fail,
+    )
+    .await;
+    let (account_created, order_completed) = first_post_ids(&app, &rx, "pulled@example.com").await;
+    rx.set_reply(Reply::Partial(vec![order_completed]));
+    let n = rx.posts().len();
+    rx.wait_until(Duration::from_secs(15), "a re-send after the 202", |p| {
+        p.len() > n + 1
+    })
+    .await;
+    // The merchant processes it from the pull API (FastSpring: "they will not return").
+    let marked = app
+        .mark_event(&account_created, &json!({"processed": true}))
+        .await;
+    assert_eq!(marked.status, 200, "{}", marked.text);
+    // A post that had already started may still land; after that, none.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = rx.posts().len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(rx.posts().len(), n, "re-sent after it was marked processed");
+    assert!(unprocessed_ids(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_202_whose_body_is_not_a_list_of_ids_or_is_too_long_acknowledges_nothing() {
+    let app = fresh_app(true);
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+        None,
+        Reply::Fail,
+    )
+    .await;
+    let (account_created, order_completed) = first_post_ids(&app, &rx, "junk@example.com").await;
+    let both = format!("{account_created}\n{order_completed}\n");
+    // Not a list (each id is on a line of its own, but so is other text), then a valid list
+    // made longer than the dispatcher reads (64 KiB) by blank lines.
+    for body in [
+        format!("<html><body>ok</body></html>\n{both}"),
+        format!("{both}{}", " \n".repeat(40 * 1024)),
+    ] {
+        rx.set_reply(Reply::Raw(202, body));
+        let n = rx.posts().len();
+        rx.wait_until(Duration::from_secs(15), "two posts answered so", |p| {
+            p.len() >= n + 2
+        })
+        .await;
+        let (with, later) = posts_with(&rx, n, &account_created);
+        assert_eq!(with, later, "re-sent: nothing was acknowledged");
+        let (with, _) = posts_with(&rx, n, &order_completed);
+        assert_eq!(with, later);
+        assert_eq!(unprocessed_ids(&app).await.len(), 2);
+    }
+    // The same list, short: both acknowledged.
+    rx.set_reply(Reply::Raw(202, both));
+    assert!(unprocessed_become(&app, &[]).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,22 @@
 //!
 //! Every event row is written with one outbox row per webhook of its store, in the same
 //! transaction (the storage port's `Extras`). This loop reads due rows, posts them per webhook as
-//! `{"events":[…]}` (oldest first, at most [`BATCH`] per post) and settles them:
-//! - `200` → every event in the post is marked processed;
-//! - `202` → only the event ids listed in the body (one per line) are marked processed; the
-//!   others stay unprocessed for the pull API and are not re-sent (the receiver answered them);
+//! `{"events":[…]}` (oldest first, at most [`BATCH`] per post) and settles them, in one storage
+//! transaction per post ([`OutboxSettlement`]):
+//! - `200` → every event in the post is marked processed and its row removed;
+//! - `202` → only the event ids listed in the body (FastSpring's convention: one id per line)
+//!   are marked processed and their rows removed. The others stay unprocessed and are re-sent
+//!   on the same backoff as a failure, while they stay unprocessed: the receiver has them, so
+//!   once one is marked processed elsewhere (the pull API, another webhook) its row is dropped
+//!   unsent ([`OutboxState::received`]). Ids listed that were not in the post are ignored; a
+//!   body that is not such a list, or longer than [`MAX_ACK_BODY`], acknowledges nothing;
 //! - anything else, a timeout or a refused connection → the same events are retried with
-//!   exponential backoff (base × 2^(attempt−1), at most an hour). After the last attempt the
-//!   rows are dropped and the events stay unprocessed for `GET /events/unprocessed`.
+//!   exponential backoff (base × 2^(attempt−1), at most an hour).
+//!
+//! After the last attempt the rows are dropped and the events stay unprocessed for
+//! `GET /events/unprocessed`. An acknowledged event is never posted to that webhook again: its
+//! row goes in the transaction that marks it processed, and one post at a time reaches a webhook
+//! (per process here; across instances the PostgreSQL backend's delivery lease).
 //!
 //! Delivery is at least once: the settling write happens after the receiver answered, so a
 //! crash in between re-sends the post after restart (receivers dedupe by event id).
@@ -21,7 +30,7 @@
 
 use crate::model::{EventId, OutboxState, StoreId, WebhookId, now_ms};
 use crate::settings::Settings;
-use crate::storage::{OutboxItem, Storage};
+use crate::storage::{OutboxItem, OutboxSettlement, Storage};
 use base64::Engine;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -33,6 +42,11 @@ pub const BATCH: usize = 100;
 const MAX_IN_FLIGHT: usize = 64;
 /// How often the loop looks for due rows.
 const TICK: Duration = Duration::from_millis(200);
+/// Most bytes of a `202` body read. A full list for a post of [`BATCH`] ids of at most 64
+/// characters is under 7 KiB; a longer body acknowledges nothing. Bounded so that a hostile or
+/// broken receiver cannot make the dispatcher buffer an endless body (the client's timeout
+/// bounds how long it may take).
+pub const MAX_ACK_BODY: usize = 64 * 1024;
 
 fn sign(secret: &shared::SecretString, parts: &[&[u8]]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose_secret().as_bytes());
@@ -150,6 +164,44 @@ struct InFlight {
     ended: std::collections::HashMap<(StoreId, WebhookId), std::time::Instant>,
 }
 
+/// Reads at most `max` bytes of a response body: `None` when it is longer (or breaks off).
+async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Option<Vec<u8>> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        if chunk.len() > max - body.len() {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+
+/// The event ids a `202` body lists: UTF-8 text, one id per line (surrounding whitespace, a
+/// CR before the LF and blank lines are ignored). `None` when any line is not an event id: a
+/// body that is something else (an HTML page, JSON) acknowledges nothing, rather than whatever
+/// ids it happens to contain.
+fn listed_ids(body: &[u8]) -> Option<HashSet<EventId>> {
+    std::str::from_utf8(body)
+        .ok()?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| EventId::parse(l).ok())
+        .collect()
+}
+
+/// What the receiver acknowledged of one post, or why the post failed.
+enum Answer {
+    /// `200`: every event of the post.
+    All,
+    /// `202`: the ids its body lists (`None`: the body was not a list of ids).
+    Listed(Option<HashSet<EventId>>),
+    Failed(String),
+}
+
 /// Posts one batch to one webhook and settles it.
 async fn deliver(
     events: &dyn Storage,
@@ -159,29 +211,55 @@ async fn deliver(
     hook_id: &WebhookId,
     items: Vec<OutboxItem>,
 ) {
-    let ids: Vec<EventId> = items.iter().map(|i| i.event.clone()).collect();
+    let settle = |s: OutboxSettlement| async move {
+        if let Err(e) = events.outbox_settle(store, hook_id, &s).await {
+            tracing::error!(error = %e, "webhook outbox update failed");
+        }
+    };
     let hook = match events.webhooks(store).await {
         Ok(hooks) => hooks.into_iter().find(|h| h.id == *hook_id),
         Err(e) => {
             tracing::error!(error = %e, "webhooks unreadable");
+            // Rows untouched (due again next tick); the delivery lease ends.
+            settle(OutboxSettlement::default()).await;
             return;
         }
     };
     let Some(hook) = hook else {
-        let _ = events.outbox_settle(store, hook_id, &ids, &[]).await;
+        let remove = items.into_iter().map(|i| i.event).collect();
+        settle(OutboxSettlement {
+            remove,
+            ..Default::default()
+        })
+        .await;
         return;
     };
-    let mut bodies = Vec::with_capacity(ids.len());
-    let mut sent = Vec::with_capacity(ids.len());
-    for id in &ids {
-        if let Ok(Some(ev)) = events.event(store, id).await {
-            // The delivery carries each event as the events API shows it.
-            bodies.push(crate::http::views::EventView::of(&ev, None));
-            sent.push(id.clone());
+    // Rows not to post: the event is gone, or the webhook has it and it was processed since.
+    let mut remove = Vec::new();
+    let mut bodies = Vec::with_capacity(items.len());
+    let mut sent = Vec::with_capacity(items.len());
+    for item in items {
+        match events.event(store, &item.event).await {
+            Ok(Some(ev)) if item.received && ev.processed => remove.push(item.event),
+            Ok(Some(ev)) => {
+                // The delivery carries each event as the events API shows it.
+                bodies.push(crate::http::views::EventView::of(&ev, None));
+                sent.push(item);
+            }
+            Ok(None) => remove.push(item.event),
+            Err(e) => {
+                tracing::error!(error = %e, "event unreadable");
+                settle(OutboxSettlement::default()).await;
+                return;
+            }
         }
     }
     if sent.is_empty() {
-        let _ = events.outbox_settle(store, hook_id, &ids, &[]).await;
+        settle(OutboxSettlement {
+            remove,
+            ..Default::default()
+        })
+        .await;
         return;
     }
     let body = serde_json::json!({ "events": bodies }).to_string();
@@ -198,24 +276,17 @@ async fn deliver(
                 sign(secret, &[ts.as_bytes(), b".", body.as_bytes()]),
             );
     }
-    let outcome = match req.body(body).send().await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            match status {
-                200 => Ok(sent.clone()),
-                202 => {
-                    let text = resp.text().await.unwrap_or_default();
-                    let listed: HashSet<&str> = text.lines().map(str::trim).collect();
-                    Ok(sent
-                        .iter()
-                        .filter(|id| listed.contains(id.as_str()))
-                        .cloned()
-                        .collect())
-                }
-                other => Err(format!("status {other}")),
-            }
-        }
-        Err(e) => Err(if e.is_timeout() {
+    let answer = match req.body(body).send().await {
+        Ok(resp) => match resp.status().as_u16() {
+            200 => Answer::All,
+            202 => Answer::Listed(
+                read_bounded(resp, MAX_ACK_BODY)
+                    .await
+                    .and_then(|b| listed_ids(&b)),
+            ),
+            other => Answer::Failed(format!("status {other}")),
+        },
+        Err(e) => Answer::Failed(if e.is_timeout() {
             "timeout".to_owned()
         } else if e.is_connect() {
             "connect".to_owned()
@@ -223,69 +294,113 @@ async fn deliver(
             "transport".to_owned()
         }),
     };
-    let result = match outcome {
-        Ok(processed) => {
-            tracing::info!(
-                store = store.as_str(),
-                webhook = hook_id.as_str(),
-                events = sent.len(),
-                processed = processed.len(),
-                "webhook delivered"
-            );
-            crate::ops::metrics().inc("webhook_deliveries_total", &[("outcome", "delivered")]);
-            events.outbox_settle(store, hook_id, &ids, &processed).await
-        }
-        Err(why) => {
-            // Each event keeps its own attempt count: one that joined this post late is not
-            // given up early because an older one in the same post has failed more often.
-            let now = now_ms();
-            let mut exhausted = Vec::new();
-            let mut retry = Vec::new();
-            for item in &items {
-                let attempts = item.attempts + 1;
-                if attempts >= settings.webhook_max_attempts {
-                    exhausted.push(item.event.clone());
-                } else {
-                    let delay = backoff(settings.webhook_retry_base, attempts);
-                    retry.push((
-                        item.event.clone(),
-                        OutboxState {
-                            attempts,
-                            due: now + delay.as_millis() as i64,
-                        },
-                    ));
-                }
-            }
-            crate::ops::metrics().inc("webhook_deliveries_total", &[("outcome", "failed")]);
-            crate::ops::metrics().add("webhook_retries_total", &[], retry.len() as u64);
-            crate::ops::metrics().add("webhook_events_given_up_total", &[], exhausted.len() as u64);
-            if !retry.is_empty() {
+    let plan = settlement(settings, now_ms(), remove, sent, &answer);
+    let (pending, exhausted) = (plan.settlement.retry.len(), plan.exhausted);
+    let (store_s, hook_s) = (store.as_str(), hook_id.as_str());
+    let metrics = crate::ops::metrics();
+    match &answer {
+        Answer::Failed(why) => {
+            metrics.inc("webhook_deliveries_total", &[("outcome", "failed")]);
+            if pending > 0 {
                 tracing::info!(
-                    store = store.as_str(),
-                    webhook = hook_id.as_str(),
-                    events = retry.len(),
+                    store = store_s,
+                    webhook = hook_s,
+                    events = pending,
                     why,
                     "webhook delivery failed; will retry"
                 );
             }
-            if !exhausted.is_empty() {
+        }
+        Answer::All | Answer::Listed(_) => {
+            metrics.inc("webhook_deliveries_total", &[("outcome", "delivered")]);
+            if matches!(answer, Answer::Listed(None)) {
                 tracing::warn!(
-                    store = store.as_str(),
-                    webhook = hook_id.as_str(),
-                    events = exhausted.len(),
-                    why,
-                    "webhook delivery gave up; the events stay unprocessed for the events API"
+                    store = store_s,
+                    webhook = hook_s,
+                    "webhook answered 202 with a body that is not a list of event ids; \
+                     nothing acknowledged"
                 );
             }
-            match events.outbox_retry(store, hook_id, &retry).await {
-                Ok(()) => events.outbox_settle(store, hook_id, &exhausted, &[]).await,
-                Err(e) => Err(e),
-            }
+            tracing::info!(
+                store = store_s,
+                webhook = hook_s,
+                events = plan.posted,
+                processed = plan.settlement.processed.len(),
+                pending,
+                "webhook delivered"
+            );
         }
-    };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "webhook outbox update failed");
     }
+    metrics.add("webhook_retries_total", &[], pending as u64);
+    metrics.add("webhook_events_given_up_total", &[], exhausted as u64);
+    if exhausted > 0 {
+        tracing::warn!(
+            store = store_s,
+            webhook = hook_s,
+            events = exhausted,
+            "webhook delivery gave up; the events stay unprocessed for the events API"
+        );
+    }
+    settle(plan.settlement).await;
+}
+
+/// How one post settles its rows (a pure function of the answer, for the tests).
+struct Plan {
+    settlement: OutboxSettlement,
+    /// Events in the post.
+    posted: usize,
+    /// Of `settlement.remove`, the rows whose attempts ran out.
+    exhausted: usize,
+}
+
+/// Acknowledged events: row removed, marked processed. The others: one more attempt counted
+/// (each event its own count, so one that joined a post late is not given up early because an
+/// older one has failed more often), re-sent after the backoff, or dropped after the last one.
+fn settlement(
+    settings: &Settings,
+    now: i64,
+    remove: Vec<EventId>,
+    sent: Vec<OutboxItem>,
+    answer: &Answer,
+) -> Plan {
+    let mut plan = Plan {
+        settlement: OutboxSettlement {
+            remove,
+            ..Default::default()
+        },
+        posted: sent.len(),
+        exhausted: 0,
+    };
+    let s = &mut plan.settlement;
+    for item in sent {
+        let acknowledged = match answer {
+            Answer::All => true,
+            Answer::Listed(ids) => ids.as_ref().is_some_and(|ids| ids.contains(&item.event)),
+            Answer::Failed(_) => false,
+        };
+        if acknowledged {
+            s.processed.push(item.event.clone());
+            s.remove.push(item.event);
+            continue;
+        }
+        let attempts = item.attempts + 1;
+        if attempts >= settings.webhook_max_attempts {
+            plan.exhausted += 1;
+            s.remove.push(item.event);
+        } else {
+            let delay = backoff(settings.webhook_retry_base, attempts);
+            s.retry.push((
+                item.event,
+                OutboxState {
+                    attempts,
+                    due: now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+                    // A 202 answered the post: the webhook has the event.
+                    received: item.received || matches!(answer, Answer::Listed(_)),
+                },
+            ));
+        }
+    }
+    plan
 }
 
 #[cfg(test)]
@@ -301,6 +416,100 @@ mod tests {
                 .unwrap_or_default(),
         );
         assert_eq!(sign(&s, &[b"what do ya want for nothing?"]), expected);
+    }
+
+    fn id(s: &str) -> EventId {
+        crate::model::test_id(s)
+    }
+
+    fn item(event: &str, attempts: u32, received: bool) -> OutboxItem {
+        OutboxItem {
+            store: crate::model::test_id("st"),
+            hook: crate::model::test_id("h"),
+            event: id(event),
+            attempts,
+            received,
+        }
+    }
+
+    #[test]
+    fn a_202_body_is_one_event_id_per_line_or_acknowledges_nothing() {
+        let ids = |b: &[u8]| {
+            listed_ids(b).map(|s| s.into_iter().collect::<std::collections::BTreeSet<_>>())
+        };
+        assert_eq!(
+            ids(b"e1\r\n  e2 \n\ne3\n"),
+            Some([id("e1"), id("e2"), id("e3")].into())
+        );
+        assert_eq!(ids(b""), Some(Default::default()));
+        // Not a list of ids: nothing, even where a line would be one.
+        assert_eq!(ids(b"<html>ok</html>\ne1"), None);
+        assert_eq!(ids(b"[\"e1\"]"), None);
+        assert_eq!(ids(b"e1,e2"), None);
+        assert_eq!(ids(b"e1\n\xff"), None);
+        assert_eq!(ids("e1\n".repeat(2).as_bytes()), Some([id("e1")].into()));
+    }
+
+    #[test]
+    fn a_202_settles_the_listed_events_and_schedules_the_others_again() {
+        let settings = Settings {
+            webhook_retry_base: Duration::from_millis(100),
+            webhook_max_attempts: 3,
+            ..Settings::default()
+        };
+        let sent = vec![item("a", 0, false), item("b", 0, false), item("c", 2, true)];
+        let answer = Answer::Listed(Some([id("a"), id("zz")].into()));
+        let plan = settlement(&settings, 1_000, vec![id("gone")], sent, &answer);
+        let s = &plan.settlement;
+        assert_eq!(
+            s.processed,
+            vec![id("a")],
+            "an id not in the post is ignored"
+        );
+        assert_eq!(s.remove, vec![id("gone"), id("a"), id("c")]);
+        assert_eq!(plan.exhausted, 1, "c had its last attempt");
+        assert_eq!(s.retry.len(), 1);
+        let (e, st) = &s.retry[0];
+        assert_eq!(
+            (e, st.attempts, st.due, st.received),
+            (&id("b"), 1, 1_100, true)
+        );
+    }
+
+    #[test]
+    fn an_unparseable_202_acknowledges_nothing_and_a_failure_keeps_received() {
+        let settings = Settings {
+            webhook_retry_base: Duration::from_millis(100),
+            webhook_max_attempts: 10,
+            ..Settings::default()
+        };
+        let sent = || vec![item("a", 0, false), item("b", 1, true)];
+        let plan = settlement(&settings, 0, vec![], sent(), &Answer::Listed(None));
+        assert!(plan.settlement.processed.is_empty() && plan.settlement.remove.is_empty());
+        let got: Vec<_> = plan
+            .settlement
+            .retry
+            .iter()
+            .map(|(e, s)| (e.clone(), s.attempts, s.received))
+            .collect();
+        assert_eq!(got, vec![(id("a"), 1, true), (id("b"), 2, true)]);
+        let plan = settlement(
+            &settings,
+            0,
+            vec![],
+            sent(),
+            &Answer::Failed("status 503".into()),
+        );
+        let got: Vec<_> = plan
+            .settlement
+            .retry
+            .iter()
+            .map(|(e, s)| (e.clone(), s.attempts, s.received))
+            .collect();
+        assert_eq!(got, vec![(id("a"), 1, false), (id("b"), 2, true)]);
+        let plan = settlement(&settings, 0, vec![], sent(), &Answer::All);
+        assert_eq!(plan.settlement.processed, vec![id("a"), id("b")]);
+        assert!(plan.settlement.retry.is_empty());
     }
 
     #[test]

@@ -169,6 +169,24 @@ pub struct OutboxItem {
     pub hook: WebhookId,
     pub event: EventId,
     pub attempts: u32,
+    /// See [`OutboxState::received`].
+    pub received: bool,
+}
+
+/// How one post to one webhook ended, for that webhook's outbox rows: written in one
+/// transaction (which also ends the delivery lease), so a crash never leaves an acknowledged
+/// event with a row that would send it again.
+#[derive(Debug, Default)]
+pub struct OutboxSettlement {
+    /// Rows removed: the receiver acknowledged the event, its attempts ran out, or it is no
+    /// longer to be sent (the event is gone, or processed after the webhook received it).
+    pub remove: Vec<EventId>,
+    /// Of `remove`, the events the receiver acknowledged: marked processed (events of another
+    /// store, or unknown ones, are not touched).
+    pub processed: Vec<EventId>,
+    /// Rows kept for a later attempt, each with its new state (rows that no longer exist, e.g.
+    /// of a webhook removed meanwhile, stay gone).
+    pub retry: Vec<(EventId, OutboxState)>,
 }
 
 /// Mutation of a subscription inside a transaction, returning the events that describe it
@@ -378,22 +396,12 @@ pub trait Storage: Send + Sync + 'static {
     ) -> BoxFuture<'a, StorageResult<()>>;
     /// Outbox rows due at `now`, at most `limit`.
     fn outbox_due(&self, now: i64, limit: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxItem>>>;
-    /// One transaction: removes the outbox rows of `events` for `hook` and marks `processed`
-    /// (a subset) processed.
+    /// Settles one post to `hook` (see [`OutboxSettlement`]): one transaction.
     fn outbox_settle<'a>(
         &'a self,
         store: &'a StoreId,
         hook: &'a WebhookId,
-        events: &'a [EventId],
-        processed: &'a [EventId],
-    ) -> BoxFuture<'a, StorageResult<()>>;
-    /// Records a failed attempt: each listed row gets its new state (rows that no longer exist
-    /// stay gone).
-    fn outbox_retry<'a>(
-        &'a self,
-        store: &'a StoreId,
-        hook: &'a WebhookId,
-        rows: &'a [(EventId, OutboxState)],
+        settlement: &'a OutboxSettlement,
     ) -> BoxFuture<'a, StorageResult<()>>;
 
     // Sign-in links and sessions (keyed by the SHA-256 hex of their secret).

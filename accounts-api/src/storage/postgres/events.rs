@@ -109,7 +109,7 @@ impl PgStorage {
         // In (store, webhook, event) order, as sled's keys: a webhook's events come oldest first.
         // Only rows of webhooks this instance holds the delivery lease of (taken here, for those
         // whose lease is free or ran out): two instances never post to one webhook at once.
-        // The lease ends when the post is settled (`outbox_settle`/`outbox_retry`), or runs out
+        // The lease ends when the post is settled (`outbox_settle`), or runs out
         // after WEBHOOK_LEASE_MS if this instance dies mid-post; then another one re-sends.
         // The lease first, then the rows: a lease just released by another instance's settle
         // (which the claim waits for) must not come with rows read before that settle.
@@ -167,7 +167,7 @@ impl PgStorage {
             let due = tx
                 .query(
                     &tx.prepare_cached(
-                        "SELECT o.store, o.hook, o.event, o.attempts FROM outbox o \
+                        "SELECT o.store, o.hook, o.event, o.attempts, o.received FROM outbox o \
                          JOIN unnest($2::text[], $3::text[]) AS t(s, h) \
                            ON o.store = t.s AND o.hook = t.h \
                          WHERE o.due <= $1 ORDER BY o.store, o.hook, o.event LIMIT $4",
@@ -183,6 +183,7 @@ impl PgStorage {
                     hook: id_of(r, 1)?,
                     event: id_of(r, 2)?,
                     attempts: u32::try_from(r.try_get::<_, i32>(3)?).unwrap_or(0),
+                    received: r.try_get::<_, bool>(4)?,
                 });
             }
             Ok(items)
@@ -209,20 +210,37 @@ impl PgStorage {
         &self,
         store: &StoreId,
         hook: &WebhookId,
-        events: &[EventId],
-        processed: &[EventId],
+        settlement: &OutboxSettlement,
     ) -> StorageResult<()> {
         let now = now_ms();
-        let settled: Vec<&str> = events.iter().map(EventId::as_str).collect();
+        let removed: Vec<&str> = settlement.remove.iter().map(EventId::as_str).collect();
         transaction!(self, |tx| {
-            exec(
-                tx,
-                "DELETE FROM outbox WHERE store = $1 AND hook = $2 AND event = ANY($3)",
-                &[&store.as_str(), &hook.as_str(), &settled],
-            )
-            .await?;
-            self.release_lease(tx, store, hook).await?;
-            for e in processed {
+            if !removed.is_empty() {
+                exec(
+                    tx,
+                    "DELETE FROM outbox WHERE store = $1 AND hook = $2 AND event = ANY($3)",
+                    &[&store.as_str(), &hook.as_str(), &removed],
+                )
+                .await?;
+            }
+            for (event, state) in &settlement.retry {
+                // Only rows that still exist (the webhook may have been removed meanwhile).
+                exec(
+                    tx,
+                    "UPDATE outbox SET attempts = $4, due = $5, received = $6 \
+                     WHERE store = $1 AND hook = $2 AND event = $3",
+                    &[
+                        &store.as_str(),
+                        &hook.as_str(),
+                        &event.as_str(),
+                        &i32::try_from(state.attempts).unwrap_or(i32::MAX),
+                        &state.due,
+                        &state.received,
+                    ],
+                )
+                .await?;
+            }
+            for e in &settlement.processed {
                 let current = row(
                     tx,
                     "SELECT doc FROM events WHERE store = $1 AND id = $2 FOR UPDATE",
@@ -237,33 +255,6 @@ impl PgStorage {
                         put_event(tx, store, &ev).await?;
                     }
                 }
-            }
-            Ok(())
-        })
-    }
-
-    pub(super) async fn outbox_retry(
-        &self,
-        store: &StoreId,
-        hook: &WebhookId,
-        rows: &[(EventId, OutboxState)],
-    ) -> StorageResult<()> {
-        transaction!(self, |tx| {
-            for (event, state) in rows {
-                // Only rows that still exist (the webhook may have been removed meanwhile).
-                exec(
-                    tx,
-                    "UPDATE outbox SET attempts = $4, due = $5 \
-                     WHERE store = $1 AND hook = $2 AND event = $3",
-                    &[
-                        &store.as_str(),
-                        &hook.as_str(),
-                        &event.as_str(),
-                        &i32::try_from(state.attempts).unwrap_or(i32::MAX),
-                        &state.due,
-                    ],
-                )
-                .await?;
             }
             self.release_lease(tx, store, hook).await
         })

@@ -26,17 +26,17 @@
 mod accounts;
 mod events;
 mod port;
-mod schema;
+pub mod schema;
 
 use super::{
     AccountChange, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite, Index,
-    OutboxItem, RenewalChange, Storage, StorageError, StorageResult, SubscriptionChange,
-    WebhooksChange,
+    OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError, StorageResult,
+    SubscriptionChange, WebhooksChange,
 };
 use crate::model::{
     AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,
-    OutboxState, SessionRecord, SsoTokenRecord, StoreId, StoreRecord, SubscriptionId,
-    SubscriptionRecord, WebhookId, WebhookRecord,
+    SessionRecord, SsoTokenRecord, StoreId, StoreRecord, SubscriptionId, SubscriptionRecord,
+    WebhookId, WebhookRecord,
 };
 use deadpool_postgres::{Object, Pool, Transaction};
 use serde::de::DeserializeOwned;

@@ -279,18 +279,9 @@ impl Storage for PgStorage {
         &'a self,
         store: &'a StoreId,
         hook: &'a WebhookId,
-        events: &'a [EventId],
-        processed: &'a [EventId],
+        settlement: &'a OutboxSettlement,
     ) -> BoxFuture<'a, StorageResult<()>> {
-        Box::pin(self.outbox_settle(store, hook, events, processed))
-    }
-    fn outbox_retry<'a>(
-        &'a self,
-        store: &'a StoreId,
-        hook: &'a WebhookId,
-        rows: &'a [(EventId, OutboxState)],
-    ) -> BoxFuture<'a, StorageResult<()>> {
-        Box::pin(self.outbox_retry(store, hook, rows))
+        Box::pin(self.outbox_settle(store, hook, settlement))
     }
 
     fn put_sso_token<'a>(

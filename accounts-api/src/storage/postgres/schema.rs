@@ -100,7 +100,13 @@ CREATE TABLE webhook_leases (
     PRIMARY KEY (store, hook)
 );
 "#,
-    // 3: a canceled subscription has work at its period end now (it is deactivated then);
+    // 3
+    r#"
+-- The webhook has the event (it answered a post carrying it with a 202 that did not list it):
+-- the row is re-sent only while the event is unprocessed (`OutboxState::received`).
+ALTER TABLE outbox ADD COLUMN received boolean NOT NULL DEFAULT false;
+"#,
+    // 4: a canceled subscription has work at its period end now (it is deactivated then);
     // rows written before had none. The record's own `next` is that time.
     r#"
 UPDATE subscriptions SET work_at = (doc->>'next')::bigint

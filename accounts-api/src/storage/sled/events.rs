@@ -132,15 +132,25 @@ impl SledStorage {
         &self,
         store: &StoreId,
         hook: &WebhookId,
-        events: &[EventId],
-        processed: &[EventId],
+        settlement: &OutboxSettlement,
     ) -> Result<(), StorageError> {
         let now = now_ms();
+        let retry = settlement
+            .retry
+            .iter()
+            .map(|(e, st)| Ok((outbox_key(store, hook, e), encode(st)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
         let r = self.tree().transaction(|tx| {
-            for e in events {
+            for e in &settlement.remove {
                 tx.remove(outbox_key(store, hook, e).as_bytes())?;
             }
-            for e in processed {
+            for (k, v) in &retry {
+                // Only rows that still exist (the webhook may have been removed meanwhile).
+                if tx.get(k.as_bytes())?.is_some() {
+                    tx.insert(k.as_bytes(), v.clone())?;
+                }
+            }
+            for e in &settlement.processed {
                 let k = format!("v/{store}/{e}");
                 if let Some(v) = tx.get(k.as_bytes())? {
                     let mut ev: EventRecord =
@@ -153,28 +163,6 @@ impl SledStorage {
                             encode(&ev).map_err(ConflictableTransactionError::Abort)?,
                         )?;
                     }
-                }
-            }
-            Ok(())
-        });
-        finish(r)
-    }
-
-    pub(super) fn outbox_retry(
-        &self,
-        store: &StoreId,
-        hook: &WebhookId,
-        rows: &[(EventId, OutboxState)],
-    ) -> Result<(), StorageError> {
-        let encoded = rows
-            .iter()
-            .map(|(e, st)| Ok((outbox_key(store, hook, e), encode(st)?)))
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        let r = self.tree().transaction(|tx| {
-            for (k, v) in &encoded {
-                // Only rows that still exist (the webhook may have been removed meanwhile).
-                if tx.get(k.as_bytes())?.is_some() {
-                    tx.insert(k.as_bytes(), v.clone())?;
                 }
             }
             Ok(())
@@ -246,6 +234,7 @@ pub(super) fn outbox_due(
                 hook: parse_id(hook.as_bytes())?,
                 event: parse_id(event.as_bytes())?,
                 attempts: state.attempts,
+                received: state.received,
             });
         }
         if out.len() >= limit {

@@ -25,8 +25,8 @@ mod events;
 
 use super::{
     AccountChange, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite, Index,
-    OutboxItem, RenewalChange, Storage, StorageError, StorageResult, SubscriptionChange,
-    WebhooksChange,
+    OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError, StorageResult,
+    SubscriptionChange, WebhooksChange,
 };
 use crate::model::{
     AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,
@@ -164,6 +164,7 @@ fn tx_extras(tx: &TransactionalTree, store: &StoreId, extras: &Extras, live: boo
                     &crate::model::OutboxState {
                         attempts: 0,
                         due: 0,
+                        received: false,
                     },
                 )?;
             }
@@ -539,20 +540,9 @@ impl Storage for SledStorage {
         &'a self,
         store: &'a StoreId,
         hook: &'a WebhookId,
-        events: &'a [EventId],
-        processed: &'a [EventId],
+        settlement: &'a OutboxSettlement,
     ) -> BoxFuture<'a, StorageResult<()>> {
-        inline!(SledStorage::outbox_settle(
-            self, store, hook, events, processed
-        ))
-    }
-    fn outbox_retry<'a>(
-        &'a self,
-        store: &'a StoreId,
-        hook: &'a WebhookId,
-        rows: &'a [(EventId, OutboxState)],
-    ) -> BoxFuture<'a, StorageResult<()>> {
-        inline!(SledStorage::outbox_retry(self, store, hook, rows))
+        inline!(SledStorage::outbox_settle(self, store, hook, settlement))
     }
 
     fn put_sso_token<'a>(
