@@ -49,6 +49,8 @@ pub const LEASE_MS: i64 = 5 * 60_000;
 const CLAIMED_ELSEWHERE: &str = "the subscription is being renewed by another worker";
 /// The subscription stopped running between the read and the intent's transaction.
 const CHANGED: &str = "the subscription changed meanwhile";
+/// The intent read was settled (or replaced) by another worker before this one claimed it.
+const PENDING_CHANGED: &str = "the pending charge changed meanwhile";
 
 /// The renewal job's own vault client (`renewals` certificate) and per-subscription locks.
 pub struct Renewals {
@@ -241,7 +243,14 @@ pub async fn renew_one(
             match claim(state, store, id, &p).await {
                 Ok(s) if s.renewal.pending.is_none() => return Ok(Outcome::Dropped),
                 Ok(_) => {}
-                Err(StorageError::State(CLAIMED_ELSEWHERE)) => return Ok(Outcome::Skipped),
+                // Another worker holds it, or finished it since the read: its outcome stands.
+                Err(StorageError::State(CLAIMED_ELSEWHERE | PENDING_CHANGED)) => {
+                    return Ok(if on_demand {
+                        Outcome::Refused("RENEWAL_IN_PROGRESS")
+                    } else {
+                        Outcome::Skipped
+                    });
+                }
                 Err(e) => return Err(e),
             }
             p
@@ -594,7 +603,7 @@ fn still_pending(s: &SubscriptionRecord, p: &PendingCharge) -> Result<(), Storag
     if s.renewal.pending.as_ref().map(|q| &q.key) == Some(&p.key) {
         Ok(())
     } else {
-        Err(StorageError::State("the pending charge changed meanwhile"))
+        Err(StorageError::State(PENDING_CHANGED))
     }
 }
 
