@@ -205,9 +205,9 @@ async fn a_declining_card_at_stripe_records_the_decline_code_and_a_repeat_of_its
     assert_eq!(r["error"]["subscription"], "CARD_DECLINED", "{r}");
     let s = subscription(&sys, &sub).await;
     assert_eq!(s["declineReason"], "card_declined", "{s}");
-    // The subscription state model is being reworked (issue 13, part 1): once the state
-    // machine lands, this subscription is expected to be `overdue` here (declined, retries
-    // pending). Until then only the decline itself is asserted, not the state's name.
+    // Declined with retries pending: `overdue` in the subscription state machine (issue 13,
+    // part 1), still active until the last retry.
+    assert_eq!(s["state"], "overdue", "{s}");
     let events = sys
         .merchant(&sys.demo)
         .unprocessed_events(&[("begin", "0")])
