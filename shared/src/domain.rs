@@ -109,6 +109,14 @@ id_type!(
     /// A webhook endpoint of one store.
     WebhookId, "webhook"
 );
+id_type!(
+    /// The payment processor's own reference for the customer a saved payment method belongs to
+    /// (Stripe: the `cus_…` the `pm_…` is attached to). Not a secret: an id at the processor,
+    /// useless without the merchant's secret key. Optional everywhere: processors without
+    /// customer objects never need it. Its error names the vault's wire field; accounts-api
+    /// renames it `payment.processorCustomer`.
+    ProcessorCustomer, "processorCustomer"
+);
 
 impl EventId {
     /// A fresh event id: a UUIDv7 as 32 lower-case hex digits, so the byte order of event ids

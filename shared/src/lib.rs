@@ -14,6 +14,6 @@ pub mod vault_api;
 
 pub use domain::{
     AccountId, CardBrand, Currency, EventId, Expiry, FieldError, Last4, MaskedEmail, OrderId,
-    PaymentMethodId, PaymentType, StoreId, SubscriptionId, WebhookId,
+    PaymentMethodId, PaymentType, ProcessorCustomer, StoreId, SubscriptionId, WebhookId,
 };
 pub use secret::{PaymentToken, SecretString};

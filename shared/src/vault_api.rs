@@ -53,6 +53,11 @@ pub struct StorePaymentMethodRequest {
     pub exp_year: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// The processor's customer the token belongs to (Stripe: the `cus_…` a `pm_…` is attached
+    /// to; 1–64 of `A-Za-z0-9_-`). Not secret; stored beside the token and sent with every
+    /// charge of it. Absent for processors without customer objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor_customer: Option<String>,
 }
 
 impl std::fmt::Debug for StorePaymentMethodRequest {
@@ -64,6 +69,7 @@ impl std::fmt::Debug for StorePaymentMethodRequest {
             .field("type", &self.kind)
             .field("brand", &self.brand)
             .field("last4", &self.last4)
+            .field("processor_customer", &self.processor_customer)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +94,9 @@ pub struct PaymentMethodView {
     pub exp_year: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked_email: Option<String>,
+    /// The processor's customer stored with the token, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor_customer: Option<String>,
     /// RFC 3339 creation time.
     pub created: String,
 }

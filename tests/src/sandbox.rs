@@ -53,3 +53,35 @@ pub async fn charges_with_key(url: &str, key: &str) -> Vec<Value> {
         .filter(|c| c["idempotencyKey"].as_str() == Some(key))
         .collect()
 }
+
+/// `POST {url}/v1/customers` with the tests' key: a new processor customer's `cus_…` id.
+pub async fn create_customer(url: &str) -> String {
+    let http = crate::accounts::http_client();
+    let v: Value = http
+        .post(format!("{url}/v1/customers"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("sandbox customer: {e}"))
+        .json()
+        .await
+        .unwrap_or(Value::Null);
+    v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no customer id: {v}"))
+        .to_owned()
+}
+
+/// `POST {url}/v1/payment_methods/{pm}/attach` (`customer`), as a Stripe.js checkout does;
+/// returns the HTTP status.
+pub async fn attach(url: &str, pm: &str, customer: &str) -> u16 {
+    let http = crate::accounts::http_client();
+    http.post(format!("{url}/v1/payment_methods/{pm}/attach"))
+        .bearer_auth(SECRET)
+        .form(&[("customer", customer)])
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("sandbox attach: {e}"))
+        .status()
+        .as_u16()
+}

@@ -301,6 +301,23 @@ async fn every_invalid_checkout_field_is_a_422_naming_it_and_nothing_is_written(
             with(&["payment", "brand"], json!("bitcoin")),
         ),
         ("payment.type", with(&["payment", "type"], json!("cheque"))),
+        // The processor's customer id (Stripe `cus_…`): an id's charset and length, a string.
+        (
+            "payment.processorCustomer",
+            with(&["payment", "processorCustomer"], json!("cus 1; drop")),
+        ),
+        (
+            "payment.processorCustomer",
+            with(&["payment", "processorCustomer"], json!("")),
+        ),
+        (
+            "payment.processorCustomer",
+            with(&["payment", "processorCustomer"], json!("c".repeat(65))),
+        ),
+        (
+            "payment.processorCustomer",
+            with(&["payment", "processorCustomer"], json!(42)),
+        ),
         ("payment.token", without("payment", Some("token"))),
         (
             "payment.token",

@@ -34,16 +34,36 @@ fn start(sandbox_args: &[&str], vault_env: &[(&str, &str)]) -> Setup {
 impl Setup {
     /// Stores `token` for (store, account) as `accounts`; returns the payment-method id.
     async fn store(&self, store: &str, account: &str, token: &str) -> String {
+        self.store_for(store, account, token, None).await
+    }
+
+    /// [`Self::store`] with the processor's customer of the token (`processorCustomer`).
+    async fn store_for(
+        &self,
+        store: &str,
+        account: &str,
+        token: &str,
+        customer: Option<&str>,
+    ) -> String {
+        let mut body = card_body(store, account, token);
+        if let Some(c) = customer {
+            body["processorCustomer"] = json!(c);
+        }
         let resp = self
             .vault
             .client("accounts")
             .post(self.vault.url("/v1/payment-methods"))
-            .json(&card_body(store, account, token))
+            .json(&body)
             .send()
             .await
             .unwrap_or_else(|e| panic!("store: {e}"));
         assert!(resp.status().is_success(), "store: {}", resp.status());
         let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            v["processorCustomer"].as_str(),
+            customer,
+            "the view shows the stored customer"
+        );
         v["id"].as_str().unwrap_or_default().to_owned()
     }
 
@@ -301,4 +321,122 @@ async fn a_malformed_processor_answer_is_failed_and_logged_without_the_token() {
     let out = s.vault.output();
     assert!(!out.contains(&tok), "without the token");
     assert!(!text.contains(&tok));
+}
+
+#[tokio::test]
+async fn a_token_attached_to_a_processor_customer_is_charged_with_that_customer_and_never_with_our_account_id()
+ {
+    let s = start(&[], &[]);
+    let url = s.sandbox.url.clone();
+    let cus = sandbox::create_customer(&url).await;
+    let attached = token("pm_card");
+    assert_eq!(sandbox::attach(&url, &attached, &cus).await, 200);
+
+    // Stored with its customer: charged with `customer=cus_…`.
+    let pm = s.store_for("s1", "acct1", &attached, Some(&cus)).await;
+    let (status, text, o) = s
+        .charge(
+            "renewals",
+            &pm,
+            &charge_body("s1", json!(1495), "USD", "k1"),
+        )
+        .await;
+    assert_eq!(
+        (status, o["status"].as_str()),
+        (200, Some("succeeded")),
+        "{text}"
+    );
+    let sent = sandbox::charges_with_key(&url, "s1:k1").await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["customer"], cus.as_str());
+
+    // The same attached token stored without its customer: Stripe refuses the request (400),
+    // which is a final `invalid_request` decline, not a failure retried forever.
+    let bare = s.store_for("s1", "acct2", &attached, None).await;
+    let (status, text, o) = s
+        .charge(
+            "renewals",
+            &bare,
+            &charge_body("s1", json!(1495), "USD", "k2"),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        (o["status"].as_str(), o["reason"].as_str()),
+        (Some("declined"), Some("invalid_request")),
+        "{text}"
+    );
+    assert!(!text.contains(&attached));
+    // A customer the processor does not know (as our account ids are): refused the same way.
+    let stranger = s
+        .store_for(
+            "s1",
+            "acct3",
+            &token("tok_visa"),
+            Some("cus_unknownToTheProcessor"),
+        )
+        .await;
+    let (_, text, o) = s
+        .charge(
+            "renewals",
+            &stranger,
+            &charge_body("s1", json!(1495), "USD", "k3"),
+        )
+        .await;
+    assert_eq!(o["reason"], "invalid_request", "{text}");
+
+    // An unattached `pm_…` without customer: `customer` is left out (never the account id),
+    // and, as at Stripe, it is single-use.
+    let once = token("pm_card");
+    let single = s.store_for("s1", "acct4", &once, None).await;
+    let (_, text, o) = s
+        .charge(
+            "renewals",
+            &single,
+            &charge_body("s1", json!(1495), "USD", "k4"),
+        )
+        .await;
+    assert_eq!(o["status"], "succeeded", "{text}");
+    let sent = sandbox::charges_with_key(&url, "s1:k4").await;
+    assert_eq!(sent[0]["customer"], Value::Null, "no customer was sent");
+    let (_, text, o) = s
+        .charge(
+            "renewals",
+            &single,
+            &charge_body("s1", json!(1495), "USD", "k5"),
+        )
+        .await;
+    assert_eq!(o["reason"], "invalid_request", "{text}");
+
+    // Only the two accepted charges reached the processor's ledger.
+    let ledger = sandbox::charges(&url).await;
+    assert_eq!(
+        ledger["charges"].as_array().map(Vec::len),
+        Some(2),
+        "{ledger}"
+    );
+    assert!(
+        !s.vault.output().contains(&attached),
+        "token in the vault's log"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_processor_customer_is_422_naming_it_and_nothing_is_stored() {
+    let s = start(&[], &[]);
+    for bad in [json!("cus bad"), json!(""), json!("c".repeat(65)), json!(7)] {
+        let mut body = card_body("s1", "acct1", &token("tok_visa"));
+        body["processorCustomer"] = bad.clone();
+        let resp = s
+            .vault
+            .client("accounts")
+            .post(s.vault.url("/v1/payment-methods"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("store: {e}"));
+        assert_eq!(resp.status().as_u16(), 422, "{bad}");
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(v["error"]["field"], "processorCustomer", "{bad}: {v}");
+    }
 }

@@ -37,6 +37,7 @@ fn put(core: &vault::core::VaultCore, token: &str) -> String {
         last4: None,
         expiry: None,
         masked_email: None,
+        processor_customer: None,
     };
     let t = shared::secret::PaymentToken::parse_token(token.to_owned()).unwrap();
     match core

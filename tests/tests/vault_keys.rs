@@ -202,6 +202,7 @@ fn retiring_a_version_that_still_wraps_records_is_refused_with_counts() {
         last4: None,
         expiry: None,
         masked_email: None,
+        processor_customer: None,
     };
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -538,6 +539,7 @@ fn new_pm(account: &str) -> vault::core::NewPaymentMethod {
         last4: None,
         expiry: None,
         masked_email: None,
+        processor_customer: None,
     }
 }
 

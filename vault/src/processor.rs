@@ -7,8 +7,33 @@
 //! processor's status code, never from the request.
 //!
 //! [`StripeConnector`] speaks Stripe's form-encoded `POST /v1/payment_intents` (`amount`,
-//! `currency`, `payment_method`, `customer`, `off_session=true`, `confirm=true`, bearer secret
-//! key, `Idempotency-Key` header). The `sandbox-processor` binary speaks the same format.
+//! `currency`, `payment_method`, `customer` only when the record has one, `off_session=true`,
+//! `confirm=true`, `metadata[idempotency_key]`, `metadata[description]`, bearer secret key,
+//! `Idempotency-Key` header). The `sandbox-processor` binary speaks the same format and enforces
+//! Stripe's rules on it.
+//!
+//! `customer` is the processor's own customer (`cus_…`) the payment method is attached to, as
+//! stored with the token; never our account id, which Stripe does not know (400). Without one the
+//! field is omitted. The idempotency key is repeated in metadata because Stripe cannot be
+//! searched by idempotency key (and forgets keys after 24 h): metadata lets an operator match a
+//! PaymentIntent to its renewal. The description travels in metadata too: Stripe shows both,
+//! and localstripe (the stateful fake the tests charge) refuses a `description` parameter.
+//!
+//! How Stripe's answers become outcomes ([`interpret`]; the renewal job retries `declined` on its
+//! dunning schedule with a new key and `failed` with the same key on its next run):
+//!
+//! | Stripe answer                                               | outcome    | reason |
+//! |-------------------------------------------------------------|------------|--------|
+//! | 2xx `succeeded`                                             | succeeded  | — (reference `pi_…`) |
+//! | 2xx `requires_action`                                       | declined   | `authentication_required` |
+//! | 2xx `requires_payment_method`                               | declined   | `last_payment_error` code, else `card_declined` |
+//! | 2xx `canceled`                                              | declined   | `canceled` |
+//! | 2xx `processing`                                            | failed     | `processing` (asked again with the same key) |
+//! | 402 (card error)                                            | declined   | `decline_code`, else `code`, else `card_declined` |
+//! | 400, 404 and other 4xx (invalid request, unknown customer…) | declined   | `invalid_request` (final for this key) |
+//! | 401, 403 (our secret key is wrong)                          | failed     | `processor_auth_failed` (an operator fixes it; no customer is declined for it) |
+//! | 409 (idempotency key in use), 429, 5xx                      | failed     | `processor_unavailable` |
+//! | timeout, unreachable, unreadable body                       | failed     | `processor_timeout` / `processor_unavailable` / `malformed_processor_response` |
 
 use shared::SecretString;
 use shared::vault_api::ChargeStatus;
@@ -25,8 +50,9 @@ pub struct ProcessorCharge<'a> {
     pub currency: &'a str,
     /// Stable per subscription period: the processor turns repeats into one charge.
     pub idempotency_key: &'a str,
-    /// The processor-side customer reference (the vault sends the account id).
-    pub customer: &'a str,
+    /// The processor's customer the payment method belongs to (Stripe `cus_…`), when the
+    /// record has one; `None` leaves `customer` out of the request.
+    pub customer: Option<&'a str>,
     pub description: Option<&'a str>,
 }
 
@@ -135,12 +161,15 @@ impl Processor for StripeConnector {
                 ("amount", &amount),
                 ("currency", &currency),
                 ("payment_method", charge.token.expose_secret()),
-                ("customer", charge.customer),
                 ("off_session", "true"),
                 ("confirm", "true"),
+                ("metadata[idempotency_key]", charge.idempotency_key),
             ];
+            if let Some(c) = charge.customer {
+                form.push(("customer", c));
+            }
             if let Some(d) = charge.description {
-                form.push(("description", d));
+                form.push(("metadata[description]", d));
             }
             let sent = self
                 .client
@@ -163,9 +192,16 @@ impl Processor for StripeConnector {
                 }
             };
             let status = response.status();
-            let body: serde_json::Value = match response.json().await {
-                Ok(v) => v,
+            let bytes = match response.bytes().await {
+                Ok(b) => b,
                 Err(e) if e.is_timeout() => return ProcessorOutcome::failed("processor_timeout"),
+                Err(_) => return ProcessorOutcome::failed("processor_unavailable"),
+            };
+            // An error answer is judged by its status even when its body is not JSON (a proxy's
+            // HTML 502, a bare 400): only a 2xx needs a payment intent to be read.
+            let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => v,
+                Err(_) if !status.is_success() => serde_json::Value::Null,
                 Err(_) => {
                     tracing::warn!(status = status.as_u16(), "malformed processor response");
                     return ProcessorOutcome::failed("malformed_processor_response");
@@ -197,23 +233,30 @@ fn interpret(status: u16, body: &serde_json::Value) -> ProcessorOutcome {
             })
             .map(str::to_owned)
     };
+    let reference = |intent: Option<&serde_json::Value>| id_like(intent.and_then(|i| i.get("id")));
     match status {
         200..=299 => match body.get("status").and_then(|s| s.as_str()) {
             Some("succeeded") => ProcessorOutcome {
                 status: ChargeStatus::Succeeded,
                 reason: None,
-                reference: id_like(body.get("id")),
+                reference: reference(Some(body)),
             },
+            // Stripe may still settle it: asked again with the same key later.
             Some("processing") => ProcessorOutcome {
                 status: ChargeStatus::Failed,
                 reason: Some("processing".into()),
-                reference: id_like(body.get("id")),
+                reference: reference(Some(body)),
             },
-            Some("requires_payment_method" | "requires_action" | "canceled") => ProcessorOutcome {
-                status: ChargeStatus::Declined,
-                reason: Some("authentication_required".into()),
-                reference: id_like(body.get("id")),
-            },
+            // Off-session, nobody can authenticate: the customer must come back on-session.
+            Some("requires_action") => declined("authentication_required", reference(Some(body))),
+            Some("requires_payment_method") => {
+                let err = body.get("last_payment_error");
+                let reason = code_like(err.and_then(|e| e.get("decline_code")))
+                    .or_else(|| code_like(err.and_then(|e| e.get("code"))))
+                    .unwrap_or_else(|| "card_declined".into());
+                declined(&reason, reference(Some(body)))
+            }
+            Some("canceled") => declined("canceled", reference(Some(body))),
             _ => {
                 tracing::warn!(status, "malformed processor response");
                 ProcessorOutcome::failed("malformed_processor_response")
@@ -224,22 +267,36 @@ fn interpret(status: u16, body: &serde_json::Value) -> ProcessorOutcome {
             let reason = code_like(err.and_then(|e| e.get("decline_code")))
                 .or_else(|| code_like(err.and_then(|e| e.get("code"))))
                 .unwrap_or_else(|| "card_declined".into());
-            ProcessorOutcome {
-                status: ChargeStatus::Declined,
-                reason: Some(reason),
-                reference: id_like(
-                    err.and_then(|e| e.get("payment_intent"))
-                        .and_then(|p| p.get("id")),
-                ),
-            }
+            declined(
+                &reason,
+                reference(err.and_then(|e| e.get("payment_intent"))),
+            )
         }
+        // Our secret key is wrong or lacks permission: an operator's problem, not the
+        // customer's. Failed (retried with the same key once fixed), never a decline that would
+        // walk the subscription towards deactivation.
+        401 | 403 => {
+            tracing::error!(status, "processor refused our credentials");
+            ProcessorOutcome::failed("processor_auth_failed")
+        }
+        // In progress under this key, rate limited, or the processor's fault: transient.
         409 | 429 | 500..=599 => ProcessorOutcome::failed("processor_unavailable"),
         _ => {
-            // 400/401/403/404: our request or credentials are wrong; retrying the same call will
-            // not help, but nothing was paid either, so it is a failure for an operator to see.
+            // 400/404/…: Stripe refused the request itself (unknown customer, a payment method
+            // attached to another customer, a key reused with other parameters). Sending it
+            // again cannot help: declined, so the renewal job's schedule ends it instead of a
+            // retry every run forever. The processor's message is not kept (it may quote input).
             tracing::error!(status, "processor rejected the request");
-            ProcessorOutcome::failed("processor_rejected")
+            declined("invalid_request", None)
         }
+    }
+}
+
+fn declined(reason: &str, reference: Option<String>) -> ProcessorOutcome {
+    ProcessorOutcome {
+        status: ChargeStatus::Declined,
+        reason: Some(reason.to_owned()),
+        reference,
     }
 }
 
@@ -267,6 +324,71 @@ mod tests {
         assert_eq!(
             interpret(200, &json!({"weird": true})).reason.as_deref(),
             Some("malformed_processor_response")
+        );
+    }
+
+    #[test]
+    fn stripe_answers_map_to_outcomes_as_stripe_documents_them() {
+        let o = |status, body| {
+            let o = interpret(status, &body);
+            (o.status, o.reason)
+        };
+        let d = |r: &str| (ChargeStatus::Declined, Some(r.to_owned()));
+        let f = |r: &str| (ChargeStatus::Failed, Some(r.to_owned()));
+        // Off-session charges that need the customer present.
+        assert_eq!(
+            o(200, json!({"id": "pi_1", "status": "requires_action"})),
+            d("authentication_required")
+        );
+        assert_eq!(
+            o(
+                402,
+                json!({"error": {"type": "card_error", "code": "authentication_required",
+                    "decline_code": "authentication_required"}})
+            ),
+            d("authentication_required")
+        );
+        assert_eq!(
+            o(
+                200,
+                json!({"id": "pi_1", "status": "requires_payment_method",
+                    "last_payment_error": {"code": "card_declined", "decline_code": "lost_card"}})
+            ),
+            d("lost_card")
+        );
+        assert_eq!(
+            o(
+                200,
+                json!({"id": "pi_1", "status": "requires_payment_method"})
+            ),
+            d("card_declined")
+        );
+        // A 402 without decline_code (localstripe's) falls back to the code.
+        assert_eq!(
+            o(402, json!({"error": {"code": "expired_card"}})),
+            d("expired_card")
+        );
+        // Stripe refusing the request itself is final, and never echoes its message.
+        let unknown_customer = json!({"error": {"type": "invalid_request_error",
+            "code": "resource_missing", "param": "customer",
+            "message": "No such customer: 'acct_4242424242424242'"}});
+        let rejected = interpret(400, &unknown_customer);
+        assert_eq!(
+            (rejected.status, rejected.reason.as_deref()),
+            (ChargeStatus::Declined, Some("invalid_request"))
+        );
+        assert_eq!(o(404, serde_json::Value::Null), d("invalid_request"));
+        assert_eq!(o(422, json!({})), d("invalid_request"));
+        // Our credentials: an operator's problem, retried with the same key.
+        assert_eq!(o(401, json!({})), f("processor_auth_failed"));
+        assert_eq!(o(403, json!({})), f("processor_auth_failed"));
+        // Transient: the same key goes again.
+        for status in [409, 429, 500, 502, 503] {
+            assert_eq!(o(status, json!({})), f("processor_unavailable"), "{status}");
+        }
+        assert_eq!(
+            o(200, json!({"id": "pi_1", "status": "processing"})),
+            f("processing")
         );
     }
 

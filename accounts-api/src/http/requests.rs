@@ -185,6 +185,12 @@ pub struct PaymentBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, format = Email, max_length = 254)]
     pub email: Sent,
+    /// The processor's customer the token belongs to (Stripe: the `cus_…` the `pm_…` is
+    /// attached to). Not secret; stored with the token in the vault and sent with its renewal
+    /// charges. Omit it for processors without customer objects.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub processor_customer: Sent,
     #[serde(flatten)]
     #[schema(ignore)]
     pub unknown: Map<String, Value>,

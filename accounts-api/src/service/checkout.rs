@@ -23,7 +23,7 @@ use crate::model::{
 use crate::storage::{Checkout, Extras, IdempotencyWrite, Index, Storage, StorageError};
 use crate::vault::{VaultClient, VaultError};
 use shared::vault_api::StorePaymentMethodRequest;
-use shared::{CardBrand, Currency, Expiry, Last4, PaymentType, SecretString};
+use shared::{CardBrand, Currency, Expiry, Last4, PaymentType, ProcessorCustomer, SecretString};
 
 /// One item of the order.
 pub struct ItemInput {
@@ -42,6 +42,8 @@ pub struct PaymentInput {
     pub last4: Option<Last4>,
     pub expiry: Option<Expiry>,
     pub email: Option<String>,
+    /// The processor's customer of the token (`payment.processorCustomer`), if given.
+    pub processor_customer: Option<ProcessorCustomer>,
 }
 
 /// A parsed, valid checkout (without its token).
@@ -243,6 +245,7 @@ async fn save_token(
         exp_month: p.expiry.map(|e| i64::from(e.month())),
         exp_year: p.expiry.map(|e| i64::from(e.year())),
         email: p.email.clone(),
+        processor_customer: p.processor_customer.as_ref().map(|c| c.as_str().to_owned()),
     };
     let view = deps.vault.store(&req).await.map_err(CheckoutError::Vault)?;
     Ok(PaymentMethodRef {
@@ -427,6 +430,7 @@ mod tests {
                 last4: None,
                 expiry: None,
                 email: None,
+                processor_customer: None,
             },
             consent: Consent {
                 presented: true,

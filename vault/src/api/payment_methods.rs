@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use shared::domain::{
     AccountId, CardBrand, Expiry, FieldError, Last4, MaskedEmail, PaymentMethodId, PaymentType,
-    StoreId,
+    ProcessorCustomer, StoreId,
 };
 use shared::secret::PaymentToken;
 use shared::vault_api::{
@@ -44,6 +44,7 @@ const STORE_FIELDS: Fields = &[
     ("expMonth", "must be an integer"),
     ("expYear", "must be an integer"),
     ("email", "must be a string"),
+    ("processorCustomer", "must be a string"),
 ];
 
 fn required<T>(v: Option<T>, field: &'static str) -> Result<T, ApiError> {
@@ -79,6 +80,7 @@ fn parse_store(
         last4: None,
         expiry: None,
         masked_email: None,
+        processor_customer: None,
     };
     match kind {
         PaymentType::Card => {
@@ -98,6 +100,12 @@ fn parse_store(
             new.masked_email = Some(MaskedEmail::mask(&email).map_err(inv)?);
         }
     }
+    new.processor_customer = req
+        .processor_customer
+        .as_deref()
+        .map(ProcessorCustomer::parse)
+        .transpose()
+        .map_err(inv)?;
     Ok((new, token))
 }
 

@@ -212,7 +212,7 @@ impl Vault {
         &self,
         processor: &dyn Processor,
         req: &ChargeRequest,
-        customer: &str,
+        customer: Option<&str>,
     ) -> Result<ProcessorOutcome, CoreError> {
         let processor_key = format!("{}:{}", req.store, req.key);
         let clear = self
@@ -283,9 +283,10 @@ impl Vault {
         let (stored, audited) = tokio::join!(self.store.durable(), self.audit.durable());
         stored?;
         audited?;
-        let result = self
-            .call_processor(&*processor, &req, &record.account)
-            .await?;
+        // The processor's customer stored with the token (never our account id, which the
+        // processor does not know: Stripe refuses an unknown `customer`).
+        let customer = record.processor_customer.as_ref().map(|c| c.as_str());
+        let result = self.call_processor(&*processor, &req, customer).await?;
         let done = ChargeEntry {
             status: status_str(result.status).to_owned(),
             reason: result.reason,
@@ -382,6 +383,7 @@ mod tests {
             last4: None,
             expiry: None,
             masked_email: None,
+            processor_customer: None,
         };
         let token = shared::SecretString::new("tok_ledger".into());
         let s = v

@@ -44,7 +44,9 @@ use crate::crypto::{CryptoError, Fingerprinter, Keyring, SecretKey};
 use crate::keys::{self, KeyError, MasterKeyFile, SealedKeyFile};
 use crate::processor::Processor;
 use crate::store::{Store, StoreError};
-use shared::domain::{AccountId, CardBrand, Expiry, Last4, MaskedEmail, PaymentType, StoreId};
+use shared::domain::{
+    AccountId, CardBrand, Expiry, Last4, MaskedEmail, PaymentType, ProcessorCustomer, StoreId,
+};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Why a use case failed. Messages are fixed text, counts, versions or paths, never secrets.
@@ -104,6 +106,8 @@ pub struct NewPaymentMethod {
     pub last4: Option<Last4>,
     pub expiry: Option<Expiry>,
     pub masked_email: Option<MaskedEmail>,
+    /// The processor's customer of the token (Stripe `cus_…`), when the checkout gave one.
+    pub processor_customer: Option<ProcessorCustomer>,
 }
 
 /// Where the master keyring is persisted, so rotation and retirement survive a restart.
@@ -466,6 +470,7 @@ mod tests {
             last4: Some(Last4::parse("4242").unwrap()),
             expiry: Some(Expiry::parse(1, 2031).unwrap()),
             masked_email: None,
+            processor_customer: None,
         }
     }
 

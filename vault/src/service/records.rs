@@ -87,6 +87,7 @@ impl Vault {
             sealed_token: hex::encode(&sealed.ciphertext),
             fingerprint: hex::encode(fingerprints[0]),
             fp_version: Some(fp_version),
+            processor_customer: new.processor_customer.clone(),
         };
         let stored = self.store.insert(record, &fingerprints)?;
         drop(guard);

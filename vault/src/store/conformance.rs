@@ -68,6 +68,7 @@ pub fn record(id: &str, store: &str, account: &str) -> StoredRecord {
         sealed_token: "00".into(),
         fingerprint: hex::encode(fp_of(id)),
         fp_version: None,
+        processor_customer: None,
     }
 }
 

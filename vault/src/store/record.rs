@@ -5,7 +5,7 @@
 use crate::crypto::SealedToken;
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
-use shared::domain::{CardBrand, Last4, MaskedEmail, PaymentType};
+use shared::domain::{CardBrand, Last4, MaskedEmail, PaymentType, ProcessorCustomer};
 
 /// One stored payment method: the masked fields in clear, the token sealed.
 #[derive(Clone, Serialize, Deserialize)]
@@ -41,6 +41,12 @@ pub struct StoredRecord {
     /// Fingerprint-key version of `fingerprint`; absent = 1 (before fingerprint rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fp_version: Option<u32>,
+    /// The processor's customer the token belongs to (Stripe `cus_…`), sent with its charges.
+    /// Non-secret metadata in clear like the display fields. Absent in records written before it
+    /// existed and for processors without customers; a record written with it is not readable
+    /// by an older vault (`deny_unknown_fields`), like every field added here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor_customer: Option<ProcessorCustomer>,
 }
 
 impl StoredRecord {
@@ -55,6 +61,10 @@ impl StoredRecord {
             exp_month: self.exp_month,
             exp_year: self.exp_year,
             masked_email: self.masked_email.as_ref().map(|m| m.as_str().to_owned()),
+            processor_customer: self
+                .processor_customer
+                .as_ref()
+                .map(|c| c.as_str().to_owned()),
             created: self.created.clone(),
         }
     }

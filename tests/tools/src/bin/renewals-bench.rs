@@ -66,6 +66,7 @@ async fn store_cards(accounts: &VaultClient, n: usize) -> Vec<String> {
             exp_month: Some(12),
             exp_year: Some(2040),
             email: None,
+            processor_customer: None,
         };
         ids.push(accounts.store(&req).await.unwrap().id);
     }

@@ -9,6 +9,16 @@
 //! - `tok_fail_malformed…` → 200 with a body that is not a payment intent (connector tests);
 //! - anything else → a succeeded payment intent.
 //!
+//! Customers follow Stripe's rules, so the sandbox refuses what Stripe refuses (each with Stripe's
+//! 400 `invalid_request_error`, not stored for idempotency, as Stripe does for invalid requests):
+//! - `customer` must be a customer made here (`POST /v1/customers` → `cus_…`); any other value,
+//!   such as a merchant's own account id, is `resource_missing` (Stripe: "No such customer");
+//! - a payment method attached to a customer (`POST /v1/payment_methods/{pm}/attach`,
+//!   `customer=cus_…`) is charged only with that `customer`: without one, or with another, 400;
+//! - an unattached `pm_…` is single-use, as at Stripe: its second charge (another key) is 400.
+//!   The `tok_…` test tokens above stand for saved cards and stay reusable (the sandbox's
+//!   shortcut; they need no customer).
+//!
 //! Idempotency follows Stripe: a repeated key with the same parameters replays the first answer
 //! (and is not a new charge); with different parameters it is refused with 400. Transient 5xx
 //! answers are not stored, so a retry with the same key is attempted again.
@@ -52,6 +62,12 @@ struct Ledger {
     transient_failures: u64,
     /// Keys whose first request is still being decided: a concurrent repeat gets Stripe's 409.
     in_flight: std::collections::HashSet<String>,
+    /// Customers made with `POST /v1/customers`.
+    customers: std::collections::HashSet<String>,
+    /// Payment method → the customer it is attached to.
+    attached: HashMap<String, String>,
+    /// Unattached `pm_…` ids already charged once (Stripe refuses a second use).
+    used_unattached: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -67,6 +83,10 @@ struct ChargeParams {
     confirm: Option<String>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default, rename = "metadata[idempotency_key]")]
+    metadata_idempotency_key: Option<String>,
+    #[serde(default, rename = "metadata[description]")]
+    metadata_description: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +158,11 @@ async fn main() {
     };
     let router = Router::new()
         .route("/v1/payment_intents", post(create_payment_intent))
+        .route("/v1/customers", post(create_customer))
+        .route(
+            "/v1/payment_methods/{id}/attach",
+            post(attach_payment_method),
+        )
         .route("/_sandbox/charges", get(list_charges))
         .with_state(app);
     let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -183,22 +208,148 @@ async fn create_payment_intent(
     }
 }
 
+/// Stripe's 401 unless the request carries the secret key as a bearer token.
+fn unauthorized(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_some_and(|b| app.secret_key.ct_eq(b)) {
+        return None;
+    }
+    Some(stripe_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "api_key_invalid",
+        "Invalid API key provided.",
+    ))
+}
+
+/// Stripe's 400 for a request it refuses, naming the parameter.
+fn invalid_request(code: Option<&str>, param: &str, message: &str) -> Response {
+    let mut error = serde_json::json!({"type": "invalid_request_error", "param": param,
+        "message": message});
+    if let Some(code) = code {
+        error["code"] = code.into();
+    }
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": error })),
+    )
+        .into_response()
+}
+
+/// `POST /v1/customers`: a new customer (no fields are needed here).
+async fn create_customer(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&app, &headers) {
+        return r;
+    }
+    let id = format!("cus_{}", uuid::Uuid::new_v4().simple());
+    app.ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .customers
+        .insert(id.clone());
+    Json(serde_json::json!({"id": id, "object": "customer"})).into_response()
+}
+
+#[derive(Deserialize)]
+struct AttachParams {
+    customer: String,
+}
+
+/// `POST /v1/payment_methods/{pm}/attach` with `customer=cus_…`, as Stripe.js checkouts do.
+async fn attach_payment_method(
+    State(app): State<App>,
+    headers: HeaderMap,
+    axum::extract::Path(pm): axum::extract::Path<String>,
+    form: Result<Form<AttachParams>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if let Some(r) = unauthorized(&app, &headers) {
+        return r;
+    }
+    let Ok(Form(AttachParams { customer })) = form else {
+        return invalid_request(
+            Some("parameter_missing"),
+            "customer",
+            "Missing required param: customer.",
+        );
+    };
+    if !pm.starts_with("pm_") {
+        return invalid_request(
+            Some("resource_missing"),
+            "payment_method",
+            "No such PaymentMethod.",
+        );
+    }
+    let mut ledger = app.ledger.lock().unwrap_or_else(|e| e.into_inner());
+    if !ledger.customers.contains(&customer) {
+        return invalid_request(Some("resource_missing"), "customer", "No such customer.");
+    }
+    if ledger.attached.get(&pm).is_some_and(|c| *c != customer) {
+        return invalid_request(
+            None,
+            "payment_method",
+            "The payment method you provided has already been attached to a customer.",
+        );
+    }
+    if ledger.used_unattached.contains(&pm) {
+        return invalid_request(
+            None,
+            "payment_method",
+            "This PaymentMethod was previously used without being attached to a Customer or was \
+             detached from a Customer, and may not be used again.",
+        );
+    }
+    ledger.attached.insert(pm.clone(), customer.clone());
+    Json(serde_json::json!({"id": pm, "object": "payment_method", "customer": customer}))
+        .into_response()
+}
+
+/// Stripe's customer rules for a new payment intent (module header); `None` when it may go
+/// ahead, having marked an unattached `pm_…` as used.
+fn refuse_by_customer_rules(ledger: &mut Ledger, params: &ChargeParams) -> Option<Response> {
+    if let Some(c) = &params.customer
+        && !ledger.customers.contains(c)
+    {
+        return Some(invalid_request(
+            Some("resource_missing"),
+            "customer",
+            "No such customer.",
+        ));
+    }
+    let pm = &params.payment_method;
+    match ledger.attached.get(pm) {
+        Some(owner) if params.customer.as_deref() != Some(owner.as_str()) => Some(invalid_request(
+            None,
+            "customer",
+            if params.customer.is_none() {
+                "The provided PaymentMethod is attached to a Customer: pass that Customer \
+                     as `customer` to use it."
+            } else {
+                "The provided PaymentMethod is attached to another Customer."
+            },
+        )),
+        Some(_) => None,
+        None if pm.starts_with("pm_") && !ledger.used_unattached.insert(pm.clone()) => {
+            Some(invalid_request(
+                None,
+                "payment_method",
+                "This PaymentMethod was previously used without being attached to a Customer or \
+                 was detached from a Customer, and may not be used again.",
+            ))
+        }
+        None => None,
+    }
+}
+
 async fn decide(
     app: App,
     headers: HeaderMap,
     form: Result<Form<ChargeParams>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !bearer.is_some_and(|b| app.secret_key.ct_eq(b)) {
-        return stripe_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API key provided.",
-        );
+    if let Some(r) = unauthorized(&app, &headers) {
+        return r;
     }
     let Ok(Form(params)) = form else {
         return stripe_error(
@@ -236,7 +387,7 @@ async fn decide(
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             return (status, [("idempotent-replayed", "true")], Json(body)).into_response();
         }
-        if !ledger.in_flight.insert(k.clone()) {
+        if ledger.in_flight.contains(k) {
             return stripe_error(
                 StatusCode::CONFLICT,
                 "idempotency_error",
@@ -244,6 +395,15 @@ async fn decide(
                 "There is currently another in-progress request using this Idempotent Key.",
             );
         }
+        if let Some(refused) = refuse_by_customer_rules(&mut ledger, &params) {
+            return refused;
+        }
+        ledger.in_flight.insert(k.clone());
+    } else if let Some(refused) = refuse_by_customer_rules(
+        &mut app.ledger.lock().unwrap_or_else(|e| e.into_inner()),
+        &params,
+    ) {
+        return refused;
     }
     let response = decide_new(&app, key.clone(), params).await;
     if let Some(k) = &key {
@@ -310,6 +470,10 @@ async fn decide_new(app: &App, key: Option<String>, params: ChargeParams) -> Res
         "currency": params.currency.to_ascii_lowercase(),
         "customer": params.customer,
         "description": params.description,
+        "metadata": {
+            "idempotency_key": params.metadata_idempotency_key,
+            "description": params.metadata_description,
+        },
         "status": if decline.is_some() { "requires_payment_method" } else { "succeeded" },
     });
     let (status, body) = match decline {

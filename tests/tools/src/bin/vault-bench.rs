@@ -146,6 +146,7 @@ fn store_in_process() -> Result<(), BoxError> {
         last4: Some(Last4::parse("4242")?),
         expiry: Some(Expiry::parse(12, 2030)?),
         masked_email: None,
+        processor_customer: None,
     };
     let n = 20_000u32;
     let start = Instant::now();

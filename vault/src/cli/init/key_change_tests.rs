@@ -43,6 +43,7 @@ fn store(v: &Vault, token: &str) -> Stored {
         last4: None,
         expiry: None,
         masked_email: None,
+        processor_customer: None,
     };
     let token = shared::SecretString::new(token.to_owned());
     v.store_payment_method(&new, &token, crate::audit::AuditDraft::default())

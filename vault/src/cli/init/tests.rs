@@ -55,6 +55,7 @@ fn instances_with_the_same_keys_share_one_database_and_other_keys_are_refused() 
         last4: None,
         expiry: None,
         masked_email: None,
+        processor_customer: None,
     };
     let token = shared::SecretString::new("tok_shared".into());
     let stored = a

@@ -13,7 +13,7 @@ use crate::model::{Contact, IntervalUnit, normalise_email, to_minor};
 use crate::service::checkout::{CheckoutInput, ItemInput, PaymentInput};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use shared::{CardBrand, Currency, Expiry, Last4, PaymentType, SecretString};
+use shared::{CardBrand, Currency, Expiry, Last4, PaymentType, ProcessorCustomer, SecretString};
 
 fn boolean(v: &Sent, field: &str, p: &mut Problems) -> bool {
     match v {
@@ -314,7 +314,24 @@ fn payment(pm: &PaymentBody, p: &mut Problems) -> Option<PaymentInput> {
                 last4: None,
                 expiry: None,
                 email,
+                processor_customer: processor_customer(pm, p),
             })
+        }
+    }
+}
+
+/// `payment.processorCustomer` (optional): the processor's customer id, e.g. Stripe's `cus_…`.
+fn processor_customer(pm: &PaymentBody, p: &mut Problems) -> Option<ProcessorCustomer> {
+    const FIELD: &str = "payment.processorCustomer";
+    match &pm.processor_customer {
+        None | Some(Value::Null) => None,
+        // Not trimmed: an id with spaces around it is not the processor's id.
+        Some(Value::String(s)) => ProcessorCustomer::parse(s)
+            .map_err(|e| p.add(FIELD, e.message))
+            .ok(),
+        Some(_) => {
+            p.add(FIELD, "must be a string");
+            None
         }
     }
 }
@@ -357,6 +374,7 @@ fn card(pm: &PaymentBody, p: &mut Problems) -> PaymentInput {
         last4,
         expiry,
         email: None,
+        processor_customer: processor_customer(pm, p),
     }
 }
 
