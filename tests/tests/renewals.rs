@@ -612,11 +612,22 @@ async fn a_rebill_that_failed_while_the_vault_was_down_is_dropped_when_the_custo
     let (_, sub) = checkout(&sys, &unique_token(), true).await;
     let store = sys.demo.store.clone();
 
-    // The vault goes away; the rebill records its intent and fails before reaching it.
+    // The vault goes away; the rebill records its intent and fails before reaching it. Only
+    // once nothing accepts connections at the vault's address: a request that got in while it
+    // was dying may have reached it, and such an intent is (rightly) finished, not dropped.
     let _ = std::process::Command::new("kill")
         .arg("-KILL")
         .arg(sys.vault_pid.to_string())
         .status();
+    let vault: std::net::SocketAddr = sys.vault_addr.parse().unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(vault).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the vault still accepts connections"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let a = charge_now(&sys, &sub).await;
     assert_eq!(
         a.json["subscription"][0]["error"]["subscription"], "VAULT_UNAVAILABLE",

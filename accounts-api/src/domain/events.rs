@@ -45,7 +45,7 @@ pub enum DomainEvent {
         amount: Money,
         next_charge_date: i64,
     },
-    /// A renewal charge succeeded.
+    /// A renewal charge succeeded (FastSpring's `status: "successful"`, `timestamp`: when).
     ChargeCompleted {
         subscription: SubscriptionId,
         account: AccountId,
@@ -53,6 +53,7 @@ pub enum DomainEvent {
         period: i64,
         reference: Option<String>,
         next_charge_date: i64,
+        timestamp: i64,
     },
     /// A renewal charge was declined.
     ChargeFailed {

@@ -535,7 +535,14 @@ mod tests {
         assert_eq!(
             properties::<PaymentBody>(),
             [
-                "brand", "email", "expMonth", "expYear", "last4", "token", "type"
+                "brand",
+                "email",
+                "expMonth",
+                "expYear",
+                "last4",
+                "processorCustomer",
+                "token",
+                "type"
             ]
         );
     }

@@ -643,6 +643,7 @@ async fn settle_success(
                 period: p.period,
                 reference: reference.clone(),
                 next_charge_date: s.next,
+                timestamp: now,
             })])
         })
         .await?;
