@@ -407,3 +407,51 @@ impl SledStorage {
         }
     }
 }
+
+/// [`Storage::list_orders`](crate::storage::Storage::list_orders): every order of the store is
+/// read and filtered (sled has no secondary index), then sorted by completion time and id.
+pub(super) fn list_orders(
+    tree: &sled::Tree,
+    store: &StoreId,
+    query: &OrderQuery,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<OrderRecord>, usize), StorageError> {
+    let mut all = Vec::new();
+    for kv in tree.scan_prefix(format!("o/{store}/").as_bytes()) {
+        let (_, v) = kv?;
+        let o: OrderRecord = serde_json::from_slice(&v)?;
+        if query.matches(&o) {
+            all.push(o);
+        }
+    }
+    all.sort_by(|a, b| {
+        (a.completed, a.id.as_str().as_bytes()).cmp(&(b.completed, b.id.as_str().as_bytes()))
+    });
+    let total = all.len();
+    Ok((all.into_iter().skip(offset).take(limit).collect(), total))
+}
+
+/// [`Storage::find_subscriptions`](crate::storage::Storage::find_subscriptions): every
+/// subscription of the store is read and filtered, in key (= id) order.
+pub(super) fn find_subscriptions(
+    tree: &sled::Tree,
+    store: &StoreId,
+    query: &SubscriptionQuery,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<SubscriptionId>, usize), StorageError> {
+    let mut ids = Vec::new();
+    let mut total = 0;
+    for kv in tree.scan_prefix(format!("b/{store}/").as_bytes()) {
+        let (_, v) = kv?;
+        let s: SubscriptionRecord = serde_json::from_slice(&v)?;
+        if query.matches(&s) {
+            if total >= offset && ids.len() < limit {
+                ids.push(s.id);
+            }
+            total += 1;
+        }
+    }
+    Ok((ids, total))
+}
