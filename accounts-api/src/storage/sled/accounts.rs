@@ -409,7 +409,9 @@ impl SledStorage {
 }
 
 /// [`Storage::list_orders`](crate::storage::Storage::list_orders): every order of the store is
-/// read and filtered (sled has no secondary index), then sorted by completion time and id.
+/// read and filtered (sled has no secondary index); only the (completion time, key) of each
+/// selected one is kept and sorted, and the page's records are read again, so a large store
+/// costs a scan, not a copy of its orders in memory.
 pub(super) fn list_orders(
     tree: &sled::Tree,
     store: &StoreId,
@@ -417,19 +419,25 @@ pub(super) fn list_orders(
     offset: usize,
     limit: usize,
 ) -> Result<(Vec<OrderRecord>, usize), StorageError> {
-    let mut all = Vec::new();
+    let mut selected = Vec::new();
     for kv in tree.scan_prefix(format!("o/{store}/").as_bytes()) {
-        let (_, v) = kv?;
+        let (k, v) = kv?;
         let o: OrderRecord = serde_json::from_slice(&v)?;
         if query.matches(&o) {
-            all.push(o);
+            // Keys are `o/{store}/{id}`: within one store their order is the ids' byte order.
+            selected.push((o.completed, k));
         }
     }
-    all.sort_by(|a, b| {
-        (a.completed, a.id.as_str().as_bytes()).cmp(&(b.completed, b.id.as_str().as_bytes()))
-    });
-    let total = all.len();
-    Ok((all.into_iter().skip(offset).take(limit).collect(), total))
+    selected.sort();
+    let total = selected.len();
+    let mut page = Vec::new();
+    for (_, k) in selected.into_iter().skip(offset).take(limit) {
+        // Absent: deleted since the scan (an erasure); the page is one shorter.
+        if let Some(v) = tree.get(&k)? {
+            page.push(serde_json::from_slice(&v)?);
+        }
+    }
+    Ok((page, total))
 }
 
 /// [`Storage::find_subscriptions`](crate::storage::Storage::find_subscriptions): every
