@@ -68,7 +68,7 @@ fn map_err(e: StorageError, action: &'static str) -> ApiError {
     tags = ["subscriptions"],
     summary = "Read a subscription, or several (comma-separated ids)",
     params(("id" = String, Path, description = "The id, or up to 100 comma-separated ids (scoped to the caller's store)")),
-    responses((status = 200, description = "The subscription (one id); `{subscriptions: [...]}` with an error item for each unknown id (several)", body = SubscriptionRead), (status = 404, description = "No id names a subscription", body = SubscriptionRead)),
+    responses((status = 200, description = "The subscription (one id); `{subscriptions: [...]}` with an error item for each unknown id (several)", body = SubscriptionRead), (status = 404, description = "No id names a subscription", body = crate::http::views::SubscriptionMissing)),
     security(("basic" = []))
 )]
 async fn read(
@@ -126,10 +126,10 @@ async fn read(
         ("accountId" = Option<String>, Query, description = "That account's subscription objects"),
         ("products" = Option<String>, Query, description = "Comma-separated product paths"),
         ("status" = Option<String>, Query, description = "Comma-separated states: active, overdue, canceled, deactivated, trial, paused"),
-        ("scope" = Option<String>, Query, description = "`live`, `test` or `all` (default)"),
-        ("event" = Option<String>, Query, description = "What `begin`/`end` apply to: `activated` (default: the start), `canceled`, `charged` (the last renewal charge); without a range, only subscriptions that had it"),
-        ("begin" = Option<String>, Query, description = "First day included: `yyyy-mm-dd`, UTC"),
-        ("end" = Option<String>, Query, description = "First day no longer included: `yyyy-mm-dd`, UTC; after `begin`"),
+        ("scope" = Option<String>, Query, pattern = "^(live|test|all)$", description = "`live`, `test` or `all` (default)"),
+        ("event" = Option<String>, Query, pattern = "^(activated|canceled|charged|subscription\\.activated|subscription\\.canceled|subscription\\.charge\\.completed)$", description = "What `begin`/`end` apply to: `activated` (default: the start), `canceled`, `charged` (the last renewal charge); without a range, only subscriptions that had it"),
+        ("begin" = Option<String>, Query, pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{1,2}/[0-9]{1,2}/([0-9]{2}|[0-9]{4}))$", description = "First day included: `yyyy-mm-dd`, UTC"),
+        ("end" = Option<String>, Query, pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{1,2}/[0-9]{1,2}/([0-9]{2}|[0-9]{4}))$", description = "First day no longer included: `yyyy-mm-dd`, UTC; after `begin`"),
         ("page" = Option<u32>, Query, minimum = 1),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
     ),

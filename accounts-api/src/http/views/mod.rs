@@ -542,6 +542,27 @@ any_of!(
     OrderMany,
 );
 
+/// The 404 of `GET /orders/{id}` (schema only): the error envelope for one id,
+/// `{"orders": [error, …]}` when none of several ids names an order.
+pub enum OrderMissing {}
+
+any_of!(
+    OrderMissing,
+    "The error envelope (one id), or `{\"orders\": [...]}` of error items (several ids).",
+    crate::error::ErrorEnvelope<'static>,
+    OrderMany,
+);
+
+/// The 404 of `GET /subscriptions/{id}` (schema only), as [`OrderMissing`].
+pub enum SubscriptionMissing {}
+
+any_of!(
+    SubscriptionMissing,
+    "The error envelope (one id), or `{\"subscriptions\": [...]}` of error items (several ids).",
+    crate::error::ErrorEnvelope<'static>,
+    SubscriptionMany,
+);
+
 /// `GET /subscriptions/{id}`: the subscription of one id, `{"subscriptions": […]}` for several.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]

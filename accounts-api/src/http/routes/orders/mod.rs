@@ -47,7 +47,7 @@ const ACTION: &str = Complete::NAME;
     tags = ["orders"],
     summary = "Read an order, or several (comma-separated ids)",
     params(("id" = String, Path, description = "The id, or up to 100 comma-separated ids (scoped to the caller's store)")),
-    responses((status = 200, description = "The order (one id); `{orders: [...]}` with an error item for each unknown id (several)", body = OrderRead), (status = 404, description = "No id names an order", body = OrderRead)),
+    responses((status = 200, description = "The order (one id); `{orders: [...]}` with an error item for each unknown id (several)", body = OrderRead), (status = 404, description = "No id names an order", body = crate::http::views::OrderMissing)),
     security(("basic" = []))
 )]
 async fn read(
@@ -102,8 +102,8 @@ async fn read(
     tags = ["orders"],
     summary = "List orders by completion date range and/or product, a page at a time",
     params(
-        ("begin" = Option<String>, Query, description = "First day included: `yyyy-mm-dd` (or `M/D/YY`), UTC"),
-        ("end" = Option<String>, Query, description = "First day no longer included: `yyyy-mm-dd` (or `M/D/YY`), UTC; after `begin`"),
+        ("begin" = Option<String>, Query, pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{1,2}/[0-9]{1,2}/([0-9]{2}|[0-9]{4}))$", description = "First day included: `yyyy-mm-dd` (or `M/D/YY`), UTC"),
+        ("end" = Option<String>, Query, pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{1,2}/[0-9]{1,2}/([0-9]{2}|[0-9]{4}))$", description = "First day no longer included: `yyyy-mm-dd` (or `M/D/YY`), UTC; after `begin`"),
         ("products" = Option<String>, Query, description = "Comma-separated product paths: orders with an item of one of them"),
         ("returns" = Option<bool>, Query, description = "`true`: only orders with returns (Strongroom records none)"),
         ("page" = Option<u32>, Query, minimum = 1),
