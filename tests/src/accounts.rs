@@ -488,6 +488,11 @@ impl Merchant {
         self.call("GET", &format!("/orders/{id}"), None).await
     }
 
+    /// `GET /orders?k=v&…` (`order.lookup`).
+    pub async fn list_orders(&self, query: &[(&str, &str)]) -> Answer {
+        self.call("GET", &with_query("/orders", query), None).await
+    }
+
     /// `GET /subscriptions/{id}`.
     pub async fn get_subscription(&self, id: &str) -> Answer {
         self.call("GET", &format!("/subscriptions/{id}"), None)

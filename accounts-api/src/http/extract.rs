@@ -1,11 +1,13 @@
 //! The request plumbing every handler shares, as extractors: [`Caller`] (the store of the HTTP
-//! Basic credentials), [`Mutation`] (a mutating request: authenticated, body read within the
-//! limit, its Idempotency-Key claimed in storage) and [`Mutation::object`] (a strict JSON object
+//! Basic credentials; a query parameter the route does not declare is then refused, see
+//! `http::query`), [`Mutation`] (a mutating request: authenticated, query checked, body read
+//! within the limit, its Idempotency-Key claimed in storage) and [`Mutation::object`] (a strict JSON object
 //! body). Each refusal is the error envelope of the handler's FastSpring action, which the
 //! extractor knows from its [`Action`] type parameter.
 
 use crate::app::{AppState, SharedState};
 use crate::error::{ApiError, ErrorKind};
+use crate::http::query::Unrecognized;
 use crate::model::{IdempotencyRecord, StoreId};
 use crate::storage::{IdempotencyClaim, IdempotencyWrite, Storage, StorageError};
 use axum::body::Bytes;
@@ -49,8 +51,10 @@ impl<A: Action> FromRequestParts<SharedState> for Caller<A> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+        let store = authorize(state, &parts.headers, A::NAME).await?;
+        declared_query_only(parts, A::NAME)?;
         Ok(Self {
-            store: authorize(state, &parts.headers, A::NAME).await?,
+            store,
             action: PhantomData,
         })
     }
@@ -122,6 +126,7 @@ impl<A: Action> FromRequest<SharedState> for Mutation<A> {
     async fn from_request(req: Request, state: &SharedState) -> Result<Self, Refusal> {
         let (mut parts, body) = req.into_parts();
         let store = authorize(state, &parts.headers, A::NAME).await?;
+        declared_query_only(&parts, A::NAME)?;
         let identity = request_identity(&mut parts, state).await;
         let body = if parts.method == Method::DELETE {
             Bytes::new()
@@ -176,6 +181,15 @@ fn fill(template: &str, params: &[(&str, &str)]) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// 422 naming a query parameter the route does not declare (`http::query`), checked after the
+/// credentials so an anonymous caller learns nothing about the route.
+fn declared_query_only(parts: &Parts, action: &'static str) -> Result<(), ApiError> {
+    match parts.extensions.get::<Unrecognized>() {
+        Some(u) => Err(u.refusal(action)),
+        None => Ok(()),
+    }
 }
 
 /// The caller's store, from HTTP Basic credentials; 401 otherwise.

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod query;
 pub mod requests;
 pub mod routes;
 pub mod views;
@@ -36,7 +37,8 @@ pub fn api_routes() -> utoipa_axum::router::OpenApiRouter<SharedState> {
 
 /// All API routes with the request plumbing every handler shares.
 pub fn router(state: SharedState) -> Router {
-    let (routes, _) = api_routes().split_for_parts();
+    let (routes, doc) = api_routes().split_for_parts();
+    let declared = std::sync::Arc::new(query::Declared::of(&doc));
     routes
         .merge(docs())
         .fallback(not_found)
@@ -44,6 +46,10 @@ pub fn router(state: SharedState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::map_response(envelope_rejections))
+        .layer(axum::middleware::from_fn_with_state(
+            declared,
+            query::mark_unrecognized,
+        ))
         .with_state(state)
 }
 
@@ -256,6 +262,48 @@ mod tests {
             parts.headers,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    #[tokio::test]
+    async fn every_authenticated_operation_refuses_an_undeclared_query_parameter_by_name() {
+        let f = fixture().await;
+        let doc = serde_json::to_value(crate::openapi::document()).unwrap();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let basic = op["security"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|s| s.get("basic").is_some()));
+                if !basic {
+                    continue;
+                }
+                let uri = format!("{}?zz_typo=1", path.replace('{', "").replace('}', "-probe"));
+                let (s, _, v) = send(&f, &method.to_uppercase(), &uri, "{}", true).await;
+                assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{method} {path}: {v}");
+                assert_eq!(v["error"]["zz_typo"], "Unrecognized Key", "{method} {path}");
+                assert_ne!(
+                    v["action"], "request",
+                    "{method} {path}: the route's action"
+                );
+                // Without credentials the answer is still 401: nothing is said about the route.
+                let (s, _, _) = send(&f, &method.to_uppercase(), &uri, "{}", false).await;
+                assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "{checked} operations checked");
+        // Declared parameters pass.
+        let (s, _, v) = send(&f, "GET", "/orders?limit=5&page=1", "", true).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _, v) = send(
+            &f,
+            "GET",
+            "/subscriptions?products=a&status=active",
+            "",
+            true,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
     }
 
     #[tokio::test]

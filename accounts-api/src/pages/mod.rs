@@ -1,6 +1,7 @@
 //! Single sign-on and the customer's account page.
 //!
-//! `GET /accounts/{id}/authenticate` (merchant, Basic auth) issues a one-time link
+//! `GET /accounts/{id}/authenticate` (merchant, Basic auth; several comma-separated ids get a
+//! link each) issues a one-time link
 //! `{base}/account/sso/{token}`: 256 random bits from the system RNG, stored only as their
 //! SHA-256, valid for `STRONGROOM_SSO_TTL_SECS` (5 min by default), consumed in a transaction the
 //! first time it is opened. Opening it creates a session (another 256-bit random value in an
@@ -22,7 +23,7 @@ use crate::domain::DomainEvent;
 use crate::error::{ApiError, StorageError};
 use crate::http::extract::{Action, Caller, actions};
 use crate::http::ok_view;
-use crate::http::views::{ItemError, SsoLinkItem, SsoLinks};
+use crate::http::views::{ItemError, SsoEntry, SsoLinkItem, SsoLinks};
 use crate::model::{AccountRecord, SessionRecord};
 use crate::service::sso::{self, SsoError};
 use crate::storage::Extras;
@@ -91,9 +92,9 @@ fn base_url(state: &SharedState, headers: &HeaderMap) -> Option<String> {
     operation_id = "account_pages.authenticate",
     path = "/accounts/{id}/authenticate",
     tags = ["accounts"],
-    summary = "One-time sign-in link to the account page (single sign-on)",
-    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    responses((status = 200, description = "Success", body = SsoLinks<SsoLinkItem>), (status = 404, description = "Unknown account", body = SsoLinks<ItemError>)),
+    summary = "One-time sign-in link to the account page (single sign-on), for one account or several",
+    params(("id" = String, Path, description = "The id, or up to 100 comma-separated ids (scoped to the caller's store)")),
+    responses((status = 200, description = "A link per known id, an error item per unknown one", body = SsoLinks<SsoEntry>), (status = 404, description = "No id names an account", body = SsoLinks<ItemError>)),
     security(("basic" = []))
 )]
 async fn authenticate(
@@ -103,54 +104,68 @@ async fn authenticate(
     caller: Caller<Authenticate>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Authenticate::NAME;
-    let store = caller.store;
-    let not_found = || {
-        let item =
-            crate::error::envelope(ACTION, Some(("account", &id)), &[("account", "Not found")]);
-        let body = SsoLinks {
-            accounts: vec![ItemError(item)],
-        };
-        (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
-    };
-    // An id that does not parse names no account.
-    let Ok(account) = crate::model::AccountId::parse(&id) else {
-        return Ok(not_found());
-    };
-    let known = state.storage.account(&store, &account).await;
-    if known.map_err(|e| e.into_api(ACTION))?.is_none() {
-        return Ok(not_found());
+    let ids = crate::http::query::ids(&id, "account", ACTION)?;
+    let mut accounts = Vec::with_capacity(ids.len());
+    for raw in ids {
+        accounts.push(match link(&state, &headers, &caller.store, raw).await? {
+            Some(link) => SsoEntry::Link(link),
+            None => SsoEntry::Missing(ItemError(crate::error::envelope(
+                ACTION,
+                Some(("account", raw)),
+                &[("account", "Not found")],
+            ))),
+        });
     }
-    let base = base_url(&state, &headers)
+    if !accounts.iter().any(|a| matches!(a, SsoEntry::Link(_))) {
+        return Ok((StatusCode::NOT_FOUND, axum::Json(SsoLinks { accounts })).into_response());
+    }
+    let mut resp = ok_view(&SsoLinks { accounts });
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// A sign-in link to the account `raw` names; `None` when it names none of the store's (an id
+/// that does not parse names none).
+async fn link(
+    state: &SharedState,
+    headers: &HeaderMap,
+    store: &crate::model::StoreId,
+    raw: &str,
+) -> Result<Option<SsoLinkItem>, ApiError> {
+    const ACTION: &str = Authenticate::NAME;
+    let Ok(account) = crate::model::AccountId::parse(raw) else {
+        return Ok(None);
+    };
+    let known = state.storage.account(store, &account).await;
+    if known.map_err(|e| e.into_api(ACTION))?.is_none() {
+        return Ok(None);
+    }
+    let base = base_url(state, headers)
         .ok_or_else(|| ApiError::invalid(ACTION, "host", "missing or malformed Host header"))?;
     let link = match sso::issue_link(
         state.storage.as_ref(),
-        &store,
+        store,
         &account,
         state.settings.sso_ttl,
     )
     .await
     {
         Ok(link) => link,
-        Err(SsoError::NotFound) => return Ok(not_found()),
+        Err(SsoError::NotFound) => return Ok(None),
         Err(SsoError::NoRandomness) => return Err(ApiError::internal(ACTION)),
         Err(SsoError::Storage(e)) => return Err(e.into_api(ACTION)),
     };
     let (token, expires) = (link.token, link.expires);
     // The one place the token leaves the process: in this answer, to the merchant.
     let url = format!("{base}/account/sso/{}", token.expose_secret());
-    let link = SsoLinkItem {
+    Ok(Some(SsoLinkItem {
         action: ACTION,
         result: "success",
-        account: id,
+        account: raw.to_owned(),
         url,
         expires,
-    };
-    let mut resp = ok_view(&SsoLinks {
-        accounts: vec![link],
-    });
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    }))
 }
 
 fn link_refused() -> Response {

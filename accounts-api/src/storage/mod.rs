@@ -162,6 +162,92 @@ pub struct Checkout {
     pub payment_method: Option<PaymentMethodRef>,
 }
 
+/// A listing of one store's orders (`GET /orders`): completed within `[begin, end)` (ms,
+/// either bound open), with at least one item of `products` (empty: any product). Answered by
+/// completion time, then id: a total order, so consecutive pages never repeat or skip an order,
+/// even when many share one millisecond.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderQuery {
+    pub begin: Option<i64>,
+    pub end: Option<i64>,
+    pub products: Vec<String>,
+}
+
+impl OrderQuery {
+    /// Whether `o` is in the listing: the definition every backend's query must agree with (the
+    /// conformance suite compares them), and how an embedded backend filters.
+    pub fn matches(&self, o: &OrderRecord) -> bool {
+        in_range(Some(o.completed), self.begin, self.end)
+            && (self.products.is_empty()
+                || o.items.iter().any(|i| self.products.contains(&i.product)))
+    }
+}
+
+/// Which instant of a subscription a time range of [`SubscriptionQuery`] applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionTime {
+    /// When it began (its checkout).
+    Begin,
+    /// When it was canceled (none: never, or uncanceled).
+    Canceled,
+    /// Its last successful renewal charge (none: never renewed).
+    Charged,
+}
+
+impl SubscriptionTime {
+    /// The instant on `s`, if it has one.
+    pub fn of(self, s: &SubscriptionRecord) -> Option<i64> {
+        match self {
+            Self::Begin => Some(s.begin),
+            Self::Canceled => s.canceled,
+            Self::Charged => s.renewal.last_charged,
+        }
+    }
+
+    /// Where the instant is in the record's stored JSON (its serde names), for a backend that
+    /// filters stored documents.
+    pub fn json_path(self) -> &'static [&'static str] {
+        match self {
+            Self::Begin => &["begin"],
+            Self::Canceled => &["canceled"],
+            Self::Charged => &["renewal", "lastCharged"],
+        }
+    }
+}
+
+/// A filtered listing of one store's subscription ids (`GET /subscriptions?…`), in id order;
+/// every condition given must hold (an empty list or `None` is no condition).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionQuery {
+    pub account: Option<AccountId>,
+    /// Product paths: the subscription's product is one of them.
+    pub products: Vec<String>,
+    /// State wire names (`SubState::as_str`): the subscription's state is one of them.
+    pub states: Vec<String>,
+    /// Live (`true`) or test (`false`) subscriptions only.
+    pub live: Option<bool>,
+    /// The instant must exist and lie within `[begin, end)` (ms, either bound open).
+    pub time: Option<(SubscriptionTime, Option<i64>, Option<i64>)>,
+}
+
+impl SubscriptionQuery {
+    /// Whether `s` is in the listing (as [`OrderQuery::matches`]: the definition).
+    pub fn matches(&self, s: &SubscriptionRecord) -> bool {
+        self.account.as_ref().is_none_or(|a| *a == s.account)
+            && (self.products.is_empty() || self.products.contains(&s.product))
+            && (self.states.is_empty() || self.states.iter().any(|x| x == s.state.as_str()))
+            && self.live.is_none_or(|l| l == s.live)
+            && self
+                .time
+                .is_none_or(|(t, begin, end)| in_range(t.of(s), begin, end))
+    }
+}
+
+/// `t` exists and lies within `[begin, end)`.
+fn in_range(t: Option<i64>, begin: Option<i64>, end: Option<i64>) -> bool {
+    t.is_some_and(|t| begin.is_none_or(|b| t >= b) && end.is_none_or(|e| t < e))
+}
+
 /// One due outbox row.
 #[derive(Debug, Clone)]
 pub struct OutboxItem {
@@ -308,6 +394,15 @@ pub trait Storage: Send + Sync + 'static {
         store: &'a StoreId,
         reference: &'a str,
     ) -> BoxFuture<'a, StorageResult<Option<OrderId>>>;
+    /// One page (`offset`, `limit`) of the store's orders that `query` selects, in its order
+    /// (completion time, then id), and how many it selects in all.
+    fn list_orders<'a>(
+        &'a self,
+        store: &'a StoreId,
+        query: &'a OrderQuery,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<OrderRecord>, usize)>>;
 
     // Subscriptions.
     fn subscription<'a>(
@@ -318,6 +413,15 @@ pub trait Storage: Send + Sync + 'static {
     fn list_subscriptions<'a>(
         &'a self,
         store: &'a StoreId,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>>;
+    /// One page (`offset`, `limit`) of the ids of the store's subscriptions that `query`
+    /// selects, in id order, and how many it selects in all.
+    fn find_subscriptions<'a>(
+        &'a self,
+        store: &'a StoreId,
+        query: &'a SubscriptionQuery,
         offset: usize,
         limit: usize,
     ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>>;
@@ -362,6 +466,17 @@ pub trait Storage: Send + Sync + 'static {
         &'a self,
         store: &'a StoreId,
         begin: i64,
+        processed: bool,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<EventRecord>, bool)>> {
+        self.events_between(store, begin, None, processed, limit)
+    }
+    /// As [`Storage::events`], and created before `end` (ms) when it is given.
+    fn events_between<'a>(
+        &'a self,
+        store: &'a StoreId,
+        begin: i64,
+        end: Option<i64>,
         processed: bool,
         limit: usize,
     ) -> BoxFuture<'a, StorageResult<(Vec<EventRecord>, bool)>>;

@@ -1,5 +1,6 @@
 //! `/events`: FastSpring's pull API over the event rows that every change writes in its own
-//! transaction. `GET /events/unprocessed?begin=MS[&limit=N]`, `GET /events/processed?days=N`,
+//! transaction. `GET /events/unprocessed` and `GET /events/processed`, each within
+//! `begin`/`end` (ms) and the last `days` days (`limit` per answer),
 //! `GET /events/{id}` and `POST /events/{id}` with `{"processed": true|false}`.
 
 use crate::app::SharedState;
@@ -54,13 +55,54 @@ fn limit(q: &HashMap<String, String>, action: &'static str) -> Result<usize, Api
     }
 }
 
+/// The creation-time window of a listing, `[begin, end)` in ms: `begin` (ms, else `fallback`),
+/// raised to the start of the last `days` days when `days` is given; `end` (ms) if given. Each
+/// that does not parse is a 422 with FastSpring's text.
+fn window(
+    q: &HashMap<String, String>,
+    fallback: i64,
+    action: &'static str,
+) -> Result<(i64, Option<i64>), ApiError> {
+    let ms = |name: &'static str, text: &'static str| {
+        q.get(name)
+            .map(|v| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|t| *t >= 0)
+                    .ok_or_else(|| ApiError::invalid(action, name, text))
+            })
+            .transpose()
+    };
+    let begin = ms("begin", "Can not parse begin")?;
+    let end = ms("end", "Can not parse end.")?;
+    let days = q
+        .get("days")
+        .map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|d| (1..=3650).contains(d))
+                .ok_or_else(|| ApiError::invalid(action, "days", "Can not parse days."))
+        })
+        .transpose()?;
+    let mut from = begin.unwrap_or(fallback);
+    if let Some(d) = days {
+        from = from.max(crate::model::now_ms() - d * 86_400_000);
+    }
+    Ok((from, end))
+}
+
 #[utoipa::path(
     get,
     operation_id = "events.unprocessed",
     path = "/events/unprocessed",
     tags = ["events"],
-    summary = "Unprocessed events since `begin` (ms)",
-    params(("begin" = Option<i64>, Query, minimum = 0), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
+    summary = "Unprocessed events created in a window (all of them by default)",
+    params(
+        ("begin" = Option<i64>, Query, minimum = 0, description = "Created at or after (ms)"),
+        ("end" = Option<i64>, Query, minimum = 0, description = "Created before (ms)"),
+        ("days" = Option<u32>, Query, minimum = 1, maximum = 3650, description = "Created in the last `days` days"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ),
     responses((status = 200, description = "Success", body = EventList)),
     security(("basic" = []))
 )]
@@ -71,17 +113,11 @@ async fn unprocessed(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = List::NAME;
     let q = query(q, ACTION)?;
-    let begin =
-        match q.get("begin") {
-            None => 0,
-            Some(v) => v.parse::<i64>().ok().filter(|b| *b >= 0).ok_or_else(|| {
-                ApiError::invalid(ACTION, "begin", "must be a time in milliseconds")
-            })?,
-        };
+    let (begin, end) = window(&q, 0, ACTION)?;
     let limit = limit(&q, ACTION)?;
     let (events, more) = state
         .storage
-        .events(&caller.store, begin, false, limit)
+        .events_between(&caller.store, begin, end, false, limit)
         .await
         .map_err(|e| e.into_api(ACTION))?;
     Ok(ok_view(&EventList::of(&events, more)))
@@ -92,8 +128,13 @@ async fn unprocessed(
     operation_id = "events.processed",
     path = "/events/processed",
     tags = ["events"],
-    summary = "Processed events of the last `days` days",
-    params(("days" = Option<u32>, Query, minimum = 1, maximum = 3650), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
+    summary = "Processed events created in a window (the last day by default)",
+    params(
+        ("begin" = Option<i64>, Query, minimum = 0, description = "Created at or after (ms); replaces the default last day"),
+        ("end" = Option<i64>, Query, minimum = 0, description = "Created before (ms)"),
+        ("days" = Option<u32>, Query, minimum = 1, maximum = 3650, description = "Created in the last `days` days"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ),
     responses((status = 200, description = "Success", body = EventList)),
     security(("basic" = []))
 )]
@@ -104,19 +145,18 @@ async fn processed(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = List::NAME;
     let q = query(q, ACTION)?;
-    let days = match q.get("days") {
-        None => 1,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|d| (1..=3650).contains(d))
-            .ok_or_else(|| ApiError::invalid(ACTION, "days", "must be 1 to 3650"))?,
+    // Without any bound, the last day (as before `begin`/`end` were honoured here).
+    let unbounded = !["begin", "end", "days"].iter().any(|k| q.contains_key(*k));
+    let fallback = if unbounded {
+        crate::model::now_ms() - 86_400_000
+    } else {
+        0
     };
+    let (begin, end) = window(&q, fallback, ACTION)?;
     let limit = limit(&q, ACTION)?;
-    let begin = crate::model::now_ms() - days * 86_400_000;
     let (events, more) = state
         .storage
-        .events(&caller.store, begin, true, limit)
+        .events_between(&caller.store, begin, end, true, limit)
         .await
         .map_err(|e| e.into_api(ACTION))?;
     Ok(ok_view(&EventList::of(&events, more)))

@@ -1,5 +1,6 @@
-//! `/subscriptions`: read one, list (by account or all), cancel (`DELETE`, `billingPeriod=0`
-//! for now), uncancel (`POST` with `deactivation: null`), pause and resume, rebill.
+//! `/subscriptions`: read one or several (comma-separated ids), list (by account or all, with
+//! FastSpring's filters), cancel (`DELETE`, `billingPeriod=0` for now), uncancel (`POST` with
+//! `deactivation: null`), pause and resume, rebill.
 
 use crate::app::SharedState;
 use crate::error::{ApiError, ErrorKind, StorageError};
@@ -7,15 +8,17 @@ use crate::http::extract::{Action, Caller, Mutation, actions};
 use crate::http::requests::{PauseBody, SubscriptionRef, SubscriptionsBody, read_body};
 use crate::http::views::{
     AccountSubscriptions, ChargeItem, ChargeResults, IdPage, ItemError, SubscriptionChanged,
-    SubscriptionIds, SubscriptionList, SubscriptionResult, SubscriptionView,
+    SubscriptionEntry, SubscriptionIds, SubscriptionList, SubscriptionMany, SubscriptionRead,
+    SubscriptionResult, SubscriptionView,
 };
 use crate::http::{found, ok_view, paging};
 use crate::model::{AccountId, SubscriptionId};
 use crate::service::renewals::{Outcome, charge_named};
 use crate::service::subscriptions::{self, By, CancelWhen};
-use crate::storage::with_named;
+use crate::storage::{SubscriptionQuery, SubscriptionTime, with_named};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -63,9 +66,9 @@ fn map_err(e: StorageError, action: &'static str) -> ApiError {
     operation_id = "subscriptions.read",
     path = "/subscriptions/{id}",
     tags = ["subscriptions"],
-    summary = "Read a subscription",
-    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    responses((status = 200, description = "Success", body = SubscriptionView)),
+    summary = "Read a subscription, or several (comma-separated ids)",
+    params(("id" = String, Path, description = "The id, or up to 100 comma-separated ids (scoped to the caller's store)")),
+    responses((status = 200, description = "The subscription (one id); `{subscriptions: [...]}` with an error item for each unknown id (several)", body = SubscriptionRead), (status = 404, description = "No id names a subscription", body = crate::http::views::SubscriptionMissing)),
     security(("basic" = []))
 )]
 async fn read(
@@ -74,23 +77,62 @@ async fn read(
     caller: Caller<Read>,
 ) -> Result<Response, ApiError> {
     const ACTION: &str = Read::NAME;
-    let s = found(
-        &id,
-        ACTION,
-        || not_found(ACTION),
-        async |id: &SubscriptionId| state.storage.subscription(&caller.store, id).await,
-    )
-    .await?;
-    Ok(ok_view(&SubscriptionView::of(&s, Some(ACTION))))
+    let ids = crate::http::query::ids(&id, "subscription", ACTION)?;
+    let lookup = async |raw: &str| {
+        let one = async |id: &SubscriptionId| state.storage.subscription(&caller.store, id).await;
+        with_named(raw, Ok(None), one)
+            .await
+            .map_err(|e| e.into_api(ACTION))
+    };
+    if let [only] = ids[..] {
+        let s = lookup(only).await?.ok_or_else(|| not_found(ACTION))?;
+        let view = SubscriptionView::of(&s, Some(ACTION));
+        return Ok(ok_view(&SubscriptionRead::One(Box::new(view))));
+    }
+    let mut subscriptions = Vec::with_capacity(ids.len());
+    for raw in ids {
+        subscriptions.push(match lookup(raw).await? {
+            Some(s) => SubscriptionEntry::Found(Box::new(SubscriptionView::of(&s, Some(ACTION)))),
+            None => SubscriptionEntry::Missing(ItemError(crate::error::envelope(
+                ACTION,
+                Some(("subscription", raw)),
+                &[("subscription", "Subscription not found")],
+            ))),
+        });
+    }
+    let any = subscriptions
+        .iter()
+        .any(|s| matches!(s, SubscriptionEntry::Found(_)));
+    let status = if any {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    let many = SubscriptionRead::Many(SubscriptionMany { subscriptions });
+    Ok(crate::http::answer(status, &many))
 }
 
+/// `GET /subscriptions?…`: with `accountId`, that account's subscription objects; otherwise a
+/// page of the store's subscription ids. Every other filter narrows either answer (all given
+/// must hold): `products`, `status`, `scope`, and a date range `begin`/`end` on the instant
+/// `event` names (the subscription's start when no `event` is given).
 #[utoipa::path(
     get,
     operation_id = "subscriptions.list",
     path = "/subscriptions",
     tags = ["subscriptions"],
-    summary = "An account's subscriptions, or a page of the store's subscription ids",
-    params(("accountId" = Option<String>, Query), ("page" = Option<u32>, Query, minimum = 1), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)),
+    summary = "An account's subscriptions, or a page of the store's subscription ids, filtered",
+    params(
+        ("accountId" = Option<String>, Query, description = "That account's subscription objects"),
+        ("products" = Option<String>, Query, description = "Comma-separated product paths"),
+        ("status" = Option<String>, Query, description = "Comma-separated states: active, overdue, canceled, deactivated, trial, paused"),
+        ("scope" = Option<String>, Query, pattern = "^(live|test|all)$", description = "`live`, `test` or `all` (default)"),
+        ("event" = Option<String>, Query, pattern = "^(activated|canceled|charged|subscription\\.activated|subscription\\.canceled|subscription\\.charge\\.completed)$", description = "What `begin`/`end` apply to: `activated` (default: the start), `canceled`, `charged` (the last renewal charge); without a range, only subscriptions that had it"),
+        ("begin" = Option<String>, Query, pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{1,2}/[0-9]{1,2}/([0-9]{2}|[0-9]{4}))$", description = "First day included: `yyyy-mm-dd`, UTC"),
+        ("end" = Option<String>, Query, pattern = "^([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{1,2}/[0-9]{1,2}/([0-9]{2}|[0-9]{4}))$", description = "First day no longer included: `yyyy-mm-dd`, UTC; after `begin`"),
+        ("page" = Option<u32>, Query, minimum = 1),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000),
+    ),
     responses((status = 200, description = "Success", body = SubscriptionList)),
     security(("basic" = []))
 )]
@@ -104,6 +146,7 @@ async fn list(
     let Ok(Query(q)) = query else {
         return Err(ApiError::invalid(ACTION, "query", "malformed query string"));
     };
+    let filter = subscription_filter(&q)?;
     if let Some(account) = q.get("accountId") {
         let missing = || {
             ApiError::new(
@@ -122,6 +165,7 @@ async fn list(
                 .subscription(store, id)
                 .await
                 .map_err(|e| e.into_api(ACTION))?
+                && filter.matches(&s)
             {
                 subs.push(SubscriptionView::of(&s, Some("subscription.get")));
             }
@@ -135,7 +179,7 @@ async fn list(
     let (page, limit) = paging(&q, ACTION)?;
     let (ids, total) = state
         .storage
-        .list_subscriptions(store, (page - 1).saturating_mul(limit), limit)
+        .find_subscriptions(store, &filter, (page - 1).saturating_mul(limit), limit)
         .await
         .map_err(|e| e.into_api(ACTION))?;
     let ids = SubscriptionIds {
@@ -143,6 +187,68 @@ async fn list(
     };
     let page = IdPage::new(ACTION, ids, page, limit, total);
     Ok(ok_view(&SubscriptionList::Page(page)))
+}
+
+/// FastSpring's subscription states, as `status` takes them.
+const STATES: [&str; 6] = [
+    "active",
+    "overdue",
+    "canceled",
+    "deactivated",
+    "trial",
+    "paused",
+];
+
+/// The filters of `GET /subscriptions` other than `accountId` (which selects the answer's
+/// shape) and paging; each invalid one is a 422 naming it.
+fn subscription_filter(q: &HashMap<String, String>) -> Result<SubscriptionQuery, ApiError> {
+    const ACTION: &str = List::NAME;
+    let states = crate::http::query::list(q, "status", ACTION)?;
+    if states.iter().any(|s| !STATES.contains(&s.as_str())) {
+        return Err(ApiError::invalid(
+            ACTION,
+            "status",
+            "must list states among active, overdue, canceled, deactivated, trial, paused",
+        ));
+    }
+    let live = match q.get("scope").map(String::as_str) {
+        None | Some("all") => None,
+        Some("live") => Some(true),
+        Some("test") => Some(false),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                ACTION,
+                "scope",
+                "must be live, test or all",
+            ));
+        }
+    };
+    let event = match q.get("event").map(String::as_str) {
+        None => None,
+        Some("activated" | "subscription.activated") => Some(SubscriptionTime::Begin),
+        Some("canceled" | "subscription.canceled") => Some(SubscriptionTime::Canceled),
+        Some("charged" | "subscription.charge.completed") => Some(SubscriptionTime::Charged),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                ACTION,
+                "event",
+                "must be activated, canceled or charged",
+            ));
+        }
+    };
+    let (begin, end) = crate::http::query::date_range(q, ACTION)?;
+    let time = match (event, begin.is_some() || end.is_some()) {
+        (Some(t), _) => Some((t, begin, end)),
+        (None, true) => Some((SubscriptionTime::Begin, begin, end)),
+        (None, false) => None,
+    };
+    Ok(SubscriptionQuery {
+        account: None,
+        products: crate::http::query::list(q, "products", ACTION)?,
+        states,
+        live,
+        time,
+    })
 }
 
 #[utoipa::path(

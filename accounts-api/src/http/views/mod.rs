@@ -261,7 +261,24 @@ pub struct SsoLinkItem {
     pub expires: i64,
 }
 
-/// `GET /accounts/{id}/authenticate`: `{accounts: [link]}` (200) or `{accounts: [error]}` (404).
+/// One id of `GET /accounts/{a},{b}/authenticate`: its link, or the error envelope naming it.
+/// No `Debug`: a link holds a one-time token.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum SsoEntry {
+    Link(SsoLinkItem),
+    Missing(ItemError),
+}
+
+any_of!(
+    SsoEntry,
+    "The sign-in link, or the error envelope naming the account.",
+    SsoLinkItem,
+    ItemError,
+);
+
+/// `GET /accounts/{id}/authenticate`: `{accounts: [link]}` (200) or `{accounts: [error]}` (404),
+/// an item per id when several are named.
 #[derive(Serialize, ToSchema)]
 pub struct SsoLinks<Item> {
     pub accounts: Vec<Item>,
@@ -447,6 +464,119 @@ impl OrderView {
         }
     }
 }
+
+/// `GET /orders?…` (`order.lookup`): one page of order objects, with the dates asked for
+/// (as given), FastSpring's paging fields and the number of orders selected.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderLookup {
+    pub action: &'static str,
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub begin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    pub page: usize,
+    pub limit: usize,
+    /// The next page's number; null on the last page.
+    pub next_page: Option<usize>,
+    pub total: usize,
+    /// By completion time, then id.
+    pub orders: Vec<OrderView>,
+}
+
+/// One id of `GET /orders/{a},{b}`: the order, or the error envelope naming the id.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum OrderEntry {
+    Found(Box<OrderView>),
+    Missing(ItemError),
+}
+
+any_of!(
+    OrderEntry,
+    "The order, or the error envelope naming it (`{\"order\": id, \"error\": {\"order\": \"Not found\"}}`).",
+    OrderView,
+    ItemError,
+);
+
+/// One id of `GET /subscriptions/{a},{b}`: the subscription, or the error envelope naming it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum SubscriptionEntry {
+    Found(Box<SubscriptionView>),
+    Missing(ItemError),
+}
+
+any_of!(
+    SubscriptionEntry,
+    "The subscription, or the error envelope naming it.",
+    SubscriptionView,
+    ItemError,
+);
+
+/// `GET /orders/{a},{b}`: every id in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderMany {
+    pub orders: Vec<OrderEntry>,
+}
+
+/// `GET /subscriptions/{a},{b}`: every id in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionMany {
+    pub subscriptions: Vec<SubscriptionEntry>,
+}
+
+/// `GET /orders/{id}`: the order of one id, `{"orders": […]}` for several.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum OrderRead {
+    One(Box<OrderView>),
+    Many(OrderMany),
+}
+
+any_of!(
+    OrderRead,
+    "The order (one id), or `{\"orders\": [...]}` (several comma-separated ids).",
+    OrderView,
+    OrderMany,
+);
+
+/// The 404 of `GET /orders/{id}` (schema only): the error envelope for one id,
+/// `{"orders": [error, …]}` when none of several ids names an order.
+pub enum OrderMissing {}
+
+any_of!(
+    OrderMissing,
+    "The error envelope (one id), or `{\"orders\": [...]}` of error items (several ids).",
+    crate::error::ErrorEnvelope<'static>,
+    OrderMany,
+);
+
+/// The 404 of `GET /subscriptions/{id}` (schema only), as [`OrderMissing`].
+pub enum SubscriptionMissing {}
+
+any_of!(
+    SubscriptionMissing,
+    "The error envelope (one id), or `{\"subscriptions\": [...]}` of error items (several ids).",
+    crate::error::ErrorEnvelope<'static>,
+    SubscriptionMany,
+);
+
+/// `GET /subscriptions/{id}`: the subscription of one id, `{"subscriptions": […]}` for several.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum SubscriptionRead {
+    One(Box<SubscriptionView>),
+    Many(SubscriptionMany),
+}
+
+any_of!(
+    SubscriptionRead,
+    "The subscription (one id), or `{\"subscriptions\": [...]}` (several comma-separated ids).",
+    SubscriptionView,
+    SubscriptionMany,
+);
 
 /// One page of ids: `{action, result, <ids key>, page, limit, nextPage, total}`.
 #[derive(Debug, Serialize, ToSchema)]

@@ -422,3 +422,123 @@ impl PgStorage {
         })
     }
 }
+
+/// The orders of `GET /orders`: `$1` store, `$2`/`$3` completion bounds (`[begin, end)`, NULL:
+/// open), `$4` product paths (empty: any). The completion time is the expression of the index
+/// `orders_by_completed` (migration 5).
+const ORDERS_WHERE: &str = "store = $1 \
+    AND ($2::bigint IS NULL OR (doc->>'completed')::bigint >= $2) \
+    AND ($3::bigint IS NULL OR (doc->>'completed')::bigint < $3) \
+    AND (cardinality($4::text[]) = 0 OR EXISTS \
+        (SELECT 1 FROM jsonb_array_elements(doc->'items') AS i WHERE i->>'product' = ANY($4)))";
+
+/// The subscriptions of `GET /subscriptions?…`: `$1` store, `$2` account, `$3` products, `$4`
+/// states, `$5` live, `$6` the JSON path of the instant a range applies to (NULL: no range),
+/// `$7`/`$8` its bounds. Each NULL or empty parameter is no condition, as in
+/// [`SubscriptionQuery::matches`].
+const SUBSCRIPTIONS_WHERE: &str = "store = $1 \
+    AND ($2::text IS NULL OR account = $2) \
+    AND (cardinality($3::text[]) = 0 OR doc->>'product' = ANY($3)) \
+    AND (cardinality($4::text[]) = 0 OR doc->>'state' = ANY($4)) \
+    AND ($5::boolean IS NULL OR COALESCE((doc->>'live')::boolean, false) = $5) \
+    AND ($6::text[] IS NULL OR ((doc #>> $6) IS NOT NULL \
+        AND ($7::bigint IS NULL OR (doc #>> $6)::bigint >= $7) \
+        AND ($8::bigint IS NULL OR (doc #>> $6)::bigint < $8)))";
+
+impl PgStorage {
+    /// One statement, so the page and the total come from one snapshot: the total is computed
+    /// over the selection and joined to the (possibly empty) page.
+    pub(super) async fn list_orders(
+        &self,
+        store: &StoreId,
+        q: &OrderQuery,
+        offset: usize,
+        limit: usize,
+    ) -> StorageResult<(Vec<OrderRecord>, usize)> {
+        let sql = format!(
+            "WITH sel AS (SELECT id, (doc->>'completed')::bigint AS completed, doc FROM orders \
+             WHERE {ORDERS_WHERE}), \
+             page AS (SELECT * FROM sel ORDER BY completed, id LIMIT $5 OFFSET $6) \
+             SELECT (SELECT count(*) FROM sel), page.doc FROM (SELECT 1) AS one \
+             LEFT JOIN page ON true ORDER BY page.completed, page.id"
+        );
+        let rows = self
+            .read_rows(
+                &sql,
+                &[
+                    &store.as_str(),
+                    &q.begin,
+                    &q.end,
+                    &q.products,
+                    &to_i64(limit),
+                    &to_i64(offset),
+                ],
+            )
+            .await?;
+        paged(&rows, |r| {
+            Ok(r.try_get::<_, Option<Json<OrderRecord>>>(1)?.map(|j| j.0))
+        })
+    }
+
+    pub(super) async fn find_subscriptions(
+        &self,
+        store: &StoreId,
+        q: &SubscriptionQuery,
+        offset: usize,
+        limit: usize,
+    ) -> StorageResult<(Vec<SubscriptionId>, usize)> {
+        let sql = format!(
+            "WITH sel AS (SELECT id FROM subscriptions WHERE {SUBSCRIPTIONS_WHERE}), \
+             page AS (SELECT id FROM sel ORDER BY id LIMIT $9 OFFSET $10) \
+             SELECT (SELECT count(*) FROM sel), page.id FROM (SELECT 1) AS one \
+             LEFT JOIN page ON true ORDER BY page.id"
+        );
+        let path: Option<Vec<&str>> = q.time.map(|(t, ..)| t.json_path().to_vec());
+        let (begin, end) = q.time.map_or((None, None), |(_, b, e)| (b, e));
+        let rows = self
+            .read_rows(
+                &sql,
+                &[
+                    &store.as_str(),
+                    &q.account.as_ref().map(|a| a.as_str()),
+                    &q.products,
+                    &q.states,
+                    &q.live,
+                    &path,
+                    &begin,
+                    &end,
+                    &to_i64(limit),
+                    &to_i64(offset),
+                ],
+            )
+            .await?;
+        paged(&rows, |r| {
+            r.try_get::<_, Option<String>>(1)?
+                .map(|s| {
+                    SubscriptionId::try_from(s).map_err(|_| {
+                        Fail::Store(StorageError::Backend(
+                            "a stored id is not a valid id".into(),
+                        ))
+                    })
+                })
+                .transpose()
+        })
+    }
+}
+
+/// The rows of a paged listing — `(total, item)`, one row with a NULL item when the page is
+/// empty — as the page and the total.
+fn paged<T>(
+    rows: &[Row],
+    item: impl Fn(&Row) -> Result<Option<T>, Fail>,
+) -> StorageResult<(Vec<T>, usize)> {
+    let mut total = 0i64;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        total = r.try_get(0).map_err(pg_err)?;
+        if let Some(t) = item(r).map_err(fail_err)? {
+            out.push(t);
+        }
+    }
+    Ok((out, usize::try_from(total).unwrap_or(0)))
+}

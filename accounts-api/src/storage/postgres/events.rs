@@ -15,6 +15,7 @@ impl PgStorage {
         &self,
         store: &StoreId,
         begin: i64,
+        end: Option<i64>,
         processed: bool,
         limit: usize,
     ) -> StorageResult<(Vec<EventRecord>, bool)> {
@@ -23,12 +24,13 @@ impl PgStorage {
         let mut out = self
             .read_rows(
                 "SELECT doc FROM events WHERE store = $1 AND processed = $2 AND created >= $3 \
-                 ORDER BY id LIMIT $4",
+                 AND ($5::bigint IS NULL OR created < $5) ORDER BY id LIMIT $4",
                 &[
                     &store.as_str(),
                     &processed,
                     &begin,
                     &to_i64(limit).saturating_add(1),
+                    &end,
                 ],
             )
             .await?

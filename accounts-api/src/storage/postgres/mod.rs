@@ -30,8 +30,8 @@ pub mod schema;
 
 use super::{
     AccountChange, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite, Index,
-    OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError, StorageResult,
-    SubscriptionChange, WebhooksChange,
+    OrderQuery, OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError, StorageResult,
+    SubscriptionChange, SubscriptionQuery, WebhooksChange,
 };
 use crate::model::{
     AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,

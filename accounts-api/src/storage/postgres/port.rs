@@ -142,6 +142,15 @@ impl Storage for PgStorage {
             .await
         })
     }
+    fn list_orders<'a>(
+        &'a self,
+        store: &'a StoreId,
+        query: &'a OrderQuery,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<OrderRecord>, usize)>> {
+        Box::pin(self.list_orders(store, query, offset, limit))
+    }
 
     fn subscription<'a>(
         &'a self,
@@ -163,6 +172,15 @@ impl Storage for PgStorage {
         limit: usize,
     ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>> {
         Box::pin(self.page("subscriptions", store, offset, limit))
+    }
+    fn find_subscriptions<'a>(
+        &'a self,
+        store: &'a StoreId,
+        query: &'a SubscriptionQuery,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>> {
+        Box::pin(self.find_subscriptions(store, query, offset, limit))
     }
     fn update_subscriptions<'a>(
         &'a self,
@@ -205,14 +223,15 @@ impl Storage for PgStorage {
         ))
     }
 
-    fn events<'a>(
+    fn events_between<'a>(
         &'a self,
         store: &'a StoreId,
         begin: i64,
+        end: Option<i64>,
         processed: bool,
         limit: usize,
     ) -> BoxFuture<'a, StorageResult<(Vec<EventRecord>, bool)>> {
-        Box::pin(self.events(store, begin, processed, limit))
+        Box::pin(self.events(store, begin, end, processed, limit))
     }
     fn event<'a>(
         &'a self,

@@ -112,4 +112,10 @@ ALTER TABLE outbox ADD COLUMN received boolean NOT NULL DEFAULT false;
 UPDATE subscriptions SET work_at = (doc->>'next')::bigint
  WHERE work_at IS NULL AND doc->>'state' = 'canceled';
 "#,
+    // 5
+    r#"
+-- GET /orders lists a store's orders by completion time, then id (stable pages); the time is
+-- the record's own field, so rows written by any version are in the index.
+CREATE INDEX orders_by_completed ON orders (store, ((doc->>'completed')::bigint), id);
+"#,
 ];

@@ -407,3 +407,59 @@ impl SledStorage {
         }
     }
 }
+
+/// [`Storage::list_orders`](crate::storage::Storage::list_orders): every order of the store is
+/// read and filtered (sled has no secondary index); only the (completion time, key) of each
+/// selected one is kept and sorted, and the page's records are read again, so a large store
+/// costs a scan, not a copy of its orders in memory.
+pub(super) fn list_orders(
+    tree: &sled::Tree,
+    store: &StoreId,
+    query: &OrderQuery,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<OrderRecord>, usize), StorageError> {
+    let mut selected = Vec::new();
+    for kv in tree.scan_prefix(format!("o/{store}/").as_bytes()) {
+        let (k, v) = kv?;
+        let o: OrderRecord = serde_json::from_slice(&v)?;
+        if query.matches(&o) {
+            // Keys are `o/{store}/{id}`: within one store their order is the ids' byte order.
+            selected.push((o.completed, k));
+        }
+    }
+    selected.sort();
+    let total = selected.len();
+    let mut page = Vec::new();
+    for (_, k) in selected.into_iter().skip(offset).take(limit) {
+        // Absent: deleted since the scan (an erasure); the page is one shorter.
+        if let Some(v) = tree.get(&k)? {
+            page.push(serde_json::from_slice(&v)?);
+        }
+    }
+    Ok((page, total))
+}
+
+/// [`Storage::find_subscriptions`](crate::storage::Storage::find_subscriptions): every
+/// subscription of the store is read and filtered, in key (= id) order.
+pub(super) fn find_subscriptions(
+    tree: &sled::Tree,
+    store: &StoreId,
+    query: &SubscriptionQuery,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<SubscriptionId>, usize), StorageError> {
+    let mut ids = Vec::new();
+    let mut total = 0;
+    for kv in tree.scan_prefix(format!("b/{store}/").as_bytes()) {
+        let (_, v) = kv?;
+        let s: SubscriptionRecord = serde_json::from_slice(&v)?;
+        if query.matches(&s) {
+            if total >= offset && ids.len() < limit {
+                ids.push(s.id);
+            }
+            total += 1;
+        }
+    }
+    Ok((ids, total))
+}

@@ -28,6 +28,7 @@ impl SledStorage {
         &self,
         store: &StoreId,
         begin: i64,
+        end: Option<i64>,
         processed: bool,
         limit: usize,
     ) -> Result<(Vec<EventRecord>, bool), StorageError> {
@@ -35,15 +36,18 @@ impl SledStorage {
         // A UUIDv7 in hex starts with the 48-bit millisecond timestamp (12 hex digits). The id's
         // clock reading and `created` are taken a moment apart: start a second early and filter.
         let start = format!("{prefix}{:012x}", begin.saturating_sub(1000).max(0));
-        let mut end = prefix.clone().into_bytes();
-        if let Some(last) = end.last_mut() {
+        let mut stop = prefix.clone().into_bytes();
+        if let Some(last) = stop.last_mut() {
             *last += 1; // '/' + 1 = '0': just past every key under the prefix
         }
         let mut out = Vec::new();
-        for kv in self.tree().range(start.into_bytes()..end) {
+        for kv in self.tree().range(start.into_bytes()..stop) {
             let (_, v) = kv?;
             let ev: EventRecord = decode(&v)?;
-            if ev.processed != processed || ev.created < begin {
+            if ev.processed != processed
+                || ev.created < begin
+                || end.is_some_and(|e| ev.created >= e)
+            {
                 continue;
             }
             if out.len() == limit {

@@ -15,8 +15,9 @@
 //!
 //! Calls run inline on the caller's task, as before the port was async: sled answers from its
 //! page cache in microseconds, and durability waits go through the group-commit flusher. The
-//! two whole-kind scans of the webhook dispatcher (outbox, expiry sweep) run on a blocking
-//! thread, as they did before.
+//! two whole-kind scans of the webhook dispatcher (outbox, expiry sweep) and the filtered
+//! listings (`list_orders`, `find_subscriptions`: every record of one store is read, as sled
+//! has no secondary index) run on a blocking thread.
 //! `accounts.rs` and `events.rs` hold the synchronous bodies; this file holds the shared
 //! transaction helpers and the [`Storage`] impl that wraps them.
 
@@ -25,8 +26,8 @@ mod events;
 
 use super::{
     AccountChange, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite, Index,
-    OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError, StorageResult,
-    SubscriptionChange, WebhooksChange,
+    OrderQuery, OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError, StorageResult,
+    SubscriptionChange, SubscriptionQuery, WebhooksChange,
 };
 use crate::model::{
     AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,
@@ -426,6 +427,18 @@ impl Storage for SledStorage {
     ) -> BoxFuture<'a, StorageResult<Option<OrderId>>> {
         inline!(SledStorage::order_by_reference(self, store, reference))
     }
+    fn list_orders<'a>(
+        &'a self,
+        store: &'a StoreId,
+        query: &'a OrderQuery,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<OrderRecord>, usize)>> {
+        let (tree, store, query) = (self.tree.clone(), store.clone(), query.clone());
+        Box::pin(blocking(move || {
+            accounts::list_orders(&tree, &store, &query, offset, limit)
+        }))
+    }
 
     fn subscription<'a>(
         &'a self,
@@ -441,6 +454,18 @@ impl Storage for SledStorage {
         limit: usize,
     ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>> {
         inline!(SledStorage::list_subscriptions(self, store, offset, limit))
+    }
+    fn find_subscriptions<'a>(
+        &'a self,
+        store: &'a StoreId,
+        query: &'a SubscriptionQuery,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<(Vec<SubscriptionId>, usize)>> {
+        let (tree, store, query) = (self.tree.clone(), store.clone(), query.clone());
+        Box::pin(blocking(move || {
+            accounts::find_subscriptions(&tree, &store, &query, offset, limit)
+        }))
     }
     fn update_subscriptions<'a>(
         &'a self,
@@ -486,14 +511,17 @@ impl Storage for SledStorage {
         ))
     }
 
-    fn events<'a>(
+    fn events_between<'a>(
         &'a self,
         store: &'a StoreId,
         begin: i64,
+        end: Option<i64>,
         processed: bool,
         limit: usize,
     ) -> BoxFuture<'a, StorageResult<(Vec<EventRecord>, bool)>> {
-        inline!(SledStorage::events(self, store, begin, processed, limit))
+        inline!(SledStorage::events(
+            self, store, begin, end, processed, limit
+        ))
     }
     fn event<'a>(
         &'a self,
