@@ -24,12 +24,8 @@
 
 use crate::app::{AppState, SharedState};
 pub use crate::domain::renewal::{DAY_MS, REMIND_AHEAD_MS, RETRY_DAYS, has_work};
-use crate::domain::renewal::{automatic, card_expiring, charge_key, expiry_needs_update};
-use crate::domain::{DomainEvent, Money};
-use crate::model::{
-    ChargeRecord, PendingCharge, RenewalState, StoreId, SubState, SubscriptionId,
-    SubscriptionRecord, add_interval, now_ms,
-};
+use crate::domain::renewal::{automatic, charge_key, expiry_needs_update};
+use crate::model::{PendingCharge, StoreId, SubscriptionId, SubscriptionRecord, now_ms};
 use crate::service::events;
 use crate::storage::Lease;
 use crate::storage::{StorageError, with_named};
@@ -37,6 +33,9 @@ use crate::vault::{VaultClient, VaultError};
 use shared::vault_api::{ChargeRequest, ChargeStatus};
 use std::sync::Arc;
 use tokio::sync::Mutex;
+
+mod settle;
+use settle::{flag_expiry, period_end, remind, settle_decline, settle_success, still_pending};
 
 /// Charges the job runs at once.
 pub const CONCURRENCY: usize = 32;
@@ -50,7 +49,7 @@ const CLAIMED_ELSEWHERE: &str = "the subscription is being renewed by another wo
 /// The subscription stopped running between the read and the intent's transaction.
 const CHANGED: &str = "the subscription changed meanwhile";
 /// The intent read was settled (or replaced) by another worker before this one claimed it.
-const PENDING_CHANGED: &str = "the pending charge changed meanwhile";
+pub(super) const PENDING_CHANGED: &str = "the pending charge changed meanwhile";
 
 /// The renewal job's own vault client (`renewals` certificate) and per-subscription locks.
 pub struct Renewals {
@@ -368,26 +367,6 @@ async fn new_intent(
     Ok(Ok(p))
 }
 
-/// The period-end transitions of [`SubscriptionRecord::period_end`], in one transaction.
-async fn period_end(
-    state: &AppState,
-    store: &StoreId,
-    id: &SubscriptionId,
-    now: i64,
-) -> Result<SubscriptionRecord, StorageError> {
-    let s = state
-        .storage
-        .apply_renewal(store, id, &|s, _| {
-            if !s.has_period_transition(now) {
-                return Ok(vec![]);
-            }
-            Ok(events::records(&s.period_end(now)))
-        })
-        .await?;
-    state.storage.durable().await?;
-    Ok(s)
-}
-
 /// A new claim on a subscription's renewal by this worker.
 fn lease(state: &AppState) -> Lease {
     Lease {
@@ -546,165 +525,4 @@ async fn charge_claimed(
             settle_decline(state, store, id, &pending, "vault_rejected", now, true).await
         }
     }
-}
-
-async fn flag_expiry(
-    state: &AppState,
-    store: &StoreId,
-    id: &SubscriptionId,
-) -> Result<SubscriptionRecord, StorageError> {
-    let s = state
-        .storage
-        .apply_renewal(store, id, &|s, _| {
-            let expiring = card_expiring(s);
-            s.renewal.card_expiring = expiring;
-            if expiring && s.renewal.expiring_notified != Some(s.next) {
-                s.renewal.expiring_notified = Some(s.next);
-                return Ok(vec![events::record(&DomainEvent::CardExpiring {
-                    subscription: s.id.clone(),
-                    account: s.account.clone(),
-                    expiry: s.expiry.clone(),
-                    next_charge_date: s.next,
-                })]);
-            }
-            Ok(vec![])
-        })
-        .await?;
-    state.storage.durable().await?;
-    Ok(s)
-}
-
-async fn remind(
-    state: &AppState,
-    store: &StoreId,
-    id: &SubscriptionId,
-) -> Result<(), StorageError> {
-    state
-        .storage
-        .apply_renewal(store, id, &|s, _| {
-            if s.renewal.reminded == Some(s.next) {
-                return Ok(vec![]);
-            }
-            s.renewal.reminded = Some(s.next);
-            Ok(vec![events::record(&DomainEvent::PaymentReminder {
-                subscription: s.id.clone(),
-                account: s.account.clone(),
-                amount: Money::of(s.price, &s.currency).times(s.quantity),
-                next_charge_date: s.next,
-            })])
-        })
-        .await?;
-    state.storage.durable().await?;
-    Ok(())
-}
-
-/// The intent `p` is still the pending one (by its key: its `unsent` flag may have changed).
-fn still_pending(s: &SubscriptionRecord, p: &PendingCharge) -> Result<(), StorageError> {
-    if s.renewal.pending.as_ref().map(|q| &q.key) == Some(&p.key) {
-        Ok(())
-    } else {
-        Err(StorageError::State(PENDING_CHANGED))
-    }
-}
-
-async fn settle_success(
-    state: &AppState,
-    store: &StoreId,
-    id: &SubscriptionId,
-    p: &PendingCharge,
-    reference: Option<String>,
-    now: i64,
-) -> Result<Outcome, StorageError> {
-    state
-        .storage
-        .apply_renewal(store, id, &|s, account| {
-            still_pending(s, p)?;
-            s.next = add_interval(p.period, s.interval_unit, s.interval_length);
-            s.mark_paid();
-            s.renewal = RenewalState {
-                last_charged: Some(now),
-                expiring_notified: s.renewal.expiring_notified,
-                ..RenewalState::default()
-            };
-            s.renewal.card_expiring = card_expiring(s);
-            account.charges.push(ChargeRecord {
-                currency: p.currency.clone(),
-                total: p.amount,
-                status: "successful".into(),
-                order: None,
-                order_reference: None,
-                subscription: Some(s.id.clone()),
-                timestamp: now,
-            });
-            Ok(vec![events::record(&DomainEvent::ChargeCompleted {
-                subscription: s.id.clone(),
-                account: s.account.clone(),
-                amount: Money::of(p.amount, &p.currency),
-                period: p.period,
-                reference: reference.clone(),
-                next_charge_date: s.next,
-                timestamp: now,
-            })])
-        })
-        .await?;
-    state.storage.durable().await?;
-    tracing::info!(subscription = id.as_str(), "renewal charged");
-    Ok(Outcome::Charged)
-}
-
-async fn settle_decline(
-    state: &AppState,
-    store: &StoreId,
-    id: &SubscriptionId,
-    p: &PendingCharge,
-    reason: &str,
-    now: i64,
-    last: bool,
-) -> Result<Outcome, StorageError> {
-    let after = state
-        .storage
-        .apply_renewal(store, id, &|s, _| {
-            still_pending(s, p)?;
-            s.renewal.pending = None;
-            s.renewal.lease = None;
-            s.renewal.decline_reason = Some(reason.to_owned());
-            s.renewal.failed_attempts = s.renewal.failed_attempts.saturating_add(1);
-            let n = s.renewal.failed_attempts as usize;
-            let mut out = Vec::new();
-            // `last`: a failure no retry can mend ends the schedule now.
-            let next_retry = if last {
-                None
-            } else {
-                RETRY_DAYS.get(n - 1).map(|d| p.period + d * DAY_MS)
-            };
-            s.renewal.retry_at = next_retry;
-            out.push(events::record(&DomainEvent::ChargeFailed {
-                subscription: s.id.clone(),
-                account: s.account.clone(),
-                amount: Money::of(p.amount, &p.currency),
-                reason: reason.to_owned(),
-                attempt: n,
-                next_retry,
-                timestamp: now,
-            }));
-            if next_retry.is_none() {
-                out.push(events::record(&s.deactivate(reason, now)));
-            } else {
-                s.mark_overdue();
-            }
-            Ok(out)
-        })
-        .await?;
-    state.storage.durable().await?;
-    let deactivated = after.state == SubState::Deactivated;
-    tracing::info!(
-        subscription = id.as_str(),
-        reason,
-        deactivated,
-        "renewal declined"
-    );
-    Ok(Outcome::Declined {
-        reason: reason.to_owned(),
-        deactivated,
-    })
 }
