@@ -6,7 +6,7 @@
 //! names them all; messages are fixed text, never the rejected value.
 
 pub use crate::domain::contact::{Address, Contact, custom_id, normalise_email};
-pub use crate::domain::interval::{IntervalUnit, add_interval, display_date};
+pub use crate::domain::interval::{IntervalUnit, add_interval, display_date, display_date_iso};
 pub use crate::domain::money::{to_major, to_minor};
 pub use crate::domain::subscription::SubState;
 use serde::{Deserialize, Serialize};

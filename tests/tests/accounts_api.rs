@@ -48,6 +48,16 @@ async fn accounts_are_created_read_and_partially_updated() {
         assert!(a[k].is_array(), "{k}");
     }
     assert_eq!(a["subscribed"], false);
+    // The account's `url` leads to a working page: without a session, how to sign in.
+    let page = app
+        .http
+        .get(format!("{}{}", app.api, a["url"].as_str().unwrap_or("?")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.status().as_u16(), 401, "the sign-in page, not a 404");
+    let html = page.text().await.unwrap_or_default();
+    assert!(html.contains("sign-in link"), "{html}");
 
     // Only the phone and the city change; everything else stays.
     let upd = app

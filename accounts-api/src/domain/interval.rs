@@ -82,6 +82,13 @@ pub fn display_date(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// `YYYY-MM-DD` (UTC), FastSpring's `*DisplayISO8601` date form.
+pub fn display_date_iso(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(|t| format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +98,7 @@ mod tests {
         // 2027-01-31T00:00Z + 1 month = 2027-02-28
         let jan31 = 1_801_353_600_000;
         assert_eq!(display_date(jan31), "1/31/27");
+        assert_eq!(display_date_iso(jan31), "2027-01-31");
         assert_eq!(
             display_date(add_interval(jan31, IntervalUnit::Month, 1)),
             "2/28/27"

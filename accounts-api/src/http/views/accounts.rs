@@ -96,7 +96,9 @@ pub struct AccountView {
     pub language: Option<String>,
     pub country: Option<String>,
     pub lookup: AccountLookupIds,
-    /// The account page (single sign-on) lives under this path.
+    /// The customer's account page (`/account`): with a session (after a sign-in link from
+    /// `GET /accounts/{id}/authenticate`) the account itself, without one a page that tells
+    /// the customer how to sign in. Relative to the API's public address.
     pub url: String,
     pub payment: AccountPayment,
     pub orders: Vec<String>,
@@ -125,7 +127,7 @@ impl AccountView {
             language: a.language.clone(),
             country: a.country.clone(),
             lookup: AccountLookupIds::of(a),
-            url: format!("/account/{}", a.global),
+            url: ACCOUNT_PAGE.to_owned(),
             payment: AccountPayment {
                 methods: a.payment_methods.len(),
                 active: active_methods,
@@ -191,6 +193,9 @@ impl AccountChanged {
         }
     }
 }
+
+/// The path of the customer's account page (`pages::account_page`).
+pub const ACCOUNT_PAGE: &str = "/account";
 
 /// The `data` of `account.created`: the account as it was created (FastSpring sends the
 /// account object).
@@ -275,7 +280,7 @@ mod tests {
             "contact": contact, "address": address,
             "language": a.language, "country": a.country,
             "lookup": {"global": a.global, "custom": a.custom},
-            "url": format!("/account/{}", a.global),
+            "url": "/account",
             "payment": {"methods": a.payment_methods.len(), "active": active},
             "orders": a.orders, "subscriptions": a.subscriptions,
             "charges": [{"currency": "JPY", "total": 1500.0, "status": "successful",

@@ -5,7 +5,9 @@
 //! Bodies go out through [`crate::app::ok_view`], which serializes via a `serde_json` map: keys
 //! in sorted order, byte for byte what the `json!` bodies these views replace produced.
 
-use crate::model::{Address, Contact, SubscriptionRecord, display_date, to_major};
+use crate::model::{
+    Address, Contact, SubscriptionRecord, display_date, display_date_iso, to_major,
+};
 use serde::Serialize;
 use shared::{CardBrand, Currency};
 use utoipa::ToSchema;
@@ -99,14 +101,36 @@ pub struct SubscriptionView {
     pub interval_length: u32,
     /// ms.
     pub begin: i64,
+    /// `begin` again (FastSpring's backward-compatible field), and in seconds.
+    pub begin_value: i64,
+    pub begin_in_seconds: i64,
     pub begin_display: String,
+    #[serde(rename = "beginDisplayISO8601")]
+    pub begin_display_iso8601: String,
     pub next: i64,
+    pub next_value: i64,
+    pub next_in_seconds: i64,
     pub next_display: String,
+    #[serde(rename = "nextDisplayISO8601")]
+    pub next_display_iso8601: String,
+    /// When a fixed number of periods ends (null: renews until canceled; Strongroom has no
+    /// fixed-length subscriptions), with `periods` and `remainingPeriods` null likewise.
+    pub end: Option<i64>,
+    pub end_value: Option<i64>,
+    pub end_in_seconds: Option<i64>,
+    pub periods: Option<u32>,
+    pub remaining_periods: Option<u32>,
     pub next_charge_date: i64,
+    pub next_charge_date_value: i64,
+    pub next_charge_date_in_seconds: i64,
     pub next_charge_currency: String,
     pub next_charge_total: f64,
     pub canceled_date: Option<i64>,
+    pub canceled_date_value: Option<i64>,
+    pub canceled_date_in_seconds: Option<i64>,
     pub deactivation_date: Option<i64>,
+    pub deactivation_date_value: Option<i64>,
+    pub deactivation_date_in_seconds: Option<i64>,
     pub order: String,
     /// Strongroom extension: the last decline code.
     pub decline_reason: Option<String>,
@@ -156,14 +180,31 @@ impl SubscriptionView {
             interval_unit: s.interval_unit.as_str(),
             interval_length: s.interval_length,
             begin: s.begin,
+            begin_value: s.begin,
+            begin_in_seconds: s.begin.div_euclid(1000),
             begin_display: display_date(s.begin),
+            begin_display_iso8601: display_date_iso(s.begin),
             next: s.next,
+            next_value: s.next,
+            next_in_seconds: s.next.div_euclid(1000),
             next_display: display_date(s.next),
+            next_display_iso8601: display_date_iso(s.next),
+            end: None,
+            end_value: None,
+            end_in_seconds: None,
+            periods: None,
+            remaining_periods: None,
             next_charge_date: s.next,
+            next_charge_date_value: s.next,
+            next_charge_date_in_seconds: s.next.div_euclid(1000),
             next_charge_currency: s.currency.clone(),
             next_charge_total: to_major(s.price * i64::from(s.quantity), exp),
             canceled_date: s.canceled,
+            canceled_date_value: s.canceled,
+            canceled_date_in_seconds: s.canceled.map(|t| t.div_euclid(1000)),
             deactivation_date: s.deactivation_date(),
+            deactivation_date_value: s.deactivation_date(),
+            deactivation_date_in_seconds: s.deactivation_date().map(|t| t.div_euclid(1000)),
             order: s.order.to_string(),
             decline_reason: s.renewal.decline_reason.clone(),
             failed_attempts: s.renewal.failed_attempts,
@@ -468,7 +509,7 @@ mod tests {
     /// The body the `json!` builder this view replaced produced, for one record.
     fn old_json(s: &SubscriptionRecord, action: &str) -> serde_json::Value {
         let exp = 2;
-        serde_json::json!({
+        let mut old = serde_json::json!({
             "id": s.id, "subscription": s.id, "action": action, "result": "success",
             "active": s.state != SubState::Deactivated, "state": s.state.as_str(),
             "isPauseScheduled": false, "live": s.live, "account": s.account, "product": s.product, "quantity": s.quantity,
@@ -484,7 +525,24 @@ mod tests {
             "order": s.order, "declineReason": s.renewal.decline_reason,
             "failedAttempts": s.renewal.failed_attempts, "nextRetry": s.renewal.retry_at,
             "cardExpiring": s.renewal.card_expiring,
-        })
+        });
+        // FastSpring's other forms of the same instants (added with the lifecycle work).
+        let more = serde_json::json!({
+            "beginValue": s.begin, "beginInSeconds": s.begin / 1000,
+            "beginDisplayISO8601": display_date_iso(s.begin),
+            "nextValue": s.next, "nextInSeconds": s.next / 1000,
+            "nextDisplayISO8601": display_date_iso(s.next),
+            "nextChargeDateValue": s.next, "nextChargeDateInSeconds": s.next / 1000,
+            "end": null, "endValue": null, "endInSeconds": null,
+            "periods": null, "remainingPeriods": null,
+            "canceledDateValue": s.canceled, "canceledDateInSeconds": s.canceled.map(|t| t / 1000),
+            "deactivationDateValue": s.canceled.map(|_| s.next),
+            "deactivationDateInSeconds": s.canceled.map(|_| s.next / 1000),
+        });
+        if let (Some(all), Some(more)) = (old.as_object_mut(), more.as_object()) {
+            all.extend(more.clone());
+        }
+        old
     }
 
     #[test]
