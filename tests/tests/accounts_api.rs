@@ -35,6 +35,18 @@ async fn accounts_are_created_read_and_partially_updated() {
     let id = new_account(&app, &body).await;
     let got = app.get_account(&id).await;
     assert_eq!(got.status, 200);
+    assert_eq!(
+        got.headers.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..]),
+        "personal data is not cached"
+    );
+    let missing = app.get_account("AaJRpxUqdLCLGE4PT6DK5w").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.headers.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..]),
+        "nor is an error answer"
+    );
     let a = &got.json["accounts"][0];
     assert_eq!(a["id"], id.as_str());
     assert_eq!(a["account"], id.as_str());

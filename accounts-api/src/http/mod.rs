@@ -46,11 +46,27 @@ pub fn router(state: SharedState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::map_response(envelope_rejections))
+        .layer(axum::middleware::map_response(no_store))
         .layer(axum::middleware::from_fn_with_state(
             declared,
             query::mark_unrecognized,
         ))
         .with_state(state)
+}
+
+/// JSON answers carry accounts, orders, events — personal data: `Cache-Control: no-store`, so
+/// neither a browser nor a shared cache keeps a copy (the account pages set it on their own
+/// HTML). A handler that chose a policy keeps it.
+async fn no_store(mut resp: Response) -> Response {
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json && !resp.headers().contains_key(header::CACHE_CONTROL) {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }
 
 /// `/docs`: the document at `/openapi.json` (served by `ops`) as browsable Swagger UI, its files
