@@ -145,6 +145,11 @@ async fn each_state_change_writes_its_event() {
         of_type(&events, "payment-method.removed")[0]["data"]["paymentMethod"],
         pm.as_str()
     );
+    // account.updated carries the account as changed (FastSpring's data is the object).
+    let updated = &of_type(&events, "account.updated")[0]["data"];
+    assert_eq!(updated["id"], account.as_str());
+    assert_eq!(updated["contact"]["phone"], "+1 555 0100");
+    assert_eq!(updated["contact"]["email"], "changes@example.com");
 
     // A refused change writes no event: cancelling twice is a 409 and nothing more.
     let once = app.cancel_subscription(&sub).await;

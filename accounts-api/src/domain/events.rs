@@ -10,8 +10,8 @@ use crate::model::{AccountId, AccountRecord, OrderRecord, SubscriptionId, Subscr
 pub enum DomainEvent {
     /// A new account (created by the API or by a first checkout). Data: the account object.
     AccountCreated(AccountRecord),
-    /// Contact or lookup details changed. Data: `{account}`.
-    AccountUpdated { account: AccountId },
+    /// Contact, address or lookup details changed. Data: the account object as changed.
+    AccountUpdated(AccountRecord),
     /// A checkout completed. Data: the order object.
     OrderCompleted(OrderRecord),
     /// A subscription began with its order. Data: the subscription object.
@@ -92,7 +92,7 @@ impl DomainEvent {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::AccountCreated(_) => "account.created",
-            Self::AccountUpdated { .. } => "account.updated",
+            Self::AccountUpdated(_) => "account.updated",
             Self::OrderCompleted(_) => "order.completed",
             Self::SubscriptionActivated(_) => "subscription.activated",
             Self::SubscriptionCanceled(_) => "subscription.canceled",

@@ -58,13 +58,17 @@ pub async fn update(
 ) -> Result<AccountRecord, StorageError> {
     let extras = Extras {
         idempotency: answer,
-        events: vec![super::events::record(&DomainEvent::AccountUpdated {
-            account: id.clone(),
-        })],
+        events: vec![],
     };
-    let a = storage
-        .update_account(store, id, &|a| apply(a, input), &extras)
-        .await?;
+    // The event carries the account as changed (FastSpring's account.updated data is the
+    // account object), built inside the transaction.
+    let change = |a: &mut AccountRecord| {
+        apply(a, input);
+        vec![super::events::record(&DomainEvent::AccountUpdated(
+            a.clone(),
+        ))]
+    };
+    let a = storage.update_account(store, id, &change, &extras).await?;
     storage.durable().await?;
     Ok(a)
 }

@@ -25,8 +25,9 @@ fn to_data<T: serde::Serialize>(view: &T) -> Value {
 fn data(event: &DomainEvent) -> Value {
     use crate::http::views::{OrderView, SubscriptionView};
     match event {
-        DomainEvent::AccountCreated(a) => to_data(&crate::http::views::AccountCreatedData::of(a)),
-        DomainEvent::AccountUpdated { account } => json!({"account": account}),
+        DomainEvent::AccountCreated(a) | DomainEvent::AccountUpdated(a) => {
+            to_data(&crate::http::views::AccountCreatedData::of(a))
+        }
         DomainEvent::OrderCompleted(o) => to_data(&OrderView::of(o, None)),
         DomainEvent::SubscriptionActivated(s)
         | DomainEvent::SubscriptionCanceled(s)
@@ -218,7 +219,7 @@ mod tests {
             ("total", J::Num),
         ];
         let mut fields: Vec<(&'static str, J)> = match e {
-            DomainEvent::AccountCreated(_) => vec![
+            DomainEvent::AccountCreated(_) | DomainEvent::AccountUpdated(_) => vec![
                 ("id", J::Str),
                 ("account", J::Str),
                 ("contact", J::Obj),
@@ -227,7 +228,6 @@ mod tests {
                 ("language", J::Or(&J::Str)),
                 ("country", J::Or(&J::Str)),
             ],
-            DomainEvent::AccountUpdated { .. } => vec![("account", J::Str)],
             DomainEvent::OrderCompleted(_) => vec![
                 ("id", J::Str),
                 ("order", J::Str),
@@ -310,9 +310,7 @@ mod tests {
         let at_end = crate::domain::subscription::CancelWhen::PeriodEnd;
         let mut out = vec![
             DomainEvent::AccountCreated(a.clone()),
-            DomainEvent::AccountUpdated {
-                account: a.id.clone(),
-            },
+            DomainEvent::AccountUpdated(a.clone()),
             DomainEvent::OrderCompleted(o),
             DomainEvent::SubscriptionActivated(s.clone()),
         ];

@@ -292,6 +292,9 @@ pub type RenewalChange<'a> = &'a (
     );
 /// Mutation of an account inside a transaction.
 pub type AccountChange<'a> = &'a (dyn Fn(&mut AccountRecord) + Sync);
+/// An update of one account inside a transaction; returns the events that describe it, built
+/// from the account as changed (written in the same transaction, after `extras`' own).
+pub type AccountUpdate<'a> = &'a (dyn Fn(&mut AccountRecord) -> Vec<EventRecord> + Sync);
 /// Mutation of a store's webhook list inside a transaction; an `Err` aborts it.
 pub type WebhooksChange<'a> =
     &'a (dyn Fn(&mut Vec<WebhookRecord>) -> Result<(), StorageError> + Sync);
@@ -347,12 +350,13 @@ pub trait Storage: Send + Sync + 'static {
         account: &'a AccountRecord,
         extras: &'a Extras,
     ) -> BoxFuture<'a, StorageResult<()>>;
-    /// Applies `change` to the account, moving its email/custom indexes with uniqueness checks.
+    /// Applies `change` to the account, moving its email/custom indexes with uniqueness checks,
+    /// and writes the events it returns.
     fn update_account<'a>(
         &'a self,
         store: &'a StoreId,
         id: &'a AccountId,
-        change: AccountChange<'a>,
+        change: AccountUpdate<'a>,
         extras: &'a Extras,
     ) -> BoxFuture<'a, StorageResult<AccountRecord>>;
     fn account<'a>(

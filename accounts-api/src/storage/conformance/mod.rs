@@ -143,7 +143,10 @@ pub async fn emails_and_custom_ids_are_unique_per_store(open: Open) {
         .update_account(
             &st("st"),
             &b.id,
-            &|a| a.custom = Some("custom-1".into()),
+            &|a| {
+                a.custom = Some("custom-1".into());
+                vec![]
+            },
             &Extras::default(),
         )
         .await;
@@ -152,7 +155,10 @@ pub async fn emails_and_custom_ids_are_unique_per_store(open: Open) {
         .update_account(
             &st("st"),
             &b.id,
-            &|a| a.contact.email = taken.to_uppercase(),
+            &|a| {
+                a.contact.email = taken.to_uppercase();
+                vec![]
+            },
             &Extras::default(),
         )
         .await;

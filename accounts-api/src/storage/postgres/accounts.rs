@@ -197,7 +197,7 @@ impl PgStorage {
         &self,
         store: &StoreId,
         id: &AccountId,
-        change: AccountChange<'_>,
+        change: AccountUpdate<'_>,
         extras: &Extras,
     ) -> StorageResult<AccountRecord> {
         transaction!(self, |tx| {
@@ -205,7 +205,12 @@ impl PgStorage {
                 return Err(Fail::Store(StorageError::NotFound));
             };
             let mut after = before.clone();
-            change(&mut after);
+            let mut events = extras.events.clone();
+            events.extend(change(&mut after));
+            let all = Extras {
+                idempotency: extras.idempotency.clone(),
+                events,
+            };
             let new_email = after.email_key();
             if before.email_key() != new_email
                 && let Some(existing) = holder(tx, store, "email_key", &new_email).await?
@@ -221,7 +226,7 @@ impl PgStorage {
                 return Err(Fail::Store(StorageError::CustomTaken(existing)));
             }
             put_account(tx, &after).await?;
-            self.extras(tx, store, extras).await?;
+            self.extras(tx, store, &all).await?;
             Ok(after)
         })
     }

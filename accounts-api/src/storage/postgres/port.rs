@@ -68,7 +68,7 @@ impl Storage for PgStorage {
         &'a self,
         store: &'a StoreId,
         id: &'a AccountId,
-        change: AccountChange<'a>,
+        change: AccountUpdate<'a>,
         extras: &'a Extras,
     ) -> BoxFuture<'a, StorageResult<AccountRecord>> {
         Box::pin(self.update_account(store, id, change, extras))

@@ -125,7 +125,7 @@ impl SledStorage {
         &self,
         store: &StoreId,
         id: &AccountId,
-        change: AccountChange<'_>,
+        change: AccountUpdate<'_>,
         extras: &Extras,
     ) -> Result<AccountRecord, StorageError> {
         let r = self.tree.transaction(|tx| {
@@ -134,7 +134,12 @@ impl SledStorage {
                 return abort(StorageError::NotFound);
             };
             let mut after = before.clone();
-            change(&mut after);
+            let mut events = extras.events.clone();
+            events.extend(change(&mut after));
+            let all = Extras {
+                idempotency: extras.idempotency.clone(),
+                events,
+            };
             let (old_e, new_e) = (before.email_key(), after.email_key());
             if old_e != new_e {
                 let nk = key("e", store, &new_e);
@@ -161,7 +166,7 @@ impl SledStorage {
                 }
             }
             tx_put(tx, &ak, &after)?;
-            tx_extras(tx, store, extras, self.live)?;
+            tx_extras(tx, store, &all, self.live)?;
             Ok(after)
         });
         finish(r)

@@ -25,9 +25,9 @@ mod accounts;
 mod events;
 
 use super::{
-    AccountChange, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite, Index,
-    OrderQuery, OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError, StorageResult,
-    SubscriptionChange, SubscriptionQuery, WebhooksChange,
+    AccountChange, AccountUpdate, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite,
+    Index, OrderQuery, OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError,
+    StorageResult, SubscriptionChange, SubscriptionQuery, WebhooksChange,
 };
 use crate::model::{
     AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,
@@ -371,7 +371,7 @@ impl Storage for SledStorage {
         &'a self,
         store: &'a StoreId,
         id: &'a AccountId,
-        change: AccountChange<'a>,
+        change: AccountUpdate<'a>,
         extras: &'a Extras,
     ) -> BoxFuture<'a, StorageResult<AccountRecord>> {
         inline!(SledStorage::update_account(self, store, id, change, extras))
