@@ -827,34 +827,25 @@ async fn a_pause_of_2_periods_skips_them_and_charges_on_the_resume_date_and_resu
     );
 }
 
+/// `POST /subscriptions/charge` with `body` under an Idempotency-Key.
+async fn rebill_with_key(sys: &System, body: &Value, key: &str) -> tests::accounts::Answer {
+    let path = "/subscriptions/charge";
+    sys.call_with_key(&sys.demo, "POST", path, Some(body), key)
+        .await
+}
+
 #[tokio::test]
 async fn a_rebill_retried_with_its_idempotency_key_gets_the_first_answer_and_charges_once() {
     let sys = start_system();
     let (_, sub) = checkout(&sys, &unique_token(), true).await;
     let body = json!({"subscriptions": [{"subscription": sub}]});
-    let first = sys
-        .call_with_key(
-            &sys.demo,
-            "POST",
-            "/subscriptions/charge",
-            Some(&body),
-            "rebill-1",
-        )
-        .await;
+    let first = rebill_with_key(&sys, &body, "rebill-1").await;
     assert_eq!(
         first.json["subscription"][0]["result"], "success",
         "{}",
         first.text
     );
-    let retry = sys
-        .call_with_key(
-            &sys.demo,
-            "POST",
-            "/subscriptions/charge",
-            Some(&body),
-            "rebill-1",
-        )
-        .await;
+    let retry = rebill_with_key(&sys, &body, "rebill-1").await;
     assert_eq!(
         (retry.status, &retry.json),
         (first.status, &first.json),
@@ -864,15 +855,7 @@ async fn a_rebill_retried_with_its_idempotency_key_gets_the_first_answer_and_cha
     let fresh = charge_now(&sys, &sub).await;
     assert_eq!(fresh.json["subscription"][0]["result"], "error");
     let other = json!({"subscriptions": [{"subscription": "nope"}]});
-    let reused = sys
-        .call_with_key(
-            &sys.demo,
-            "POST",
-            "/subscriptions/charge",
-            Some(&other),
-            "rebill-1",
-        )
-        .await;
+    let reused = rebill_with_key(&sys, &other, "rebill-1").await;
     assert_eq!(
         reused.status.as_u16(),
         409,
