@@ -95,7 +95,12 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
-    let acceptor = shared::net::CappedNoDelay::new(limits.max_connections.max(1));
+    let acceptor = shared::net::CappedNoDelay::new(shared::net::Admission::new(
+        "api",
+        limits.max_connections.max(1),
+        limits.max_connections_per_address,
+        crate::ops::metrics(),
+    ));
     let mut server = axum_server::from_tcp(listener.into_std()?)?
         .acceptor(acceptor)
         .handle(handle.clone());

@@ -18,6 +18,7 @@ mod jobs;
 pub mod model;
 mod openapi;
 mod ops;
+mod pacing;
 mod pages;
 pub mod service;
 
@@ -115,6 +116,7 @@ pub fn build_with_storage(
     };
     let admin = admin::bind(&dir).map_err(|e| format!("admin socket: {e}"))?;
     let http = jobs::webhooks::client(&settings)?;
+    let warm = client.clone();
     let state = app::AppState::build(
         Arc::clone(&storage),
         settings.clone(),
@@ -124,6 +126,7 @@ pub fn build_with_storage(
     // Every background task takes the stop signal and is awaited when `app::run` ends.
     let bg = &state.background;
     bg.spawn(admin::serve(admin, Arc::clone(&storage), bg.shutdown()));
+    bg.spawn(jobs::warm::keep_warm(warm, bg.shutdown()));
     bg.spawn(jobs::webhooks::dispatch(
         storage,
         http,

@@ -80,6 +80,10 @@ pub struct Limits {
     pub store_burst: u32,
     /// Concurrent connections; beyond it new connections are closed at once.
     pub max_connections: usize,
+    /// Concurrent connections from one client address (IPv6: its /64); beyond it that
+    /// address's new connections are closed at once, so one address cannot take every slot.
+    /// Behind a proxy every connection comes from the proxy: raise it there (0: no cap).
+    pub max_connections_per_address: usize,
     /// Time allowed to send a request's headers (also ends idle keep-alive connections).
     pub header_read_timeout_secs: u64,
     /// Most header lines per request (more → 431).
@@ -88,6 +92,24 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Time allowed between body chunks.
     pub body_timeout_secs: u64,
+    /// After `body_grace_secs`, a body must have arrived at this average rate (bytes per
+    /// second) or the request ends with 408 (0: no minimum rate).
+    pub min_body_bytes_per_sec: u64,
+    pub body_grace_secs: u64,
+    /// Time allowed for a whole request body.
+    pub body_deadline_secs: u64,
+}
+
+impl Limits {
+    /// The pace request bodies must keep (`crate::pacing`).
+    pub fn pace(&self) -> crate::pacing::Pace {
+        crate::pacing::Pace {
+            gap: Duration::from_secs(self.body_timeout_secs.max(1)),
+            grace: Duration::from_secs(self.body_grace_secs),
+            min_rate: self.min_body_bytes_per_sec,
+            deadline: Duration::from_secs(self.body_deadline_secs.max(1)),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -99,10 +121,14 @@ impl Default for Limits {
             store_requests_per_sec: 0,
             store_burst: 100,
             max_connections: crate::app::MAX_CONNECTIONS,
+            max_connections_per_address: 256,
             header_read_timeout_secs: crate::app::HEADER_READ_TIMEOUT.as_secs(),
             max_headers: 64,
             max_header_bytes: 16 * 1024,
             body_timeout_secs: 10,
+            min_body_bytes_per_sec: 1024,
+            body_grace_secs: 5,
+            body_deadline_secs: 30,
         }
     }
 }
@@ -545,6 +571,7 @@ pub fn routes() -> OpenApiRouter<Arc<Ops>> {
 /// The service as deployed: the API router, the unauthenticated operations routes, the abuse
 /// limits and the observing layer (outermost, so every answer carries a request id).
 pub fn service_router(state: SharedState, limits: Limits) -> Router {
+    let pace = limits.pace();
     let ops = Ops::new(Arc::clone(&state), limits.clone());
     let (ops_routes, _) = routes().split_for_parts();
     // The limits guard the API only: probes and scrapes are never refused.
@@ -554,8 +581,8 @@ pub fn service_router(state: SharedState, limits: Limits) -> Router {
             guard,
         ))
         .merge(ops_routes.with_state(ops))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            Duration::from_secs(limits.body_timeout_secs),
-        ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::pacing::paced(pace, req, next)
+        }))
         .layer(axum::middleware::from_fn(observe))
 }

@@ -162,7 +162,9 @@ impl VaultClient {
             .no_proxy()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(128)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the vault's idle keep-alive (30 s): a connection is dropped here before the
+            // vault closes it, so a request never lands on one being closed.
+            .pool_idle_timeout(Duration::from_secs(25))
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout)
             .build()

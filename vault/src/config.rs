@@ -72,8 +72,14 @@ pub struct TlsPaths {
 pub struct Limits {
     /// Largest request body; bigger is answered 413 without being read.
     pub max_body_bytes: usize,
-    /// Concurrent connections; beyond it new connections are closed at once.
+    /// Concurrent established (mTLS-authenticated) connections; beyond it new connections
+    /// are closed at once after their handshake.
     pub max_connections: usize,
+    /// Concurrent connections still in their TLS handshake, in all and from one client address:
+    /// beyond either, a new connection is closed at once. Unauthenticated clients can only ever
+    /// hold these, so they cannot take the slots of authenticated ones.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_address: usize,
     /// Time allowed for a TLS handshake.
     pub handshake_timeout_secs: u64,
     /// Time allowed to receive a request's headers (also bounds idle keep-alive connections
@@ -92,6 +98,8 @@ impl Default for Limits {
         Self {
             max_body_bytes: shared::vault_api::MAX_BODY_BYTES,
             max_connections: 512,
+            max_handshakes: 128,
+            max_handshakes_per_address: 16,
             handshake_timeout_secs: 10,
             header_read_timeout_secs: 30,
             request_timeout_secs: 15,
@@ -417,7 +425,10 @@ impl Config {
             secret_key: processor_secret,
             timeout: std::time::Duration::from_millis(timeout_ms),
         };
-        if file.limits.max_connections == 0 || file.limits.max_body_bytes == 0 {
+        if file.limits.max_connections == 0
+            || file.limits.max_body_bytes == 0
+            || file.limits.max_handshakes == 0
+        {
             return Err(ConfigError::Parse("limits must be positive".into()));
         }
         if file.audit.segment_max_bytes < 4096 || file.audit.segment_max_age_secs == 0 {

@@ -1,5 +1,12 @@
 //! The mTLS listener: rustls requiring a client certificate from the configured CA, a TLS
-//! handshake timeout, TCP_NODELAY, a connection cap, and hyper's header-read timeout.
+//! handshake timeout, TCP_NODELAY, connection caps, and hyper's header-read timeout.
+//!
+//! Connections are admitted in two stages ([`Gated`]): during its TLS handshake a connection
+//! holds a slot of a small handshake admission (`max_handshakes`, at most
+//! `max_handshakes_per_address` from one address, bounded in time by the handshake timeout);
+//! once the client certificate is verified it moves to a slot of the established cap
+//! (`max_connections`). A client without a certificate from our CA never holds an established
+//! slot, so idle or slow unauthenticated connections cannot lock accounts-api out.
 //!
 //! There is no plaintext listener and no switch to make client certificates optional.
 //! Failed handshakes are logged at WARN with the rustls reason (unknown CA, expired, no
@@ -13,7 +20,7 @@ use crate::api::{self, AppState};
 use crate::config::Limits;
 use axum_server::accept::Accept;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
-use shared::net::CappedNoDelay;
+use shared::net::{Admission, Held};
 use shared::tls::TlsProblem;
 use std::future::Future;
 use std::io;
@@ -103,6 +110,62 @@ fn handshake_failed(peer: Option<SocketAddr>, e: &io::Error) {
     }
 }
 
+/// TCP_NODELAY on an accepted connection (the TLS acceptor's inner stage).
+#[derive(Clone, Copy)]
+struct NoDelay;
+
+impl<S> Accept<TcpStream, S> for NoDelay {
+    type Stream = TcpStream;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(TcpStream, S)>>;
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        std::future::ready(stream.set_nodelay(true).map(|()| (stream, service)))
+    }
+}
+
+/// The two-stage admission around the TLS acceptor (module doc).
+#[derive(Clone)]
+struct Gated<A> {
+    tls: A,
+    handshakes: Admission,
+    established: Admission,
+}
+
+type Admitting<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
+
+impl<A, S> Accept<TcpStream, S> for Gated<A>
+where
+    A: Accept<TcpStream, S>,
+    A::Future: Send + 'static,
+    A::Stream: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = Held<A::Stream>;
+    type Service = A::Service;
+    type Future = Admitting<(Held<A::Stream>, A::Service)>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let peer = shared::net::peer_ip(&stream);
+        let handshake = match self.handshakes.admit(peer) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let e = io::Error::other(format!("connection refused ({})", why.reason()));
+                return Box::pin(std::future::ready(Err(e)));
+            }
+        };
+        let established = self.established.clone();
+        let tls = self.tls.accept(stream, service);
+        Box::pin(async move {
+            let (stream, service) = tls.await?;
+            drop(handshake);
+            let slot = established.admit(peer).map_err(|why| {
+                io::Error::other(format!("connection refused ({})", why.reason()))
+            })?;
+            Ok((Held::new(stream, slot), service))
+        })
+    }
+}
+
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
@@ -118,11 +181,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<Running> {
     let app = api::app(state, limits);
-    let acceptor = LoggedHandshake(
-        RustlsAcceptor::new(RustlsConfig::from_config(tls))
+    let metrics = crate::api::ops::metrics();
+    let acceptor = LoggedHandshake(Gated {
+        tls: RustlsAcceptor::new(RustlsConfig::from_config(tls))
             .handshake_timeout(Duration::from_secs(limits.handshake_timeout_secs))
-            .acceptor(CappedNoDelay::new(limits.max_connections)),
-    );
+            .acceptor(NoDelay),
+        handshakes: Admission::new(
+            "handshake",
+            limits.max_handshakes,
+            limits.max_handshakes_per_address,
+            metrics,
+        ),
+        established: Admission::new("established", limits.max_connections, 0, metrics),
+    });
     let handle = axum_server::Handle::new();
     let mut server = axum_server::from_tcp(listener)?
         .acceptor(acceptor)

@@ -26,6 +26,8 @@ pub enum ErrorKind {
     IdempotencyMismatch,
     /// The body is larger than the limit (413).
     TooLarge,
+    /// The body did not arrive at the required pace (408; `crate::pacing`).
+    TooSlow,
     /// The vault could not be reached or failed (503 with Retry-After).
     VaultUnavailable,
     /// The database could not be reached (503 with Retry-After; nothing was written).
@@ -62,6 +64,7 @@ impl ApiError {
             ErrorKind::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Conflict(..) | ErrorKind::IdempotencyMismatch => StatusCode::CONFLICT,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::TooSlow => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::VaultUnavailable | ErrorKind::DatabaseUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -88,6 +91,7 @@ impl ApiError {
                 "key already used with a different request",
             ),
             ErrorKind::TooLarge => put("request", "body too large"),
+            ErrorKind::TooSlow => put("request", "body not received in time"),
             ErrorKind::VaultUnavailable => put("vault", "temporarily unavailable, retry later"),
             ErrorKind::DatabaseUnavailable => {
                 put("database", "temporarily unavailable, retry later")
@@ -153,6 +157,11 @@ impl IntoResponse for ApiError {
             ErrorKind::VaultUnavailable | ErrorKind::DatabaseUnavailable => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            // The rest of the body is not waited for: the connection ends with this answer.
+            ErrorKind::TooSlow => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -208,7 +208,7 @@ pub async fn authorize(
     }
 }
 
-/// The body bytes, or 413/400 in the envelope.
+/// The body bytes, or 413/408/400 in the envelope.
 fn body_bytes(
     body: Result<Bytes, BytesRejection>,
     action: &'static str,
@@ -216,6 +216,8 @@ fn body_bytes(
     body.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(action, ErrorKind::TooLarge)
+        } else if crate::pacing::is_slow_body(&rej) {
+            ApiError::new(action, ErrorKind::TooSlow)
         } else {
             ApiError::new(action, ErrorKind::BadJson)
         }
