@@ -152,6 +152,17 @@ enum StoreCommand {
 
 async fn serve(config: PathBuf, log_format: shared::ops::LogFormat) -> Result<(), String> {
     let cfg = accounts_api::config::Config::load(&config)?;
+    // Without it, sign-in links would be built from each request's Host header, which the
+    // client chooses (`dev` keeps that fallback: it listens on loopback only).
+    if cfg.public_url.is_none() {
+        return Err(format!(
+            "{}: public_url is not set. Sign-in links must not follow the request's Host header \
+             (a client could point them anywhere): set public_url = \"https://accounts.example.com\" \
+             (the public address of the proxy in front of accounts-api) in the file, or \
+             STRONGROOM_PUBLIC_URL",
+            config.display()
+        ));
+    }
     let settings = accounts_api::settings::Settings {
         public_url: cfg.public_url.clone(),
         live: cfg.live,
@@ -220,22 +231,35 @@ async fn store_create(
     Ok(())
 }
 
+/// The server commands hold raw payment tokens (checkout) and check API passwords: no core
+/// dumps, no ptrace by other processes of the same user (`shared::hardening`), or no start.
+fn harden() -> Result<(), String> {
+    shared::hardening::disable_core_dumps()
+        .map_err(|e| format!("cannot turn core dumps off ({e}); refusing to start"))
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     shared::tls::install_crypto_provider();
     let cli = Cli::parse();
     accounts_api::init_tracing(cli.log_format);
     let result = match cli.command {
-        Command::Serve { config } => serve(config, cli.log_format).await,
+        Command::Serve { config } => match harden() {
+            Ok(()) => serve(config, cli.log_format).await,
+            Err(e) => Err(e),
+        },
         Command::Dev {
             data,
             port,
             database_url,
             instances,
-        } => {
-            let database = database_url.map(shared::SecretString::new);
-            accounts_api::dev::run(data, port, database, instances).await
-        }
+        } => match harden() {
+            Ok(()) => {
+                let database = database_url.map(shared::SecretString::new);
+                accounts_api::dev::run(data, port, database, instances).await
+            }
+            Err(e) => Err(e),
+        },
         Command::Store {
             command: StoreCommand::Create { name, data, config },
         } => store_create(name, data, config).await,

@@ -4,6 +4,7 @@
 
 pub mod domain;
 pub mod durable;
+pub mod hardening;
 pub mod net;
 pub mod ops;
 pub mod pg;

@@ -33,7 +33,12 @@ impl Setup {
     /// `accounts.toml` with `data = "data"`, the given top-level lines, a `[vault]` table built
     /// from `vault` (keys → values, already quoted) and `tail` (more tables).
     fn write_config(&self, top: &str, vault: &[(&str, String)], tail: &str) -> PathBuf {
-        let mut text = format!("data = \"data\"\nlisten = \"127.0.0.1:0\"\n{top}\n[vault]\n");
+        let mut text = format!("data = \"data\"\nlisten = \"127.0.0.1:0\"\n{top}\n");
+        // `serve` requires it; a test about it writes its own.
+        if !top.contains("public_url") {
+            text.push_str("public_url = \"https://accounts.example.com\"\n");
+        }
+        text.push_str("[vault]\n");
         for (k, v) in vault {
             text.push_str(&format!("{k} = {v}\n"));
         }
@@ -450,6 +455,17 @@ fn a_missing_required_key_an_unknown_key_and_a_public_url_without_scheme_are_eac
     let out = expect_refusal(serve_command(&config));
     assert!(
         out.contains("public_url: \"accounts.example.com\" is not a usable public URL (it must start with https:// or http://)"),
+        "{out}"
+    );
+    // Without a public URL sign-in links would follow the client's Host header: refused.
+    let config = s.write_config("", &s.vault_table(&[]), "[renewals]\nenabled = false\n");
+    let text = std::fs::read_to_string(&config).unwrap_or_default();
+    let without = text.replace("public_url = \"https://accounts.example.com\"\n", "");
+    assert_ne!(text, without, "the default public_url line moved");
+    std::fs::write(&config, without).unwrap_or_else(|e| panic!("{e}"));
+    let out = expect_refusal(serve_command(&config));
+    assert!(
+        out.contains("public_url is not set") && out.contains("STRONGROOM_PUBLIC_URL"),
         "{out}"
     );
     // The environment override is held to the same rule.

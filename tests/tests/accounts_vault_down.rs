@@ -22,7 +22,7 @@ async fn vault_down_is_503_with_nothing_written_and_the_retry_succeeds_once_it_i
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata = \".\"\n[vault]\naddr = \"{addr}\"\nserver_name = \"localhost\"\n\
+            "listen = \"127.0.0.1:0\"\ndata = \".\"\npublic_url = \"https://accounts.example.com\"\n[vault]\naddr = \"{addr}\"\nserver_name = \"localhost\"\n\
              ca = \"vault/pki/ca.pem\"\ncert = \"vault/pki/accounts.pem\"\nkey = \"vault/pki/accounts.key\"\n"
         ),
     )

@@ -452,7 +452,7 @@ fn slow_clients_are_cut_off_connections_beyond_the_cap_are_closed_and_a_store_ov
     let config = dir.path().join("accounts.toml");
     std::fs::write(
         &config,
-        "listen = \"127.0.0.1:0\"\ndata = \"data\"\n[vault]\naddr = \"127.0.0.1:1\"\n\
+        "listen = \"127.0.0.1:0\"\ndata = \"data\"\npublic_url = \"https://accounts.example.com\"\n[vault]\naddr = \"127.0.0.1:1\"\n\
          ca = \"pki/ca.pem\"\ncert = \"pki/accounts.pem\"\nkey = \"pki/accounts.key\"\n\
          [limits]\nmax_connections = 2\nheader_read_timeout_secs = 1\n\
          store_requests_per_sec = 1\nstore_burst = 3\n",
@@ -538,4 +538,19 @@ fn slow_clients_are_cut_off_connections_beyond_the_cap_are_closed_and_a_store_ov
             .any(|(s, r)| *s == 429 && r.as_deref() == Some("1")),
         "then 429 with Retry-After: {statuses:?}"
     );
+}
+
+/// accounts-api holds raw tokens at checkout: like the vault, `dev` and `serve` run without core
+/// dumps (RLIMIT_CORE 0, soft and hard).
+#[test]
+fn accounts_api_turns_core_dumps_off() {
+    let system = tests::accounts::start_system();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", system.service.pid()))
+        .unwrap_or_default();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_else(|| panic!("no core limit line in {limits}"));
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], &["0", "0"], "{core}");
 }

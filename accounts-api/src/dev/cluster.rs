@@ -148,13 +148,14 @@ pub(super) async fn start_api(
     i: usize,
     pki: &Path,
     vault_addr: &str,
+    public_url: &str,
 ) -> Result<ApiChild, String> {
     let dir = data.join("instances").join(i.to_string());
     shared::pki::create_private_dir(&dir).map_err(|e| e.to_string())?;
     let q = |p: PathBuf| format!("{:?}", p.display().to_string());
     let config = format!(
         "# Written by `accounts-api dev --database-url`: accounts-api instance {i}.\n\
-         listen = \"127.0.0.1:0\"\ndata = \".\"\n\n\
+         listen = \"127.0.0.1:0\"\ndata = \".\"\npublic_url = \"{public_url}\"\n\n\
          [vault]\naddr = \"{vault_addr}\"\nserver_name = \"localhost\"\n\
          ca = {}\ncert = {}\nkey = {}\n\n\
          [renewals]\ncert = {}\nkey = {}\n\n\

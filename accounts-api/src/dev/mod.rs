@@ -392,17 +392,18 @@ pub async fn run(
     let state = crate::build_with_storage(storage, &data, &vault_cfg, Some(&renewals), settings)?;
     let demo = demo_store(&state, &crate::config::accounts_dir(&data)).await?;
     // The other accounts-api instances: `accounts-api serve` children, instance i on vault i.
-    let mut apis = Vec::new();
-    if let Some(db) = &db {
-        for (i, vault) in vaults.iter().enumerate().skip(1) {
-            apis.push(cluster::start_api(&data, db, i + 1, &pki, &vault.addr).await?);
-        }
-    }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| format!("bind: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let api = format!("http://{local}");
+    let mut apis = Vec::new();
+    if let Some(db) = &db {
+        for (i, vault) in vaults.iter().enumerate().skip(1) {
+            // Their sign-in links lead to this instance (all share the database).
+            apis.push(cluster::start_api(&data, db, i + 1, &pki, &vault.addr, &api).await?);
+        }
+    }
     let mut ready = json!({
         "api": api,
         "store": demo.get("store"),
