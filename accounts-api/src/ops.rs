@@ -57,6 +57,14 @@ pub fn describe_counters(m: &Metrics) {
         "Events scheduled for another delivery attempt after a failed post.",
     );
     m.describe(
+        "retention_sweeps_total",
+        "Retention sweeps run (one a minute; see retention_swept_total).",
+    );
+    m.describe(
+        "retention_swept_total",
+        "Rows deleted by the retention sweeper, by kind (links_and_sessions, idempotency_keys, events).",
+    );
+    m.describe(
         "webhook_events_given_up_total",
         "Events whose delivery attempts ran out (they stay unprocessed for the events API).",
     );

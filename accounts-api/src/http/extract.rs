@@ -266,6 +266,7 @@ impl Idempotent {
                 status: status.as_u16(),
                 body,
                 pending: None,
+                created: None,
             },
         }
     }

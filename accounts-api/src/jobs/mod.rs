@@ -1,9 +1,11 @@
-//! Background work of the service (the admin socket, the webhook dispatcher, the renewal job):
+//! Background work of the service (the admin socket, the webhook dispatcher, the renewal job,
+//! the retention sweeper):
 //! each task takes a [`Shutdown`] and is awaited by [`Background::stop`], so a stopping server
 //! ends its loops between units of work (never in the middle of a charge or a delivery
 //! settlement) and nothing outlives [`crate::app::run`].
 
 pub mod renewals;
+pub mod retention;
 pub mod webhooks;
 
 use std::future::Future;
