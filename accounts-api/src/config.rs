@@ -22,8 +22,11 @@
 //! cert = "pki/db-client.pem"          # optional client certificate
 //! key = "pki/db-client.key"
 //! [limits]                            # all optional; defaults shown in the README
-//! auth_failures_per_address = 20
+//! auth_failures_per_address_user = 20   # per (address, username); 200 per address
 //! store_requests_per_sec = 0          # 0: unlimited
+//! [http]                              # behind a reverse proxy (ops::ClientAddress)
+//! trusted_proxy_header = "x-forwarded-for"   # believed only from these peers:
+//! trusted_proxies = ["10.0.0.0/8"]
 //! [retention]                         # all optional (settings::Retention)
 //! idempotency_hours = 24              # Idempotency-Key answers, from first use (1..=720)
 //! processed_events_days = 30          # processed events, from processing (1..=3650)
@@ -58,6 +61,16 @@ struct FileConfig {
     #[serde(default)]
     limits: crate::ops::Limits,
     retention: Option<RetentionFile>,
+    http: Option<HttpFile>,
+}
+
+/// `[http]`: the client address behind a reverse proxy (`ops::ClientAddress`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    trusted_proxy_header: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 /// `[retention]`: how long Idempotency-Key answers and processed events are kept.
@@ -244,6 +257,12 @@ impl Config {
         let renewals = renewals(file.renewals.unwrap_or_default(), &tls.cert, &rel)?;
         let database = database(file.database, &rel)?;
         let retention = retention(file.retention)?;
+        let http = file.http.unwrap_or_default();
+        let mut limits = file.limits;
+        limits.client_address = crate::ops::ClientAddress::parse(
+            http.trusted_proxy_header.as_deref(),
+            &http.trusted_proxies,
+        )?;
         let public_url = match env("STRONGROOM_PUBLIC_URL") {
             Some(u) => Some(parse_public_url(&u, "STRONGROOM_PUBLIC_URL")?),
             None => file
@@ -275,7 +294,7 @@ impl Config {
             renewals,
             public_url,
             live,
-            limits: file.limits,
+            limits,
             database,
             retention,
         })
@@ -497,5 +516,37 @@ mod tests {
         write("[retention]\nevents_days = 3\n");
         let e = Config::load(&file).unwrap_err();
         assert!(e.contains("unknown field `events_days`"), "{e}");
+    }
+
+    #[test]
+    fn a_trusted_proxy_header_needs_its_proxies_and_is_believed_only_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("accounts.toml");
+        let write = |tail: &str| {
+            std::fs::write(
+                &file,
+                format!("data = \"x\"\n{VAULT}[renewals]\nenabled = false\n{tail}"),
+            )
+            .unwrap();
+        };
+        write("[http]\ntrusted_proxy_header = \"x-forwarded-for\"\n");
+        let e = Config::load(&file).unwrap_err();
+        assert!(e.contains("http.trusted_proxies is empty"), "{e}");
+        write("[http]\ntrusted_proxies = [\"10.0.0.0/40\"]\n");
+        let e = Config::load(&file).unwrap_err();
+        assert!(e.starts_with("http.trusted_proxies: "), "{e}");
+        write(
+            "[http]\ntrusted_proxy_header = \"X-Forwarded-For\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        );
+        let c = Config::load(&file).unwrap().limits.client_address;
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-forwarded-for", "198.51.100.1".parse().unwrap());
+        let proxy: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: std::net::IpAddr = "203.0.113.1".parse().unwrap();
+        assert_eq!(
+            c.resolve(proxy, &h),
+            "198.51.100.1".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(c.resolve(stranger, &h), stranger);
     }
 }
