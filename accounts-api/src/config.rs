@@ -22,14 +22,21 @@
 //! cert = "pki/db-client.pem"          # optional client certificate
 //! key = "pki/db-client.key"
 //! [limits]                            # all optional; defaults shown in the README
-//! auth_failures_per_address = 20
+//! auth_failures_per_address_user = 20   # per (address, username); 200 per address
 //! store_requests_per_sec = 0          # 0: unlimited
+//! [http]                              # behind a reverse proxy (ops::ClientAddress)
+//! trusted_proxy_header = "x-forwarded-for"   # believed only from these peers:
+//! trusted_proxies = ["10.0.0.0/8"]
+//! [retention]                         # all optional (settings::Retention)
+//! idempotency_hours = 24              # Idempotency-Key answers, from first use (1..=720)
+//! processed_events_days = 30          # processed events, from processing (1..=3650)
 //! ```
 //! Overrides: `STRONGROOM_LISTEN`, `STRONGROOM_DATA`, `STRONGROOM_PUBLIC_URL`, `STRONGROOM_LIVE`,
 //! `STRONGROOM_VAULT_ADDR`, `STRONGROOM_VAULT_SERVER_NAME`, `STRONGROOM_VAULT_CA`,
 //! `STRONGROOM_VAULT_CERT`, `STRONGROOM_VAULT_KEY`, `STRONGROOM_RENEWALS_ENABLED`,
 //! `STRONGROOM_RENEWALS_CERT`, `STRONGROOM_RENEWALS_KEY`, `STRONGROOM_RENEWALS_INTERVAL_SECS`,
-//! `STRONGROOM_DATABASE_URL` (the URL itself; selects PostgreSQL even without `[database]`).
+//! `STRONGROOM_DATABASE_URL` (the URL itself; selects PostgreSQL even without `[database]`),
+//! `STRONGROOM_IDEMPOTENCY_RETENTION_HOURS`, `STRONGROOM_EVENT_RETENTION_DAYS`.
 //!
 //! Every mistake is an error that names the key: an unknown key, a missing required one, a
 //! public URL without scheme, renewals on (the default) without their certificate files.
@@ -53,6 +60,44 @@ struct FileConfig {
     database: Option<DatabaseFile>,
     #[serde(default)]
     limits: crate::ops::Limits,
+    retention: Option<RetentionFile>,
+    http: Option<HttpFile>,
+}
+
+/// `[http]`: the client address behind a reverse proxy (`ops::ClientAddress`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    trusted_proxy_header: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+/// `[retention]`: how long Idempotency-Key answers and processed events are kept.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    idempotency_hours: Option<u64>,
+    processed_events_days: Option<u64>,
+}
+
+/// The windows of `[retention]` (bounded; an out-of-range value names its key), then the
+/// environment's overrides.
+fn retention(file: Option<RetentionFile>) -> Result<crate::settings::Retention, String> {
+    use crate::settings::Retention;
+    let f = file.unwrap_or_default();
+    let d = Retention::default();
+    let from_file = Retention {
+        idempotency: match f.idempotency_hours {
+            Some(h) => Retention::idempotency_hours(h, "retention.idempotency_hours")?,
+            None => d.idempotency,
+        },
+        processed_events: match f.processed_events_days {
+            Some(n) => Retention::event_days(n, "retention.processed_events_days")?,
+            None => d.processed_events,
+        },
+    };
+    Retention::from_env(from_file)
 }
 
 /// `[database]`: PostgreSQL. The URL may hold a password, so it is never written in this file:
@@ -175,6 +220,8 @@ pub struct Config {
     pub limits: crate::ops::Limits,
     /// `[database]`: `None` = the embedded sled under `data/accounts`; `Some` = PostgreSQL.
     pub database: Option<shared::pg::PgSettings>,
+    /// `[retention]`: how long Idempotency-Key answers and processed events are kept.
+    pub retention: crate::settings::Retention,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -209,6 +256,13 @@ impl Config {
         };
         let renewals = renewals(file.renewals.unwrap_or_default(), &tls.cert, &rel)?;
         let database = database(file.database, &rel)?;
+        let retention = retention(file.retention)?;
+        let http = file.http.unwrap_or_default();
+        let mut limits = file.limits;
+        limits.client_address = crate::ops::ClientAddress::parse(
+            http.trusted_proxy_header.as_deref(),
+            &http.trusted_proxies,
+        )?;
         let public_url = match env("STRONGROOM_PUBLIC_URL") {
             Some(u) => Some(parse_public_url(&u, "STRONGROOM_PUBLIC_URL")?),
             None => file
@@ -240,8 +294,9 @@ impl Config {
             renewals,
             public_url,
             live,
-            limits: file.limits,
+            limits,
             database,
+            retention,
         })
     }
 
@@ -427,5 +482,71 @@ mod tests {
         );
         write("live = \"yes\"");
         assert!(Config::load(&file).unwrap_err().contains("live"));
+    }
+
+    #[test]
+    fn retention_windows_come_from_the_file_and_an_out_of_range_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("accounts.toml");
+        let write = |tail: &str| {
+            std::fs::write(
+                &file,
+                format!("data = \"x\"\n{VAULT}[renewals]\nenabled = false\n{tail}"),
+            )
+            .unwrap();
+        };
+        write("");
+        assert_eq!(
+            Config::load(&file).unwrap().retention,
+            crate::settings::Retention::default()
+        );
+        write("[retention]\nidempotency_hours = 72\nprocessed_events_days = 90\n");
+        let r = Config::load(&file).unwrap().retention;
+        assert_eq!(r.idempotency, std::time::Duration::from_secs(72 * 3600));
+        assert_eq!(
+            r.processed_events,
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        write("[retention]\nidempotency_hours = 0\n");
+        let e = Config::load(&file).unwrap_err();
+        assert!(
+            e.starts_with("retention.idempotency_hours: 0 hours is out of range"),
+            "{e}"
+        );
+        write("[retention]\nevents_days = 3\n");
+        let e = Config::load(&file).unwrap_err();
+        assert!(e.contains("unknown field `events_days`"), "{e}");
+    }
+
+    #[test]
+    fn a_trusted_proxy_header_needs_its_proxies_and_is_believed_only_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("accounts.toml");
+        let write = |tail: &str| {
+            std::fs::write(
+                &file,
+                format!("data = \"x\"\n{VAULT}[renewals]\nenabled = false\n{tail}"),
+            )
+            .unwrap();
+        };
+        write("[http]\ntrusted_proxy_header = \"x-forwarded-for\"\n");
+        let e = Config::load(&file).unwrap_err();
+        assert!(e.contains("http.trusted_proxies is empty"), "{e}");
+        write("[http]\ntrusted_proxies = [\"10.0.0.0/40\"]\n");
+        let e = Config::load(&file).unwrap_err();
+        assert!(e.starts_with("http.trusted_proxies: "), "{e}");
+        write(
+            "[http]\ntrusted_proxy_header = \"X-Forwarded-For\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        );
+        let c = Config::load(&file).unwrap().limits.client_address;
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-forwarded-for", "198.51.100.1".parse().unwrap());
+        let proxy: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: std::net::IpAddr = "203.0.113.1".parse().unwrap();
+        assert_eq!(
+            c.resolve(proxy, &h),
+            "198.51.100.1".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(c.resolve(stranger, &h), stranger);
     }
 }

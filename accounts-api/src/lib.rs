@@ -96,7 +96,7 @@ pub async fn open_storage(
 }
 
 /// Builds the service on an opened `storage` (see [`open_storage`]): the vault clients, the
-/// admin socket under `data/accounts`, the webhook dispatcher and, when `renewals` has an
+/// admin socket under `data/accounts`, the webhook dispatcher, the retention sweeper and, when `renewals` has an
 /// interval, the periodic renewal job.
 pub fn build_with_storage(
     storage: Arc<dyn storage::Storage>,
@@ -127,6 +127,12 @@ pub fn build_with_storage(
     let bg = &state.background;
     bg.spawn(admin::serve(admin, Arc::clone(&storage), bg.shutdown()));
     bg.spawn(jobs::warm::keep_warm(warm, bg.shutdown()));
+    bg.spawn(jobs::retention::run(
+        Arc::clone(&storage),
+        settings.clock.clone(),
+        settings.retention,
+        bg.shutdown(),
+    ));
     bg.spawn(jobs::webhooks::dispatch(
         storage,
         http,

@@ -166,6 +166,7 @@ async fn serve(config: PathBuf, log_format: shared::ops::LogFormat) -> Result<()
     let settings = accounts_api::settings::Settings {
         public_url: cfg.public_url.clone(),
         live: cfg.live,
+        retention: cfg.retention,
         ..accounts_api::settings::Settings::from_env()?
     };
     // Bind first: a taken port is the most common start failure and needs no other state.

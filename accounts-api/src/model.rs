@@ -242,6 +242,11 @@ pub struct IdempotencyRecord {
     /// in records written before claims existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<IdempotencyPending>,
+    /// When the key was first claimed (ms): its retention window starts here (the storage
+    /// backend stamps it, keeping the first claim's time through the answer). Absent in records
+    /// written before retention existed; a backend gives those the time of its upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 /// An in-progress claim on an Idempotency-Key.
@@ -263,6 +268,7 @@ impl IdempotencyRecord {
                 claim: claim.to_owned(),
                 lease,
             }),
+            created: None,
         }
     }
 }

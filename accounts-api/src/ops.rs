@@ -1,11 +1,18 @@
 //! The operations surface: request ids, access logs and metrics for every request, `/metrics`,
 //! `/healthz` (live), `/readyz` (ready: the vault answers *and* sees our certificates as
 //! identities with the permissions we need), and the abuse limits in front of
-//! Basic authentication (failed attempts per client address and per store, per-store request
-//! rate). All of it is middleware around [`crate::app::router`]; handlers are untouched.
+//! Basic authentication (failed attempts per client address and username, per address and per
+//! store, per-store request rate: `limiter.rs`; the client address behind a trusted proxy:
+//! `client_address.rs`). All of it is middleware around [`crate::app::router`]; handlers are
+//! untouched.
 //!
 //! Other modules count domain events through [`metrics()`] with the counter names declared in
 //! [`describe_counters`] (e.g. `metrics().inc("charges_total", &[("outcome", "charged")])`).
+
+mod client_address;
+mod limiter;
+
+pub use client_address::ClientAddress;
 
 use crate::app::SharedState;
 use axum::Router;
@@ -16,9 +23,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
 use shared::ops::{Gauge, Metrics};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -42,7 +48,7 @@ pub fn describe_counters(m: &Metrics) {
     );
     m.describe(
         "rate_limited_total",
-        "Requests answered 429, by reason (auth_ip, auth_store, store_rate).",
+        "Requests answered 429, by reason (auth_ip_user, auth_ip, auth_store, store_rate).",
     );
     m.describe(
         "charges_total",
@@ -57,6 +63,14 @@ pub fn describe_counters(m: &Metrics) {
         "Events scheduled for another delivery attempt after a failed post.",
     );
     m.describe(
+        "retention_sweeps_total",
+        "Retention sweeps run (one a minute; see retention_swept_total).",
+    );
+    m.describe(
+        "retention_swept_total",
+        "Rows deleted by the retention sweeper, by kind (links_and_sessions, idempotency_keys, events).",
+    );
+    m.describe(
         "webhook_events_given_up_total",
         "Events whose delivery attempts ran out (they stay unprocessed for the events API).",
     );
@@ -66,8 +80,12 @@ pub fn describe_counters(m: &Metrics) {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Failed Basic-auth attempts one client address (IPv6: its /64) may make per window before
-    /// every authenticated request from it is answered 429.
+    /// Failed Basic-auth attempts one client address (IPv6: its /64) may make against one
+    /// username per window before that address is answered 429 for that username.
+    pub auth_failures_per_address_user: u32,
+    /// Failed Basic-auth attempts one client address may make per window, whatever the
+    /// usernames, before every authenticated request from it is answered 429 (higher than the
+    /// per-username one: many stores may sit behind one address).
     pub auth_failures_per_address: u32,
     /// Failed attempts against one username per window before addresses that have themselves
     /// failed are answered 429 for it (addresses without a failure still get through, so an
@@ -98,6 +116,9 @@ pub struct Limits {
     pub body_grace_secs: u64,
     /// Time allowed for a whole request body.
     pub body_deadline_secs: u64,
+    /// Whose address the limits count (`[http]` of the config file, not `[limits]`).
+    #[serde(skip)]
+    pub client_address: ClientAddress,
 }
 
 impl Limits {
@@ -115,7 +136,8 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            auth_failures_per_address: 20,
+            auth_failures_per_address_user: 20,
+            auth_failures_per_address: 200,
             auth_failures_per_store: 100,
             auth_window_secs: 60,
             store_requests_per_sec: 0,
@@ -129,6 +151,7 @@ impl Default for Limits {
             min_body_bytes_per_sec: 1024,
             body_grace_secs: 5,
             body_deadline_secs: 30,
+            client_address: ClientAddress::default(),
         }
     }
 }
@@ -136,42 +159,10 @@ impl Default for Limits {
 /// Most outbox rows counted for the `webhook_outbox_depth` gauge.
 const OUTBOX_GAUGE_CAP: usize = 10_000;
 
-/// Most tracked keys per table; expired entries are pruned when it is reached.
-const MAX_TRACKED: usize = 100_000;
-
-struct Window {
-    start: Instant,
-    count: u32,
-}
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-/// Failure windows per address and per username, and request buckets per username.
-#[derive(Default)]
-struct Tables {
-    by_address: HashMap<IpAddr, Window>,
-    by_user: HashMap<String, Window>,
-    buckets: HashMap<String, Bucket>,
-}
-
 pub struct Ops {
     state: SharedState,
-    limits: Limits,
-    tables: Mutex<Tables>,
-}
-
-/// An address as rate-limit key: IPv4 as is, IPv6 by its /64 (one host usually owns a /64).
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-        }
-    }
+    limiter: limiter::AuthLimiter,
+    client_address: ClientAddress,
 }
 
 /// The username of a Basic `Authorization` header (the password is wiped, never kept).
@@ -190,112 +181,18 @@ fn basic_username(req: &Request) -> Option<String> {
     (!user.is_empty() && user.len() <= 128).then(|| user.to_owned())
 }
 
-fn window_left(w: &Window, len: Duration, now: Instant) -> Option<Duration> {
-    let end = w.start + len;
-    (end > now).then(|| end - now)
-}
-
 impl Ops {
     pub fn new(state: SharedState, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             state,
-            limits,
-            tables: Mutex::default(),
+            client_address: limits.client_address.clone(),
+            limiter: limiter::AuthLimiter::new(limits),
         })
-    }
-
-    /// `Some((retry_after, reason))` if this request must be refused before it is handled.
-    fn refuse(&self, ip: Option<IpAddr>, user: &str) -> Option<(Duration, &'static str)> {
-        let len = Duration::from_secs(self.limits.auth_window_secs);
-        let now = Instant::now();
-        let t = self.tables.lock().ok()?;
-        let ip_window = ip.and_then(|ip| t.by_address.get(&address_key(ip)));
-        let ip_failures = ip_window
-            .filter(|w| window_left(w, len, now).is_some())
-            .map_or(0, |w| w.count);
-        if ip_failures >= self.limits.auth_failures_per_address
-            && let Some(left) = ip_window.and_then(|w| window_left(w, len, now))
-        {
-            return Some((left, "auth_ip"));
-        }
-        if ip_failures > 0
-            && let Some(w) = t.by_user.get(user)
-            && w.count >= self.limits.auth_failures_per_store
-            && let Some(left) = window_left(w, len, now)
-        {
-            return Some((left, "auth_store"));
-        }
-        let rate = f64::from(self.limits.store_requests_per_sec);
-        if rate > 0.0
-            && let Some(b) = t.buckets.get(user)
-        {
-            let tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate)
-                .min(f64::from(self.limits.store_burst.max(1)));
-            if tokens < 1.0 {
-                return Some((Duration::from_secs_f64((1.0 - tokens) / rate), "store_rate"));
-            }
-        }
-        None
-    }
-
-    fn record(&self, ip: Option<IpAddr>, user: &str, failed: bool) {
-        let len = Duration::from_secs(self.limits.auth_window_secs);
-        let now = Instant::now();
-        let Ok(mut t) = self.tables.lock() else {
-            return;
-        };
-        if failed {
-            fn bump<K: std::hash::Hash + Eq>(
-                map: &mut HashMap<K, Window>,
-                key: K,
-                len: Duration,
-                now: Instant,
-            ) {
-                if map.len() >= MAX_TRACKED {
-                    map.retain(|_, w| window_left(w, len, now).is_some());
-                }
-                if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
-                    tracing::warn!("auth limiter table full; not tracking a new key");
-                    return;
-                }
-                let w = map.entry(key).or_insert(Window {
-                    start: now,
-                    count: 0,
-                });
-                if window_left(w, len, now).is_none() {
-                    *w = Window {
-                        start: now,
-                        count: 0,
-                    };
-                }
-                w.count = w.count.saturating_add(1);
-            }
-            if let Some(ip) = ip {
-                bump(&mut t.by_address, address_key(ip), len, now);
-            }
-            bump(&mut t.by_user, user.to_owned(), len, now);
-        } else if self.limits.store_requests_per_sec > 0 {
-            let rate = f64::from(self.limits.store_requests_per_sec);
-            let burst = f64::from(self.limits.store_burst.max(1));
-            if t.buckets.len() >= MAX_TRACKED && !t.buckets.contains_key(user) {
-                t.buckets.retain(|_, b| b.tokens < burst - 1.0);
-            }
-            let b = t.buckets.entry(user.to_owned()).or_insert(Bucket {
-                tokens: burst,
-                at: now,
-            });
-            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst) - 1.0;
-            b.at = now;
-        }
     }
 
     /// Scrape-time gauges.
     async fn gauges(&self) -> Vec<Gauge> {
-        let (addresses, users) = self
-            .tables
-            .lock()
-            .map(|t| (t.by_address.len(), t.by_user.len()))
-            .unwrap_or_default();
+        let tracked = self.limiter.tracked();
         // Rows of the webhook outbox (due or waiting for a retry), counted up to a cap so a
         // scrape stays cheap.
         let outbox = self
@@ -313,15 +210,21 @@ impl Ops {
             },
             Gauge {
                 name: "auth_limiter_tracked_keys",
-                help: "Addresses and usernames with a recent failed authentication.",
+                help: "Addresses, usernames and (address, username) pairs with a recent failed authentication.",
                 labels: vec![("table", "address".into())],
-                value: addresses as f64,
+                value: tracked.address as f64,
             },
             Gauge {
                 name: "auth_limiter_tracked_keys",
                 help: "",
                 labels: vec![("table", "username".into())],
-                value: users as f64,
+                value: tracked.user as f64,
+            },
+            Gauge {
+                name: "auth_limiter_tracked_keys",
+                help: "",
+                labels: vec![("table", "address_username".into())],
+                value: tracked.address_user as f64,
             },
         ]
     }
@@ -350,8 +253,8 @@ async fn guard(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> Respons
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let Some((retry, reason)) = ops.refuse(ip, &user) {
+        .map(|c| ops.client_address.resolve(c.0.ip(), req.headers()));
+    if let Some((retry, reason)) = ops.limiter.refuse(ip, &user, Instant::now()) {
         metrics().inc("rate_limited_total", &[("reason", reason)]);
         return too_many(retry);
     }
@@ -366,7 +269,7 @@ async fn guard(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> Respons
     if failed {
         metrics().inc("auth_failures_total", &[]);
     }
-    ops.record(ip, &user, failed);
+    ops.limiter.record(ip, &user, failed, Instant::now());
     resp
 }
 

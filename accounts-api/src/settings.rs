@@ -9,7 +9,11 @@
 //! attempt, capped at one hour), `STRONGROOM_WEBHOOK_MAX_ATTEMPTS` (10),
 //! `STRONGROOM_WEBHOOK_TIMEOUT_MS` (10000), `STRONGROOM_RENEWAL_LEASE_MS` (300000: how long a
 //! renewal worker's claim on a subscription keeps other instances out; when it runs out after
-//! the worker died, another instance finishes the charge with the same key).
+//! the worker died, another instance finishes the charge with the same key),
+//! `STRONGROOM_IDEMPOTENCY_RETENTION_HOURS` (24, 1..=720: how long an Idempotency-Key answer is
+//! kept after the key's first use) and `STRONGROOM_EVENT_RETENTION_DAYS` (30, 1..=3650: how long
+//! a processed event is kept after it was processed; unprocessed events are kept until they are
+//! processed), see [`Retention`]; a value out of range is an error.
 
 use std::time::Duration;
 
@@ -28,8 +32,102 @@ pub struct Settings {
     /// A renewal worker's claim on a subscription (`service::renewals`). Shorter than a charge
     /// can take only costs an extra vault call: the vault's ledger still charges a key once.
     pub renewal_lease: Duration,
-    /// The time subscription lifecycles run on (the renewal job, cancel, pause, resume).
+    /// The time subscription lifecycles run on (the renewal job, cancel, pause, resume), and
+    /// the retention sweep's cut-offs.
     pub clock: Clock,
+    /// How long Idempotency-Key records and processed events are kept.
+    pub retention: Retention,
+}
+
+/// How long accounts-api keeps what it only keeps for a while (issue 12; `jobs::retention`
+/// deletes the rest, a bounded batch at a time). Sign-in links and sessions have their own
+/// lifetimes (`sso_ttl`, `session_ttl`).
+///
+/// An unprocessed event is never deleted by age, however old: it is the merchant's record of
+/// something they have not acknowledged (FastSpring's pull API lists it until it is marked
+/// processed), and deleting it would lose a renewal or a cancellation silently. It leaves with
+/// the retention of processed events once the merchant (or a webhook) marks it processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// From an Idempotency-Key's first use; a retry with the key within it gets the first
+    /// answer, after it the key is free again (Stripe keeps keys 24 h).
+    pub idempotency: Duration,
+    /// From the moment an event was marked processed.
+    pub processed_events: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            idempotency: Duration::from_secs(24 * 3600),
+            processed_events: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+impl Retention {
+    /// Allowed Idempotency-Key windows, in hours: at least an hour (a client's retries of one
+    /// request span minutes), at most 30 days.
+    pub const IDEMPOTENCY_HOURS: std::ops::RangeInclusive<u64> = 1..=720;
+    /// Allowed processed-event windows, in days (at most ten years).
+    pub const EVENT_DAYS: std::ops::RangeInclusive<u64> = 1..=3650;
+
+    /// The Idempotency-Key window from a number of hours; `what` names the setting in the error.
+    pub fn idempotency_hours(hours: u64, what: &str) -> Result<Duration, String> {
+        bounded(hours, &Self::IDEMPOTENCY_HOURS, "hours", what)
+            .map(|h| Duration::from_secs(h * 3600))
+    }
+
+    /// The processed-event window from a number of days; `what` names the setting in the error.
+    pub fn event_days(days: u64, what: &str) -> Result<Duration, String> {
+        bounded(days, &Self::EVENT_DAYS, "days", what).map(|d| Duration::from_secs(d * 86_400))
+    }
+
+    /// The windows from `STRONGROOM_IDEMPOTENCY_RETENTION_HOURS` and
+    /// `STRONGROOM_EVENT_RETENTION_DAYS`, each falling back to `base`'s.
+    pub fn from_env(base: Self) -> Result<Self, String> {
+        let read = |name: &str| -> Result<Option<u64>, String> {
+            match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| format!("{name}: {:?} is not a whole number", v.trim())),
+                _ => Ok(None),
+            }
+        };
+        let name = "STRONGROOM_IDEMPOTENCY_RETENTION_HOURS";
+        let idempotency = match read(name)? {
+            Some(h) => Self::idempotency_hours(h, name)?,
+            None => base.idempotency,
+        };
+        let name = "STRONGROOM_EVENT_RETENTION_DAYS";
+        let processed_events = match read(name)? {
+            Some(d) => Self::event_days(d, name)?,
+            None => base.processed_events,
+        };
+        Ok(Self {
+            idempotency,
+            processed_events,
+        })
+    }
+}
+
+fn bounded(
+    n: u64,
+    range: &std::ops::RangeInclusive<u64>,
+    unit: &str,
+    what: &str,
+) -> Result<u64, String> {
+    if range.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{what}: {n} {unit} is out of range (allowed: {} to {} {unit})",
+            range.start(),
+            range.end()
+        ))
+    }
 }
 
 /// The time of the subscription lifecycle: the system clock, or — for `accounts-api dev` only,
@@ -90,6 +188,7 @@ impl Default for Settings {
             webhook_timeout: Duration::from_secs(10),
             renewal_lease: Duration::from_millis(crate::service::renewals::LEASE_MS.unsigned_abs()),
             clock: Clock::default(),
+            retention: Retention::default(),
         }
     }
 }
@@ -138,8 +237,8 @@ pub fn parse_bool(value: &str, what: &str) -> Result<bool, String> {
 }
 
 impl Settings {
-    /// The tunables from the environment. A malformed `STRONGROOM_PUBLIC_URL` or
-    /// `STRONGROOM_LIVE` is an error (the operator meant something; guessing would hide it).
+    /// The tunables from the environment. A malformed `STRONGROOM_PUBLIC_URL`,
+    /// `STRONGROOM_LIVE` or retention window is an error (the operator meant something; guessing would hide it).
     pub fn from_env() -> Result<Self, String> {
         let d = Self::default();
         let public_url = match std::env::var("STRONGROOM_PUBLIC_URL") {
@@ -172,6 +271,7 @@ impl Settings {
                 .map(Duration::from_millis)
                 .unwrap_or(d.renewal_lease),
             clock: Clock::default(),
+            retention: Retention::from_env(d.retention)?,
         })
     }
 
@@ -213,5 +313,34 @@ mod tests {
                 .unwrap_err()
                 .contains("must start with https://")
         );
+    }
+
+    #[test]
+    fn retention_windows_are_bounded_and_an_out_of_range_one_names_the_setting_and_the_range() {
+        assert_eq!(
+            Retention::idempotency_hours(24, "x").unwrap(),
+            Retention::default().idempotency
+        );
+        assert_eq!(
+            Retention::event_days(30, "x").unwrap(),
+            Retention::default().processed_events
+        );
+        assert_eq!(
+            Retention::idempotency_hours(720, "x").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        for bad in [0, 721] {
+            let e = Retention::idempotency_hours(bad, "retention.idempotency_hours").unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "retention.idempotency_hours: {bad} hours is out of range (allowed: 1 to 720 hours)"
+                )
+            );
+        }
+        for bad in [0, 3651] {
+            let e = Retention::event_days(bad, "d").unwrap_err();
+            assert!(e.starts_with("d: ") && e.contains("1 to 3650 days"), "{e}");
+        }
     }
 }

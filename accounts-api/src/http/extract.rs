@@ -268,6 +268,7 @@ impl Idempotent {
                 status: status.as_u16(),
                 body,
                 pending: None,
+                created: None,
             },
         }
     }

@@ -1,10 +1,11 @@
 //! Background work of the service (the admin socket, the webhook dispatcher, the renewal job,
-//! the vault connection keeper):
+//! the vault connection keeper, the retention sweeper):
 //! each task takes a [`Shutdown`] and is awaited by [`Background::stop`], so a stopping server
 //! ends its loops between units of work (never in the middle of a charge or a delivery
 //! settlement) and nothing outlives [`crate::app::run`].
 
 pub mod renewals;
+pub mod retention;
 pub mod warm;
 pub mod webhooks;
 

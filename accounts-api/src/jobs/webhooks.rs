@@ -76,15 +76,15 @@ pub fn client(settings: &Settings) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("webhook client: {e}"))
 }
 
-/// The delivery loop (and the sweeper of expired links and sessions), until `shutdown`; posts
-/// in flight then are awaited, so their outcome is settled before the process ends.
+/// The delivery loop, until `shutdown`; posts in flight then are awaited, so their outcome is
+/// settled before the process ends. (Expired links, sessions, Idempotency-Key records and
+/// processed events are swept by `jobs::retention`.)
 pub async fn dispatch(
     events: Arc<dyn Storage>,
     http: reqwest::Client,
     settings: Settings,
     mut shutdown: crate::jobs::Shutdown,
 ) {
-    let mut last_sweep = 0i64;
     let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
     let mut posts = tokio::task::JoinSet::new();
     loop {
@@ -94,10 +94,6 @@ pub async fn dispatch(
         }
         while posts.try_join_next().is_some() {}
         let now = now_ms();
-        if now - last_sweep > 60_000 {
-            last_sweep = now;
-            let _ = events.sweep_expired(now).await;
-        }
         // Rows read by this scan may already be settled by a post that ends while the scan
         // runs: a webhook whose post ended after this instant waits for the next scan.
         let scan_started = std::time::Instant::now();

@@ -543,4 +543,17 @@ pub trait Storage: Send + Sync + 'static {
     fn delete_session<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, StorageResult<()>>;
     /// Deletes expired sign-in links and sessions; returns how many.
     fn sweep_expired(&self, now: i64) -> BoxFuture<'_, StorageResult<usize>>;
+
+    // Retention (`jobs::retention` decides the cut-offs; a backend only deletes).
+    /// One pass of the Idempotency-Key retention: deletes at most `limit` records first claimed
+    /// at or before `cutoff` (ms), oldest first, in short transactions (never one over the whole
+    /// backlog, which drains over several passes); returns how many. A record's time is that of
+    /// its first claim, kept through its answer. A claim still in progress is deleted too: its
+    /// lease (a minute) is far shorter than any retention window.
+    fn sweep_idempotency(&self, cutoff: i64, limit: usize) -> BoxFuture<'_, StorageResult<usize>>;
+    /// One pass of the event retention: deletes at most `limit` *processed* events processed at
+    /// or before `cutoff` (ms; an event processed before the time was kept counts from its
+    /// creation), oldest first, each with every row that refers to it (outbox rows, indexes), in
+    /// short transactions; returns how many events. Unprocessed events are never deleted here.
+    fn sweep_events(&self, cutoff: i64, limit: usize) -> BoxFuture<'_, StorageResult<usize>>;
 }

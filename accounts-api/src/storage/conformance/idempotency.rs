@@ -40,6 +40,7 @@ pub async fn an_idempotency_key_is_claimed_once(open: Open) {
             status: 200,
             body: "{\"ok\":true}".into(),
             pending: None,
+            created: None,
         },
     };
     // Only the claimer can answer.

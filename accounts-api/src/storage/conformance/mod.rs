@@ -7,12 +7,17 @@ pub(crate) mod fixtures;
 mod idempotency;
 mod listings;
 mod outbox;
+mod retention;
 
 pub use idempotency::an_idempotency_key_is_claimed_once;
 pub use listings::{
     orders_list_by_completion_time_then_id_in_stable_pages, subscriptions_are_found_by_each_filter,
 };
 pub use outbox::a_settled_post_keeps_exactly_the_rows_to_resend;
+pub use retention::{
+    idempotency_records_expire_after_their_window_in_bounded_passes,
+    processed_events_expire_after_their_window_and_unprocessed_ones_stay,
+};
 
 use super::*;
 use crate::model::{OutboxState, SubState, WebhookRecord, now_ms};
@@ -197,6 +202,7 @@ pub async fn a_refused_change_writes_nothing(open: Open) {
                 status: 200,
                 body: "{}".into(),
                 pending: None,
+                created: None,
             },
         }),
         events: vec![event("order.completed")],
@@ -584,6 +590,15 @@ macro_rules! backend_suite {
             #[tokio::test]
             async fn a_settled_post_keeps_exactly_the_rows_to_resend() {
                 super::a_settled_post_keeps_exactly_the_rows_to_resend(OPEN).await;
+            }
+            #[tokio::test]
+            async fn idempotency_records_expire_after_their_window_in_bounded_passes() {
+                super::idempotency_records_expire_after_their_window_in_bounded_passes(OPEN).await;
+            }
+            #[tokio::test]
+            async fn processed_events_expire_after_their_window_and_unprocessed_ones_stay() {
+                super::processed_events_expire_after_their_window_and_unprocessed_ones_stay(OPEN)
+                    .await;
             }
         }
     };

@@ -140,12 +140,24 @@ impl PgStorage {
             if take {
                 // A concurrent first claim of the key makes one of these inserts a unique
                 // violation: that transaction runs again and finds the winner's claim.
-                let sql = if current.is_none() {
-                    "INSERT INTO idempotency_keys (store, key, doc) VALUES ($1, $2, $3)"
+                // A lapsed claim taken over keeps the key's first time (`created`, its
+                // retention window): the update leaves the column as it is.
+                if current.is_none() {
+                    exec(
+                        tx,
+                        "INSERT INTO idempotency_keys (store, key, doc, created) \
+                         VALUES ($1, $2, $3, $4)",
+                        &[&store.as_str(), &key, &Doc(&pending), &now],
+                    )
+                    .await?;
                 } else {
-                    "UPDATE idempotency_keys SET doc = $3 WHERE store = $1 AND key = $2"
-                };
-                exec(tx, sql, &[&store.as_str(), &key, &Doc(&pending)]).await?;
+                    exec(
+                        tx,
+                        "UPDATE idempotency_keys SET doc = $3 WHERE store = $1 AND key = $2",
+                        &[&store.as_str(), &key, &Doc(&pending)],
+                    )
+                    .await?;
+                }
                 return Ok(IdempotencyClaim::Claimed);
             }
             Ok(match current {

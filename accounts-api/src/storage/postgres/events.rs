@@ -1,4 +1,4 @@
-//! Events, webhooks and their outbox, and the expiry sweep on PostgreSQL (bodies of the
+//! Events, webhooks and their outbox, the expiry sweep and the retention sweeps on PostgreSQL (bodies of the
 //! [`Storage`](crate::storage::Storage) impl in `mod.rs`). Sign-in links and sessions are single
 //! statements in `mod.rs`.
 
@@ -272,6 +272,53 @@ impl PgStorage {
             let st = conn.prepare_cached(sql).await.map_err(pg_err)?;
             n += conn.execute(&st, &[&now]).await.map_err(pg_err)?;
         }
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// One statement (so one short transaction) per pass: the oldest `limit` records up to the
+    /// cut-off through `idempotency_keys_created`; rows locked by a claim or answer in flight
+    /// are skipped, not waited for.
+    pub(super) async fn sweep_idempotency(
+        &self,
+        cutoff: i64,
+        limit: usize,
+    ) -> StorageResult<usize> {
+        self.sweep(
+            "DELETE FROM idempotency_keys WHERE (store, key) IN ( \
+               SELECT store, key FROM idempotency_keys WHERE created <= $1 \
+               ORDER BY created LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            cutoff,
+            limit,
+        )
+        .await
+    }
+
+    /// As [`Self::sweep_idempotency`], through `events_processed_since` (the same expression);
+    /// the events' outbox rows go in the same statement. A row changed meanwhile (marked
+    /// unprocessed) is re-checked against the condition when it is locked, and stays.
+    pub(super) async fn sweep_events(&self, cutoff: i64, limit: usize) -> StorageResult<usize> {
+        self.sweep(
+            "WITH doomed AS ( \
+               SELECT store, id FROM events \
+               WHERE processed AND COALESCE((doc->>'processed_at')::bigint, created) <= $1 \
+               ORDER BY COALESCE((doc->>'processed_at')::bigint, created) \
+               LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             outbox_rows AS ( \
+               DELETE FROM outbox o USING doomed d WHERE o.store = d.store AND o.event = d.id) \
+             DELETE FROM events e USING doomed d WHERE e.store = d.store AND e.id = d.id",
+            cutoff,
+            limit,
+        )
+        .await
+    }
+
+    async fn sweep(&self, sql: &str, cutoff: i64, limit: usize) -> StorageResult<usize> {
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(sql).await.map_err(pg_err)?;
+        let n = conn
+            .execute(&st, &[&cutoff, &to_i64(limit)])
+            .await
+            .map_err(pg_err)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }

@@ -469,11 +469,18 @@ async fn idempotency_answer(
             }
         }
     }
+    // The answer keeps the key's first time (`created`: the conflict updates only the doc); an
+    // answer without a claim (callers outside HTTP) starts its window now.
     exec(
         tx,
-        "INSERT INTO idempotency_keys (store, key, doc) VALUES ($1, $2, $3) \
+        "INSERT INTO idempotency_keys (store, key, doc, created) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (store, key) DO UPDATE SET doc = EXCLUDED.doc",
-        &[&store.as_str(), &w.key, &Doc(&w.record)],
+        &[
+            &store.as_str(),
+            &w.key,
+            &Doc(&w.record),
+            &crate::model::now_ms(),
+        ],
     )
     .await?;
     Ok(())

@@ -362,4 +362,10 @@ impl Storage for PgStorage {
     fn sweep_expired(&self, now: i64) -> BoxFuture<'_, StorageResult<usize>> {
         Box::pin(self.sweep_expired(now))
     }
+    fn sweep_idempotency(&self, cutoff: i64, limit: usize) -> BoxFuture<'_, StorageResult<usize>> {
+        Box::pin(self.sweep_idempotency(cutoff, limit))
+    }
+    fn sweep_events(&self, cutoff: i64, limit: usize) -> BoxFuture<'_, StorageResult<usize>> {
+        Box::pin(self.sweep_events(cutoff, limit))
+    }
 }

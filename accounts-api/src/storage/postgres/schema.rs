@@ -118,4 +118,20 @@ UPDATE subscriptions SET work_at = (doc->>'next')::bigint
 -- the record's own field, so rows written by any version are in the index.
 CREATE INDEX orders_by_completed ON orders (store, ((doc->>'completed')::bigint), id);
 "#,
+    // 6
+    r#"
+-- Retention (issue 12). An Idempotency-Key record expires a window after its first claim:
+-- `created`, written with the claim and kept through the answer. Rows from before get the time
+-- of this migration (a constant default: no table rewrite), so they expire one window after
+-- the upgrade; the default is then dropped, so every later row states its own time.
+ALTER TABLE idempotency_keys ADD COLUMN created bigint NOT NULL
+    DEFAULT (extract(epoch FROM now()) * 1000)::bigint;
+ALTER TABLE idempotency_keys ALTER COLUMN created DROP DEFAULT;
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created);
+-- A processed event expires a window after it was processed (the record's own time, so rows
+-- written by any version are in the index; one processed before that time was kept counts
+-- from its creation). Unprocessed events are not in the index: never swept.
+CREATE INDEX events_processed_since
+    ON events ((COALESCE((doc->>'processed_at')::bigint, created))) WHERE processed;
+"#,
 ];

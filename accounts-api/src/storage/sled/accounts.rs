@@ -53,7 +53,7 @@ impl SledStorage {
                     .is_some_and(|p| !p.lease.blocks(&self.instance, true, now)),
             };
             if take {
-                let pending = IdempotencyRecord::pending(
+                let mut pending = IdempotencyRecord::pending(
                     request_hash,
                     claim,
                     super::super::Lease {
@@ -61,7 +61,11 @@ impl SledStorage {
                         until: now.saturating_add(lease_ms),
                     },
                 );
+                // A lapsed claim taken over keeps the key's first time (its retention window).
+                let created = current.as_ref().and_then(|c| c.created).unwrap_or(now);
+                pending.created = Some(created);
                 tx_put(tx, &ik, &pending)?;
+                retention::tx_index(tx, retention::IDEMPOTENCY, created, store, k)?;
                 return Ok(IdempotencyClaim::Claimed);
             }
             Ok(match current {
@@ -86,6 +90,9 @@ impl SledStorage {
                 && rec.pending.as_ref().is_some_and(|p| p.claim == claim)
             {
                 tx.remove(ik.as_slice())?;
+                if let Some(created) = rec.created {
+                    retention::tx_unindex(tx, retention::IDEMPOTENCY, created, store, k)?;
+                }
             }
             Ok(())
         });

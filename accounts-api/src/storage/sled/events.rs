@@ -81,12 +81,18 @@ impl SledStorage {
             };
             let mut ev: EventRecord = decode(&v).map_err(ConflictableTransactionError::Abort)?;
             if ev.processed != processed {
+                if ev.processed {
+                    retention::tx_unindex_event(tx, store, &ev)?;
+                }
                 ev.processed = processed;
                 ev.processed_at = processed.then(now_ms);
                 tx.insert(
                     k.as_bytes(),
                     encode(&ev).map_err(ConflictableTransactionError::Abort)?,
                 )?;
+                if ev.processed {
+                    retention::tx_index_event(tx, store, &ev)?;
+                }
             }
             Ok(ev)
         });
@@ -166,6 +172,7 @@ impl SledStorage {
                             k.as_bytes(),
                             encode(&ev).map_err(ConflictableTransactionError::Abort)?,
                         )?;
+                        retention::tx_index_event(tx, store, &ev)?;
                     }
                 }
             }

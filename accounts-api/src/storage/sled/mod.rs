@@ -7,7 +7,10 @@
 //! `o/{store}/{id}` order · `r/{store}/{reference}` order id · `b/{store}/{id}` subscription ·
 //! `i/{store}/{key}` idempotency claim or answer · `v/{store}/{event id}` event · `m/…`
 //! metadata · `wh/{store}` webhooks · `wo/{store}/{webhook id}/{event id}` outbox row ·
-//! `sso/{sha256 hex of token}` sign-in link · `ses/{sha256 hex of cookie}` session.
+//! `sso/{sha256 hex of token}` sign-in link · `ses/{sha256 hex of cookie}` session ·
+//! `xi/{first claim}/{store}/{key}` and `xv/{processed at}/{store}/{event id}` retention
+//! indexes (times as 16 hex digits of ms, so byte order is time order and a retention sweep is
+//! a range scan from the oldest, bounded per pass: `retention.rs`).
 //!
 //! Event ids are UUIDv7 in hex, so their byte order is their time order and a `begin` filter is
 //! a range scan. sled holds a lock on its folder, so one process at a time uses a database: the
@@ -23,6 +26,7 @@
 
 mod accounts;
 mod events;
+mod retention;
 
 use super::{
     AccountChange, AccountUpdate, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite,
@@ -73,6 +77,8 @@ fn outbox_key(store: &StoreId, hook: &WebhookId, event: &EventId) -> String {
 /// Writes the answer under an Idempotency-Key, if the key is still claimed by this request (or
 /// unclaimed: callers outside HTTP). A key answered meanwhile, or claimed by another request
 /// after this one's lease ran out, aborts the whole change.
+/// The answer keeps the time of the key's first claim (its retention window; see
+/// `retention.rs`); an answer without a claim (callers outside HTTP) starts one now.
 fn tx_idempotency(
     tx: &TransactionalTree,
     store: &StoreId,
@@ -80,7 +86,8 @@ fn tx_idempotency(
 ) -> TxResult<()> {
     let Some(w) = w else { return Ok(()) };
     let k = key("i", store, &w.key);
-    if let Some(current) = tx_get::<IdempotencyRecord>(tx, &k)? {
+    let current = tx_get::<IdempotencyRecord>(tx, &k)?;
+    if let Some(current) = &current {
         match &current.pending {
             Some(p) if p.claim == w.claim => {}
             _ => {
@@ -90,7 +97,13 @@ fn tx_idempotency(
             }
         }
     }
-    tx_put(tx, &k, &w.record)
+    let mut record = w.record.clone();
+    let created = current
+        .and_then(|c| c.created)
+        .unwrap_or_else(crate::model::now_ms);
+    record.created = Some(created);
+    tx_put(tx, &k, &record)?;
+    retention::tx_index(tx, retention::IDEMPOTENCY, created, store, &w.key)
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StorageError>>;
@@ -148,6 +161,9 @@ fn tx_extras(tx: &TransactionalTree, store: &StoreId, extras: &Extras, live: boo
             tx_put(tx, &key("v", store, &ev.id), &ev)?;
         } else {
             tx_put(tx, &key("v", store, &ev.id), ev)?;
+        }
+        if ev.processed {
+            retention::tx_index_event(tx, store, ev)?;
         }
     }
     if !extras.events.is_empty() {
@@ -221,6 +237,7 @@ impl SledStorage {
                 k
             }
         };
+        retention::backfill(&tree)?;
         let flusher = tokio::runtime::Handle::try_current()
             .ok()
             .map(|_| shared::durable::GroupCommit::start(db.clone()));
@@ -602,6 +619,18 @@ impl Storage for SledStorage {
     fn sweep_expired(&self, now: i64) -> BoxFuture<'_, StorageResult<usize>> {
         let tree = self.tree.clone();
         Box::pin(blocking(move || events::sweep_expired(&tree, now)))
+    }
+    fn sweep_idempotency(&self, cutoff: i64, limit: usize) -> BoxFuture<'_, StorageResult<usize>> {
+        let tree = self.tree.clone();
+        Box::pin(blocking(move || {
+            retention::sweep_idempotency(&tree, cutoff, limit)
+        }))
+    }
+    fn sweep_events(&self, cutoff: i64, limit: usize) -> BoxFuture<'_, StorageResult<usize>> {
+        let tree = self.tree.clone();
+        Box::pin(blocking(move || {
+            retention::sweep_events(&tree, cutoff, limit)
+        }))
     }
 }
 

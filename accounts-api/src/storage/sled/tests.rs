@@ -121,3 +121,72 @@ async fn records_written_before_ids_were_typed_decode_and_encode_to_the_same_byt
     let rec = Storage::take_sso_token(&s, "h").await.unwrap().unwrap();
     assert_eq!(json(&rec), LINK);
 }
+
+/// A database written before retention existed: its Idempotency-Key records (which had no
+/// time) and processed events are indexed once at open, so they expire too — the records one
+/// window after the upgrade, the events by when they were processed.
+#[tokio::test]
+async fn records_written_before_retention_are_indexed_once_and_then_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(dir.path()).unwrap();
+    let st = "acme-1a2b3c4d";
+    let processed = r#"{"id":"019b7a3c4d5e7f00a1b2c3d4e5f60719","type":"order.completed","created":2,"live":false,"processed":true,"data":{},"processed_at":3}"#;
+    let rows = [
+        (
+            format!("i/{st}/old/key"),
+            r#"{"request_hash":"h","status":201,"body":"{}"}"#,
+        ),
+        (format!("v/{st}/019b7a3c4d5e7f00a1b2c3d4e5f60718"), EVENT),
+        (
+            format!("v/{st}/019b7a3c4d5e7f00a1b2c3d4e5f60719"),
+            processed,
+        ),
+    ];
+    for (k, v) in &rows {
+        s.tree().insert(k.as_bytes(), v.as_bytes()).unwrap();
+    }
+    // Not indexed yet: the database was already opened (and marked) before these rows.
+    assert_eq!(events_swept(&s, i64::MAX).await, 0);
+    s.tree().remove(b"m/retention-indexed").unwrap();
+    let before = crate::model::now_ms();
+    retention::backfill(s.tree()).unwrap();
+    let after = crate::model::now_ms();
+    let store: StoreId = test_id(st);
+    let rec: IdempotencyRecord = s
+        .get(format!("i/{st}/old/key").as_bytes())
+        .unwrap()
+        .unwrap();
+    let stamped = rec.created.unwrap();
+    assert!(
+        (before..=after).contains(&stamped),
+        "stamped with the upgrade's time"
+    );
+
+    assert_eq!(s.sweep_idempotency(stamped - 1, 10).await.unwrap(), 0);
+    assert_eq!(s.sweep_idempotency(stamped, 10).await.unwrap(), 1);
+    assert!(
+        s.get::<IdempotencyRecord>(format!("i/{st}/old/key").as_bytes())
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(events_swept(&s, 2).await, 0, "processed at 3, not 2");
+    assert_eq!(events_swept(&s, 3).await, 1);
+    let (unprocessed, _) = SledStorage::events(&s, &store, 0, None, false, 10).unwrap();
+    assert_eq!(unprocessed.len(), 1, "the unprocessed event stays");
+    // Once: a second backfill finds the marker and changes nothing.
+    s.tree()
+        .insert(
+            format!("i/{st}/late"),
+            &br#"{"request_hash":"h","status":201,"body":"{}"}"#[..],
+        )
+        .unwrap();
+    retention::backfill(s.tree()).unwrap();
+    let late: IdempotencyRecord = s.get(format!("i/{st}/late").as_bytes()).unwrap().unwrap();
+    assert_eq!(late.created, None);
+}
+
+async fn events_swept(s: &SledStorage, cutoff: i64) -> usize {
+    crate::storage::Storage::sweep_events(s, cutoff, 10)
+        .await
+        .unwrap()
+}
