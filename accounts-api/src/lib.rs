@@ -21,6 +21,7 @@ mod ops;
 mod pages;
 pub mod service;
 
+pub mod egress;
 pub mod settings;
 pub mod startup;
 pub mod storage;
@@ -123,7 +124,12 @@ pub fn build_with_storage(
     );
     // Every background task takes the stop signal and is awaited when `app::run` ends.
     let bg = &state.background;
-    bg.spawn(admin::serve(admin, Arc::clone(&storage), bg.shutdown()));
+    bg.spawn(admin::serve(
+        admin,
+        Arc::clone(&storage),
+        settings.clone(),
+        bg.shutdown(),
+    ));
     bg.spawn(jobs::webhooks::dispatch(
         storage,
         http,
