@@ -3,9 +3,12 @@
 //! inside a 0700 folder) and the CLI asks it. With no server running, the CLI opens sled itself.
 //! One JSON line in, one JSON line out. Operations: `store.create`, `webhook.add`,
 //! `webhook.list`, `webhook.remove` (the webhook secret travels only over this owner-only
-//! socket and is never echoed back).
+//! socket and is never echoed back). `webhook.add` holds to the same rules as the API (egress
+//! policy, webhooks per store): the running server's settings over the socket, else the
+//! settings the CLI was given (the configuration file's `[webhooks]`, or the environment).
 
 use crate::auth::create_store;
+use crate::settings::Settings;
 use crate::storage::{SledStorage, Storage};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
@@ -38,8 +41,10 @@ pub fn bind(accounts_dir: &Path) -> std::io::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     storage: Arc<dyn Storage>,
+    settings: Settings,
     mut shutdown: crate::jobs::Shutdown,
 ) {
+    let settings = Arc::new(settings);
     let mut answering = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -52,27 +57,28 @@ pub async fn serve(
             continue;
         };
         let storage = Arc::clone(&storage);
+        let settings = Arc::clone(&settings);
         answering.spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             if BufReader::new(r).read_line(&mut line).await.is_err() {
                 return;
             }
-            let answer = handle(storage.as_ref(), &line).await;
+            let answer = handle(storage.as_ref(), &settings, &line).await;
             let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
         });
     }
     while answering.join_next().await.is_some() {}
 }
 
-async fn handle(storage: &dyn Storage, line: &str) -> Value {
+async fn handle(storage: &dyn Storage, settings: &Settings, line: &str) -> Value {
     let req: Value = serde_json::from_str(line).unwrap_or(Value::Null);
     if let Some(op) = req
         .get("op")
         .and_then(Value::as_str)
         .filter(|op| op.starts_with("webhook."))
     {
-        return webhook_op(storage, op, &req).await;
+        return webhook_op(storage, settings, op, &req).await;
     }
     match (
         req.get("op").and_then(Value::as_str),
@@ -93,7 +99,7 @@ async fn handle(storage: &dyn Storage, line: &str) -> Value {
 }
 
 /// `webhook add|list|remove` for one store.
-async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
+async fn webhook_op(storage: &dyn Storage, settings: &Settings, op: &str, req: &Value) -> Value {
     let s = |k: &str| req.get(k).and_then(Value::as_str);
     let Some(store) = s("store") else {
         return json!({"error": "store is required"});
@@ -114,6 +120,7 @@ async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
             store,
             s("url").unwrap_or_default(),
             s("hmacSecret").map(str::to_owned),
+            &crate::service::webhooks::Rules::of(settings),
             &|_| None,
         )
         .await
@@ -147,8 +154,8 @@ async fn webhook_op(storage: &dyn Storage, op: &str, req: &Value) -> Value {
 }
 
 /// Sends one request to the running server's admin socket, or (none running) answers it with
-/// the database opened here.
-pub async fn request(data: &Path, req: Value) -> Result<Value, String> {
+/// the database opened here, under `settings`.
+pub async fn request(data: &Path, req: Value, settings: &Settings) -> Result<Value, String> {
     let dir = crate::config::accounts_dir(data);
     let v = match UnixStream::connect(socket_path(&dir)).await {
         Ok(stream) => {
@@ -171,7 +178,7 @@ pub async fn request(data: &Path, req: Value) -> Result<Value, String> {
                     "cannot open the database (is a server running without its admin socket?): {e}"
                 )
             })?;
-            handle(&storage, &req.to_string()).await
+            handle(&storage, settings, &req.to_string()).await
         }
     };
     match v.get("error") {
@@ -232,9 +239,13 @@ pub async fn create_store_in_database(
 }
 
 /// An admin request (`webhook …`) answered on the PostgreSQL database directly.
-pub async fn request_in_database(db: &shared::pg::PgSettings, req: Value) -> Result<Value, String> {
+pub async fn request_in_database(
+    db: &shared::pg::PgSettings,
+    req: Value,
+    settings: &Settings,
+) -> Result<Value, String> {
     let storage = crate::storage::PgStorage::open(db).await?;
-    let v = handle(&storage, &req.to_string()).await;
+    let v = handle(&storage, settings, &req.to_string()).await;
     match v.get("error") {
         Some(e) => Err(e.as_str().unwrap_or("error").to_owned()),
         None => Ok(v),

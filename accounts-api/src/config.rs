@@ -21,6 +21,10 @@
 //! ca = "pki/db-ca.pem"                # TLS, verified against this CA (required off this machine)
 //! cert = "pki/db-client.pem"          # optional client certificate
 //! key = "pki/db-client.key"
+//! [webhooks]                          # all optional
+//! allow = ["10.20.0.0/16", "hooks.internal"]   # egress allow-list (CIDRs, host names); default none
+//! per_store = 10                      # most webhooks per store
+//! in_flight_per_store = 8             # most posts in flight at once per store
 //! [limits]                            # all optional; defaults shown in the README
 //! auth_failures_per_address_user = 20   # per (address, username); 200 per address
 //! store_requests_per_sec = 0          # 0: unlimited
@@ -36,7 +40,9 @@
 //! `STRONGROOM_VAULT_CERT`, `STRONGROOM_VAULT_KEY`, `STRONGROOM_RENEWALS_ENABLED`,
 //! `STRONGROOM_RENEWALS_CERT`, `STRONGROOM_RENEWALS_KEY`, `STRONGROOM_RENEWALS_INTERVAL_SECS`,
 //! `STRONGROOM_DATABASE_URL` (the URL itself; selects PostgreSQL even without `[database]`),
-//! `STRONGROOM_IDEMPOTENCY_RETENTION_HOURS`, `STRONGROOM_EVENT_RETENTION_DAYS`.
+//! `STRONGROOM_IDEMPOTENCY_RETENTION_HOURS`, `STRONGROOM_EVENT_RETENTION_DAYS`,
+//! `STRONGROOM_WEBHOOK_ALLOW` (comma-separated; `none` empties it),
+//! `STRONGROOM_WEBHOOKS_PER_STORE`, `STRONGROOM_WEBHOOK_IN_FLIGHT_PER_STORE`.
 //!
 //! Every mistake is an error that names the key: an unknown key, a missing required one, a
 //! public URL without scheme, renewals on (the default) without their certificate files.
@@ -58,6 +64,8 @@ struct FileConfig {
     vault: Option<VaultFile>,
     renewals: Option<RenewalsFile>,
     database: Option<DatabaseFile>,
+    #[serde(default)]
+    webhooks: WebhooksFile,
     #[serde(default)]
     limits: crate::ops::Limits,
     retention: Option<RetentionFile>,
@@ -98,6 +106,75 @@ fn retention(file: Option<RetentionFile>) -> Result<crate::settings::Retention, 
         },
     };
     Retention::from_env(from_file)
+}
+
+/// `[webhooks]`: where webhooks may be posted and how many a store may have.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WebhooksFile {
+    allow: Option<Vec<String>>,
+    per_store: Option<usize>,
+    in_flight_per_store: Option<usize>,
+}
+
+/// The webhook settings of a configuration file, environment overrides applied.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The egress allow-list; empty (strict) unless configured.
+    pub egress: crate::egress::Policy,
+    pub per_store: usize,
+    pub in_flight_per_store: usize,
+}
+
+impl WebhookConfig {
+    fn of(file: WebhooksFile) -> Result<Self, String> {
+        let d = crate::settings::Settings::default();
+        let egress = match crate::settings::egress_from_env()? {
+            Some(p) => p,
+            None => crate::egress::Policy::from_entries(
+                file.allow.as_deref().unwrap_or_default(),
+                "webhooks.allow",
+            )?,
+        };
+        let count = |envname: &str, key: &str, val: Option<usize>, default: usize| {
+            match env(envname) {
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("{envname}: not a number")),
+                None => Ok(val.unwrap_or(default)),
+            }
+            .and_then(|n| {
+                if n == 0 {
+                    Err(format!("webhooks.{key} must be at least 1"))
+                } else {
+                    Ok(n)
+                }
+            })
+        };
+        Ok(Self {
+            egress,
+            per_store: count(
+                "STRONGROOM_WEBHOOKS_PER_STORE",
+                "per_store",
+                file.per_store,
+                d.webhooks_per_store,
+            )?,
+            in_flight_per_store: count(
+                "STRONGROOM_WEBHOOK_IN_FLIGHT_PER_STORE",
+                "in_flight_per_store",
+                file.in_flight_per_store,
+                d.webhook_in_flight_per_store,
+            )?,
+        })
+    }
+
+    /// These settings in `settings`.
+    pub fn apply(&self, settings: &mut crate::settings::Settings) {
+        settings.webhook_egress = std::sync::Arc::new(self.egress.clone());
+        settings.webhooks_per_store = self.per_store;
+        settings.webhook_in_flight_per_store = self.in_flight_per_store;
+    }
 }
 
 /// `[database]`: PostgreSQL. The URL may hold a password, so it is never written in this file:
@@ -222,6 +299,8 @@ pub struct Config {
     pub database: Option<shared::pg::PgSettings>,
     /// `[retention]`: how long Idempotency-Key answers and processed events are kept.
     pub retention: crate::settings::Retention,
+    /// `[webhooks]`: egress allow-list and per-store limits.
+    pub webhooks: WebhookConfig,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -297,6 +376,7 @@ impl Config {
             limits,
             database,
             retention,
+            webhooks: WebhookConfig::of(file.webhooks)?,
         })
     }
 
@@ -308,6 +388,15 @@ impl Config {
     /// The data folder and the database settings (for `store create --config`), without
     /// requiring the vault part.
     pub fn storage_of(path: &Path) -> Result<(PathBuf, Option<shared::pg::PgSettings>), String> {
+        Self::admin_of(path).map(|(data, db, _)| (data, db))
+    }
+
+    /// [`Config::storage_of`] and the webhook settings (for `webhook … --config`, which applies
+    /// the file's egress policy when it writes to the database itself).
+    #[allow(clippy::type_complexity)]
+    pub fn admin_of(
+        path: &Path,
+    ) -> Result<(PathBuf, Option<shared::pg::PgSettings>, WebhookConfig), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let file: FileConfig =
@@ -318,7 +407,11 @@ impl Config {
             .map(PathBuf::from)
             .or(file.data.map(rel))
             .ok_or_else(|| "data is required".to_owned())?;
-        Ok((data, database(file.database, &rel)?))
+        Ok((
+            data,
+            database(file.database, &rel)?,
+            WebhookConfig::of(file.webhooks)?,
+        ))
     }
 }
 
@@ -548,5 +641,53 @@ mod tests {
             "198.51.100.1".parse::<std::net::IpAddr>().unwrap()
         );
         assert_eq!(c.resolve(stranger, &h), stranger);
+    }
+
+    #[test]
+    fn webhooks_take_their_allow_list_and_limits_from_the_file_and_a_bad_entry_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("accounts.toml");
+        let write = |table: &str| {
+            std::fs::write(
+                &file,
+                format!("data = \"x\"\n{VAULT}[renewals]\nenabled = false\n{table}"),
+            )
+            .unwrap();
+        };
+        write("");
+        let cfg = Config::load(&file).unwrap();
+        assert_eq!(
+            cfg.webhooks.egress,
+            crate::egress::Policy::strict(),
+            "serve is strict"
+        );
+        assert_eq!(
+            (cfg.webhooks.per_store, cfg.webhooks.in_flight_per_store),
+            (10, 8)
+        );
+        write(
+            "[webhooks]\nallow = [\"127.0.0.0/8\", \"hooks.internal\"]\nper_store = 3\nin_flight_per_store = 2\n",
+        );
+        let cfg = Config::load(&file).unwrap();
+        assert_eq!(
+            cfg.webhooks.egress.describe(),
+            "127.0.0.0/8, hooks.internal"
+        );
+        assert_eq!(
+            (cfg.webhooks.per_store, cfg.webhooks.in_flight_per_store),
+            (3, 2)
+        );
+        write("[webhooks]\nallow = [\"10.0.0.0/40\"]\n");
+        let e = Config::load(&file).unwrap_err();
+        assert!(
+            e.starts_with("webhooks.allow: ") && e.contains("10.0.0.0/40"),
+            "{e}"
+        );
+        write("[webhooks]\nper_store = 0\n");
+        assert!(
+            Config::load(&file)
+                .unwrap_err()
+                .contains("webhooks.per_store")
+        );
     }
 }

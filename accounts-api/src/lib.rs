@@ -22,6 +22,7 @@ mod pacing;
 mod pages;
 pub mod service;
 
+pub mod egress;
 pub mod settings;
 pub mod startup;
 pub mod storage;
@@ -125,7 +126,12 @@ pub fn build_with_storage(
     );
     // Every background task takes the stop signal and is awaited when `app::run` ends.
     let bg = &state.background;
-    bg.spawn(admin::serve(admin, Arc::clone(&storage), bg.shutdown()));
+    bg.spawn(admin::serve(
+        admin,
+        Arc::clone(&storage),
+        settings.clone(),
+        bg.shutdown(),
+    ));
     bg.spawn(jobs::warm::keep_warm(warm, bg.shutdown()));
     bg.spawn(jobs::retention::run(
         Arc::clone(&storage),

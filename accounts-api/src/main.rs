@@ -126,12 +126,21 @@ async fn webhook(cmd: WebhookCommand) -> Result<(), String> {
     };
     let mut req = req;
     req["store"] = serde_json::Value::String(target.store.clone());
+    // The rules `webhook add` holds to when no server answers (a running server applies its
+    // own): the configuration file's `[webhooks]`, else the environment (strict by default).
+    let mut settings = accounts_api::settings::Settings::from_env()?;
     let answer = match (target.data, target.config) {
-        (None, Some(c)) => match accounts_api::config::Config::storage_of(&c)? {
-            (_, Some(db)) => accounts_api::admin::request_in_database(&db, req).await?,
-            (data, None) => accounts_api::admin::request(&data, req).await?,
-        },
-        (data, config) => accounts_api::admin::request(&data_of(data, config)?, req).await?,
+        (None, Some(c)) => {
+            let (data, db, hooks) = accounts_api::config::Config::admin_of(&c)?;
+            hooks.apply(&mut settings);
+            match db {
+                Some(db) => accounts_api::admin::request_in_database(&db, req, &settings).await?,
+                None => accounts_api::admin::request(&data, req, &settings).await?,
+            }
+        }
+        (data, config) => {
+            accounts_api::admin::request(&data_of(data, config)?, req, &settings).await?
+        }
     };
     println!("{answer}");
     Ok(())
@@ -163,12 +172,13 @@ async fn serve(config: PathBuf, log_format: shared::ops::LogFormat) -> Result<()
             config.display()
         ));
     }
-    let settings = accounts_api::settings::Settings {
+    let mut settings = accounts_api::settings::Settings {
         public_url: cfg.public_url.clone(),
         live: cfg.live,
         retention: cfg.retention,
         ..accounts_api::settings::Settings::from_env()?
     };
+    cfg.webhooks.apply(&mut settings);
     // Bind first: a taken port is the most common start failure and needs no other state.
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -56,7 +56,7 @@ pub fn describe_counters(m: &Metrics) {
     );
     m.describe(
         "webhook_deliveries_total",
-        "Webhook posts by outcome (delivered, failed).",
+        "Webhook posts by outcome (delivered, failed, refused: by the egress policy, nothing sent).",
     );
     m.describe(
         "webhook_retries_total",
@@ -156,8 +156,12 @@ impl Default for Limits {
     }
 }
 
-/// Most outbox rows counted for the `webhook_outbox_depth` gauge.
-const OUTBOX_GAUGE_CAP: usize = 10_000;
+const OUTBOX_DEPTH_HELP: &str =
+    "Webhook outbox rows, due or waiting for a retry, of the deepest 100 stores (-1: unreadable).";
+
+/// Most stores with a per-store outbox gauge (the deepest ones): bounds the label cardinality
+/// of a scrape whatever the number of stores.
+const OUTBOX_GAUGE_STORES: usize = 100;
 
 pub struct Ops {
     state: SharedState,
@@ -193,21 +197,8 @@ impl Ops {
     /// Scrape-time gauges.
     async fn gauges(&self) -> Vec<Gauge> {
         let tracked = self.limiter.tracked();
-        // Rows of the webhook outbox (due or waiting for a retry), counted up to a cap so a
-        // scrape stays cheap.
-        let outbox = self
-            .state
-            .storage
-            .outbox_due(i64::MAX, OUTBOX_GAUGE_CAP)
-            .await
-            .map_or(-1.0, |rows| rows.len() as f64);
-        vec![
-            Gauge {
-                name: "webhook_outbox_depth",
-                help: "Webhook outbox rows, due or waiting for a retry (counted up to 10000; -1: unreadable).",
-                labels: vec![],
-                value: outbox,
-            },
+        let mut gauges = self.outbox_gauges().await;
+        gauges.extend([
             Gauge {
                 name: "auth_limiter_tracked_keys",
                 help: "Addresses, usernames and (address, username) pairs with a recent failed authentication.",
@@ -226,7 +217,65 @@ impl Ops {
                 labels: vec![("table", "address_username".into())],
                 value: tracked.address_user as f64,
             },
-        ]
+        ]);
+        gauges
+    }
+
+    /// The webhook outbox: rows in all (of the deepest [`OUTBOX_GAUGE_STORES`] stores), and per
+    /// store with rows its depth and the age of its oldest pending event — the numbers that
+    /// show one tenant's backlog before it becomes everyone's. -1: unreadable.
+    async fn outbox_gauges(&self) -> Vec<Gauge> {
+        let storage = &self.state.storage;
+        let depths = match storage.outbox_depths(OUTBOX_GAUGE_STORES).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook outbox depths unreadable");
+                return vec![Gauge {
+                    name: "webhook_outbox_depth",
+                    help: OUTBOX_DEPTH_HELP,
+                    labels: vec![],
+                    value: -1.0,
+                }];
+            }
+        };
+        let now = crate::model::now_ms();
+        let mut gauges = vec![Gauge {
+            name: "webhook_outbox_depth",
+            help: OUTBOX_DEPTH_HELP,
+            labels: vec![],
+            value: depths.iter().map(|d| d.rows).sum::<u64>() as f64,
+        }];
+        for (i, d) in depths.iter().enumerate() {
+            gauges.push(Gauge {
+                name: "webhook_outbox_store_depth",
+                help: if i == 0 {
+                    "Webhook outbox rows of one store (the deepest 100 stores with rows)."
+                } else {
+                    ""
+                },
+                labels: vec![("store", d.store.to_string())],
+                value: d.rows as f64,
+            });
+        }
+        for (i, d) in depths.iter().enumerate() {
+            let age = match storage.event(&d.store, &d.oldest).await {
+                Ok(Some(ev)) => (now.saturating_sub(ev.created)).max(0) as f64 / 1000.0,
+                // Gone meanwhile (its row goes at the next post): no age to report.
+                Ok(None) => 0.0,
+                Err(_) => -1.0,
+            };
+            gauges.push(Gauge {
+                name: "webhook_outbox_oldest_age_seconds",
+                help: if i == 0 {
+                    "Age of the oldest event one store's webhooks have not yet acknowledged."
+                } else {
+                    ""
+                },
+                labels: vec![("store", d.store.to_string())],
+                value: age,
+            });
+        }
+        gauges
     }
 }
 

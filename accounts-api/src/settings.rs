@@ -7,7 +7,10 @@
 //! `live` field of every order, subscription and event), `STRONGROOM_SSO_TTL_SECS` (300),
 //! `STRONGROOM_SESSION_TTL_SECS` (1800), `STRONGROOM_WEBHOOK_RETRY_BASE_MS` (5000, doubled per
 //! attempt, capped at one hour), `STRONGROOM_WEBHOOK_MAX_ATTEMPTS` (10),
-//! `STRONGROOM_WEBHOOK_TIMEOUT_MS` (10000), `STRONGROOM_RENEWAL_LEASE_MS` (300000: how long a
+//! `STRONGROOM_WEBHOOK_TIMEOUT_MS` (10000: connect and whole post, body included),
+//! `STRONGROOM_WEBHOOK_ALLOW` (the egress allow-list, comma-separated CIDRs and host names,
+//! `none` for an empty one; see `egress`), `STRONGROOM_WEBHOOKS_PER_STORE` (10),
+//! `STRONGROOM_WEBHOOK_IN_FLIGHT_PER_STORE` (8), `STRONGROOM_RENEWAL_LEASE_MS` (300000: how long a
 //! renewal worker's claim on a subscription keeps other instances out; when it runs out after
 //! the worker died, another instance finishes the charge with the same key),
 //! `STRONGROOM_IDEMPOTENCY_RETENTION_HOURS` (24, 1..=720: how long an Idempotency-Key answer is
@@ -28,7 +31,15 @@ pub struct Settings {
     pub session_ttl: Duration,
     pub webhook_retry_base: Duration,
     pub webhook_max_attempts: u32,
+    /// Bounds a post from connect to the last byte read (the connect alone: at most 5 s).
     pub webhook_timeout: Duration,
+    /// Where webhooks may be posted (checked when one is added and again at every post).
+    pub webhook_egress: std::sync::Arc<crate::egress::Policy>,
+    /// Most webhooks one store may have (adding one more answers 422).
+    pub webhooks_per_store: usize,
+    /// Most posts in flight at once for one store's webhooks (the dispatcher's global limit
+    /// is 64): a store whose receivers hang holds at most this many.
+    pub webhook_in_flight_per_store: usize,
     /// A renewal worker's claim on a subscription (`service::renewals`). Shorter than a charge
     /// can take only costs an extra vault call: the vault's ledger still charges a key once.
     pub renewal_lease: Duration,
@@ -186,6 +197,9 @@ impl Default for Settings {
             webhook_retry_base: Duration::from_secs(5),
             webhook_max_attempts: 10,
             webhook_timeout: Duration::from_secs(10),
+            webhook_egress: std::sync::Arc::new(crate::egress::Policy::strict()),
+            webhooks_per_store: 10,
+            webhook_in_flight_per_store: 8,
             renewal_lease: Duration::from_millis(crate::service::renewals::LEASE_MS.unsigned_abs()),
             clock: Clock::default(),
             retention: Retention::default(),
@@ -201,6 +215,17 @@ fn num(name: &str) -> Option<u64> {
             tracing::warn!(name, "ignoring a non-positive or non-numeric setting");
             None
         }
+    }
+}
+
+/// The allow-list of `STRONGROOM_WEBHOOK_ALLOW`, when it is set (a malformed entry is an
+/// error, like every setting an operator wrote on purpose).
+pub fn egress_from_env() -> Result<Option<crate::egress::Policy>, String> {
+    match std::env::var("STRONGROOM_WEBHOOK_ALLOW") {
+        Ok(v) if !v.trim().is_empty() => {
+            crate::egress::Policy::from_list(&v, "STRONGROOM_WEBHOOK_ALLOW").map(Some)
+        }
+        _ => Ok(None),
     }
 }
 
@@ -267,6 +292,13 @@ impl Settings {
             webhook_timeout: num("STRONGROOM_WEBHOOK_TIMEOUT_MS")
                 .map(Duration::from_millis)
                 .unwrap_or(d.webhook_timeout),
+            webhook_egress: std::sync::Arc::new(egress_from_env()?.unwrap_or_default()),
+            webhooks_per_store: num("STRONGROOM_WEBHOOKS_PER_STORE")
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .unwrap_or(d.webhooks_per_store),
+            webhook_in_flight_per_store: num("STRONGROOM_WEBHOOK_IN_FLIGHT_PER_STORE")
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .unwrap_or(d.webhook_in_flight_per_store),
             renewal_lease: num("STRONGROOM_RENEWAL_LEASE_MS")
                 .map(Duration::from_millis)
                 .unwrap_or(d.renewal_lease),

@@ -66,7 +66,8 @@ impl Cluster {
         cluster
     }
 
-    /// `name.toml`: its own data folder (admin socket), the shared vault and database.
+    /// `name.toml`: its own data folder (admin socket), the shared vault and database; the
+    /// webhook receivers listen on 127.0.0.1, which the egress allow-list opens.
     fn write_config(&self, name: &str) -> PathBuf {
         let pki = self.vault.pki_dir();
         let q = |p: &Path| format!("{:?}", p.display().to_string());
@@ -75,7 +76,8 @@ impl Cluster {
              public_url = \"https://accounts.example.com\"\n\
              [vault]\naddr = \"{}\"\nserver_name = \"localhost\"\nca = {}\ncert = {}\nkey = {}\n\
              [renewals]\nenabled = false\n\
-             [database]\nurl_file = \"database.url\"\npool_size = 8\n",
+             [database]\nurl_file = \"database.url\"\npool_size = 8\n\
+             [webhooks]\nallow = [\"127.0.0.0/8\"]\n",
             self.vault.addr,
             q(&pki.join("ca.pem")),
             q(&pki.join("accounts.pem")),

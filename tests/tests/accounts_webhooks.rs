@@ -25,9 +25,13 @@ fn fresh(env: &[(&str, &str)]) -> System {
     start_system_with_env(Arc::new(temp_dir("strongroom-hooks-")), env)
 }
 
-/// [`FAST`] (or the defaults) for the in-process tier.
+/// [`FAST`] (or the defaults) for the in-process tier; the receivers listen on 127.0.0.1, so the
+/// egress allow-list admits loopback (as `accounts-api dev` does by default).
 fn fresh_app(fast: bool) -> App {
-    let mut settings = accounts_api::settings::Settings::default();
+    let mut settings = accounts_api::settings::Settings {
+        webhook_egress: Arc::new(accounts_api::egress::Policy::loopback()),
+        ..accounts_api::settings::Settings::default()
+    };
     if fast {
         settings.webhook_retry_base = Duration::from_millis(200);
         settings.webhook_max_attempts = 50;

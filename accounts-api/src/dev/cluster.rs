@@ -159,7 +159,9 @@ pub(super) async fn start_api(
          [vault]\naddr = \"{vault_addr}\"\nserver_name = \"localhost\"\n\
          ca = {}\ncert = {}\nkey = {}\n\n\
          [renewals]\ncert = {}\nkey = {}\n\n\
-         [database]\nurl_file = {}\n",
+         [database]\nurl_file = {}\n\n\
+         # A loopback demo, as the first instance: webhooks may go to loopback receivers.\n\
+         [webhooks]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n",
         q(pki.join("ca.pem")),
         q(pki.join("accounts.pem")),
         q(pki.join("accounts.key")),

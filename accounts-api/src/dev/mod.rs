@@ -13,6 +13,10 @@
 //! children through their environment, and points the vault at it. The renewal job runs with the
 //! `renewals` certificate of the dev PKI every `STRONGROOM_RENEWALS_INTERVAL_SECS` (default 60).
 //!
+//! Webhooks: dev is a loopback demo, so its egress policy allows loopback receivers
+//! (`127.0.0.0/8`, `::1`) unless `STRONGROOM_WEBHOOK_ALLOW` is set (`none`: as strict as
+//! `serve`, which allows nothing beyond the built-in rules by default).
+//!
 //! With `--database-url URL [--instances N]` the same system runs on PostgreSQL, N of each
 //! service (see `cluster`): N vaults (each its own folder, keys copied from the first, its own
 //! audit chain) and N accounts-api instances (this process and N−1 `accounts-api serve`
@@ -379,8 +383,13 @@ pub async fn run(
         key: pki.join("renewals.key"),
         interval: crate::config::RenewalsConfig::interval_from_env(60)?,
     };
+    // A loopback demo: webhooks may go to loopback receivers unless STRONGROOM_WEBHOOK_ALLOW
+    // says otherwise (`none`: as strict as `serve`).
     let settings = crate::settings::Settings {
         clock: crate::settings::Clock::dev_from_env(),
+        webhook_egress: std::sync::Arc::new(
+            crate::settings::egress_from_env()?.unwrap_or_else(crate::egress::Policy::loopback),
+        ),
         ..crate::settings::Settings::from_env()?
     };
     let storage = crate::open_storage(

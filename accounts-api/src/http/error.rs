@@ -20,6 +20,9 @@ pub enum ErrorKind {
     NotFound(&'static str, &'static str),
     /// One or more fields failed validation (422). (field path, fixed message)
     Invalid(Vec<(String, &'static str)>),
+    /// A policy refused a field's value (422). (field, message naming the reason; it may carry
+    /// an address we parsed or resolved, never raw input text)
+    Refused(&'static str, String),
     /// A uniqueness rule or state rule refused the change (409). (field, message)
     Conflict(&'static str, String),
     /// The same Idempotency-Key was used with a different request (409).
@@ -61,7 +64,7 @@ impl ApiError {
             ErrorKind::BadJson => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound(..) => StatusCode::NOT_FOUND,
-            ErrorKind::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Invalid(_) | ErrorKind::Refused(..) => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Conflict(..) | ErrorKind::IdempotencyMismatch => StatusCode::CONFLICT,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::TooSlow => StatusCode::REQUEST_TIMEOUT,
@@ -85,7 +88,7 @@ impl ApiError {
                     put(f, msg);
                 }
             }
-            ErrorKind::Conflict(f, msg) => put(f, msg),
+            ErrorKind::Conflict(f, msg) | ErrorKind::Refused(f, msg) => put(f, msg),
             ErrorKind::IdempotencyMismatch => put(
                 "idempotencyKey",
                 "key already used with a different request",

@@ -22,6 +22,21 @@
 //! Delivery is at least once: the settling write happens after the receiver answered, so a
 //! crash in between re-sends the post after restart (receivers dedupe by event id).
 //!
+//! A receiver cannot hurt the process or the other stores:
+//! - egress: every post is checked against `Settings::webhook_egress` again (`crate::egress`);
+//!   IP literals here, names by the client's resolver, which returns only allowed addresses, so
+//!   the connection goes to an address that was checked. A refused post sends nothing and is
+//!   retried like a failure (`outcome="refused"`);
+//! - bounded: `STRONGROOM_WEBHOOK_TIMEOUT_MS` covers connect to last byte (connect ≤ 5 s); a
+//!   `202` body is read up to [`MAX_ACK_BODY`], a `200` body never;
+//! - fair: at most `webhook_in_flight_per_store` (`[webhooks] in_flight_per_store`, 8) posts per
+//!   store of [`MAX_IN_FLIGHT`] in all, handed out round-robin between stores
+//!   ([`round_robin`]); each scan reads a share per store (in-flight limit × [`BATCH`] rows, at
+//!   most [`BATCH`] per webhook, [`SCAN_LIMIT`] in all) starting after the store where the last
+//!   one stopped, so one store's backlog cannot fill it (the storage port's `DueScan`).
+//!   The number of webhooks per store is bounded where they are added
+//!   (`webhooks_per_store`, `[webhooks] per_store`, 10).
+//!
 //! Signatures: with a secret, `X-FS-Signature` = base64(HMAC-SHA256(secret, raw body)), as
 //! FastSpring sends it. Against replay (FastSpring's signature has none) every post also carries
 //! `X-Strongroom-Timestamp` (unix seconds) and `X-Strongroom-Signature` =
@@ -30,22 +45,25 @@
 
 use crate::model::{EventId, OutboxState, StoreId, WebhookId, now_ms};
 use crate::settings::Settings;
-use crate::storage::{OutboxItem, OutboxSettlement, Storage};
+use crate::storage::{DueScan, OutboxItem, OutboxSettlement, Storage};
 use base64::Engine;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Most events in one post.
 pub const BATCH: usize = 100;
-/// Most posts in flight at once (each to a different webhook).
+/// Most posts in flight at once (each to a different webhook), over all stores.
 const MAX_IN_FLIGHT: usize = 64;
+/// Most due rows one scan reads (each store gets at most its share of them, see [`scan`]).
+const SCAN_LIMIT: usize = 10_000;
 /// How often the loop looks for due rows.
 const TICK: Duration = Duration::from_millis(200);
 /// Most bytes of a `202` body read. A full list for a post of [`BATCH`] ids of at most 64
 /// characters is under 7 KiB; a longer body acknowledges nothing. Bounded so that a hostile or
 /// broken receiver cannot make the dispatcher buffer an endless body (the client's timeout
-/// bounds how long it may take).
+/// bounds how long it may take). A `200` body is never read: the response is dropped with its
+/// connection.
 pub const MAX_ACK_BODY: usize = 64 * 1024;
 
 fn sign(secret: &shared::SecretString, parts: &[&[u8]]) -> String {
@@ -64,6 +82,8 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
 }
 
 /// The delivery loop's HTTP client (built before the loop starts, so a failure stops the start).
+/// Names resolve only through the egress policy's resolver, so every connection goes to an
+/// address the policy checked in that same resolution (see `crate::egress`).
 pub fn client(settings: &Settings) -> Result<reqwest::Client, String> {
     shared::tls::install_crypto_provider();
     reqwest::Client::builder()
@@ -72,8 +92,24 @@ pub fn client(settings: &Settings) -> Result<reqwest::Client, String> {
         // A receiver answers; it does not send us elsewhere.
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .dns_resolver(Arc::new(crate::egress::Resolver(Arc::clone(
+            &settings.webhook_egress,
+        ))))
         .build()
         .map_err(|e| format!("webhook client: {e}"))
+}
+
+/// This tick's scan: each store's share is what it can have in flight ([`BATCH`] rows per
+/// webhook, `in_flight_per_store` webhooks), starting after `after`.
+fn scan(settings: &Settings, now: i64, after: Option<StoreId>) -> DueScan {
+    let per_store_posts = settings.webhook_in_flight_per_store.max(1);
+    DueScan {
+        now,
+        after,
+        per_hook: BATCH,
+        per_store: per_store_posts.saturating_mul(BATCH),
+        limit: SCAN_LIMIT,
+    }
 }
 
 /// The delivery loop, until `shutdown`; posts in flight then are awaited, so their outcome is
@@ -87,6 +123,9 @@ pub async fn dispatch(
 ) {
     let in_flight: Arc<std::sync::Mutex<InFlight>> = Arc::default();
     let mut posts = tokio::task::JoinSet::new();
+    let per_store = settings.webhook_in_flight_per_store.max(1);
+    // Where the next scan starts (see `DueScan::after`).
+    let mut after: Option<StoreId> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
@@ -97,7 +136,7 @@ pub async fn dispatch(
         // Rows read by this scan may already be settled by a post that ends while the scan
         // runs: a webhook whose post ended after this instant waits for the next scan.
         let scan_started = std::time::Instant::now();
-        let due = match events.outbox_due(now, 10_000).await {
+        let due = match events.outbox_due(&scan(&settings, now, after.take())).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "webhook outbox unreadable");
@@ -107,26 +146,64 @@ pub async fn dispatch(
         if due.is_empty() {
             continue;
         }
-        // Group per (store, webhook); ids are time-ordered, so each group is oldest first.
-        let mut groups: BTreeMap<(StoreId, WebhookId), Vec<OutboxItem>> = BTreeMap::new();
+        let scan_full = due.len() >= SCAN_LIMIT;
+        let last_scanned = due.last().map(|i| i.store.clone());
+        // Group per store (in scan order), then per webhook; each webhook's rows oldest first.
+        let mut order: Vec<StoreId> = Vec::new();
+        let mut groups: HashMap<StoreId, BTreeMap<WebhookId, Vec<OutboxItem>>> = HashMap::new();
         for item in due {
-            groups
-                .entry((item.store.clone(), item.hook.clone()))
-                .or_default()
-                .push(item);
+            let hooks = groups.entry(item.store.clone()).or_insert_with(|| {
+                order.push(item.store.clone());
+                BTreeMap::new()
+            });
+            hooks.entry(item.hook.clone()).or_default().push(item);
         }
-        for ((store, hook), mut items) in groups {
-            // One post at a time per webhook (never the same events twice in parallel),
-            // without a slow receiver holding up the other webhooks.
+        let picked = match in_flight.lock() {
+            Ok(f) => {
+                let wants: Vec<(StoreId, Vec<WebhookId>)> = order
+                    .iter()
+                    .map(|store| {
+                        let hooks = groups
+                            .get(store)
+                            .map(|h| {
+                                h.keys()
+                                    .filter(|hook| {
+                                        let key = (store.clone(), (*hook).clone());
+                                        // One post at a time per webhook (never the same
+                                        // events twice in parallel).
+                                        !f.busy.contains(&key)
+                                            && f.ended.get(&key).is_none_or(|t| *t < scan_started)
+                                    })
+                                    .cloned()
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        (store.clone(), hooks)
+                    })
+                    .collect();
+                round_robin(
+                    &wants,
+                    &f.per_store,
+                    per_store,
+                    MAX_IN_FLIGHT - f.busy.len().min(MAX_IN_FLIGHT),
+                )
+            }
+            Err(_) => continue,
+        };
+        // The next scan starts after the last store served when the global limit left some
+        // out, or after the last one read when the scan was full; else from the start.
+        after = match (&picked.last_served, picked.cut, scan_full) {
+            (Some(s), true, _) => Some(s.clone()),
+            (_, _, true) => last_scanned,
+            _ => None,
+        };
+        for (store, hook) in picked.posts {
+            let Some(mut items) = groups.get_mut(&store).and_then(|h| h.remove(&hook)) else {
+                continue;
+            };
             let key = (store.clone(), hook.clone());
             match in_flight.lock() {
-                Ok(mut f) => {
-                    let settled_since = f.ended.get(&key).is_some_and(|t| *t >= scan_started);
-                    if settled_since || f.busy.len() >= MAX_IN_FLIGHT || !f.busy.insert(key.clone())
-                    {
-                        continue;
-                    }
-                }
+                Ok(mut f) => f.start(&key),
                 Err(_) => continue,
             }
             items.sort_by(|a, b| a.event.cmp(&b.event));
@@ -140,12 +217,7 @@ pub async fn dispatch(
             posts.spawn(async move {
                 deliver(events.as_ref(), &http, &settings, &store, &hook, items).await;
                 if let Ok(mut f) = in_flight.lock() {
-                    f.busy.remove(&key);
-                    if f.ended.len() > 4 * MAX_IN_FLIGHT {
-                        let old = std::time::Instant::now() - Duration::from_secs(60);
-                        f.ended.retain(|_, t| *t > old);
-                    }
-                    f.ended.insert(key, std::time::Instant::now());
+                    f.end(key);
                 }
             });
         }
@@ -153,11 +225,85 @@ pub async fn dispatch(
     while posts.join_next().await.is_some() {}
 }
 
-/// The webhooks being posted to by this process, and when each one's last post ended.
+/// The webhooks being posted to by this process, how many per store, and when each one's last
+/// post ended.
 #[derive(Default)]
 struct InFlight {
     busy: HashSet<(StoreId, WebhookId)>,
-    ended: std::collections::HashMap<(StoreId, WebhookId), std::time::Instant>,
+    per_store: HashMap<StoreId, usize>,
+    ended: HashMap<(StoreId, WebhookId), std::time::Instant>,
+}
+
+impl InFlight {
+    fn start(&mut self, key: &(StoreId, WebhookId)) {
+        if self.busy.insert(key.clone()) {
+            *self.per_store.entry(key.0.clone()).or_default() += 1;
+        }
+    }
+
+    fn end(&mut self, key: (StoreId, WebhookId)) {
+        if self.busy.remove(&key)
+            && let Some(n) = self.per_store.get_mut(&key.0)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_store.remove(&key.0);
+            }
+        }
+        if self.ended.len() > 4 * MAX_IN_FLIGHT {
+            let old = std::time::Instant::now() - Duration::from_secs(60);
+            self.ended.retain(|_, t| *t > old);
+        }
+        self.ended.insert(key, std::time::Instant::now());
+    }
+}
+
+/// The posts one tick starts.
+#[derive(Debug, Default, PartialEq)]
+struct Picked {
+    posts: Vec<(StoreId, WebhookId)>,
+    /// The last store that got a post.
+    last_served: Option<StoreId>,
+    /// Whether the global limit left a post out that a store could otherwise have had.
+    cut: bool,
+}
+
+/// Round-robin between stores: one webhook of each store in turn (in `wants`' order), then a
+/// second of each, …, a store up to `per_store` posts in flight (counting `busy`), all of them
+/// up to `free` new posts. So a store with a hundred hanging receivers holds at most
+/// `per_store` of the global slots, and every store with work gets one before any gets two.
+fn round_robin(
+    wants: &[(StoreId, Vec<WebhookId>)],
+    busy: &HashMap<StoreId, usize>,
+    per_store: usize,
+    free: usize,
+) -> Picked {
+    let mut picked = Picked::default();
+    let mut taken: Vec<usize> = wants
+        .iter()
+        .map(|(s, _)| busy.get(s).copied().unwrap_or(0))
+        .collect();
+    let mut next = vec![0usize; wants.len()];
+    loop {
+        let mut progressed = false;
+        for (i, (store, hooks)) in wants.iter().enumerate() {
+            if next[i] >= hooks.len() || taken[i] >= per_store {
+                continue;
+            }
+            if picked.posts.len() >= free {
+                picked.cut = true;
+                return picked;
+            }
+            picked.posts.push((store.clone(), hooks[next[i]].clone()));
+            picked.last_served = Some(store.clone());
+            next[i] += 1;
+            taken[i] += 1;
+            progressed = true;
+        }
+        if !progressed {
+            return picked;
+        }
+    }
 }
 
 /// Reads at most `max` bytes of a response body: `None` when it is longer (or breaks off).
@@ -196,6 +342,9 @@ enum Answer {
     /// `202`: the ids its body lists (`None`: the body was not a list of ids).
     Listed(Option<HashSet<EventId>>),
     Failed(String),
+    /// The egress policy refused the URL or every address its name resolves to: nothing was
+    /// sent. Retried like a failure (the operator may change the allow-list).
+    Refused(crate::egress::Refusal),
 }
 
 /// Posts one batch to one webhook and settles it.
@@ -258,10 +407,32 @@ async fn deliver(
         .await;
         return;
     }
+    // The policy again, at delivery: the URL may have been stored before the policy (or under
+    // another allow-list). IP literals are judged here (they never reach the resolver); names
+    // by the client's resolver, at connect.
+    let url = match reqwest::Url::parse(&hook.url) {
+        Ok(u) => u,
+        Err(_) => {
+            let answer = Answer::Refused(crate::egress::Refusal::Scheme);
+            return finish(events, settings, store, hook_id, remove, sent, answer).await;
+        }
+    };
+    if let Err(r) = settings.webhook_egress.check_target(&url) {
+        return finish(
+            events,
+            settings,
+            store,
+            hook_id,
+            remove,
+            sent,
+            Answer::Refused(r),
+        )
+        .await;
+    }
     let body = serde_json::json!({ "events": bodies }).to_string();
     let ts = (now_ms() / 1000).to_string();
     let mut req = http
-        .post(&hook.url)
+        .post(url)
         .header("content-type", "application/json")
         .header("x-strongroom-timestamp", &ts);
     if let Some(secret) = &hook.secret {
@@ -282,19 +453,45 @@ async fn deliver(
             ),
             other => Answer::Failed(format!("status {other}")),
         },
-        Err(e) => Answer::Failed(if e.is_timeout() {
-            "timeout".to_owned()
-        } else if e.is_connect() {
-            "connect".to_owned()
-        } else {
-            "transport".to_owned()
-        }),
+        Err(e) => match crate::egress::refusal_in(&e) {
+            Some(r) => Answer::Refused(r),
+            None => Answer::Failed(if e.is_timeout() {
+                "timeout".to_owned()
+            } else if e.is_connect() {
+                "connect".to_owned()
+            } else {
+                "transport".to_owned()
+            }),
+        },
     };
+    finish(events, settings, store, hook_id, remove, sent, answer).await;
+}
+
+/// Counts, logs and settles one post's outcome.
+async fn finish(
+    events: &dyn Storage,
+    settings: &Settings,
+    store: &StoreId,
+    hook_id: &WebhookId,
+    remove: Vec<EventId>,
+    sent: Vec<OutboxItem>,
+    answer: Answer,
+) {
     let plan = settlement(settings, now_ms(), remove, sent, &answer);
     let (pending, exhausted) = (plan.settlement.retry.len(), plan.exhausted);
     let (store_s, hook_s) = (store.as_str(), hook_id.as_str());
     let metrics = crate::ops::metrics();
     match &answer {
+        Answer::Refused(why) => {
+            metrics.inc("webhook_deliveries_total", &[("outcome", "refused")]);
+            tracing::warn!(
+                store = store_s,
+                webhook = hook_s,
+                events = pending,
+                reason = %why,
+                "webhook delivery refused by the egress policy; nothing sent"
+            );
+        }
         Answer::Failed(why) => {
             metrics.inc("webhook_deliveries_total", &[("outcome", "failed")]);
             if pending > 0 {
@@ -337,7 +534,9 @@ async fn deliver(
             "webhook delivery gave up; the events stay unprocessed for the events API"
         );
     }
-    settle(plan.settlement).await;
+    if let Err(e) = events.outbox_settle(store, hook_id, &plan.settlement).await {
+        tracing::error!(error = %e, "webhook outbox update failed");
+    }
 }
 
 /// How one post settles its rows (a pure function of the answer, for the tests).
@@ -372,7 +571,7 @@ fn settlement(
         let acknowledged = match answer {
             Answer::All => true,
             Answer::Listed(ids) => ids.as_ref().is_some_and(|ids| ids.contains(&item.event)),
-            Answer::Failed(_) => false,
+            Answer::Failed(_) | Answer::Refused(_) => false,
         };
         if acknowledged {
             s.processed.push(item.event.clone());
@@ -506,6 +705,60 @@ mod tests {
         let plan = settlement(&settings, 0, vec![], sent(), &Answer::All);
         assert_eq!(plan.settlement.processed, vec![id("a"), id("b")]);
         assert!(plan.settlement.retry.is_empty());
+    }
+
+    #[test]
+    fn round_robin_serves_every_store_once_before_any_twice_and_caps_each_store() {
+        let st = |s: &str| -> StoreId { crate::model::test_id(s) };
+        let hooks = |n: usize| -> Vec<WebhookId> {
+            (0..n)
+                .map(|i| crate::model::test_id(&format!("h{i}")))
+                .collect()
+        };
+        // "hog" has 100 webhooks with due rows and 3 already in flight; two others have one.
+        let wants = vec![
+            (st("hog"), hooks(100)),
+            (st("a"), hooks(1)),
+            (st("b"), hooks(1)),
+        ];
+        let busy: HashMap<StoreId, usize> = [(st("hog"), 3)].into();
+        let p = round_robin(&wants, &busy, 8, 64);
+        let of = |s: &str| p.posts.iter().filter(|(x, _)| *x == st(s)).count();
+        assert_eq!(
+            (of("hog"), of("a"), of("b")),
+            (5, 1, 1),
+            "hog up to 8 in flight"
+        );
+        assert_eq!(
+            &p.posts[..3]
+                .iter()
+                .map(|(s, _)| s.clone())
+                .collect::<Vec<_>>(),
+            &[st("hog"), st("a"), st("b")]
+        );
+        assert!(!p.cut);
+        // The global limit: two slots left go to two stores, not to the first one twice.
+        let p = round_robin(&wants, &HashMap::new(), 8, 2);
+        assert_eq!(
+            p.posts.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(),
+            vec![st("hog"), st("a")]
+        );
+        assert!(p.cut, "b was left out by the global limit");
+        assert_eq!(p.last_served, Some(st("a")));
+        assert_eq!(round_robin(&wants, &HashMap::new(), 8, 0).posts, vec![]);
+    }
+
+    #[test]
+    fn the_scan_gives_each_store_what_it_can_have_in_flight() {
+        let settings = Settings {
+            webhook_in_flight_per_store: 3,
+            ..Settings::default()
+        };
+        let s = scan(&settings, 7, None);
+        assert_eq!(
+            (s.now, s.per_hook, s.per_store, s.limit),
+            (7, BATCH, 3 * BATCH, SCAN_LIMIT)
+        );
     }
 
     #[test]

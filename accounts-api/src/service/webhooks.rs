@@ -1,11 +1,15 @@
 //! Webhook configuration: the rules for a store's webhooks (absolute http(s) URLs without
-//! credentials, unique per store; optional HMAC secret of 1 to 100 characters) and the changes
-//! to them, each one storage transaction with its idempotency answer. Delivery is
+//! credentials, allowed by the egress policy (`crate::egress`), unique per store, at most
+//! `Settings::webhooks_per_store` of them; optional HMAC secret of 1 to 100 characters) and the
+//! changes to them, each one storage transaction with its idempotency answer. Delivery is
 //! `jobs::webhooks`.
 
 use crate::error::StorageError;
 use crate::model::{StoreId, WebhookId, WebhookRecord, now_ms};
 use crate::storage::{IdempotencyWrite, Storage};
+
+const DUPLICATE: &str = "duplicate webhook url";
+const TOO_MANY: &str = "too many webhooks";
 
 /// Longest accepted secret (FastSpring's limit) and URL.
 pub const MAX_SECRET: usize = 100;
@@ -22,6 +26,12 @@ pub enum HookError {
     Duplicate,
     #[error("url: no webhook with this URL")]
     Unknown,
+    /// The egress policy refuses the URL (the text names the reason).
+    #[error("url: {0}")]
+    Refused(crate::egress::Refusal),
+    /// The store has as many webhooks as it may.
+    #[error("webhooks: this store already has the most webhooks allowed ({0}); remove one first")]
+    TooMany(usize),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -30,6 +40,7 @@ impl HookError {
     pub fn field(&self) -> &'static str {
         match self {
             Self::Secret => "hmacSecret",
+            Self::TooMany(_) => "webhooks",
             _ => "url",
         }
     }
@@ -65,18 +76,46 @@ fn parse_secret(secret: Option<String>) -> Result<Option<shared::SecretString>, 
     }
 }
 
-/// Adds a webhook to a store (URL unique per store).
+/// The limit a webhook change is held to, from the settings.
+pub struct Rules<'a> {
+    pub egress: &'a crate::egress::Policy,
+    pub per_store: usize,
+}
+
+impl<'a> Rules<'a> {
+    pub fn of(settings: &'a crate::settings::Settings) -> Self {
+        Self {
+            egress: &settings.webhook_egress,
+            per_store: settings.webhooks_per_store,
+        }
+    }
+}
+
+/// Adds a webhook to a store (URL unique per store, allowed by the egress policy, at most
+/// `rules.per_store` webhooks: counted inside the transaction, so concurrent adds cannot pass it).
 pub async fn add(
     events: &dyn Storage,
     store: &StoreId,
     url: &str,
     secret: Option<String>,
+    rules: &Rules<'_>,
     answer: &(dyn Fn(&WebhookRecord) -> Option<IdempotencyWrite> + Sync),
 ) -> Result<WebhookRecord, HookError> {
     let url = parse_url(url)?;
     let secret = parse_secret(secret)?;
-    if events.webhooks(store).await?.iter().any(|h| h.url == url) {
+    let parsed = reqwest::Url::parse(&url).map_err(|_| HookError::Url)?;
+    rules
+        .egress
+        .check_url(&parsed)
+        .await
+        .map_err(HookError::Refused)?;
+    let existing = events.webhooks(store).await?;
+    if existing.iter().any(|h| h.url == url) {
         return Err(HookError::Duplicate);
+    }
+    let max = rules.per_store;
+    if existing.len() >= max {
+        return Err(HookError::TooMany(max));
     }
     let hook = WebhookRecord {
         id: WebhookId::generate(),
@@ -91,14 +130,22 @@ pub async fn add(
             store,
             &move |hooks| {
                 if hooks.iter().any(|x| x.url == url) {
-                    return Err(StorageError::State("duplicate webhook url"));
+                    return Err(StorageError::State(DUPLICATE));
+                }
+                if hooks.len() >= max {
+                    return Err(StorageError::State(TOO_MANY));
                 }
                 hooks.push(h.clone());
                 Ok(())
             },
             record.as_ref(),
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            StorageError::State(DUPLICATE) => HookError::Duplicate,
+            StorageError::State(TOO_MANY) => HookError::TooMany(max),
+            e => e.into(),
+        })?;
     Ok(hook)
 }
 

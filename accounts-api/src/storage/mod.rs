@@ -259,6 +259,47 @@ pub struct OutboxItem {
     pub received: bool,
 }
 
+/// Which due outbox rows one dispatcher scan reads: a fair share per store, so one store with
+/// a backlog of thousands cannot fill the scan and leave the others out.
+#[derive(Debug, Clone)]
+pub struct DueScan {
+    /// Rows due at or before this instant (ms).
+    pub now: i64,
+    /// Rows of the stores after this one come first (in id order), then those from the start up
+    /// to and including it: the dispatcher moves it on every scan, so no store is always last
+    /// when `limit` cuts the scan.
+    pub after: Option<StoreId>,
+    /// Most rows of one webhook (oldest first).
+    pub per_hook: usize,
+    /// Most rows of one store (in webhook, then event order).
+    pub per_store: usize,
+    /// Most rows in all.
+    pub limit: usize,
+}
+
+impl DueScan {
+    /// Every due row up to `limit`, in (store, webhook, event) order: no share per store.
+    pub fn all(now: i64, limit: usize) -> Self {
+        Self {
+            now,
+            after: None,
+            per_hook: usize::MAX,
+            per_store: usize::MAX,
+            limit,
+        }
+    }
+}
+
+/// One store's part of the outbox, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxDepth {
+    pub store: StoreId,
+    /// Outbox rows (due or waiting for a retry), one per (webhook, event).
+    pub rows: u64,
+    /// The oldest event with a row (ids are time-ordered).
+    pub oldest: EventId,
+}
+
 /// How one post to one webhook ended, for that webhook's outbox rows: written in one
 /// transaction (which also ends the delivery lease), so a crash never leaves an acknowledged
 /// event with a row that would send it again.
@@ -513,8 +554,14 @@ pub trait Storage: Send + Sync + 'static {
         store: &'a StoreId,
         hook: &'a WebhookId,
     ) -> BoxFuture<'a, StorageResult<()>>;
-    /// Outbox rows due at `now`, at most `limit`.
-    fn outbox_due(&self, now: i64, limit: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxItem>>>;
+    /// Outbox rows due at `scan.now`, at most `scan.per_hook` per webhook, `scan.per_store` per
+    /// store and `scan.limit` in all, stores in the order [`DueScan::after`] says, each store's
+    /// rows in (webhook, event) order.
+    fn outbox_due<'a>(&'a self, scan: &'a DueScan)
+    -> BoxFuture<'a, StorageResult<Vec<OutboxItem>>>;
+    /// The stores with outbox rows, deepest first, at most `max_stores` (a read only: no
+    /// delivery lease is taken).
+    fn outbox_depths(&self, max_stores: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxDepth>>>;
     /// Settles one post to `hook` (see [`OutboxSettlement`]): one transaction.
     fn outbox_settle<'a>(
         &'a self,

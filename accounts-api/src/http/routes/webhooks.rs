@@ -2,7 +2,9 @@
 //! `GET /webhooks` lists the store's webhooks (never their secrets, only `signed`),
 //! `POST /webhooks` `{"url", "hmacSecret"?}` adds one, `DELETE /webhooks/{id}` removes one and
 //! its pending deliveries, and FastSpring's `POST /webhooks/keys` `{"url", "hmacSecret"}`
-//! replaces the secret of the webhook with that URL. URLs must be http or https (else 422).
+//! replaces the secret of the webhook with that URL. URLs must be http or https and allowed by
+//! the egress policy, and a store has at most `webhooks_per_store` webhooks (else 422, the
+//! message naming the reason, e.g. "webhook url resolves to a private address (10.0.0.1)").
 //! `Idempotency-Key` is honoured on the three mutating calls, like everywhere in the API.
 
 use crate::app::SharedState;
@@ -52,6 +54,14 @@ fn hook_error(e: HookError, action: &'static str) -> ApiError {
             "must be an absolute http or https URL without credentials",
         ),
         HookError::Secret => ApiError::invalid(action, "hmacSecret", "must be 1 to 100 characters"),
+        HookError::Refused(r) => ApiError::new(action, ErrorKind::Refused("url", r.to_string())),
+        HookError::TooMany(n) => ApiError::new(
+            action,
+            ErrorKind::Refused(
+                "webhooks",
+                format!("this store already has the most webhooks allowed ({n}); remove one first"),
+            ),
+        ),
     }
 }
 
@@ -113,9 +123,17 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let (url, secret) = fields(&req)?;
     let answer = |h: &WebhookRecord| req.answer(&created_answer(h));
-    let hook = webhooks::add(state.storage.as_ref(), &req.store, &url, secret, &answer)
-        .await
-        .map_err(|e| hook_error(e, Create::NAME))?;
+    let rules = webhooks::Rules::of(&state.settings);
+    let hook = webhooks::add(
+        state.storage.as_ref(),
+        &req.store,
+        &url,
+        secret,
+        &rules,
+        &answer,
+    )
+    .await
+    .map_err(|e| hook_error(e, Create::NAME))?;
     durable(&state, Create::NAME).await?;
     tracing::info!(store = %req.store, webhook = %hook.id, "webhook added");
     Ok(ok_view(&created_answer(&hook)))

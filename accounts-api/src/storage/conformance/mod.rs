@@ -13,7 +13,9 @@ pub use idempotency::an_idempotency_key_is_claimed_once;
 pub use listings::{
     orders_list_by_completion_time_then_id_in_stable_pages, subscriptions_are_found_by_each_filter,
 };
-pub use outbox::a_settled_post_keeps_exactly_the_rows_to_resend;
+pub use outbox::{
+    a_scan_gives_each_store_its_share, a_settled_post_keeps_exactly_the_rows_to_resend,
+};
 pub use retention::{
     idempotency_records_expire_after_their_window_in_bounded_passes,
     processed_events_expire_after_their_window_and_unprocessed_ones_stay,
@@ -421,7 +423,13 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
     )
     .await
     .unwrap();
-    assert_eq!(s.outbox_due(now + 1, 100).await.unwrap().len(), 2);
+    assert_eq!(
+        s.outbox_due(&crate::storage::DueScan::all(now + 1, 100))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     s.outbox_settle(
         &st("st"),
         &crate::model::test_id("h1"),
@@ -437,7 +445,12 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
     s.clear_outbox(&st("st"), &crate::model::test_id("h2"))
         .await
         .unwrap();
-    assert!(s.outbox_due(i64::MAX, 100).await.unwrap().is_empty());
+    assert!(
+        s.outbox_due(&crate::storage::DueScan::all(i64::MAX, 100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Forgetting a payment method: off the account, off the subscriptions that used it.
     let mut with_pm = checkout(
@@ -599,6 +612,10 @@ macro_rules! backend_suite {
             async fn processed_events_expire_after_their_window_and_unprocessed_ones_stay() {
                 super::processed_events_expire_after_their_window_and_unprocessed_ones_stay(OPEN)
                     .await;
+            }
+            #[tokio::test]
+            async fn a_scan_gives_each_store_its_share() {
+                super::a_scan_gives_each_store_its_share(OPEN).await;
             }
         }
     };

@@ -196,7 +196,7 @@ pub async fn processed_events_expire_after_their_window_and_unprocessed_ones_sta
         .await
         .unwrap();
     let outbox_of = async |store: &str, id: &EventId| {
-        s.outbox_due(i64::MAX, 10_000)
+        s.outbox_due(&DueScan::all(i64::MAX, 10_000))
             .await
             .unwrap()
             .iter()

@@ -103,27 +103,27 @@ impl PgStorage {
         })
     }
 
-    pub(super) async fn outbox_due(
-        &self,
-        now: i64,
-        limit: usize,
-    ) -> StorageResult<Vec<OutboxItem>> {
-        // In (store, webhook, event) order, as sled's keys: a webhook's events come oldest first.
+    pub(super) async fn outbox_due(&self, scan: &DueScan) -> StorageResult<Vec<OutboxItem>> {
+        // Each store's share in (webhook, event) order, stores from `after` on (wrapping), as
+        // sled's key order: a webhook's events come oldest first.
         // Only rows of webhooks this instance holds the delivery lease of (taken here, for those
         // whose lease is free or ran out): two instances never post to one webhook at once.
         // The lease ends when the post is settled (`outbox_settle`), or runs out
         // after WEBHOOK_LEASE_MS if this instance dies mid-post; then another one re-sends.
         // The lease first, then the rows: a lease just released by another instance's settle
         // (which the claim waits for) must not come with rows read before that settle.
+        let now = scan.now;
+        let after = scan.after.as_ref().map_or("", StoreId::as_str);
+        let (per_hook, per_store, limit) = (
+            to_i64(scan.per_hook),
+            to_i64(scan.per_store),
+            to_i64(scan.limit),
+        );
         transaction!(self, |tx| {
             let candidates = tx
                 .query(
-                    &tx.prepare_cached(
-                        "SELECT DISTINCT store, hook FROM outbox WHERE due <= $1 \
-                         ORDER BY store, hook LIMIT $2",
-                    )
-                    .await?,
-                    &[&now, &to_i64(limit)],
+                    &tx.prepare_cached(&due_sql(false)).await?,
+                    &[&now, &per_hook, &per_store, &after, &limit],
                 )
                 .await?;
             if candidates.is_empty() {
@@ -132,8 +132,12 @@ impl PgStorage {
             let mut stores = Vec::with_capacity(candidates.len());
             let mut hooks = Vec::with_capacity(candidates.len());
             for r in &candidates {
-                stores.push(r.try_get::<_, String>(0)?);
-                hooks.push(r.try_get::<_, String>(1)?);
+                let (store, hook) = (r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?);
+                // Rows come grouped by (store, webhook): one lease per webhook.
+                if stores.last() != Some(&store) || hooks.last() != Some(&hook) {
+                    stores.push(store);
+                    hooks.push(hook);
+                }
             }
             let held = tx
                 .query(
@@ -168,14 +172,8 @@ impl PgStorage {
             // leases were taken.
             let due = tx
                 .query(
-                    &tx.prepare_cached(
-                        "SELECT o.store, o.hook, o.event, o.attempts, o.received FROM outbox o \
-                         JOIN unnest($2::text[], $3::text[]) AS t(s, h) \
-                           ON o.store = t.s AND o.hook = t.h \
-                         WHERE o.due <= $1 ORDER BY o.store, o.hook, o.event LIMIT $4",
-                    )
-                    .await?,
-                    &[&now, &stores, &hooks, &to_i64(limit)],
+                    &tx.prepare_cached(&due_sql(true)).await?,
+                    &[&now, &per_hook, &per_store, &after, &limit, &stores, &hooks],
                 )
                 .await?;
             let mut items = Vec::with_capacity(due.len());
@@ -189,6 +187,31 @@ impl PgStorage {
                 });
             }
             Ok(items)
+        })
+    }
+
+    pub(super) async fn outbox_depths(&self, max_stores: usize) -> StorageResult<Vec<OutboxDepth>> {
+        let max = to_i64(max_stores);
+        transaction!(self, |tx| {
+            let rows = tx
+                .query(
+                    &tx.prepare_cached(
+                        "SELECT store, count(*), min(event) FROM outbox GROUP BY store \
+                         ORDER BY count(*) DESC, store LIMIT $1",
+                    )
+                    .await?,
+                    &[&max],
+                )
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(OutboxDepth {
+                    store: id_of(r, 0)?,
+                    rows: u64::try_from(r.try_get::<_, i64>(1)?).unwrap_or(0),
+                    oldest: id_of(r, 2)?,
+                });
+            }
+            Ok(out)
         })
     }
 
@@ -321,4 +344,26 @@ impl PgStorage {
             .map_err(pg_err)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
+}
+
+/// The due rows of one scan (see [`DueScan`]): at most $2 per webhook, then $3 per store, stores
+/// after $4 first, $5 in all. With `held`, only of the webhooks in ($6, $7).
+fn due_sql(held: bool) -> String {
+    let join = if held {
+        "JOIN unnest($6::text[], $7::text[]) AS t(s, h) ON o.store = t.s AND o.hook = t.h"
+    } else {
+        ""
+    };
+    format!(
+        "WITH due AS ( \
+           SELECT o.store, o.hook, o.event, o.attempts, o.received, \
+                  row_number() OVER (PARTITION BY o.store, o.hook ORDER BY o.event) AS nh \
+           FROM outbox o {join} WHERE o.due <= $1 \
+         ), capped AS ( \
+           SELECT *, row_number() OVER (PARTITION BY store ORDER BY hook, event) AS ns \
+           FROM due WHERE nh <= $2 \
+         ) \
+         SELECT store, hook, event, attempts, received FROM capped WHERE ns <= $3 \
+         ORDER BY (store <= $4), store, hook, event LIMIT $5"
+    )
 }

@@ -29,9 +29,9 @@ mod port;
 pub mod schema;
 
 use super::{
-    AccountChange, AccountUpdate, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite,
-    Index, OrderQuery, OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError,
-    StorageResult, SubscriptionChange, SubscriptionQuery, WebhooksChange,
+    AccountChange, AccountUpdate, BoxFuture, Checkout, DueScan, Extras, IdempotencyClaim,
+    IdempotencyWrite, Index, OrderQuery, OutboxDepth, OutboxItem, OutboxSettlement, RenewalChange,
+    Storage, StorageError, StorageResult, SubscriptionChange, SubscriptionQuery, WebhooksChange,
 };
 use crate::model::{
     AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,

@@ -291,8 +291,14 @@ impl Storage for PgStorage {
             .map(|_| ())
         })
     }
-    fn outbox_due(&self, now: i64, limit: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxItem>>> {
-        Box::pin(self.outbox_due(now, limit))
+    fn outbox_due<'a>(
+        &'a self,
+        scan: &'a DueScan,
+    ) -> BoxFuture<'a, StorageResult<Vec<OutboxItem>>> {
+        Box::pin(self.outbox_due(scan))
+    }
+    fn outbox_depths(&self, max_stores: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxDepth>>> {
+        Box::pin(self.outbox_depths(max_stores))
     }
     fn outbox_settle<'a>(
         &'a self,

@@ -227,32 +227,113 @@ impl SledStorage {
 /// run them on a blocking thread (as the dispatcher did before the port).
 pub(super) fn outbox_due(
     tree: &sled::Tree,
-    now: i64,
-    limit: usize,
+    scan: &DueScan,
 ) -> Result<Vec<OutboxItem>, StorageError> {
+    // Keys are `wo/{store}/{hook}/{event}`; ids never hold '/', and '0' is the byte after '/',
+    // so `wo/{store}0` is the first key past a store and `wo/{store}/{hook}0` past a webhook:
+    // a share that is full is skipped with a new range, not read row by row.
+    let end = b"wo0".to_vec();
+    let ranges = match &scan.after {
+        Some(after) => {
+            let pivot = format!("wo/{after}0").into_bytes();
+            vec![(pivot.clone(), end), (b"wo/".to_vec(), pivot)]
+        }
+        None => vec![(b"wo/".to_vec(), end)],
+    };
     let mut out = Vec::new();
-    for kv in tree.scan_prefix(b"wo/") {
-        let (k, v) = kv?;
-        let state: OutboxState = decode(&v)?;
-        if state.due > now {
-            continue;
-        }
-        let key = String::from_utf8_lossy(&k);
-        let mut parts = key.splitn(4, '/').skip(1);
-        if let (Some(store), Some(hook), Some(event)) = (parts.next(), parts.next(), parts.next()) {
-            out.push(OutboxItem {
-                store: parse_id(store.as_bytes())?,
-                hook: parse_id(hook.as_bytes())?,
-                event: parse_id(event.as_bytes())?,
-                attempts: state.attempts,
-                received: state.received,
-            });
-        }
-        if out.len() >= limit {
-            break;
+    for (from, to) in ranges {
+        let mut cursor = from;
+        // (store, rows taken) and (webhook, rows taken) of the key being read.
+        let mut store_n: (String, usize) = (String::new(), 0);
+        let mut hook_n: (String, usize) = (String::new(), 0);
+        'range: while cursor < to {
+            let mut skip_to = None;
+            for kv in tree.range(cursor.clone()..to.clone()) {
+                let (k, v) = kv?;
+                let key = String::from_utf8_lossy(&k);
+                let mut parts = key.splitn(4, '/').skip(1);
+                let (Some(store), Some(hook), Some(event)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                if store_n.0 != store {
+                    store_n = (store.to_owned(), 0);
+                    hook_n = (String::new(), 0);
+                }
+                if hook_n.0 != hook {
+                    hook_n = (hook.to_owned(), 0);
+                }
+                if store_n.1 >= scan.per_store {
+                    skip_to = Some(format!("wo/{store}0"));
+                    break;
+                }
+                if hook_n.1 >= scan.per_hook {
+                    skip_to = Some(format!("wo/{store}/{hook}0"));
+                    break;
+                }
+                let state: OutboxState = decode(&v)?;
+                if state.due > scan.now {
+                    continue;
+                }
+                out.push(OutboxItem {
+                    store: parse_id(store.as_bytes())?,
+                    hook: parse_id(hook.as_bytes())?,
+                    event: parse_id(event.as_bytes())?,
+                    attempts: state.attempts,
+                    received: state.received,
+                });
+                store_n.1 += 1;
+                hook_n.1 += 1;
+                if out.len() >= scan.limit {
+                    return Ok(out);
+                }
+            }
+            match skip_to {
+                Some(k) => cursor = k.into_bytes(),
+                None => break 'range,
+            }
         }
     }
     Ok(out)
+}
+
+/// Most outbox keys [`outbox_depths`] reads in one call (a scrape stays bounded; past it the
+/// depths are lower bounds).
+const DEPTH_SCAN_CAP: usize = 1_000_000;
+
+pub(super) fn outbox_depths(
+    tree: &sled::Tree,
+    max_stores: usize,
+) -> Result<Vec<OutboxDepth>, StorageError> {
+    let mut by_store: Vec<OutboxDepth> = Vec::new();
+    for k in tree.scan_prefix(b"wo/").keys().take(DEPTH_SCAN_CAP) {
+        let k = k?;
+        let key = String::from_utf8_lossy(&k);
+        let mut parts = key.splitn(4, '/').skip(1);
+        let (Some(store), Some(_hook), Some(event)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let event: EventId = parse_id(event.as_bytes())?;
+        // Keys come in store order: the last entry is this store's, if it has one yet.
+        match by_store.last_mut() {
+            Some(d) if d.store.as_str() == store => {
+                d.rows += 1;
+                if event < d.oldest {
+                    d.oldest = event;
+                }
+            }
+            _ => by_store.push(OutboxDepth {
+                store: parse_id(store.as_bytes())?,
+                rows: 1,
+                oldest: event,
+            }),
+        }
+    }
+    by_store.sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.store.cmp(&b.store)));
+    by_store.truncate(max_stores);
+    Ok(by_store)
 }
 
 pub(super) fn sweep_expired(tree: &sled::Tree, now: i64) -> Result<usize, StorageError> {

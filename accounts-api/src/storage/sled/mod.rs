@@ -29,9 +29,9 @@ mod events;
 mod retention;
 
 use super::{
-    AccountChange, AccountUpdate, BoxFuture, Checkout, Extras, IdempotencyClaim, IdempotencyWrite,
-    Index, OrderQuery, OutboxItem, OutboxSettlement, RenewalChange, Storage, StorageError,
-    StorageResult, SubscriptionChange, SubscriptionQuery, WebhooksChange,
+    AccountChange, AccountUpdate, BoxFuture, Checkout, DueScan, Extras, IdempotencyClaim,
+    IdempotencyWrite, Index, OrderQuery, OutboxDepth, OutboxItem, OutboxSettlement, RenewalChange,
+    Storage, StorageError, StorageResult, SubscriptionChange, SubscriptionQuery, WebhooksChange,
 };
 use crate::model::{
     AccountId, AccountRecord, EventId, EventRecord, IdempotencyRecord, OrderId, OrderRecord,
@@ -577,9 +577,16 @@ impl Storage for SledStorage {
     ) -> BoxFuture<'a, StorageResult<()>> {
         inline!(SledStorage::clear_outbox(self, store, hook))
     }
-    fn outbox_due(&self, now: i64, limit: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxItem>>> {
+    fn outbox_due<'a>(
+        &'a self,
+        scan: &'a DueScan,
+    ) -> BoxFuture<'a, StorageResult<Vec<OutboxItem>>> {
+        let (tree, scan) = (self.tree.clone(), scan.clone());
+        Box::pin(blocking(move || events::outbox_due(&tree, &scan)))
+    }
+    fn outbox_depths(&self, max_stores: usize) -> BoxFuture<'_, StorageResult<Vec<OutboxDepth>>> {
         let tree = self.tree.clone();
-        Box::pin(blocking(move || events::outbox_due(&tree, now, limit)))
+        Box::pin(blocking(move || events::outbox_depths(&tree, max_stores)))
     }
     fn outbox_settle<'a>(
         &'a self,

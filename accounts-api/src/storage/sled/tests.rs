@@ -106,7 +106,9 @@ async fn records_written_before_ids_were_typed_decode_and_encode_to_the_same_byt
     assert_eq!(json(&rec), EVENT);
     let hooks = Storage::webhooks(&s, &store).await.unwrap();
     assert_eq!(serde_json::to_string(&hooks).unwrap(), WEBHOOKS);
-    let due = Storage::outbox_due(&s, 1, 10).await.unwrap();
+    let due = Storage::outbox_due(&s, &crate::storage::DueScan::all(1, 10))
+        .await
+        .unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(
         (
