@@ -136,6 +136,46 @@ impl VaultError {
     }
 }
 
+/// Sending to the vault, again when the connection could not be made.
+trait SendRetrying {
+    async fn send_retrying(self) -> Result<reqwest::Response, reqwest::Error>;
+}
+
+/// Attempts of a request whose connection could not be made (the last error is returned).
+const CONNECT_ATTEMPTS: u32 = 3;
+
+impl SendRetrying for reqwest::RequestBuilder {
+    /// [`reqwest::RequestBuilder::send`], made again after a short pause (at most
+    /// [`CONNECT_ATTEMPTS`] in all) when the connection could not be established: refused, or
+    /// closed during the TLS handshake. No byte of the request was sent then, so a charge or a
+    /// store is never sent twice by this. The vault admits new connections through a small
+    /// handshake stage (`vault/src/server.rs`), and one that is full at the moment a burst of
+    /// checkouts opens connections closes the excess at once: a moment later there is room.
+    async fn send_retrying(self) -> Result<reqwest::Response, reqwest::Error> {
+        let mut attempt = 1;
+        loop {
+            let Some(again) = self.try_clone() else {
+                return self.send().await;
+            };
+            match again.send().await {
+                Err(e) if e.is_connect() && attempt < CONNECT_ATTEMPTS => {
+                    // 20–60 ms, then 40–120 ms: spread so a burst does not come back at once.
+                    let spread = u64::from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos())
+                            % 40,
+                    );
+                    let pause = Duration::from_millis((20 + spread) * u64::from(attempt));
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Cheap to clone: one shared connection pool.
 #[derive(Clone)]
 pub struct VaultClient {
@@ -269,7 +309,7 @@ impl VaultClient {
         let resp = self
             .request(reqwest::Method::POST, PATH_PAYMENT_METHODS)
             .json(req)
-            .send()
+            .send_retrying()
             .await
             .map_err(Self::unavailable)?;
         let resp = Self::check(resp).await?;
@@ -287,7 +327,7 @@ impl VaultClient {
                 reqwest::Method::GET,
                 &format!("{PATH_PAYMENT_METHODS}?store={store}&account={account}"),
             )
-            .send()
+            .send_retrying()
             .await
             .map_err(Self::unavailable)?;
         let list: PaymentMethodList = Self::check(resp)
@@ -305,7 +345,7 @@ impl VaultClient {
                 reqwest::Method::DELETE,
                 &format!("{PATH_PAYMENT_METHODS}/{id}?store={store}"),
             )
-            .send()
+            .send_retrying()
             .await
             .map_err(Self::unavailable)?;
         Self::check(resp).await.map(|_| ())
@@ -325,7 +365,7 @@ impl VaultClient {
                 &format!("{PATH_PAYMENT_METHODS}/{payment_method}/charge"),
             )
             .json(req)
-            .send()
+            .send_retrying()
             .await
             .map_err(Self::unavailable)?;
         Self::check(resp)
@@ -338,7 +378,7 @@ impl VaultClient {
     pub async fn health(&self) -> Result<(), VaultError> {
         let resp = self
             .request(reqwest::Method::GET, shared::vault_api::PATH_HEALTH)
-            .send()
+            .send_retrying()
             .await
             .map_err(Self::unavailable)?;
         Self::check(resp).await.map(|_| ())
@@ -349,7 +389,7 @@ impl VaultClient {
     pub async fn whoami(&self) -> Result<shared::vault_api::WhoAmI, VaultError> {
         let resp = self
             .request(reqwest::Method::GET, shared::vault_api::PATH_WHOAMI)
-            .send()
+            .send_retrying()
             .await
             .map_err(Self::unavailable)?;
         Self::check(resp)

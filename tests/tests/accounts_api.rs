@@ -40,12 +40,26 @@ async fn accounts_are_created_read_and_partially_updated() {
         Some(&b"no-store"[..]),
         "personal data is not cached"
     );
+    assert_eq!(
+        got.headers
+            .get("x-content-type-options")
+            .map(|v| v.as_bytes()),
+        Some(&b"nosniff"[..]),
+        "nor read as anything but JSON"
+    );
     let missing = app.get_account("AaJRpxUqdLCLGE4PT6DK5w").await;
     assert_eq!(missing.status, 404);
     assert_eq!(
         missing.headers.get("cache-control").map(|v| v.as_bytes()),
         Some(&b"no-store"[..]),
         "nor is an error answer"
+    );
+    assert_eq!(
+        missing
+            .headers
+            .get("x-content-type-options")
+            .map(|v| v.as_bytes()),
+        Some(&b"nosniff"[..])
     );
     let a = &got.json["accounts"][0];
     assert_eq!(a["id"], id.as_str());

@@ -79,6 +79,11 @@ async fn concurrent_first_orders_emit_exactly_one_account_created_and_one_order_
     );
     assert_eq!(e["live"], false);
     assert!(e["created"].as_i64().unwrap_or_default() >= started - 1000);
+    // FastSpring's events repeat their id as `event`, after the data.
+    for ev in &events {
+        assert!(ev["id"].is_string(), "{ev}");
+        assert_eq!(ev["event"], ev["id"], "{ev}");
+    }
     // Ids are unique and the list is oldest first.
     let ids: std::collections::HashSet<_> = events.iter().map(|e| e["id"].to_string()).collect();
     assert_eq!(ids.len(), events.len());

@@ -98,8 +98,8 @@ impl Default for Limits {
         Self {
             max_body_bytes: shared::vault_api::MAX_BODY_BYTES,
             max_connections: 512,
-            max_handshakes: 128,
-            max_handshakes_per_address: 16,
+            max_handshakes: 256,
+            max_handshakes_per_address: 32,
             handshake_timeout_secs: 10,
             header_read_timeout_secs: 30,
             request_timeout_secs: 15,

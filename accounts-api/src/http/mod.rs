@@ -56,15 +56,22 @@ pub fn router(state: SharedState) -> Router {
 
 /// JSON answers carry accounts, orders, events — personal data: `Cache-Control: no-store`, so
 /// neither a browser nor a shared cache keeps a copy (the account pages set it on their own
-/// HTML). A handler that chose a policy keeps it.
+/// HTML; a handler that chose a policy keeps it), and `X-Content-Type-Options: nosniff`, so no
+/// browser reads one as anything but JSON.
 async fn no_store(mut resp: Response) -> Response {
     let json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if json && !resp.headers().contains_key(header::CACHE_CONTROL) {
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if json {
+        let h = resp.headers_mut();
+        if !h.contains_key(header::CACHE_CONTROL) {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
     }
     resp
 }

@@ -24,6 +24,8 @@ pub struct EventView {
     /// The event's payload (its shape depends on `type`).
     #[schema(value_type = Object)]
     pub data: Value,
+    /// The event's id again, after its data, as FastSpring's events carry it.
+    pub event: String,
 }
 
 impl EventView {
@@ -38,6 +40,7 @@ impl EventView {
             live: e.live,
             processed: e.processed,
             data: e.data.clone(),
+            event: e.id.to_string(),
         }
     }
 }
