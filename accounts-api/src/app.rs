@@ -95,12 +95,17 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
-    let acceptor = shared::net::CappedNoDelay::new(shared::net::Admission::new(
-        "api",
-        limits.max_connections.max(1),
-        limits.max_connections_per_address,
-        crate::ops::metrics(),
-    ));
+    // A trusted proxy carries every client's connections: the per-address cap is not for it.
+    let proxies = limits.client_address.clone();
+    let acceptor = shared::net::CappedNoDelay::new(
+        shared::net::Admission::new(
+            "api",
+            limits.max_connections.max(1),
+            limits.max_connections_per_address,
+            crate::ops::metrics(),
+        )
+        .exempting(move |ip| proxies.trusts(ip)),
+    );
     let mut server = axum_server::from_tcp(listener.into_std()?)?
         .acceptor(acceptor)
         .handle(handle.clone());

@@ -30,7 +30,7 @@
 //! whatever it resolves to. `serve` starts with an empty list; `accounts-api dev` (a loopback
 //! demo) allows loopback unless the variable is set.
 
-use std::fmt;
+use crate::cidr::Cidr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,55 +161,6 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Class> {
         x if x & 0xfff0 == 0x3ff0 => Class::Reserved,
         _ => return None,
     })
-}
-
-/// An address range of the allow-list (`a.b.c.d/n`, `x::y/n`, or one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    base: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Option<Self> {
-        let (addr, len) = match text.split_once('/') {
-            Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
-            None => (text, None),
-        };
-        let base: IpAddr = addr
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .ok()?;
-        let max = if base.is_ipv4() { 32 } else { 128 };
-        let len = len.unwrap_or(max);
-        (len <= max).then_some(Self { base, len })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4-mapped address is its IPv4 address here too.
-        match (self.base, ip.to_canonical()) {
-            (IpAddr::V4(b), IpAddr::V4(i)) => prefix_eq(
-                u128::from(b.to_bits()),
-                u128::from(i.to_bits()),
-                self.len,
-                32,
-            ),
-            (IpAddr::V6(b), IpAddr::V6(i)) => prefix_eq(b.to_bits(), i.to_bits(), self.len, 128),
-            _ => false,
-        }
-    }
-}
-
-fn prefix_eq(a: u128, b: u128, len: u8, width: u32) -> bool {
-    let drop = width - u32::from(len);
-    drop >= width || (a >> drop) == (b >> drop)
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.base, self.len)
-    }
 }
 
 /// A URL's host as the parser normalised it.

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 mod auth;
+mod cidr;
 pub mod config;
 pub mod dev;
 mod domain;

@@ -100,7 +100,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent connections from one client address (IPv6: its /64); beyond it that
     /// address's new connections are closed at once, so one address cannot take every slot.
-    /// Behind a proxy every connection comes from the proxy: raise it there (0: no cap).
+    /// `[http] trusted_proxies` are exempt: a proxy carries every client's connections (0: no
+    /// per-address cap at all).
     pub max_connections_per_address: usize,
     /// Time allowed to send a request's headers (also ends idle keep-alive connections).
     pub header_read_timeout_secs: u64,

@@ -76,6 +76,8 @@ pub struct Admission {
     listener: &'static str,
     permits: Arc<Semaphore>,
     per_address: usize,
+    /// Addresses the per-address cap does not apply to (trusted proxies).
+    exempt: Option<Exempt>,
     held: PerAddress,
     metrics: &'static Metrics,
     log: Arc<RefusalLog>,
@@ -87,12 +89,16 @@ impl Clone for Admission {
             listener: self.listener,
             permits: Arc::clone(&self.permits),
             per_address: self.per_address,
+            exempt: self.exempt.clone(),
             held: Arc::clone(&self.held),
             metrics: self.metrics,
             log: Arc::clone(&self.log),
         }
     }
 }
+
+/// Which peers the per-address cap skips.
+type Exempt = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 /// Connections held per address key.
 type PerAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -134,10 +140,18 @@ impl Admission {
             listener,
             permits: Arc::new(Semaphore::new(total)),
             per_address,
+            exempt: None,
             held: Arc::default(),
             metrics,
             log: Arc::new(RefusalLog::new()),
         }
+    }
+
+    /// Peers for which `exempt` holds (e.g. a trusted proxy that carries every client's
+    /// connections) count against the total only.
+    pub fn exempting(mut self, exempt: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Self {
+        self.exempt = Some(Arc::new(exempt));
+        self
     }
 
     /// A slot for a connection from `peer`, or why not (counted and, rate-limited, logged).
@@ -166,7 +180,7 @@ impl Admission {
             .try_acquire_owned()
             .map_err(|_| Refused::Full)?;
         let address = match peer {
-            Some(ip) if self.per_address > 0 => {
+            Some(ip) if self.per_address > 0 && !self.exempt.as_ref().is_some_and(|e| e(ip)) => {
                 let key = address_key(ip);
                 let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
                 let n = held.entry(key).or_insert(0);
@@ -367,6 +381,18 @@ mod tests {
                 &[("listener", "t1"), ("reason", "per_address")]
             ) >= 3
         );
+    }
+
+    #[test]
+    fn an_exempt_peer_is_held_to_the_total_only() {
+        let proxy = ip("10.9.9.9").unwrap();
+        let a = Admission::new("t3", 4, 1, metrics()).exempting(move |p| p == proxy);
+        let _p: Vec<Admitted> = (0..3).map(|_| a.admit(Some(proxy)).unwrap()).collect();
+        let _x = a.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.2")).err(), Some(Refused::Full));
+        let b = Admission::new("t4", 4, 1, metrics()).exempting(move |p| p == proxy);
+        let _y = b.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(b.admit(ip("10.0.0.1")).err(), Some(Refused::PerAddress));
     }
 
     #[test]

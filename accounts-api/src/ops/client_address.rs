@@ -9,61 +9,9 @@
 //! trusted is ignored entirely: anyone could send one to pose as any address. An entry that is
 //! not an address stops the walk at the last trusted hop.
 
+use crate::cidr::Cidr;
 use axum::http::{HeaderMap, HeaderName};
 use std::net::IpAddr;
-
-/// An address block (`10.0.0.0/8`, `fd00::/8`, or one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    /// Parses `addr` or `addr/len`; `what` names the setting in the error.
-    pub fn parse(text: &str, what: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("{what}: {text:?} is not an address or CIDR block ({why})");
-        let (addr, len) = match text.trim().split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (text.trim(), None),
-        };
-        let net: IpAddr = addr.parse().map_err(|_| bad("bad address"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let len = match len {
-            Some(l) => l
-                .parse::<u8>()
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or_else(|| bad("bad prefix length"))?,
-            None => max,
-        };
-        Ok(Self { net, len })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4-mapped IPv6 peer (a dual-stack listener) is its IPv4 address.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.len),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.len),
-            _ => false,
-        }
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
-    let (bytes, bits) = (usize::from(len / 8), len % 8);
-    if a[..bytes] != b[..bytes] {
-        return false;
-    }
-    bits == 0 || {
-        let mask = 0xffu8 << (8 - bits);
-        a[bytes] & mask == b[bytes] & mask
-    }
-}
 
 /// `[http]`: whose forwarding header is believed. The default believes no header.
 #[derive(Debug, Clone, Default)]
@@ -78,7 +26,7 @@ impl ClientAddress {
     pub fn parse(header: Option<&str>, proxies: &[String]) -> Result<Self, String> {
         let trusted = proxies
             .iter()
-            .map(|p| Cidr::parse(p, "http.trusted_proxies"))
+            .map(|p| Cidr::parse_setting(p, "http.trusted_proxies"))
             .collect::<Result<Vec<_>, _>>()?;
         let header =
             match header.map(str::trim).filter(|h| !h.is_empty()) {
@@ -97,7 +45,8 @@ impl ClientAddress {
         Ok(Self { header, trusted })
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is a configured trusted proxy.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|c| c.contains(ip))
     }
 
@@ -222,7 +171,7 @@ mod tests {
                 "{e}"
             );
         }
-        let c = Cidr::parse("10.128.0.0/9", "x").unwrap();
+        let c = Cidr::parse("10.128.0.0/9").unwrap();
         assert!(c.contains(ip("10.200.0.1")) && !c.contains(ip("10.127.0.1")));
         assert!(!c.contains(ip("2001:db8::1")));
     }
