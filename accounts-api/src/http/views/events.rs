@@ -98,10 +98,10 @@ mod tests {
         let mut e = EventRecord::new("account.created", serde_json::json!({"id": "a1"}));
         e.processed = true;
         // What `EventRecord::to_json` and the list body of `routes/events.rs` built before
-        // these views.
+        // these views, plus FastSpring's `event` (the id again) added since.
         let to_json = |e: &EventRecord| {
             serde_json::json!({"id": e.id, "type": e.kind, "created": e.created,
-                "live": e.live, "processed": e.processed, "data": e.data})
+                "live": e.live, "processed": e.processed, "data": e.data, "event": e.id})
         };
         let old = serde_json::json!({"action": "events.get", "result": "success", "page": null,
             "limit": null, "nextPage": null, "total": 1, "more": true,
