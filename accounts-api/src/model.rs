@@ -184,6 +184,10 @@ pub struct SubscriptionRecord {
         skip_serializing_if = "crate::domain::subscription::Lifecycle::is_empty"
     )]
     pub lifecycle: crate::domain::subscription::Lifecycle,
+    /// The order of each paid renewal period, oldest first (`domain::rebill`). Absent in older
+    /// records and written only once there is one, so a record without rebills keeps its bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebills: Vec<crate::domain::rebill::Entry>,
 }
 
 /// What the renewal job keeps on a subscription.

@@ -14,6 +14,7 @@ pub mod inproc;
 pub mod localstripe;
 pub mod receiver;
 pub mod recipe;
+pub mod renewals;
 pub mod sandbox;
 pub mod tool;
 pub mod vault;

@@ -470,3 +470,47 @@ async fn an_undeclared_query_parameter_is_a_422_naming_it_on_every_kind_of_route
     let after = app.get_account(&account).await;
     assert_ne!(after.json["accounts"][0]["contact"]["phone"], "+1 555");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriptions_entries_are_its_original_order_and_another_stores_id_is_a_404() {
+    let app = spawn_app();
+    let o = app
+        .complete_order(&subscription_order(
+            "entries@example.com",
+            SaveBox::Unticked,
+        ))
+        .await;
+    assert_eq!(o.status, 200, "{}", o.text);
+    let sub = o.str("/items/0/subscription");
+    let s = app.get_subscription(&sub).await;
+    let path = format!("/subscriptions/{sub}/entries");
+    let e = app.call("GET", &path, None).await;
+    assert_eq!(e.status, 200, "{}", e.text);
+    let list = e.json.as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "the original order alone: {}", e.text);
+    assert_eq!(
+        (&list[0]["order"]["id"], &list[0]["order"]["reference"]),
+        (&o.json["id"], &o.json["reference"])
+    );
+    assert_eq!(
+        (&list[0]["beginPeriodDate"], &list[0]["endPeriodDate"]),
+        (&s.json["begin"], &s.json["next"]),
+        "the first period"
+    );
+    assert!(list[0]["order"].get("action").is_none());
+
+    // An unknown id, and this store's subscription asked by another store: 404 in the envelope.
+    let other = app.as_store(&app.create_store("Other").await);
+    for (who, path) in [
+        (&*app, format!("/subscriptions/{UNKNOWN}/entries")),
+        (&other, path.clone()),
+    ] {
+        let a = who.call("GET", &path, None).await;
+        assert_eq!(a.status, 404, "{path}: {}", a.text);
+        assert_eq!(
+            (&a.json["result"], &a.json["error"]["subscription"]),
+            (&json!("error"), &json!("Subscription not found")),
+            "{path}"
+        );
+    }
+}

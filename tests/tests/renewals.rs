@@ -2,73 +2,16 @@
 //! checkout, then `POST /subscriptions/charge` and the periodic job; the sandbox's ledger is the
 //! witness of what the processor received.
 
-use accounts_api::model::EventRecord;
-use accounts_api::storage::{SledStorage, Storage as _};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::accounts::{System, order_body, start_system, start_system_with_env, unique_token};
+use tests::renewals::{
+    TestClock, charge_now, charges_of, checkout, entries, events, of_type, rebill_with_key,
+    subscription, wait_for,
+};
 use tests::sandbox::{self, start_sandbox};
 use tests::{all_files, contains_bytes, temp_dir};
-
-/// Completes a checkout with one monthly subscription; returns (account id, subscription id).
-async fn checkout(sys: &System, token: &str, save: bool) -> (String, String) {
-    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-    let body = order_body(&email, token, true, true, save);
-    let o = sys.call(&sys.demo, "POST", "/orders", Some(&body)).await;
-    assert!(o.status.is_success(), "checkout: {}", o.text);
-    assert!(!o.text.contains(token));
-    let account = o.json["account"].as_str().unwrap_or_default().to_owned();
-    let sub = o.json["items"][0]["subscription"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(!account.is_empty() && !sub.is_empty(), "{}", o.text);
-    (account, sub)
-}
-
-async fn charge_now(sys: &System, sub: &str) -> tests::accounts::Answer {
-    let body = json!({"subscriptions": [{"subscription": sub}]});
-    let a = sys
-        .call(&sys.demo, "POST", "/subscriptions/charge", Some(&body))
-        .await;
-    assert_eq!(a.status.as_u16(), 200, "{}", a.text);
-    a
-}
-
-async fn subscription(sys: &System, sub: &str) -> Value {
-    let a = sys
-        .call(&sys.demo, "GET", &format!("/subscriptions/{sub}"), None)
-        .await;
-    assert!(a.status.is_success(), "{}", a.text);
-    a.json
-}
-
-/// Every event accounts-api wrote for `store`, processed or not, read from its stopped
-/// database through the storage port: a row that cannot be read or decoded fails the test
-/// instead of silently dropping out of a negative assertion.
-async fn events(sys: &System, store: &str) -> Vec<EventRecord> {
-    let db = SledStorage::open(&sys.accounts_dir().join("db")).unwrap_or_else(|e| panic!("{e}"));
-    let store = accounts_api::model::StoreId::parse(store).unwrap_or_else(|e| panic!("{e}"));
-    let mut all = Vec::new();
-    for processed in [false, true] {
-        let (page, more) = db
-            .events(&store, 0, processed, usize::MAX)
-            .await
-            .unwrap_or_else(|e| panic!("events unreadable: {e}"));
-        assert!(!more);
-        all.extend(page);
-    }
-    assert!(!all.is_empty(), "the store has events at all");
-    all
-}
-
-fn of_type<'a>(events: &'a [EventRecord], kind: &str, sub: &str) -> Vec<&'a EventRecord> {
-    events
-        .iter()
-        .filter(|e| e.kind == kind && e.data["subscription"] == sub)
-        .collect()
-}
 
 const MONTH_MS_MIN: i64 = 28 * 86_400_000;
 
@@ -360,6 +303,11 @@ async fn killing_accounts_api_and_the_vault_mid_charge_then_restarting_charges_t
         1,
         "exactly one processor charge for the period"
     );
+    // The resumed period is one rebill order, not two.
+    let list = entries(&sys, &sub).await;
+    assert_eq!(list.len(), 2, "the original order and one rebill: {list:?}");
+    assert_eq!(list[1]["beginPeriodDate"], next);
+    assert_eq!(list[1]["order"]["total"], 14.95);
     let all = sandbox::charges(&sandbox.url).await;
     assert_eq!(all["charges"].as_array().map(Vec::len), Some(1), "{all}");
     assert!(
@@ -437,68 +385,6 @@ async fn a_card_that_expires_before_the_next_charge_is_flagged_ahead_of_time_wit
 // through a period.
 
 const DAY_MS: i64 = 86_400_000;
-
-/// A dev clock: the offset file and the environment that points `accounts-api dev` at it.
-struct TestClock {
-    _dir: tempfile::TempDir,
-    file: std::path::PathBuf,
-}
-
-impl TestClock {
-    fn new() -> Self {
-        let dir = temp_dir("strongroom-clock-");
-        let file = dir.path().join("offset-ms");
-        std::fs::write(&file, "0").unwrap_or_else(|e| panic!("{e}"));
-        Self { _dir: dir, file }
-    }
-
-    /// `accounts-api dev` on this clock, its renewal job running every second.
-    fn start_system(&self, prefix: &str) -> System {
-        let env = [
-            (
-                "STRONGROOM_DEV_CLOCK_FILE",
-                self.file.to_str().unwrap_or_default(),
-            ),
-            ("STRONGROOM_RENEWALS_INTERVAL_SECS", "1"),
-        ];
-        start_system_with_env(Arc::new(temp_dir(prefix)), &env)
-    }
-
-    /// Moves the lifecycle's "now" to `at` (ms).
-    fn set(&self, at: i64) {
-        let offset = at - accounts_api::model::now_ms();
-        std::fs::write(&self.file, offset.to_string()).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
-/// Polls `GET /subscriptions/{sub}` until `done` holds (the renewal job runs every second).
-async fn wait_for(sys: &System, sub: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = subscription(sys, sub).await;
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The processor's charges for `sub` (its idempotency keys are `{store}:{sub}:…`).
-async fn charges_of(processor: &str, store: &str, sub: &str) -> Vec<Value> {
-    let prefix = format!("{store}:{sub}:");
-    sandbox::charges(processor).await["charges"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| {
-            c["idempotencyKey"]
-                .as_str()
-                .is_some_and(|k| k.starts_with(&prefix))
-        })
-        .collect()
-}
 
 /// `POST /subscriptions/{sub}/pause` with `body`.
 async fn pause(sys: &System, sub: &str, body: &Value) -> tests::accounts::Answer {
@@ -827,13 +713,6 @@ async fn a_pause_of_2_periods_skips_them_and_charges_on_the_resume_date_and_resu
     );
 }
 
-/// `POST /subscriptions/charge` with `body` under an Idempotency-Key.
-async fn rebill_with_key(sys: &System, body: &Value, key: &str) -> tests::accounts::Answer {
-    let path = "/subscriptions/charge";
-    sys.call_with_key(&sys.demo, "POST", path, Some(body), key)
-        .await
-}
-
 #[tokio::test]
 async fn a_rebill_retried_with_its_idempotency_key_gets_the_first_answer_and_charges_once() {
     let sys = start_system();
@@ -864,4 +743,203 @@ async fn a_rebill_retried_with_its_idempotency_key_gets_the_first_answer_and_cha
     );
     let all = sandbox::charges(&sys.processor).await;
     assert_eq!(all["charges"].as_array().map(Vec::len), Some(1), "{all}");
+}
+
+/// The order objects of `entries` after the first (the rebills').
+fn rebill_orders(entries: &[Value]) -> Vec<&Value> {
+    entries.iter().skip(1).map(|e| &e["order"]).collect()
+}
+
+#[tokio::test]
+async fn each_paid_period_is_an_order_in_the_entries_and_in_its_charge_event_and_a_replayed_rebill_makes_none()
+ {
+    use std::collections::BTreeSet;
+    let clock = TestClock::new();
+    let mut sys = clock.start_system("strongroom-rebill-orders-");
+    let tok = unique_token();
+    let (account, sub) = checkout(&sys, &tok, true).await;
+    let (store, processor) = (sys.demo.store.clone(), sys.processor.clone());
+    let s = subscription(&sys, &sub).await;
+    let (original, next) = (s["order"].clone(), s["next"].as_i64().unwrap_or_default());
+    let before = entries(&sys, &sub).await;
+    assert_eq!(before.len(), 1, "the original order alone: {before:?}");
+    assert_eq!(before[0]["order"]["id"], original);
+    let reference = before[0]["order"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!reference.is_empty() && !reference.ends_with('B'));
+
+    // Period 2: charged by the job at its date.
+    clock.set(next + 3_600_000);
+    let s = wait_for(&sys, &sub, "the first renewal", |s| {
+        s["next"].as_i64() > Some(next)
+    })
+    .await;
+    let next2 = s["next"].as_i64().unwrap_or_default();
+    // Period 3: charged on demand two days early under an Idempotency-Key; the request is then
+    // replayed with the key, and retried without one (refused: one rebill a day).
+    clock.set(next2 - 2 * DAY_MS);
+    let body = json!({"subscriptions": [{"subscription": sub}]});
+    let first = rebill_with_key(&sys, &body, "rebill-orders-3").await;
+    assert_eq!(
+        first.json["subscription"][0]["result"], "success",
+        "{}",
+        first.text
+    );
+    let replay = rebill_with_key(&sys, &body, "rebill-orders-3").await;
+    assert_eq!((replay.status, &replay.json), (first.status, &first.json));
+    let retry = charge_now(&sys, &sub).await;
+    assert_eq!(retry.json["subscription"][0]["result"], "error");
+    let s = subscription(&sys, &sub).await;
+    assert_eq!(s["sequence"], 3, "{s}");
+    let next3 = s["next"].as_i64().unwrap_or_default();
+    assert_eq!(charges_of(&processor, &store, &sub).await.len(), 2);
+
+    // Entries: the original order, then one order per rebill, oldest first.
+    let list = entries(&sys, &sub).await;
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert_eq!(list[0]["order"]["id"], original);
+    let ids: BTreeSet<&str> = list
+        .iter()
+        .filter_map(|e| e["order"]["id"].as_str())
+        .collect();
+    let refs: BTreeSet<&str> = list
+        .iter()
+        .filter_map(|e| e["order"]["reference"].as_str())
+        .collect();
+    assert_eq!(
+        (ids.len(), refs.len()),
+        (3, 3),
+        "distinct ids and references"
+    );
+    let periods: Vec<(&Value, &Value)> = list
+        .iter()
+        .map(|e| (&e["beginPeriodDate"], &e["endPeriodDate"]))
+        .collect();
+    assert_eq!(
+        periods[1..],
+        [
+            (&json!(next), &json!(next2)),
+            (&json!(next2), &json!(next3))
+        ]
+    );
+    let rebills = rebill_orders(&list);
+    assert_eq!(
+        (&rebills[0]["reference"], &rebills[1]["reference"]),
+        (
+            &json!(format!("{reference}-1-2B")),
+            &json!(format!("{reference}-1-3B"))
+        )
+    );
+
+    // Each rebill order is an order of the account: read by id, listed, on the account.
+    for o in &rebills {
+        let id = o["id"].as_str().unwrap_or_default();
+        let read = sys
+            .call(&sys.demo, "GET", &format!("/orders/{id}"), None)
+            .await;
+        assert_eq!(read.status.as_u16(), 200, "{}", read.text);
+        let r = &read.json;
+        assert_eq!((&r["id"], &r["account"]), (&o["id"], &json!(account)));
+        assert_eq!(
+            (&r["total"], &r["currency"]),
+            (&json!(14.95), &json!("USD"))
+        );
+        assert_eq!((&r["completed"], &r["live"]), (&json!(true), &s["live"]));
+        assert_eq!(r["items"].as_array().map(Vec::len), Some(1));
+        let item = &r["items"][0];
+        assert_eq!(
+            (
+                &item["product"],
+                &item["quantity"],
+                &item["price"],
+                &item["subscription"]
+            ),
+            (&json!("pro-plan"), &json!(1), &json!(14.95), &json!(sub))
+        );
+        assert_eq!(
+            (&r["payment"]["creditCard"], &r["payment"]["cardEnding"]),
+            (&json!("Visa"), &json!("4242"))
+        );
+        let mut as_entry = r.clone();
+        if let Some(m) = as_entry.as_object_mut() {
+            m.remove("action");
+            m.remove("result");
+        }
+        assert_eq!(
+            &&as_entry, o,
+            "the entry shows the order as GET /orders/{{id}} does"
+        );
+    }
+    let listed = sys.call(&sys.demo, "GET", "/orders?limit=50", None).await;
+    assert_eq!(listed.status.as_u16(), 200, "{}", listed.text);
+    let listed_ids: BTreeSet<&str> = listed.json["orders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["id"].as_str())
+        .collect();
+    assert_eq!(listed_ids, ids, "the store's orders are these three");
+    let acct = sys
+        .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
+        .await;
+    let on_account: BTreeSet<&str> = acct.json["accounts"][0]["orders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(on_account, ids, "{}", acct.text);
+
+    // Unknown ids and undeclared parameters answer in the envelope.
+    let unknown = sys
+        .call(
+            &sys.demo,
+            "GET",
+            "/subscriptions/AAAAAAAAAAAAAAAAAAAAAA/entries",
+            None,
+        )
+        .await;
+    assert_eq!(unknown.status.as_u16(), 404, "{}", unknown.text);
+    assert_eq!(unknown.json["result"], "error");
+    let undeclared = sys
+        .call(
+            &sys.demo,
+            "GET",
+            &format!("/subscriptions/{sub}/entries?limit=5"),
+            None,
+        )
+        .await;
+    assert_eq!(undeclared.status.as_u16(), 422, "{}", undeclared.text);
+    assert_eq!(undeclared.json["error"]["limit"], "Unrecognized Key");
+
+    for text in [&first.text, &listed.text, &acct.text] {
+        assert!(!text.contains(&tok));
+    }
+    assert!(!sys.logs().contains(&tok), "token in a log");
+    sys.stop();
+
+    // Each charge event carries its period's order, and no rebill sends `order.completed`.
+    let ev = events(&sys, &store).await;
+    let completed = of_type(&ev, "subscription.charge.completed", &sub);
+    assert_eq!(completed.len(), 2);
+    for (e, (o, sequence)) in completed.iter().zip(rebills.iter().zip([2, 3])) {
+        assert_eq!(
+            &e.data["order"], *o,
+            "the charge event's order is the entry's"
+        );
+        assert_eq!(e.data["sequence"], sequence);
+        assert!(!e.data.to_string().contains(&tok));
+    }
+    let order_completed: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e.kind == "order.completed")
+        .map(|e| &e.data["id"])
+        .collect();
+    assert_eq!(
+        order_completed,
+        [&original],
+        "the checkout's order.completed only"
+    );
 }

@@ -45,7 +45,9 @@ pub enum DomainEvent {
         amount: Money,
         next_charge_date: i64,
     },
-    /// A renewal charge succeeded (FastSpring's `status: "successful"`, `timestamp`: when).
+    /// A renewal charge succeeded (FastSpring's `status: "successful"`, `timestamp`: when),
+    /// with the period's rebill order (the object, as `GET /orders/{id}` shows it) and the
+    /// period's `sequence` (2 for the first rebill). `reference` is the processor's.
     ChargeCompleted {
         subscription: SubscriptionId,
         account: AccountId,
@@ -54,6 +56,8 @@ pub enum DomainEvent {
         reference: Option<String>,
         next_charge_date: i64,
         timestamp: i64,
+        sequence: u32,
+        order: Box<OrderRecord>,
     },
     /// A renewal charge was declined.
     ChargeFailed {

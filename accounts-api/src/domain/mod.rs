@@ -9,6 +9,7 @@
 //! - [`card`]: card expiry (one rule for "expired", "expires before", and its display);
 //! - [`subscription`]: the subscription states and their transitions;
 //! - [`renewal`]: the renewal schedule (when there is work, retries, reminders, charge keys);
+//! - [`rebill`]: the order of each paid renewal period, and a subscription's entries;
 //! - [`events`]: [`events::DomainEvent`], the one place an event's type is named.
 
 pub mod card;
@@ -17,6 +18,7 @@ pub mod contact;
 pub mod events;
 pub mod interval;
 pub mod money;
+pub mod rebill;
 pub mod renewal;
 pub mod subscription;
 

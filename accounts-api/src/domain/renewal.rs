@@ -138,6 +138,7 @@ mod tests {
             renewal: RenewalState::default(),
             live: false,
             lifecycle: Default::default(),
+            rebills: Vec::new(),
         }
     }
 

@@ -308,6 +308,7 @@ mod tests {
             renewal: Default::default(),
             live: false,
             lifecycle: Lifecycle::default(),
+            rebills: Vec::new(),
         }
     }
 

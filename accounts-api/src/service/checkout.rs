@@ -298,6 +298,7 @@ async fn build_order(
                 renewal: Default::default(),
                 live: deps.live,
                 lifecycle: Default::default(),
+                rebills: Vec::new(),
             });
         }
         items.push(OrderItem {

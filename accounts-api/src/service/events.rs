@@ -58,11 +58,14 @@ fn data(event: &DomainEvent) -> Value {
             reference,
             next_charge_date,
             timestamp,
+            sequence,
+            order,
         } => json!({"subscription": subscription, "account": account,
             "currency": amount.currency(), "total": amount.major(), "status": "successful",
             "timestamp": timestamp, "timestampValue": timestamp,
             "timestampInSeconds": timestamp / 1000, "period": period,
-            "reference": reference, "nextChargeDate": next_charge_date}),
+            "reference": reference, "nextChargeDate": next_charge_date,
+            "sequence": sequence, "order": to_data(&OrderView::of(order, None))}),
         DomainEvent::ChargeFailed {
             subscription,
             account,
@@ -132,6 +135,7 @@ mod tests {
             renewal: Default::default(),
             live: false,
             lifecycle: Default::default(),
+            rebills: Vec::new(),
         };
         let by = crate::domain::subscription::By::Merchant;
         assert!(
@@ -202,6 +206,7 @@ mod tests {
         ("nextDisplayISO8601", J::Str),
         ("end", J::Or(&J::Int)),
         ("periods", J::Or(&J::Int)),
+        ("sequence", J::Int),
         ("nextChargeDate", J::Int),
         ("nextChargeTotal", J::Num),
         ("canceledDate", J::Or(&J::Int)),
@@ -272,6 +277,8 @@ mod tests {
                     ("period", J::Int),
                     ("reference", J::Or(&J::Str)),
                     ("nextChargeDate", J::Int),
+                    ("sequence", J::Int),
+                    ("order", J::Obj),
                 ]);
                 f
             }
@@ -325,6 +332,17 @@ mod tests {
                 .unwrap_or_default(),
         );
         let (sub, account, amount) = (s.id.clone(), s.account.clone(), Money::of(1495, "USD"));
+        let rebill = s.record_rebill(
+            &mut a.clone(),
+            &crate::domain::rebill::Paid {
+                id: crate::model::test_id("rebill1"),
+                original: None,
+                period: 7,
+                amount: 1495,
+                currency: "USD",
+                at: 9,
+            },
+        );
         out.extend([
             DomainEvent::CardExpiring {
                 subscription: sub.clone(),
@@ -346,6 +364,8 @@ mod tests {
                 reference: None,
                 next_charge_date: 8,
                 timestamp: 9,
+                sequence: 2,
+                order: Box::new(rebill),
             },
             DomainEvent::ChargeFailed {
                 subscription: sub.clone(),

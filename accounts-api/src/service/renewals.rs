@@ -7,7 +7,7 @@
 //! 2. the vault charges with that key (its own ledger plus the processor's idempotency make a
 //!    repeated key one charge);
 //! 3. the outcome is written in one transaction with the subscription, the account's
-//!    `charges[]` and the events. A crash between 1 and 3 leaves `pending`; every run (the first
+//!    `charges[]` and `orders[]`, a success's rebill order (`domain::rebill`) and the events. A crash between 1 and 3 leaves `pending`; every run (the first
 //!    one right after start) resumes pending intents with the same key.
 //!
 //! Keys: `{subscription}:{period}` for the first attempt of a period, `…:{n}` for retry `n`
@@ -341,7 +341,7 @@ async fn new_intent(
             }
             s.renewal.pending = Some(intent.clone());
             s.renewal.lease = Some(lease.clone());
-            Ok(vec![])
+            Ok(vec![].into())
         })
         .await;
     match claimed {
@@ -409,10 +409,10 @@ async fn claim(
                 pending.unsent = false;
             }
             if let Some(dropped) = s.drop_unsent_charge() {
-                return Ok(vec![events::record(&dropped)]);
+                return Ok(vec![events::record(&dropped)].into());
             }
             s.renewal.lease = Some(new.clone());
-            Ok(vec![])
+            Ok(vec![].into())
         })
         .await
 }
@@ -439,7 +439,8 @@ async fn release(
             Ok(s.drop_unsent_charge()
                 .map(|e| events::record(&e))
                 .into_iter()
-                .collect())
+                .collect::<Vec<_>>()
+                .into())
         })
         .await
         .map(drop)
@@ -479,7 +480,7 @@ async fn charge_claimed(
     match renewals.client.charge(&pm, &req).await {
         Ok(o) => match o.status {
             ChargeStatus::Succeeded => {
-                settle_success(state, store, id, &pending, o.processor_reference, now).await
+                settle_success(state, store, sub, &pending, o.processor_reference, now).await
             }
             ChargeStatus::Declined => {
                 let reason = o.reason.unwrap_or_else(|| "card_declined".into());

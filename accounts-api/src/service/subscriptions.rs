@@ -3,7 +3,8 @@
 //! built from the record as changed, inside the same transaction.
 
 use crate::domain::DomainEvent;
-use crate::model::{StoreId, SubscriptionId, SubscriptionRecord};
+use crate::domain::rebill::Entry;
+use crate::model::{OrderRecord, StoreId, SubscriptionId, SubscriptionRecord};
 use crate::storage::{Extras, IdempotencyWrite, Storage, StorageError, SubscriptionChange};
 
 pub use crate::domain::subscription::{By, CancelWhen};
@@ -179,4 +180,25 @@ pub async fn record_answer(
         )
         .await?;
     storage.durable().await
+}
+
+/// The entries of subscription `id` of `store` (`GET /subscriptions/{id}/entries`): each of its
+/// orders with the period it paid, the original order first, then one per rebill, oldest first;
+/// `None` if the store has no such subscription. An order that cannot be read any more is left
+/// out (orders are never deleted, but a listing must not fail on one).
+pub async fn entries(
+    storage: &dyn Storage,
+    store: &StoreId,
+    id: &SubscriptionId,
+) -> Result<Option<Vec<(Entry, OrderRecord)>>, StorageError> {
+    let Some(s) = storage.subscription(store, id).await? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for e in s.entries() {
+        if let Some(o) = storage.order(store, &e.order).await? {
+            out.push((e, o));
+        }
+    }
+    Ok(Some(out))
 }

@@ -321,16 +321,33 @@ pub struct OutboxSettlement {
 /// everything. May run more than once (transaction retries): no side effects.
 pub type SubscriptionChange<'a> =
     &'a (dyn Fn(&mut SubscriptionRecord) -> Result<Vec<EventRecord>, StorageError> + Sync);
-/// A renewal step: changes a subscription and its account together and returns the events that
-/// describe it (written in the same transaction). An `Err` aborts everything. May run more than
-/// once (transaction retries), so it must not have side effects.
+/// A renewal step: changes a subscription and its account together and returns what else to
+/// write with them (its events, a new order), in the same transaction. An `Err` aborts
+/// everything. May run more than once (transaction retries), so it must not have side effects.
 pub type RenewalChange<'a> = &'a (
-        dyn Fn(
-    &mut SubscriptionRecord,
-    &mut AccountRecord,
-) -> Result<Vec<EventRecord>, StorageError>
+        dyn Fn(&mut SubscriptionRecord, &mut AccountRecord) -> Result<RenewalWrites, StorageError>
             + Sync
     );
+
+/// What a renewal step writes besides the subscription and its account, in its transaction.
+#[derive(Debug, Default)]
+pub struct RenewalWrites {
+    /// Event rows (and, for each webhook of the store, an outbox row per event).
+    pub events: Vec<EventRecord>,
+    /// A new order (the rebill order of a paid period), written with its reference index. Its
+    /// id and reference must be new in the store: otherwise the step fails with
+    /// `State("order reference collision")` and writes nothing.
+    pub order: Option<OrderRecord>,
+}
+
+impl From<Vec<EventRecord>> for RenewalWrites {
+    fn from(events: Vec<EventRecord>) -> Self {
+        Self {
+            events,
+            order: None,
+        }
+    }
+}
 /// Mutation of an account inside a transaction.
 pub type AccountChange<'a> = &'a (dyn Fn(&mut AccountRecord) + Sync);
 /// An update of one account inside a transaction; returns the events that describe it, built
@@ -486,7 +503,8 @@ pub trait Storage: Send + Sync + 'static {
         now: i64,
         limit: usize,
     ) -> BoxFuture<'_, StorageResult<Vec<SubscriptionRecord>>>;
-    /// Applies one renewal step to a subscription and its account, with its events, atomically.
+    /// Applies one renewal step to a subscription and its account, with what it writes besides
+    /// ([`RenewalWrites`]: events, a new order), atomically.
     fn apply_renewal<'a>(
         &'a self,
         store: &'a StoreId,

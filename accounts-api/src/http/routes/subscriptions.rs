@@ -1,15 +1,16 @@
 //! `/subscriptions`: read one or several (comma-separated ids), list (by account or all, with
-//! FastSpring's filters), cancel (`DELETE`, `billingPeriod=0` for now), uncancel (`POST` with
-//! `deactivation: null`), pause and resume, rebill.
+//! FastSpring's filters), entries (the subscription's orders), cancel (`DELETE`,
+//! `billingPeriod=0` for now), uncancel (`POST` with `deactivation: null`), pause and resume,
+//! rebill.
 
 use crate::app::SharedState;
 use crate::error::{ApiError, ErrorKind, StorageError};
 use crate::http::extract::{Action, Caller, Mutation, actions};
 use crate::http::requests::{PauseBody, SubscriptionRef, SubscriptionsBody, read_body};
 use crate::http::views::{
-    AccountSubscriptions, ChargeItem, ChargeResults, IdPage, ItemError, SubscriptionChanged,
-    SubscriptionEntry, SubscriptionIds, SubscriptionList, SubscriptionMany, SubscriptionRead,
-    SubscriptionResult, SubscriptionView,
+    AccountSubscriptions, ChargeItem, ChargeResults, EntryView, IdPage, ItemError,
+    SubscriptionChanged, SubscriptionEntry, SubscriptionIds, SubscriptionList, SubscriptionMany,
+    SubscriptionRead, SubscriptionResult, SubscriptionView,
 };
 use crate::http::{found, ok_view, paging};
 use crate::model::{AccountId, SubscriptionId};
@@ -40,6 +41,7 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(list))
         .routes(routes!(charge_route))
         .routes(routes!(read, cancel, resume))
+        .routes(routes!(entries))
         .routes(routes!(pause))
         .routes(routes!(unpause))
 }
@@ -110,6 +112,34 @@ async fn read(
     };
     let many = SubscriptionRead::Many(SubscriptionMany { subscriptions });
     Ok(crate::http::answer(status, &many))
+}
+
+/// `GET /subscriptions/{id}/entries`: FastSpring's JSON array of the subscription's orders, each
+/// with the period it paid: the original order first, then one per rebill, oldest first.
+#[utoipa::path(
+    get,
+    operation_id = "subscriptions.entries",
+    path = "/subscriptions/{id}/entries",
+    tags = ["subscriptions"],
+    summary = "A subscription's orders: the original one, then one per rebill",
+    params(("id" = String, Path, description = "The subscription id (scoped to the caller's store)")),
+    responses((status = 200, description = "The entries, oldest first", body = [EntryView]), (status = 404, description = "No such subscription in the store", body = crate::http::views::SubscriptionMissing)),
+    security(("basic" = []))
+)]
+async fn entries(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    caller: Caller<Read>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = Read::NAME;
+    let found = with_named(&id, Ok(None), async |id: &SubscriptionId| {
+        subscriptions::entries(state.storage.as_ref(), &caller.store, id).await
+    })
+    .await
+    .map_err(|e| e.into_api(ACTION))?
+    .ok_or_else(|| not_found(ACTION))?;
+    let views: Vec<EntryView> = found.iter().map(|(e, o)| EntryView::of(e, o)).collect();
+    Ok(ok_view(&views))
 }
 
 /// `GET /subscriptions?…`: with `accountId`, that account's subscription objects; otherwise a

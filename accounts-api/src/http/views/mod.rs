@@ -386,6 +386,8 @@ mod tests {
             "canceledDateValue": s.canceled, "canceledDateInSeconds": s.canceled.map(|t| t / 1000),
             "deactivationDateValue": s.canceled.map(|_| s.next),
             "deactivationDateInSeconds": s.canceled.map(|_| s.next / 1000),
+            // The current period's number (added with the rebill orders): no rebill yet.
+            "sequence": 1,
         });
         if let (Some(all), Some(more)) = (old.as_object_mut(), more.as_object()) {
             all.extend(more.clone());
@@ -419,6 +421,7 @@ mod tests {
             renewal: Default::default(),
             live: false,
             lifecycle: Default::default(),
+            rebills: Vec::new(),
         };
         let view = serde_json::to_value(SubscriptionView::of(&s, Some("subscription.get")));
         let (new, old) = (view.unwrap(), old_json(&s, "subscription.get"));

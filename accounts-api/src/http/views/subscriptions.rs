@@ -1,6 +1,8 @@
 //! The subscription object as the API and the events show it (FastSpring's shape).
 
-use crate::model::{SubscriptionRecord, display_date, display_date_iso, to_major};
+use super::OrderView;
+use crate::domain::rebill::Entry;
+use crate::model::{OrderRecord, SubscriptionRecord, display_date, display_date_iso, to_major};
 use serde::Serialize;
 use shared::{CardBrand, Currency};
 use utoipa::ToSchema;
@@ -65,6 +67,8 @@ pub struct SubscriptionView {
     pub end_in_seconds: Option<i64>,
     pub periods: Option<u32>,
     pub remaining_periods: Option<u32>,
+    /// The number of the current period: 1 until the first rebill (FastSpring's `sequence`).
+    pub sequence: u32,
     pub next_charge_date: i64,
     pub next_charge_date_value: i64,
     pub next_charge_date_in_seconds: i64,
@@ -139,6 +143,7 @@ impl SubscriptionView {
             end_in_seconds: None,
             periods: None,
             remaining_periods: None,
+            sequence: s.sequence(),
             next_charge_date: s.next,
             next_charge_date_value: s.next,
             next_charge_date_in_seconds: s.next.div_euclid(1000),
@@ -155,6 +160,37 @@ impl SubscriptionView {
             failed_attempts: s.renewal.failed_attempts,
             next_retry: s.renewal.retry_at,
             card_expiring: s.renewal.card_expiring,
+        }
+    }
+}
+
+/// One item of `GET /subscriptions/{id}/entries`: an order of the subscription (the original
+/// one, or a rebill's) and the period it paid, `[beginPeriodDate, endPeriodDate)`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryView {
+    /// ms.
+    pub begin_period_date: i64,
+    pub begin_period_date_in_seconds: i64,
+    pub begin_period_date_display: String,
+    /// ms.
+    pub end_period_date: i64,
+    pub end_period_date_in_seconds: i64,
+    pub end_period_date_display: String,
+    /// The order object, as `GET /orders/{id}` shows it (without `action`/`result`).
+    pub order: OrderView,
+}
+
+impl EntryView {
+    pub fn of(e: &Entry, o: &OrderRecord) -> Self {
+        Self {
+            begin_period_date: e.begin,
+            begin_period_date_in_seconds: e.begin.div_euclid(1000),
+            begin_period_date_display: display_date(e.begin),
+            end_period_date: e.end,
+            end_period_date_in_seconds: e.end.div_euclid(1000),
+            end_period_date_display: display_date(e.end),
+            order: OrderView::of(o, None),
         }
     }
 }

@@ -1,19 +1,20 @@
 //! The transactions of the renewal protocol that write an outcome or a time-driven change,
 //! each with its events in the same transaction and flushed before it returns: the period end
 //! (deactivation, pause, resume), the card-expiry flag, the manual-renewal reminder, and the
-//! settlement of a charged or declined intent. `super` decides when each runs.
+//! settlement of a charged (with its rebill order) or declined intent. `super` decides when each runs.
 
 use super::Outcome;
 use super::PENDING_CHANGED;
 use crate::app::AppState;
+use crate::domain::rebill::Paid;
 use crate::domain::renewal::{DAY_MS, RETRY_DAYS, card_expiring};
 use crate::domain::{DomainEvent, Money};
 use crate::model::{
-    ChargeRecord, PendingCharge, RenewalState, StoreId, SubState, SubscriptionId,
-    SubscriptionRecord, add_interval,
+    OrderId, PendingCharge, RenewalState, StoreId, SubState, SubscriptionId, SubscriptionRecord,
+    add_interval,
 };
 use crate::service::events;
-use crate::storage::StorageError;
+use crate::storage::{RenewalWrites, StorageError};
 
 /// The period-end transitions of [`SubscriptionRecord::period_end`], in one transaction.
 pub(super) async fn period_end(
@@ -26,9 +27,9 @@ pub(super) async fn period_end(
         .storage
         .apply_renewal(store, id, &|s, _| {
             if !s.has_period_transition(now) {
-                return Ok(vec![]);
+                return Ok(vec![].into());
             }
-            Ok(events::records(&s.period_end(now)))
+            Ok(events::records(&s.period_end(now)).into())
         })
         .await?;
     state.storage.durable().await?;
@@ -52,9 +53,10 @@ pub(super) async fn flag_expiry(
                     account: s.account.clone(),
                     expiry: s.expiry.clone(),
                     next_charge_date: s.next,
-                })]);
+                })]
+                .into());
             }
-            Ok(vec![])
+            Ok(vec![].into())
         })
         .await?;
     state.storage.durable().await?;
@@ -70,7 +72,7 @@ pub(super) async fn remind(
         .storage
         .apply_renewal(store, id, &|s, _| {
             if s.renewal.reminded == Some(s.next) {
-                return Ok(vec![]);
+                return Ok(vec![].into());
             }
             s.renewal.reminded = Some(s.next);
             Ok(vec![events::record(&DomainEvent::PaymentReminder {
@@ -78,7 +80,8 @@ pub(super) async fn remind(
                 account: s.account.clone(),
                 amount: Money::of(s.price, &s.currency).times(s.quantity),
                 next_charge_date: s.next,
-            })])
+            })]
+            .into())
         })
         .await?;
     state.storage.durable().await?;
@@ -94,18 +97,36 @@ pub(super) fn still_pending(s: &SubscriptionRecord, p: &PendingCharge) -> Result
     }
 }
 
+/// Writes a successful charge: the period is paid (`next` advances), the rebill order of the
+/// period is recorded on the subscription and its account and written with them, and
+/// `subscription.charge.completed` carries it — one transaction, so the order exists exactly
+/// when the period is paid. The original order is read first (orders never change).
 pub(super) async fn settle_success(
     state: &AppState,
     store: &StoreId,
-    id: &SubscriptionId,
+    sub: &SubscriptionRecord,
     p: &PendingCharge,
     reference: Option<String>,
     now: i64,
 ) -> Result<Outcome, StorageError> {
+    let original = state.storage.order(store, &sub.order).await?;
+    // Drawn once: a rerun of the transaction writes the same order.
+    let order_id = OrderId::generate();
     state
         .storage
-        .apply_renewal(store, id, &|s, account| {
+        .apply_renewal(store, &sub.id, &|s, account| {
             still_pending(s, p)?;
+            let order = s.record_rebill(
+                account,
+                &Paid {
+                    id: order_id.clone(),
+                    original: original.as_ref(),
+                    period: p.period,
+                    amount: p.amount,
+                    currency: &p.currency,
+                    at: now,
+                },
+            );
             s.next = add_interval(p.period, s.interval_unit, s.interval_length);
             s.mark_paid();
             s.renewal = RenewalState {
@@ -114,16 +135,7 @@ pub(super) async fn settle_success(
                 ..RenewalState::default()
             };
             s.renewal.card_expiring = card_expiring(s);
-            account.charges.push(ChargeRecord {
-                currency: p.currency.clone(),
-                total: p.amount,
-                status: "successful".into(),
-                order: None,
-                order_reference: None,
-                subscription: Some(s.id.clone()),
-                timestamp: now,
-            });
-            Ok(vec![events::record(&DomainEvent::ChargeCompleted {
+            let event = DomainEvent::ChargeCompleted {
                 subscription: s.id.clone(),
                 account: s.account.clone(),
                 amount: Money::of(p.amount, &p.currency),
@@ -131,11 +143,17 @@ pub(super) async fn settle_success(
                 reference: reference.clone(),
                 next_charge_date: s.next,
                 timestamp: now,
-            })])
+                sequence: s.sequence(),
+                order: Box::new(order.clone()),
+            };
+            Ok(RenewalWrites {
+                events: vec![events::record(&event)],
+                order: Some(order),
+            })
         })
         .await?;
     state.storage.durable().await?;
-    tracing::info!(subscription = id.as_str(), "renewal charged");
+    tracing::info!(subscription = sub.id.as_str(), "renewal charged");
     Ok(Outcome::Charged)
 }
 
@@ -179,7 +197,7 @@ pub(super) async fn settle_decline(
             } else {
                 s.mark_overdue();
             }
-            Ok(out)
+            Ok(out.into())
         })
         .await?;
     state.storage.durable().await?;

@@ -90,6 +90,7 @@ pub(crate) fn subscription(
         renewal: RenewalState::default(),
         live: false,
         lifecycle: Default::default(),
+        rebills: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@ pub(crate) mod fixtures;
 mod idempotency;
 mod listings;
 mod outbox;
+mod renewals;
 mod retention;
 
 pub use idempotency::an_idempotency_key_is_claimed_once;
@@ -16,6 +17,7 @@ pub use listings::{
 pub use outbox::{
     a_scan_gives_each_store_its_share, a_settled_post_keeps_exactly_the_rows_to_resend,
 };
+pub use renewals::a_renewal_steps_order_is_written_with_it_or_not_at_all;
 pub use retention::{
     idempotency_records_expire_after_their_window_in_bounded_passes,
     processed_events_expire_after_their_window_and_unprocessed_ones_stay,
@@ -350,7 +352,7 @@ pub async fn due_subscriptions_are_the_ones_with_work_now(open: Open) {
     // A renewal step that moves the date takes the subscription out.
     s.apply_renewal(&st("st"), &early.id, &|sub, _| {
         sub.next = t + 86_400_000;
-        Ok(vec![])
+        Ok(vec![].into())
     })
     .await
     .unwrap();
@@ -612,6 +614,10 @@ macro_rules! backend_suite {
             async fn processed_events_expire_after_their_window_and_unprocessed_ones_stay() {
                 super::processed_events_expire_after_their_window_and_unprocessed_ones_stay(OPEN)
                     .await;
+            }
+            #[tokio::test]
+            async fn a_renewal_steps_order_is_written_with_it_or_not_at_all() {
+                super::a_renewal_steps_order_is_written_with_it_or_not_at_all(OPEN).await;
             }
             #[tokio::test]
             async fn a_scan_gives_each_store_its_share() {

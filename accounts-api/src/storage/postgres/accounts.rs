@@ -401,12 +401,28 @@ impl PgStorage {
             let Some(mut sub) = locked_subscription(tx, store, id).await? else {
                 return Err(Fail::Store(StorageError::NotFound));
             };
-            let events = change(&mut sub, &mut account)?;
+            let writes = change(&mut sub, &mut account)?;
+            if let Some(o) = &writes.order {
+                // A taken id or reference inserts nothing (no unique violation to retry on:
+                // rerun, the step would build the same order again).
+                let inserted = row(
+                    tx,
+                    "INSERT INTO orders (store, id, reference, doc) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING RETURNING 1",
+                    &[&store.as_str(), &o.id.as_str(), &o.reference, &Doc(o)],
+                )
+                .await?;
+                if inserted.is_none() {
+                    return Err(Fail::Store(StorageError::State(
+                        "order reference collision",
+                    )));
+                }
+            }
             put_subscription(tx, store, &sub).await?;
             put_account(tx, &account).await?;
             let extras = Extras {
                 idempotency: None,
-                events,
+                events: writes.events,
             };
             self.extras(tx, store, &extras).await?;
             Ok(sub)

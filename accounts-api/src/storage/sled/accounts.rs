@@ -355,10 +355,18 @@ impl SledStorage {
             let Some(mut account) = tx_get::<AccountRecord>(tx, &ak)? else {
                 return abort(StorageError::NotFound);
             };
-            let events = match change(&mut sub, &mut account) {
-                Ok(e) => e,
+            let writes = match change(&mut sub, &mut account) {
+                Ok(w) => w,
                 Err(e) => return abort(e),
             };
+            if let Some(o) = &writes.order {
+                let (rk, ok) = (key("r", store, &o.reference), key("o", store, &o.id));
+                if tx.get(&rk)?.is_some() || tx.get(&ok)?.is_some() {
+                    return abort(StorageError::State("order reference collision"));
+                }
+                tx.insert(rk, o.id.as_str().as_bytes())?;
+                tx_put(tx, &ok, o)?;
+            }
             tx_put(tx, &sk, &sub)?;
             tx_put(tx, &ak, &account)?;
             // Events go through the same path as every other change (event rows + webhook
@@ -368,7 +376,7 @@ impl SledStorage {
                 store,
                 &Extras {
                     idempotency: None,
-                    events,
+                    events: writes.events,
                 },
                 self.live,
             )?;

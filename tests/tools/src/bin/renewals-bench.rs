@@ -204,6 +204,7 @@ fn seed(storage: &SledStorage, n: usize, pms: &[String]) -> i64 {
             renewal: Default::default(),
             live: false,
             lifecycle: Default::default(),
+            rebills: Vec::new(),
         };
         storage
             .complete_checkout(
