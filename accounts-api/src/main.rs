@@ -28,6 +28,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// An instance i ≥ 2 of `accounts-api dev --database-url URL --instances N`, started by
+    /// dev: `serve` plus dev's lifecycle clock (`STRONGROOM_DEV_CLOCK_FILE`), so every instance
+    /// of a dev cluster runs on the same time. Hidden: `serve` itself never reads that clock.
+    #[command(hide = true)]
+    DevInstance {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// The whole system on embedded defaults: vault init + vault + accounts-api + demo store.
     Dev {
         #[arg(long, default_value = "./data")]
@@ -159,7 +167,12 @@ enum StoreCommand {
     },
 }
 
-async fn serve(config: PathBuf, log_format: shared::ops::LogFormat) -> Result<(), String> {
+/// `serve` (the lifecycle on `clock`: the system clock, except for a dev cluster's instances).
+async fn serve(
+    config: PathBuf,
+    log_format: shared::ops::LogFormat,
+    clock: accounts_api::settings::Clock,
+) -> Result<(), String> {
     let cfg = accounts_api::config::Config::load(&config)?;
     // Without it, sign-in links would be built from each request's Host header, which the
     // client chooses (`dev` keeps that fallback: it listens on loopback only).
@@ -176,6 +189,7 @@ async fn serve(config: PathBuf, log_format: shared::ops::LogFormat) -> Result<()
         public_url: cfg.public_url.clone(),
         live: cfg.live,
         retention: cfg.retention,
+        clock,
         ..accounts_api::settings::Settings::from_env()?
     };
     cfg.webhooks.apply(&mut settings);
@@ -256,7 +270,14 @@ async fn main() -> std::process::ExitCode {
     accounts_api::init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Serve { config } => match harden() {
-            Ok(()) => serve(config, cli.log_format).await,
+            Ok(()) => serve(config, cli.log_format, Default::default()).await,
+            Err(e) => Err(e),
+        },
+        Command::DevInstance { config } => match harden() {
+            Ok(()) => {
+                let clock = accounts_api::settings::Clock::dev_from_env();
+                serve(config, cli.log_format, clock).await
+            }
             Err(e) => Err(e),
         },
         Command::Dev {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod accounts;
 pub mod inproc;
+pub mod lifecycle;
 pub mod localstripe;
 pub mod receiver;
 pub mod recipe;

@@ -9,6 +9,10 @@ use serde_json::json;
 use tests::accounts::{
     Merchant, SaveBox, System, start_cluster, start_cluster_with_env, subscription_order,
 };
+use tests::lifecycle::{
+    DAY_MS, TestClock, charges_of, some_job_runs, subscription_of,
+    through_a_pause_to_its_resume_date, wait_for,
+};
 use tests::sandbox;
 
 fn cluster() -> Option<System> {
@@ -361,4 +365,165 @@ async fn a_renewal_the_vault_refuses_is_final_deactivates_and_never_reaches_the_
     };
     assert_eq!(count("subscription.charge.failed"), 1, "{}", events.text);
     assert_eq!(count("subscription.deactivated"), 1, "{}", events.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The subscription lifecycle on PostgreSQL (issue 13): both instances' renewal jobs run every
+// second on one dev clock (`tests::lifecycle`), racing for the same time-driven transitions.
+
+/// The events of `kind` about `sub`, processed or not, as the store's event API lists them (all
+/// of them: `more` must be false).
+async fn events_of(m: &Merchant, kind: &str, sub: &str) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    for list in [
+        m.unprocessed_events(&[("begin", "0")]).await,
+        m.processed_events(&[("begin", "0")]).await,
+    ] {
+        assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+        assert_eq!(list.json["more"], false, "one page holds them all");
+        let all = list.json["events"].as_array().cloned().unwrap_or_default();
+        found.extend(
+            all.into_iter()
+                .filter(|e| e["type"] == kind && e["data"]["subscription"] == sub),
+        );
+    }
+    found
+}
+
+/// A cluster of 2 on a fresh database, both instances on one dev clock, their renewal jobs
+/// running every second; `None` (SKIPPED) without PostgreSQL.
+fn lifecycle_cluster() -> Option<(TestClock, System)> {
+    let url = pgtest::fresh_database()?;
+    let clock = TestClock::new();
+    let sys = clock.start_cluster(&url, 2);
+    assert_eq!(sys.apis.len(), 2);
+    Some((clock, sys))
+}
+
+/// One saved-card monthly subscription checked out through `m`; its id and `next`.
+async fn one_subscription(m: &Merchant, email: &str) -> (String, i64) {
+    let o = m
+        .complete_order(&subscription_order(email, SaveBox::Ticked))
+        .await;
+    assert_eq!(o.status, StatusCode::OK, "{}", o.text);
+    let sub = o.str("/items/0/subscription");
+    let next = subscription_of(m, &sub).await["next"]
+        .as_i64()
+        .unwrap_or_default();
+    assert!(next > 0, "{sub}");
+    (sub, next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_cluster_a_subscription_canceled_at_period_end_deactivates_once_and_billing_period_0_ends_one_now()
+ {
+    let Some((clock, sys)) = lifecycle_cluster() else {
+        return;
+    };
+    let (a, b) = (on(&sys, 0), on(&sys, 1));
+    let (sub, next) = one_subscription(&a, "cancel-end@example.com").await;
+    let (now_sub, _) = one_subscription(&b, "cancel-now@example.com").await;
+
+    // Canceled through instance 2: it runs until the paid period ends, seen from either.
+    let c = b.cancel_subscription(&sub).await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text);
+    for m in [&a, &b] {
+        let s = subscription_of(m, &sub).await;
+        assert_eq!(
+            (&s["state"], &s["active"]),
+            (&json!("canceled"), &json!(true))
+        );
+        assert_eq!(s["deactivationDate"], next, "it ends with the paid period");
+    }
+
+    // A day before the period ends both jobs have run on the moved clock: still running.
+    clock.set(next - DAY_MS);
+    some_job_runs().await;
+    for m in [&a, &b] {
+        let s = subscription_of(m, &sub).await;
+        assert_eq!(
+            (&s["state"], &s["active"]),
+            (&json!("canceled"), &json!(true))
+        );
+    }
+
+    // Cancel now through instance 2, which reads the same clock: deactivated at once, at the
+    // moved "now" (a month ahead of the system clock).
+    let path = format!("/subscriptions/{now_sub}?billingPeriod=0");
+    let c = b.call("DELETE", &path, None).await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text);
+    let s = subscription_of(&a, &now_sub).await;
+    assert_eq!(
+        (&s["state"], &s["active"]),
+        (&json!("deactivated"), &json!(false))
+    );
+    let ended = s["deactivationDate"].as_i64().unwrap_or_default();
+    assert!(
+        ended >= next - DAY_MS && ended < next,
+        "instance 2 deactivated it on the dev clock: {s}"
+    );
+
+    // The period ends: one of the two jobs deactivates it; both keep running afterwards.
+    clock.set(next + 60_000);
+    let s = wait_for(&b, &sub, "deactivated at period end", |s| {
+        s["state"] == "deactivated"
+    })
+    .await;
+    assert_eq!(s["active"], false);
+    assert!(s["deactivationDate"].as_i64() >= Some(next), "{s}");
+    some_job_runs().await;
+    for s in [&sub, &now_sub] {
+        assert!(
+            charges_of(&sys.processor, &sys.demo.store, s)
+                .await
+                .is_empty(),
+            "{s} never charged"
+        );
+        let d = events_of(&a, "subscription.deactivated", s).await;
+        assert_eq!(d.len(), 1, "exactly one deactivation of {s}: {d:?}");
+        assert_eq!(d[0]["data"]["reason"], "canceled");
+        assert_eq!(d[0]["data"]["active"], false);
+        assert_eq!(d[0]["data"]["state"], "deactivated");
+        assert_eq!(events_of(&a, "subscription.canceled", s).await.len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_cluster_a_pause_of_1_period_is_not_charged_in_it_and_charged_once_on_the_resume_date()
+ {
+    use accounts_api::model::{IntervalUnit, add_interval};
+    let Some((clock, sys)) = lifecycle_cluster() else {
+        return;
+    };
+    let (a, b) = (on(&sys, 0), on(&sys, 1));
+    let (sub, next) = one_subscription(&a, "pause@example.com").await;
+    let path = format!("/subscriptions/{sub}/pause");
+    let p = b
+        .call("POST", &path, Some(&json!({"pausePeriodCount": 1})))
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+    assert_eq!(
+        (&p.json["state"], &p.json["isPauseScheduled"]),
+        (&json!("active"), &json!(true))
+    );
+
+    // The charge date: the pause begins instead of a charge; `next` is the resume date.
+    let resume = add_interval(next, IntervalUnit::Month, 1);
+    clock.set(next + 3_600_000);
+    let s = wait_for(&a, &sub, "paused at the charge date", |s| {
+        s["state"] == "paused"
+    })
+    .await;
+    assert_eq!((&s["next"], &s["active"]), (&json!(resume), &json!(true)));
+
+    // Through the paused period no charge; on the resume date charged once, both jobs running.
+    through_a_pause_to_its_resume_date(&clock, &b, &sys.processor, &sub, resume).await;
+    for (kind, n) in [
+        ("subscription.updated", 1),
+        ("subscription.paused", 1),
+        ("subscription.resumed", 1),
+        ("subscription.charge.completed", 1),
+    ] {
+        assert_eq!(events_of(&a, kind, &sub).await.len(), n, "{kind}");
+    }
 }

@@ -6,9 +6,11 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::accounts::{System, order_body, start_system, start_system_with_env, unique_token};
+use tests::lifecycle::{
+    DAY_MS, TestClock, charges_of, some_job_runs, through_a_pause_to_its_resume_date, wait_for,
+};
 use tests::renewals::{
-    TestClock, charge_now, charges_of, checkout, entries, events, of_type, rebill_with_key,
-    subscription, wait_for,
+    charge_now, checkout, entries, events, of_type, rebill_with_key, subscription,
 };
 use tests::sandbox::{self, start_sandbox};
 use tests::{all_files, contains_bytes, temp_dir};
@@ -381,10 +383,7 @@ async fn a_card_that_expires_before_the_next_charge_is_flagged_ahead_of_time_wit
 
 // ---------------------------------------------------------------------------------------------
 // The subscription lifecycle (issue 13): time moves through `accounts-api dev`'s test clock
-// (`STRONGROOM_DEV_CLOCK_FILE`: an offset in ms added to the system clock), never by sleeping
-// through a period.
-
-const DAY_MS: i64 = 86_400_000;
+// (`tests::lifecycle`), never by sleeping through a period.
 
 /// `POST /subscriptions/{sub}/pause` with `body`.
 async fn pause(sys: &System, sub: &str, body: &Value) -> tests::accounts::Answer {
@@ -392,16 +391,12 @@ async fn pause(sys: &System, sub: &str, body: &Value) -> tests::accounts::Answer
     sys.call(&sys.demo, "POST", &path, Some(body)).await
 }
 
-/// Lets the renewal job (every second) run a few times.
-async fn some_job_runs() {
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
-}
-
 #[tokio::test]
 async fn a_subscription_canceled_at_period_end_runs_until_then_and_deactivates_once_and_billing_period_0_ends_one_now()
  {
     let clock = TestClock::new();
     let mut sys = clock.start_system("strongroom-cancel-");
+    let m = sys.merchant(&sys.demo);
     let (_, sub) = checkout(&sys, &unique_token(), true).await;
     let (_, now_sub) = checkout(&sys, &unique_token(), true).await;
     let next = subscription(&sys, &sub).await["next"]
@@ -460,7 +455,7 @@ async fn a_subscription_canceled_at_period_end_runs_until_then_and_deactivates_o
 
     // At the end of the period the job deactivates it.
     clock.set(next + 60_000);
-    let s = wait_for(&sys, &sub, "deactivated at period end", |s| {
+    let s = wait_for(&m, &sub, "deactivated at period end", |s| {
         s["state"] == "deactivated"
     })
     .await;
@@ -606,6 +601,7 @@ async fn a_pause_of_2_periods_skips_them_and_charges_on_the_resume_date_and_resu
     use accounts_api::model::{IntervalUnit, add_interval};
     let clock = TestClock::new();
     let mut sys = clock.start_system("strongroom-pause-");
+    let m = sys.merchant(&sys.demo);
     let (_, sub) = checkout(&sys, &unique_token(), true).await;
     let (_, early) = checkout(&sys, &unique_token(), true).await;
     let (store, processor) = (sys.demo.store.clone(), sys.processor.clone());
@@ -638,12 +634,12 @@ async fn a_pause_of_2_periods_skips_them_and_charges_on_the_resume_date_and_resu
         1,
     );
     clock.set(next + 3_600_000);
-    let s = wait_for(&sys, &sub, "paused at the charge date", |s| {
+    let s = wait_for(&m, &sub, "paused at the charge date", |s| {
         s["state"] == "paused"
     })
     .await;
     assert_eq!((&s["next"], &s["active"]), (&json!(resume), &json!(true)));
-    wait_for(&sys, &early, "paused", |s| s["state"] == "paused").await;
+    wait_for(&m, &early, "paused", |s| s["state"] == "paused").await;
 
     // Resume early: active at once, and charged now.
     let a = sys
@@ -679,28 +675,8 @@ async fn a_pause_of_2_periods_skips_them_and_charges_on_the_resume_date_and_resu
         again.text
     );
 
-    // Through both paused periods: no charge.
-    clock.set(resume - DAY_MS);
-    some_job_runs().await;
-    assert!(
-        charges_of(&processor, &store, &sub).await.is_empty(),
-        "no charge while paused"
-    );
-    assert_eq!(subscription(&sys, &sub).await["state"], "paused");
-
-    // The resume date: active again and charged for that period, once.
-    clock.set(resume + 60_000);
-    let s = wait_for(&sys, &sub, "resumed and charged", |s| {
-        s["state"] == "active" && s["next"].as_i64() > Some(resume)
-    })
-    .await;
-    assert_eq!(s["next"], add_interval(resume, IntervalUnit::Month, 1));
-    let charged = charges_of(&processor, &store, &sub).await;
-    assert_eq!(charged.len(), 1, "{charged:?}");
-    assert_eq!(
-        charged[0]["idempotencyKey"],
-        format!("{store}:{sub}:{resume}")
-    );
+    // Through both paused periods no charge; on the resume date charged for that period, once.
+    through_a_pause_to_its_resume_date(&clock, &m, &processor, &sub, resume).await;
     sys.stop();
     let ev = events(&sys, &store).await;
     assert_eq!(of_type(&ev, "subscription.paused", &sub).len(), 1);
@@ -772,7 +748,7 @@ async fn each_paid_period_is_an_order_in_the_entries_and_in_its_charge_event_and
 
     // Period 2: charged by the job at its date.
     clock.set(next + 3_600_000);
-    let s = wait_for(&sys, &sub, "the first renewal", |s| {
+    let s = wait_for(&sys.merchant(&sys.demo), &sub, "the first renewal", |s| {
         s["next"].as_i64() > Some(next)
     })
     .await;

@@ -7,8 +7,8 @@
 //!   `vault.toml` that selects `backend = "postgres"` (so `init` binds the keys in the database);
 //!   the others are copies of its keys, PKI and config, and `vault init --dir` only gives each its
 //!   own data folder (its audit chain). The key folder is locked per process, hence the copies.
-//! - accounts-api instance 1 is the dev process; instance i ≥ 2 is an `accounts-api serve`
-//!   child with `DATA/instances/<i>/accounts-api.toml`, on vault i. All share the database, so a
+//! - accounts-api instance 1 is the dev process; instance i ≥ 2 is an `accounts-api
+//!   dev-instance` child (`serve` on dev's lifecycle clock) with `DATA/instances/<i>/accounts-api.toml`, on vault i. All share the database, so a
 //!   store, account, Idempotency-Key or session made on one is seen by all.
 //!
 //! Both services use the one database here (their tables do not overlap); in production each
@@ -135,13 +135,13 @@ pub(super) async fn vault_folders(
     Ok(dirs)
 }
 
-/// An `accounts-api serve` child and its base URL.
+/// An `accounts-api dev-instance` child and its base URL.
 pub(super) struct ApiChild {
     pub child: tokio::process::Child,
     pub url: String,
 }
 
-/// Starts accounts-api instance `i` (≥ 2) as `accounts-api serve` on vault `vault_addr`.
+/// Starts accounts-api instance `i` (≥ 2) as `accounts-api dev-instance` on vault `vault_addr`.
 pub(super) async fn start_api(
     data: &Path,
     db: &Database,
@@ -172,8 +172,10 @@ pub(super) async fn start_api(
     let path = dir.join("accounts-api.toml");
     shared::pki::write_file(&path, config.as_bytes(), 0o600).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    // `dev-instance` is `serve` on dev's lifecycle clock (`STRONGROOM_DEV_CLOCK_FILE`, which
+    // the child inherits): the instances' renewal jobs must agree on what time it is.
     let mut child = tokio::process::Command::new(exe)
-        .arg("serve")
+        .arg("dev-instance")
         .arg("--config")
         .arg(&path)
         // The instance's own settings come from its file, not from ours.

@@ -400,7 +400,8 @@ pub async fn run(
     .await?;
     let state = crate::build_with_storage(storage, &data, &vault_cfg, Some(&renewals), settings)?;
     let demo = demo_store(&state, &crate::config::accounts_dir(&data)).await?;
-    // The other accounts-api instances: `accounts-api serve` children, instance i on vault i.
+    // The other accounts-api instances: `accounts-api dev-instance` children (`serve` on this
+    // dev clock), instance i on vault i.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| format!("bind: {e}"))?;
