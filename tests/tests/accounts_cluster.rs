@@ -462,6 +462,7 @@ async fn on_the_cluster_a_subscription_canceled_at_period_end_deactivates_once_a
         ended >= next - DAY_MS && ended < next,
         "instance 2 deactivated it on the dev clock: {s}"
     );
+    assert_eq!(s["changed"], ended, "{s}");
 
     // The period ends: one of the two jobs deactivates it; both keep running afterwards.
     clock.set(next + 60_000);

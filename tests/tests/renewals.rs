@@ -29,6 +29,8 @@ async fn a_due_automatic_subscription_is_charged_exactly_once_its_period_advance
     let (account, sub) = checkout(&sys, &tok, true).await;
     let before = subscription(&sys, &sub).await;
     let next = before["next"].as_i64().unwrap_or_default();
+    assert_eq!(before["sequence"], 1, "the checkout's period");
+    assert_eq!(before["changed"], before["begin"], "changed: created");
 
     let a = charge_now(&sys, &sub).await;
     assert_eq!(
@@ -55,6 +57,14 @@ async fn a_due_automatic_subscription_is_charged_exactly_once_its_period_advance
         "period advanced by a month: {next} -> {new_next}"
     );
     assert_eq!(after["declineReason"], Value::Null);
+    assert_eq!(after["sequence"], 2, "the renewal began the second period");
+    let changed = after["changed"].as_i64().unwrap_or_default();
+    assert!(
+        changed > before["changed"].as_i64().unwrap_or(i64::MAX),
+        "the charge changed it: {after}"
+    );
+    assert_eq!(after["changedValue"], changed);
+    assert_eq!(after["changedInSeconds"], changed / 1000);
 
     let acct = sys
         .call(&sys.demo, "GET", &format!("/accounts/{account}"), None)
@@ -399,9 +409,8 @@ async fn a_subscription_canceled_at_period_end_runs_until_then_and_deactivates_o
     let m = sys.merchant(&sys.demo);
     let (_, sub) = checkout(&sys, &unique_token(), true).await;
     let (_, now_sub) = checkout(&sys, &unique_token(), true).await;
-    let next = subscription(&sys, &sub).await["next"]
-        .as_i64()
-        .unwrap_or_default();
+    let created = subscription(&sys, &sub).await;
+    let next = created["next"].as_i64().unwrap_or_default();
 
     let c = sys
         .call(&sys.demo, "DELETE", &format!("/subscriptions/{sub}"), None)
@@ -413,6 +422,9 @@ async fn a_subscription_canceled_at_period_end_runs_until_then_and_deactivates_o
         (&json!("canceled"), &json!(true))
     );
     assert_eq!(s["deactivationDate"], next, "it ends with the paid period");
+    assert_eq!(s["changed"], s["canceledDate"], "the cancel changed it");
+    assert!(s["changed"].as_i64() > created["changed"].as_i64(), "{s}");
+    assert_eq!(s["sequence"], 1, "a cancel starts no period");
 
     // Cancel now: deactivated at once.
     let bad = sys
@@ -463,6 +475,10 @@ async fn a_subscription_canceled_at_period_end_runs_until_then_and_deactivates_o
     assert_eq!(
         s["deactivationDate"].as_i64().map(|d| d >= next),
         Some(true)
+    );
+    assert_eq!(
+        s["changed"], s["deactivationDate"],
+        "the deactivation changed it"
     );
     some_job_runs().await;
     let (store, processor) = (sys.demo.store.clone(), sys.processor.clone());

@@ -58,14 +58,6 @@ pub fn reference(original: &str, item: usize, sequence: u32) -> String {
 }
 
 impl SubscriptionRecord {
-    /// The number of the current period: 1 until the first rebill, then one more per rebill
-    /// (FastSpring's `sequence`).
-    pub fn sequence(&self) -> u32 {
-        u32::try_from(self.rebills.len())
-            .unwrap_or(u32::MAX - 1)
-            .saturating_add(1)
-    }
-
     /// The subscription's orders with their periods, oldest first: the original order (its
     /// first period), then each rebill.
     pub fn entries(&self) -> Vec<Entry> {

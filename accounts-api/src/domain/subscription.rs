@@ -25,6 +25,11 @@
 //!
 //! Repeating a transition that already happened (uncancel of an active one, cancel of a
 //! deactivated one by the merchant) succeeds and emits nothing, as FastSpring's retries do.
+//!
+//! Every transition that changes the record also sets FastSpring's `changed` (its time, on the
+//! lifecycle clock), and a charged renewal starts the next billing period (`sequence` + 1); a
+//! no-op repeat changes neither. Records written before these existed get them from what they
+//! hold ([`SubscriptionRecord::changed`], [`SubscriptionRecord::sequence`]).
 
 use super::events::DomainEvent;
 use super::interval::add_interval;
@@ -78,6 +83,13 @@ pub struct Lifecycle {
     /// When the subscription was deactivated (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<i64>,
+    /// When the record last changed (ms; FastSpring's `changed`). Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<i64>,
+    /// The number of the current billing period (FastSpring's `sequence`: 1 for the first, + 1
+    /// per charged renewal). Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u32>,
 }
 
 impl Lifecycle {
@@ -85,7 +97,20 @@ impl Lifecycle {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// A subscription created at `now` (checkout): its first billing period.
+    pub fn created(now: i64) -> Self {
+        Self {
+            changed: Some(now),
+            sequence: Some(1),
+            ..Self::default()
+        }
+    }
 }
+
+/// The most periods [`SubscriptionRecord::sequence`] counts for a record without `sequence`
+/// (a daily subscription of 27 years; bounds the walk over a damaged record).
+const MAX_DERIVED_SEQUENCE: u32 = 10_000;
 
 /// Why a transition was refused (fixed text, shown to the merchant).
 pub type Refusal = &'static str;
@@ -135,6 +160,7 @@ impl SubscriptionRecord {
         self.state = SubState::Canceled;
         self.canceled = Some(now);
         self.lifecycle.pause_scheduled = None;
+        self.touch(now);
         let mut out = vec![DomainEvent::SubscriptionCanceled(self.clone())];
         if when == CancelWhen::Now {
             out.push(self.deactivate(REASON_CANCELED, now));
@@ -145,7 +171,7 @@ impl SubscriptionRecord {
     /// Uncancels (API and account page alike): a canceled one runs again (`overdue` if it was
     /// waiting for a retry); a running one is left as it is (a retried uncancel succeeds, as
     /// FastSpring's does, and emits nothing); a deactivated one refuses.
-    pub fn uncancel(&mut self) -> Result<Vec<DomainEvent>, Refusal> {
+    pub fn uncancel(&mut self, now: i64) -> Result<Vec<DomainEvent>, Refusal> {
         match self.state {
             SubState::Canceled => {
                 self.state = if self.renewal.retry_at.is_some() {
@@ -154,6 +180,7 @@ impl SubscriptionRecord {
                     SubState::Active
                 };
                 self.canceled = None;
+                self.touch(now);
                 Ok(vec![DomainEvent::SubscriptionUncanceled(self.clone())])
             }
             SubState::Active | SubState::Overdue | SubState::Paused => Ok(vec![]),
@@ -163,7 +190,7 @@ impl SubscriptionRecord {
 
     /// Schedules a pause of `periods` periods from the next charge date (replacing a pause
     /// scheduled before).
-    pub fn schedule_pause(&mut self, periods: u32) -> Result<Vec<DomainEvent>, Refusal> {
+    pub fn schedule_pause(&mut self, periods: u32, now: i64) -> Result<Vec<DomainEvent>, Refusal> {
         if !(1..=MAX_PAUSE_PERIODS).contains(&periods) {
             return Err("pausePeriodCount must be 1 to 12");
         }
@@ -179,6 +206,7 @@ impl SubscriptionRecord {
             return Ok(vec![]);
         }
         self.lifecycle.pause_scheduled = Some(periods);
+        self.touch(now);
         Ok(vec![DomainEvent::SubscriptionUpdated(self.clone())])
     }
 
@@ -187,11 +215,13 @@ impl SubscriptionRecord {
         match self.state {
             SubState::Active if self.lifecycle.pause_scheduled.is_some() => {
                 self.lifecycle.pause_scheduled = None;
+                self.touch(now);
                 Ok(vec![DomainEvent::SubscriptionUpdated(self.clone())])
             }
             SubState::Paused => {
                 self.state = SubState::Active;
                 self.next = self.next.min(now);
+                self.touch(now);
                 Ok(vec![DomainEvent::SubscriptionResumed(self.clone())])
             }
             _ => Err("the subscription is not paused"),
@@ -214,28 +244,83 @@ impl SubscriptionRecord {
                     self.next = add_interval(self.next, self.interval_unit, self.interval_length);
                 }
                 self.renewal.reminded = None;
+                self.touch(now);
                 vec![DomainEvent::SubscriptionPaused(self.clone())]
             }
             (SubState::Paused, _) => {
                 self.state = SubState::Active;
+                self.touch(now);
                 vec![DomainEvent::SubscriptionResumed(self.clone())]
             }
             _ => vec![],
         }
     }
 
-    /// A renewal was declined and a retry is scheduled.
-    pub fn mark_overdue(&mut self) {
+    /// A renewal was declined at `now` and a retry is scheduled.
+    pub fn mark_overdue(&mut self, now: i64) {
         if self.state.charges() {
             self.state = SubState::Overdue;
         }
+        self.touch(now);
     }
 
-    /// A renewal succeeded: an overdue subscription is active again.
-    pub fn mark_paid(&mut self) {
+    /// The renewal of the period that began at `period` was charged at `now`: the next billing
+    /// period starts (`sequence` + 1, `next` one interval after `period`), and an overdue
+    /// subscription is active again.
+    pub fn charged(&mut self, period: i64, now: i64) {
+        let sequence = self.sequence();
+        self.next = add_interval(period, self.interval_unit, self.interval_length);
+        self.lifecycle.sequence = Some(sequence.saturating_add(1));
         if self.state == SubState::Overdue {
             self.state = SubState::Active;
         }
+        self.touch(now);
+    }
+
+    /// Its saved payment method was removed at `now`: it renews manually from here on.
+    pub fn payment_method_removed(&mut self, now: i64) {
+        self.payment_method = None;
+        self.auto_renew = false;
+        self.touch(now);
+    }
+
+    /// When it last changed (ms, FastSpring's `changed`). A record written before that was kept
+    /// answers the latest instant it holds: its creation, last charge, cancellation or end.
+    pub fn changed(&self) -> i64 {
+        self.lifecycle.changed.unwrap_or_else(|| {
+            [
+                self.canceled,
+                self.lifecycle.ended,
+                self.renewal.last_charged,
+            ]
+            .into_iter()
+            .flatten()
+            .fold(self.begin, i64::max)
+        })
+    }
+
+    /// The number of the current billing period (FastSpring's `sequence`). A record written
+    /// before that was kept derives it from its schedule: the periods from `begin` up to `next`
+    /// (each one began with a charge, the first at checkout; a pause taken before then counts
+    /// its periods too, which such records cannot tell apart).
+    pub fn sequence(&self) -> u32 {
+        if let Some(n) = self.lifecycle.sequence {
+            return n;
+        }
+        let (mut at, mut n) = (self.begin, 0u32);
+        while n < MAX_DERIVED_SEQUENCE {
+            let end = add_interval(at, self.interval_unit, self.interval_length);
+            if end <= at || end > self.next {
+                break;
+            }
+            (at, n) = (end, n + 1);
+        }
+        n.max(1)
+    }
+
+    /// The record changed at `now`.
+    fn touch(&mut self, now: i64) {
+        self.lifecycle.changed = Some(now);
     }
 
     /// Ends the subscription (period end of a canceled one, cancel now, the last decline).
@@ -243,6 +328,7 @@ impl SubscriptionRecord {
         self.state = SubState::Deactivated;
         self.lifecycle.ended = Some(now);
         self.lifecycle.pause_scheduled = None;
+        self.touch(now);
         DomainEvent::SubscriptionDeactivated {
             subscription: self.clone(),
             reason: reason.to_owned(),
@@ -276,184 +362,4 @@ impl SubscriptionRecord {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::interval::IntervalUnit;
-
-    const T: i64 = 1_800_000_000_000;
-    const DAY: i64 = 86_400_000;
-
-    fn sub(state: SubState) -> SubscriptionRecord {
-        SubscriptionRecord {
-            id: crate::model::test_id("s"),
-            store: crate::model::test_id("st"),
-            account: crate::model::test_id("a"),
-            order: crate::model::test_id("o"),
-            product: "p".into(),
-            quantity: 1,
-            price: 100,
-            currency: "USD".into(),
-            interval_unit: IntervalUnit::Month,
-            interval_length: 1,
-            state,
-            auto_renew: true,
-            payment_method: Some("pm".into()),
-            payment_kind: "card".into(),
-            brand: None,
-            last4: None,
-            expiry: None,
-            begin: T - 30 * DAY,
-            next: T,
-            canceled: None,
-            renewal: Default::default(),
-            live: false,
-            lifecycle: Lifecycle::default(),
-            rebills: Vec::new(),
-        }
-    }
-
-    fn kinds(events: &[DomainEvent]) -> Vec<&'static str> {
-        events.iter().map(DomainEvent::kind).collect()
-    }
-
-    #[test]
-    fn cancel_at_period_end_runs_until_next_then_deactivates_once() {
-        let mut s = sub(SubState::Active);
-        let ev = s.cancel(By::Merchant, CancelWhen::PeriodEnd, T - DAY);
-        assert_eq!(ev.as_deref().map(kinds), Ok(vec!["subscription.canceled"]));
-        assert_eq!((s.state, s.canceled), (SubState::Canceled, Some(T - DAY)));
-        assert!(s.state.is_live(), "active until the period ends");
-        assert_eq!(s.deactivation_date(), Some(T));
-        assert!(s.period_end(T - 1).is_empty(), "not before the end");
-        assert_eq!(kinds(&s.period_end(T)), vec!["subscription.deactivated"]);
-        assert_eq!(s.state, SubState::Deactivated);
-        assert!(!s.state.is_live());
-        assert_eq!(s.deactivation_date(), Some(T));
-        assert!(s.period_end(T + 1).is_empty(), "deactivated once");
-        assert!(
-            s.cancel(By::Merchant, CancelWhen::PeriodEnd, T)
-                .is_ok_and(|e| e.is_empty()),
-            "the merchant's cancel of an ended one: success, nothing changes"
-        );
-        assert_eq!(s.state, SubState::Deactivated);
-        assert!(s.cancel(By::Customer, CancelWhen::PeriodEnd, T).is_err());
-        assert!(s.uncancel().is_err(), "a deactivated one is not uncanceled");
-    }
-
-    #[test]
-    fn cancel_now_deactivates_at_once_with_both_events() {
-        let mut s = sub(SubState::Active);
-        let ev = s.cancel(By::Merchant, CancelWhen::Now, T - 5 * DAY);
-        assert_eq!(
-            ev.as_deref().map(kinds),
-            Ok(vec!["subscription.canceled", "subscription.deactivated"])
-        );
-        assert_eq!(s.state, SubState::Deactivated);
-        assert_eq!(s.deactivation_date(), Some(T - 5 * DAY));
-
-        let mut c = sub(SubState::Active);
-        assert!(
-            c.cancel(By::Merchant, CancelWhen::PeriodEnd, T - 5 * DAY)
-                .is_ok()
-        );
-        assert!(
-            c.cancel(By::Merchant, CancelWhen::PeriodEnd, T - 4 * DAY)
-                .is_err()
-        );
-        let ev = c.cancel(By::Merchant, CancelWhen::Now, T - 4 * DAY);
-        assert_eq!(
-            ev.as_deref().map(kinds),
-            Ok(vec!["subscription.deactivated"])
-        );
-        assert_eq!(c.deactivation_date(), Some(T - 4 * DAY));
-    }
-
-    #[test]
-    fn uncancel_is_idempotent_and_returns_to_overdue_when_a_retry_is_pending() {
-        let mut s = sub(SubState::Active);
-        assert!(s.cancel(By::Customer, CancelWhen::PeriodEnd, 7).is_ok());
-        assert_eq!(
-            s.uncancel().as_deref().map(kinds),
-            Ok(vec!["subscription.uncanceled"])
-        );
-        assert_eq!((s.state, s.canceled), (SubState::Active, None));
-        assert_eq!(
-            s.uncancel().map(|e| e.len()),
-            Ok(0),
-            "again: success, no event"
-        );
-
-        let mut o = sub(SubState::Active);
-        o.renewal.retry_at = Some(T + DAY);
-        o.mark_overdue();
-        assert_eq!(o.state, SubState::Overdue);
-        assert!(o.cancel(By::Customer, CancelWhen::PeriodEnd, T).is_ok());
-        assert!(o.uncancel().is_ok());
-        assert_eq!(o.state, SubState::Overdue);
-        o.mark_paid();
-        assert_eq!(o.state, SubState::Active);
-    }
-
-    #[test]
-    fn a_pause_skips_its_periods_from_the_next_charge_date_and_resumes() {
-        let mut s = sub(SubState::Active);
-        assert!(s.schedule_pause(0).is_err());
-        assert!(s.schedule_pause(MAX_PAUSE_PERIODS + 1).is_err());
-        assert_eq!(
-            s.schedule_pause(2).as_deref().map(kinds),
-            Ok(vec!["subscription.updated"])
-        );
-        assert_eq!(s.state, SubState::Active, "scheduled: still active");
-        assert!(s.period_end(T - 1).is_empty());
-        assert_eq!(kinds(&s.period_end(T)), vec!["subscription.paused"]);
-        assert_eq!(s.state, SubState::Paused);
-        assert!(!s.state.charges());
-        let resume = add_interval(
-            add_interval(T, IntervalUnit::Month, 1),
-            IntervalUnit::Month,
-            1,
-        );
-        assert_eq!(s.next, resume, "two periods later");
-        assert!(s.period_end(resume - 1).is_empty());
-        assert_eq!(kinds(&s.period_end(resume)), vec!["subscription.resumed"]);
-        assert_eq!((s.state, s.next), (SubState::Active, resume));
-
-        let mut early = sub(SubState::Active);
-        assert!(early.schedule_pause(3).is_ok());
-        assert!(!early.period_end(T).is_empty());
-        assert_eq!(
-            early.resume_pause(T + DAY).as_deref().map(kinds),
-            Ok(vec!["subscription.resumed"])
-        );
-        assert_eq!((early.state, early.next), (SubState::Active, T + DAY));
-        assert!(early.resume_pause(T + DAY).is_err(), "not paused any more");
-
-        let mut unscheduled = sub(SubState::Active);
-        assert!(unscheduled.schedule_pause(1).is_ok());
-        assert!(unscheduled.resume_pause(T).is_ok());
-        assert_eq!(unscheduled.lifecycle.pause_scheduled, None);
-        assert!(unscheduled.period_end(T).is_empty(), "no pause any more");
-        assert_eq!(unscheduled.state, SubState::Active);
-    }
-
-    #[test]
-    fn states_refuse_what_they_do_not_allow() {
-        for st in [
-            SubState::Canceled,
-            SubState::Deactivated,
-            SubState::Paused,
-            SubState::Overdue,
-        ] {
-            assert!(sub(st).schedule_pause(1).is_err(), "{st:?}");
-        }
-        for st in [SubState::Active, SubState::Overdue] {
-            assert!(st.charges() && st.is_live());
-        }
-        for st in [SubState::Canceled, SubState::Paused, SubState::Deactivated] {
-            assert!(!st.charges(), "{st:?}");
-        }
-        let mut p = sub(SubState::Paused);
-        assert!(p.cancel(By::Customer, CancelWhen::PeriodEnd, T).is_ok());
-        assert_eq!(p.state, SubState::Canceled);
-    }
-}
+mod tests;

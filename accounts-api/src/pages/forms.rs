@@ -116,7 +116,7 @@ async fn set_subscription(
         .await
         .map(drop)
     } else {
-        subscriptions::resume(storage, &sess.store, std::slice::from_ref(id), None)
+        subscriptions::resume(storage, &sess.store, std::slice::from_ref(id), now, None)
             .await
             .map(drop)
     };
@@ -221,6 +221,7 @@ pub(super) async fn remove_card(
         &sess.store,
         &account.id,
         &pm,
+        state.settings.clock.now(),
         &extras,
     )
     .await

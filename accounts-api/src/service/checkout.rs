@@ -297,7 +297,7 @@ async fn build_order(
                 canceled: None,
                 renewal: Default::default(),
                 live: deps.live,
-                lifecycle: Default::default(),
+                lifecycle: crate::domain::subscription::Lifecycle::created(now),
                 rebills: Vec::new(),
             });
         }

@@ -155,6 +155,7 @@ mod tests {
             )
         );
         assert_eq!(d["canceledDate"], 5);
+        assert_eq!((&d["changed"], &d["sequence"]), (&json!(5), &json!(1)));
         assert_eq!(d["price"], 14.95);
         assert!(d.get("action").is_none() && d.get("result").is_none());
     }
@@ -199,6 +200,12 @@ mod tests {
         ("autoRenew", J::Bool),
         ("intervalUnit", J::Str),
         ("intervalLength", J::Int),
+        ("changed", J::Int),
+        ("changedValue", J::Int),
+        ("changedInSeconds", J::Int),
+        ("changedDisplay", J::Str),
+        ("changedDisplayISO8601", J::Str),
+        ("sequence", J::Int),
         ("begin", J::Int),
         ("next", J::Int),
         ("nextValue", J::Int),
@@ -321,12 +328,12 @@ mod tests {
             DomainEvent::OrderCompleted(o),
             DomainEvent::SubscriptionActivated(s.clone()),
         ];
-        assert!(s.schedule_pause(2).is_ok_and(|e| e.len() == 1));
+        assert!(s.schedule_pause(2, 4).is_ok_and(|e| e.len() == 1));
         out.push(DomainEvent::SubscriptionUpdated(s.clone()));
         out.extend(s.period_end(s.next));
         out.extend(s.resume_pause(s.next - 1).unwrap_or_default());
         out.extend(s.cancel(by, at_end, 5).unwrap_or_default());
-        out.extend(s.uncancel().unwrap_or_default());
+        out.extend(s.uncancel(5).unwrap_or_default());
         out.extend(
             s.cancel(by, crate::domain::subscription::CancelWhen::Now, 6)
                 .unwrap_or_default(),

@@ -4,12 +4,14 @@ use crate::model::{AccountId, StoreId};
 use crate::storage::{Extras, Storage, StorageError};
 
 /// Forgets a payment method of an account; its subscriptions that used it become
-/// manual-renewal (no payment method, no automatic renewal) — one transaction with `extras`.
+/// manual-renewal (no payment method, no automatic renewal), changed at `now` — one
+/// transaction with `extras`.
 pub async fn forget(
     storage: &dyn Storage,
     store: &StoreId,
     account: &AccountId,
     pm: &str,
+    now: i64,
     extras: &Extras,
 ) -> Result<(), StorageError> {
     storage
@@ -21,8 +23,7 @@ pub async fn forget(
                 if s.payment_method.as_deref() != Some(pm) {
                     return false;
                 }
-                s.payment_method = None;
-                s.auto_renew = false;
+                s.payment_method_removed(now);
                 true
             },
             extras,

@@ -41,16 +41,19 @@ pub async fn cancel(
     .await
 }
 
-/// Schedules a pause of `periods` periods from the next charge date (`POST …/pause`).
+/// Schedules a pause of `periods` periods from the next charge date (`POST …/pause`), at `now`.
 pub async fn pause(
     storage: &dyn Storage,
     store: &StoreId,
     id: &SubscriptionId,
     periods: u32,
+    now: i64,
     answer: Option<IdempotencyWrite>,
 ) -> Result<SubscriptionRecord, StorageError> {
     change(storage, store, id, answer, &|s| {
-        let events = s.schedule_pause(periods).map_err(StorageError::State)?;
+        let events = s
+            .schedule_pause(periods, now)
+            .map_err(StorageError::State)?;
         Ok(transition_rows(s, events))
     })
     .await
@@ -95,12 +98,13 @@ async fn change(
     changed.pop().ok_or(StorageError::NotFound)
 }
 
-/// Uncancels the subscriptions `ids` of `store` (canceled ones become active, active ones stay),
-/// all or none.
+/// Uncancels the subscriptions `ids` of `store` at `now` (canceled ones become active, active
+/// ones stay), all or none.
 pub async fn resume(
     storage: &dyn Storage,
     store: &StoreId,
     ids: &[SubscriptionId],
+    now: i64,
     answer: Option<IdempotencyWrite>,
 ) -> Result<Vec<SubscriptionRecord>, StorageError> {
     let changed = storage
@@ -111,7 +115,7 @@ pub async fn resume(
                 // One `subscription.uncanceled` per actual change: a retried uncancel of an
                 // active subscription succeeds without an event.
                 Ok(super::events::records(
-                    &s.uncancel().map_err(StorageError::State)?,
+                    &s.uncancel(now).map_err(StorageError::State)?,
                 ))
             },
             &Extras {
@@ -132,6 +136,7 @@ pub async fn resume_named(
     storage: &dyn Storage,
     store: &StoreId,
     ids: &[String],
+    now: i64,
     answer: Option<IdempotencyWrite>,
 ) -> Result<Vec<SubscriptionRecord>, StorageError> {
     let mut parsed = Vec::with_capacity(ids.len());
@@ -148,14 +153,14 @@ pub async fn resume_named(
                         .await?
                         .ok_or(StorageError::NotFound)?,
                 };
-                s.uncancel().map_err(StorageError::State)?;
+                s.uncancel(now).map_err(StorageError::State)?;
                 seen.push(s);
             }
             return Err(StorageError::NotFound);
         };
         parsed.push(id);
     }
-    resume(storage, store, &parsed, answer).await
+    resume(storage, store, &parsed, now, answer).await
 }
 
 /// Keeps `answer` under its Idempotency-Key on its own (for requests whose changes were written

@@ -129,6 +129,7 @@ async fn remove(
         &req.store,
         &id,
         &resp.payment_method,
+        state.settings.clock.now(),
         &extras,
     )
     .await

@@ -339,7 +339,9 @@ async fn resume(
             .map(|s| SubscriptionResult::success(s, Resume::NAME))
             .collect(),
     };
-    subscriptions::resume_named(state.storage.as_ref(), &req.store, &ids, req.answer(&resp))
+    let now = state.settings.clock.now();
+    let storage = state.storage.as_ref();
+    subscriptions::resume_named(storage, &req.store, &ids, now, req.answer(&resp))
         .await
         .map_err(|e| map_err(e, Resume::NAME))?;
     Ok(ok_view(&resp))
@@ -412,8 +414,9 @@ async fn pause(
                 "is required and must be 1 to 12",
             )
         })?;
+    let now = state.settings.clock.now();
     changed_view(&state, &id, ACTION, &req, async |id: &SubscriptionId| {
-        subscriptions::pause(state.storage.as_ref(), &req.store, id, periods, None).await
+        subscriptions::pause(state.storage.as_ref(), &req.store, id, periods, now, None).await
     })
     .await
 }

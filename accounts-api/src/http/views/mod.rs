@@ -424,7 +424,21 @@ mod tests {
             rebills: Vec::new(),
         };
         let view = serde_json::to_value(SubscriptionView::of(&s, Some("subscription.get")));
-        let (new, old) = (view.unwrap(), old_json(&s, "subscription.get"));
+        let (new, mut old) = (view.unwrap(), old_json(&s, "subscription.get"));
+        // Added since (issue 13): `changed` in FastSpring's forms and `sequence`. A record stored
+        // before them: its latest instant (the cancellation) and, its `next` less than a period
+        // after `begin`, the first period.
+        let changed = 1_801_000_000_000i64;
+        for (k, v) in [
+            ("changed", serde_json::json!(changed)),
+            ("changedValue", serde_json::json!(changed)),
+            ("changedInSeconds", serde_json::json!(changed / 1000)),
+            ("changedDisplay", serde_json::json!("1/26/27")),
+            ("changedDisplayISO8601", serde_json::json!("2027-01-26")),
+            ("sequence", serde_json::json!(1)),
+        ] {
+            old[k] = v;
+        }
         assert_eq!(new.to_string(), old.to_string());
         let data = serde_json::to_value(SubscriptionView::of(&s, None)).unwrap();
         assert!(data.get("action").is_none() && data.get("result").is_none());

@@ -46,6 +46,17 @@ pub struct SubscriptionView {
     /// `day`, `week`, `month` or `year`.
     pub interval_unit: &'static str,
     pub interval_length: u32,
+    /// When the subscription last changed (ms): created, charged, declined, canceled,
+    /// uncanceled, pause scheduled or removed, paused, resumed, card removed, deactivated.
+    pub changed: i64,
+    pub changed_value: i64,
+    pub changed_in_seconds: i64,
+    pub changed_display: String,
+    #[serde(rename = "changedDisplayISO8601")]
+    pub changed_display_iso8601: String,
+    /// The number of the current billing period: 1 for the first (the checkout's), + 1 per
+    /// charged renewal.
+    pub sequence: u32,
     /// ms.
     pub begin: i64,
     /// `begin` again (FastSpring's backward-compatible field), and in seconds.
@@ -67,8 +78,6 @@ pub struct SubscriptionView {
     pub end_in_seconds: Option<i64>,
     pub periods: Option<u32>,
     pub remaining_periods: Option<u32>,
-    /// The number of the current period: 1 until the first rebill (FastSpring's `sequence`).
-    pub sequence: u32,
     pub next_charge_date: i64,
     pub next_charge_date_value: i64,
     pub next_charge_date_in_seconds: i64,
@@ -106,6 +115,7 @@ impl SubscriptionView {
             .as_deref()
             .and_then(|b| CardBrand::parse(b).ok())
             .map(|b| b.as_str().to_ascii_uppercase());
+        let changed = s.changed();
         Self {
             id: s.id.to_string(),
             subscription: s.id.to_string(),
@@ -128,6 +138,12 @@ impl SubscriptionView {
             expiry: s.expiry.clone(),
             interval_unit: s.interval_unit.as_str(),
             interval_length: s.interval_length,
+            changed,
+            changed_value: changed,
+            changed_in_seconds: changed.div_euclid(1000),
+            changed_display: display_date(changed),
+            changed_display_iso8601: display_date_iso(changed),
+            sequence: s.sequence(),
             begin: s.begin,
             begin_value: s.begin,
             begin_in_seconds: s.begin.div_euclid(1000),
@@ -143,7 +159,6 @@ impl SubscriptionView {
             end_in_seconds: None,
             periods: None,
             remaining_periods: None,
-            sequence: s.sequence(),
             next_charge_date: s.next,
             next_charge_date_value: s.next,
             next_charge_date_in_seconds: s.next.div_euclid(1000),

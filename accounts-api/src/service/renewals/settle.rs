@@ -11,7 +11,6 @@ use crate::domain::renewal::{DAY_MS, RETRY_DAYS, card_expiring};
 use crate::domain::{DomainEvent, Money};
 use crate::model::{
     OrderId, PendingCharge, RenewalState, StoreId, SubState, SubscriptionId, SubscriptionRecord,
-    add_interval,
 };
 use crate::service::events;
 use crate::storage::{RenewalWrites, StorageError};
@@ -127,8 +126,7 @@ pub(super) async fn settle_success(
                     at: now,
                 },
             );
-            s.next = add_interval(p.period, s.interval_unit, s.interval_length);
-            s.mark_paid();
+            s.charged(p.period, now);
             s.renewal = RenewalState {
                 last_charged: Some(now),
                 expiring_notified: s.renewal.expiring_notified,
@@ -195,7 +193,7 @@ pub(super) async fn settle_decline(
             if next_retry.is_none() {
                 out.push(events::record(&s.deactivate(reason, now)));
             } else {
-                s.mark_overdue();
+                s.mark_overdue(now);
             }
             Ok(out.into())
         })

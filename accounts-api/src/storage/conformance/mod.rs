@@ -479,6 +479,7 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
         &st("st"),
         &a.id,
         "pm_1",
+        now + 5,
         &Extras::default(),
     )
     .await
@@ -496,8 +497,14 @@ pub async fn deletes_and_erasures_remove_exactly_their_rows(open: Open) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((s1.payment_method, s1.auto_renew), (None, false));
+    assert_eq!((&s1.payment_method, s1.auto_renew), (&None, false));
+    assert_eq!(
+        s1.changed(),
+        now + 5,
+        "the removal changed it, and that was kept"
+    );
     assert_eq!(s2.payment_method.as_deref(), Some("pm_2"));
+    assert_eq!(s2.changed(), s2.begin, "untouched");
 }
 
 /// Events are listed from `begin` in time order, by processed flag, per store, with paging.
