@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod inproc;
 pub mod lifecycle;
 pub mod localstripe;
+pub mod pages;
 pub mod receiver;
 pub mod recipe;
 pub mod renewals;

@@ -2,7 +2,7 @@
 //! the test that scans the logs runs the real binaries): one-time links (replayed, expired,
 //! tampered → refusal page, no session), the session cookie's attributes, the strict CSP, HTML
 //! escaping, CSRF on every form (missing or wrong → 403 with nothing changed), changes that emit
-//! their events, logout and session expiry.
+//! their events (pause and resume on the dev clock), logout and session expiry.
 
 use accounts_api::settings::Settings;
 use serde_json::{Value, json};
@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tests::accounts::{Merchant, SaveBox, System, start_system_with_env, subscription_order};
 use tests::inproc::{App, spawn_app_with};
+use tests::lifecycle::{TestClock, charges_of, some_job_runs, subscription_of, wait_for};
+use tests::pages::{browser, csrf, event_types, open, page, post_form, sso_url};
 use tests::temp_dir;
 
 fn fresh(env: &[(&str, &str)]) -> System {
@@ -19,15 +21,6 @@ fn fresh(env: &[(&str, &str)]) -> System {
 /// In process, with the real vault binary (the customers' checkouts save a card).
 fn fresh_app(settings: Settings) -> App {
     spawn_app_with(true, settings)
-}
-
-/// A client that does not follow redirects and keeps no cookies (the tests handle both).
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A saving subscription checkout; returns (account id, order answer).
@@ -40,113 +33,6 @@ async fn customer(store: &Merchant, email: &str, first: &str) -> (String, Value)
         a.json["account"].as_str().unwrap_or_default().to_owned(),
         a.json,
     )
-}
-
-async fn sso_url(store: &Merchant, account: &str) -> String {
-    let a = store
-        .call("GET", &format!("/accounts/{account}/authenticate"), None)
-        .await;
-    assert_eq!(a.status, 200, "{}", a.text);
-    let item = &a.json["accounts"][0];
-    assert_eq!(item["action"], "account.authenticate.get");
-    assert_eq!(item["result"], "success");
-    assert_eq!(item["account"], account);
-    assert!(item["expires"].as_i64().is_some());
-    item["url"].as_str().unwrap_or_default().to_owned()
-}
-
-/// Opens the link; returns (status, the `name=value` of the session cookie if one was set,
-/// Set-Cookie header, body).
-async fn open(url: &str) -> (u16, Option<String>, String, String) {
-    let r = browser()
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let status = r.status().as_u16();
-    let set = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let cookie = set
-        .split(';')
-        .next()
-        .filter(|c| c.starts_with("sr_session=") && c.len() > 11)
-        .map(str::to_owned);
-    (status, cookie, set, r.text().await.unwrap_or_default())
-}
-
-async fn page(store: &Merchant, cookie: &str) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = browser()
-        .get(format!("{}/account", store.api))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (s, h) = (r.status().as_u16(), r.headers().clone());
-    (s, h, r.text().await.unwrap_or_default())
-}
-
-async fn post_form(
-    store: &Merchant,
-    cookie: &str,
-    path: &str,
-    form: &[(&str, &str)],
-) -> (u16, String) {
-    let body: String = form
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let r = browser()
-        .post(format!("{}{path}", store.api))
-        .header("cookie", cookie)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    (r.status().as_u16(), r.text().await.unwrap_or_default())
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// The CSRF token in the page's forms.
-fn csrf(html: &str) -> String {
-    let marker = "name=\"csrf\" value=\"";
-    let start = html
-        .find(marker)
-        .map(|i| i + marker.len())
-        .unwrap_or_else(|| panic!("no csrf field in {html}"));
-    html[start..]
-        .split('"')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-async fn event_types(store: &Merchant) -> Vec<String> {
-    let a = store.unprocessed_events(&[("begin", "0")]).await;
-    a.json["events"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|e| e["type"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,4 +426,115 @@ async fn a_cancel_from_the_account_page_and_from_the_api_emit_the_same_subscript
             assert!(data.get("action").is_none() && data.get("result").is_none());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_on_the_account_page_follow_the_api_rules_and_write_its_events() {
+    let clock = TestClock::new();
+    let sys = clock.start_system("strongroom-page-pause-");
+    let store = sys.merchant(&sys.demo);
+    let (account, order) = customer(&store, "pausepage@example.com", "Pia").await;
+    let sub = order["items"][0]["subscription"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, cookie, _, _) = open(&sso_url(&store, &account).await).await;
+    let cookie = cookie.unwrap_or_default();
+    let form = |action: &str| format!("/account/subscriptions/{sub}/{action}");
+    let offered = async |action: &str| {
+        let (status, _, html) = page(&store, &cookie).await;
+        assert_eq!(status, 200);
+        html.contains(&format!("action=\"{}\"", form(action)))
+    };
+    let token = csrf(&page(&store, &cookie).await.2);
+    assert!(offered("pause").await && !offered("unpause").await);
+    let lifecycle = async || -> Vec<String> {
+        let kinds = [
+            "subscription.updated",
+            "subscription.paused",
+            "subscription.resumed",
+        ];
+        let all = event_types(&store).await;
+        all.into_iter()
+            .filter(|t| kinds.contains(&t.as_str()))
+            .collect()
+    };
+
+    // Without the session's CSRF token: 403 and nothing changes.
+    for action in ["pause", "unpause"] {
+        for bad in [vec![], vec![("csrf", "forged")]] {
+            let (status, _) = post_form(&store, &cookie, &form(action), &bad).await;
+            assert_eq!(status, 403, "{action} with {bad:?}");
+        }
+    }
+    let s = subscription_of(&store, &sub).await;
+    assert_eq!(
+        (&s["state"], &s["isPauseScheduled"]),
+        (&json!("active"), &json!(false))
+    );
+    assert!(lifecycle().await.is_empty(), "no event");
+
+    let post = async |action: &str| {
+        let (status, body) = post_form(&store, &cookie, &form(action), &[("csrf", &token)]).await;
+        assert_eq!(status, 303, "{action}: {body}");
+    };
+    // Pause 1 period: scheduled from the next charge date, as `POST …/pause` does; Resume
+    // removes it again.
+    post("pause").await;
+    let s = subscription_of(&store, &sub).await;
+    assert_eq!(
+        (&s["state"], &s["isPauseScheduled"]),
+        (&json!("active"), &json!(true))
+    );
+    assert!(offered("unpause").await && !offered("pause").await);
+    post("unpause").await;
+    assert_eq!(
+        subscription_of(&store, &sub).await["isPauseScheduled"],
+        false
+    );
+    assert!(offered("pause").await);
+
+    // Paused at the charge date (the renewal job), then resumed from the page.
+    post("pause").await;
+    let next = subscription_of(&store, &sub).await["next"]
+        .as_i64()
+        .unwrap_or_default();
+    clock.set(next + 3_600_000);
+    wait_for(&store, &sub, "paused", |s| s["state"] == "paused").await;
+    assert!(offered("unpause").await && offered("cancel").await && !offered("pause").await);
+    post("unpause").await;
+    let s = subscription_of(&store, &sub).await;
+    assert_eq!(
+        (&s["state"], &s["isPauseScheduled"]),
+        (&json!("active"), &json!(false))
+    );
+    // A second click finds it running: back to the page, no second event.
+    post("unpause").await;
+    assert_eq!(
+        lifecycle().await,
+        [
+            "subscription.updated",
+            "subscription.updated",
+            "subscription.updated",
+            "subscription.paused",
+            "subscription.resumed"
+        ],
+        "the API's events, one per change"
+    );
+    // The resumed period is charged, once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while charges_of(&sys.processor, &sys.demo.store, &sub)
+        .await
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "never charged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    some_job_runs().await;
+    assert_eq!(
+        charges_of(&sys.processor, &sys.demo.store, &sub)
+            .await
+            .len(),
+        1
+    );
 }

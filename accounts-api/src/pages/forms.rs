@@ -82,12 +82,29 @@ fn profile_body(f: &HashMap<String, String>) -> Map<String, Value> {
     body
 }
 
+/// What a subscription form on the account page asks for; each is the API's service call (the
+/// customer's rules for a cancel), so it writes the same events.
+#[derive(Debug, Clone, Copy)]
+enum SubscriptionForm {
+    /// At the end of the paid period (`DELETE /subscriptions/{id}`).
+    Cancel,
+    /// A canceled one runs on (`POST /subscriptions/{id}`).
+    Uncancel,
+    /// One period from the next charge date (`POST /subscriptions/{id}/pause`).
+    Pause,
+    /// Removes a scheduled pause or ends a pause now (`POST /subscriptions/{id}/resume`).
+    Unpause,
+}
+
+/// Periods the page's pause skips.
+const PAGE_PAUSE_PERIODS: u32 = 1;
+
 async fn set_subscription(
     state: &SharedState,
     headers: &HeaderMap,
     id: &str,
     form: &Result<Form<PageForm>, FormRejection>,
-    cancel: bool,
+    what: SubscriptionForm,
 ) -> Response {
     let (_, sess, account) = match form_session(state, headers, form).await {
         Ok(v) => v,
@@ -101,24 +118,28 @@ async fn set_subscription(
         );
     };
     use crate::service::subscriptions::{self, By, CancelWhen};
-    let storage = state.storage.as_ref();
+    let (storage, store) = (state.storage.as_ref(), &sess.store);
     let now = state.settings.clock.now();
-    let r = if cancel {
-        subscriptions::cancel(
-            storage,
-            &sess.store,
-            id,
-            By::Customer,
-            CancelWhen::PeriodEnd,
-            now,
-            None,
-        )
-        .await
-        .map(drop)
-    } else {
-        subscriptions::resume(storage, &sess.store, std::slice::from_ref(id), now, None)
+    let r = match what {
+        SubscriptionForm::Cancel => {
+            let (by, when) = (By::Customer, CancelWhen::PeriodEnd);
+            subscriptions::cancel(storage, store, id, by, when, now, None)
+                .await
+                .map(drop)
+        }
+        SubscriptionForm::Uncancel => {
+            subscriptions::resume(storage, store, std::slice::from_ref(id), now, None)
+                .await
+                .map(drop)
+        }
+        SubscriptionForm::Pause => {
+            subscriptions::pause(storage, store, id, PAGE_PAUSE_PERIODS, now, None)
+                .await
+                .map(drop)
+        }
+        SubscriptionForm::Unpause => subscriptions::unpause(storage, store, id, now, None)
             .await
-            .map(drop)
+            .map(drop),
     };
     match r {
         Ok(()) => back_to_account(),
@@ -128,45 +149,60 @@ async fn set_subscription(
     }
 }
 
-#[utoipa::path(
-    post,
-    operation_id = "account_pages.cancel",
-    path = "/account/subscriptions/{id}/cancel",
-    tags = ["account-pages", "strongroom-extension"],
-    summary = "Cancel a subscription",
-    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
-    security(("session" = []))
-)]
-pub(super) async fn cancel(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    form: Result<Form<PageForm>, FormRejection>,
-) -> Response {
-    set_subscription(&state, &headers, &id, &form, true).await
+/// One page form per subscription action: its route (documented in the OpenAPI like every
+/// page form) and a handler that runs [`set_subscription`].
+macro_rules! subscription_form {
+    ($handler:ident, $op:literal, $path:literal, $summary:literal, $what:expr) => {
+        #[utoipa::path(
+            post,
+            operation_id = $op,
+            path = $path,
+            tags = ["account-pages", "strongroom-extension"],
+            summary = $summary,
+            params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
+            request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"),
+            responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
+            security(("session" = []))
+        )]
+        pub(super) async fn $handler(
+            State(state): State<SharedState>,
+            headers: HeaderMap,
+            Path(id): Path<String>,
+            form: Result<Form<PageForm>, FormRejection>,
+        ) -> Response {
+            set_subscription(&state, &headers, &id, &form, $what).await
+        }
+    };
 }
 
-#[utoipa::path(
-    post,
-    operation_id = "account_pages.resume",
-    path = "/account/subscriptions/{id}/resume",
-    tags = ["account-pages", "strongroom-extension"],
-    summary = "Resume a subscription",
-    params(("id" = String, Path, description = "The id (scoped to the caller's store)")),
-    request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "Done: back to /account"), (status = 401, description = "No or expired session: sign-in page", content_type = "text/html", body = String), (status = 403, description = "Missing or wrong CSRF token", content_type = "text/html", body = String), (status = 404, description = "Not found", content_type = "text/html", body = String), (status = 409, description = "State rule refused the change", content_type = "text/html", body = String), (status = 422, description = "Invalid form field", content_type = "text/html", body = String), (status = 503, description = "The vault is unreachable", content_type = "text/html", body = String)),
-    security(("session" = []))
-)]
-pub(super) async fn resume(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    form: Result<Form<PageForm>, FormRejection>,
-) -> Response {
-    set_subscription(&state, &headers, &id, &form, false).await
-}
+subscription_form!(
+    cancel,
+    "account_pages.cancel",
+    "/account/subscriptions/{id}/cancel",
+    "Cancel a subscription",
+    SubscriptionForm::Cancel
+);
+subscription_form!(
+    resume,
+    "account_pages.resume",
+    "/account/subscriptions/{id}/resume",
+    "Resume a canceled subscription (uncancel)",
+    SubscriptionForm::Uncancel
+);
+subscription_form!(
+    pause,
+    "account_pages.pause",
+    "/account/subscriptions/{id}/pause",
+    "Pause a subscription for 1 period from its next charge date",
+    SubscriptionForm::Pause
+);
+subscription_form!(
+    unpause,
+    "account_pages.unpause",
+    "/account/subscriptions/{id}/unpause",
+    "Remove a scheduled pause, or resume a paused subscription now",
+    SubscriptionForm::Unpause
+);
 
 #[utoipa::path(
     post,
@@ -264,4 +300,24 @@ pub(super) async fn logout(
     resp.headers_mut()
         .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_subscription_form_is_documented_with_its_own_operation() {
+        let doc = serde_json::to_value(crate::openapi::document()).unwrap_or_default();
+        for (action, op) in [
+            ("cancel", "account_pages.cancel"),
+            ("resume", "account_pages.resume"),
+            ("pause", "account_pages.pause"),
+            ("unpause", "account_pages.unpause"),
+        ] {
+            let path = format!("/account/subscriptions/{{id}}/{action}");
+            let post = &doc["paths"][path.as_str()]["post"];
+            assert_eq!(post["operationId"], op, "{path}");
+            assert_eq!(post["x-strongroom-extension"], true, "{path}");
+            assert!(post["responses"]["403"].is_object(), "{path}: {post}");
+        }
+    }
 }

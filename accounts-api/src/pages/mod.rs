@@ -69,6 +69,8 @@ pub fn router() -> OpenApiRouter<SharedState> {
         .routes(routes!(forms::update_profile))
         .routes(routes!(forms::cancel))
         .routes(routes!(forms::resume))
+        .routes(routes!(forms::pause))
+        .routes(routes!(forms::unpause))
         .routes(routes!(forms::remove_card))
         .routes(routes!(forms::logout))
 }

@@ -182,31 +182,27 @@ pub fn account(
             "<table><tr><th>Product</th><th>State</th><th>Renewal</th><th>Next charge</th><th></th></tr>",
         );
         for s in subs {
-            // Only the action the state allows (the customer cancels a running subscription —
-            // active, overdue or paused — and uncancels a canceled one); a deactivated one has
-            // none.
-            let action = match s.state {
-                SubState::Active | SubState::Overdue | SubState::Paused => {
-                    Some(("Cancel", "cancel"))
-                }
-                SubState::Canceled => Some(("Resume", "resume")),
-                SubState::Deactivated => None,
-            };
-            let form = match action {
-                Some((label, action)) => format!(
-                    "<form class=\"inline\" method=\"post\" \
-                     action=\"/account/subscriptions/{}/{action}\">{csrf}\
-                     <button type=\"submit\">{label}</button></form>",
-                    esc(s.id.as_str())
-                ),
-                None => String::new(),
-            };
+            let form: String = actions(s)
+                .iter()
+                .map(|(label, action)| {
+                    format!(
+                        "<form class=\"inline\" method=\"post\" \
+                         action=\"/account/subscriptions/{}/{action}\">{csrf}\
+                         <button type=\"submit\">{label}</button></form>",
+                        esc(s.id.as_str())
+                    )
+                })
+                .collect();
             let _ = write!(
                 out,
                 "<tr class=\"subscription\"><td>{}</td><td>{}</td><td>{}</td><td>{} · {}</td><td>\
                  {form}</td></tr>",
                 esc(&s.product),
-                s.state.as_str(),
+                if s.lifecycle.pause_scheduled.is_some() {
+                    "active · pause scheduled"
+                } else {
+                    s.state.as_str()
+                },
                 if s.auto_renew { "automatic" } else { "manual" },
                 esc(&display_date(s.next)),
                 money(s.price * i64::from(s.quantity), &s.currency),
@@ -239,6 +235,22 @@ pub fn account(
          <button type=\"submit\" id=\"logout\">Sign out</button></form>"
     );
     out
+}
+
+/// The actions (button label, form path) a subscription's state allows the customer: cancel a
+/// running one (active, overdue or paused), uncancel a canceled one, pause an active one for a
+/// period, resume a paused one or one with a pause scheduled; none on a deactivated one.
+fn actions(s: &SubscriptionRecord) -> Vec<(&'static str, &'static str)> {
+    const CANCEL: (&str, &str) = ("Cancel", "cancel");
+    const RESUME: (&str, &str) = ("Resume", "unpause");
+    match s.state {
+        SubState::Active if s.lifecycle.pause_scheduled.is_some() => vec![CANCEL, RESUME],
+        SubState::Active => vec![CANCEL, ("Pause 1 period", "pause")],
+        SubState::Overdue => vec![CANCEL],
+        SubState::Paused => vec![CANCEL, RESUME],
+        SubState::Canceled => vec![("Resume", "resume")],
+        SubState::Deactivated => vec![],
+    }
 }
 
 #[cfg(test)]
@@ -286,5 +298,52 @@ mod tests {
                 running.state
             );
         }
+    }
+
+    #[test]
+    fn pause_is_offered_on_an_active_subscription_and_resume_on_a_paused_or_pause_scheduled_one() {
+        let mut a = fixtures::account("st", "pause-page@example.com", None);
+        let mut subs = Vec::new();
+        for (state, scheduled) in [
+            (SubState::Active, false),
+            (SubState::Active, true),
+            (SubState::Paused, false),
+            (SubState::Overdue, false),
+            (SubState::Canceled, false),
+            (SubState::Deactivated, false),
+        ] {
+            let mut s = fixtures::subscription("st", &a.id, 0, Some("pm_1"));
+            s.state = state;
+            s.lifecycle.pause_scheduled = scheduled.then_some(1);
+            a.subscriptions.push(s.id.clone());
+            subs.push(s);
+        }
+        let html = account(&a, &subs, &[], "");
+        let offers = |s: &SubscriptionRecord, action: &str| {
+            html.contains(&format!(
+                "action=\"/account/subscriptions/{}/{action}\"",
+                s.id.as_str()
+            ))
+        };
+        // (pause, unpause, cancel) per subscription above.
+        let expected = [
+            (true, false, true),
+            (false, true, true),
+            (false, true, true),
+            (false, false, true),
+            (false, false, false),
+            (false, false, false),
+        ];
+        for (s, want) in subs.iter().zip(expected) {
+            let got = (
+                offers(s, "pause"),
+                offers(s, "unpause"),
+                offers(s, "cancel"),
+            );
+            let what = (s.state, s.lifecycle.pause_scheduled);
+            assert_eq!(got, want, "{what:?}");
+        }
+        assert!(html.contains(">Pause 1 period</button>"));
+        assert!(html.contains("active · pause scheduled"), "the row says so");
     }
 }
