@@ -7,6 +7,7 @@ use crate::accounts::{System, order_body};
 use accounts_api::model::EventRecord;
 use accounts_api::storage::{SledStorage, Storage as _};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 /// Completes a checkout with one monthly subscription; returns (account id, subscription id).
 pub async fn checkout(sys: &System, token: &str, save: bool) -> (String, String) {
@@ -89,4 +90,67 @@ pub async fn entries(sys: &System, sub: &str) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_else(|| panic!("entries are an array: {}", a.text))
+}
+
+/// The environment of a system whose vault charges through `sandbox` (which outlives the
+/// system), with the renewal job every `interval` seconds (`0`: on demand only).
+pub fn processor_env<'a>(
+    sandbox: &'a crate::sandbox::Sandbox,
+    interval: &'a str,
+) -> [(&'a str, &'a str); 3] {
+    [
+        ("VAULT_PROCESSOR_URL", sandbox.url.as_str()),
+        ("VAULT_PROCESSOR_SECRET_KEY", crate::sandbox::SECRET),
+        ("STRONGROOM_RENEWALS_INTERVAL_SECS", interval),
+    ]
+}
+
+/// Sends a rebill of `sub` and kills accounts-api and the vault (SIGKILL) 1.5 s later, while
+/// the processor (`sandbox`, started with `--delay-ms 3000`, outliving the system) is deciding
+/// it; waits until the processor has it. Returns the period's processor key and `next` then.
+pub async fn crash_mid_rebill(
+    mut sys: System,
+    sub: &str,
+    sandbox: &crate::sandbox::Sandbox,
+) -> (String, i64) {
+    let next = subscription(&sys, sub).await["next"]
+        .as_i64()
+        .unwrap_or_default();
+    let http = sys.http.clone();
+    let url = format!("{}/subscriptions/charge", sys.api);
+    let (user, pass) = (sys.demo.username.clone(), sys.demo.password.clone());
+    let body = json!({"subscriptions": [{"subscription": sub}]}).to_string();
+    let in_flight = tokio::spawn(async move {
+        http.post(url)
+            .basic_auth(user, Some(pass))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sys.service.kill();
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(sys.vault_pid.to_string())
+        .status();
+    assert!(
+        in_flight.await.map(|r| r.is_err()).unwrap_or(true),
+        "the client saw the crash"
+    );
+    let key = format!("{}:{sub}:{next}", sys.demo.store);
+    drop(sys);
+    // The processor completes the charge it received.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while crate::sandbox::charges_with_key(&sandbox.url, &key)
+        .await
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the charge never reached the sandbox"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (key, next)
 }
