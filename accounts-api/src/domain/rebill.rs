@@ -168,11 +168,18 @@ mod tests {
         original.items.push(item(&s));
         (s.quantity, s.brand, s.last4) = (2, Some("visa".into()), Some("4242".into()));
         let (orders_before, charges_before) = (a.orders.len(), a.charges.len());
+        // As checkout writes it; each rebill is recorded, then the period charged, as the
+        // settlement does.
+        s.lifecycle.sequence = Some(1);
         assert_eq!(s.sequence(), 1);
 
-        let first = s.record_rebill(&mut a, &paid("r1", Some(&original), s.next));
-        let second_period = add_interval(s.next, s.interval_unit, s.interval_length);
+        let first_period = s.next;
+        let first = s.record_rebill(&mut a, &paid("r1", Some(&original), first_period));
+        s.charged(first_period, first_period + 60_000);
+        let second_period = add_interval(first_period, s.interval_unit, s.interval_length);
+        assert_eq!(s.next, second_period);
         let second = s.record_rebill(&mut a, &paid("r2", Some(&original), second_period));
+        s.charged(second_period, second_period + 60_000);
 
         assert_eq!(
             (first.reference.as_str(), second.reference.as_str()),
@@ -201,7 +208,7 @@ mod tests {
             (s.brand.clone(), s.last4.clone())
         );
         assert_eq!(first.payment_method, s.payment_method);
-        assert_eq!(first.completed, s.next + 60_000);
+        assert_eq!(first.completed, first_period + 60_000);
 
         // The account lists both orders and both charges, each charge naming its order.
         assert_eq!(
@@ -223,7 +230,10 @@ mod tests {
             entries[0].end,
             add_interval(s.begin, IntervalUnit::Month, 1)
         );
-        assert_eq!((entries[1].begin, entries[1].end), (s.next, second_period));
+        assert_eq!(
+            (entries[1].begin, entries[1].end),
+            (first_period, second_period)
+        );
         assert_eq!(entries[2].begin, second_period);
     }
 
@@ -239,7 +249,10 @@ mod tests {
             ..item(&s1)
         };
         original.items.extend([item(&s1), one_off, item(&s2)]);
+        s1.lifecycle.sequence = Some(1);
+        s2.lifecycle.sequence = Some(1);
         let r1 = s1.record_rebill(&mut a, &paid("r1", Some(&original), T));
+        s1.charged(T, T);
         let r2 = s2.record_rebill(&mut a, &paid("r2", Some(&original), T));
         assert_eq!(r1.reference, format!("{}-1-2B", original.reference));
         assert_eq!(r2.reference, format!("{}-3-2B", original.reference));
