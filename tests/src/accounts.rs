@@ -537,6 +537,26 @@ impl Merchant {
             .await
     }
 
+    /// The ids of every unprocessed event of the store (`GET /events/unprocessed?begin=0`).
+    pub async fn unprocessed_ids(&self) -> Vec<String> {
+        let a = self.unprocessed_events(&[("begin", "0")]).await;
+        a.json["events"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|e| e["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A completed one-off order for `email` (no token saved, so no vault needed): the order.
+    pub async fn one_off_checkout(&self, email: &str) -> Value {
+        let a = self.complete_order(&one_off_order(email)).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        a.json
+    }
+
     /// `GET /events/processed?k=v&…`.
     pub async fn processed_events(&self, query: &[(&str, &str)]) -> Answer {
         self.call("GET", &with_query("/events/processed", query), None)

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use tests::accounts::{Merchant, System, one_off_order, start_system_with_env};
+use tests::accounts::{Merchant, System, start_system_with_env};
 use tests::inproc::{App, spawn_app_with};
 use tests::receiver::{Receiver, Reply};
 use tests::{bin_path, run, temp_dir};
@@ -47,25 +47,6 @@ async fn add_hook(store: &Merchant, url: &str, secret: Option<&str>) -> Value {
     let a = store.add_webhook(&body).await;
     assert_eq!(a.status, 200, "{}", a.text);
     a.json
-}
-
-/// A one-off order (no token saved, so no vault needed).
-async fn checkout(store: &Merchant, email: &str) -> Value {
-    let a = store.complete_order(&one_off_order(email)).await;
-    assert_eq!(a.status, 200, "{}", a.text);
-    a.json
-}
-
-async fn unprocessed_ids(store: &Merchant) -> Vec<String> {
-    let a = store.unprocessed_events(&[("begin", "0")]).await;
-    a.json["events"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|e| e["id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +93,7 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
     assert!(!list.text.contains(secret), "{}", list.text);
     assert_eq!(list.json["webhooks"][0]["url"], rx.url());
 
-    let order = checkout(&demo, "hooked@example.com").await;
+    let order = demo.one_off_checkout("hooked@example.com").await;
     rx.wait_until(Duration::from_secs(15), "two events", |p| {
         p.iter().flat_map(|p| p.event_ids()).count() >= 2
     })
@@ -139,13 +120,13 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
     assert_eq!(types, vec!["account.created", "order.completed"]);
     assert_eq!(events[1]["data"]["order"], order["id"]);
     // 200: all processed (the settling write follows the answer; give it a moment).
-    let mut left = unprocessed_ids(&demo).await;
+    let mut left = demo.unprocessed_ids().await;
     for _ in 0..50 {
         if left.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        left = unprocessed_ids(&demo).await;
+        left = demo.unprocessed_ids().await;
     }
     assert!(left.is_empty(), "still unprocessed: {left:?}");
     // Nothing is re-sent after a 200.
@@ -159,7 +140,7 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
         .await;
     assert_eq!(rot.status, 200, "{}", rot.text);
     assert_eq!(rot.json["action"], "webhooks.update");
-    checkout(&demo, "hooked@example.com").await;
+    demo.one_off_checkout("hooked@example.com").await;
     rx.wait_until(Duration::from_secs(15), "the next post", |p| {
         p.len() >= 2 && p.iter().flat_map(|p| p.event_ids()).count() >= 3
     })
@@ -176,7 +157,7 @@ async fn signed_delivery_verifies_and_a_200_marks_every_event_processed() {
 /// (`account.created`, `order.completed`).
 async fn first_post_ids(app: &App, rx: &Receiver, email: &str) -> (String, String) {
     add_hook(app, &rx.url(), None).await;
-    checkout(app, email).await;
+    app.one_off_checkout(email).await;
     rx.wait_until(Duration::from_secs(15), "a first attempt", |p| {
         !p.is_empty()
     })
@@ -200,13 +181,13 @@ async fn first_post_ids(app: &App, rx: &Receiver, email: &str) -> (String, Strin
 /// Polls `GET /events/unprocessed` until it lists exactly `want` (the settling write follows
 /// the receiver's answer), or gives its last answer after 5 s.
 async fn unprocessed_become(store: &Merchant, want: &[String]) -> Vec<String> {
-    let mut left = unprocessed_ids(store).await;
+    let mut left = store.unprocessed_ids().await;
     for _ in 0..50 {
         if left == want {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        left = unprocessed_ids(store).await;
+        left = store.unprocessed_ids().await;
     }
     left
 }
@@ -300,7 +281,7 @@ async fn an_event_a_202_left_out_is_not_re_sent_once_marked_processed_by_the_eve
     let n = rx.posts().len();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(rx.posts().len(), n, "re-sent after it was marked processed");
-    assert!(unprocessed_ids(&app).await.is_empty());
+    assert!(app.unprocessed_ids().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,7 +311,7 @@ async fn a_202_whose_body_is_not_a_list_of_ids_or_is_too_long_acknowledges_nothi
         assert_eq!(with, later, "re-sent: nothing was acknowledged");
         let (with, _) = posts_with(&rx, n, &order_completed);
         assert_eq!(with, later);
-        assert_eq!(unprocessed_ids(&app).await.len(), 2);
+        assert_eq!(app.unprocessed_ids().await.len(), 2);
     }
     // The same list, short: both acknowledged.
     rx.set_reply(Reply::Raw(202, both));
@@ -355,9 +336,9 @@ async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a
         Some("restart-secret"),
     )
     .await;
-    checkout(&demo, "down1@example.com").await;
-    checkout(&demo, "down2@example.com").await;
-    let expected = unprocessed_ids(&demo).await;
+    demo.one_off_checkout("down1@example.com").await;
+    demo.one_off_checkout("down2@example.com").await;
+    let expected = demo.unprocessed_ids().await;
     assert_eq!(expected.len(), 4);
     // Let some attempts fail, then crash the server (SIGKILL, no goodbye).
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -397,13 +378,13 @@ async fn events_are_retried_until_the_receiver_is_back_and_none_is_lost_across_a
     )
     .await;
     assert!(rx.posts().iter().all(|p| p.signature_valid == Some(true)));
-    let mut left = unprocessed_ids(&demo).await;
+    let mut left = demo.unprocessed_ids().await;
     for _ in 0..50 {
         if left.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        left = unprocessed_ids(&demo).await;
+        left = demo.unprocessed_ids().await;
     }
     assert!(left.is_empty(), "{left:?}");
 }
@@ -422,12 +403,12 @@ async fn after_the_last_retry_events_stay_unprocessed_for_the_pull_api() {
     .await;
     let demo = sys.merchant(&sys.demo);
     add_hook(&demo, &rx.url(), None).await;
-    checkout(&demo, "giveup@example.com").await;
+    demo.one_off_checkout("giveup@example.com").await;
     rx.wait_until(Duration::from_secs(15), "three attempts", |p| p.len() >= 3)
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rx.posts().len(), 3, "no attempt after the last");
-    assert_eq!(unprocessed_ids(&demo).await.len(), 2);
+    assert_eq!(demo.unprocessed_ids().await.len(), 2);
     assert!(sys.logs().contains("gave up"));
 }
 
@@ -484,7 +465,7 @@ async fn the_cli_adds_lists_and_removes_webhooks_while_the_server_runs() {
         "{out}"
     );
 
-    checkout(&app, "cli@example.com").await;
+    app.one_off_checkout("cli@example.com").await;
     rx.wait_until(Duration::from_secs(15), "a signed post", |p| !p.is_empty())
         .await;
     assert_eq!(rx.posts()[0].signature_valid, Some(true));

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tests::accounts::{Merchant, System, create_store, one_off_order, start_system_with_env};
+use tests::accounts::{System, create_store, start_system_with_env};
 use tests::inproc::{App, spawn_app_with};
 use tests::receiver::{Receiver, Reply};
 use tests::{bin_path, run, temp_dir};
@@ -21,24 +21,6 @@ const FAST: &[(&str, &str)] = &[
 
 fn local() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())
-}
-
-async fn checkout(store: &Merchant, email: &str) -> Value {
-    let a = store.complete_order(&one_off_order(email)).await;
-    assert_eq!(a.status, 200, "{}", a.text);
-    a.json
-}
-
-async fn unprocessed_ids(store: &Merchant) -> Vec<String> {
-    let a = store.unprocessed_events(&[("begin", "0")]).await;
-    a.json["events"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|e| e["id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The peak resident set (VmHWM, KiB) of a process, from /proc.
@@ -163,7 +145,7 @@ async fn a_202_with_a_200_mb_body_is_not_read_whole_and_its_events_are_sent_agai
     let flood = FloodReceiver::start(202, 200 * 1024 * 1024).await;
     let a = demo.add_webhook(&json!({"url": flood.url})).await;
     assert_eq!(a.status, 200, "{}", a.text);
-    checkout(&demo, "flood@example.com").await;
+    demo.one_off_checkout("flood@example.com").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     // Re-sent: the 202's body acknowledged nothing, so the same events come again.
     while flood.posts().len() < 3 {
@@ -177,7 +159,7 @@ async fn a_202_with_a_200_mb_body_is_not_read_whole_and_its_events_are_sent_agai
     let posts = flood.posts();
     assert!(!posts[0].is_empty());
     assert_eq!(posts[1], posts[0], "the same events again");
-    let pending = unprocessed_ids(&demo).await;
+    let pending = demo.unprocessed_ids().await;
     assert!(
         posts[0].iter().all(|id| pending.contains(id)),
         "still unprocessed: {pending:?}"
@@ -192,7 +174,7 @@ async fn a_202_with_a_200_mb_body_is_not_read_whole_and_its_events_are_sent_agai
     // A 200 with such a body: processed, the body never read.
     flood.status.store(200, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !unprocessed_ids(&demo).await.is_empty() {
+    while !demo.unprocessed_ids().await.is_empty() {
         assert!(
             Instant::now() < deadline,
             "a 200 marks the events processed"
@@ -266,16 +248,16 @@ async fn a_store_with_100_hanging_webhooks_does_not_delay_another_stores_deliver
     let a = other.add_webhook(&json!({"url": rx.url()})).await;
     assert_eq!(a.status, 200, "{}", a.text);
 
-    checkout(&hog, "hog@example.com").await;
+    hog.one_off_checkout("hog@example.com").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while open.load(Ordering::SeqCst) < 8 {
         assert!(Instant::now() < deadline, "the hog's posts never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Its posts hang; a second checkout gives it more due rows while they do.
-    checkout(&hog, "hog2@example.com").await;
+    hog.one_off_checkout("hog2@example.com").await;
     let started = Instant::now();
-    checkout(&other, "other@example.com").await;
+    other.one_off_checkout("other@example.com").await;
     rx.wait_until(Duration::from_secs(15), "the other store's events", |p| {
         p.iter().flat_map(|p| p.event_ids()).count() >= 2
     })
@@ -409,7 +391,7 @@ async fn allow_listed_loopback_delivers_and_the_per_store_limit_answers_422() {
             .map(Vec::len),
         Some(2)
     );
-    checkout(&app, "allowed@example.com").await;
+    app.one_off_checkout("allowed@example.com").await;
     // Both webhooks (by address and by allowed name) deliver both events.
     rx.wait_until(Duration::from_secs(15), "two posts of two events", |p| {
         p.iter().flat_map(|p| p.event_ids()).count() >= 4
@@ -435,7 +417,7 @@ async fn a_webhook_stored_under_a_wider_policy_is_not_posted_to_after_a_restart_
         assert_eq!(a.status, 200, "{}", a.text);
         hooks.push(a.str("/webhook/id"));
     }
-    checkout(&demo, "before@example.com").await;
+    demo.one_off_checkout("before@example.com").await;
     rx.wait_until(Duration::from_secs(15), "both webhooks delivered", |p| {
         p.iter().flat_map(|p| p.event_ids()).count() >= 4
     })
@@ -449,7 +431,7 @@ async fn a_webhook_stored_under_a_wider_policy_is_not_posted_to_after_a_restart_
         &[FAST[0], FAST[1], ("STRONGROOM_WEBHOOK_ALLOW", "none")],
     );
     let demo = sys.merchant(&sys.demo);
-    let order = checkout(&demo, "after@example.com").await;
+    let order = demo.one_off_checkout("after@example.com").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     // Each webhook's refusal is logged (the address literal by the pre-check, the name by the
     // client's resolver): the dispatcher did try, and refused.
@@ -477,7 +459,7 @@ async fn a_webhook_stored_under_a_wider_policy_is_not_posted_to_after_a_restart_
         delivered,
         "nothing posted after the restart"
     );
-    let pending = unprocessed_ids(&demo).await;
+    let pending = demo.unprocessed_ids().await;
     assert!(
         pending.len() >= 2,
         "the new events stay unprocessed: {pending:?} {order}"
