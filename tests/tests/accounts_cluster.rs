@@ -528,3 +528,89 @@ async fn on_the_cluster_a_pause_of_1_period_is_not_charged_in_it_and_charged_onc
         assert_eq!(events_of(&a, kind, &sub).await.len(), n, "{kind}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_cluster_a_paid_renewal_writes_one_rebill_order_that_every_instance_reads() {
+    let Some((clock, sys)) = lifecycle_cluster() else {
+        return;
+    };
+    let (a, b) = (on(&sys, 0), on(&sys, 1));
+    let (sub, next) = one_subscription(&a, "rebill@example.com").await;
+    let original = subscription_of(&a, &sub).await["order"].clone();
+    let entries = |m: &Merchant| {
+        let (m, path) = (m.clone(), format!("/subscriptions/{sub}/entries"));
+        async move {
+            let e = m.call("GET", &path, None).await;
+            assert_eq!(e.status, StatusCode::OK, "{}", e.text);
+            e.json.as_array().cloned().unwrap_or_default()
+        }
+    };
+    let first = entries(&b).await;
+    assert_eq!(first.len(), 1, "the original order alone: {first:?}");
+    let reference = first[0]["order"]["reference"].clone();
+
+    // The date passes with both instances' jobs running: the period is charged once, and its
+    // rebill order is written once, in the same transaction.
+    clock.set(next + 3_600_000);
+    let s = wait_for(&a, &sub, "the first renewal", |s| {
+        s["next"].as_i64() > Some(next)
+    })
+    .await;
+    assert_eq!(s["sequence"], 2, "{s}");
+    some_job_runs().await;
+    let store = a.creds.store.as_str();
+    assert_eq!(charges_of(&sys.processor, store, &sub).await.len(), 1);
+
+    // Both instances list the same two entries; the rebill is an order either one reads.
+    let (on_a, on_b) = (entries(&a).await, entries(&b).await);
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_a.len(), 2, "{on_a:?}");
+    assert_eq!(on_a[0]["order"]["id"], original);
+    let rebill = &on_a[1]["order"];
+    assert_eq!(
+        rebill["reference"],
+        format!("{}-1-2B", reference.as_str().unwrap_or_default())
+    );
+    assert_eq!(
+        (&on_a[1]["beginPeriodDate"], &on_a[1]["endPeriodDate"]),
+        (&json!(next), &s["next"])
+    );
+    let id = rebill["id"].as_str().unwrap_or_default();
+    for m in [&a, &b] {
+        let read = m.call("GET", &format!("/orders/{id}"), None).await;
+        assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+        assert_eq!(
+            (&read.json["id"], &read.json["total"]),
+            (&json!(id), &json!(14.95))
+        );
+    }
+
+    // One charge event, carrying that order; no order.completed for a rebill.
+    let completed = events_of(&b, "subscription.charge.completed", &sub).await;
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    assert_eq!(
+        (
+            &completed[0]["data"]["order"]["id"],
+            &completed[0]["data"]["sequence"]
+        ),
+        (&json!(id), &json!(2))
+    );
+    let mut completed_orders = Vec::new();
+    for list in [
+        a.unprocessed_events(&[("begin", "0")]).await,
+        a.processed_events(&[("begin", "0")]).await,
+    ] {
+        assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+        let all = list.json["events"].as_array().cloned().unwrap_or_default();
+        completed_orders.extend(
+            all.into_iter()
+                .filter(|e| e["type"] == "order.completed")
+                .map(|e| e["data"]["id"].clone()),
+        );
+    }
+    assert!(completed_orders.contains(&original), "{completed_orders:?}");
+    assert!(
+        !completed_orders.contains(&json!(id)),
+        "a rebill is not a completed checkout"
+    );
+}

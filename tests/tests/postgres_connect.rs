@@ -2,7 +2,8 @@
 //! TLS, the server's certificate chaining to that CA — a server whose certificate another CA
 //! signed, or one without TLS, refuses the start (without `ca`, plain text only to this machine:
 //! unit-tested in `shared::pg`); and durable commits — a database with `synchronous_commit =
-//! off` refuses the start. The servers are throwaway ones on 127.0.0.1 (`pgtest`).
+//! off` refuses the start. And what the start does to a database an older version wrote (its
+//! migrations). The servers are throwaway ones on 127.0.0.1 (`pgtest`).
 
 use accounts_api::storage::{PgStorage, Storage as _};
 use shared::pg::PgSettings;
@@ -109,4 +110,78 @@ async fn a_database_that_would_lose_acknowledged_commits_is_refused_at_start() {
         .psql(&format!("ALTER DATABASE {db} SET synchronous_commit = on"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(PgStorage::open(&settings(url, None)).await.is_ok());
+}
+
+/// A subscription row as a version before migration 7 wrote it: a manual one (no saved card)
+/// already reminded of the period due at `next`, with no work time.
+fn reminded_manual(id: &str, state: &str, next: i64) -> String {
+    serde_json::json!({
+        "id": id, "store": "acme-1a2b3c4d", "account": "AZLd3wv9cTyMHb8FtDqE1w",
+        "order": "AZLd3wv9cTyMHb8FtDqE1y", "product": "pro", "quantity": 1, "price": 1495,
+        "currency": "USD", "intervalUnit": "month", "intervalLength": 1, "state": state,
+        "autoRenew": false, "paymentMethod": null, "paymentKind": "card", "brand": null,
+        "last4": null, "expiry": null, "begin": next - 31 * 86_400_000_i64, "next": next,
+        "canceled": null,
+        "renewal": {"pending": null, "declineReason": null, "failedAttempts": 0,
+            "retryAt": null, "cardExpiring": false, "expiringNotified": null,
+            "reminded": next, "lastCharged": null},
+        "live": false
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_gives_reminded_manual_subscriptions_work_at_their_date_and_grace_end() {
+    use accounts_api::model::{StoreId, SubscriptionId};
+    use accounts_api::storage::postgres::schema::MIGRATIONS;
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let s = settings(url, None);
+    let pool = shared::pg::pool(&s).unwrap_or_else(|e| panic!("{e}"));
+    // The schema as migration 6 left it, and two rows the version of then wrote.
+    shared::pg::migrate(&pool, "accounts-api", &MIGRATIONS[..6])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let next: i64 = 1_801_353_600_000;
+    let (active, overdue) = ("AZLd3wv9cTyMHb8FtDqE1z", "AZLd3wv9cTyMHb8FtDqE1v");
+    let conn = shared::pg::connection(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (id, state) in [(active, "active"), (overdue, "overdue")] {
+        conn.execute(
+            "INSERT INTO subscriptions (store, id, account, work_at, doc) \
+             VALUES ('acme-1a2b3c4d', $1, 'AZLd3wv9cTyMHb8FtDqE1w', NULL, $2::text::jsonb)",
+            &[&id, &reminded_manual(id, state, next)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    drop(conn);
+
+    // The start applies migration 7: unpaid at its date the active one is due (it becomes
+    // overdue), and the overdue one at the end of its grace (it ends), as the renewal job
+    // computes for rows it writes itself.
+    let storage = PgStorage::open(&s).await.unwrap_or_else(|e| panic!("{e}"));
+    let due = async |at: i64| -> Vec<String> {
+        let subs = storage
+            .due_subscriptions(at, 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        subs.into_iter().map(|s| s.id.as_str().to_owned()).collect()
+    };
+    assert!(due(next - 1).await.is_empty());
+    assert_eq!(due(next).await, [active]);
+    let grace_end = next + 5 * 86_400_000;
+    assert_eq!(due(grace_end - 1).await, [active]);
+    assert_eq!(due(grace_end).await, [active, overdue]);
+    let store = StoreId::parse("acme-1a2b3c4d").unwrap_or_else(|e| panic!("{e}"));
+    let id = SubscriptionId::parse(overdue).unwrap_or_else(|e| panic!("{e}"));
+    let read = storage.subscription(&store, &id).await;
+    let read = read.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read.map(|r| r.work_at()),
+        Some(Some(grace_end)),
+        "the same rule"
+    );
 }

@@ -29,7 +29,15 @@ async fn a_due_automatic_subscription_is_charged_exactly_once_its_period_advance
     let before = subscription(&sys, &sub).await;
     let next = before["next"].as_i64().unwrap_or_default();
     assert_eq!(before["sequence"], 1, "the checkout's period");
-    assert_eq!(before["changed"], before["begin"], "changed: created");
+    // `changed`: created (an instant); `begin`: that day's date (midnight UTC).
+    let (begin, created) = (
+        before["begin"].as_i64().unwrap_or(-1),
+        before["changed"].as_i64().unwrap_or(-1),
+    );
+    assert!(
+        begin % DAY_MS == 0 && (0..DAY_MS).contains(&(created - begin)),
+        "changed: created, on the day of begin: {before}"
+    );
 
     let a = charge_now(&sys, &sub).await;
     assert_eq!(

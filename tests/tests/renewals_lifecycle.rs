@@ -331,3 +331,88 @@ async fn a_pause_of_2_periods_skips_them_and_charges_on_the_resume_date_and_resu
         "the pause scheduled"
     );
 }
+
+#[tokio::test]
+async fn an_unpaid_manual_subscription_is_reminded_then_overdue_at_its_date_then_ends_after_the_grace_never_charged()
+ {
+    let clock = TestClock::new();
+    let mut sys = clock.start_system("strongroom-manual-");
+    let m = sys.merchant(&sys.demo);
+    // Consent box shown and not ticked: no saved card, the renewal is manual.
+    let (_, sub) = checkout(&sys, &unique_token(), false).await;
+    let created = subscription(&sys, &sub).await;
+    assert_eq!(created["autoRenew"], false);
+    let (begin, next) = (
+        created["begin"].as_i64().unwrap_or(1),
+        created["next"].as_i64().unwrap_or(1),
+    );
+    // FastSpring's `begin` and `next` are dates: midnight UTC of the purchase day, and of the
+    // day one interval later.
+    assert_eq!((begin % DAY_MS, next % DAY_MS), (0, 0), "{created}");
+    let today = accounts_api::model::now_ms();
+    assert!(begin <= today && today - begin < DAY_MS, "{created}");
+    assert!(next - begin >= MONTH_MS_MIN, "{created}");
+
+    // Two days before its date: reminded, still running.
+    clock.set(next - 2 * DAY_MS);
+    some_job_runs().await;
+    let s = subscription(&sys, &sub).await;
+    assert_eq!(
+        (&s["state"], &s["active"]),
+        (&json!("active"), &json!(true))
+    );
+
+    // Its date passes unpaid: overdue (still active), with its next date unchanged.
+    clock.set(next + 60_000);
+    let s = wait_for(&m, &sub, "overdue at its date", |s| s["state"] == "overdue").await;
+    assert_eq!((&s["active"], &s["next"]), (&json!(true), &json!(next)));
+    assert!(
+        s["changed"].as_i64() >= Some(next),
+        "the change is dated: {s}"
+    );
+
+    // A day before the grace ends it is still overdue; at the end it is deactivated.
+    clock.set(next + 4 * DAY_MS);
+    some_job_runs().await;
+    assert_eq!(subscription(&sys, &sub).await["state"], "overdue");
+    clock.set(next + 5 * DAY_MS + 60_000);
+    let s = wait_for(&m, &sub, "ended after the grace", |s| {
+        s["state"] == "deactivated"
+    })
+    .await;
+    assert_eq!(s["active"], false);
+    some_job_runs().await;
+    let store = sys.demo.store.clone();
+    assert!(
+        charges_of(&sys.processor, &store, &sub).await.is_empty(),
+        "a manual subscription is never charged"
+    );
+    sys.stop();
+
+    // One event for each step, in order.
+    let ev = events(&sys, &store).await;
+    let mut mine: Vec<_> = ev
+        .iter()
+        .filter(|e| e.data["subscription"] == sub.as_str() && e.kind != "subscription.activated")
+        .collect();
+    mine.sort_by_key(|e| e.created);
+    let steps: Vec<&str> = mine.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "subscription.payment.reminder",
+            "subscription.payment.overdue",
+            "subscription.deactivated",
+        ]
+    );
+    let overdue = of_type(&ev, "subscription.payment.overdue", &sub);
+    assert_eq!(
+        (&overdue[0].data["state"], &overdue[0].data["id"]),
+        (&json!("overdue"), &json!(sub))
+    );
+    let ended = of_type(&ev, "subscription.deactivated", &sub);
+    assert_eq!(
+        (&ended[0].data["reason"], &ended[0].data["active"]),
+        (&json!("not_paid"), &json!(false))
+    );
+}

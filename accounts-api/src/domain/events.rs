@@ -38,6 +38,9 @@ pub enum DomainEvent {
         expiry: Option<String>,
         next_charge_date: i64,
     },
+    /// A manual-renewal subscription was not paid by its date: it is `overdue`, and ends when
+    /// its grace does. FastSpring's `subscription.payment.overdue`. Data: the subscription object.
+    PaymentOverdue(SubscriptionRecord),
     /// A manual-renewal subscription is due soon.
     PaymentReminder {
         subscription: SubscriptionId,
@@ -107,6 +110,7 @@ impl DomainEvent {
             Self::ChargeCanceled { .. } => "subscription.charge.canceled",
             Self::CardExpiring { .. } => "subscription.card.expiring",
             Self::PaymentReminder { .. } => "subscription.payment.reminder",
+            Self::PaymentOverdue(_) => "subscription.payment.overdue",
             Self::ChargeCompleted { .. } => "subscription.charge.completed",
             Self::ChargeFailed { .. } => "subscription.charge.failed",
             Self::SubscriptionDeactivated { .. } => "subscription.deactivated",

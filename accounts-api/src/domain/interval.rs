@@ -61,6 +61,21 @@ pub fn add_interval(ms: i64, unit: IntervalUnit, length: u32) -> i64 {
         .unwrap_or(ms)
 }
 
+/// Midnight UTC at or before `ms`: the date FastSpring's `begin` and `next` are.
+pub fn day_start(ms: i64) -> i64 {
+    ms - ms.rem_euclid(DAY_MS)
+}
+
+/// Midnight UTC at or after `ms` (`ms` itself when it is a midnight).
+pub fn day_end(ms: i64) -> i64 {
+    match ms.rem_euclid(DAY_MS) {
+        0 => ms,
+        r => ms.saturating_add(DAY_MS - r),
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
 /// A billing interval (`intervalUnit` × `intervalLength`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interval {
@@ -72,6 +87,14 @@ impl Interval {
     /// The start of the period after the one starting at `ms`.
     pub fn after(self, ms: i64) -> i64 {
         add_interval(ms, self.unit, self.length)
+    }
+
+    /// The first billing period of a subscription bought at `now`: it begins on the day of the
+    /// purchase and the next one on the date one interval later, both at midnight UTC, as
+    /// FastSpring's `begin` and `next` (dates). `(begin, next)`.
+    pub fn first_period(self, now: i64) -> (i64, i64) {
+        let begin = day_start(now);
+        (begin, self.after(begin))
     }
 }
 
@@ -112,5 +135,31 @@ mod tests {
             length: 1,
         };
         assert_eq!(display_date(weekly.after(jan31)), "2/7/27");
+    }
+
+    #[test]
+    fn a_first_period_runs_from_the_purchase_date_to_the_date_one_interval_later() {
+        // 2027-01-31T23:59:59.999Z, the last instant of the day.
+        let jan31 = 1_801_353_600_000;
+        let late = jan31 + DAY_MS - 1;
+        let monthly = Interval {
+            unit: IntervalUnit::Month,
+            length: 1,
+        };
+        let (begin, next) = monthly.first_period(late);
+        assert_eq!(
+            (begin, display_date_iso(next)),
+            (jan31, "2027-02-28".into())
+        );
+        assert_eq!(next % DAY_MS, 0, "next is a midnight");
+        assert_eq!(
+            monthly.first_period(jan31).0,
+            jan31,
+            "a midnight is its own day"
+        );
+        assert_eq!((day_start(late), day_end(late)), (jan31, jan31 + DAY_MS));
+        assert_eq!((day_start(jan31), day_end(jan31)), (jan31, jan31));
+        // Before 1970 too (rem_euclid, not %).
+        assert_eq!((day_start(-1), day_end(-1)), (-DAY_MS, 0));
     }
 }

@@ -114,7 +114,7 @@ impl SubscriptionRecord {
         self.rebills.push(Entry {
             order: order.id.clone(),
             begin: paid.period,
-            end: add_interval(paid.period, self.interval_unit, self.interval_length),
+            end: self.period_after(paid.period),
         });
         account.orders.push(order.id.clone());
         account.charges.push(ChargeRecord {
@@ -176,7 +176,7 @@ mod tests {
         let first_period = s.next;
         let first = s.record_rebill(&mut a, &paid("r1", Some(&original), first_period));
         s.charged(first_period, first_period + 60_000);
-        let second_period = add_interval(first_period, s.interval_unit, s.interval_length);
+        let second_period = s.period_after(first_period);
         assert_eq!(s.next, second_period);
         let second = s.record_rebill(&mut a, &paid("r2", Some(&original), second_period));
         s.charged(second_period, second_period + 60_000);

@@ -54,10 +54,13 @@ impl SubscriptionRecord {
         }
         if automatic(self) {
             Some(self.next.max(self.renewal.retry_at.unwrap_or(i64::MIN)))
-        } else if self.renewal.reminded == Some(self.next) {
-            None
-        } else {
+        } else if self.renewal.reminded != Some(self.next) {
             Some(self.next.saturating_sub(REMIND_AHEAD_MS))
+        } else if self.state == SubState::Active {
+            // Reminded: unpaid at its date, it becomes overdue.
+            Some(self.next)
+        } else {
+            Some(self.grace_end())
         }
     }
 
@@ -68,8 +71,11 @@ impl SubscriptionRecord {
             && self.renewal.pending.is_none()
             && match self.state {
                 SubState::Canceled | SubState::Paused => true,
-                SubState::Active => self.lifecycle.pause_scheduled.is_some(),
-                SubState::Overdue | SubState::Deactivated => false,
+                // A pause begins, or an unpaid manual renewal becomes overdue.
+                SubState::Active => self.lifecycle.pause_scheduled.is_some() || !automatic(self),
+                // An unpaid manual renewal ends after its grace.
+                SubState::Overdue => !automatic(self) && self.grace_end() <= now,
+                SubState::Deactivated => false,
             }
     }
 
@@ -197,7 +203,12 @@ mod tests {
         assert!(!has_work(&s, T - REMIND_AHEAD_MS - 1));
         assert!(has_work(&s, T - REMIND_AHEAD_MS));
         s.renewal.reminded = Some(T);
-        assert!(!has_work(&s, T + DAY_MS));
+        assert!(!has_work(&s, T - 1), "reminded: nothing until its date");
+        // Unpaid at its date it becomes overdue, and ends after the grace.
+        assert!(has_work(&s, T) && s.has_period_transition(T));
+        s.state = SubState::Overdue;
+        assert!(!has_work(&s, T + 5 * DAY_MS - 1) && !s.has_period_transition(T + DAY_MS));
+        assert!(has_work(&s, T + 5 * DAY_MS) && s.has_period_transition(T + 5 * DAY_MS));
     }
 
     #[test]

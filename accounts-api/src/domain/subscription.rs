@@ -22,6 +22,12 @@
 //! | period end with a pause scheduled  | active                        | paused      | `subscription.paused`                  |
 //! | resume early / resume date reached | paused                        | active      | `subscription.resumed`                 |
 //! | period end of a canceled one       | canceled                      | deactivated | `subscription.deactivated`             |
+//! | period end of an unpaid manual one | active                        | overdue     | `subscription.payment.overdue`         |
+//! | grace end of an unpaid manual one  | overdue                       | deactivated | `subscription.deactivated`             |
+//!
+//! A manual subscription (no saved card, or `autoRenew: false`) is reminded before its date
+//! (`subscription.payment.reminder`), becomes `overdue` on it, and ends [`MANUAL_GRACE_MS`]
+//! later (reason `not_paid`), as FastSpring's unpaid manual renewals do. Nothing charges it.
 //!
 //! Repeating a transition that already happened (uncancel of an active one, cancel of a
 //! deactivated one by the merchant) succeeds and emits nothing, as FastSpring's retries do.
@@ -32,7 +38,7 @@
 //! hold ([`SubscriptionRecord::changed`], [`SubscriptionRecord::sequence`]).
 
 use super::events::DomainEvent;
-use super::interval::add_interval;
+use super::interval::{add_interval, day_end};
 use crate::model::SubscriptionRecord;
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +142,13 @@ pub const MAX_PAUSE_PERIODS: u32 = 12;
 
 /// Why a subscription was deactivated (`reason` of `subscription.deactivated`).
 pub const REASON_CANCELED: &str = "canceled";
+/// A manual subscription's period was not paid by the end of its grace.
+pub const REASON_NOT_PAID: &str = "not_paid";
+
+/// How long an unpaid manual subscription stays `overdue` before it ends: as long as a
+/// declined automatic renewal is retried (its last retry day).
+pub const MANUAL_GRACE_MS: i64 =
+    super::renewal::DAY_MS * super::renewal::RETRY_DAYS[super::renewal::RETRY_DAYS.len() - 1];
 
 impl SubscriptionRecord {
     /// Cancels (API or account page), at period end or now.
@@ -252,8 +265,22 @@ impl SubscriptionRecord {
                 self.touch(now);
                 vec![DomainEvent::SubscriptionResumed(self.clone())]
             }
+            // A manual renewal nobody paid by its date.
+            (SubState::Active, None) if !self.is_automatic() => {
+                self.state = SubState::Overdue;
+                self.touch(now);
+                vec![DomainEvent::PaymentOverdue(self.clone())]
+            }
+            (SubState::Overdue, _) if !self.is_automatic() && self.grace_end() <= now => {
+                vec![self.deactivate(REASON_NOT_PAID, now)]
+            }
             _ => vec![],
         }
+    }
+
+    /// When an unpaid manual subscription ends (`overdue` since `next`).
+    pub fn grace_end(&self) -> i64 {
+        self.next.saturating_add(MANUAL_GRACE_MS)
     }
 
     /// A renewal was declined at `now` and a retry is scheduled.
@@ -267,14 +294,29 @@ impl SubscriptionRecord {
     /// The renewal of the period that began at `period` was charged at `now`: the next billing
     /// period starts (`sequence` + 1, `next` one interval after `period`), and an overdue
     /// subscription is active again.
+    ///
+    /// `next` is a date (midnight UTC), as FastSpring's. It stays one when `period` was one;
+    /// otherwise (a record sold before dates, which kept the purchase's time of day, or a
+    /// period started by an early resume) it moves forward to the next midnight: the customer
+    /// is never charged earlier than the schedule they bought promised.
     pub fn charged(&mut self, period: i64, now: i64) {
         let sequence = self.sequence();
-        self.next = add_interval(period, self.interval_unit, self.interval_length);
+        self.next = self.period_after(period);
         self.lifecycle.sequence = Some(sequence.saturating_add(1));
         if self.state == SubState::Overdue {
             self.state = SubState::Active;
         }
         self.touch(now);
+    }
+
+    /// The start of the billing period after the one that began at `period`: one interval
+    /// later, at the next midnight UTC if that is not one (see [`Self::charged`]).
+    pub fn period_after(&self, period: i64) -> i64 {
+        day_end(add_interval(
+            period,
+            self.interval_unit,
+            self.interval_length,
+        ))
     }
 
     /// Its saved payment method was removed at `now`: it renews manually from here on.

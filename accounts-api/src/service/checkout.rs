@@ -274,6 +274,7 @@ async fn build_order(
     for it in &input.items {
         let sub_id = it.interval.map(|_| SubscriptionId::generate());
         if let (Some(interval), Some(sid)) = (it.interval, &sub_id) {
+            let (begin, next) = interval.first_period(now);
             subs.push(SubscriptionRecord {
                 id: sid.clone(),
                 store: store.clone(),
@@ -292,8 +293,8 @@ async fn build_order(
                 brand: p.brand.map(|b| b.as_str().to_owned()),
                 last4: p.last4.map(|l| l.as_str().to_owned()),
                 expiry: p.expiry.map(Expiry::mm_yy),
-                begin: now,
-                next: interval.after(now),
+                begin,
+                next,
                 canceled: None,
                 renewal: Default::default(),
                 live: deps.live,

@@ -34,7 +34,8 @@ fn data(event: &DomainEvent) -> Value {
         | DomainEvent::SubscriptionUncanceled(s)
         | DomainEvent::SubscriptionUpdated(s)
         | DomainEvent::SubscriptionPaused(s)
-        | DomainEvent::SubscriptionResumed(s) => to_data(&SubscriptionView::of(s, None)),
+        | DomainEvent::SubscriptionResumed(s)
+        | DomainEvent::PaymentOverdue(s) => to_data(&SubscriptionView::of(s, None)),
         DomainEvent::CardExpiring {
             subscription,
             account,
@@ -258,7 +259,8 @@ mod tests {
             | DomainEvent::SubscriptionUncanceled(_)
             | DomainEvent::SubscriptionUpdated(_)
             | DomainEvent::SubscriptionPaused(_)
-            | DomainEvent::SubscriptionResumed(_) => SUBSCRIPTION.to_vec(),
+            | DomainEvent::SubscriptionResumed(_)
+            | DomainEvent::PaymentOverdue(_) => SUBSCRIPTION.to_vec(),
             DomainEvent::SubscriptionDeactivated { .. } => {
                 let mut f = SUBSCRIPTION.to_vec();
                 f.push(("reason", J::Str));
@@ -338,6 +340,11 @@ mod tests {
             s.cancel(by, crate::domain::subscription::CancelWhen::Now, 6)
                 .unwrap_or_default(),
         );
+        // A manual one: overdue at its date, ended after the grace.
+        let mut manual = fixtures::subscription("st", &a.id, 1_800_000_000_000, None);
+        manual.auto_renew = false;
+        out.extend(manual.period_end(manual.next));
+        out.extend(manual.period_end(manual.grace_end()));
         let (sub, account, amount) = (s.id.clone(), s.account.clone(), Money::of(1495, "USD"));
         let rebill = s.record_rebill(
             &mut a.clone(),
@@ -419,6 +426,7 @@ mod tests {
                 "subscription.charge.failed",
                 "subscription.deactivated",
                 "subscription.paused",
+                "subscription.payment.overdue",
                 "subscription.payment.reminder",
                 "subscription.resumed",
                 "subscription.uncanceled",

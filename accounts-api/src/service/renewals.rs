@@ -254,6 +254,8 @@ pub async fn renew_one(
             }
             p
         }
+        // An unpaid manual renewal became overdue or ended: nothing to charge or remind.
+        None if transitioned && !automatic(&sub) => return Ok(Outcome::Transitioned),
         None if !sub.state.charges() => {
             return Ok(if transitioned {
                 Outcome::Transitioned

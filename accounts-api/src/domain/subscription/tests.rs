@@ -245,10 +245,7 @@ fn sequence_is_the_billing_period_number_and_only_a_charge_moves_it() {
     assert_eq!(s.sequence(), 1, "the checkout's period");
     let first = s.next;
     s.charged(first, first + 60_000);
-    assert_eq!(
-        (s.sequence(), s.next),
-        (2, add_interval(first, IntervalUnit::Month, 1))
-    );
+    assert_eq!((s.sequence(), s.next), (2, s.period_after(first)));
     // A declined retry, a pause and its end start no period; the charge on the resume date does.
     s.mark_overdue(s.next);
     assert!(
@@ -329,4 +326,64 @@ fn states_refuse_what_they_do_not_allow() {
     let mut p = sub(SubState::Paused);
     assert!(p.cancel(By::Customer, CancelWhen::PeriodEnd, T).is_ok());
     assert_eq!(p.state, SubState::Canceled);
+}
+
+#[test]
+fn next_is_a_date_and_a_record_sold_with_a_time_of_day_moves_to_the_next_midnight_never_earlier() {
+    // Checkout writes dates: a period that began at a midnight ends at one.
+    let midnight = T - T.rem_euclid(DAY);
+    let mut s = sub(SubState::Active);
+    (s.begin, s.next) = (midnight - 31 * DAY, midnight);
+    s.charged(s.next, s.next + 60_000);
+    assert_eq!(s.next, add_interval(midnight, IntervalUnit::Month, 1));
+    assert_eq!(s.next % DAY, 0);
+
+    // A record written before dates kept the purchase's time of day (T is 08:00 UTC): its next
+    // charged renewal moves the following date to the midnight after one interval.
+    let mut old = sub(SubState::Active);
+    old.charged(T, T + 60_000);
+    let exact = add_interval(T, IntervalUnit::Month, 1);
+    assert_eq!(old.next % DAY, 0, "a date from now on");
+    assert!(
+        old.next > exact && old.next - exact < DAY,
+        "never earlier than its schedule promised"
+    );
+    old.charged(old.next, old.next + 60_000);
+    assert_eq!(
+        old.next,
+        add_interval(exact - exact % DAY + DAY, IntervalUnit::Month, 1)
+    );
+}
+
+#[test]
+fn an_unpaid_manual_subscription_is_overdue_at_its_date_and_ends_after_the_grace() {
+    let mut s = sub(SubState::Active);
+    s.auto_renew = false;
+    assert!(s.period_end(T - 1).is_empty(), "not before its date");
+    assert_eq!(kinds(&s.period_end(T)), ["subscription.payment.overdue"]);
+    assert_eq!((s.state, s.lifecycle.changed), (SubState::Overdue, Some(T)));
+    assert_eq!(s.next, T, "the unpaid period is still the one due");
+    assert!(
+        s.period_end(s.grace_end() - 1).is_empty(),
+        "overdue until the grace ends"
+    );
+    assert_eq!(s.grace_end(), T + 5 * DAY);
+    assert_eq!(
+        kinds(&s.period_end(T + 5 * DAY)),
+        ["subscription.deactivated"]
+    );
+    assert_eq!(s.state, SubState::Deactivated);
+    assert!(s.period_end(T + 6 * DAY).is_empty(), "once");
+
+    // A card removed from an overdue automatic one: it ends with the same grace. An automatic
+    // one's date is a charge, not a transition.
+    let mut a = sub(SubState::Active);
+    assert!(a.period_end(T).is_empty());
+    a.mark_overdue(T);
+    a.payment_method_removed(T + DAY);
+    assert!(a.period_end(T + 4 * DAY).is_empty());
+    assert_eq!(
+        kinds(&a.period_end(T + 5 * DAY)),
+        ["subscription.deactivated"]
+    );
 }

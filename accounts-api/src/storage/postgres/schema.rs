@@ -134,4 +134,12 @@ CREATE INDEX idempotency_keys_created ON idempotency_keys (created);
 CREATE INDEX events_processed_since
     ON events ((COALESCE((doc->>'processed_at')::bigint, created))) WHERE processed;
 "#,
+    // 7: a reminded manual subscription has work at its date now (unpaid, it becomes overdue,
+    // and ends after its grace); rows written before had none. Only such rows of a running
+    // subscription have no time. The grace is `domain::subscription::MANUAL_GRACE_MS` (5 days).
+    r#"
+UPDATE subscriptions SET work_at = (doc->>'next')::bigint
+    + CASE WHEN doc->>'state' = 'overdue' THEN 432000000 ELSE 0 END
+ WHERE work_at IS NULL AND doc->>'state' IN ('active', 'overdue');
+"#,
 ];
