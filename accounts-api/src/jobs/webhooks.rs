@@ -109,7 +109,21 @@ fn scan(settings: &Settings, now: i64, after: Option<StoreId>) -> DueScan {
         per_hook: BATCH,
         per_store: per_store_posts.saturating_mul(BATCH),
         limit: SCAN_LIMIT,
+        lease_ms: lease_ms(settings),
     }
+}
+
+/// The delivery lease a scan takes on each webhook it returns (on PostgreSQL; sled has one
+/// process). A picked webhook's post starts in the same tick as the scan and ends within
+/// `webhook_timeout` (connect to last byte read), then its settlement ends the lease: the lease
+/// covers the timeout plus a minute for the scan, the settlement and a stalled scheduler, and
+/// never less than [`DEFAULT_WEBHOOK_LEASE_MS`]. A webhook the tick did not pick (in-flight
+/// limits) is not posted on this lease: the next scan takes it again.
+pub fn lease_ms(settings: &Settings) -> i64 {
+    let timeout = i64::try_from(settings.webhook_timeout.as_millis()).unwrap_or(i64::MAX);
+    timeout
+        .saturating_add(60_000)
+        .max(crate::storage::DEFAULT_WEBHOOK_LEASE_MS)
 }
 
 /// The delivery loop, until `shutdown`; posts in flight then are awaited, so their outcome is

@@ -275,6 +275,10 @@ pub struct DueScan {
     pub per_store: usize,
     /// Most rows in all.
     pub limit: usize,
+    /// How long the delivery lease on each webhook returned lasts (ms), on a backend shared by
+    /// several instances: it must outlast the post it is taken for (see
+    /// `jobs::webhooks::lease_ms`), or a second instance could post while the first one waits.
+    pub lease_ms: i64,
 }
 
 impl DueScan {
@@ -286,9 +290,15 @@ impl DueScan {
             per_hook: usize::MAX,
             per_store: usize::MAX,
             limit,
+            lease_ms: DEFAULT_WEBHOOK_LEASE_MS,
         }
     }
 }
+
+/// The delivery lease of a scan that does not post (the metrics' scans, tests), and the least
+/// one a posting scan takes: long enough for any post, short enough that a crashed instance's
+/// webhooks resume on another one within minutes.
+pub const DEFAULT_WEBHOOK_LEASE_MS: i64 = 120_000;
 
 /// One store's part of the outbox, for the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -166,3 +166,17 @@ fn backoff_doubles_from_the_base_and_is_capped() {
     assert_eq!(backoff(b, 4), Duration::from_millis(800));
     assert_eq!(backoff(b, 60), Duration::from_secs(3600));
 }
+
+#[test]
+fn the_delivery_lease_outlasts_the_webhook_timeout_by_a_minute_and_is_never_below_two_minutes() {
+    let with = |timeout: Duration| {
+        let settings = Settings {
+            webhook_timeout: timeout,
+            ..Settings::default()
+        };
+        (lease_ms(&settings), scan(&settings, 0, None).lease_ms)
+    };
+    assert_eq!(with(Duration::from_secs(10)), (120_000, 120_000));
+    assert_eq!(with(Duration::from_secs(240)), (300_000, 300_000));
+    assert_eq!(with(Duration::from_secs(u64::MAX)).0, i64::MAX);
+}

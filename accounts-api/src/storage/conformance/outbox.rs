@@ -233,6 +233,7 @@ pub async fn a_scan_gives_each_store_its_share(open: Open) {
         per_hook: 10,
         per_store: 15,
         limit,
+        lease_ms: crate::storage::DEFAULT_WEBHOOK_LEASE_MS,
     };
 
     let due = s.outbox_due(&scan(None, 100)).await.unwrap();
