@@ -26,6 +26,14 @@
 //!      after a key change it missed: every granted change bumps a counter in `vault_meta`
 //!      ([`CHANGES_KEY`]); an instance that re-registers and finds it moved fails closed (every
 //!      store call refused until it is restarted, when the custody checks judge its key files).
+//! 4. **A restart during a change.** The changing instance's session can die while it changes
+//!    keys (a database restart after the grant): its exclusive lock is gone, and an instance
+//!    that starts then registers, checks its keys against values the change has not replaced
+//!    yet, and runs. So the end of every change bumps the counter again (on the session as it
+//!    is then, registered again if it was lost; if the database is away, as soon as it is
+//!    back), and every registered instance reads the counter each [`WATCH_EVERY`]: a change is
+//!    only granted to a sole instance, so a move it did not make itself means it started
+//!    inside such a change, and it fails closed as in 3.
 
 use super::bridge::{self, Bridge};
 use super::{conn, db_err, pg_err};
@@ -69,6 +77,9 @@ struct Session {
     generation: u64,
     /// The key-change counter as of this instance's registration (and its own changes since).
     seen_changes: Option<u64>,
+    /// This instance ended a key change while the database was away: the end is counted as
+    /// soon as the session is back (module header, point 4).
+    pending_bump: bool,
 }
 
 struct Inner {
@@ -134,20 +145,30 @@ async fn ensure(inner: &Inner, s: &mut Session) -> Result<bool, StoreError> {
         return Ok(false);
     }
     let now = changes(&c).await?;
-    if let Some(seen) = s.seen_changes
-        && seen != now
-    {
-        inner.stale.store(true, Ordering::SeqCst);
-        tracing::error!(
-            "another vault instance changed keys while this one was cut off from the database: \
-             refusing every request; restart this instance with the changed key files copied \
-             from that instance"
-        );
-    }
+    check_changes(inner, s, now);
     s.seen_changes = Some(now);
+    if s.pending_bump {
+        s.seen_changes = Some(bump(&c).await?);
+        s.pending_bump = false;
+    }
     s.generation += 1;
     s.client = Some(c);
     Ok(true)
+}
+
+/// Fails this instance closed if the key-change counter moved from what it last saw: another
+/// instance changed keys that this one does not hold (module header, points 3 and 4).
+fn check_changes(inner: &Inner, s: &Session, now: u64) {
+    if let Some(seen) = s.seen_changes
+        && seen != now
+        && !inner.stale.swap(true, Ordering::SeqCst)
+    {
+        tracing::error!(
+            "another vault instance changed keys that this one does not hold (it was cut off \
+             from the database, or started while the change ran): refusing every request; \
+             restart this instance with the changed key files copied from that instance"
+        );
+    }
 }
 
 /// Re-registers a lost session (module header, point 3). Stops when the store is gone.
@@ -160,6 +181,13 @@ async fn watch(inner: Weak<Inner>) {
         let mut s = inner.session.lock().await;
         let lost = s.client.as_ref().is_none_or(|c| c.is_closed());
         if !lost {
+            // Registered: the counter must not move under it (module header, point 4). A
+            // failed read is a session about to be found lost.
+            if let Some(c) = s.client.as_ref()
+                && let Ok(now) = changes(c).await
+            {
+                check_changes(&inner, &s, now);
+            }
             continue;
         }
         match ensure(&inner, &mut s).await {
@@ -307,7 +335,29 @@ impl Instances {
         Ok(Some(KeyChangeGuard::releasing(move || {
             let released = bridge::spawn_on(&runtime, RELEASE_TIMEOUT, async move {
                 let mut s = inner.session.lock().await;
-                // A session replaced since took the exclusive lock away with it.
+                // The end of the change is counted before the lock goes (module header,
+                // point 4), on the session as it is now: one replaced since (a database
+                // restart) took the exclusive lock away with it, and is registered again
+                // first. Away: counted when it is back.
+                s.pending_bump = true;
+                if !ensure(&inner, &mut s).await? {
+                    return Ok(());
+                }
+                let Some(c) = s.client.as_ref() else {
+                    return Ok(());
+                };
+                if s.pending_bump {
+                    match bump(c).await {
+                        Ok(n) => {
+                            s.seen_changes = Some(n);
+                            s.pending_bump = false;
+                        }
+                        Err(e) => {
+                            discard(s.client.take());
+                            return Err(e);
+                        }
+                    }
+                }
                 if s.generation != generation {
                     return Ok(());
                 }

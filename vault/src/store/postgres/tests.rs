@@ -353,7 +353,11 @@ fn a_key_change_is_granted_only_to_the_sole_instance_and_holds_new_ones_at_start
             instances::CHANGES_KEY
         ),
     );
-    assert_eq!(counted.trim(), "3", "every grant is counted");
+    assert_eq!(
+        counted.trim(),
+        "6",
+        "every grant is counted, and the end of every change"
+    );
     assert!(
         PgStore::connect_waiting(&settings(&url), wait).is_ok(),
         "released after the change: a start goes through"
@@ -390,15 +394,29 @@ fn a_lost_session_registers_again_before_a_change_and_on_its_own() {
     assert!(a.key_change_guard().unwrap().is_some());
 }
 
+/// Waits (at most 10 s) until `s` knows it missed a key change, then checks that it refuses
+/// store calls and key changes.
+fn fails_closed(s: &PgStore, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !s.instances.is_stale() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(matches!(s.meta_get("x"), Err(StoreError::MissedKeyChange)));
+    assert!(s.key_change_guard().unwrap().is_none());
+}
+
 #[test]
 fn an_instance_that_missed_a_key_change_while_cut_off_refuses_every_call() {
     let Some(url) = pgtest::fresh_database() else {
         return;
     };
     let a = open(&url);
+    assert!(!a.instances.is_stale(), "nothing missed yet");
     // Another instance's key change while a was cut off (its registration gone) shows as the
     // counter every granted change bumps having moved since a registered; a learns it when it
-    // registers again.
+    // registers again (or, registered again first, at its next reading of the counter).
+    terminate_registrations(&url);
     psql_in(
         &url,
         &format!(
@@ -406,21 +424,7 @@ fn an_instance_that_missed_a_key_change_while_cut_off_refuses_every_call() {
             instances::CHANGES_KEY
         ),
     );
-    assert!(
-        !a.instances.is_stale(),
-        "registered all along: nothing missed"
-    );
-    terminate_registrations(&url);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !a.instances.is_stale() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the watcher never came back"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(matches!(a.meta_get("x"), Err(StoreError::MissedKeyChange)));
-    assert!(a.key_change_guard().unwrap().is_none());
+    fails_closed(&a, "the watcher never came back");
     // A fresh start (what the error asks for) works: the custody checks judge its keys.
     assert!(open(&url).meta_get("x").is_ok());
 }
@@ -436,4 +440,29 @@ fn no_key_change_right_after_a_database_restart() {
     assert!(a.key_change_guard().unwrap().is_none());
     a.instances.restart_grace = std::time::Duration::ZERO;
     assert!(a.key_change_guard().unwrap().is_some());
+}
+
+#[test]
+fn an_instance_that_started_while_a_key_change_lost_its_lock_fails_closed_when_the_change_ends() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let a = open(&url);
+    let guard = a.key_change_guard().unwrap().expect("the only instance");
+    // A database restart during the change: a's session, and the exclusive lock with it, is
+    // gone, so an instance starting now is not held; it checks keys the change has not
+    // replaced yet and runs.
+    terminate_registrations(&url);
+    let b = open(&url);
+    assert!(b.meta_get("x").is_ok(), "b runs");
+    // The change ends (a's key files now differ from b's): b learns it missed it.
+    drop(guard);
+    fails_closed(&b, "b never learnt of the change");
+    // The instance that changed keys holds them: it goes on, and a restarted b is judged by
+    // its custody checks.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!a.instances.is_stale(), "a made the change itself");
+    assert!(a.meta_get("x").is_ok());
+    drop(b);
+    assert!(open(&url).meta_get("x").is_ok());
 }
