@@ -432,19 +432,17 @@ async fn a_truncated_or_bit_flipped_record_is_an_error_for_that_record_only() {
         let records = db.open_tree("records").unwrap();
         let bytes = records.get(id_a).unwrap().unwrap();
         records.insert(id_a, &bytes[..bytes.len() / 2]).unwrap();
-        let mut rec_b: Value =
-            serde_json::from_slice(&records.get(id_b).unwrap().unwrap()).unwrap();
-        let mut ct = rec_b["sealedToken"].as_str().unwrap().to_owned();
+        let mut rec_b =
+            vault::store::StoredRecord::decode(&records.get(id_b).unwrap().unwrap()).unwrap();
+        let mut ct = rec_b.sealed_token.clone();
         // Flip one bit of the ciphertext (hex digit 0<->1 etc.).
         let flipped = (u8::from_str_radix(&ct[30..31], 16).unwrap() ^ 1) as u32;
         ct.replace_range(
             30..31,
             &std::char::from_digit(flipped, 16).unwrap().to_string(),
         );
-        rec_b["sealedToken"] = Value::String(ct);
-        records
-            .insert(id_b, serde_json::to_vec(&rec_b).unwrap())
-            .unwrap();
+        rec_b.sealed_token = ct;
+        records.insert(id_b, rec_b.encode().unwrap()).unwrap();
         db.flush().unwrap();
     }
     let mut v = VaultProcess::serve(dir.path(), serve_command(dir.path()));

@@ -138,15 +138,14 @@ async fn a_ciphertext_copied_onto_another_record_fails_to_open() {
     {
         let db = sled::open(v.data_dir()).unwrap();
         let records = db.open_tree("records").unwrap();
-        let rec_a: Value = serde_json::from_slice(&records.get(id_a).unwrap().unwrap()).unwrap();
-        let mut rec_b: Value =
-            serde_json::from_slice(&records.get(id_b).unwrap().unwrap()).unwrap();
-        for field in ["wrappedDek", "sealedToken", "keyVersion"] {
-            rec_b[field] = rec_a[field].clone();
-        }
-        records
-            .insert(id_b, serde_json::to_vec(&rec_b).unwrap())
-            .unwrap();
+        let decode = |id: &str| {
+            vault::store::StoredRecord::decode(&records.get(id).unwrap().unwrap()).unwrap()
+        };
+        let (rec_a, mut rec_b) = (decode(id_a), decode(id_b));
+        rec_b.wrapped_dek = rec_a.wrapped_dek.clone();
+        rec_b.sealed_token = rec_a.sealed_token.clone();
+        rec_b.key_version = rec_a.key_version;
+        records.insert(id_b, rec_b.encode().unwrap()).unwrap();
         // And the whole record of A copied under a third id.
         records
             .insert(
