@@ -3,7 +3,8 @@
 //!
 //! Layout (one `Db`, five trees; folders written before segment files also hold an `audit`
 //! tree, moved into audit segment 1 at the first start and then dropped):
-//! - `records`:      record id → [`StoredRecord`] JSON (masked view fields + sealed token)
+//! - `records`:      record id → [`StoredRecord`], compact (older records JSON; see
+//!   `store::record`): masked view fields + sealed token
 //! - `fingerprints`: keyed fingerprint (32 bytes) → record id; dedupe without decryption
 //! - `by_account`:   `store \0 account \0 id` → empty; lists and erasure per account
 //! - `meta`:         key-check values, custody markers, the data folder id
