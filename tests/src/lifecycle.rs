@@ -97,6 +97,19 @@ pub async fn charges_of(processor: &str, store: &str, sub: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Moves the clock to `at`, lets the jobs run, and checks that `sub` is still `state` and
+/// `active: true` (nothing ended it early).
+pub async fn still_running_at(clock: &TestClock, m: &Merchant, sub: &str, at: i64, state: &str) {
+    clock.set(at);
+    some_job_runs().await;
+    let s = subscription_of(m, sub).await;
+    assert_eq!(
+        (&s["state"], &s["active"]),
+        (&Value::from(state), &Value::Bool(true)),
+        "{s}"
+    );
+}
+
 /// Lets the renewal job (every second) run a few times.
 pub async fn some_job_runs() {
     tokio::time::sleep(Duration::from_millis(3_500)).await;

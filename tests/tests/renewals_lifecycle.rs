@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tests::accounts::{System, start_system_with_env, unique_token};
 use tests::lifecycle::{
-    DAY_MS, TestClock, charges_of, some_job_runs, through_a_pause_to_its_resume_date, wait_for,
+    DAY_MS, TestClock, charges_of, some_job_runs, still_running_at,
+    through_a_pause_to_its_resume_date, wait_for,
 };
 use tests::renewals::{
     charge_now, checkout, crash_mid_rebill, events, of_type, processor_env, subscription,
@@ -84,13 +85,7 @@ async fn a_subscription_canceled_at_period_end_runs_until_then_and_deactivates_o
     );
 
     // A day before the period ends it still runs.
-    clock.set(next - DAY_MS);
-    some_job_runs().await;
-    let s = subscription(&sys, &sub).await;
-    assert_eq!(
-        (&s["state"], &s["active"]),
-        (&json!("canceled"), &json!(true))
-    );
+    still_running_at(&clock, &m, &sub, next - DAY_MS, "canceled").await;
 
     // At the end of the period the job deactivates it.
     clock.set(next + 60_000);
@@ -354,13 +349,7 @@ async fn an_unpaid_manual_subscription_is_reminded_then_overdue_at_its_date_then
     assert!(next - begin >= MONTH_MS_MIN, "{created}");
 
     // Two days before its date: reminded, still running.
-    clock.set(next - 2 * DAY_MS);
-    some_job_runs().await;
-    let s = subscription(&sys, &sub).await;
-    assert_eq!(
-        (&s["state"], &s["active"]),
-        (&json!("active"), &json!(true))
-    );
+    still_running_at(&clock, &m, &sub, next - 2 * DAY_MS, "active").await;
 
     // Its date passes unpaid: overdue (still active), with its next date unchanged.
     clock.set(next + 60_000);

@@ -115,3 +115,29 @@ pub(crate) fn checkout(
         payment_method: None,
     }
 }
+
+/// Gives `store` the webhooks `hooks` (ids; each posting to 127.0.0.1/{id}), created at `now`.
+pub(crate) async fn webhooks(
+    s: &dyn crate::storage::Storage,
+    store: &StoreId,
+    hooks: &[&str],
+    now: i64,
+) {
+    s.update_webhooks(
+        store,
+        &|list| {
+            for h in hooks {
+                list.push(crate::model::WebhookRecord {
+                    id: test_id(h),
+                    url: format!("http://127.0.0.1/{h}"),
+                    secret: None,
+                    created: now,
+                });
+            }
+            Ok(())
+        },
+        None,
+    )
+    .await
+    .unwrap();
+}

@@ -14,21 +14,7 @@ pub async fn a_settled_post_keeps_exactly_the_rows_to_resend(open: Open) {
     let now = now_ms();
     let h1: WebhookId = crate::model::test_id("h1");
     for store in ["st", "other"] {
-        s.update_webhooks(
-            &st(store),
-            &|hooks| {
-                hooks.push(WebhookRecord {
-                    id: crate::model::test_id("h1"),
-                    url: "http://127.0.0.1/h1".into(),
-                    secret: None,
-                    created: now,
-                });
-                Ok(())
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        fixtures::webhooks(s.as_ref(), &st(store), &["h1"], now).await;
     }
     let evs: Vec<EventRecord> = (0..3)
         .map(|_| {
@@ -186,23 +172,7 @@ pub async fn a_scan_gives_each_store_its_share(open: Open) {
     let sizes = [("big", 30), ("mid", 5), ("small", 2)];
     let mut written: Vec<(&str, Vec<EventId>)> = Vec::new();
     for ((store, hs), (_, n)) in hooks.iter().zip(sizes) {
-        s.update_webhooks(
-            &st(store),
-            &|list| {
-                for h in hs {
-                    list.push(WebhookRecord {
-                        id: crate::model::test_id(h),
-                        url: format!("http://127.0.0.1/{h}"),
-                        secret: None,
-                        created: now,
-                    });
-                }
-                Ok(())
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        fixtures::webhooks(s.as_ref(), &st(store), hs, now).await;
         let evs: Vec<EventRecord> = (0..n).map(|_| event("order.completed")).collect();
         s.create_account(
             &account(store, "share@example.com", None),

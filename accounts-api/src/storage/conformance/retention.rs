@@ -138,21 +138,7 @@ pub async fn processed_events_expire_after_their_window_and_unprocessed_ones_sta
     let s = s.as_ref();
     let now = now_ms();
     for store in ["st", "other"] {
-        s.update_webhooks(
-            &st(store),
-            &|hooks| {
-                hooks.push(WebhookRecord {
-                    id: crate::model::test_id("h1"),
-                    url: "http://127.0.0.1/h1".into(),
-                    secret: None,
-                    created: now,
-                });
-                Ok(())
-            },
-            None,
-        )
-        .await
-        .unwrap();
+        fixtures::webhooks(s, &st(store), &["h1"], now).await;
     }
     let old: Vec<EventRecord> = (0..2)
         .map(|i| processed_event(now - 40 * DAY + i))

@@ -367,7 +367,6 @@ fn due_sql(held: bool) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::{WebhookId, WebhookRecord};
     use crate::storage::{DueScan, Extras};
 
     /// Two instances (two storages, each its own claimer id) on one fresh database.
@@ -394,23 +393,9 @@ mod tests {
         };
         let store: StoreId = crate::model::test_id("st");
         let now = now_ms();
-        a.update_webhooks(
-            &store,
-            &|hooks| {
-                hooks.push(WebhookRecord {
-                    id: crate::model::test_id::<WebhookId>("h1"),
-                    url: "http://127.0.0.1/h1".into(),
-                    secret: None,
-                    created: now,
-                });
-                Ok(())
-            },
-            None,
-        )
-        .await
-        .unwrap();
-        let account =
-            crate::storage::conformance::fixtures::account("st", "lease@example.com", None);
+        use crate::storage::conformance::fixtures;
+        fixtures::webhooks(&a, &store, &["h1"], now).await;
+        let account = fixtures::account("st", "lease@example.com", None);
         let extras = Extras {
             idempotency: None,
             events: vec![EventRecord::new("account.created", serde_json::json!({}))],
