@@ -20,6 +20,23 @@ pub fn init_vault(dir: &Path) -> String {
     out
 }
 
+/// `vault init --shares N --threshold K` on `dir`: a sealed master key; returns the N shares
+/// it printed (once, on stdout).
+pub fn init_sealed(dir: &Path, n: u8, k: u8) -> Vec<String> {
+    let mut cmd = Command::new(bin_path("vault"));
+    cmd.arg("init").arg("--dir").arg(dir);
+    cmd.args(["--shares", &n.to_string(), "--threshold", &k.to_string()]);
+    let (ok, out, err) = run(cmd);
+    assert!(ok, "{out}{err}");
+    let shares: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("SHARE "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(shares.len(), usize::from(n), "{out}");
+    shares
+}
+
 /// The `vault serve` command for an initialised folder, listening on an OS-chosen port.
 pub fn serve_command(dir: &Path) -> Command {
     let mut cmd = Command::new(bin_path("vault"));

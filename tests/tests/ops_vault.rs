@@ -224,17 +224,7 @@ async fn the_vault_documents_every_route_it_serves_for_the_admin_identity_only()
 #[tokio::test]
 async fn a_sealed_vault_is_not_ready_until_unsealed() {
     let dir = temp_dir("vault-sealed-ready");
-    let mut cmd = Command::new(tests::bin_path("vault"));
-    cmd.args(["init", "--shares", "2", "--threshold", "2", "--dir"])
-        .arg(dir.path());
-    let (ok, out, err) = tests::run(cmd);
-    assert!(ok, "{out}{err}");
-    let shares: Vec<String> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("SHARE "))
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(shares.len(), 2, "{out}");
+    let shares = tests::vault::init_sealed(dir.path(), 2, 2);
     let v = tests::vault::VaultProcess::serve(dir.path(), tests::vault::serve_command(dir.path()));
     let accounts = v.client("accounts");
     let ready = accounts.get(v.url("/v1/ready")).send().await.unwrap();

@@ -504,3 +504,65 @@ fn a_broad_client_trust_anchor_and_an_empty_permissions_table_are_warned_about_a
     assert!(out.contains("[permissions] grants nothing"), "{out}");
     v.stop();
 }
+
+/// A crash between "mark retired" and "rewrite the key file" (here: the sealed key file put
+/// back as it was before the retire) leaves a version the data folder retired in the key file.
+/// The next unseal finishes the retirement: the version stays in the archive only, the sealed
+/// file is re-sealed without it under the same shares, and every record still opens.
+#[test]
+fn a_retirement_cut_short_before_the_sealed_key_file_was_rewritten_is_finished_at_unseal() {
+    let dir = temp_dir("vault-custody");
+    let shares = tests::vault::init_sealed(dir.path(), 3, 2);
+    let unsealed = || {
+        let core = open_core(dir.path());
+        assert!(core.is_sealed());
+        for s in &shares[..2] {
+            core.submit_share(s)
+                .map_err(|(why, _)| format!("{why:?}"))
+                .unwrap();
+        }
+        assert!(!core.is_sealed());
+        core
+    };
+    let sealed_file = dir.path().join("master.sealed");
+    let before_retire = dir.path().join("master.sealed.before-retire");
+    let (old, new) = {
+        let core = unsealed();
+        let old = put(&core, "tok_custody_cut_old");
+        assert_eq!(core.rotate().unwrap(), 2);
+        core.rewrap_all().unwrap();
+        std::fs::copy(&sealed_file, &before_retire).unwrap();
+        assert_eq!(core.retire_below(2).unwrap(), vec![1]);
+        (old, put(&core, "tok_custody_cut_new"))
+    };
+    let archive = dir.path().join("master.sealed.retired");
+    assert!(archive.exists());
+    let archived = std::fs::read(&archive).unwrap();
+    std::fs::copy(&before_retire, &sealed_file).unwrap();
+    let core = unsealed();
+    assert_eq!(core.key_versions(), vec![2], "version 1 is not held again");
+    assert_ne!(
+        std::fs::read(&sealed_file).unwrap(),
+        std::fs::read(&before_retire).unwrap(),
+        "the sealed key file is rewritten without it"
+    );
+    assert!(archive.exists());
+    assert_eq!(
+        std::fs::read(&archive).unwrap().len(),
+        archived.len(),
+        "the archive still holds version 1, once"
+    );
+    for (id, token) in [(&old, "tok_custody_cut_old"), (&new, "tok_custody_cut_new")] {
+        let got = core
+            .reveal_token(
+                &shared::domain::StoreId::parse("s1").unwrap(),
+                &shared::domain::PaymentMethodId::parse(id).unwrap(),
+            )
+            .unwrap()
+            .expect("the record");
+        assert_eq!(got.as_slice(), token.as_bytes());
+    }
+    drop(core);
+    // The same shares open the rewritten file; nothing is left to finish.
+    assert_eq!(unsealed().key_versions(), vec![2]);
+}

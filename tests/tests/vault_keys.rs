@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tests::vault::{VaultProcess, card_body, serve_command, start_vault};
+use tests::vault::{VaultProcess, card_body, init_sealed, serve_command, start_vault};
 use tests::{all_files, bin_path, contains_bytes, run, temp_dir};
 
 async fn store(v: &VaultProcess, c: &reqwest::Client, account: &str, token: &str) -> Value {
@@ -235,26 +235,6 @@ fn retiring_a_version_that_still_wraps_records_is_refused_with_counts() {
             Some(format!("tok_retire_{i}").into_bytes())
         );
     }
-}
-
-fn init_sealed(dir: &Path, n: u8, k: u8) -> Vec<String> {
-    let mut cmd = Command::new(bin_path("vault"));
-    cmd.arg("init")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--shares")
-        .arg(n.to_string())
-        .arg("--threshold")
-        .arg(k.to_string());
-    let (ok, out, err) = run(cmd);
-    assert!(ok, "{out}{err}");
-    let shares: Vec<String> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("SHARE "))
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(shares.len(), usize::from(n), "{out}");
-    shares
 }
 
 async fn unseal(v: &VaultProcess, admin: &reqwest::Client, share: &str) -> (u16, Value) {

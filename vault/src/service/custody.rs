@@ -181,12 +181,20 @@ impl KeySourceInfo<'_> {
 
 /// Point 1 and 2 of the module header for one kind of key: `held` are the versions loaded,
 /// `in_use` the records per version (by wrap version, or by fingerprint version).
+///
+/// Returns the versions whose retirement this key file has not caught up with: held, marked
+/// retired, used by no record and not the current (highest) one. That is a key file copied
+/// from another instance after a rotation but before the retire, or this instance's own file
+/// after a crash between "mark retired" and "rewrite the key file". The caller finishes the
+/// retirement on this host (archive, rewrite, forget) instead of keeping a destroyed version.
+/// A retired version that records use stays held: an operator copied it back from the archive
+/// to open restored data, as the refusal told them to.
 pub fn check_versions(
     store: &dyn Store,
     src: &KeySourceInfo<'_>,
     held: &[u32],
     in_use: &BTreeMap<u32, u64>,
-) -> Result<(), CustodyError> {
+) -> Result<Vec<u32>, CustodyError> {
     let kind = src.kind;
     let held: BTreeSet<u32> = held.iter().copied().collect();
     let pending = marked(store, "pending", kind)?;
@@ -243,7 +251,13 @@ pub fn check_versions(
         let refs: Vec<&str> = done.iter().map(String::as_str).collect();
         store.meta_apply(&[], &refs)?;
     }
-    Ok(())
+    let current = held.iter().max().copied();
+    Ok(retired
+        .iter()
+        .copied()
+        .filter(|v| held.contains(v) && Some(*v) != current)
+        .filter(|v| in_use.get(v).copied().unwrap_or(0) == 0)
+        .collect())
 }
 
 /// Why a key file lags a database that several instances share, and what to do.

@@ -254,16 +254,11 @@ impl Vault {
         // leaves every version either in the key file or in the archive.
         let mut written = Vec::new();
         if let Some(path) = &self.fp_file {
-            fn held(k: &FpKey) -> Result<(u32, &SecretKey), CoreError> {
-                k.key.as_ref().map(|raw| (k.version, raw)).ok_or_else(|| {
-                    CoreError::KeyState("fingerprint key material not held; cannot rewrite".into())
-                })
-            }
             let retiring: Vec<(u32, &SecretKey)> = fps
                 .keys
                 .iter()
                 .filter(|k| k.version < target)
-                .map(held)
+                .map(material)
                 .collect::<Result<_, _>>()?;
             written.push(keys::archive_versions(
                 path,
@@ -272,7 +267,7 @@ impl Vault {
                 self.folder_id.as_deref(),
             )?);
             self.mark_retired(KeyKind::Fingerprint, &old)?;
-            let cur = held(fps.current()?)?;
+            let cur = material(fps.current()?)?;
             keys::write_fingerprint_file(path, &[cur], self.folder_id.as_deref())?;
             written.push(path.clone());
         } else {
@@ -285,12 +280,21 @@ impl Vault {
     }
 }
 
+/// A version's key material with its number, for rewriting the key file or the archive.
+fn material(k: &FpKey) -> Result<(u32, &SecretKey), CoreError> {
+    k.key.as_ref().map(|raw| (k.version, raw)).ok_or_else(|| {
+        CoreError::KeyState("fingerprint key material not held; cannot rewrite".into())
+    })
+}
+
+/// Returns the versions whose retirement this key file has not caught up with
+/// ([`finish_fp_retirement`]).
 pub(super) fn check_fingerprints(
     ring: &FpRing,
     store: &dyn Store,
     file: Option<&std::path::Path>,
     data_dir: &std::path::Path,
-) -> Result<(), CoreError> {
+) -> Result<Vec<u32>, CoreError> {
     for k in &ring.keys {
         let check = k.f.check_value();
         let key = fp_kcv_key(k.version);
@@ -312,6 +316,58 @@ pub(super) fn check_fingerprints(
         file,
         data_dir,
     };
-    custody::check_versions(store, &src, &held, &in_use)?;
+    Ok(custody::check_versions(store, &src, &held, &in_use)?)
+}
+
+/// The fingerprint side of `rotation::finish_master_retirement`: versions retired on this
+/// database but still in this instance's key file are archived, the file is rewritten without
+/// them, and they are forgotten (otherwise the instance would think a re-index still runs).
+pub(super) fn finish_fp_retirement(
+    ring: &mut FpRing,
+    file: Option<&std::path::Path>,
+    versions: &[u32],
+    folder: Option<&str>,
+) -> Result<(), CoreError> {
+    let current = ring.current()?.version;
+    let gone = |k: &FpKey| k.version != current && versions.contains(&k.version);
+    if !ring.keys.iter().any(gone) {
+        return Ok(());
+    }
+    let mut written = Vec::new();
+    if let Some(path) = file {
+        let retiring: Vec<(u32, &SecretKey)> = ring
+            .keys
+            .iter()
+            .filter(|k| gone(k))
+            .map(material)
+            .collect::<Result<_, _>>()?;
+        let kept: Vec<(u32, &SecretKey)> = ring
+            .keys
+            .iter()
+            .filter(|k| !gone(k))
+            .map(material)
+            .collect::<Result<_, _>>()?;
+        written.push(keys::archive_versions(
+            path,
+            KeyKind::Fingerprint,
+            &retiring,
+            folder,
+        )?);
+        keys::write_fingerprint_file(path, &kept, folder)?;
+        written.push(path.to_owned());
+    }
+    let retired: Vec<u32> = ring
+        .keys
+        .iter()
+        .filter(|k| gone(k))
+        .map(|k| k.version)
+        .collect();
+    ring.keys.retain(|k| !gone(k));
+    tracing::warn!(
+        ?retired,
+        "fingerprint key versions retired on this database were still in this instance's key \
+         file: moved them to the archive (the retirement is finished on this host)"
+    );
+    remind_backup(&written);
     Ok(())
 }

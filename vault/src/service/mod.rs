@@ -34,8 +34,8 @@ pub use rotation::{FingerprintStatus, KeyStatus, RewrapStatus, VersionCount};
 pub use unseal::{UnsealRefusal, UnsealStatus};
 
 use self::custody::CustodyError;
-use self::fingerprints::{FpKey, FpRing, check_fingerprints};
-use self::rotation::{RewrapProgress, check_keyring};
+use self::fingerprints::{FpKey, FpRing, check_fingerprints, finish_fp_retirement};
+use self::rotation::{RewrapProgress, check_keyring, finish_master_retirement};
 use self::unseal::UnsealBuffer;
 use crate::audit::{AuditDraft, AuditError, AuditLog, Verdict};
 use crate::audit_export::Since;
@@ -221,7 +221,7 @@ impl Vault {
     /// Loads the keys named by `config` and opens its data folder. `group_commit` needs a tokio
     /// runtime (the server); synchronous tools pass `false`.
     pub fn open(config: &Config, group_commit: bool) -> Result<Self, CoreError> {
-        let (keyring, persistence) = match &config.master_key {
+        let (mut keyring, mut persistence) = match &config.master_key {
             KeySource::File(p) => match keys::load_master_any(p)? {
                 MasterKeyFile::Plain(ring) => (Some(ring), KeyPersistence::File(p.clone())),
                 MasterKeyFile::Sealed(file) => (
@@ -263,7 +263,7 @@ impl Vault {
                 locked.push(dir);
             }
         }
-        let fp_ring = FpRing {
+        let mut fp_ring = FpRing {
             keys: fp_keys
                 .into_iter()
                 .map(|(version, key)| FpKey {
@@ -277,11 +277,23 @@ impl Vault {
             KeySource::File(p) => Some(p.as_path()),
             KeySource::Env(_) => None,
         };
-        check_fingerprints(&fp_ring, &*store, fp_file.as_deref(), &config.data_dir)?;
-        if let Some(ring) = &keyring {
-            check_keyring(ring, &*store, master_file, &config.data_dir)?;
-        }
+        let fp_finish =
+            check_fingerprints(&fp_ring, &*store, fp_file.as_deref(), &config.data_dir)?;
+        let master_finish = match &keyring {
+            Some(ring) => check_keyring(ring, &*store, master_file, &config.data_dir)?,
+            // Sealed: checked (and finished) at unseal.
+            None => Vec::new(),
+        };
         custody::bind_key_files(&key_files, &folder_id)?;
+        finish_fp_retirement(
+            &mut fp_ring,
+            fp_file.as_deref(),
+            &fp_finish,
+            Some(&folder_id),
+        )?;
+        if let Some(ring) = keyring.as_mut() {
+            finish_master_retirement(&mut persistence, ring, &master_finish, Some(&folder_id))?;
+        }
         let audit_key = load_audit_key(&config.audit_key, &folder_id)?;
         let audit = crate::audit::SegmentLog::open(
             config.audit.clone(),
@@ -334,7 +346,14 @@ impl Vault {
         audit: Arc<dyn AuditLog>,
     ) -> Result<InProcess<S>, CoreError> {
         let where_ = std::path::Path::new("(in-process store)");
-        check_keyring(&keyring, &store, None, where_)?;
+        let mut keyring = keyring;
+        let retired = check_keyring(&keyring, &store, None, where_)?;
+        finish_master_retirement(
+            &mut KeyPersistence::Unpersisted,
+            &mut keyring,
+            &retired,
+            None,
+        )?;
         let fp_ring = FpRing {
             keys: vec![FpKey {
                 version: 1,

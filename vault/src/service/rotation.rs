@@ -349,22 +349,7 @@ impl Vault {
             .map(|k| (k.version, &k.key))
             .collect();
         let folder = self.folder_id.as_deref();
-        let archive = match &*persistence {
-            KeyPersistence::File(path) => {
-                keys::archive_versions(path, KeyKind::Master, &retiring, folder)?
-            }
-            KeyPersistence::Sealed {
-                path,
-                root: Some(root),
-                ..
-            } => keys::archive_sealed(path, root, &retiring, folder)?,
-            KeyPersistence::Sealed { root: None, .. } => return Err(CoreError::Sealed),
-            KeyPersistence::Unpersisted => {
-                return Err(CoreError::KeyState(
-                    "the master key comes from the environment; it cannot be changed".into(),
-                ));
-            }
-        };
+        let archive = archive_master(&persistence, &retiring, folder)?;
         self.mark_retired(KeyKind::Master, &retired)?;
         if let Err(e) = persist(&mut persistence, &smaller, folder) {
             let marks: Vec<String> = retired
@@ -414,12 +399,14 @@ impl Vault {
 /// Checks (or, for a fresh folder or a newly added key version, records) the key-check values,
 /// so that a wrong key is a clear refusal at start and never garbage later; then that the
 /// keyring covers every version the folder uses or knows (`custody`).
+/// Returns the versions whose retirement this key file has not caught up with
+/// ([`finish_master_retirement`]).
 pub(super) fn check_keyring(
     keyring: &Keyring,
     store: &dyn Store,
     file: Option<&std::path::Path>,
     data_dir: &std::path::Path,
-) -> Result<(), CoreError> {
+) -> Result<Vec<u32>, CoreError> {
     for kek in keyring.versions() {
         let key = kcv_key(kek.version);
         let kcv = match store.meta_get(&key)? {
@@ -441,7 +428,81 @@ pub(super) fn check_keyring(
         file,
         data_dir,
     };
-    custody::check_versions(store, &src, &held, &in_use)?;
+    Ok(custody::check_versions(store, &src, &held, &in_use)?)
+}
+
+/// Adds master-key versions to the archive beside the key file (plain or sealed).
+fn archive_master(
+    persistence: &KeyPersistence,
+    retiring: &[(u32, &SecretKey)],
+    folder: Option<&str>,
+) -> Result<std::path::PathBuf, CoreError> {
+    match persistence {
+        KeyPersistence::File(path) => Ok(keys::archive_versions(
+            path,
+            KeyKind::Master,
+            retiring,
+            folder,
+        )?),
+        KeyPersistence::Sealed {
+            path,
+            root: Some(root),
+            ..
+        } => Ok(keys::archive_sealed(path, root, retiring, folder)?),
+        KeyPersistence::Sealed { root: None, .. } => Err(CoreError::Sealed),
+        KeyPersistence::Unpersisted => Err(CoreError::KeyState(
+            "the master key comes from the environment; it cannot be changed".into(),
+        )),
+    }
+}
+
+/// Finishes on this host a retirement the database records but this key file has not caught
+/// up with (`custody::check_versions` names the versions): archive, rewrite the key file
+/// without them, forget them. Same order as [`Vault::retire_below`], so a crash leaves every
+/// version in the file or the archive. A key from the environment is only forgotten.
+pub(super) fn finish_master_retirement(
+    persistence: &mut KeyPersistence,
+    ring: &mut Keyring,
+    versions: &[u32],
+    folder: Option<&str>,
+) -> Result<(), CoreError> {
+    let current = ring.current().version;
+    let versions: Vec<u32> = versions
+        .iter()
+        .copied()
+        .filter(|v| *v != current && ring.versions().any(|k| k.version == *v))
+        .collect();
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let mut kept = Vec::new();
+    for k in ring.versions().filter(|k| !versions.contains(&k.version)) {
+        kept.push(Kek {
+            version: k.version,
+            key: SecretKey::from_slice(k.key.expose_bytes())?,
+        });
+    }
+    let smaller = Keyring::new(kept).ok_or(CoreError::KeyState("empty keyring".into()))?;
+    let mut written = Vec::new();
+    if !matches!(persistence, KeyPersistence::Unpersisted) {
+        let retiring: Vec<(u32, &SecretKey)> = ring
+            .versions()
+            .filter(|k| versions.contains(&k.version))
+            .map(|k| (k.version, &k.key))
+            .collect();
+        written.push(archive_master(persistence, &retiring, folder)?);
+        persist(persistence, &smaller, folder)?;
+        if let KeyPersistence::File(p) | KeyPersistence::Sealed { path: p, .. } = &*persistence {
+            written.push(p.clone());
+        }
+    }
+    *ring = smaller;
+    tracing::warn!(
+        retired = ?versions,
+        "master key versions retired on this database were still in this instance's key file: \
+         moved them to the archive (the retirement is finished on this host)"
+    );
+    remind_backup(&written);
     Ok(())
 }
 

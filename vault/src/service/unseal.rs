@@ -2,7 +2,7 @@
 //! one at a time by custodians) before it holds a keyring. Shares live only in zeroizing
 //! buffers, are never logged or echoed, and are wiped after every combine attempt.
 
-use super::rotation::check_keyring;
+use super::rotation::{check_keyring, finish_master_retirement};
 use super::{KeyPersistence, Vault};
 use zeroize::Zeroizing;
 
@@ -62,10 +62,11 @@ impl Vault {
                 },
             ));
         };
+        let threshold = file.threshold;
         let status = |sealed: bool, buf: &UnsealBuffer| UnsealStatus {
             sealed,
             received: buf.shares.len(),
-            threshold: file.threshold,
+            threshold,
             rejected: buf.rejected,
         };
         if !self.is_sealed() {
@@ -86,12 +87,23 @@ impl Vault {
         let combined = file.unseal(&buf.shares);
         // Zeroizing buffers: dropping them wipes the share bytes.
         buf.shares.clear();
-        let installed = combined.map_err(|e| e.to_string()).and_then(|(r, ring)| {
-            check_keyring(&ring, &*self.store, Some(path.as_path()), &self.data_dir)
+        let checked = combined.map_err(|e| e.to_string()).and_then(|(r, ring)| {
+            let finish = check_keyring(&ring, &*self.store, Some(path.as_path()), &self.data_dir)
                 .map_err(|e| e.to_string())?;
+            // The root key is needed to re-seal the key file if a retirement must be finished.
+            *root = Some(r);
+            Ok((ring, finish))
+        });
+        let installed = checked.and_then(|(mut ring, finish)| {
+            let folder = self.folder_id.as_deref();
+            if let Err(e) = finish_master_retirement(&mut persistence, &mut ring, &finish, folder) {
+                if let KeyPersistence::Sealed { root, .. } = &mut *persistence {
+                    *root = None;
+                }
+                return Err(e.to_string());
+            }
             let mut guard = self.keyring.write().map_err(|_| "lock".to_owned())?;
             *guard = Some(ring);
-            *root = Some(r);
             Ok(())
         });
         match installed {

@@ -195,3 +195,96 @@ fn retirement_needs_the_sole_instance_and_the_copied_key_files_open_the_data() {
     reveals(&b, &after, "tok_after");
     reveals(&b, &before, "tok_before");
 }
+
+/// Key files copied after a rotation but before its retirement (the copy step of the procedure
+/// done too early) still hold versions the database has retired. The instance starts, and
+/// finishes the retirement on its host as the changer did on its own: the versions move to its
+/// archive and leave its key files and its memory, so no host keeps a destroyed key live.
+#[test]
+fn key_files_copied_before_a_retirement_have_it_finished_at_start() {
+    let Some(url) = pgtest::fresh_database() else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = two_instances(root.path(), &url);
+    let a = open(&a_dir).unwrap();
+    let before = created(&a, "tok_before");
+    assert_eq!(a.rotate().unwrap(), 2);
+    assert_eq!(a.rewrap_all().unwrap().failed, 0);
+    assert_eq!(a.rotate_fingerprint_key().unwrap(), 2);
+    // The copy taken too early: master 1+2, fingerprint 1+2, no archive yet.
+    let early = root.path().join("early");
+    std::fs::create_dir(&early).unwrap();
+    copy_key_files(&a_dir, &early);
+    assert_eq!(a.reindex_fingerprints().unwrap().failed, 0);
+    assert_eq!(a.retire_below(2).unwrap(), vec![1]);
+    let after = created(&a, "tok_after");
+    drop(a);
+    copy_key_files(&early, &b_dir);
+    let held = |file: &str| -> Vec<u32> {
+        match crate::keys::load_master_any(&b_dir.join(file)).unwrap() {
+            crate::keys::MasterKeyFile::Plain(ring) => ring.versions().map(|k| k.version).collect(),
+            crate::keys::MasterKeyFile::Sealed(_) => panic!("a plain key file"),
+        }
+    };
+    let fp_held = || -> Vec<u32> {
+        crate::keys::load_fingerprint_versions(&b_dir.join("fingerprint.key"))
+            .unwrap()
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect()
+    };
+    let archived = |kind| -> Vec<u32> {
+        let file = b_dir.join(match kind {
+            crate::keys::KeyKind::Master => "master.key",
+            crate::keys::KeyKind::Fingerprint => "fingerprint.key",
+        });
+        crate::keys::load_archive(&file, kind)
+            .unwrap()
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect()
+    };
+    assert_eq!((held("master.key"), fp_held()), (vec![1, 2], vec![1, 2]));
+    let b = open(&b_dir).unwrap();
+    assert_eq!(b.key_versions(), vec![2], "version 1 forgotten in memory");
+    assert_eq!(held("master.key"), vec![2], "and gone from the key file");
+    assert_eq!(
+        archived(crate::keys::KeyKind::Master),
+        vec![1],
+        "kept in the archive"
+    );
+    assert_eq!(fp_held(), vec![2]);
+    assert_eq!(archived(crate::keys::KeyKind::Fingerprint), vec![1]);
+    assert_eq!(
+        b.has_background_work(),
+        (false, false),
+        "no re-index left to run"
+    );
+    // The archives match the changer's: the same key under the same version.
+    for name in ["master.key.retired", "fingerprint.key.retired"] {
+        let (ours, theirs) = (b_dir.join(name), a_dir.join(name));
+        let strip = |p: &Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with("data-folder"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(strip(&ours), strip(&theirs), "{name}");
+    }
+    reveals(&b, &before, "tok_before");
+    reveals(&b, &after, "tok_after");
+    for (token, id) in [("tok_before", &before), ("tok_after", &after)] {
+        match store(&b, token) {
+            Stored::Existing(r) => assert_eq!(r.id, id.as_str(), "{token}"),
+            Stored::Created(r) => panic!("{token} stored twice: {} and {}", id.as_str(), r.id),
+        }
+    }
+    // The next start has nothing left to finish, and keeps working.
+    drop(b);
+    let b = open(&b_dir).unwrap();
+    assert_eq!(b.key_versions(), vec![2]);
+    reveals(&b, &before, "tok_before");
+}
