@@ -370,8 +370,9 @@ impl Shared {
     }
 
     fn flush_loop(self: &Arc<Self>) {
+        let mut last_batch = 0usize;
         loop {
-            let (waiters, stop) = {
+            let (mut waiters, mut stop) = {
                 let Ok(mut q) = self.queue.lock() else {
                     return self.fail_all();
                 };
@@ -388,6 +389,16 @@ impl Shared {
                 }
                 (std::mem::take(&mut q.waiters), q.stop)
             };
+            if last_batch > 1 && !waiters.is_empty() && !stop {
+                // Writers had company last time: let more of them join this fsync.
+                std::thread::sleep(shared::durable::GATHER);
+                let Ok(mut q) = self.queue.lock() else {
+                    return self.fail_all();
+                };
+                waiters.append(&mut q.waiters);
+                stop |= q.stop;
+            }
+            last_batch = waiters.len();
             let (file, dirty, path, rotated, stopped) = match self.lock() {
                 Ok(mut w) => {
                     let mut rotated = false;

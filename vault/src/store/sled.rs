@@ -11,8 +11,15 @@
 //! - `charges`:      `store \0 idempotency key` → [`ChargeEntry`] JSON (the charge ledger)
 //!
 //! Invariants:
-//! - A record and its index entries change in one sled transaction: no half-written record, no
-//!   dangling index; dedupe is checked inside it.
+//! - A store writes the index entries first and the record last, as plain writes under the
+//!   token's fingerprint shard (no sled transaction: those take a process-wide exclusive lock
+//!   and roll the log buffer, which capped durable stores at a third of the rate). sled
+//!   recovers a prefix of its log, so a record never lacks its index entries; a crash can only
+//!   leave entries that point to no record, which readers treat as absent, the next store of
+//!   that token overwrites (a dangling account entry stays: it cannot be told from a store in
+//!   progress, and lists skip it). Deletes, erasures, re-wraps and re-indexes
+//!   stay transactions (no record half-removed); a re-index takes the shard too, so a store
+//!   never checks the index while a record moves between fingerprints.
 //! - Store and account ids are 1–64 chars of `A-Za-z0-9_-` (parsed newtypes), so the `\0`
 //!   separator in `by_account` and `charges` keys cannot be forged.
 //! - `durable` goes through one group-commit flusher (RUST-NOTES trap 4: concurrent
@@ -152,6 +159,18 @@ impl SledStore {
         Ok(ids)
     }
 
+    /// The record a fingerprint index entry points to; `None` for no entry, or for one left
+    /// pointing to no record (a crash mid-insert, or an insert in progress under its shard).
+    fn indexed(&self, fp: &[u8; 32]) -> Result<Option<StoredRecord>, StoreError> {
+        let Some(id) = self.fingerprints.get(fp)? else {
+            return Ok(None);
+        };
+        match self.records.get(&id)? {
+            Some(bytes) => Ok(Some(StoredRecord::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     fn account_ids(&self, store: &str, account: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let prefix = account_prefix(store, account);
         let mut ids = Vec::new();
@@ -175,7 +194,10 @@ fn remove_in_tx(
     r: &StoredRecord,
 ) -> TxResult<()> {
     records.remove(r.id.as_bytes())?;
-    if let Ok(fp) = hex::decode(&r.fingerprint) {
+    // Only this record's entry: a store of the same token after a crash may have taken it.
+    if let Ok(fp) = hex::decode(&r.fingerprint)
+        && fps.get(&fp)?.as_deref() == Some(r.id.as_bytes())
+    {
         fps.remove(fp)?;
     }
     by_account.remove(account_key(&r.store, &r.account, &r.id))?;
@@ -201,41 +223,25 @@ impl Store for SledStore {
             .lock()
             .map_err(|_| StoreError::Poisoned)?;
         // Dedupe: with the shard held, an index entry for one of `fingerprints` either exists
-        // already (then the filter says maybe and the transaction reads it) or cannot appear
-        // before this insert ends.
-        let maybe_indexed = fingerprints.iter().any(|f| self.fp_filter.may_contain(f));
-        let trees = (&self.records, &self.fingerprints, &self.by_account);
-        // `None`: created (the record is moved into the answer after the commit, not cloned
-        // inside a closure that may run more than once).
-        let existing = trees
-            .transaction(|(records, fps, by_account)| {
-                let mut hit = None;
-                if maybe_indexed {
-                    for fp in fingerprints {
-                        if hit.is_none() {
-                            hit = fps.get(fp)?;
-                        }
-                    }
+        // already (then the filter says maybe and it is read here) or cannot appear before this
+        // insert ends (stores and re-indexes of one token take the same shard).
+        if fingerprints.iter().any(|f| self.fp_filter.may_contain(f)) {
+            for fp in fingerprints {
+                if let Some(r) = self.indexed(fp)? {
+                    return Ok(Stored::Existing(r));
                 }
-                if let Some(existing_id) = hit {
-                    let Some(bytes) = records.get(&existing_id)? else {
-                        return abort(StoreError::Corrupt("fingerprint index points nowhere"));
-                    };
-                    return Ok(Some(decode_in_tx(&bytes)?));
-                }
-                records.insert(record.id.as_bytes(), value.as_slice())?;
-                fps.insert(primary, record.id.as_bytes())?;
-                by_account.insert(akey.as_slice(), &[][..])?;
-                Ok(None)
-            })
-            .map_err(tx_err)?;
-        Ok(match existing {
-            Some(r) => Stored::Existing(r),
-            None => {
-                self.fp_filter.add(primary);
-                Stored::Created(record)
             }
-        })
+        }
+        // No transaction (sled's serialise every reader and writer of the process on one lock,
+        // and roll the log buffer twice): index entries first, the record last, each a plain
+        // write. sled recovers a prefix of its log, so after a crash a record always has its
+        // index entries; what a crash can leave is an entry pointing to no record, which every
+        // reader treats as absent and the next store of that token overwrites.
+        self.fp_filter.add(primary);
+        self.fingerprints.insert(primary, record.id.as_bytes())?;
+        self.by_account.insert(akey.as_slice(), &[][..])?;
+        self.records.insert(record.id.as_bytes(), value)?;
+        Ok(Stored::Created(record))
     }
 
     fn find_fingerprint(
@@ -246,11 +252,8 @@ impl Store for SledStore {
             .iter()
             .filter(|f| self.fp_filter.may_contain(f))
         {
-            if let Some(id) = self.fingerprints.get(fp)? {
-                let Some(bytes) = self.records.get(&id)? else {
-                    return Err(StoreError::Corrupt("fingerprint index points nowhere"));
-                };
-                return Ok(Some(StoredRecord::decode(&bytes)?));
+            if let Some(r) = self.indexed(fp)? {
+                return Ok(Some(r));
             }
         }
         Ok(None)
@@ -308,6 +311,9 @@ impl Store for SledStore {
                 let mut n = 0u64;
                 for id in &ids {
                     let Some(bytes) = records.get(id)? else {
+                        // An entry pointing to no record: a crash mid-store left it (harmless,
+                        // lists skip it), or a store is writing that record right now, whose
+                        // entry must stay (removing it would leave that record unlisted).
                         continue;
                     };
                     let r = decode_in_tx(&bytes)?;
@@ -367,6 +373,9 @@ impl Store for SledStore {
                 let (mut done, mut failed) = (0u64, 0u64);
                 for id in &ids {
                     let Some(bytes) = records.get(id)? else {
+                        // An entry pointing to no record: a crash mid-store left it (harmless,
+                        // lists skip it), or a store is writing that record right now, whose
+                        // entry must stay (removing it would leave that record unlisted).
                         continue;
                     };
                     let Ok(mut r) = StoredRecord::decode(&bytes) else {
@@ -408,6 +417,11 @@ impl Store for SledStore {
         new_fingerprint: [u8; 32],
         new_version: u32,
     ) -> Result<bool, StoreError> {
+        // Serialised with stores of the same token (which check the index outside any
+        // transaction): their primary fingerprint is under the new version, as this one.
+        let _serial = self.fp_locks[usize::from(new_fingerprint[0])]
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
         // Before the index entry exists: the filter never answers a false "no".
         self.fp_filter.add(&new_fingerprint);
         (&self.records, &self.fingerprints)

@@ -175,7 +175,7 @@ fn store_in_process() -> Result<(), BoxError> {
     }
     flushes.sort_unstable();
     println!(
-        "  store txn {rate:>10.0} ops/s (seal + fingerprint + audit append + 3-tree sled transaction, no flush)"
+        "  store txn {rate:>10.0} ops/s (seal + fingerprint + audit append + the sled writes of one record and its 2 index entries, no flush)"
     );
     println!(
         "  flush     p50 {:.2} ms, p99 {:.2} ms (one sled flush = fsync after one record)",
