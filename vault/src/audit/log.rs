@@ -90,6 +90,9 @@ impl Waiter {
 struct FlushQueue {
     waiters: Vec<Waiter>,
     stop: bool,
+    /// The flusher waits on the condvar: only then does an enqueue wake it (a notify is a
+    /// `futex` call even with nobody waiting; one per durable write was a fifth of them all).
+    idle: bool,
 }
 
 pub(super) struct Writer {
@@ -328,7 +331,10 @@ impl Shared {
         match self.queue.lock() {
             Ok(mut q) if !q.stop => {
                 q.waiters.push(w);
-                self.wake.notify_one();
+                if q.idle {
+                    q.idle = false;
+                    self.wake.notify_one();
+                }
             }
             _ => w.send(Err("the audit flusher is not running".into())),
         }
@@ -382,10 +388,12 @@ impl Shared {
                     if left.is_zero() {
                         break;
                     }
+                    q.idle = true;
                     q = match self.wake.wait_timeout(q, left) {
                         Ok((g, _)) => g,
                         Err(_) => return self.fail_all(),
                     };
+                    q.idle = false;
                 }
                 (std::mem::take(&mut q.waiters), q.stop)
             };
