@@ -254,6 +254,39 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The cache answers exactly what parsing answers, for each certificate, also after it was
+    /// cleared for being full; a certificate that does not parse has no identity.
+    #[test]
+    fn cached_identities_are_the_parsed_ones_per_certificate() {
+        let dir = std::env::temp_dir().join(format!("pki-cache-{}", uuid::Uuid::new_v4()));
+        create_private_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let ca = DevCa::generate("cache test ca").unwrap_or_else(|e| panic!("{e}"));
+        let der = |name: &str| {
+            ca.issue_client(name)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .write(&dir, name)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let certs = crate::tls::load_certs(&dir.join(format!("{name}.pem")))
+                .unwrap_or_else(|e| panic!("{e}"));
+            certs
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| panic!("one certificate"))
+        };
+        let (a, b) = (der("client-a"), der("client-b"));
+        let cache = crate::tls::IdentityCache::default();
+        for _ in 0..2 {
+            assert_eq!(cache.identity(&a).as_deref(), Some("client-a"));
+            assert_eq!(cache.identity(&b).as_deref(), Some("client-b"));
+        }
+        assert_eq!(cache.identity(b"not a certificate"), None);
+        for i in 0..70u8 {
+            assert_eq!(cache.identity(&[i, 1, 2]), None);
+        }
+        assert_eq!(cache.identity(&a).as_deref(), Some("client-a"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn dev_pki_writes_owner_only_keys_and_client_identities_parse_back() {
         let dir = std::env::temp_dir().join(format!("pki-test-{}", uuid::Uuid::new_v4()));

@@ -41,6 +41,8 @@ use std::time::Duration;
 pub struct AppState {
     pub vault: Vault,
     pub permissions: BTreeMap<String, Vec<Permission>>,
+    /// Client-certificate identities, parsed once per certificate.
+    pub identities: shared::tls::IdentityCache,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -122,7 +124,7 @@ fn caller_of(state: &AppState, req: &Request) -> Caller {
         .extensions()
         .get::<Arc<axum_server::tls::TlsInfo>>()
         .and_then(|info| info.peer_certificates.first())
-        .and_then(|der| shared::tls::certificate_identity(der));
+        .and_then(|der| state.identities.identity(der));
     let perms = identity.as_deref().and_then(|id| state.permissions.get(id));
     // Requests no handler saw (unknown route, 405, body limit, timeout) are audited by method
     // only: the path is client-chosen text and could carry anything.

@@ -279,6 +279,7 @@ pub async fn start(
     let state = Arc::new(AppState {
         vault: vault.with_processor(processor),
         permissions: prepared.config.permissions.clone(),
+        identities: shared::tls::IdentityCache::default(),
     });
     // A restart in the middle of a re-wrap or fingerprint re-index picks it up again.
     crate::api::admin_keys::resume_background(&state);
