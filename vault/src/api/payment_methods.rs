@@ -189,7 +189,10 @@ async fn list(
     let account = AccountId::parse(&q.account).map_err(ApiError::Invalid)?;
     let records = state.vault.list(&store, &account)?;
     Ok(Json(PaymentMethodList {
-        payment_methods: records.iter().map(|r| r.view()).collect(),
+        payment_methods: records
+            .into_iter()
+            .map(crate::store::StoredRecord::view)
+            .collect(),
     }))
 }
 

@@ -57,22 +57,20 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
-    pub fn view(&self) -> shared::vault_api::PaymentMethodView {
+    /// The masked view a client gets (consumes the record: its strings move into the view).
+    pub fn view(self) -> shared::vault_api::PaymentMethodView {
         shared::vault_api::PaymentMethodView {
-            id: self.id.clone(),
-            store: self.store.clone(),
-            account: self.account.clone(),
+            id: self.id,
+            store: self.store,
+            account: self.account,
             kind: self.kind.as_str().to_owned(),
             brand: self.brand.map(|b| b.as_str().to_owned()),
             last4: self.last4.map(|l| l.as_str().to_owned()),
             exp_month: self.exp_month,
             exp_year: self.exp_year,
-            masked_email: self.masked_email.as_ref().map(|m| m.as_str().to_owned()),
-            processor_customer: self
-                .processor_customer
-                .as_ref()
-                .map(|c| c.as_str().to_owned()),
-            created: self.created.clone(),
+            masked_email: self.masked_email.map(|m| m.as_str().to_owned()),
+            processor_customer: self.processor_customer.map(|c| c.as_str().to_owned()),
+            created: self.created,
         }
     }
 
