@@ -20,9 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(record) = vault::store::StoredRecord::decode(data) else {
         return;
     };
-    let _ = record.view();
     if let Ok(sealed) = record.sealed() {
         let _ = keyring().open_token(&record.store, &record.id, &sealed);
         let _ = keyring().rewrap_dek(&record.store, &record.id, &sealed);
     }
+    let _ = record.view();
 });
