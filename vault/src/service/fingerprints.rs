@@ -254,12 +254,7 @@ impl Vault {
         // leaves every version either in the key file or in the archive.
         let mut written = Vec::new();
         if let Some(path) = &self.fp_file {
-            let retiring: Vec<(u32, &SecretKey)> = fps
-                .keys
-                .iter()
-                .filter(|k| k.version < target)
-                .map(material)
-                .collect::<Result<_, _>>()?;
+            let retiring = materials(&fps.keys, |k| k.version < target)?;
             written.push(keys::archive_versions(
                 path,
                 KeyKind::Fingerprint,
@@ -285,6 +280,14 @@ fn material(k: &FpKey) -> Result<(u32, &SecretKey), CoreError> {
     k.key.as_ref().map(|raw| (k.version, raw)).ok_or_else(|| {
         CoreError::KeyState("fingerprint key material not held; cannot rewrite".into())
     })
+}
+
+/// [`material`] of the versions `pick` selects, ascending.
+fn materials(
+    keys: &[FpKey],
+    pick: impl Fn(&FpKey) -> bool,
+) -> Result<Vec<(u32, &SecretKey)>, CoreError> {
+    keys.iter().filter(|k| pick(k)).map(material).collect()
 }
 
 /// Returns the versions whose retirement this key file has not caught up with
@@ -335,18 +338,8 @@ pub(super) fn finish_fp_retirement(
     }
     let mut written = Vec::new();
     if let Some(path) = file {
-        let retiring: Vec<(u32, &SecretKey)> = ring
-            .keys
-            .iter()
-            .filter(|k| gone(k))
-            .map(material)
-            .collect::<Result<_, _>>()?;
-        let kept: Vec<(u32, &SecretKey)> = ring
-            .keys
-            .iter()
-            .filter(|k| !gone(k))
-            .map(material)
-            .collect::<Result<_, _>>()?;
+        let retiring = materials(&ring.keys, gone)?;
+        let kept = materials(&ring.keys, |k| !gone(k))?;
         written.push(keys::archive_versions(
             path,
             KeyKind::Fingerprint,
